@@ -1,0 +1,16 @@
+//! Herald's core: the event model and the subject namespace. No I/O happens here; every
+//! other crate builds on these types.
+//!
+//! - [`subject`]: literal subjects and wildcard patterns (NATS grammar).
+//! - [`subject_tree`]: many patterns matched against one subject at once.
+//! - [`event`]: [`NewEvent`] (what a publisher hands in) and [`Event`] (what the log holds).
+
+pub mod event;
+pub mod subject;
+pub mod subject_tree;
+
+pub use event::{
+    Event, NewEvent, Origin, Payload, PayloadNotObject, Seq, Timestamp, TimestampError,
+};
+pub use subject::{Pattern, Subject, SubjectError, Token, MAX_SUBJECT_BYTES, MAX_SUBJECT_TOKENS};
+pub use subject_tree::SubjectTree;

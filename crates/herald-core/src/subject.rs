@@ -1,0 +1,365 @@
+//! Subjects and subject patterns, with the NATS grammar.
+//!
+//! A subject is a `.`-separated list of non-empty tokens (`hub.local-hub.project.created`).
+//! A pattern may also use `*` (exactly one token) and `>` (one or more trailing tokens,
+//! last position only). Publishing needs a literal [`Subject`]; filters are [`Pattern`]s.
+//! Query filters written in the seed documents' SQL style (`hub.%.project.%`) accept a
+//! whole-token `%` as `*`.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Longest subject or pattern accepted, in bytes. NATS itself has no hard limit, but
+/// subjects are stored and indexed with every event, so Herald keeps them bounded.
+pub const MAX_SUBJECT_BYTES: usize = 512;
+
+/// Most tokens a subject or pattern may have.
+pub const MAX_SUBJECT_TOKENS: usize = 64;
+
+/// Why a subject or pattern was rejected. The messages are written for API clients.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectError {
+    #[error("subject is empty")]
+    Empty,
+    #[error("subject is {len} bytes long; the maximum is {MAX_SUBJECT_BYTES}")]
+    TooLong { len: usize },
+    #[error("subject has {count} tokens; the maximum is {MAX_SUBJECT_TOKENS}")]
+    TooManyTokens { count: usize },
+    #[error(
+        "subject has an empty token at position {position} (tokens are separated by single dots)"
+    )]
+    EmptyToken { position: usize },
+    #[error("subject token {token:?} contains whitespace or a control character")]
+    InvalidCharacter { token: String },
+    #[error("subject token {token:?} mixes a wildcard with other characters; `*` and `>` must be whole tokens")]
+    EmbeddedWildcard { token: String },
+    #[error("`>` may only be the last token of a pattern")]
+    FullWildcardNotLast,
+    #[error("wildcards (`*`, `>`) are not allowed in a subject you publish to; publish to a literal subject such as `hub.local-hub.project.created`")]
+    WildcardInLiteral,
+}
+
+/// One token of a pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Token {
+    Literal(String),
+    /// `*`: exactly one token.
+    One,
+    /// `>`: one or more trailing tokens.
+    Rest,
+}
+
+/// A literal subject, valid for publishing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Subject(String);
+
+impl Subject {
+    /// Validates `raw` as a literal subject.
+    pub fn new(raw: impl Into<String>) -> Result<Self, SubjectError> {
+        let raw = raw.into();
+        for token in split_checked(&raw)? {
+            match classify(token)? {
+                Token::Literal(_) => {}
+                Token::One | Token::Rest => return Err(SubjectError::WildcardInLiteral),
+            }
+            if token == "%" {
+                return Err(SubjectError::WildcardInLiteral);
+            }
+        }
+        Ok(Subject(raw))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn tokens(&self) -> std::str::Split<'_, char> {
+        self.0.split('.')
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Subject {
+    type Err = SubjectError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Subject::new(s)
+    }
+}
+
+impl AsRef<str> for Subject {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A subject pattern used to filter subjects: literal tokens, `*` and a trailing `>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Pattern {
+    text: String,
+    tokens: Vec<Token>,
+}
+
+impl Pattern {
+    /// Parses a NATS-style pattern (`hub.*.project.>`).
+    pub fn parse(raw: &str) -> Result<Self, SubjectError> {
+        Self::parse_inner(raw, false)
+    }
+
+    /// Parses a query filter: like [`Pattern::parse`], and a whole-token `%` (the SQL
+    /// style of the seed documents, `hub.%.project.%`) means `*`.
+    pub fn parse_filter(raw: &str) -> Result<Self, SubjectError> {
+        Self::parse_inner(raw, true)
+    }
+
+    fn parse_inner(raw: &str, percent_is_one: bool) -> Result<Self, SubjectError> {
+        let parts = split_checked(raw)?;
+        let n = parts.len();
+        let mut tokens = Vec::with_capacity(n);
+        for (i, part) in parts.into_iter().enumerate() {
+            let token = if percent_is_one && part == "%" {
+                Token::One
+            } else {
+                classify(part)?
+            };
+            if token == Token::Rest && i + 1 != n {
+                return Err(SubjectError::FullWildcardNotLast);
+            }
+            tokens.push(token);
+        }
+        let text = tokens
+            .iter()
+            .map(|t| match t {
+                Token::Literal(s) => s.as_str(),
+                Token::One => "*",
+                Token::Rest => ">",
+            })
+            .collect::<Vec<_>>()
+            .join(".");
+        Ok(Pattern { text, tokens })
+    }
+
+    /// The pattern that matches every subject.
+    pub fn all() -> Self {
+        Pattern {
+            text: ">".to_owned(),
+            tokens: vec![Token::Rest],
+        }
+    }
+
+    /// The canonical text (`%` tokens written as `*`).
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn tokens(&self) -> &[Token] {
+        &self.tokens
+    }
+
+    /// True when the pattern has no wildcard, i.e. names exactly one subject.
+    pub fn is_literal(&self) -> bool {
+        self.tokens.iter().all(|t| matches!(t, Token::Literal(_)))
+    }
+
+    /// True when every subject matches (`>`).
+    pub fn matches_everything(&self) -> bool {
+        matches!(self.tokens.as_slice(), [Token::Rest])
+    }
+
+    /// The literal tokens before the first wildcard, joined with dots and followed by a
+    /// dot when a wildcard follows. Every matching subject starts with this string, so a
+    /// store can turn it into an index range. Empty when the pattern starts with a wildcard.
+    pub fn literal_prefix(&self) -> String {
+        let mut prefix = String::new();
+        for token in &self.tokens {
+            match token {
+                Token::Literal(s) => {
+                    prefix.push_str(s);
+                    prefix.push('.');
+                }
+                Token::One | Token::Rest => return prefix,
+            }
+        }
+        // Fully literal: the subject itself, without the trailing dot.
+        prefix.pop();
+        prefix
+    }
+
+    /// Whether `subject` matches this pattern.
+    pub fn matches(&self, subject: &str) -> bool {
+        let mut parts = subject.split('.');
+        for token in &self.tokens {
+            match token {
+                Token::Rest => return parts.next().is_some(),
+                Token::One => {
+                    if parts.next().is_none() {
+                        return false;
+                    }
+                }
+                Token::Literal(lit) => match parts.next() {
+                    Some(part) if part == lit => {}
+                    _ => return false,
+                },
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl FromStr for Pattern {
+    type Err = SubjectError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Pattern::parse(s)
+    }
+}
+
+/// Splits on dots after the checks every subject and pattern shares.
+fn split_checked(raw: &str) -> Result<Vec<&str>, SubjectError> {
+    if raw.is_empty() {
+        return Err(SubjectError::Empty);
+    }
+    if raw.len() > MAX_SUBJECT_BYTES {
+        return Err(SubjectError::TooLong { len: raw.len() });
+    }
+    let parts: Vec<&str> = raw.split('.').collect();
+    if parts.len() > MAX_SUBJECT_TOKENS {
+        return Err(SubjectError::TooManyTokens { count: parts.len() });
+    }
+    for (position, part) in parts.iter().enumerate() {
+        if part.is_empty() {
+            return Err(SubjectError::EmptyToken { position });
+        }
+        if part.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(SubjectError::InvalidCharacter {
+                token: part.to_string(),
+            });
+        }
+    }
+    Ok(parts)
+}
+
+fn classify(part: &str) -> Result<Token, SubjectError> {
+    match part {
+        "*" => Ok(Token::One),
+        ">" => Ok(Token::Rest),
+        _ if part.contains(['*', '>']) => Err(SubjectError::EmbeddedWildcard {
+            token: part.to_string(),
+        }),
+        _ => Ok(Token::Literal(part.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_subjects() {
+        assert!(Subject::new("hub.local-hub.project.created").is_ok());
+        assert!(Subject::new("a").is_ok());
+        assert_eq!(Subject::new(""), Err(SubjectError::Empty));
+        assert_eq!(
+            Subject::new("hub..x"),
+            Err(SubjectError::EmptyToken { position: 1 })
+        );
+        assert_eq!(
+            Subject::new(".hub"),
+            Err(SubjectError::EmptyToken { position: 0 })
+        );
+        assert_eq!(
+            Subject::new("hub."),
+            Err(SubjectError::EmptyToken { position: 1 })
+        );
+        assert!(matches!(
+            Subject::new("hub.a b"),
+            Err(SubjectError::InvalidCharacter { .. })
+        ));
+        assert!(matches!(
+            Subject::new("hub.a\tb"),
+            Err(SubjectError::InvalidCharacter { .. })
+        ));
+        assert!(matches!(
+            Subject::new("hub.\u{0}"),
+            Err(SubjectError::InvalidCharacter { .. })
+        ));
+        assert_eq!(
+            Subject::new("hub.*.x"),
+            Err(SubjectError::WildcardInLiteral)
+        );
+        assert_eq!(Subject::new("hub.>"), Err(SubjectError::WildcardInLiteral));
+        assert_eq!(Subject::new("hub.%"), Err(SubjectError::WildcardInLiteral));
+        assert!(matches!(
+            Subject::new("hub.a*"),
+            Err(SubjectError::EmbeddedWildcard { .. })
+        ));
+        assert!(matches!(
+            Subject::new("x".repeat(MAX_SUBJECT_BYTES + 1)),
+            Err(SubjectError::TooLong { .. })
+        ));
+        assert!(Subject::new("x".repeat(MAX_SUBJECT_BYTES)).is_ok());
+        assert!(matches!(
+            Subject::new(vec!["a"; MAX_SUBJECT_TOKENS + 1].join(".")),
+            Err(SubjectError::TooManyTokens { .. })
+        ));
+        assert!(Subject::new("hub.ünïcode.✓").is_ok());
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(Pattern::parse("hub.>").is_ok());
+        assert!(Pattern::parse(">").is_ok());
+        assert!(Pattern::parse("*").is_ok());
+        assert_eq!(
+            Pattern::parse("hub.>.x"),
+            Err(SubjectError::FullWildcardNotLast)
+        );
+        assert!(Pattern::parse("hub.%").unwrap().is_literal());
+        assert_eq!(
+            Pattern::parse_filter("hub.%.project.%").unwrap().as_str(),
+            "hub.*.project.*"
+        );
+    }
+
+    #[test]
+    fn matching() {
+        let m = |p: &str, s: &str| Pattern::parse_filter(p).unwrap().matches(s);
+        assert!(m("hub.>", "hub.a"));
+        assert!(m("hub.>", "hub.a.b.c"));
+        assert!(!m("hub.>", "hub"));
+        assert!(m("hub.*.project.*", "hub.local.project.created"));
+        assert!(!m("hub.*.project.*", "hub.local.project.created.late"));
+        assert!(!m("hub.*.project.*", "hub.local.project"));
+        assert!(m("hub.%.project.%", "hub.x.project.y"));
+        assert!(m("a.b", "a.b"));
+        assert!(!m("a.b", "a.bc"));
+        assert!(!m("a.b", "a.b.c"));
+        assert!(!m("a.b.c", "a.b"));
+        assert!(m(">", "x"));
+        assert!(m("*", "x"));
+        assert!(!m("*", "x.y"));
+    }
+
+    #[test]
+    fn literal_prefix() {
+        let p = |s: &str| Pattern::parse(s).unwrap().literal_prefix();
+        assert_eq!(p("hub.*.project.*"), "hub.");
+        assert_eq!(p("hub.local.>"), "hub.local.");
+        assert_eq!(p("hub.local.x"), "hub.local.x");
+        assert_eq!(p(">"), "");
+        assert_eq!(p("*.x"), "");
+    }
+}

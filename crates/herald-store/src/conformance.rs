@@ -1,0 +1,373 @@
+//! The behaviour every [`Store`] backend must show, as one suite that runs against each.
+//!
+//! A backend's tests call [`run`] with a function that opens a fresh, empty store. A
+//! feature of the store contract is done when this suite passes on every backend.
+
+use std::future::Future;
+
+use herald_core::{NewEvent, Origin, Pattern, Payload, Seq, Subject, Timestamp};
+use uuid::Uuid;
+
+use crate::{Appended, Query, Store};
+
+/// `n` new events on `subject`, with payloads `{"n": 0..n}`.
+pub fn events(subject: &str, n: usize) -> Vec<NewEvent> {
+    (0..n).map(|i| event(subject, i, None)).collect()
+}
+
+/// One new event on `subject` with payload `{"n": i}`.
+pub fn event(subject: &str, i: usize, correlation_id: Option<Uuid>) -> NewEvent {
+    let payload = Payload::from_json(format!(r#"{{"n":{i}}}"#)).expect("valid payload");
+    NewEvent::new(
+        Subject::new(subject).expect("valid subject"),
+        payload,
+        Origin {
+            hub_id: "conformance".into(),
+            service: Some("suite".into()),
+            user: None,
+        },
+        correlation_id,
+    )
+}
+
+/// Runs every check, each on a fresh store from `open`.
+pub async fn run<S, F, Fut>(mut open: F)
+where
+    S: Store,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = S>,
+{
+    empty_store(&open().await).await;
+    append_assigns_seq_in_order(&open().await).await;
+    duplicate_ids_are_stored_once(&open().await).await;
+    filters_combine(&open().await).await;
+    planner_agrees_with_naive_filtering(&open().await).await;
+    paging_sees_everything_once(&open().await).await;
+    concurrent_appends_get_distinct_dense_seqs(&open().await).await;
+}
+
+async fn empty_store<S: Store>(store: &S) {
+    assert_eq!(store.head().await.unwrap(), 0);
+    let page = store.query(Query::default()).await.unwrap();
+    assert!(page.events.is_empty());
+    assert_eq!(page.scanned_to, 0);
+    assert!(store.get(Uuid::now_v7()).await.unwrap().is_none());
+    assert!(store.health().await.healthy);
+}
+
+async fn append_assigns_seq_in_order<S: Store>(store: &S) {
+    let first = store.append(events("hub.a.x", 3)).await.unwrap();
+    let second = store.append(events("hub.a.y", 2)).await.unwrap();
+    let seqs: Vec<Seq> = first.iter().chain(&second).map(|a| a.event().seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    assert!(first.iter().all(|a| !a.is_duplicate()));
+    let stamps: Vec<Timestamp> = first
+        .iter()
+        .chain(&second)
+        .map(|a| a.event().timestamp)
+        .collect();
+    assert!(
+        stamps.windows(2).all(|w| w[0] <= w[1]),
+        "timestamps never go down"
+    );
+    assert_eq!(store.head().await.unwrap(), 5);
+
+    let stored = first[1].event();
+    let got = store.get(stored.id).await.unwrap().expect("stored event");
+    assert_eq!(&got, stored, "an event reads back exactly as stored");
+
+    let all = store.query(Query::default()).await.unwrap();
+    assert_eq!(all.events.len(), 5);
+    assert_eq!(all.scanned_to, 5);
+    assert_eq!(all.events[4].payload.get(), r#"{"n":1}"#);
+}
+
+async fn duplicate_ids_are_stored_once<S: Store>(store: &S) {
+    let original = event("hub.d.x", 0, None);
+    let stored = store.append(vec![original.clone()]).await.unwrap();
+    assert!(matches!(&stored[0], Appended::Stored(e) if e.seq == 1));
+
+    let mut retry = original.clone();
+    retry.payload = Payload::from_json(r#"{"different":true}"#.into()).unwrap();
+    let again = store
+        .append(vec![event("hub.d.y", 1, None), retry])
+        .await
+        .unwrap();
+    assert!(matches!(&again[0], Appended::Stored(e) if e.seq == 2));
+    match &again[1] {
+        Appended::Duplicate(e) => {
+            assert_eq!(e.seq, 1);
+            assert_eq!(e.payload.get(), r#"{"n":0}"#, "the original is kept");
+        }
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+
+    // The same id twice in one batch: the first is stored, the second refers to it.
+    let twin = event("hub.d.z", 2, None);
+    let both = store.append(vec![twin.clone(), twin]).await.unwrap();
+    assert!(matches!(&both[0], Appended::Stored(e) if e.seq == 3));
+    assert!(matches!(&both[1], Appended::Duplicate(e) if e.seq == 3));
+    assert_eq!(store.head().await.unwrap(), 3, "duplicates take no seq");
+}
+
+async fn filters_combine<S: Store>(store: &S) {
+    let corr = Uuid::now_v7();
+    store
+        .append(vec![
+            event("hub.local.project.created", 0, Some(corr)),
+            event("hub.local.project.started", 1, Some(corr)),
+            event("hub.other.project.created", 2, None),
+            event("hub.local.audit.security.completed", 3, Some(corr)),
+        ])
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let later = store
+        .append(vec![event("hub.local.project.stopped", 4, None)])
+        .await
+        .unwrap();
+    let later_ts = later[0].event().timestamp;
+
+    let subjects = |q: Query| async move {
+        store
+            .query(q)
+            .await
+            .unwrap()
+            .events
+            .into_iter()
+            .map(|e| e.subject.into_string())
+            .collect::<Vec<_>>()
+    };
+    let pattern = |p: &str| Some(Pattern::parse_filter(p).unwrap());
+
+    assert_eq!(
+        subjects(Query {
+            subject: pattern("hub.*.project.created"),
+            ..Query::default()
+        })
+        .await,
+        vec!["hub.local.project.created", "hub.other.project.created"]
+    );
+    assert_eq!(
+        subjects(Query {
+            subject: pattern("hub.%.project.%"),
+            ..Query::default()
+        })
+        .await
+        .len(),
+        4
+    );
+    assert_eq!(
+        subjects(Query {
+            subject: pattern("hub.local.>"),
+            ..Query::default()
+        })
+        .await
+        .len(),
+        4
+    );
+    assert_eq!(
+        subjects(Query {
+            subject: pattern("hub.local.project.started"),
+            ..Query::default()
+        })
+        .await,
+        vec!["hub.local.project.started"]
+    );
+    assert!(subjects(Query {
+        subject: pattern("hub.nothing.>"),
+        ..Query::default()
+    })
+    .await
+    .is_empty());
+    assert_eq!(
+        subjects(Query {
+            correlation_id: Some(corr),
+            ..Query::default()
+        })
+        .await
+        .len(),
+        3
+    );
+    assert_eq!(
+        subjects(Query {
+            correlation_id: Some(corr),
+            subject: pattern("hub.*.project.*"),
+            ..Query::default()
+        })
+        .await
+        .len(),
+        2
+    );
+    assert_eq!(
+        subjects(Query {
+            since: Some(later_ts),
+            ..Query::default()
+        })
+        .await,
+        vec!["hub.local.project.stopped"]
+    );
+    assert_eq!(
+        subjects(Query {
+            until: Some(Timestamp::from_micros(later_ts.as_micros() - 1)),
+            ..Query::default()
+        })
+        .await
+        .len(),
+        4
+    );
+    assert!(subjects(Query {
+        since: Some(Timestamp::from_micros(later_ts.as_micros() + 1)),
+        ..Query::default()
+    })
+    .await
+    .is_empty());
+    assert_eq!(
+        subjects(Query {
+            after_seq: 3,
+            ..Query::default()
+        })
+        .await,
+        vec![
+            "hub.local.audit.security.completed",
+            "hub.local.project.stopped"
+        ]
+    );
+    assert_eq!(
+        subjects(Query {
+            limit: 2,
+            ..Query::default()
+        })
+        .await,
+        vec!["hub.local.project.created", "hub.local.project.started"]
+    );
+}
+
+/// Enough subjects and events that every planner path runs, checked against filtering
+/// the whole log by hand.
+async fn planner_agrees_with_naive_filtering<S: Store>(store: &S) {
+    let mut batch = Vec::new();
+    for i in 0..600 {
+        let subject = match i % 10 {
+            0..=5 => format!("hub.h{}.busy.tick", i % 3),
+            6 | 7 => format!("hub.h{}.order.{}.created", i % 2, i % 40),
+            8 => format!("hub.h0.rare.{}", i % 7),
+            _ => "other.root".to_string(),
+        };
+        batch.push(event(&subject, i, None));
+        if batch.len() == 97 {
+            store.append(std::mem::take(&mut batch)).await.unwrap();
+        }
+    }
+    store.append(batch).await.unwrap();
+    let all = collect_all(
+        store,
+        Query {
+            limit: 1000,
+            ..Query::default()
+        },
+    )
+    .await;
+    assert_eq!(all.len(), 600);
+
+    for pattern in [
+        ">",
+        "hub.>",
+        "hub.*.busy.tick",
+        "hub.h0.>",
+        "hub.*.order.*.created",
+        "hub.h1.order.>",
+        "hub.h0.rare.*",
+        "*.root",
+        "hub.h0.rare.3",
+        "hub.*.*.*",
+        "nothing.*",
+    ] {
+        for limit in [1, 7, 100, 1000] {
+            for after_seq in [0, 250, 599, 600] {
+                let p = Pattern::parse(pattern).unwrap();
+                let expected: Vec<Seq> = all
+                    .iter()
+                    .filter(|e| e.seq > after_seq && p.matches(e.subject.as_str()))
+                    .map(|e| e.seq)
+                    .take(limit)
+                    .collect();
+                let page = store
+                    .query(Query {
+                        subject: Some(p),
+                        after_seq,
+                        limit,
+                        ..Query::default()
+                    })
+                    .await
+                    .unwrap();
+                let got: Vec<Seq> = page.events.iter().map(|e| e.seq).collect();
+                assert_eq!(
+                    got, expected,
+                    "pattern {pattern} limit {limit} after {after_seq}"
+                );
+                if got.len() < limit {
+                    assert_eq!(
+                        page.scanned_to,
+                        600.max(after_seq),
+                        "a short page covers the log"
+                    );
+                } else {
+                    assert_eq!(page.scanned_to, *got.last().unwrap());
+                }
+            }
+        }
+    }
+}
+
+async fn collect_all<S: Store>(store: &S, mut query: Query) -> Vec<herald_core::Event> {
+    let mut out = Vec::new();
+    loop {
+        let page = store.query(query.clone()).await.unwrap();
+        let done = page.events.len() < query.limit;
+        out.extend(page.events);
+        query.after_seq = page.scanned_to;
+        if done {
+            return out;
+        }
+    }
+}
+
+async fn paging_sees_everything_once<S: Store>(store: &S) {
+    for i in 0..25 {
+        store
+            .append(events(&format!("hub.p.s{}", i % 4), 9))
+            .await
+            .unwrap();
+    }
+    let pages = collect_all(
+        store,
+        Query {
+            subject: Some(Pattern::parse("hub.p.*").unwrap()),
+            limit: 10,
+            ..Query::default()
+        },
+    )
+    .await;
+    let seqs: Vec<Seq> = pages.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=225).collect::<Vec<_>>());
+}
+
+async fn concurrent_appends_get_distinct_dense_seqs<S: Store>(store: &S) {
+    let mut seqs: Vec<Seq> = Vec::new();
+    let results = futures_util::future::join_all(
+        (0..8).map(|t| store.append(events(&format!("hub.c.t{t}"), 25))),
+    )
+    .await;
+    for batch in results {
+        let batch = batch.unwrap();
+        let batch_seqs: Vec<Seq> = batch.iter().map(|a| a.event().seq).collect();
+        assert!(
+            batch_seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "a batch is contiguous"
+        );
+        seqs.extend(batch_seqs);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+}

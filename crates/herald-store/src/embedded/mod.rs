@@ -1,0 +1,502 @@
+//! The embedded store: one SQLite file in WAL mode, zero set-up.
+//!
+//! - **Durability**: `synchronous=FULL`, so a commit returns only after the WAL is
+//!   synced. The hub hands over whole batches (group commit), so one sync covers many
+//!   events.
+//! - **One writer**: a single connection behind a mutex writes; the process holds an
+//!   exclusive lock file beside the database so a second Herald cannot write to it too.
+//!   The writer keeps the next seq and the last timestamp in memory, which is what makes
+//!   seqs gap-free and timestamps non-decreasing.
+//! - **Readers**: a small pool of read-only connections; WAL lets them read a consistent
+//!   snapshot while the writer commits. Calls run on tokio's blocking threads.
+//! - **Checkpoints** run on a background thread, so commits never pay for them.
+
+mod query;
+mod schema;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use herald_core::{Event, NewEvent, Origin, Payload, Seq, Subject, Timestamp};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::{Appended, Page, Query, Result, Store, StoreError, StoreHealth};
+
+/// Tuning for the embedded store.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// Read-only connections kept for queries (each runs on a blocking thread).
+    pub read_connections: usize,
+    /// How often the background thread checkpoints the WAL into the database file.
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            read_connections: 4,
+            checkpoint_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The SQLite-backed store. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Option<Writer>>,
+    idle_readers: Mutex<Vec<Connection>>,
+    reader_permits: Semaphore,
+    head: AtomicU64,
+    closed: AtomicBool,
+    checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+    /// Held for the store's lifetime: the exclusive lock on `<db>.lock`.
+    _lock: File,
+}
+
+struct Writer {
+    conn: Connection,
+    next_seq: Seq,
+    last_ts: i64,
+}
+
+/// Columns read back for an event, in the order [`row_to_event`] expects.
+pub(crate) const EVENT_COLUMNS: &str =
+    "seq, id, subject, correlation_id, ts, hub_id, service, user, payload";
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store at `path`, applies migrations and recovers
+    /// the log's head.
+    pub async fn open(path: impl AsRef<Path>, options: EmbeddedOptions) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        tokio::task::spawn_blocking(move || Self::open_blocking(path, options))
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+
+    fn open_blocking(path: PathBuf, options: EmbeddedOptions) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Open(format!("cannot create directory {}: {e}", dir.display()))
+            })?;
+        }
+        let lock_path = lock_path(&path);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Open(format!("cannot open {}: {e}", lock_path.display())))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Open(format!(
+                    "{} is in use by another Herald process",
+                    path.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StoreError::Open(format!(
+                    "cannot lock {}: {e}",
+                    lock_path.display()
+                )))
+            }
+        }
+
+        let mut conn = Connection::open(&path)
+            .map_err(|e| StoreError::Open(format!("cannot open {}: {e}", path.display())))?;
+        schema::configure_writer(&conn)?;
+        schema::migrate(&mut conn)?;
+        let (last_seq, last_ts): (Seq, i64) = conn
+            .query_row(
+                "SELECT seq, ts FROM events ORDER BY seq DESC LIMIT 1",
+                [],
+                |row| Ok((row.get::<_, i64>(0)? as Seq, row.get(1)?)),
+            )
+            .optional()
+            .map_err(open_error)?
+            .unwrap_or((0, i64::MIN));
+
+        let checkpointer = spawn_checkpointer(&path, options.checkpoint_interval)?;
+        tracing::info!(path = %path.display(), head = last_seq, "Embedded store opened.");
+        Ok(EmbeddedStore {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(Some(Writer {
+                    conn,
+                    next_seq: last_seq + 1,
+                    last_ts,
+                })),
+                idle_readers: Mutex::new(Vec::new()),
+                reader_permits: Semaphore::new(options.read_connections.max(1)),
+                head: AtomicU64::new(last_seq),
+                closed: AtomicBool::new(false),
+                checkpointer: Mutex::new(Some(checkpointer)),
+                _lock: lock,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` on a pooled read-only connection, on a blocking thread.
+    async fn with_reader<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let _permit = self
+            .inner
+            .reader_permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            if inner.closed.load(Ordering::Acquire) {
+                return Err(StoreError::Closed);
+            }
+            let pooled = inner.idle_readers.lock().expect("reader pool").pop();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => open_reader(&inner.path).map_err(map_error)?,
+            };
+            let result = f(&conn).map_err(map_error);
+            if !inner.closed.load(Ordering::Acquire) {
+                inner.idle_readers.lock().expect("reader pool").push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+
+    fn append_blocking(inner: &Inner, batch: Vec<NewEvent>) -> Result<Vec<Appended>> {
+        let mut guard = inner.writer.lock().expect("writer mutex");
+        let writer = guard.as_mut().ok_or(StoreError::Closed)?;
+        let ts = Timestamp::now().as_micros().max(writer.last_ts);
+        let timestamp = Timestamp::from_micros(ts);
+        let mut next_seq = writer.next_seq;
+        let mut out = Vec::with_capacity(batch.len());
+
+        let tx = writer
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(map_error)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO events (seq, id, subject, correlation_id, ts, hub_id, service, user, payload)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .map_err(map_error)?;
+            let mut per_subject: HashMap<String, (i64, Seq)> = HashMap::new();
+            for event in batch {
+                let inserted = insert
+                    .execute(params![
+                        next_seq as i64,
+                        event.id.as_bytes(),
+                        event.subject.as_str(),
+                        event.correlation_id.as_bytes(),
+                        ts,
+                        event.origin.hub_id,
+                        event.origin.service,
+                        event.origin.user,
+                        event.payload.get(),
+                    ])
+                    .map_err(map_error)?;
+                if inserted == 1 {
+                    let entry = per_subject
+                        .entry(event.subject.as_str().to_owned())
+                        .or_insert((0, 0));
+                    entry.0 += 1;
+                    entry.1 = next_seq;
+                    out.push(Appended::Stored(event.commit(next_seq, timestamp)));
+                    next_seq += 1;
+                } else {
+                    let existing =
+                        get_by_id(&tx, event.id)
+                            .map_err(map_error)?
+                            .ok_or_else(|| {
+                                StoreError::Internal(format!(
+                                    "id {} conflicted but is not stored",
+                                    event.id
+                                ))
+                            })?;
+                    out.push(Appended::Duplicate(existing));
+                }
+            }
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO subjects (subject, events, last_seq) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (subject) DO UPDATE
+                     SET events = events + excluded.events, last_seq = excluded.last_seq",
+                )
+                .map_err(map_error)?;
+            for (subject, (count, last_seq)) in per_subject {
+                upsert
+                    .execute(params![subject, count, last_seq as i64])
+                    .map_err(map_error)?;
+            }
+        }
+        tx.commit().map_err(map_error)?;
+
+        writer.next_seq = next_seq;
+        writer.last_ts = ts;
+        inner.head.store(next_seq - 1, Ordering::Release);
+        Ok(out)
+    }
+}
+
+impl Store for EmbeddedStore {
+    async fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<Appended>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || Self::append_blocking(&inner, batch))
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<Event>> {
+        self.with_reader(move |conn| get_by_id(conn, id)).await
+    }
+
+    async fn query(&self, query: Query) -> Result<Page> {
+        self.with_reader(move |conn| query::run(conn, &query)).await
+    }
+
+    async fn head(&self) -> Result<Seq> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        Ok(self.inner.head.load(Ordering::Acquire))
+    }
+
+    async fn health(&self) -> StoreHealth {
+        match self
+            .with_reader(|conn| conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0)))
+            .await
+        {
+            Ok(_) => StoreHealth {
+                healthy: true,
+                detail: "embedded store is readable".into(),
+            },
+            Err(error) => StoreHealth {
+                healthy: false,
+                detail: error.to_string(),
+            },
+        }
+    }
+
+    async fn close(&self) -> Result<()> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            if inner.closed.swap(true, Ordering::AcqRel) {
+                return Ok(());
+            }
+            inner.reader_permits.close();
+            if let Some((stop, handle)) = inner.checkpointer.lock().expect("checkpointer").take() {
+                drop(stop);
+                let _ = handle.join();
+            }
+            inner.idle_readers.lock().expect("reader pool").clear();
+            if let Some(writer) = inner.writer.lock().expect("writer mutex").take() {
+                if let Err(error) = writer
+                    .conn
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                {
+                    tracing::warn!(%error, "Final checkpoint failed; the WAL is replayed at next start.");
+                }
+                writer.conn.close().map_err(|(_, e)| map_error(e))?;
+            }
+            tracing::info!(path = %inner.path.display(), "Embedded store closed.");
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    path.with_file_name(name)
+}
+
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    schema::configure_reader(&conn)?;
+    Ok(conn)
+}
+
+/// Checkpoints the WAL every `interval` on a thread of its own, until its sender drops.
+fn spawn_checkpointer(
+    path: &Path,
+    interval: Duration,
+) -> Result<(mpsc::Sender<()>, JoinHandle<()>)> {
+    let conn = Connection::open(path).map_err(open_error)?;
+    conn.busy_timeout(Duration::from_secs(1))
+        .map_err(open_error)?;
+    let (stop, stopped) = mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("herald-checkpoint".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                {
+                    tracing::warn!(%error, "WAL checkpoint failed.");
+                }
+            }
+        })
+        .map_err(|e| StoreError::Open(format!("cannot start checkpoint thread: {e}")))?;
+    Ok((stop, handle))
+}
+
+pub(crate) fn get_by_id(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<Event>> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"))?;
+    stmt.query_row([id.as_bytes()], row_to_event).optional()
+}
+
+/// Decodes a row selected with [`EVENT_COLUMNS`].
+pub(crate) fn row_to_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    fn corrupt(column: usize, message: String) -> rusqlite::Error {
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            rusqlite::types::Type::Text,
+            message.into(),
+        )
+    }
+    let uuid = |column: usize| -> rusqlite::Result<Uuid> {
+        let bytes: [u8; 16] = row.get(column)?;
+        Ok(Uuid::from_bytes(bytes))
+    };
+    let subject: String = row.get(2)?;
+    let payload: String = row.get(8)?;
+    Ok(Event {
+        seq: row.get::<_, i64>(0)? as Seq,
+        id: uuid(1)?,
+        subject: Subject::new(subject).map_err(|e| corrupt(2, e.to_string()))?,
+        correlation_id: uuid(3)?,
+        timestamp: Timestamp::from_micros(row.get(4)?),
+        origin: Origin {
+            hub_id: row.get(5)?,
+            service: row.get(6)?,
+            user: row.get(7)?,
+        },
+        payload: Payload::from_json(payload).map_err(|e| corrupt(8, e))?,
+    })
+}
+
+fn open_error(error: rusqlite::Error) -> StoreError {
+    StoreError::Open(error.to_string())
+}
+
+/// Sorts SQLite failures into what callers can act on: try again later, or a bug.
+pub(crate) fn map_error(error: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode::*;
+    match &error {
+        rusqlite::Error::SqliteFailure(e, _) => match e.code {
+            DiskFull
+            | SystemIoFailure
+            | DatabaseBusy
+            | DatabaseLocked
+            | CannotOpen
+            | ReadOnly
+            | OutOfMemory
+            | FileLockingProtocolFailed => StoreError::Unavailable(error.to_string()),
+            DatabaseCorrupt | NotADatabase => StoreError::Corrupt(error.to_string()),
+            _ => StoreError::Internal(error.to_string()),
+        },
+        rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::InvalidColumnType(..) => {
+            StoreError::Corrupt(error.to_string())
+        }
+        _ => StoreError::Internal(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn open(dir: &tempfile::TempDir) -> EmbeddedStore {
+        EmbeddedStore::open(dir.path().join("herald.db"), EmbeddedOptions::default())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = 0;
+        crate::conformance::run(|| {
+            n += 1;
+            let path = dir.path().join(format!("c{n}.db"));
+            async move {
+                EmbeddedStore::open(path, EmbeddedOptions::default())
+                    .await
+                    .unwrap()
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_second_process_cannot_open_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open(&dir).await;
+        let err = EmbeddedStore::open(dir.path().join("herald.db"), EmbeddedOptions::default())
+            .await
+            .err()
+            .expect("second open must fail");
+        assert!(err.to_string().contains("in use"), "{err}");
+        first.close().await.unwrap();
+        drop(first);
+        let again = open(&dir).await;
+        again.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn head_and_seq_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let batch = crate::conformance::events("hub.t.a", 5);
+        store.append(batch).await.unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        let store = open(&dir).await;
+        assert_eq!(store.head().await.unwrap(), 5);
+        let appended = store
+            .append(crate::conformance::events("hub.t.a", 1))
+            .await
+            .unwrap();
+        assert_eq!(appended[0].event().seq, 6);
+        assert!(matches!(store.append(vec![]).await, Ok(v) if v.is_empty()));
+        store.close().await.unwrap();
+        assert!(matches!(store.head().await, Err(StoreError::Closed)));
+        assert!(store
+            .append(crate::conformance::events("hub.t.a", 1))
+            .await
+            .is_err());
+    }
+}

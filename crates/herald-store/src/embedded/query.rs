@@ -1,0 +1,318 @@
+//! The embedded store's query planner.
+//!
+//! Every query is answered in seq order from one read snapshot. Filters are applied
+//! exactly in Rust (subject patterns never become SQL `LIKE`); SQL only narrows what is
+//! read, through one of three paths:
+//!
+//! - **by correlation id**, through its index;
+//! - **by subject**: the distinct subjects that can match are looked up in the
+//!   `subjects` table (a range scan on the pattern's literal prefix), each one's first
+//!   seqs are read from the subject index, and the lists are merged;
+//! - **by seq**: a scan of the log in seq order, filtering as it goes — chosen when the
+//!   pattern matches so much of the log that the scan finds `limit` events quickly.
+//!
+//! Time bounds become seq bounds first: the store's timestamps never go down in seq order.
+
+use herald_core::{Event, Pattern, Seq};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{row_to_event, EVENT_COLUMNS};
+use crate::{Page, Query, MAX_QUERY_LIMIT};
+
+/// Distinct subjects read from the `subjects` table before giving up on the merge path.
+const MAX_SUBJECTS_EXAMINED: usize = 10_000;
+/// Most subjects merged; past this a scan by seq is cheaper anyway.
+const MAX_SUBJECTS_MERGED: usize = 1_000;
+/// Rows read per step of a scan by seq.
+const SCAN_CHUNK: i64 = 512;
+
+enum Path {
+    Correlation,
+    Subjects(Vec<String>),
+    Scan,
+}
+
+pub(super) fn run(conn: &Connection, query: &Query) -> rusqlite::Result<Page> {
+    let limit = query.limit.clamp(1, MAX_QUERY_LIMIT);
+    // One snapshot for every statement below.
+    let tx = conn.unchecked_transaction()?;
+    let head: Seq = tx.query_row("SELECT IFNULL(MAX(seq), 0) FROM events", [], |row| {
+        row.get::<_, i64>(0).map(|s| s as Seq)
+    })?;
+    let complete = Page {
+        events: Vec::new(),
+        scanned_to: head.max(query.after_seq),
+    };
+
+    let mut lo = query.after_seq;
+    let mut hi = head;
+    if let Some(since) = query.since {
+        let first: Option<i64> = tx
+            .query_row(
+                "SELECT seq FROM events WHERE ts >= ?1 ORDER BY ts, seq LIMIT 1",
+                [since.as_micros()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        match first {
+            Some(seq) => lo = lo.max(seq as Seq - 1),
+            None => return Ok(complete),
+        }
+    }
+    if let Some(until) = query.until {
+        let last: Option<i64> = tx
+            .query_row(
+                "SELECT seq FROM events WHERE ts <= ?1 ORDER BY ts DESC, seq DESC LIMIT 1",
+                [until.as_micros()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        hi = hi.min(last.map_or(0, |s| s as Seq));
+    }
+    if lo >= hi {
+        return Ok(complete);
+    }
+
+    let path = choose_path(&tx, query, head, limit)?;
+    let (events, exhausted) = match path {
+        Path::Correlation => by_correlation(&tx, query, lo, hi, limit)?,
+        Path::Subjects(subjects) => by_subjects(&tx, query, &subjects, lo, hi, limit)?,
+        Path::Scan => by_scan(&tx, query, lo, hi, limit)?,
+    };
+    let scanned_to = if exhausted {
+        complete.scanned_to
+    } else {
+        events.last().map_or(lo, |e| e.seq)
+    };
+    Ok(Page { events, scanned_to })
+}
+
+fn choose_path(
+    conn: &Connection,
+    query: &Query,
+    head: Seq,
+    limit: usize,
+) -> rusqlite::Result<Path> {
+    if query.correlation_id.is_some() {
+        return Ok(Path::Correlation);
+    }
+    let Some(pattern) = query.subject.as_ref().filter(|p| !p.matches_everything()) else {
+        return Ok(Path::Scan);
+    };
+    if pattern.is_literal() {
+        return Ok(Path::Subjects(vec![pattern.as_str().to_owned()]));
+    }
+    let Some((subjects, matching_events)) = candidate_subjects(conn, pattern)? else {
+        return Ok(Path::Scan);
+    };
+    if subjects.is_empty() {
+        return Ok(Path::Subjects(subjects));
+    }
+    // Rows each path is expected to read: the merge reads up to `limit` seqs per
+    // subject; the scan reads until it has seen `limit` matches at the pattern's density.
+    let merge_cost = subjects.len() as u128 * limit as u128;
+    let scan_cost = limit as u128 * head.max(1) as u128 / matching_events.max(1) as u128;
+    if subjects.len() <= MAX_SUBJECTS_MERGED && merge_cost <= scan_cost {
+        Ok(Path::Subjects(subjects))
+    } else {
+        Ok(Path::Scan)
+    }
+}
+
+/// The stored subjects that match `pattern`, with their total event count; `None` when
+/// there are too many to examine.
+fn candidate_subjects(
+    conn: &Connection,
+    pattern: &Pattern,
+) -> rusqlite::Result<Option<(Vec<String>, u64)>> {
+    let prefix = pattern.literal_prefix();
+    // The prefix ends with '.', and '/' is the next character: [prefix, upper) holds
+    // exactly the subjects that start with the prefix.
+    let upper = match prefix.strip_suffix('.') {
+        Some(stem) => format!("{stem}/"),
+        None => String::new(),
+    };
+    let mut stmt = if prefix.is_empty() {
+        conn.prepare_cached("SELECT subject, events FROM subjects WHERE ?1 = ?2")?
+    } else {
+        conn.prepare_cached(
+            "SELECT subject, events FROM subjects WHERE subject >= ?1 AND subject < ?2",
+        )?
+    };
+    let mut rows = stmt.query(params![prefix, upper])?;
+    let mut subjects = Vec::new();
+    let mut matching_events = 0u64;
+    let mut examined = 0usize;
+    while let Some(row) = rows.next()? {
+        examined += 1;
+        if examined > MAX_SUBJECTS_EXAMINED {
+            return Ok(None);
+        }
+        let subject: String = row.get(0)?;
+        if pattern.matches(&subject) {
+            matching_events += row.get::<_, i64>(1)? as u64;
+            subjects.push(subject);
+            if subjects.len() > MAX_SUBJECTS_MERGED {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some((subjects, matching_events)))
+}
+
+/// Whether an event passes every filter of the query. The SQL paths narrow the read; this
+/// decides.
+fn accepts(query: &Query, event: &Event) -> bool {
+    query
+        .subject
+        .as_ref()
+        .is_none_or(|p| p.matches(event.subject.as_str()))
+        && query.since.is_none_or(|t| event.timestamp >= t)
+        && query.until.is_none_or(|t| event.timestamp <= t)
+        && query
+            .correlation_id
+            .is_none_or(|c| event.correlation_id == c)
+}
+
+/// What one pass of [`collect`] saw.
+struct Collected {
+    /// The seq of the last row read, accepted or not.
+    last_read: Option<Seq>,
+    /// The rows ran out before `limit` events were accepted.
+    exhausted: bool,
+}
+
+/// Adds the events matching `query` from the rows `sql` yields (in seq order) to `out`,
+/// stopping when `out` holds `limit`.
+fn collect(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    query: &Query,
+    limit: usize,
+    out: &mut Vec<Event>,
+) -> rusqlite::Result<Collected> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut last_read = None;
+    while let Some(row) = rows.next()? {
+        let event = row_to_event(row)?;
+        last_read = Some(event.seq);
+        if accepts(query, &event) {
+            out.push(event);
+            if out.len() == limit {
+                return Ok(Collected {
+                    last_read,
+                    exhausted: false,
+                });
+            }
+        }
+    }
+    Ok(Collected {
+        last_read,
+        exhausted: true,
+    })
+}
+
+fn by_correlation(
+    conn: &Connection,
+    query: &Query,
+    lo: Seq,
+    hi: Seq,
+    limit: usize,
+) -> rusqlite::Result<(Vec<Event>, bool)> {
+    let id = query.correlation_id.expect("correlation path needs an id");
+    let mut out = Vec::new();
+    let collected = collect(
+        conn,
+        &format!(
+            "SELECT {EVENT_COLUMNS} FROM events
+             WHERE correlation_id = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq"
+        ),
+        params![id.as_bytes(), lo as i64, hi as i64],
+        query,
+        limit,
+        &mut out,
+    )?;
+    Ok((out, collected.exhausted))
+}
+
+fn by_subjects(
+    conn: &Connection,
+    query: &Query,
+    subjects: &[String],
+    lo: Seq,
+    hi: Seq,
+    limit: usize,
+) -> rusqlite::Result<(Vec<Event>, bool)> {
+    // The first `limit` seqs of each subject (an index-only read), merged.
+    let mut seqs: Vec<i64> = Vec::new();
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq FROM events WHERE subject = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4",
+        )?;
+        for subject in subjects {
+            let rows = stmt.query_map(
+                params![subject, lo as i64, hi as i64, limit as i64],
+                |row| row.get::<_, i64>(0),
+            )?;
+            for seq in rows {
+                seqs.push(seq?);
+            }
+        }
+    }
+    seqs.sort_unstable();
+    let exhausted = seqs.len() < limit;
+    seqs.truncate(limit);
+
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1"
+    ))?;
+    let mut out = Vec::with_capacity(seqs.len());
+    for seq in seqs {
+        let event = stmt.query_row([seq], row_to_event)?;
+        if accepts(query, &event) {
+            out.push(event);
+        }
+    }
+    Ok((out, exhausted))
+}
+
+fn by_scan(
+    conn: &Connection,
+    query: &Query,
+    lo: Seq,
+    hi: Seq,
+    limit: usize,
+) -> rusqlite::Result<(Vec<Event>, bool)> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3"
+    );
+    let mut out = Vec::new();
+    let mut from = lo;
+    let unfiltered = query.subject.is_none() && query.since.is_none() && query.until.is_none();
+    while from < hi {
+        // With nothing to filter, read exactly what is wanted; otherwise step in chunks.
+        let chunk = if unfiltered {
+            (limit - out.len()) as i64
+        } else {
+            SCAN_CHUNK
+        };
+        let collected = collect(
+            conn,
+            &sql,
+            params![from as i64, hi as i64, chunk],
+            query,
+            limit,
+            &mut out,
+        )?;
+        if out.len() == limit {
+            return Ok((out, false));
+        }
+        match collected.last_read {
+            Some(seq) => from = seq,
+            None => break,
+        }
+    }
+    Ok((out, true))
+}

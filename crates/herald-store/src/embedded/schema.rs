@@ -1,0 +1,93 @@
+//! Connection settings and versioned schema migrations for the embedded store.
+//!
+//! The schema version is SQLite's `user_version`. Migrations run in order, each in its
+//! own transaction, and are never edited once released: a change is a new migration.
+
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use crate::StoreError;
+
+fn open_error(error: rusqlite::Error) -> StoreError {
+    StoreError::Open(error.to_string())
+}
+
+/// Migration `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: the log, and the distinct subjects it holds.
+    "CREATE TABLE events (
+        seq            INTEGER PRIMARY KEY,   -- the rowid: the table is stored in seq order
+        id             BLOB    NOT NULL,      -- UUID, 16 bytes
+        subject        TEXT    NOT NULL,
+        correlation_id BLOB    NOT NULL,
+        ts             INTEGER NOT NULL,      -- microseconds since the Unix epoch, UTC
+        hub_id         TEXT    NOT NULL,
+        service        TEXT,
+        user           TEXT,
+        payload        TEXT    NOT NULL       -- a JSON object, as published
+    );
+    -- Index entries carry the rowid (seq), so each of these is ordered by seq within a key.
+    CREATE UNIQUE INDEX events_by_id ON events (id);
+    CREATE INDEX events_by_subject ON events (subject);
+    CREATE INDEX events_by_correlation ON events (correlation_id);
+    CREATE INDEX events_by_ts ON events (ts);
+    -- One row per distinct subject: lets a wildcard query find its subjects without
+    -- scanning events.
+    CREATE TABLE subjects (
+        subject  TEXT    PRIMARY KEY,
+        events   INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL
+    ) WITHOUT ROWID;",
+];
+
+/// The schema version this build writes.
+pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub(crate) fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(open_error)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(open_error)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Open(format!(
+            "cannot switch the database to WAL mode (got {mode})"
+        )));
+    }
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;          -- a commit returns after the WAL is synced
+         PRAGMA wal_autocheckpoint = 0;      -- checkpoints run on their own thread
+         PRAGMA journal_size_limit = 67108864;
+         PRAGMA cache_size = -8192;          -- KiB
+         PRAGMA temp_store = MEMORY;",
+    )
+    .map_err(open_error)
+}
+
+pub(crate) fn configure_reader(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.execute_batch("PRAGMA cache_size = -2048;")
+}
+
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(open_error)?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::Open(format!(
+            "the database has schema version {current}, newer than this Herald understands ({SCHEMA_VERSION}); upgrade Herald"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let mut apply = || -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", version as i64 + 1)?;
+            tx.commit()
+        };
+        apply().map_err(|e| StoreError::Open(format!("migration {} failed: {e}", version + 1)))?;
+        tracing::info!(version = version + 1, "Applied schema migration.");
+    }
+    Ok(())
+}

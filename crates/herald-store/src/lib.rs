@@ -1,0 +1,313 @@
+//! Herald's storage contract ([`Store`]) and its backends.
+//!
+//! The store is the source of truth: it assigns every event its `seq` and `timestamp` at
+//! commit, and everything that delivers events (live streams, catch-up, relays) reads
+//! from it by `seq`. A backend must:
+//!
+//! - commit each [`Store::append`] batch in one transaction, durably (synced) before it
+//!   returns, and either store all of it or none of it;
+//! - give seqs strictly increasing in commit order, and timestamps that never go down;
+//! - store an event id once: appending an id that is already stored returns the stored
+//!   event as [`Appended::Duplicate`];
+//! - answer [`Store::query`] in seq order, from a consistent snapshot.
+//!
+//! [`conformance`] checks all of this against any backend.
+//!
+//! Backends: [`embedded`] (SQLite in WAL mode, the default). The set of backends is
+//! closed, so [`AnyStore`] dispatches once at the top instead of boxing every call.
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use herald_core::{Event, NewEvent, Pattern, Seq, Timestamp};
+use uuid::Uuid;
+
+pub mod conformance;
+pub mod embedded;
+
+pub use embedded::{EmbeddedOptions, EmbeddedStore};
+
+/// Most events one query may return.
+pub const MAX_QUERY_LIMIT: usize = 1000;
+
+/// What went wrong in a store. Callers branch on [`StoreError::is_unavailable`] to
+/// answer 503 (try again) instead of 500.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store cannot serve right now (disk full, locked, I/O error, database down).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store was closed.
+    #[error("store is closed")]
+    Closed,
+    /// Stored data could not be read back: a bug or a damaged file.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// Opening failed for a reason the operator must fix (bad path, locked by another process).
+    #[error("cannot open store: {0}")]
+    Open(String),
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Closed)
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The result of appending one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Appended {
+    /// Newly stored in this batch.
+    Stored(Event),
+    /// An event with this id was already stored; this is that event, unchanged.
+    Duplicate(Event),
+}
+
+impl Appended {
+    pub fn event(&self) -> &Event {
+        match self {
+            Appended::Stored(e) | Appended::Duplicate(e) => e,
+        }
+    }
+
+    pub fn into_event(self) -> Event {
+        match self {
+            Appended::Stored(e) | Appended::Duplicate(e) => e,
+        }
+    }
+
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, Appended::Duplicate(_))
+    }
+}
+
+/// A read of the log: every filter is optional and they combine with AND.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    /// Subject pattern; `None` matches everything.
+    pub subject: Option<Pattern>,
+    /// Only events with `seq > after_seq` (0 = from the start).
+    pub after_seq: Seq,
+    /// Only events committed at or after this instant.
+    pub since: Option<Timestamp>,
+    /// Only events committed at or before this instant.
+    pub until: Option<Timestamp>,
+    pub correlation_id: Option<Uuid>,
+    /// At most this many events (1..=[`MAX_QUERY_LIMIT`]; larger values are clamped).
+    pub limit: usize,
+}
+
+impl Default for Query {
+    fn default() -> Self {
+        Query {
+            subject: None,
+            after_seq: 0,
+            since: None,
+            until: None,
+            correlation_id: None,
+            limit: 100,
+        }
+    }
+}
+
+/// The answer to a [`Query`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// Matching events in seq order.
+    pub events: Vec<Event>,
+    /// Every matching event with a seq at or below this one has been returned (by this
+    /// page or an earlier one). The next page starts after it: a reader that resumes from
+    /// here skips nothing, even when this page is empty.
+    pub scanned_to: Seq,
+}
+
+/// Health of a store, as shown by `GET /health`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreHealth {
+    pub healthy: bool,
+    pub detail: String,
+}
+
+/// The storage contract. See the crate docs for the guarantees each backend gives.
+pub trait Store: Send + Sync + 'static {
+    /// Stores a batch in one durable transaction and returns, per input event and in the
+    /// same order, the stored (or already stored) event.
+    fn append(&self, batch: Vec<NewEvent>) -> impl Future<Output = Result<Vec<Appended>>> + Send;
+
+    fn get(&self, id: Uuid) -> impl Future<Output = Result<Option<Event>>> + Send;
+
+    fn query(&self, query: Query) -> impl Future<Output = Result<Page>> + Send;
+
+    /// The seq of the last committed event (0 when empty).
+    fn head(&self) -> impl Future<Output = Result<Seq>> + Send;
+
+    fn health(&self) -> impl Future<Output = StoreHealth> + Send;
+
+    /// Flushes and releases the store. Calls after this fail with [`StoreError::Closed`].
+    fn close(&self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Where the events live, parsed from `DATABASE_URL` / `--data`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// A single SQLite file (`sqlite://path`, `sqlite:path` or a plain path).
+    Embedded { path: PathBuf },
+    /// A PostgreSQL server (`postgres://…`, `postgresql://…`).
+    Postgres { url: String },
+}
+
+impl StoreConfig {
+    /// Parses a database URL or path. Unknown schemes are an error that lists the known ones.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("the database location is empty".into());
+        }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(StoreConfig::Postgres { url: text.into() });
+        }
+        if let Some(rest) = text.strip_prefix("sqlite:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() {
+                return Err("`sqlite://` needs a file path, e.g. sqlite://./data/herald.db".into());
+            }
+            return Ok(StoreConfig::Embedded { path: path.into() });
+        }
+        if let Some((scheme, _)) = text.split_once("://") {
+            return Err(format!(
+                "unknown database scheme `{scheme}://`; use sqlite://PATH, a plain path, or postgres://…"
+            ));
+        }
+        Ok(StoreConfig::Embedded { path: text.into() })
+    }
+
+    /// Opens the store this config names.
+    pub async fn open(&self, options: EmbeddedOptions) -> Result<AnyStore> {
+        match self {
+            StoreConfig::Embedded { path } => {
+                Ok(AnyStore::Embedded(EmbeddedStore::open(path, options).await?))
+            }
+            StoreConfig::Postgres { .. } => Err(StoreError::Open(
+                "the PostgreSQL backend is not available in this build yet; use the embedded store (sqlite://PATH)"
+                    .into(),
+            )),
+        }
+    }
+
+    /// A description safe to log or print: no credentials.
+    pub fn redacted(&self) -> String {
+        match self {
+            StoreConfig::Embedded { path } => format!("sqlite://{}", path.display()),
+            StoreConfig::Postgres { url } => redact_url(url),
+        }
+    }
+}
+
+/// Replaces the password of a `scheme://user:password@host` URL with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}")
+            } else {
+                format!("{scheme}://{user}@{host}")
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+/// One of the backends, chosen at start-up.
+pub enum AnyStore {
+    Embedded(EmbeddedStore),
+}
+
+impl Store for AnyStore {
+    async fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<Appended>> {
+        match self {
+            AnyStore::Embedded(s) => s.append(batch).await,
+        }
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<Event>> {
+        match self {
+            AnyStore::Embedded(s) => s.get(id).await,
+        }
+    }
+
+    async fn query(&self, query: Query) -> Result<Page> {
+        match self {
+            AnyStore::Embedded(s) => s.query(query).await,
+        }
+    }
+
+    async fn head(&self) -> Result<Seq> {
+        match self {
+            AnyStore::Embedded(s) => s.head().await,
+        }
+    }
+
+    async fn health(&self) -> StoreHealth {
+        match self {
+            AnyStore::Embedded(s) => s.health().await,
+        }
+    }
+
+    async fn close(&self) -> Result<()> {
+        match self {
+            AnyStore::Embedded(s) => s.close().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_locations() {
+        assert_eq!(
+            StoreConfig::parse("sqlite://./data/h.db").unwrap(),
+            StoreConfig::Embedded {
+                path: "./data/h.db".into()
+            }
+        );
+        assert_eq!(
+            StoreConfig::parse("sqlite:/tmp/h.db").unwrap(),
+            StoreConfig::Embedded {
+                path: "/tmp/h.db".into()
+            }
+        );
+        assert_eq!(
+            StoreConfig::parse("data/h.db").unwrap(),
+            StoreConfig::Embedded {
+                path: "data/h.db".into()
+            }
+        );
+        assert!(matches!(
+            StoreConfig::parse("postgres://u:p@localhost/db").unwrap(),
+            StoreConfig::Postgres { .. }
+        ));
+        assert!(StoreConfig::parse("mysql://x").is_err());
+        assert!(StoreConfig::parse("sqlite://").is_err());
+        assert!(StoreConfig::parse("").is_err());
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://herald:s3cret@db:5432/h"),
+            "postgres://herald:***@db:5432/h"
+        );
+        assert_eq!(redact_url("postgres://db/h"), "postgres://db/h");
+    }
+}
