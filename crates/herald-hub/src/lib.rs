@@ -1,1 +1,341 @@
-//! placeholder
+//! Herald's engine, usable as a library without the server.
+//!
+//! - [`Hub::publish`] hands events to the **committer**, one task that drains every
+//!   waiting publish into a single store transaction (group commit): one sync covers
+//!   them all, and an answer comes back only once the batch is durable.
+//! - After each commit the committer **fans out** the new events, in seq order, to
+//!   live subscribers found through a [`SubjectTree`](herald_core::SubjectTree).
+//! - A [`Subscription`] reads from the store until it has caught up, then from its
+//!   bounded live queue. When that queue overflows the hub stops filling it and the
+//!   subscription goes back to the store, then rejoins: no gap, no duplicate, bounded
+//!   memory, and a slow subscriber never slows anyone else.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use herald_hub::{Hub, HubConfig, StartAt};
+//! use herald_store::{EmbeddedOptions, StoreConfig};
+//! let store = StoreConfig::parse("sqlite://./data/herald.db")?
+//!     .open(EmbeddedOptions::default())
+//!     .await?;
+//! let hub = Hub::open(HubConfig::new("local-hub"), store).await?;
+//! let mut events = hub.subscribe("hub.>".parse()?, StartAt::Live).await?;
+//! hub.publish(hub.new_event("hub.local-hub.project.created", r#"{"id":1}"#)?).await?;
+//! let event = events.next().await.unwrap()?;
+//! hub.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod committer;
+mod subscription;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use herald_core::{
+    Event, NewEvent, Origin, Pattern, Payload, Seq, Subject, SubjectTree, Timestamp,
+};
+use herald_store::{AnyStore, Page, Query, Store, StoreError, StoreHealth};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use subscription::{StartAt, Subscription};
+
+/// Settings of the engine.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// This hub's id: the `origin.hub_id` of events published here.
+    pub hub_id: String,
+    /// Most events committed in one transaction.
+    pub max_batch_events: usize,
+    /// Publish requests waiting for the committer before publishers wait for room.
+    pub publish_queue: usize,
+    /// Events a live subscriber may have waiting before it is switched to catch-up.
+    pub subscriber_queue: usize,
+    /// Events read from the store per step of catch-up.
+    pub catch_up_page: usize,
+}
+
+impl HubConfig {
+    pub fn new(hub_id: impl Into<String>) -> Self {
+        HubConfig {
+            hub_id: hub_id.into(),
+            max_batch_events: 2048,
+            publish_queue: 8192,
+            subscriber_queue: 1024,
+            catch_up_page: 256,
+        }
+    }
+}
+
+/// Why the hub could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubError {
+    /// The store cannot take or serve events right now; try again.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The hub is shutting down and takes no more publishes.
+    #[error("the hub is shutting down")]
+    ShuttingDown,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for HubError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Closed => HubError::ShuttingDown,
+            e if e.is_unavailable() => HubError::Unavailable(e.to_string()),
+            e => HubError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// The outcome of publishing one event.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub event: Arc<Event>,
+    /// An event with the same id was already stored; `event` is that one.
+    pub duplicate: bool,
+}
+
+/// Counters the engine keeps (exported as metrics by the server).
+#[derive(Debug, Default)]
+pub struct HubStats {
+    pub events_stored: AtomicU64,
+    pub events_duplicate: AtomicU64,
+    pub commits: AtomicU64,
+    pub live_deliveries: AtomicU64,
+    /// Times a live subscriber overflowed its queue and went back to the store.
+    pub subscriber_overflows: AtomicU64,
+}
+
+/// A running hub: cheap to clone, shut down once with [`Hub::shutdown`].
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: HubConfig,
+    store: AnyStore,
+    publish_tx: mpsc::Sender<committer::Request>,
+    fanout: Mutex<Fanout>,
+    stats: HubStats,
+    next_subscriber: AtomicU64,
+    shutdown: CancellationToken,
+    committer_done: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Live subscribers, and how far fan-out has got. One lock, so a subscriber that
+/// registers sees a consistent "everything up to `head` was fanned out before me".
+struct Fanout {
+    tree: SubjectTree<u64>,
+    subscribers: HashMap<u64, subscription::LiveSlot>,
+    /// The last seq fanned out.
+    head: Seq,
+}
+
+impl Hub {
+    /// Starts the engine on an open store. Must be called inside a tokio runtime.
+    pub async fn open(config: HubConfig, store: AnyStore) -> Result<Self, HubError> {
+        let head = store.head().await?;
+        let (publish_tx, publish_rx) = mpsc::channel(config.publish_queue.max(1));
+        let inner = Arc::new(Inner {
+            config,
+            store,
+            publish_tx,
+            fanout: Mutex::new(Fanout {
+                tree: SubjectTree::new(),
+                subscribers: HashMap::new(),
+                head,
+            }),
+            stats: HubStats::default(),
+            next_subscriber: AtomicU64::new(1),
+            shutdown: CancellationToken::new(),
+            committer_done: tokio::sync::Mutex::new(None),
+        });
+        let handle = tokio::spawn(committer::run(inner.clone(), publish_rx));
+        *inner
+            .committer_done
+            .try_lock()
+            .expect("no one else has the hub yet") = Some(handle);
+        Ok(Hub { inner })
+    }
+
+    pub fn hub_id(&self) -> &str {
+        &self.inner.config.hub_id
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    pub fn stats(&self) -> &HubStats {
+        &self.inner.stats
+    }
+
+    pub fn store(&self) -> &AnyStore {
+        &self.inner.store
+    }
+
+    /// Number of live subscriptions.
+    pub fn subscriber_count(&self) -> usize {
+        self.inner
+            .fanout
+            .lock()
+            .expect("fanout lock")
+            .subscribers
+            .len()
+    }
+
+    /// An origin for events published on this hub by `service`.
+    pub fn origin(&self, service: Option<String>, user: Option<String>) -> Origin {
+        Origin {
+            hub_id: self.inner.config.hub_id.clone(),
+            service,
+            user,
+        }
+    }
+
+    /// A new event on this hub from validated text: a convenience for library users.
+    pub fn new_event(&self, subject: &str, payload_json: &str) -> Result<NewEvent, String> {
+        let subject = Subject::new(subject).map_err(|e| e.to_string())?;
+        let payload = Payload::from_json(payload_json.to_owned())?;
+        Ok(NewEvent::new(
+            subject,
+            payload,
+            self.origin(Some("herald".into()), None),
+            None,
+        ))
+    }
+
+    /// Stores one event durably, then delivers it to live subscribers.
+    pub async fn publish(&self, event: NewEvent) -> Result<Published, HubError> {
+        let mut results = self.publish_batch(vec![event]).await?;
+        Ok(results.pop().expect("one result per event"))
+    }
+
+    /// Stores several events in one transaction: all of them or none.
+    pub async fn publish_batch(&self, events: Vec<NewEvent>) -> Result<Vec<Published>, HubError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.inner.shutdown.is_cancelled() {
+            return Err(HubError::ShuttingDown);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .publish_tx
+            .send(committer::Request { events, reply })
+            .await
+            .map_err(|_| HubError::ShuttingDown)?;
+        answer.await.map_err(|_| HubError::ShuttingDown)?
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Option<Event>, HubError> {
+        Ok(self.inner.store.get(id).await?)
+    }
+
+    pub async fn query(&self, query: Query) -> Result<Page, HubError> {
+        Ok(self.inner.store.query(query).await?)
+    }
+
+    /// The seq of the first event committed at or after `since`, minus one: the
+    /// position to resume from to see everything since then.
+    pub async fn seq_before(&self, since: Timestamp) -> Result<Seq, HubError> {
+        let page = self
+            .query(Query {
+                since: Some(since),
+                limit: 1,
+                ..Query::default()
+            })
+            .await?;
+        Ok(match page.events.first() {
+            Some(event) => event.seq - 1,
+            None => page.scanned_to,
+        })
+    }
+
+    /// Subscribes to events matching `pattern`, starting at `start`. Dropping the
+    /// subscription unsubscribes.
+    pub async fn subscribe(
+        &self,
+        pattern: Pattern,
+        start: StartAt,
+    ) -> Result<Subscription, HubError> {
+        let (after, since) = match start {
+            StartAt::Live => (None, None),
+            StartAt::AfterSeq(seq) => (Some(seq), None),
+            StartAt::Since(ts) => (Some(self.seq_before(ts).await?), Some(ts)),
+        };
+        Ok(Subscription::register(
+            self.inner.clone(),
+            pattern,
+            after,
+            since,
+        ))
+    }
+
+    pub async fn health(&self) -> StoreHealth {
+        self.inner.store.health().await
+    }
+
+    /// A token cancelled when shutdown begins (for tasks that should stop with the hub).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Stops taking publishes, commits what is already queued, ends every
+    /// subscription, and closes the store. Safe to call more than once.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        if let Some(handle) = self.inner.committer_done.lock().await.take() {
+            if let Err(error) = handle.await {
+                tracing::error!(%error, "Committer task failed.");
+            }
+            {
+                let mut fanout = self.inner.fanout.lock().expect("fanout lock");
+                fanout.subscribers.clear();
+                fanout.tree = SubjectTree::new();
+            }
+            if let Err(error) = self.inner.store.close().await {
+                tracing::error!(%error, "Closing the store failed.");
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Delivers committed events to matching live subscribers, in seq order.
+    fn fan_out(&self, events: &[Arc<Event>]) {
+        let mut fanout = self.fanout.lock().expect("fanout lock");
+        let Fanout {
+            tree,
+            subscribers,
+            head,
+        } = &mut *fanout;
+        let mut delivered = 0u64;
+        let mut overflowed = 0u64;
+        for event in events {
+            tree.for_each_match(event.subject.as_str(), |id| {
+                if let Some(slot) = subscribers.get(id) {
+                    match slot.offer(event) {
+                        subscription::Offer::Queued => delivered += 1,
+                        subscription::Offer::Overflowed => overflowed += 1,
+                        subscription::Offer::Skipped => {}
+                    }
+                }
+            });
+            *head = (*head).max(event.seq);
+        }
+        self.stats
+            .live_deliveries
+            .fetch_add(delivered, Ordering::Relaxed);
+        self.stats
+            .subscriber_overflows
+            .fetch_add(overflowed, Ordering::Relaxed);
+    }
+}

@@ -61,8 +61,8 @@ struct Inner {
     head: AtomicU64,
     closed: AtomicBool,
     checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
-    /// Held for the store's lifetime: the exclusive lock on `<db>.lock`.
-    _lock: File,
+    /// The exclusive lock on `<db>.lock`, held until the store is closed.
+    lock: Mutex<Option<File>>,
 }
 
 struct Writer {
@@ -143,7 +143,7 @@ impl EmbeddedStore {
                 head: AtomicU64::new(last_seq),
                 closed: AtomicBool::new(false),
                 checkpointer: Mutex::new(Some(checkpointer)),
-                _lock: lock,
+                lock: Mutex::new(Some(lock)),
             }),
         })
     }
@@ -324,6 +324,8 @@ impl Store for EmbeddedStore {
                 }
                 writer.conn.close().map_err(|(_, e)| map_error(e))?;
             }
+            // Only now may another process open the file.
+            inner.lock.lock().expect("lock file").take();
             tracing::info!(path = %inner.path.display(), "Embedded store closed.");
             Ok(())
         })
