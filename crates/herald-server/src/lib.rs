@@ -1,1 +1,164 @@
-//! placeholder
+//! Herald's HTTP and WebSocket API, as a library: [`router`] builds the app (tests use it
+//! as production does) and [`serve`] runs it on a listener until a shutdown token fires.
+//!
+//! Layout: [`error`] (the one table of error codes), [`wire`] (JSON shapes), [`http`]
+//! (REST handlers), [`ws`] (the live stream). Only this crate knows about HTTP and JSON.
+
+pub mod error;
+pub mod http;
+pub mod wire;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use herald_hub::Hub;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use error::{ApiError, ErrorCode};
+
+/// The header that carries a request's correlation id, echoed on every response.
+pub static CORRELATION_HEADER: HeaderName = HeaderName::from_static("x-correlation-id");
+
+/// Limits the server enforces on clients. Every one is configurable.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest query string accepted, in bytes.
+    pub max_query_bytes: usize,
+    /// Most WebSocket streams open at once.
+    pub max_streams: usize,
+    /// How often an idle stream is pinged.
+    pub ws_ping_interval: Duration,
+    /// How long one write to a stream may block before the client is judged stuck and
+    /// disconnected (with a close frame naming the seq to resume from).
+    pub ws_send_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 1024 * 1024,
+            max_query_bytes: 8 * 1024,
+            max_streams: 10_000,
+            ws_ping_interval: Duration::from_secs(30),
+            ws_send_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub hub: Hub,
+    pub limits: Arc<Limits>,
+    /// Fires when the server begins shutting down; streams close on it.
+    pub shutdown: CancellationToken,
+    /// Tracks stream tasks, which outlive their HTTP request.
+    pub streams: TaskTracker,
+    stream_permits: Arc<Semaphore>,
+}
+
+impl AppState {
+    pub fn new(hub: Hub, limits: Limits, shutdown: CancellationToken) -> Self {
+        let stream_permits = Arc::new(Semaphore::new(limits.max_streams));
+        AppState {
+            hub,
+            limits: Arc::new(limits),
+            shutdown,
+            streams: TaskTracker::new(),
+            stream_permits,
+        }
+    }
+}
+
+/// The whole API as an axum app.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.limits.max_body_bytes;
+    Router::new()
+        .route("/", get(http::index))
+        .route(
+            "/api/events",
+            get(http::query_events).post(http::publish_event),
+        )
+        .route("/api/events/stream", get(ws::stream))
+        .route("/api/events/{id}", get(http::get_event))
+        .route("/health", get(http::health))
+        .route("/health/nats", get(http::nats_health))
+        .fallback(http::not_found)
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard_query_length,
+        ))
+        .layer(axum::middleware::from_fn(echo_correlation_id))
+        .with_state(state)
+}
+
+/// Echoes the request's `X-Correlation-ID` (or a fresh one) on every response that has
+/// not set its own.
+async fn echo_correlation_id(request: Request, next: Next) -> Response {
+    let incoming = request.headers().get(&CORRELATION_HEADER).cloned();
+    let mut response = next.run(request).await;
+    if !response.headers().contains_key(&CORRELATION_HEADER) {
+        let value = incoming.unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
+                .expect("a UUID is a valid header")
+        });
+        response
+            .headers_mut()
+            .insert(CORRELATION_HEADER.clone(), value);
+    }
+    response
+}
+
+async fn guard_query_length(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    use axum::response::IntoResponse;
+    let len = request.uri().query().map_or(0, str::len);
+    if len > state.limits.max_query_bytes {
+        return ApiError::new(
+            ErrorCode::QueryTooLong,
+            format!(
+                "the query string is {len} bytes; the limit is {}",
+                state.limits.max_query_bytes
+            ),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Serves `state` on `listener` until `state.shutdown` fires, then stops accepting,
+/// lets in-flight requests finish, closes streams, and waits for them up to `grace`.
+pub async fn serve(listener: TcpListener, state: AppState, grace: Duration) -> std::io::Result<()> {
+    let shutdown = state.shutdown.clone();
+    let streams = state.streams.clone();
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let result = server.await;
+    streams.close();
+    if tokio::time::timeout(grace, streams.wait()).await.is_err() {
+        tracing::warn!(
+            open = streams.len(),
+            "Streams still open after the shutdown grace period."
+        );
+    }
+    result
+}

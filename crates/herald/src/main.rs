@@ -1,1 +1,62 @@
-fn main() {}
+//! The `herald` binary: `herald serve` runs the hub; `publish`, `query` and `tail` talk
+//! to a running hub over HTTP.
+
+mod client;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Herald: a durable event hub in one binary.
+///
+/// Start a hub with `herald serve` (events are stored in ./data/herald.db; nothing else
+/// to install), then publish, query and stream events over HTTP and WebSocket, or with
+/// the client commands below.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the hub.
+    Serve(Box<serve::ServeArgs>),
+    /// Publish one event to a running hub.
+    Publish(client::PublishArgs),
+    /// Query stored events of a running hub (prints a JSON array).
+    Query(client::QueryArgs),
+    /// Stream events from a running hub, one JSON object per line.
+    Tail(client::TailArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("herald: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(*args).await,
+            Command::Publish(args) => client::publish(args).await,
+            Command::Query(args) => client::query(args).await,
+            Command::Tail(args) => client::tail(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("herald: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

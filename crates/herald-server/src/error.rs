@@ -1,0 +1,146 @@
+//! Every error the API can answer, in one table: code, HTTP status, and the JSON body
+//! `{"error": {"code": "...", "message": "..."}}`.
+//!
+//! Codes are part of the wire contract: a code keeps its meaning forever. Retire codes;
+//! never reuse them.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use herald_hub::HubError;
+use serde::Serialize;
+
+/// What went wrong, as clients see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The body is not valid JSON.
+    InvalidJson,
+    /// The body is JSON but not the shape the endpoint takes.
+    InvalidBody,
+    InvalidSubject,
+    InvalidPayload,
+    InvalidCorrelationId,
+    /// A query-string parameter is missing its value, malformed or out of range.
+    InvalidQuery,
+    InvalidEventId,
+    PayloadTooLarge,
+    QueryTooLong,
+    /// `GET /api/events/stream` without a WebSocket upgrade.
+    WebsocketRequired,
+    NotFound,
+    EventNotFound,
+    MethodNotAllowed,
+    TooManyStreams,
+    StoreUnavailable,
+    ShuttingDown,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidBody => "invalid_body",
+            ErrorCode::InvalidSubject => "invalid_subject",
+            ErrorCode::InvalidPayload => "invalid_payload",
+            ErrorCode::InvalidCorrelationId => "invalid_correlation_id",
+            ErrorCode::InvalidQuery => "invalid_query",
+            ErrorCode::InvalidEventId => "invalid_event_id",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::QueryTooLong => "query_too_long",
+            ErrorCode::WebsocketRequired => "websocket_required",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::EventNotFound => "event_not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::TooManyStreams => "too_many_streams",
+            ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Internal => "internal_error",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::InvalidJson
+            | ErrorCode::InvalidQuery
+            | ErrorCode::InvalidEventId
+            | ErrorCode::QueryTooLong
+            | ErrorCode::WebsocketRequired => StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidBody
+            | ErrorCode::InvalidSubject
+            | ErrorCode::InvalidPayload
+            | ErrorCode::InvalidCorrelationId => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::NotFound | ErrorCode::EventNotFound => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::TooManyStreams | ErrorCode::StoreUnavailable | ErrorCode::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// An error answer. Build one with [`ApiError::new`]; it renders itself.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.code.status();
+        if status.is_server_error() {
+            tracing::warn!(code = self.code.as_str(), message = %self.message, "Request failed.");
+        }
+        let body = Body {
+            error: Detail {
+                code: self.code.as_str(),
+                message: &self.message,
+            },
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<HubError> for ApiError {
+    fn from(error: HubError) -> Self {
+        match error {
+            HubError::Unavailable(message) => ApiError::new(ErrorCode::StoreUnavailable, message),
+            HubError::ShuttingDown => ApiError::new(
+                ErrorCode::ShuttingDown,
+                "the hub is shutting down; retry on another instance or later",
+            ),
+            other => {
+                tracing::error!(error = %other, "Internal error.");
+                ApiError::new(ErrorCode::Internal, "internal error")
+            }
+        }
+    }
+}

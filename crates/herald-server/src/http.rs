@@ -1,0 +1,364 @@
+//! REST handlers: publish, query, get, health.
+//!
+//! Request parsing is done by hand from the raw body and query pairs, so every mistake a
+//! client can make gets its own error code and a message naming the field.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use herald_core::{NewEvent, Pattern, Payload, Seq, Subject, Timestamp};
+use herald_store::{Query, Store, MAX_QUERY_LIMIT};
+use uuid::Uuid;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::wire;
+use crate::{AppState, CORRELATION_HEADER};
+
+/// Longest `origin.service` / `origin.user` accepted.
+const MAX_ORIGIN_FIELD: usize = 256;
+
+pub async fn index(State(state): State<AppState>) -> Result<Json<wire::Index>, ApiError> {
+    let head_seq = state
+        .hub
+        .store()
+        .head()
+        .await
+        .map_err(herald_hub::HubError::from)?;
+    Ok(Json(wire::Index {
+        name: "herald",
+        version: env!("CARGO_PKG_VERSION"),
+        hub_id: state.hub.hub_id().to_owned(),
+        head_seq,
+    }))
+}
+
+/// `POST /api/events`.
+pub async fn publish_event(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_rejection)?;
+    let event = parse_publish(&state, &headers, &body)?;
+    let published = state.hub.publish(event).await?;
+    let event = &published.event;
+    let mut response = (
+        StatusCode::CREATED,
+        Json(wire::PublishResponse::from(event.as_ref())),
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&event.correlation_id.to_string()) {
+        headers.insert(CORRELATION_HEADER.clone(), value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&format!("/api/events/{}", event.id)) {
+        headers.insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+fn parse_publish(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<NewEvent, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            r#"the request body is empty; send a JSON object such as {"subject": "hub.local-hub.project.created", "payload": {}}"#,
+        ));
+    }
+    let request: wire::PublishRequest = serde_json::from_slice(body).map_err(json_error)?;
+
+    let subject = match request.subject {
+        None => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidSubject,
+                "`subject` is required",
+            ))
+        }
+        Some(s) => Subject::new(s)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidSubject, format!("`subject`: {e}")))?,
+    };
+    let payload = match request.payload {
+        None => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidPayload,
+                "`payload` is required (a JSON object; use {} for none)",
+            ))
+        }
+        Some(raw) => Payload::from_raw(raw)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidPayload, format!("`payload`: {e}")))?,
+    };
+    let correlation_id = match request.correlation_id {
+        Some(text) => Some(parse_uuid(&text).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidCorrelationId,
+                format!("`correlation_id` must be a UUID, got {:?}", truncate(&text)),
+            )
+        })?),
+        None => match headers.get(&CORRELATION_HEADER) {
+            None => None,
+            Some(value) => {
+                let text = value.to_str().unwrap_or("");
+                Some(parse_uuid(text).ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::InvalidCorrelationId,
+                        format!(
+                            "the X-Correlation-ID header must be a UUID, got {:?}",
+                            truncate(text)
+                        ),
+                    )
+                })?)
+            }
+        },
+    };
+    let (service, user) = match request.origin {
+        None => (Some("herald-http".to_owned()), None),
+        Some(origin) => {
+            for (name, value) in [("service", &origin.service), ("user", &origin.user)] {
+                if value.as_ref().is_some_and(|v| v.len() > MAX_ORIGIN_FIELD) {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidBody,
+                        format!("`origin.{name}` is longer than {MAX_ORIGIN_FIELD} bytes"),
+                    ));
+                }
+            }
+            (origin.service, origin.user)
+        }
+    };
+    Ok(NewEvent::new(
+        subject,
+        payload,
+        state.hub.origin(service, user),
+        correlation_id,
+    ))
+}
+
+/// `GET /api/events`.
+pub async fn query_events(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = parse_query(raw.as_deref().unwrap_or(""))?;
+    let limit = query.limit;
+    let page = state.hub.query(query).await?;
+    let events: Vec<wire::Event<'_>> = page.events.iter().map(wire::Event::from).collect();
+    let mut response = Json(events).into_response();
+    // Where the next page starts: useful when a page is empty because nothing matched.
+    let next = if page.events.len() < limit {
+        page.scanned_to
+    } else {
+        page.events.last().map_or(page.scanned_to, |e| e.seq)
+    };
+    response
+        .headers_mut()
+        .insert("x-next-after-seq", HeaderValue::from(next));
+    Ok(response)
+}
+
+/// Parses the query string of `GET /api/events`. Unknown or repeated parameters are
+/// errors: a misspelt filter must not silently return everything.
+pub fn parse_query(raw: &str) -> Result<Query, ApiError> {
+    let mut query = Query::default();
+    let mut seen: Vec<String> = Vec::new();
+    for (key, value) in form_pairs(raw)? {
+        if seen.contains(&key) {
+            return Err(invalid_query(format!("`{key}` is given more than once")));
+        }
+        seen.push(key.clone());
+        match key.as_str() {
+            "subject" => {
+                if !value.is_empty() {
+                    query.subject = Some(Pattern::parse_filter(&value).map_err(|e| {
+                        ApiError::new(ErrorCode::InvalidQuery, format!("`subject`: {e}"))
+                    })?);
+                }
+            }
+            "since" => query.since = Some(parse_timestamp("since", &value)?),
+            "until" => query.until = Some(parse_timestamp("until", &value)?),
+            "correlation_id" => {
+                query.correlation_id = Some(parse_uuid(&value).ok_or_else(|| {
+                    invalid_query(format!("`correlation_id` must be a UUID, got {:?}", truncate(&value)))
+                })?)
+            }
+            "limit" => {
+                query.limit = match value.parse::<usize>() {
+                    Ok(n) if (1..=MAX_QUERY_LIMIT).contains(&n) => n,
+                    _ => {
+                        return Err(invalid_query(format!(
+                            "`limit` must be a whole number from 1 to {MAX_QUERY_LIMIT}, got {:?}",
+                            truncate(&value)
+                        )))
+                    }
+                }
+            }
+            "after_seq" => query.after_seq = parse_seq("after_seq", &value)?,
+            other => {
+                return Err(invalid_query(format!(
+                    "unknown parameter `{}`; known: subject, since, until, correlation_id, limit, after_seq",
+                    truncate(other)
+                )))
+            }
+        }
+    }
+    if let (Some(since), Some(until)) = (query.since, query.until) {
+        if since > until {
+            return Err(invalid_query("`since` is later than `until`"));
+        }
+    }
+    Ok(query)
+}
+
+/// `GET /api/events/{id}`.
+pub async fn get_event(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_uuid(&id).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidEventId,
+            format!("event ids are UUIDs, got {:?}", truncate(&id)),
+        )
+    })?;
+    match state.hub.get(id).await? {
+        Some(event) => Ok(Json(wire::Event::from(&event)).into_response()),
+        None => Err(ApiError::new(
+            ErrorCode::EventNotFound,
+            format!("no event with id {id}"),
+        )),
+    }
+}
+
+/// `GET /health`: 200 while the store works (NATS being away only degrades), 503 when
+/// the store does not.
+pub async fn health(State(state): State<AppState>) -> Response {
+    let store = state.hub.health().await;
+    let (status, code) = if store.healthy {
+        ("healthy", StatusCode::OK)
+    } else {
+        ("unhealthy", StatusCode::SERVICE_UNAVAILABLE)
+    };
+    let body = wire::Health {
+        status,
+        nats: "disabled",
+        database: if store.healthy {
+            "healthy"
+        } else {
+            "unhealthy"
+        },
+    };
+    (code, Json(body)).into_response()
+}
+
+/// `GET /health/nats`: NATS is not configured in this version of Herald.
+pub async fn nats_health() -> Json<wire::NatsHealth> {
+    Json(wire::NatsHealth {
+        connected: false,
+        url: None,
+    })
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        "no such route; see GET / and the README for the API",
+    )
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this route does not take that method",
+    )
+}
+
+pub(crate) fn invalid_query(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidQuery, message)
+}
+
+pub(crate) fn form_pairs(raw: &str) -> Result<Vec<(String, String)>, ApiError> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(raw)
+        .map_err(|e| invalid_query(format!("the query string cannot be decoded: {e}")))
+}
+
+pub(crate) fn parse_timestamp(name: &str, value: &str) -> Result<Timestamp, ApiError> {
+    Timestamp::parse(value).map_err(|e| invalid_query(format!("`{name}`: {e}")))
+}
+
+pub(crate) fn parse_seq(name: &str, value: &str) -> Result<Seq, ApiError> {
+    value
+        .parse::<Seq>()
+        .ok()
+        .filter(|s| *s <= i64::MAX as u64)
+        .ok_or_else(|| {
+            invalid_query(format!(
+                "`{name}` must be a non-negative whole number, got {:?}",
+                truncate(value)
+            ))
+        })
+}
+
+fn parse_uuid(text: &str) -> Option<Uuid> {
+    Uuid::try_parse(text.trim()).ok()
+}
+
+/// At most 64 characters of client input, for echoing it in messages.
+pub(crate) fn truncate(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+fn json_error(error: serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    match error.classify() {
+        Category::Data => ApiError::new(ErrorCode::InvalidBody, error.to_string()),
+        Category::Syntax | Category::Eof | Category::Io => ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("the body is not valid JSON: {error}"),
+        ),
+    }
+}
+
+fn body_rejection(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            "the request body is larger than the configured limit (HERALD_MAX_BODY_BYTES)",
+        )
+    } else {
+        ApiError::new(ErrorCode::InvalidBody, rejection.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing() {
+        let q = parse_query("subject=hub.%25.project.%25&limit=10&after_seq=5").unwrap();
+        assert_eq!(q.subject.unwrap().as_str(), "hub.*.project.*");
+        assert_eq!((q.limit, q.after_seq), (10, 5));
+        assert_eq!(parse_query("").unwrap(), Query::default());
+        assert_eq!(parse_query("subject=").unwrap().subject, None);
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=abc",
+            "limit=-1",
+            "since=garbage",
+            "until=2025-13-01",
+            "correlation_id=nope",
+            "after_seq=-3",
+            "subject=hub..x",
+            "subject=hub.>.x",
+            "sbject=hub.>",
+            "limit=1&limit=2",
+            "since=2025-01-02T00:00:00Z&until=2025-01-01T00:00:00Z",
+        ] {
+            let err = parse_query(bad).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidQuery, "{bad}");
+        }
+        // An unescaped `+` in the offset arrives as a space and is still understood.
+        assert!(parse_query("since=2025-11-03T12:00:00+00:00").is_ok());
+    }
+}

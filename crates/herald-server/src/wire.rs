@@ -1,0 +1,124 @@
+//! The JSON shapes of the API (from the seed documents), and the conversions between
+//! them and the domain types. Only this module knows how an event looks on the wire.
+
+use herald_core::Event as CoreEvent;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+/// `POST /api/events` body. Fields are checked by the handler so that each problem gets
+/// its own precise message.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    pub subject: Option<String>,
+    pub payload: Option<Box<RawValue>>,
+    pub correlation_id: Option<String>,
+    pub origin: Option<PublishOrigin>,
+}
+
+/// The publisher may say which service and user it acts for; `hub_id` is always the
+/// receiving hub's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishOrigin {
+    pub service: Option<String>,
+    pub user: Option<String>,
+}
+
+/// `201` answer to a publish.
+#[derive(Debug, Serialize)]
+pub struct PublishResponse {
+    pub event_id: Uuid,
+    pub correlation_id: Uuid,
+    pub timestamp: String,
+    pub seq: u64,
+}
+
+impl From<&CoreEvent> for PublishResponse {
+    fn from(event: &CoreEvent) -> Self {
+        PublishResponse {
+            event_id: event.id,
+            correlation_id: event.correlation_id,
+            timestamp: event.timestamp.to_rfc3339(),
+            seq: event.seq,
+        }
+    }
+}
+
+/// An event as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct Event<'a> {
+    pub id: Uuid,
+    pub seq: u64,
+    pub subject: &'a str,
+    pub origin: Origin<'a>,
+    pub correlation_id: Uuid,
+    pub payload: &'a RawValue,
+    pub timestamp: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Origin<'a> {
+    pub hub_id: &'a str,
+    pub service: Option<&'a str>,
+    pub user: Option<&'a str>,
+}
+
+impl<'a> From<&'a CoreEvent> for Event<'a> {
+    fn from(event: &'a CoreEvent) -> Self {
+        Event {
+            id: event.id,
+            seq: event.seq,
+            subject: event.subject.as_str(),
+            origin: Origin {
+                hub_id: &event.origin.hub_id,
+                service: event.origin.service.as_deref(),
+                user: event.origin.user.as_deref(),
+            },
+            correlation_id: event.correlation_id,
+            payload: event.payload.as_raw(),
+            timestamp: event.timestamp.to_rfc3339(),
+        }
+    }
+}
+
+/// A WebSocket frame of `GET /api/events/stream`: `{"subject": …, "data": <event>}`.
+#[derive(Debug, Serialize)]
+pub struct StreamFrame<'a> {
+    pub subject: &'a str,
+    pub data: Event<'a>,
+}
+
+impl<'a> From<&'a CoreEvent> for StreamFrame<'a> {
+    fn from(event: &'a CoreEvent) -> Self {
+        StreamFrame {
+            subject: event.subject.as_str(),
+            data: Event::from(event),
+        }
+    }
+}
+
+/// `GET /health`.
+#[derive(Debug, Serialize)]
+pub struct Health {
+    pub status: &'static str,
+    pub nats: &'static str,
+    pub database: &'static str,
+}
+
+/// `GET /health/nats`.
+#[derive(Debug, Serialize)]
+pub struct NatsHealth {
+    pub connected: bool,
+    pub url: Option<String>,
+}
+
+/// `GET /`: what this server is.
+#[derive(Debug, Serialize)]
+pub struct Index {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub hub_id: String,
+    pub head_seq: u64,
+}

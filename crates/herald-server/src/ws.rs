@@ -1,0 +1,211 @@
+//! `GET /api/events/stream`: events as WebSocket text frames `{"subject", "data"}`.
+//!
+//! Each stream is a hub [`Subscription`]: it replays from `from_seq` / `since` when
+//! asked, then continues live with no gap and no duplicate. Frames are written in
+//! batches with one flush. A client that does not read makes the write block; the hub
+//! meanwhile switches its subscription to catch-up, so nothing piles up in memory. A
+//! write blocked longer than the send timeout closes the stream with a frame naming
+//! the seq to resume from.
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::response::Response;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use herald_core::{Event, Pattern, Seq};
+use herald_hub::{StartAt, Subscription};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{interval_at, timeout, Instant};
+
+use crate::error::{ApiError, ErrorCode};
+use crate::http::{form_pairs, invalid_query, parse_seq, parse_timestamp, truncate};
+use crate::wire::StreamFrame;
+use crate::AppState;
+
+/// Frames written before each flush, at most.
+const MAX_FRAMES_PER_FLUSH: usize = 128;
+/// Largest message a client may send us (we expect none but control frames).
+const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+
+/// Close codes (RFC 6455).
+const GOING_AWAY: u16 = 1001;
+const POLICY_VIOLATION: u16 = 1008;
+const INTERNAL_ERROR: u16 = 1011;
+
+struct StreamParams {
+    pattern: Pattern,
+    start: StartAt,
+}
+
+fn parse_params(raw: &str) -> Result<StreamParams, ApiError> {
+    let mut pattern = None;
+    let mut from_seq = None;
+    let mut since = None;
+    for (key, value) in form_pairs(raw)? {
+        match key.as_str() {
+            "subject" => {
+                pattern = Some(Pattern::parse_filter(&value).map_err(|e| {
+                    ApiError::new(ErrorCode::InvalidQuery, format!("`subject`: {e}"))
+                })?)
+            }
+            "from_seq" => from_seq = Some(parse_seq("from_seq", &value)?),
+            "since" => since = Some(parse_timestamp("since", &value)?),
+            other => {
+                return Err(invalid_query(format!(
+                    "unknown parameter `{}`; known: subject, from_seq, since",
+                    truncate(other)
+                )))
+            }
+        }
+    }
+    let start = match (from_seq, since) {
+        (Some(_), Some(_)) => return Err(invalid_query("give `from_seq` or `since`, not both")),
+        (Some(seq), None) => StartAt::AfterSeq(seq),
+        (None, Some(ts)) => StartAt::Since(ts),
+        (None, None) => StartAt::Live,
+    };
+    Ok(StreamParams {
+        pattern: pattern.unwrap_or_else(|| Pattern::parse("hub.>").expect("valid pattern")),
+        start,
+    })
+}
+
+/// Validates the request and subscribes before upgrading, so that every mistake is an
+/// ordinary HTTP error and no event committed after the upgrade can be missed.
+pub async fn stream(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let params = parse_params(raw.as_deref().unwrap_or(""))?;
+    let upgrade = upgrade.map_err(|rejection| {
+        ApiError::new(
+            ErrorCode::WebsocketRequired,
+            format!(
+                "this endpoint streams over WebSocket ({}); connect with a WebSocket client, e.g. websocat",
+                rejection.body_text()
+            ),
+        )
+    })?;
+    let permit = state
+        .stream_permits
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::TooManyStreams,
+                format!(
+                    "the server has {} streams open, its limit (HERALD_MAX_STREAMS)",
+                    state.limits.max_streams
+                ),
+            )
+        })?;
+    let subscription = state.hub.subscribe(params.pattern, params.start).await?;
+    let streams = state.streams.clone();
+    Ok(upgrade
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| streams.track_future(run(socket, subscription, state, permit))))
+}
+
+enum Ending {
+    /// The client went away: nothing to send.
+    ClientGone,
+    Close(u16, String),
+}
+
+async fn run(
+    socket: WebSocket,
+    mut subscription: Subscription,
+    state: AppState,
+    _permit: OwnedSemaphorePermit,
+) {
+    let limits = state.limits.clone();
+    let (mut sink, mut incoming) = socket.split();
+    let mut ping = interval_at(
+        Instant::now() + limits.ws_ping_interval,
+        limits.ws_ping_interval,
+    );
+    // The last seq the client has been sent and flushed: where it should resume.
+    let mut delivered: Seq = subscription.position();
+    let resume = |seq: Seq| format!("reconnect with from_seq={seq}");
+
+    let ending = loop {
+        tokio::select! {
+            biased;
+            () = state.shutdown.cancelled() => {
+                break Ending::Close(GOING_AWAY, format!("server shutting down; {}", resume(delivered)));
+            }
+            message = incoming.next() => match message {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break Ending::ClientGone,
+                Some(Ok(_)) => {} // Pongs and anything else a client sends are ignored.
+            },
+            _ = ping.tick() => {
+                match timeout(limits.ws_send_timeout, sink.send(Message::Ping(Default::default()))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break Ending::ClientGone,
+                    Err(_) => break Ending::Close(POLICY_VIOLATION, format!("client not reading; {}", resume(delivered))),
+                }
+            }
+            item = subscription.next() => {
+                let first = match item {
+                    None => break Ending::Close(GOING_AWAY, format!("hub shutting down; {}", resume(delivered))),
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "Stream failed to read the store.");
+                        break Ending::Close(INTERNAL_ERROR, format!("store unavailable; {}", resume(delivered)));
+                    }
+                    Some(Ok(event)) => event,
+                };
+                // Take whatever else is ready now, and send it all with one flush.
+                let mut batch = vec![first];
+                let mut ending = None;
+                while batch.len() < MAX_FRAMES_PER_FLUSH {
+                    match subscription.next().now_or_never() {
+                        Some(Some(Ok(event))) => batch.push(event),
+                        Some(None) => {
+                            ending = Some(Ending::Close(GOING_AWAY, "hub shutting down".to_owned()));
+                            break;
+                        }
+                        Some(Some(Err(_))) | None => break,
+                    }
+                }
+                let last = batch.last().map_or(delivered, |e| e.seq);
+                match timeout(limits.ws_send_timeout, send_batch(&mut sink, &batch)).await {
+                    Ok(Ok(())) => delivered = last,
+                    Ok(Err(_)) => break Ending::ClientGone,
+                    Err(_) => {
+                        tracing::info!(delivered, "Closing a stream whose client stopped reading.");
+                        break Ending::Close(POLICY_VIOLATION, format!("client not reading; {}", resume(delivered)));
+                    }
+                }
+                if let Some(ending) = ending {
+                    break ending;
+                }
+            }
+        }
+    };
+
+    if let Ending::Close(code, reason) = ending {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        // Best effort: a client that stopped reading may never take it.
+        let _ = timeout(
+            std::time::Duration::from_secs(1),
+            sink.send(Message::Close(Some(frame))),
+        )
+        .await;
+    }
+}
+
+async fn send_batch(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    batch: &[std::sync::Arc<Event>],
+) -> Result<(), axum::Error> {
+    for event in batch {
+        let text = serde_json::to_string(&StreamFrame::from(event.as_ref()))
+            .expect("an event always serializes");
+        sink.feed(Message::Text(text.into())).await?;
+    }
+    sink.flush().await
+}

@@ -1,0 +1,206 @@
+//! The client commands: `publish`, `query` and `tail` against a running hub.
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Debug, Args)]
+pub struct Connection {
+    /// Base URL of the hub.
+    #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:9001")]
+    url: String,
+}
+
+impl Connection {
+    fn endpoint(&self, path: &str) -> String {
+        format!("{}{path}", self.url.trim_end_matches('/'))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Subject to publish to, e.g. hub.local-hub.project.created.
+    subject: String,
+    /// The payload: a JSON object, or `-` to read it from standard input. Default `{}`.
+    payload: Option<String>,
+    /// Correlation id (a UUID) to attach.
+    #[arg(long)]
+    correlation_id: Option<String>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// Subject pattern (`*` one token, `>` the rest).
+    #[arg(long)]
+    subject: Option<String>,
+    /// Only events at or after this RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
+    /// Only events at or before this RFC 3339 time.
+    #[arg(long)]
+    until: Option<String>,
+    #[arg(long)]
+    correlation_id: Option<String>,
+    /// Only events after this seq.
+    #[arg(long)]
+    after_seq: Option<u64>,
+    /// At most this many events (1 to 1000).
+    #[arg(long)]
+    limit: Option<u32>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Subject pattern to follow.
+    #[arg(default_value = "hub.>")]
+    pattern: String,
+    /// Replay stored events after this seq first (0 = from the beginning).
+    #[arg(long)]
+    from_seq: Option<u64>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+fn http() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+/// Prints a response body; a non-2xx status becomes a failing exit code.
+async fn finish(response: reqwest::Response) -> anyhow::Result<ExitCode> {
+    let status = response.status();
+    let body = response.text().await.context("reading the response")?;
+    if status.is_success() {
+        println!("{body}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("herald: the hub answered {status}: {body}");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let text = match args.payload.as_deref() {
+        None => "{}".to_owned(),
+        Some("-") => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading the payload from standard input")?;
+            text
+        }
+        Some(text) => text.to_owned(),
+    };
+    let payload: Value = serde_json::from_str(&text).context("the payload is not valid JSON")?;
+    let mut body = serde_json::json!({ "subject": args.subject, "payload": payload });
+    if let Some(id) = args.correlation_id {
+        body["correlation_id"] = Value::String(id);
+    }
+    let response = http()?
+        .post(args.connection.endpoint("/api/events"))
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the hub at {}", args.connection.url))?;
+    finish(response).await
+}
+
+pub async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
+    let mut params: Vec<(&str, String)> = Vec::new();
+    let optional = [
+        ("subject", args.subject),
+        ("since", args.since),
+        ("until", args.until),
+        ("correlation_id", args.correlation_id),
+        ("after_seq", args.after_seq.map(|v| v.to_string())),
+        ("limit", args.limit.map(|v| v.to_string())),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            params.push((name, value));
+        }
+    }
+    let response = http()?
+        .get(args.connection.endpoint("/api/events"))
+        .query(&params)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the hub at {}", args.connection.url))?;
+    finish(response).await
+}
+
+/// Follows a stream, printing each event as one JSON line. When the connection drops
+/// it reconnects from the last seq printed, so nothing is missed or printed twice.
+pub async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
+    let base = args.connection.url.trim_end_matches('/');
+    let ws_base = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_owned()
+    };
+    let mut position = args.from_seq;
+    let mut failures = 0u32;
+    loop {
+        let mut url = reqwest::Url::parse(&format!("{ws_base}/api/events/stream"))
+            .context("the --url is not a valid URL")?;
+        url.query_pairs_mut().append_pair("subject", &args.pattern);
+        if let Some(seq) = position {
+            url.query_pairs_mut()
+                .append_pair("from_seq", &seq.to_string());
+        }
+        let socket = match tokio_tungstenite::connect_async(url.as_str()).await {
+            Ok((socket, _)) => {
+                failures = 0;
+                socket
+            }
+            Err(error) => {
+                failures += 1;
+                if failures > 5 {
+                    anyhow::bail!("cannot stream from {}: {error}", args.connection.url);
+                }
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(failures))).await;
+                continue;
+            }
+        };
+        let (_, mut incoming) = socket.split();
+        while let Some(message) = incoming.next().await {
+            match message {
+                Ok(Message::Text(text)) => {
+                    let frame: Value = serde_json::from_str(&text)
+                        .context("the hub sent a frame that is not JSON")?;
+                    if let Some(seq) = frame["data"]["seq"].as_u64() {
+                        position = Some(seq);
+                    }
+                    let mut stdout = std::io::stdout().lock();
+                    if writeln!(stdout, "{}", frame["data"]).is_err() || stdout.flush().is_err() {
+                        // The reader went away (e.g. `| head`): that is a normal end.
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                }
+                Ok(Message::Close(frame)) => {
+                    if let Some(frame) = frame {
+                        eprintln!("herald: stream closed by the hub: {}", frame.reason);
+                    }
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        // Resume from where we were; a live-only tail resumes from the last seq seen.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

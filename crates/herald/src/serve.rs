@@ -1,0 +1,186 @@
+//! `herald serve`: settings from flags and environment, start-up, and the shutdown order.
+//!
+//! Shutdown (SIGTERM or Ctrl-C): stop accepting connections and let in-flight requests
+//! finish → close streams with 1001 going away → commit what is queued → close the store.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use herald_hub::{Hub, HubConfig};
+use herald_server::{AppState, Limits};
+use herald_store::{EmbeddedOptions, StoreConfig};
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of `herald serve`. Every flag has an environment variable; the seed
+/// documents' names (`PORT`, `DATABASE_URL`, `HUB_ID`, `NATS_URL`) are kept as they are,
+/// everything else is `HERALD_*`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on, e.g. 127.0.0.1:9001 (port 0 picks a free one). Overrides --port.
+    #[arg(long, env = "HERALD_LISTEN")]
+    listen: Option<SocketAddr>,
+
+    /// Port to listen on, on all interfaces.
+    #[arg(long, env = "PORT", default_value_t = 9001)]
+    port: u16,
+
+    /// Where events are stored: a file path or sqlite://PATH.
+    #[arg(
+        long = "data",
+        alias = "database-url",
+        env = "DATABASE_URL",
+        default_value = "./data/herald.db"
+    )]
+    data: String,
+
+    /// This hub's id, the `origin.hub_id` of the events published here.
+    #[arg(long, env = "HUB_ID", default_value = "local-hub")]
+    hub_id: String,
+
+    /// NATS server(s). Not supported by this version yet: Herald runs standalone.
+    #[arg(long, env = "NATS_URL", hide_env_values = true)]
+    nats_url: Option<String>,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    max_body_bytes: usize,
+
+    /// Longest query string accepted, in bytes.
+    #[arg(long, env = "HERALD_MAX_QUERY_BYTES", default_value_t = 8 * 1024)]
+    max_query_bytes: usize,
+
+    /// Most WebSocket streams open at once.
+    #[arg(long, env = "HERALD_MAX_STREAMS", default_value_t = 10_000)]
+    max_streams: usize,
+
+    /// Seconds between pings on an idle stream.
+    #[arg(long, env = "HERALD_WS_PING_INTERVAL_SECS", default_value_t = 30)]
+    ws_ping_interval_secs: u64,
+
+    /// Seconds a write to a stream may block before the client is disconnected.
+    #[arg(long, env = "HERALD_WS_SEND_TIMEOUT_SECS", default_value_t = 30)]
+    ws_send_timeout_secs: u64,
+
+    /// Events a live stream may have queued before it switches to reading the store.
+    #[arg(long, env = "HERALD_SUBSCRIBER_QUEUE", default_value_t = 1024)]
+    subscriber_queue: usize,
+
+    /// Most events committed in one transaction.
+    #[arg(long, env = "HERALD_MAX_BATCH_EVENTS", default_value_t = 2048)]
+    max_batch_events: usize,
+
+    /// Seconds to wait for requests and streams to finish at shutdown.
+    #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
+    shutdown_timeout_secs: u64,
+
+    /// Log format: text or json. The level comes from RUST_LOG (default info).
+    #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logging(&args.log_format);
+    if args.ws_ping_interval_secs == 0 || args.ws_send_timeout_secs == 0 {
+        anyhow::bail!("--ws-ping-interval-secs and --ws-send-timeout-secs must be at least 1");
+    }
+    let store_config = StoreConfig::parse(&args.data).map_err(anyhow::Error::msg)?;
+    if args.nats_url.is_some() {
+        tracing::warn!("NATS_URL is set, but this version of Herald does not connect to NATS yet; running standalone.");
+    }
+    let listen = args
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], args.port)));
+
+    let store = store_config
+        .open(EmbeddedOptions::default())
+        .await
+        .with_context(|| format!("opening the store at {}", store_config.redacted()))?;
+    let mut hub_config = HubConfig::new(args.hub_id.clone());
+    hub_config.subscriber_queue = args.subscriber_queue.max(1);
+    hub_config.max_batch_events = args.max_batch_events.max(1);
+    let hub = Hub::open(hub_config, store).await?;
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let bound = listener.local_addr()?;
+
+    let shutdown = CancellationToken::new();
+    let limits = Limits {
+        max_body_bytes: args.max_body_bytes,
+        max_query_bytes: args.max_query_bytes,
+        max_streams: args.max_streams,
+        ws_ping_interval: Duration::from_secs(args.ws_ping_interval_secs),
+        ws_send_timeout: Duration::from_secs(args.ws_send_timeout_secs),
+    };
+    let state = AppState::new(hub.clone(), limits, shutdown.clone());
+    let grace = Duration::from_secs(args.shutdown_timeout_secs);
+
+    tracing::info!(
+        %bound,
+        hub_id = %args.hub_id,
+        store = %store_config.redacted(),
+        "Herald is listening."
+    );
+    // The one line on stdout: scripts and tests read the bound address from it.
+    let mut stdout = tokio::io::stdout();
+    stdout
+        .write_all(format!("herald listening on http://{bound}\n").as_bytes())
+        .await?;
+    stdout.flush().await?;
+
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let server = tokio::spawn(herald_server::serve(listener, state, grace));
+    shutdown.cancelled().await;
+    tracing::info!("Shutting down: no new connections; finishing requests and streams.");
+    match tokio::time::timeout(grace + Duration::from_secs(1), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::error!(%error, "Server error."),
+        Ok(Err(error)) => tracing::error!(%error, "Server task failed."),
+        Err(_) => tracing::warn!("Requests still running after the grace period; closing anyway."),
+    }
+    hub.shutdown().await;
+    tracing::info!("Herald stopped.");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cancel_on_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "Cannot listen for SIGTERM.");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        () = terminate => {}
+    }
+    token.cancel();
+}
+
+fn init_logging(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
