@@ -26,6 +26,7 @@ pub enum ErrorCode {
     QueryTooLong,
     /// `GET /api/events/stream` without a WebSocket upgrade.
     WebsocketRequired,
+    RequestTimeout,
     NotFound,
     EventNotFound,
     MethodNotAllowed,
@@ -48,6 +49,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::QueryTooLong => "query_too_long",
             ErrorCode::WebsocketRequired => "websocket_required",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::NotFound => "not_found",
             ErrorCode::EventNotFound => "event_not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
@@ -70,6 +72,7 @@ impl ErrorCode {
             | ErrorCode::InvalidPayload
             | ErrorCode::InvalidCorrelationId => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::NotFound | ErrorCode::EventNotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::TooManyStreams | ErrorCode::StoreUnavailable | ErrorCode::ShuttingDown => {
@@ -142,5 +145,33 @@ impl From<HubError> for ApiError {
                 ApiError::new(ErrorCode::Internal, "internal error")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unavailable_store_is_a_503_with_retry_after() {
+        let response = ApiError::from(HubError::Unavailable("disk full".into())).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["error"]["code"], "store_unavailable");
+        assert!(json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("disk full"));
+    }
+
+    #[test]
+    fn internal_errors_hide_details() {
+        let error = ApiError::from(HubError::Internal("secret path /var/x".into()));
+        assert_eq!(error.code, ErrorCode::Internal);
+        assert!(!error.message.contains("secret"));
     }
 }

@@ -6,10 +6,10 @@
 
 pub mod error;
 pub mod http;
+pub mod listener;
 pub mod wire;
 pub mod ws;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use herald_hub::Hub;
 use tokio::net::TcpListener;
@@ -39,6 +39,13 @@ pub struct Limits {
     pub max_query_bytes: usize,
     /// Most WebSocket streams open at once.
     pub max_streams: usize,
+    /// Most TCP connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Most publish requests being read or committed at once; more wait their turn. With
+    /// `max_body_bytes` this bounds the memory publishes can take.
+    pub max_inflight_publishes: usize,
+    /// Longest a request may take, body included (WebSocket streams are not affected).
+    pub request_timeout: Duration,
     /// How often an idle stream is pinged.
     pub ws_ping_interval: Duration,
     /// How long one write to a stream may block before the client is judged stuck and
@@ -52,6 +59,9 @@ impl Default for Limits {
             max_body_bytes: 1024 * 1024,
             max_query_bytes: 8 * 1024,
             max_streams: 10_000,
+            max_connections: 10_000,
+            max_inflight_publishes: 512,
+            request_timeout: Duration::from_secs(30),
             ws_ping_interval: Duration::from_secs(30),
             ws_send_timeout: Duration::from_secs(30),
         }
@@ -68,17 +78,20 @@ pub struct AppState {
     /// Tracks stream tasks, which outlive their HTTP request.
     pub streams: TaskTracker,
     stream_permits: Arc<Semaphore>,
+    publish_permits: Arc<Semaphore>,
 }
 
 impl AppState {
     pub fn new(hub: Hub, limits: Limits, shutdown: CancellationToken) -> Self {
         let stream_permits = Arc::new(Semaphore::new(limits.max_streams));
+        let publish_permits = Arc::new(Semaphore::new(limits.max_inflight_publishes.max(1)));
         AppState {
             hub,
             limits: Arc::new(limits),
             shutdown,
             streams: TaskTracker::new(),
             stream_permits,
+            publish_permits,
         }
     }
 }
@@ -90,7 +103,12 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(http::index))
         .route(
             "/api/events",
-            get(http::query_events).post(http::publish_event),
+            post(http::publish_event)
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    limit_publishes,
+                ))
+                .merge(get(http::query_events)),
         )
         .route("/api/events/stream", get(ws::stream))
         .route("/api/events/{id}", get(http::get_event))
@@ -104,6 +122,10 @@ pub fn router(state: AppState) -> Router {
             guard_query_length,
         ))
         .layer(axum::middleware::from_fn(echo_correlation_id))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit_duration,
+        ))
         .with_state(state)
 }
 
@@ -144,12 +166,43 @@ async fn guard_query_length(
     next.run(request).await
 }
 
+/// Admits a publish only while fewer than `max_inflight_publishes` are being read or
+/// committed, before its body is read.
+async fn limit_publishes(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let _permit = state.publish_permits.clone().acquire_owned().await;
+    next.run(request).await
+}
+
+/// Answers `408 request_timeout` when a request (reading its body included) takes
+/// longer than `request_timeout`.
+async fn limit_duration(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    use axum::response::IntoResponse;
+    let limit = state.limits.request_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!("the request took longer than {} s", limit.as_secs_f64()),
+        )
+        .into_response(),
+    }
+}
+
 /// Serves `state` on `listener` until `state.shutdown` fires, then stops accepting,
 /// lets in-flight requests finish, closes streams, and waits for them up to `grace`.
 pub async fn serve(listener: TcpListener, state: AppState, grace: Duration) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
     let streams = state.streams.clone();
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let listener = listener::LimitedListener::new(listener, state.limits.max_connections);
+    let app = router(state);
     let server =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let result = server.await;

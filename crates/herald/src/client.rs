@@ -71,6 +71,18 @@ pub struct TailArgs {
     connection: Connection,
 }
 
+/// A stream frame, with the event kept exactly as the hub sent it.
+#[derive(serde::Deserialize)]
+struct Frame<'a> {
+    #[serde(borrow)]
+    data: &'a serde_json::value::RawValue,
+}
+
+#[derive(serde::Deserialize)]
+struct SeqOnly {
+    seq: u64,
+}
+
 fn http() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -179,13 +191,14 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
         while let Some(message) = incoming.next().await {
             match message {
                 Ok(Message::Text(text)) => {
-                    let frame: Value = serde_json::from_str(&text)
-                        .context("the hub sent a frame that is not JSON")?;
-                    if let Some(seq) = frame["data"]["seq"].as_u64() {
-                        position = Some(seq);
-                    }
+                    let frame: Frame<'_> = serde_json::from_str(&text)
+                        .context("the hub sent a frame that is not a stream frame")?;
+                    let seq: SeqOnly = serde_json::from_str(frame.data.get())
+                        .context("the hub sent an event without a seq")?;
+                    position = Some(seq.seq);
                     let mut stdout = std::io::stdout().lock();
-                    if writeln!(stdout, "{}", frame["data"]).is_err() || stdout.flush().is_err() {
+                    if writeln!(stdout, "{}", frame.data.get()).is_err() || stdout.flush().is_err()
+                    {
                         // The reader went away (e.g. `| head`): that is a normal end.
                         return Ok(ExitCode::SUCCESS);
                     }

@@ -57,6 +57,18 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_STREAMS", default_value_t = 10_000)]
     max_streams: usize,
 
+    /// Most TCP connections open at once; more wait in the listen backlog.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+
+    /// Most publish requests being read or committed at once; more wait their turn.
+    #[arg(long, env = "HERALD_MAX_INFLIGHT_PUBLISHES", default_value_t = 512)]
+    max_inflight_publishes: usize,
+
+    /// Seconds a request (body included) may take before it is answered 408.
+    #[arg(long, env = "HERALD_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    request_timeout_secs: u64,
+
     /// Seconds between pings on an idle stream.
     #[arg(long, env = "HERALD_WS_PING_INTERVAL_SECS", default_value_t = 30)]
     ws_ping_interval_secs: u64,
@@ -84,8 +96,13 @@ pub struct ServeArgs {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(&args.log_format);
-    if args.ws_ping_interval_secs == 0 || args.ws_send_timeout_secs == 0 {
-        anyhow::bail!("--ws-ping-interval-secs and --ws-send-timeout-secs must be at least 1");
+    if args.ws_ping_interval_secs == 0
+        || args.ws_send_timeout_secs == 0
+        || args.request_timeout_secs == 0
+    {
+        anyhow::bail!(
+            "--ws-ping-interval-secs, --ws-send-timeout-secs and --request-timeout-secs must be at least 1"
+        );
     }
     let store_config = StoreConfig::parse(&args.data).map_err(anyhow::Error::msg)?;
     if args.nats_url.is_some() {
@@ -114,6 +131,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_body_bytes: args.max_body_bytes,
         max_query_bytes: args.max_query_bytes,
         max_streams: args.max_streams,
+        max_connections: args.max_connections,
+        max_inflight_publishes: args.max_inflight_publishes,
+        request_timeout: Duration::from_secs(args.request_timeout_secs),
         ws_ping_interval: Duration::from_secs(args.ws_ping_interval_secs),
         ws_send_timeout: Duration::from_secs(args.ws_send_timeout_secs),
     };
