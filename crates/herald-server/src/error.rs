@@ -19,6 +19,8 @@ pub enum ErrorCode {
     InvalidSubject,
     InvalidPayload,
     InvalidCorrelationId,
+    /// One or more events of a batch are invalid (see `items`), or the batch is empty or too big.
+    InvalidBatch,
     /// A query-string parameter is missing its value, malformed or out of range.
     InvalidQuery,
     InvalidEventId,
@@ -44,6 +46,7 @@ impl ErrorCode {
             ErrorCode::InvalidSubject => "invalid_subject",
             ErrorCode::InvalidPayload => "invalid_payload",
             ErrorCode::InvalidCorrelationId => "invalid_correlation_id",
+            ErrorCode::InvalidBatch => "invalid_batch",
             ErrorCode::InvalidQuery => "invalid_query",
             ErrorCode::InvalidEventId => "invalid_event_id",
             ErrorCode::PayloadTooLarge => "payload_too_large",
@@ -70,7 +73,8 @@ impl ErrorCode {
             ErrorCode::InvalidBody
             | ErrorCode::InvalidSubject
             | ErrorCode::InvalidPayload
-            | ErrorCode::InvalidCorrelationId => StatusCode::UNPROCESSABLE_ENTITY,
+            | ErrorCode::InvalidCorrelationId
+            | ErrorCode::InvalidBatch => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::NotFound | ErrorCode::EventNotFound => StatusCode::NOT_FOUND,
@@ -88,6 +92,16 @@ impl ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// For a rejected batch: what is wrong with each bad item.
+    pub items: Vec<ItemError>,
+}
+
+/// Why one item of a batch was rejected.
+#[derive(Debug, Clone)]
+pub struct ItemError {
+    pub index: usize,
+    pub code: ErrorCode,
+    pub message: String,
 }
 
 impl ApiError {
@@ -95,7 +109,13 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            items: Vec::new(),
         }
+    }
+
+    pub fn with_items(mut self, items: Vec<ItemError>) -> Self {
+        self.items = items;
+        self
     }
 }
 
@@ -106,6 +126,15 @@ struct Body<'a> {
 
 #[derive(Serialize)]
 struct Detail<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    items: Vec<ItemDetail<'a>>,
+}
+
+#[derive(Serialize)]
+struct ItemDetail<'a> {
+    index: usize,
     code: &'a str,
     message: &'a str,
 }
@@ -120,6 +149,15 @@ impl IntoResponse for ApiError {
             error: Detail {
                 code: self.code.as_str(),
                 message: &self.message,
+                items: self
+                    .items
+                    .iter()
+                    .map(|item| ItemDetail {
+                        index: item.index,
+                        code: item.code.as_str(),
+                        message: &item.message,
+                    })
+                    .collect(),
             },
         };
         let mut response = (status, axum::Json(body)).into_response();

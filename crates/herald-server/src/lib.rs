@@ -35,6 +35,8 @@ pub static CORRELATION_HEADER: HeaderName = HeaderName::from_static("x-correlati
 pub struct Limits {
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Largest body of `POST /api/events:batch`, in bytes.
+    pub max_batch_body_bytes: usize,
     /// Longest query string accepted, in bytes.
     pub max_query_bytes: usize,
     /// Most WebSocket streams open at once.
@@ -57,6 +59,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: 1024 * 1024,
+            max_batch_body_bytes: 4 * 1024 * 1024,
             max_query_bytes: 8 * 1024,
             max_streams: 10_000,
             max_connections: 10_000,
@@ -109,6 +112,15 @@ pub fn router(state: AppState) -> Router {
                     limit_publishes,
                 ))
                 .merge(get(http::query_events)),
+        )
+        .route(
+            "/api/events:batch",
+            post(http::publish_batch)
+                .layer(DefaultBodyLimit::max(state.limits.max_batch_body_bytes))
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    limit_publishes,
+                )),
         )
         .route("/api/events/stream", get(ws::stream))
         .route("/api/events/{id}", get(http::get_event))

@@ -11,6 +11,8 @@ use uuid::Uuid;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
+    /// The event's id, for idempotent publishing; generated (UUIDv7) when absent.
+    pub id: Option<String>,
     pub subject: Option<String>,
     pub payload: Option<Box<RawValue>>,
     pub correlation_id: Option<String>,
@@ -26,24 +28,22 @@ pub struct PublishOrigin {
     pub user: Option<String>,
 }
 
-/// `201` answer to a publish.
+/// Answer to a publish: `201` when stored, `200` with `duplicate: true` when an event
+/// with that id was already stored (these are then the original event's fields).
 #[derive(Debug, Serialize)]
 pub struct PublishResponse {
     pub event_id: Uuid,
     pub correlation_id: Uuid,
     pub timestamp: String,
     pub seq: u64,
+    pub duplicate: bool,
 }
 
-impl From<&CoreEvent> for PublishResponse {
-    fn from(event: &CoreEvent) -> Self {
-        PublishResponse {
-            event_id: event.id,
-            correlation_id: event.correlation_id,
-            timestamp: event.timestamp.to_rfc3339(),
-            seq: event.seq,
-        }
-    }
+/// Answer to `POST /api/events:batch`: one result per event, in order.
+#[derive(Debug, Serialize)]
+pub struct BatchResponse {
+    pub results: Vec<PublishResponse>,
+    pub count: usize,
 }
 
 /// An event as the API shows it.
@@ -99,12 +99,22 @@ impl<'a> From<&'a CoreEvent> for StreamFrame<'a> {
     }
 }
 
-/// `GET /health`.
+/// `GET /health`: seed 000's `{status, nats, database}` plus seed 004's
+/// `{timestamp, details}`.
 #[derive(Debug, Serialize)]
 pub struct Health {
     pub status: &'static str,
     pub nats: &'static str,
     pub database: &'static str,
+    pub timestamp: String,
+    pub details: HealthDetails,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HealthDetails {
+    pub nats_connected: bool,
+    pub database_connected: bool,
+    pub running: bool,
 }
 
 /// `GET /health/nats`.

@@ -49,6 +49,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     max_body_bytes: usize,
 
+    /// Largest body of a batch publish (`POST /api/events:batch`), in bytes.
+    #[arg(long, env = "HERALD_MAX_BATCH_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_batch_body_bytes: usize,
+
     /// Longest query string accepted, in bytes.
     #[arg(long, env = "HERALD_MAX_QUERY_BYTES", default_value_t = 8 * 1024)]
     max_query_bytes: usize,
@@ -129,6 +133,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     let limits = Limits {
         max_body_bytes: args.max_body_bytes,
+        max_batch_body_bytes: args.max_batch_body_bytes,
         max_query_bytes: args.max_query_bytes,
         max_streams: args.max_streams,
         max_connections: args.max_connections,

@@ -1,24 +1,24 @@
-//! REST handlers: publish, query, get, health.
+//! REST handlers: query, get, health; publishing is in [`publish`].
 //!
 //! Request parsing is done by hand from the raw body and query pairs, so every mistake a
 //! client can make gets its own error code and a message naming the field.
 
-use axum::body::Bytes;
+pub mod publish;
+
+pub use publish::{publish_batch, publish_event};
+
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use herald_core::{NewEvent, Pattern, Payload, Seq, Subject, Timestamp};
+use herald_core::{Pattern, Seq, Timestamp};
 use herald_store::{Query, Store, MAX_QUERY_LIMIT};
 use uuid::Uuid;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::wire;
-use crate::{AppState, CORRELATION_HEADER};
-
-/// Longest `origin.service` / `origin.user` accepted.
-const MAX_ORIGIN_FIELD: usize = 256;
+use crate::AppState;
 
 pub async fn index(State(state): State<AppState>) -> Result<Json<wire::Index>, ApiError> {
     let head_seq = state
@@ -33,105 +33,6 @@ pub async fn index(State(state): State<AppState>) -> Result<Json<wire::Index>, A
         hub_id: state.hub.hub_id().to_owned(),
         head_seq,
     }))
-}
-
-/// `POST /api/events`.
-pub async fn publish_event(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body = body.map_err(body_rejection)?;
-    let event = parse_publish(&state, &headers, &body)?;
-    let published = state.hub.publish(event).await?;
-    let event = &published.event;
-    let mut response = (
-        StatusCode::CREATED,
-        Json(wire::PublishResponse::from(event.as_ref())),
-    )
-        .into_response();
-    let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&event.correlation_id.to_string()) {
-        headers.insert(CORRELATION_HEADER.clone(), value);
-    }
-    if let Ok(value) = HeaderValue::from_str(&format!("/api/events/{}", event.id)) {
-        headers.insert(header::LOCATION, value);
-    }
-    Ok(response)
-}
-
-fn parse_publish(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<NewEvent, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidJson,
-            r#"the request body is empty; send a JSON object such as {"subject": "hub.local-hub.project.created", "payload": {}}"#,
-        ));
-    }
-    let request: wire::PublishRequest = serde_json::from_slice(body).map_err(json_error)?;
-
-    let subject = match request.subject {
-        None => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidSubject,
-                "`subject` is required",
-            ))
-        }
-        Some(s) => Subject::new(s)
-            .map_err(|e| ApiError::new(ErrorCode::InvalidSubject, format!("`subject`: {e}")))?,
-    };
-    let payload = match request.payload {
-        None => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidPayload,
-                "`payload` is required (a JSON object; use {} for none)",
-            ))
-        }
-        Some(raw) => Payload::from_raw(raw)
-            .map_err(|e| ApiError::new(ErrorCode::InvalidPayload, format!("`payload`: {e}")))?,
-    };
-    let correlation_id = match request.correlation_id {
-        Some(text) => Some(parse_uuid(&text).ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::InvalidCorrelationId,
-                format!("`correlation_id` must be a UUID, got {:?}", truncate(&text)),
-            )
-        })?),
-        None => match headers.get(&CORRELATION_HEADER) {
-            None => None,
-            Some(value) => {
-                let text = value.to_str().unwrap_or("");
-                Some(parse_uuid(text).ok_or_else(|| {
-                    ApiError::new(
-                        ErrorCode::InvalidCorrelationId,
-                        format!(
-                            "the X-Correlation-ID header must be a UUID, got {:?}",
-                            truncate(text)
-                        ),
-                    )
-                })?)
-            }
-        },
-    };
-    let (service, user) = match request.origin {
-        None => (Some("herald-http".to_owned()), None),
-        Some(origin) => {
-            for (name, value) in [("service", &origin.service), ("user", &origin.user)] {
-                if value.as_ref().is_some_and(|v| v.len() > MAX_ORIGIN_FIELD) {
-                    return Err(ApiError::new(
-                        ErrorCode::InvalidBody,
-                        format!("`origin.{name}` is longer than {MAX_ORIGIN_FIELD} bytes"),
-                    ));
-                }
-            }
-            (origin.service, origin.user)
-        }
-    };
-    Ok(NewEvent::new(
-        subject,
-        payload,
-        state.hub.origin(service, user),
-        correlation_id,
-    ))
 }
 
 /// `GET /api/events`.
@@ -246,6 +147,12 @@ pub async fn health(State(state): State<AppState>) -> Response {
         } else {
             "unhealthy"
         },
+        timestamp: Timestamp::now().to_rfc3339(),
+        details: wire::HealthDetails {
+            nats_connected: false,
+            database_connected: store.healthy,
+            running: !state.shutdown.is_cancelled(),
+        },
     };
     (code, Json(body)).into_response()
 }
@@ -298,7 +205,7 @@ pub(crate) fn parse_seq(name: &str, value: &str) -> Result<Seq, ApiError> {
         })
 }
 
-fn parse_uuid(text: &str) -> Option<Uuid> {
+pub(crate) fn parse_uuid(text: &str) -> Option<Uuid> {
     Uuid::try_parse(text.trim()).ok()
 }
 
@@ -307,7 +214,7 @@ pub(crate) fn truncate(text: &str) -> String {
     text.chars().take(64).collect()
 }
 
-fn json_error(error: serde_json::Error) -> ApiError {
+pub(crate) fn json_error(error: serde_json::Error) -> ApiError {
     use serde_json::error::Category;
     match error.classify() {
         Category::Data => ApiError::new(ErrorCode::InvalidBody, error.to_string()),
@@ -318,7 +225,7 @@ fn json_error(error: serde_json::Error) -> ApiError {
     }
 }
 
-fn body_rejection(rejection: BytesRejection) -> ApiError {
+pub(crate) fn body_rejection(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
             ErrorCode::PayloadTooLarge,

@@ -1,0 +1,253 @@
+//! Publishing: `POST /api/events` (one event) and `POST /api/events:batch` (up to
+//! [`MAX_BATCH_EVENTS`], all or nothing).
+//!
+//! A publish may carry its own event `id` (a UUID). Publishing an id that is already
+//! stored stores nothing and answers `200` with the original event and
+//! `"duplicate": true` — also when two such requests race, and after a restart: the
+//! store's unique id index decides, for as long as the original event is kept.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use herald_core::{NewEvent, Payload, Subject};
+use herald_hub::Published;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::{body_rejection, json_error, parse_uuid, truncate};
+use crate::error::{ApiError, ErrorCode, ItemError};
+use crate::wire;
+use crate::{AppState, CORRELATION_HEADER};
+
+/// Most events in one batch.
+pub const MAX_BATCH_EVENTS: usize = 1000;
+
+/// Longest `origin.service` / `origin.user` accepted.
+const MAX_ORIGIN_FIELD: usize = 256;
+
+/// `POST /api/events`.
+pub async fn publish_event(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_rejection)?;
+    ensure_not_empty(&body)?;
+    let request: wire::PublishRequest = serde_json::from_slice(&body).map_err(json_error)?;
+    let header_correlation = header_correlation_id(&headers)?;
+    let event = new_event(&state, request, header_correlation)?;
+    let published = state.hub.publish(event).await?;
+    let event = &published.event;
+    let status = if published.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let mut response = (status, Json(wire::PublishResponse::from(&published))).into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&event.correlation_id.to_string()) {
+        headers.insert(CORRELATION_HEADER.clone(), value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&format!("/api/events/{}", event.id)) {
+        headers.insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// `{"events": [...]}`, the documented batch body (a bare array is accepted too).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    events: Vec<Box<RawValue>>,
+}
+
+/// `POST /api/events:batch`: every event is checked first; if any is invalid the whole
+/// batch is rejected with the index and reason of each bad one. Otherwise all are
+/// committed in one transaction. Answers `201` when at least one event was new, `200`
+/// when every one was a duplicate.
+pub async fn publish_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_rejection)?;
+    ensure_not_empty(&body)?;
+    let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    let items: Vec<Box<RawValue>> = if first == Some(b'[') {
+        serde_json::from_slice(&body).map_err(json_error)?
+    } else {
+        serde_json::from_slice::<BatchBody>(&body)
+            .map_err(json_error)?
+            .events
+    };
+    if items.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBatch,
+            "the batch is empty; send {\"events\": [...]} with 1 to 1000 events",
+        ));
+    }
+    if items.len() > MAX_BATCH_EVENTS {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBatch,
+            format!(
+                "the batch has {} events; the limit is {MAX_BATCH_EVENTS}",
+                items.len()
+            ),
+        ));
+    }
+    let header_correlation = header_correlation_id(&headers)?;
+    let mut events = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let parsed = serde_json::from_str::<wire::PublishRequest>(item.get())
+            .map_err(json_error)
+            .and_then(|request| new_event(&state, request, header_correlation));
+        match parsed {
+            Ok(event) => events.push(event),
+            Err(error) => errors.push(ItemError {
+                index,
+                code: error.code,
+                message: error.message,
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBatch,
+            format!(
+                "{} of {} events are invalid; nothing was stored",
+                errors.len(),
+                items.len()
+            ),
+        )
+        .with_items(errors));
+    }
+    let published = state.hub.publish_batch(events).await?;
+    let status = if published.iter().all(|p| p.duplicate) {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let results: Vec<wire::PublishResponse> =
+        published.iter().map(wire::PublishResponse::from).collect();
+    let count = results.len();
+    Ok((status, Json(wire::BatchResponse { results, count })).into_response())
+}
+
+fn ensure_not_empty(body: &[u8]) -> Result<(), ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            r#"the request body is empty; send a JSON object such as {"subject": "hub.local-hub.project.created", "payload": {}}"#,
+        ));
+    }
+    Ok(())
+}
+
+/// The `X-Correlation-ID` header as a UUID, when present.
+fn header_correlation_id(headers: &HeaderMap) -> Result<Option<Uuid>, ApiError> {
+    let Some(value) = headers.get(&CORRELATION_HEADER) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("");
+    parse_uuid(text).map(Some).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidCorrelationId,
+            format!(
+                "the X-Correlation-ID header must be a UUID, got {:?}",
+                truncate(text)
+            ),
+        )
+    })
+}
+
+/// Validates one publish request into a new event. `fallback_correlation` (the
+/// request's header) is used when the body has no `correlation_id`.
+pub(crate) fn new_event(
+    state: &AppState,
+    request: wire::PublishRequest,
+    fallback_correlation: Option<Uuid>,
+) -> Result<NewEvent, ApiError> {
+    let subject = match request.subject {
+        None => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidSubject,
+                "`subject` is required",
+            ))
+        }
+        Some(s) => Subject::new(s)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidSubject, format!("`subject`: {e}")))?,
+    };
+    let payload = match request.payload {
+        None => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidPayload,
+                "`payload` is required (a JSON object; use {} for none)",
+            ))
+        }
+        Some(raw) => Payload::from_raw(raw)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidPayload, format!("`payload`: {e}")))?,
+    };
+    let correlation_id = match request.correlation_id {
+        Some(text) => Some(parse_uuid(&text).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidCorrelationId,
+                format!("`correlation_id` must be a UUID, got {:?}", truncate(&text)),
+            )
+        })?),
+        None => fallback_correlation,
+    };
+    let id = match request.id {
+        None => None,
+        Some(text) => match parse_uuid(&text) {
+            Some(id) if !id.is_nil() => Some(id),
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidEventId,
+                    format!("`id` must be a non-nil UUID, got {:?}", truncate(&text)),
+                ))
+            }
+        },
+    };
+    let (service, user) = match request.origin {
+        None => (Some("herald-http".to_owned()), None),
+        Some(origin) => {
+            for (name, value) in [("service", &origin.service), ("user", &origin.user)] {
+                if value.as_ref().is_some_and(|v| v.len() > MAX_ORIGIN_FIELD) {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidBody,
+                        format!("`origin.{name}` is longer than {MAX_ORIGIN_FIELD} bytes"),
+                    ));
+                }
+            }
+            (origin.service, origin.user)
+        }
+    };
+    let mut event = NewEvent::new(
+        subject,
+        payload,
+        state.hub.origin(service, user),
+        correlation_id,
+    );
+    if let Some(id) = id {
+        event.id = id;
+    }
+    Ok(event)
+}
+
+impl From<&Published> for wire::PublishResponse {
+    fn from(published: &Published) -> Self {
+        let event = &published.event;
+        wire::PublishResponse {
+            event_id: event.id,
+            correlation_id: event.correlation_id,
+            timestamp: event.timestamp.to_rfc3339(),
+            seq: event.seq,
+            duplicate: published.duplicate,
+        }
+    }
+}
