@@ -7,6 +7,7 @@ use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::cloudevent::CloudEventAttributes;
 use crate::subject::Subject;
 
 /// Position of an event in the hub's log: assigned at commit, strictly increasing in
@@ -175,6 +176,9 @@ pub struct NewEvent {
     pub origin: Origin,
     pub correlation_id: Uuid,
     pub payload: Payload,
+    /// Set when the event arrived as a CloudEvent: its attributes, kept for reading it
+    /// back as one.
+    pub cloudevent: Option<Box<CloudEventAttributes>>,
 }
 
 impl NewEvent {
@@ -192,6 +196,7 @@ impl NewEvent {
             origin,
             correlation_id: correlation_id.unwrap_or_else(Uuid::now_v7),
             payload,
+            cloudevent: None,
         }
     }
 
@@ -205,6 +210,7 @@ impl NewEvent {
             correlation_id: self.correlation_id,
             payload: self.payload,
             timestamp,
+            cloudevent: self.cloudevent,
         }
     }
 }
@@ -221,6 +227,7 @@ pub struct Event {
     /// When the hub committed the event (UTC, microseconds); non-decreasing in `seq`
     /// order on a single store.
     pub timestamp: Timestamp,
+    pub cloudevent: Option<Box<CloudEventAttributes>>,
 }
 
 #[cfg(test)]

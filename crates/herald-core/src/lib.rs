@@ -4,11 +4,14 @@
 //! - [`subject`]: literal subjects and wildcard patterns (NATS grammar).
 //! - [`subject_tree`]: many patterns matched against one subject at once.
 //! - [`event`]: [`NewEvent`] (what a publisher hands in) and [`Event`] (what the log holds).
+//! - [`cloudevent`]: CloudEvents v1.0 attributes and their mapping to Herald events.
 
+pub mod cloudevent;
 pub mod event;
 pub mod subject;
 pub mod subject_tree;
 
+pub use cloudevent::{CloudEventAttributes, CloudEventError, DataForm, ExtensionValue};
 pub use event::{
     Event, NewEvent, Origin, Payload, PayloadNotObject, Seq, Timestamp, TimestampError,
 };

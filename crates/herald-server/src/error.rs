@@ -21,6 +21,9 @@ pub enum ErrorCode {
     InvalidCorrelationId,
     /// One or more events of a batch are invalid (see `items`), or the batch is empty or too big.
     InvalidBatch,
+    /// A CloudEvent is missing a required attribute, has a bad `specversion`, or
+    /// otherwise breaks the CloudEvents v1.0 spec.
+    InvalidCloudEvent,
     /// A query-string parameter is missing its value, malformed or out of range.
     InvalidQuery,
     InvalidEventId,
@@ -47,6 +50,7 @@ impl ErrorCode {
             ErrorCode::InvalidPayload => "invalid_payload",
             ErrorCode::InvalidCorrelationId => "invalid_correlation_id",
             ErrorCode::InvalidBatch => "invalid_batch",
+            ErrorCode::InvalidCloudEvent => "invalid_cloudevent",
             ErrorCode::InvalidQuery => "invalid_query",
             ErrorCode::InvalidEventId => "invalid_event_id",
             ErrorCode::PayloadTooLarge => "payload_too_large",
@@ -74,7 +78,8 @@ impl ErrorCode {
             | ErrorCode::InvalidSubject
             | ErrorCode::InvalidPayload
             | ErrorCode::InvalidCorrelationId
-            | ErrorCode::InvalidBatch => StatusCode::UNPROCESSABLE_ENTITY,
+            | ErrorCode::InvalidBatch
+            | ErrorCode::InvalidCloudEvent => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::NotFound | ErrorCode::EventNotFound => StatusCode::NOT_FOUND,

@@ -123,6 +123,13 @@ pub fn router(state: AppState) -> Router {
                 )),
         )
         .route("/api/events/stream", get(ws::stream))
+        .route(
+            "/events/publish",
+            post(http::publish_legacy).layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                limit_publishes,
+            )),
+        )
         .route("/api/events/{id}", get(http::get_event))
         .route("/health", get(http::health))
         .route("/health/nats", get(http::nats_health))

@@ -56,6 +56,9 @@ pub struct Event<'a> {
     pub correlation_id: Uuid,
     pub payload: &'a RawValue,
     pub timestamp: String,
+    /// The CloudEvents attributes, for events that arrived as CloudEvents.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloudevent: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -79,6 +82,14 @@ impl<'a> From<&'a CoreEvent> for Event<'a> {
             correlation_id: event.correlation_id,
             payload: event.payload.as_raw(),
             timestamp: event.timestamp.to_rfc3339(),
+            cloudevent: event.cloudevent.as_ref().map(|_| {
+                let mut attributes = crate::http::cloudevents::to_structured(event);
+                if let Some(map) = attributes.as_object_mut() {
+                    map.remove("data");
+                    map.remove("data_base64");
+                }
+                attributes
+            }),
         }
     }
 }

@@ -44,6 +44,38 @@ where
     planner_agrees_with_naive_filtering(&open().await).await;
     paging_sees_everything_once(&open().await).await;
     concurrent_appends_get_distinct_dense_seqs(&open().await).await;
+    cloudevent_attributes_round_trip(&open().await).await;
+}
+
+async fn cloudevent_attributes_round_trip<S: Store>(store: &S) {
+    use herald_core::{CloudEventAttributes, DataForm, ExtensionValue};
+    let mut extensions = std::collections::BTreeMap::new();
+    extensions.insert("tenantid".to_owned(), ExtensionValue::String("t1".into()));
+    extensions.insert("priority".to_owned(), ExtensionValue::Integer(-3));
+    extensions.insert("urgent".to_owned(), ExtensionValue::Boolean(true));
+    let attributes = CloudEventAttributes {
+        id: "A234-1234-1234".into(),
+        source: "/orders".into(),
+        specversion: "1.0".into(),
+        ty: "com.example.order.created".into(),
+        subject: Some("order/7".into()),
+        time: Some("2018-04-05T17:31:00+02:00".into()),
+        datacontenttype: Some("text/plain".into()),
+        dataschema: Some("https://example.com/schema".into()),
+        extensions,
+        data_form: DataForm::Wrapped,
+    };
+    let mut new = event("com.example.order.created", 0, None);
+    new.id = attributes.herald_id();
+    new.cloudevent = Some(Box::new(attributes.clone()));
+    let stored = store.append(vec![new]).await.unwrap();
+    let got = store.get(stored[0].event().id).await.unwrap().unwrap();
+    assert_eq!(got.cloudevent.as_deref(), Some(&attributes));
+    let plain = store.append(events("hub.plain", 1)).await.unwrap();
+    assert!(plain[0].event().cloudevent.is_none());
+    let queried = store.query(Query::default()).await.unwrap();
+    assert_eq!(queried.events[0].cloudevent.as_deref(), Some(&attributes));
+    assert!(queried.events[1].cloudevent.is_none());
 }
 
 async fn empty_store<S: Store>(store: &S) {

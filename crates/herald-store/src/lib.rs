@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use herald_core::{Event, NewEvent, Pattern, Seq, Timestamp};
 use uuid::Uuid;
 
+pub mod codec;
 pub mod conformance;
 pub mod embedded;
 

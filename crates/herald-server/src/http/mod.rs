@@ -3,13 +3,14 @@
 //! Request parsing is done by hand from the raw body and query pairs, so every mistake a
 //! client can make gets its own error code and a message naming the field.
 
+pub mod cloudevents;
 pub mod publish;
 
-pub use publish::{publish_batch, publish_event};
+pub use publish::{publish_batch, publish_event, publish_legacy};
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_core::{Pattern, Seq, Timestamp};
@@ -38,13 +39,23 @@ pub async fn index(State(state): State<AppState>) -> Result<Json<wire::Index>, A
 /// `GET /api/events`.
 pub async fn query_events(
     State(state): State<AppState>,
+    headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = parse_query(raw.as_deref().unwrap_or(""))?;
     let limit = query.limit;
     let page = state.hub.query(query).await?;
-    let events: Vec<wire::Event<'_>> = page.events.iter().map(wire::Event::from).collect();
-    let mut response = Json(events).into_response();
+    let mut response = if cloudevents::accepts(&headers, cloudevents::BATCH) {
+        let batch = page.events.iter().map(cloudevents::to_structured).collect();
+        cloudevents::respond(
+            StatusCode::OK,
+            cloudevents::BATCH,
+            serde_json::Value::Array(batch),
+        )
+    } else {
+        let events: Vec<wire::Event<'_>> = page.events.iter().map(wire::Event::from).collect();
+        Json(events).into_response()
+    };
     // Where the next page starts: useful when a page is empty because nothing matched.
     let next = if page.events.len() < limit {
         page.scanned_to
@@ -113,6 +124,7 @@ pub fn parse_query(raw: &str) -> Result<Query, ApiError> {
 /// `GET /api/events/{id}`.
 pub async fn get_event(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_uuid(&id).ok_or_else(|| {
@@ -122,6 +134,17 @@ pub async fn get_event(
         )
     })?;
     match state.hub.get(id).await? {
+        Some(event) if cloudevents::accepts(&headers, cloudevents::STRUCTURED) => {
+            let mut response = cloudevents::respond(
+                StatusCode::OK,
+                cloudevents::STRUCTURED,
+                cloudevents::to_structured(&event),
+            );
+            response
+                .headers_mut()
+                .insert("x-herald-seq", HeaderValue::from(event.seq));
+            Ok(response)
+        }
         Some(event) => Ok(Json(wire::Event::from(&event)).into_response()),
         None => Err(ApiError::new(
             ErrorCode::EventNotFound,

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use super::cloudevents::{self, Mode};
 use super::{body_rejection, json_error, parse_uuid, truncate};
 use crate::error::{ApiError, ErrorCode, ItemError};
 use crate::wire;
@@ -29,17 +30,33 @@ pub const MAX_BATCH_EVENTS: usize = 1000;
 /// Longest `origin.service` / `origin.user` accepted.
 const MAX_ORIGIN_FIELD: usize = 256;
 
-/// `POST /api/events`.
+/// `POST /api/events`: a Herald event, or a CloudEvent in any of the three HTTP
+/// binding modes (see [`cloudevents`]).
 pub async fn publish_event(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(body_rejection)?;
-    ensure_not_empty(&body)?;
-    let request: wire::PublishRequest = serde_json::from_slice(&body).map_err(json_error)?;
     let header_correlation = header_correlation_id(&headers)?;
-    let event = new_event(&state, request, header_correlation)?;
+    let event = match cloudevents::mode(&headers) {
+        Mode::Herald => {
+            ensure_not_empty(&body)?;
+            let request: wire::PublishRequest =
+                serde_json::from_slice(&body).map_err(json_error)?;
+            new_event(&state, request, header_correlation)?
+        }
+        Mode::Structured => {
+            ensure_not_empty(&body)?;
+            cloudevents::parse_structured_body(&state, &body, header_correlation)?
+        }
+        Mode::Binary => cloudevents::parse_binary(&state, &headers, &body, header_correlation)?,
+        Mode::Batch => {
+            ensure_not_empty(&body)?;
+            let events = cloudevents::parse_batch(&state, &body, header_correlation)?;
+            return publish_many(&state, events).await;
+        }
+    };
     let published = state.hub.publish(event).await?;
     let event = &published.event;
     let status = if published.duplicate {
@@ -76,6 +93,11 @@ pub async fn publish_batch(
 ) -> Result<Response, ApiError> {
     let body = body.map_err(body_rejection)?;
     ensure_not_empty(&body)?;
+    let header_correlation = header_correlation_id(&headers)?;
+    if cloudevents::mode(&headers) == Mode::Batch {
+        let events = cloudevents::parse_batch(&state, &body, header_correlation)?;
+        return publish_many(&state, events).await;
+    }
     let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
     let items: Vec<Box<RawValue>> = if first == Some(b'[') {
         serde_json::from_slice(&body).map_err(json_error)?
@@ -99,7 +121,6 @@ pub async fn publish_batch(
             ),
         ));
     }
-    let header_correlation = header_correlation_id(&headers)?;
     let mut events = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     for (index, item) in items.iter().enumerate() {
@@ -126,6 +147,11 @@ pub async fn publish_batch(
         )
         .with_items(errors));
     }
+    publish_many(&state, events).await
+}
+
+/// Commits validated events in one transaction and answers with a result per event.
+async fn publish_many(state: &AppState, events: Vec<NewEvent>) -> Result<Response, ApiError> {
     let published = state.hub.publish_batch(events).await?;
     let status = if published.iter().all(|p| p.duplicate) {
         StatusCode::OK
@@ -250,4 +276,42 @@ impl From<&Published> for wire::PublishResponse {
             duplicate: published.duplicate,
         }
     }
+}
+
+/// Seed 004's `POST /events/publish?source=URI` with `{event_type, data, tenant_id}`:
+/// stored as a CloudEvent (`tenant_id` becomes the `tenantid` extension).
+pub async fn publish_legacy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_rejection)?;
+    ensure_not_empty(&body)?;
+    let mut source = None;
+    for (key, value) in super::form_pairs(raw.as_deref().unwrap_or(""))? {
+        match key.as_str() {
+            "source" => source = Some(value),
+            other => {
+                return Err(super::invalid_query(format!(
+                    "unknown parameter `{}`; known: source",
+                    truncate(other)
+                )))
+            }
+        }
+    }
+    let source = source.filter(|s| !s.is_empty()).ok_or_else(|| {
+        super::invalid_query("`source` (the event's CloudEvents source URI) is required")
+    })?;
+    let request: cloudevents::LegacyPublish = serde_json::from_slice(&body).map_err(json_error)?;
+    let structured = cloudevents::legacy_to_structured(source, request)?;
+    let event =
+        cloudevents::parse_structured(&state, structured, header_correlation_id(&headers)?)?;
+    let published = state.hub.publish(event).await?;
+    let status = if published.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(wire::PublishResponse::from(&published))).into_response())
 }

@@ -73,7 +73,7 @@ struct Writer {
 
 /// Columns read back for an event, in the order [`row_to_event`] expects.
 pub(crate) const EVENT_COLUMNS: &str =
-    "seq, id, subject, correlation_id, ts, hub_id, service, user, payload";
+    "seq, id, subject, correlation_id, ts, hub_id, service, user, payload, cloudevent";
 
 impl EmbeddedStore {
     /// Opens (creating if needed) the store at `path`, applies migrations and recovers
@@ -198,8 +198,8 @@ impl EmbeddedStore {
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO events (seq, id, subject, correlation_id, ts, hub_id, service, user, payload)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                    "INSERT INTO events (seq, id, subject, correlation_id, ts, hub_id, service, user, payload, cloudevent)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                      ON CONFLICT (id) DO NOTHING",
                 )
                 .map_err(map_error)?;
@@ -216,6 +216,10 @@ impl EmbeddedStore {
                         event.origin.service,
                         event.origin.user,
                         event.payload.get(),
+                        event
+                            .cloudevent
+                            .as_deref()
+                            .map(crate::codec::encode_cloudevent),
                     ])
                     .map_err(map_error)?;
                 if inserted == 1 {
@@ -407,6 +411,12 @@ pub(crate) fn row_to_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
             user: row.get(7)?,
         },
         payload: Payload::from_json(payload).map_err(|e| corrupt(8, e))?,
+        cloudevent: match row.get::<_, Option<String>>(9)? {
+            None => None,
+            Some(text) => Some(Box::new(
+                crate::codec::decode_cloudevent(&text).map_err(|e| corrupt(9, e))?,
+            )),
+        },
     })
 }
 

@@ -39,6 +39,8 @@ const MIGRATIONS: &[&str] = &[
         events   INTEGER NOT NULL,
         last_seq INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 2: CloudEvents attributes of events that arrived as CloudEvents (JSON, see codec.rs).
+    "ALTER TABLE events ADD COLUMN cloudevent TEXT;",
 ];
 
 /// The schema version this build writes.

@@ -1,0 +1,78 @@
+//! How CloudEvents attributes are kept in a store column: one JSON object. Shared by
+//! every backend so that they read each other's rows the same way.
+
+use std::collections::BTreeMap;
+
+use herald_core::{CloudEventAttributes, DataForm, ExtensionValue};
+use serde_json::{json, Map, Value};
+
+/// Encodes the attributes as the JSON text a store keeps.
+pub fn encode_cloudevent(attributes: &CloudEventAttributes) -> String {
+    let extensions: Map<String, Value> = attributes
+        .extensions
+        .iter()
+        .map(|(name, value)| {
+            let value = match value {
+                ExtensionValue::String(s) => Value::String(s.clone()),
+                ExtensionValue::Integer(i) => Value::from(*i),
+                ExtensionValue::Boolean(b) => Value::Bool(*b),
+            };
+            (name.clone(), value)
+        })
+        .collect();
+    json!({
+        "id": attributes.id,
+        "source": attributes.source,
+        "specversion": attributes.specversion,
+        "type": attributes.ty,
+        "subject": attributes.subject,
+        "time": attributes.time,
+        "datacontenttype": attributes.datacontenttype,
+        "dataschema": attributes.dataschema,
+        "extensions": extensions,
+        "data_form": attributes.data_form.as_str(),
+    })
+    .to_string()
+}
+
+/// Decodes what [`encode_cloudevent`] wrote.
+pub fn decode_cloudevent(text: &str) -> Result<CloudEventAttributes, String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let string = |name: &str| -> Result<String, String> {
+        value[name]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("cloudevent attribute `{name}` is missing"))
+    };
+    let optional = |name: &str| value[name].as_str().map(str::to_owned);
+    let mut extensions = BTreeMap::new();
+    if let Some(map) = value["extensions"].as_object() {
+        for (name, v) in map {
+            let v = match v {
+                Value::String(s) => ExtensionValue::String(s.clone()),
+                Value::Bool(b) => ExtensionValue::Boolean(*b),
+                Value::Number(n) => ExtensionValue::Integer(
+                    n.as_i64()
+                        .ok_or_else(|| format!("extension `{name}` is not an integer"))?,
+                ),
+                _ => return Err(format!("extension `{name}` has an unsupported type")),
+            };
+            extensions.insert(name.clone(), v);
+        }
+    }
+    Ok(CloudEventAttributes {
+        id: string("id")?,
+        source: string("source")?,
+        specversion: string("specversion")?,
+        ty: string("type")?,
+        subject: optional("subject"),
+        time: optional("time"),
+        datacontenttype: optional("datacontenttype"),
+        dataschema: optional("dataschema"),
+        extensions,
+        data_form: value["data_form"]
+            .as_str()
+            .and_then(DataForm::parse)
+            .ok_or("cloudevent `data_form` is missing or unknown")?,
+    })
+}
