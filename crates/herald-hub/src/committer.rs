@@ -55,7 +55,11 @@ async fn commit(inner: &Inner, batch: Vec<Request>, n_events: usize) {
         replies.push((request.events.len(), request.reply));
         events.extend(request.events);
     }
-    match inner.store.append(events).await {
+    let started = std::time::Instant::now();
+    let result = inner.store.append(events).await;
+    metrics::histogram!("herald_commit_duration_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("herald_commit_batch_events").record(n_events as f64);
+    match result {
         Ok(appended) => {
             let published: Vec<Published> = appended
                 .into_iter()
@@ -90,6 +94,10 @@ async fn commit(inner: &Inner, batch: Vec<Request>, n_events: usize) {
         }
         Err(error) => {
             tracing::warn!(%error, events = n_events, "Commit failed; nothing of the batch was stored.");
+            inner
+                .stats
+                .events_failed
+                .fetch_add(n_events as u64, Ordering::Relaxed);
             let error = HubError::from(error);
             for (_, reply) in replies {
                 let _ = reply.send(Err(error.clone()));

@@ -106,6 +106,8 @@ pub struct Published {
 pub struct HubStats {
     pub events_stored: AtomicU64,
     pub events_duplicate: AtomicU64,
+    /// Events whose commit failed (their publishers got an error; nothing was stored).
+    pub events_failed: AtomicU64,
     pub commits: AtomicU64,
     pub live_deliveries: AtomicU64,
     /// Times a live subscriber overflowed its queue and went back to the store.
@@ -226,13 +228,17 @@ impl Hub {
         if self.inner.shutdown.is_cancelled() {
             return Err(HubError::ShuttingDown);
         }
+        let started = std::time::Instant::now();
         let (reply, answer) = oneshot::channel();
         self.inner
             .publish_tx
             .send(committer::Request { events, reply })
             .await
             .map_err(|_| HubError::ShuttingDown)?;
-        answer.await.map_err(|_| HubError::ShuttingDown)?
+        let result = answer.await.map_err(|_| HubError::ShuttingDown)?;
+        metrics::histogram!("herald_publish_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        result
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Option<Event>, HubError> {

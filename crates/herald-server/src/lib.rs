@@ -7,6 +7,7 @@
 pub mod error;
 pub mod http;
 pub mod listener;
+pub mod metrics;
 pub mod wire;
 pub mod ws;
 
@@ -82,6 +83,8 @@ pub struct AppState {
     pub streams: TaskTracker,
     stream_permits: Arc<Semaphore>,
     publish_permits: Arc<Semaphore>,
+    /// Renders `/metrics`; `None` when another metrics recorder owns the process.
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl AppState {
@@ -95,7 +98,13 @@ impl AppState {
             streams: TaskTracker::new(),
             stream_permits,
             publish_permits,
+            metrics: metrics::install(),
         }
+    }
+
+    /// WebSocket streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.limits.max_streams - self.stream_permits.available_permits()
     }
 }
 
@@ -133,6 +142,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/events/{id}", get(http::get_event))
         .route("/health", get(http::health))
         .route("/health/nats", get(http::nats_health))
+        .route("/metrics", get(metrics::render))
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -141,6 +151,7 @@ pub fn router(state: AppState) -> Router {
             guard_query_length,
         ))
         .layer(axum::middleware::from_fn(echo_correlation_id))
+        .route_layer(axum::middleware::from_fn(metrics::track_http))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limit_duration,

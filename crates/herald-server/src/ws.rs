@@ -170,7 +170,10 @@ async fn run(
                 }
                 let last = batch.last().map_or(delivered, |e| e.seq);
                 match timeout(limits.ws_send_timeout, send_batch(&mut sink, &batch)).await {
-                    Ok(Ok(())) => delivered = last,
+                    Ok(Ok(())) => {
+                        delivered = last;
+                        ::metrics::counter!("herald_ws_messages_sent_total").increment(batch.len() as u64);
+                    }
                     Ok(Err(_)) => break Ending::ClientGone,
                     Err(_) => {
                         tracing::info!(delivered, "Closing a stream whose client stopped reading.");

@@ -103,6 +103,7 @@ async fn append_assigns_seq_in_order<S: Store>(store: &S) {
         "timestamps never go down"
     );
     assert_eq!(store.head().await.unwrap(), 5);
+    assert!(store.size_bytes().await.unwrap() > 0);
 
     let stored = first[1].event();
     let got = store.get(stored.id).await.unwrap().expect("stored event");

@@ -149,6 +149,9 @@ pub trait Store: Send + Sync + 'static {
 
     fn health(&self) -> impl Future<Output = StoreHealth> + Send;
 
+    /// Bytes the store takes on disk (for metrics).
+    fn size_bytes(&self) -> impl Future<Output = Result<u64>> + Send;
+
     /// Flushes and releases the store. Calls after this fail with [`StoreError::Closed`].
     fn close(&self) -> impl Future<Output = Result<()>> + Send;
 }
@@ -260,6 +263,12 @@ impl Store for AnyStore {
     async fn health(&self) -> StoreHealth {
         match self {
             AnyStore::Embedded(s) => s.health().await,
+        }
+    }
+
+    async fn size_bytes(&self) -> Result<u64> {
+        match self {
+            AnyStore::Embedded(s) => s.size_bytes().await,
         }
     }
 

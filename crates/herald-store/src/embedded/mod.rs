@@ -307,6 +307,20 @@ impl Store for EmbeddedStore {
         }
     }
 
+    async fn size_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        for suffix in ["", "-wal"] {
+            let mut name = self.inner.path.as_os_str().to_owned();
+            name.push(suffix);
+            match tokio::fs::metadata(&name).await {
+                Ok(meta) => total += meta.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::Unavailable(e.to_string())),
+            }
+        }
+        Ok(total)
+    }
+
     async fn close(&self) -> Result<()> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {

@@ -1,0 +1,135 @@
+//! Prometheus metrics at `GET /metrics`.
+//!
+//! Histograms are recorded where things happen (the hub records commit and publish
+//! timings through the `metrics` facade; this module records HTTP requests). Counters
+//! the hub already keeps ([`herald_hub::HubStats`]) and gauges are read at scrape time,
+//! so the hot path pays for nothing twice.
+//!
+//! | metric | type | what |
+//! | --- | --- | --- |
+//! | `herald_events_published_total{result}` | counter | events by outcome: `stored`, `duplicate`, `failed` |
+//! | `herald_commits_total` | counter | store transactions |
+//! | `herald_commit_batch_events` | histogram | events per transaction (group commit) |
+//! | `herald_commit_duration_seconds` | histogram | time to commit and sync a batch |
+//! | `herald_publish_duration_seconds` | histogram | publish call to durable answer |
+//! | `herald_store_size_bytes` | gauge | bytes on disk |
+//! | `herald_log_head_seq` | gauge | seq of the last committed event |
+//! | `herald_live_subscribers` | gauge | live subscriptions (streams and library users) |
+//! | `herald_live_deliveries_total` | counter | events handed to live subscribers |
+//! | `herald_subscriber_catchups_total` | counter | times a slow subscriber was dropped to catch-up from the store |
+//! | `herald_ws_streams` | gauge | open WebSocket streams |
+//! | `herald_ws_messages_sent_total` | counter | event frames written to WebSocket streams |
+//! | `herald_http_requests_total{method,route,status}` | counter | HTTP requests |
+//! | `herald_http_request_duration_seconds{method,route}` | histogram | HTTP request latency |
+//! | `herald_rpc_calls_total{method,code}` | counter | JSON-RPC calls by method and error code (`0` = success) |
+
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use herald_store::Store;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::AppState;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls reuse it). `None`
+/// when another recorder was installed first.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let latency = [
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ];
+            let sizes = [
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("herald_commit_batch_events".into()),
+                        &sizes,
+                    )
+                })
+                .map(PrometheusBuilder::build_recorder);
+            match recorder {
+                Ok(recorder) => {
+                    let handle = recorder.handle();
+                    match metrics::set_global_recorder(recorder) {
+                        Ok(()) => Some(handle),
+                        Err(_) => {
+                            tracing::warn!(
+                                "A metrics recorder was already installed; /metrics is empty."
+                            );
+                            None
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "Cannot build the metrics recorder.");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// Counts and times every HTTP request by method, matched route and status.
+pub async fn track_http(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("herald_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("herald_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// `GET /metrics`, in the Prometheus text format.
+pub async fn render(State(state): State<AppState>) -> Response {
+    let stats = state.hub.stats();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    for (result, value) in [
+        ("stored", load(&stats.events_stored)),
+        ("duplicate", load(&stats.events_duplicate)),
+        ("failed", load(&stats.events_failed)),
+    ] {
+        metrics::counter!("herald_events_published_total", "result" => result).absolute(value);
+    }
+    metrics::counter!("herald_commits_total").absolute(load(&stats.commits));
+    metrics::counter!("herald_live_deliveries_total").absolute(load(&stats.live_deliveries));
+    metrics::counter!("herald_subscriber_catchups_total")
+        .absolute(load(&stats.subscriber_overflows));
+    metrics::gauge!("herald_live_subscribers").set(state.hub.subscriber_count() as f64);
+    metrics::gauge!("herald_ws_streams").set(state.open_streams() as f64);
+    if let Ok(head) = state.hub.store().head().await {
+        metrics::gauge!("herald_log_head_seq").set(head as f64);
+    }
+    if let Ok(bytes) = state.hub.store().size_bytes().await {
+        metrics::gauge!("herald_store_size_bytes").set(bytes as f64);
+    }
+    let body = state
+        .metrics
+        .as_ref()
+        .map(PrometheusHandle::render)
+        .unwrap_or_default();
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
