@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Herald's whole test suite: formatting, lints, unit, conformance, integration and
-# crash tests. Installs what the tests need (nats-server, PostgreSQL binaries) from
-# Debian's packages when missing; the tests start their own instances on ephemeral ports.
+# crash tests, and real non-Rust clients (Python) against the binary. Installs what the
+# tests need (nats-server, PostgreSQL binaries, Python) from Debian's packages when
+# missing; the tests start their own instances on ephemeral ports.
 #
 #   ./scripts/test.sh            everything
 #   ./scripts/test.sh --no-lint  skip cargo fmt / clippy
@@ -20,6 +21,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   missing+=(postgresql)
 fi
@@ -44,3 +46,16 @@ else
 fi
 echo "== doc tests"
 cargo test --workspace --locked --doc
+
+# Real non-Rust clients (the CloudEvents SDK, ...) against the real binary.
+echo "== python client tests"
+cargo build --locked -p herald
+venv=target/pyenv
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv" 2>/dev/null || {
+    as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$venv"
+  }
+fi
+"$venv/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
+HERALD_BIN="$PWD/target/debug/herald" "$venv/bin/python" -m pytest -q tests/python
