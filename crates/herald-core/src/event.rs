@@ -167,6 +167,16 @@ pub struct TimestampError {
     pub input: String,
 }
 
+/// Namespace of correlation ids derived from text that is not a UUID.
+const CORRELATION_NAMESPACE: Uuid = Uuid::from_u128(0x2c0f_52b6_1d7e_4f0a_8e39_a4c1_77d3_5b20);
+
+/// A correlation id from a client's text: the UUID itself when it is one, else the UUIDv5
+/// of the text, so the same external trace id always gives the same correlation id.
+pub fn correlation_id_from_text(text: &str) -> Uuid {
+    let text = text.trim();
+    Uuid::try_parse(text).unwrap_or_else(|_| Uuid::new_v5(&CORRELATION_NAMESPACE, text.as_bytes()))
+}
+
 /// An event on its way into the log: everything but `seq` and `timestamp`, which the
 /// store assigns at commit.
 #[derive(Debug, Clone, PartialEq)]
@@ -268,6 +278,16 @@ mod tests {
         assert!(Timestamp::parse("yesterday").is_err());
         assert!(Timestamp::parse("").is_err());
         assert!(Timestamp::parse("2025-13-03T12:00:00Z").is_err());
+    }
+
+    #[test]
+    fn correlation_ids_from_text() {
+        let id = Uuid::now_v7();
+        assert_eq!(correlation_id_from_text(&id.to_string()), id);
+        let a = correlation_id_from_text("req-456");
+        assert_eq!(a, correlation_id_from_text("req-456"));
+        assert_ne!(a, correlation_id_from_text("req-457"));
+        assert_eq!(a.get_version_num(), 5);
     }
 
     #[test]

@@ -13,7 +13,8 @@ pub mod subject_tree;
 
 pub use cloudevent::{CloudEventAttributes, CloudEventError, DataForm, ExtensionValue};
 pub use event::{
-    Event, NewEvent, Origin, Payload, PayloadNotObject, Seq, Timestamp, TimestampError,
+    correlation_id_from_text, Event, NewEvent, Origin, Payload, PayloadNotObject, Seq, Timestamp,
+    TimestampError,
 };
 pub use subject::{Pattern, Subject, SubjectError, Token, MAX_SUBJECT_BYTES, MAX_SUBJECT_TOKENS};
 pub use subject_tree::SubjectTree;

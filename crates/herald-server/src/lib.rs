@@ -8,6 +8,7 @@ pub mod error;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod rpc;
 pub mod wire;
 pub mod ws;
 
@@ -143,6 +144,16 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(http::health))
         .route("/health/nats", get(http::nats_health))
         .route("/metrics", get(metrics::render))
+        .route(
+            "/rpc",
+            post(rpc::handle)
+                .layer(DefaultBodyLimit::max(state.limits.max_batch_body_bytes))
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    limit_publishes,
+                )),
+        )
+        .route("/rpc/methods", get(rpc::methods).post(rpc::methods))
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
