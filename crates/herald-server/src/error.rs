@@ -9,87 +9,63 @@ use axum::response::{IntoResponse, Response};
 use herald_hub::HubError;
 use serde::Serialize;
 
-/// What went wrong, as clients see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    /// The body is not valid JSON.
-    InvalidJson,
-    /// The body is JSON but not the shape the endpoint takes.
-    InvalidBody,
-    InvalidSubject,
-    InvalidPayload,
-    InvalidCorrelationId,
-    /// One or more events of a batch are invalid (see `items`), or the batch is empty or too big.
-    InvalidBatch,
-    /// A CloudEvent is missing a required attribute, has a bad `specversion`, or
-    /// otherwise breaks the CloudEvents v1.0 spec.
-    InvalidCloudEvent,
-    /// A query-string parameter is missing its value, malformed or out of range.
-    InvalidQuery,
-    InvalidEventId,
-    PayloadTooLarge,
-    QueryTooLong,
-    /// `GET /api/events/stream` without a WebSocket upgrade.
-    WebsocketRequired,
-    RequestTimeout,
-    NotFound,
-    EventNotFound,
-    MethodNotAllowed,
-    TooManyStreams,
-    StoreUnavailable,
-    ShuttingDown,
-    Internal,
+/// Defines [`ErrorCode`] from one table: variant, wire code and HTTP status. The same
+/// table gives [`ErrorCode::ALL`], which the OpenAPI document lists per status.
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident = $code:literal => $status:ident,)+) => {
+        /// What went wrong, as clients see it.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl ErrorCode {
+            /// Every code, in table order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $code,)+
+                }
+            }
+
+            pub fn status(self) -> StatusCode {
+                match self {
+                    $(ErrorCode::$variant => StatusCode::$status,)+
+                }
+            }
+        }
+    };
 }
 
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidJson => "invalid_json",
-            ErrorCode::InvalidBody => "invalid_body",
-            ErrorCode::InvalidSubject => "invalid_subject",
-            ErrorCode::InvalidPayload => "invalid_payload",
-            ErrorCode::InvalidCorrelationId => "invalid_correlation_id",
-            ErrorCode::InvalidBatch => "invalid_batch",
-            ErrorCode::InvalidCloudEvent => "invalid_cloudevent",
-            ErrorCode::InvalidQuery => "invalid_query",
-            ErrorCode::InvalidEventId => "invalid_event_id",
-            ErrorCode::PayloadTooLarge => "payload_too_large",
-            ErrorCode::QueryTooLong => "query_too_long",
-            ErrorCode::WebsocketRequired => "websocket_required",
-            ErrorCode::RequestTimeout => "request_timeout",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::EventNotFound => "event_not_found",
-            ErrorCode::MethodNotAllowed => "method_not_allowed",
-            ErrorCode::TooManyStreams => "too_many_streams",
-            ErrorCode::StoreUnavailable => "store_unavailable",
-            ErrorCode::ShuttingDown => "shutting_down",
-            ErrorCode::Internal => "internal_error",
-        }
-    }
-
-    pub fn status(self) -> StatusCode {
-        match self {
-            ErrorCode::InvalidJson
-            | ErrorCode::InvalidQuery
-            | ErrorCode::InvalidEventId
-            | ErrorCode::QueryTooLong
-            | ErrorCode::WebsocketRequired => StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidBody
-            | ErrorCode::InvalidSubject
-            | ErrorCode::InvalidPayload
-            | ErrorCode::InvalidCorrelationId
-            | ErrorCode::InvalidBatch
-            | ErrorCode::InvalidCloudEvent => StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            ErrorCode::NotFound | ErrorCode::EventNotFound => StatusCode::NOT_FOUND,
-            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::TooManyStreams | ErrorCode::StoreUnavailable | ErrorCode::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
+error_codes! {
+    /// The body is not valid JSON.
+    InvalidJson = "invalid_json" => BAD_REQUEST,
+    /// The body is JSON but not the shape the endpoint takes.
+    InvalidBody = "invalid_body" => UNPROCESSABLE_ENTITY,
+    InvalidSubject = "invalid_subject" => UNPROCESSABLE_ENTITY,
+    InvalidPayload = "invalid_payload" => UNPROCESSABLE_ENTITY,
+    InvalidCorrelationId = "invalid_correlation_id" => UNPROCESSABLE_ENTITY,
+    /// One or more events of a batch are invalid (see `items`), or the batch is empty or too big.
+    InvalidBatch = "invalid_batch" => UNPROCESSABLE_ENTITY,
+    /// A CloudEvent is missing a required attribute, has a bad `specversion`, or
+    /// otherwise breaks the CloudEvents v1.0 spec.
+    InvalidCloudEvent = "invalid_cloudevent" => UNPROCESSABLE_ENTITY,
+    /// A query-string parameter is missing its value, malformed or out of range.
+    InvalidQuery = "invalid_query" => BAD_REQUEST,
+    InvalidEventId = "invalid_event_id" => BAD_REQUEST,
+    PayloadTooLarge = "payload_too_large" => PAYLOAD_TOO_LARGE,
+    QueryTooLong = "query_too_long" => BAD_REQUEST,
+    /// `GET /api/events/stream` without a WebSocket upgrade.
+    WebsocketRequired = "websocket_required" => BAD_REQUEST,
+    RequestTimeout = "request_timeout" => REQUEST_TIMEOUT,
+    NotFound = "not_found" => NOT_FOUND,
+    EventNotFound = "event_not_found" => NOT_FOUND,
+    MethodNotAllowed = "method_not_allowed" => METHOD_NOT_ALLOWED,
+    TooManyStreams = "too_many_streams" => SERVICE_UNAVAILABLE,
+    StoreUnavailable = "store_unavailable" => SERVICE_UNAVAILABLE,
+    ShuttingDown = "shutting_down" => SERVICE_UNAVAILABLE,
+    Internal = "internal_error" => INTERNAL_SERVER_ERROR,
 }
 
 /// An error answer. Build one with [`ApiError::new`]; it renders itself.
@@ -166,6 +142,16 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
+        if matches!(
+            self.code,
+            ErrorCode::PayloadTooLarge | ErrorCode::RequestTimeout
+        ) {
+            // The rest of the body was not read, so this connection cannot carry another
+            // request: say so instead of leaving the client to find a closed socket.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

@@ -2,12 +2,15 @@
 //! as production does) and [`serve`] runs it on a listener until a shutdown token fires.
 //!
 //! Layout: [`error`] (the one table of error codes), [`wire`] (JSON shapes), [`http`]
-//! (REST handlers), [`ws`] (the live stream). Only this crate knows about HTTP and JSON.
+//! (REST handlers), [`ws`] (the live stream), [`rpc`] (JSON-RPC), [`openapi`] (the
+//! OpenAPI 3.1 document, generated from the handlers; every route is in [`routes`]).
+//! Only this crate knows about HTTP and JSON.
 
 pub mod error;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod openapi;
 pub mod rpc;
 pub mod wire;
 pub mod ws;
@@ -19,7 +22,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use herald_hub::Hub;
 use tokio::net::TcpListener;
@@ -109,52 +112,14 @@ impl AppState {
     }
 }
 
-/// The whole API as an axum app.
+/// The whole API as an axum app: every route of [`routes`], and what applies to all.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
-    Router::new()
-        .route("/", get(http::index))
-        .route(
-            "/api/events",
-            post(http::publish_event)
-                .layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    limit_publishes,
-                ))
-                .merge(get(http::query_events)),
-        )
-        .route(
-            "/api/events:batch",
-            post(http::publish_batch)
-                .layer(DefaultBodyLimit::max(state.limits.max_batch_body_bytes))
-                .layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    limit_publishes,
-                )),
-        )
-        .route("/api/events/stream", get(ws::stream))
-        .route(
-            "/events/publish",
-            post(http::publish_legacy).layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                limit_publishes,
-            )),
-        )
-        .route("/api/events/{id}", get(http::get_event))
-        .route("/health", get(http::health))
-        .route("/health/nats", get(http::nats_health))
-        .route("/metrics", get(metrics::render))
-        .route(
-            "/rpc",
-            post(rpc::handle)
-                .layer(DefaultBodyLimit::max(state.limits.max_batch_body_bytes))
-                .layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    limit_publishes,
-                )),
-        )
-        .route("/rpc/methods", get(rpc::methods).post(rpc::methods))
-        .fallback(http::not_found)
+    let mut app = Router::new();
+    for (path, methods) in routes(&state) {
+        app = app.route(path, methods);
+    }
+    app.fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(
@@ -168,6 +133,45 @@ pub fn router(state: AppState) -> Router {
             limit_duration,
         ))
         .with_state(state)
+}
+
+/// Every route, path and handlers: the one list [`router`] registers, and the one the
+/// OpenAPI tests compare with the document ([`openapi`]).
+pub fn routes(state: &AppState) -> Vec<(&'static str, MethodRouter<AppState>)> {
+    let limit_publishes = || axum::middleware::from_fn_with_state(state.clone(), limit_publishes);
+    vec![
+        ("/", get(http::index)),
+        (
+            "/api/events",
+            post(http::publish_event)
+                .layer(limit_publishes())
+                .merge(get(http::query_events)),
+        ),
+        (
+            "/api/events:batch",
+            post(http::publish_batch)
+                .layer(DefaultBodyLimit::max(state.limits.max_batch_body_bytes))
+                .layer(limit_publishes()),
+        ),
+        ("/api/events/stream", get(ws::stream)),
+        (
+            "/events/publish",
+            post(http::publish_legacy).layer(limit_publishes()),
+        ),
+        ("/api/events/{id}", get(http::get_event)),
+        ("/health", get(http::health)),
+        ("/health/nats", get(http::nats_health)),
+        ("/metrics", get(metrics::render)),
+        (
+            "/rpc",
+            post(rpc::handle)
+                .layer(DefaultBodyLimit::max(state.limits.max_batch_body_bytes))
+                .layer(limit_publishes()),
+        ),
+        ("/rpc/methods", get(rpc::methods).post(rpc::methods)),
+        ("/openapi.json", get(openapi::openapi_json)),
+        ("/docs", get(openapi::docs)),
+    ]
 }
 
 /// Echoes the request's `X-Correlation-ID` (or a fresh one) on every response that has

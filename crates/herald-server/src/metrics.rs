@@ -99,6 +99,17 @@ pub async fn track_http(request: Request, next: Next) -> Response {
 }
 
 /// `GET /metrics`, in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    description = "The Prometheus text exposition format (0.0.4): events published by result, \
+        publish and commit latency, group-commit batch sizes, store size, head seq, live \
+        subscribers, streams and frames, catch-ups, HTTP requests by route and status, and \
+        JSON-RPC calls.",
+    responses((status = 200, description = "The metrics.", body = String, content_type = "text/plain")),
+)]
 pub async fn render(State(state): State<AppState>) -> Response {
     let stats = state.hub.stats();
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);

@@ -4,64 +4,99 @@
 use herald_core::Event as CoreEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
 use uuid::Uuid;
+
+use crate::openapi::{EventId, OriginText, Subject};
 
 /// `POST /api/events` body. Fields are checked by the handler so that each problem gets
 /// its own precise message.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "subject": "hub.local-hub.project.created",
+    "payload": {"project_id": "123"}
+}))]
 pub struct PublishRequest {
-    /// The event's id, for idempotent publishing; generated (UUIDv7) when absent.
+    /// The event's id, for idempotent publishing: publishing an id that is already stored
+    /// stores nothing and answers `200` with the original event. Generated (UUIDv7) when
+    /// absent.
+    #[schema(value_type = Option<EventId>)]
     pub id: Option<String>,
+    /// The subject to publish to (no wildcards).
+    #[schema(value_type = Subject, required = true)]
     pub subject: Option<String>,
+    /// The event's data: a JSON object (`{}` for none), stored as sent.
+    #[schema(value_type = Object, required = true)]
     pub payload: Option<Box<RawValue>>,
+    /// Else the `X-Correlation-ID` header; else generated.
+    #[schema(value_type = Option<Uuid>)]
     pub correlation_id: Option<String>,
     pub origin: Option<PublishOrigin>,
 }
 
 /// The publisher may say which service and user it acts for; `hub_id` is always the
 /// receiving hub's.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishOrigin {
+    /// At most 256 bytes; `herald-http` when `origin` is absent.
+    #[schema(value_type = Option<OriginText>)]
     pub service: Option<String>,
+    /// At most 256 bytes.
+    #[schema(value_type = Option<OriginText>)]
     pub user: Option<String>,
 }
 
 /// Answer to a publish: `201` when stored, `200` with `duplicate: true` when an event
 /// with that id was already stored (these are then the original event's fields).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct PublishResponse {
     pub event_id: Uuid,
     pub correlation_id: Uuid,
+    /// Commit time, RFC 3339 UTC with microseconds.
+    #[schema(format = DateTime)]
     pub timestamp: String,
+    /// The event's place in the hub's log.
+    #[schema(minimum = 1)]
     pub seq: u64,
     pub duplicate: bool,
 }
 
 /// Answer to `POST /api/events:batch`: one result per event, in order.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BatchResponse {
     pub results: Vec<PublishResponse>,
     pub count: usize,
 }
 
 /// An event as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Event<'a> {
     pub id: Uuid,
+    /// The event's place in the hub's log: strictly increasing in commit order, gap-free.
+    #[schema(minimum = 1)]
     pub seq: u64,
+    /// A literal subject (see `Subject`).
+    #[schema(min_length = 1)]
     pub subject: &'a str,
     pub origin: Origin<'a>,
     pub correlation_id: Uuid,
+    /// As published.
+    #[schema(value_type = Object)]
     pub payload: &'a RawValue,
+    /// Commit time, RFC 3339 UTC with microseconds.
+    #[schema(format = DateTime)]
     pub timestamp: String,
-    /// The CloudEvents attributes, for events that arrived as CloudEvents.
+    /// The CloudEvents attributes (without the data), for events that arrived as
+    /// CloudEvents.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object, required = false)]
     pub cloudevent: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Serialize)]
+/// Who published an event.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Origin<'a> {
     pub hub_id: &'a str,
     pub service: Option<&'a str>,
@@ -95,8 +130,10 @@ impl<'a> From<&'a CoreEvent> for Event<'a> {
 }
 
 /// A WebSocket frame of `GET /api/events/stream`: `{"subject": …, "data": <event>}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct StreamFrame<'a> {
+    /// A literal subject (see `Subject`).
+    #[schema(min_length = 1)]
     pub subject: &'a str,
     pub data: Event<'a>,
 }
@@ -112,16 +149,22 @@ impl<'a> From<&'a CoreEvent> for StreamFrame<'a> {
 
 /// `GET /health`: seed 000's `{status, nats, database}` plus seed 004's
 /// `{timestamp, details}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
+    /// `healthy`, or `unhealthy` (with status 503) when the store cannot be read.
+    #[schema(value_type = String, pattern = "^(?:healthy|unhealthy)$")]
     pub status: &'static str,
+    /// `disabled`: NATS is not supported yet.
     pub nats: &'static str,
+    /// `healthy` or `unhealthy`.
+    #[schema(value_type = String, pattern = "^(?:healthy|unhealthy)$")]
     pub database: &'static str,
+    #[schema(format = DateTime)]
     pub timestamp: String,
     pub details: HealthDetails,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct HealthDetails {
     pub nats_connected: bool,
     pub database_connected: bool,
@@ -129,14 +172,14 @@ pub struct HealthDetails {
 }
 
 /// `GET /health/nats`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct NatsHealth {
     pub connected: bool,
     pub url: Option<String>,
 }
 
 /// `GET /`: what this server is.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Index {
     pub name: &'static str,
     pub version: &'static str,

@@ -72,6 +72,40 @@ fn parse_params(raw: &str) -> Result<StreamParams, ApiError> {
 
 /// Validates the request and subscribes before upgrading, so that every mistake is an
 /// ordinary HTTP error and no event committed after the upgrade can be missed.
+#[utoipa::path(
+    get,
+    path = "/api/events/stream",
+    tag = "events",
+    summary = "Stream events (WebSocket)",
+    description = "A GET that upgrades to a WebSocket (RFC 6455: `Connection: Upgrade`, \
+        `Upgrade: websocket`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`). Each matching \
+        event is then one text frame, a `StreamFrame`: \
+        `{\"subject\": \"…\", \"data\": <Event>}`. With `from_seq` the stored matching events \
+        with a larger seq are replayed first, with `since` those committed since then; \
+        without either the stream is live from the moment of connecting. Give at most one of \
+        them. To resume after a disconnect, reconnect with `from_seq` = the last seq \
+        received: every matching event after it comes exactly once, in order. Idle streams \
+        are pinged. A client that does not read for the send timeout is closed with code \
+        1008, and at shutdown streams close with 1001; the close reason names the `from_seq` \
+        to resume from. Every mistake is an ordinary HTTP error before the upgrade.",
+    params(
+        ("subject" = Option<crate::openapi::SubjectPattern>, Query, description = "Which subjects; default `hub.>`."),
+        ("from_seq" = Option<crate::openapi::SeqParam>, Query, description = "Replay stored events with a larger seq first."),
+        ("since" = Option<crate::openapi::Instant>, Query, description = "Replay stored events committed since this instant first."),
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol. Frames from the \
+            server are text, each a `StreamFrame` (see components): \
+            `{\"subject\": \"hub.local-hub.project.started\", \"data\": {\"id\": \"…\", \"seq\": 7, …}}`.",
+            headers(
+                ("Upgrade" = String, description = "`websocket`"),
+                ("Connection" = String, description = "`upgrade`"),
+                ("Sec-WebSocket-Accept" = String, description = "RFC 6455's answer to `Sec-WebSocket-Key`."),
+            )),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 503, response = crate::openapi::ServiceUnavailable),
+    ),
+)]
 pub async fn stream(
     State(state): State<AppState>,
     RawQuery(raw): RawQuery,
@@ -169,7 +203,14 @@ async fn run(
                     }
                 }
                 let last = batch.last().map_or(delivered, |e| e.seq);
-                match timeout(limits.ws_send_timeout, send_batch(&mut sink, &batch)).await {
+                let sent = tokio::select! {
+                    sent = timeout(limits.ws_send_timeout, send_batch(&mut sink, &batch)) => sent,
+                    // A write blocked on a client that stopped reading must not hold up shutdown.
+                    () = state.shutdown.cancelled() => {
+                        break Ending::Close(GOING_AWAY, format!("server shutting down; {}", resume(delivered)));
+                    }
+                };
+                match sent {
                     Ok(Ok(())) => {
                         delivered = last;
                         ::metrics::counter!("herald_ws_messages_sent_total").increment(batch.len() as u64);

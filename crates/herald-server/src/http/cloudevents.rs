@@ -131,7 +131,7 @@ pub fn parse_structured(
             Value::Null => continue,
             Value::String(s) => ExtensionValue::String(s),
             Value::Bool(b) => ExtensionValue::Boolean(b),
-            Value::Number(n) => match n.as_i64().filter(|i| i32::try_from(*i).is_ok()) {
+            Value::Number(n) => match whole_number(&n).filter(|i| i32::try_from(*i).is_ok()) {
                 Some(i) => ExtensionValue::Integer(i),
                 None => {
                     return Err(invalid(format!(
@@ -337,6 +337,16 @@ pub fn parse_structured_body(
     }
 }
 
+/// A JSON number that is a whole number, as an integer: `4` and `4.0` alike (JSON, and
+/// JSON Schema's `integer`, do not tell them apart).
+fn whole_number(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && (i64::MIN as f64..i64::MAX as f64).contains(f))
+            .map(|f| f as i64)
+    })
+}
+
 fn wrap(key: &str, value: Value) -> Payload {
     let mut map = Map::new();
     map.insert(key.to_owned(), value);
@@ -446,14 +456,29 @@ pub fn respond(status: StatusCode, media: &'static str, body: Value) -> Response
 }
 
 /// Seed 004's `POST /events/publish?source=…` body.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "event_type": "hub.local-hub.project.created",
+    "data": {"project_id": "123"},
+    "tenant_id": "acme"
+}))]
 pub struct LegacyPublish {
+    /// The CloudEvent `type`, which is also the Herald subject: a literal subject.
+    #[schema(value_type = crate::openapi::Subject, required = true)]
     pub event_type: Option<String>,
+    /// The CloudEvent `data`: any JSON (an object becomes the payload as is).
+    #[schema(value_type = Value, required = false)]
     pub data: Option<Value>,
+    /// Becomes the `tenantid` extension.
     pub tenant_id: Option<String>,
+    /// The CloudEvent `subject` attribute (not the Herald subject).
+    #[schema(min_length = 1)]
     pub subject: Option<String>,
+    /// Becomes the `correlationid` extension (the correlation id when it is a UUID).
     pub correlation_id: Option<String>,
+    /// The CloudEvent `id`; a fresh UUIDv7 when absent.
+    #[schema(min_length = 1)]
     pub id: Option<String>,
 }
 
@@ -504,6 +529,16 @@ mod tests {
         assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
         assert_eq!(percent_decode("bad%2"), None);
         assert_eq!(percent_decode("bad%zz"), None);
+    }
+
+    #[test]
+    fn whole_numbers() {
+        let number = |text: &str| serde_json::from_str::<serde_json::Number>(text).unwrap();
+        assert_eq!(whole_number(&number("4")), Some(4));
+        assert_eq!(whole_number(&number("4.0")), Some(4));
+        assert_eq!(whole_number(&number("-2147483648.0")), Some(-2147483648));
+        assert_eq!(whole_number(&number("4.5")), None);
+        assert_eq!(whole_number(&number("1e300")), None);
     }
 
     #[test]

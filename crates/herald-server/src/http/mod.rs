@@ -21,6 +21,17 @@ use crate::error::{ApiError, ErrorCode};
 use crate::wire;
 use crate::AppState;
 
+/// `GET /`.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "operations",
+    summary = "What this server is",
+    responses(
+        (status = 200, description = "The server's name, version, hub id and the seq of the last committed event.", body = wire::Index),
+        (status = 503, response = crate::openapi::ServiceUnavailable),
+    ),
+)]
 pub async fn index(State(state): State<AppState>) -> Result<Json<wire::Index>, ApiError> {
     let head_seq = state
         .hub
@@ -37,6 +48,33 @@ pub async fn index(State(state): State<AppState>) -> Result<Json<wire::Index>, A
 }
 
 /// `GET /api/events`.
+#[utoipa::path(
+    get,
+    path = "/api/events",
+    tag = "events",
+    summary = "Query events",
+    description = "Events matching every filter given, in `seq` order. Page with `after_seq` = \
+        the `X-Next-After-Seq` of the previous page. Unknown or repeated parameters are \
+        `400 invalid_query`, and so is `since` later than `until`. With \
+        `Accept: application/cloudevents-batch+json` the answer is a CloudEvents batch.",
+    params(
+        ("subject" = Option<crate::openapi::SubjectQuery>, Query, description = "A subject pattern; empty means every subject. Percent-encode `>` as `%3E`."),
+        ("since" = Option<crate::openapi::Instant>, Query, description = "Only events committed at or after this instant."),
+        ("until" = Option<crate::openapi::Instant>, Query, description = "Only events committed at or before this instant (not before `since`)."),
+        ("correlation_id" = Option<uuid::Uuid>, Query, description = "Only events with this correlation id."),
+        ("after_seq" = Option<crate::openapi::SeqParam>, Query, description = "Only events with a larger seq."),
+        ("limit" = Option<crate::openapi::Limit>, Query, description = "Most events to answer."),
+    ),
+    responses(
+        (status = 200, description = "The matching events, oldest first.",
+            headers(("X-Next-After-Seq" = u64, description = "The `after_seq` of the next page; it moves on even when nothing in the scanned range matched.")),
+            content(
+                (Vec<wire::Event> = "application/json"),
+                (Vec<crate::openapi::StoredCloudEvent> = "application/cloudevents-batch+json"),
+            )),
+        (status = 503, response = crate::openapi::ServiceUnavailable),
+    ),
+)]
 pub async fn query_events(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -122,6 +160,28 @@ pub fn parse_query(raw: &str) -> Result<Query, ApiError> {
 }
 
 /// `GET /api/events/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/events/{id}",
+    tag = "events",
+    summary = "Read one event",
+    description = "With `Accept: application/cloudevents+json` the answer is the structured \
+        CloudEvent (events not published as CloudEvents get `id` = the event id, `source` = \
+        `/herald/<hub_id>`, `type` = the subject, and the extensions `correlationid` and \
+        `heraldseq`).",
+    params(("id" = uuid::Uuid, Path, description = "The event's id.")),
+    responses(
+        (status = 200, description = "The event.",
+            headers(("X-Herald-Seq" = u64, description = "The event's seq (CloudEvents answers only).")),
+            content(
+                (wire::Event = "application/json"),
+                (crate::openapi::StoredCloudEvent = "application/cloudevents+json"),
+            )),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 503, response = crate::openapi::ServiceUnavailable),
+    ),
+)]
 pub async fn get_event(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -155,6 +215,16 @@ pub async fn get_event(
 
 /// `GET /health`: 200 while the store works (NATS being away only degrades), 503 when
 /// the store does not.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    summary = "Health",
+    responses(
+        (status = 200, description = "The store works.", body = wire::Health),
+        (status = 503, description = "The store cannot be read (`status`: `unhealthy`).", body = wire::Health),
+    ),
+)]
 pub async fn health(State(state): State<AppState>) -> Response {
     let store = state.hub.health().await;
     let (status, code) = if store.healthy {
@@ -181,6 +251,13 @@ pub async fn health(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /health/nats`: NATS is not configured in this version of Herald.
+#[utoipa::path(
+    get,
+    path = "/health/nats",
+    tag = "operations",
+    summary = "NATS connection",
+    responses((status = 200, description = "Always disconnected: NATS is not supported yet.", body = wire::NatsHealth)),
+)]
 pub async fn nats_health() -> Json<wire::NatsHealth> {
     Json(wire::NatsHealth {
         connected: false,
@@ -235,6 +312,43 @@ pub(crate) fn parse_uuid(text: &str) -> Option<Uuid> {
 /// At most 64 characters of client input, for echoing it in messages.
 pub(crate) fn truncate(text: &str) -> String {
     text.chars().take(64).collect()
+}
+
+/// Parses a body that must be one JSON object into `T`. Syntax errors are 400
+/// `invalid_json` (even when a type mismatch comes first in the text); valid JSON that is
+/// not an object, or not the right shape, is 422 `invalid_body`. (serde would otherwise
+/// read a struct from an array of its fields.)
+pub(crate) fn parse_json_object<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+) -> Result<T, ApiError> {
+    let first = body.iter().copied().find(|b| !b.is_ascii_whitespace());
+    let not_object = || {
+        let kind = match first {
+            Some(b'[') => "an array",
+            Some(b'"') => "a string",
+            Some(b'n') => "null",
+            Some(b't' | b'f') => "a boolean",
+            _ => "a number",
+        };
+        ApiError::new(
+            ErrorCode::InvalidBody,
+            format!("the body must be a JSON object, not {kind}"),
+        )
+    };
+    match serde_json::from_slice::<T>(body) {
+        Ok(value) if first == Some(b'{') => Ok(value),
+        Ok(_) => Err(not_object()),
+        Err(error) if error.classify() == serde_json::error::Category::Data => {
+            if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                return Err(json_error(syntax));
+            }
+            if first != Some(b'{') {
+                return Err(not_object());
+            }
+            Err(json_error(error))
+        }
+        Err(error) => Err(json_error(error)),
+    }
 }
 
 pub(crate) fn json_error(error: serde_json::Error) -> ApiError {

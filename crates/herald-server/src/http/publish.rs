@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use super::cloudevents::{self, Mode};
-use super::{body_rejection, json_error, parse_uuid, truncate};
+use super::{body_rejection, json_error, parse_json_object, parse_uuid, truncate};
 use crate::error::{ApiError, ErrorCode, ItemError};
 use crate::wire;
 use crate::{AppState, CORRELATION_HEADER};
@@ -28,10 +28,41 @@ use crate::{AppState, CORRELATION_HEADER};
 pub const MAX_BATCH_EVENTS: usize = 1000;
 
 /// Longest `origin.service` / `origin.user` accepted.
-const MAX_ORIGIN_FIELD: usize = 256;
+pub const MAX_ORIGIN_FIELD: usize = 256;
 
 /// `POST /api/events`: a Herald event, or a CloudEvent in any of the three HTTP
 /// binding modes (see [`cloudevents`]).
+#[utoipa::path(
+    post,
+    path = "/api/events",
+    tag = "events",
+    summary = "Publish an event",
+    description = "Stores one event and answers once it is durably committed. The body is \
+        parsed as JSON whatever its content type, except for the CloudEvents media types: \
+        `application/cloudevents+json` (one structured CloudEvent) and \
+        `application/cloudevents-batch+json` (an array of them, all or nothing; answered like \
+        `POST /api/events:batch`). CloudEvents binary mode works too: attributes in `ce-*` \
+        headers (`ce-specversion: 1.0`, `ce-id`, `ce-source`, `ce-type`, extensions as \
+        `ce-<name>`), the data as the body and its media type in `Content-Type`.",
+    params(("X-Correlation-ID" = Option<crate::openapi::CorrelationId>, Header, description = "The correlation id of an event published without its own (a UUID; anything else is `422 invalid_correlation_id`).")),
+    request_body(content(
+        (wire::PublishRequest = "application/json"),
+        (crate::openapi::CloudEvent = "application/cloudevents+json"),
+        (crate::openapi::CloudEventBatch = "application/cloudevents-batch+json"),
+    )),
+    responses(
+        (status = 201, description = "Stored (for a CloudEvents batch: at least one event was new, and the answer is a `BatchResponse`).",
+            headers(("Location" = String, description = "`/api/events/{id}` of the new event (single events only).")),
+            body = crate::openapi::PublishAnswer),
+        (status = 200, description = "Every event was already stored (same `id`, or the same CloudEvent `source` and `id`): nothing new was stored; the answer describes the original.",
+            headers(("Location" = String, description = "`/api/events/{id}` of the event (single events only).")),
+            body = crate::openapi::PublishAnswer),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 503, response = crate::openapi::ServiceUnavailable),
+    ),
+)]
 pub async fn publish_event(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -42,8 +73,7 @@ pub async fn publish_event(
     let event = match cloudevents::mode(&headers) {
         Mode::Herald => {
             ensure_not_empty(&body)?;
-            let request: wire::PublishRequest =
-                serde_json::from_slice(&body).map_err(json_error)?;
+            let request: wire::PublishRequest = parse_json_object(&body)?;
             new_event(&state, request, header_correlation)?
         }
         Mode::Structured => {
@@ -86,6 +116,29 @@ struct BatchBody {
 /// batch is rejected with the index and reason of each bad one. Otherwise all are
 /// committed in one transaction. Answers `201` when at least one event was new, `200`
 /// when every one was a duplicate.
+#[utoipa::path(
+    post,
+    path = "/api/events:batch",
+    tag = "events",
+    summary = "Publish up to 1000 events at once",
+    description = "Every event is checked first: if any is invalid, nothing is stored and the \
+        answer is `422 invalid_batch` with `error.items`. Otherwise all are committed in one \
+        transaction. The body may be up to 4 MiB (`HERALD_MAX_BATCH_BODY_BYTES`). A \
+        `application/cloudevents-batch+json` body is a CloudEvents batch.",
+    params(("X-Correlation-ID" = Option<crate::openapi::CorrelationId>, Header, description = "The correlation id of events published without their own (a UUID; anything else is `422 invalid_correlation_id`).")),
+    request_body(content(
+        (crate::openapi::PublishBatchRequest = "application/json"),
+        (crate::openapi::CloudEventBatch = "application/cloudevents-batch+json"),
+    )),
+    responses(
+        (status = 201, description = "Stored: at least one event was new. One result per event, in order.", body = wire::BatchResponse),
+        (status = 200, description = "Every event was already stored; nothing new was stored.", body = wire::BatchResponse),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 503, response = crate::openapi::ServiceUnavailable),
+    ),
+)]
 pub async fn publish_batch(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -102,9 +155,7 @@ pub async fn publish_batch(
     let items: Vec<Box<RawValue>> = if first == Some(b'[') {
         serde_json::from_slice(&body).map_err(json_error)?
     } else {
-        serde_json::from_slice::<BatchBody>(&body)
-            .map_err(json_error)?
-            .events
+        parse_json_object::<BatchBody>(&body)?.events
     };
     if items.is_empty() {
         return Err(ApiError::new(
@@ -124,8 +175,7 @@ pub async fn publish_batch(
     let mut events = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     for (index, item) in items.iter().enumerate() {
-        let parsed = serde_json::from_str::<wire::PublishRequest>(item.get())
-            .map_err(json_error)
+        let parsed = parse_json_object::<wire::PublishRequest>(item.get().as_bytes())
             .and_then(|request| new_event(&state, request, header_correlation));
         match parsed {
             Ok(event) => events.push(event),
@@ -280,6 +330,27 @@ impl From<&Published> for wire::PublishResponse {
 
 /// Seed 004's `POST /events/publish?source=URI` with `{event_type, data, tenant_id}`:
 /// stored as a CloudEvent (`tenant_id` becomes the `tenantid` extension).
+#[utoipa::path(
+    post,
+    path = "/events/publish",
+    tag = "cloudevents",
+    summary = "Publish a CloudEvent (seed 004's route)",
+    description = "Stores a CloudEvent of type `event_type` and source `source`; `tenant_id` \
+        becomes the `tenantid` extension. Unknown query parameters are `400 invalid_query`.",
+    params(
+        ("source" = crate::openapi::CloudEventSource, Query, description = "The CloudEvent's `source` (a URI-reference)."),
+        ("X-Correlation-ID" = Option<crate::openapi::CorrelationId>, Header, description = "The correlation id when the body gives none that is a UUID (a UUID; anything else is `422 invalid_correlation_id`)."),
+    ),
+    request_body(content((cloudevents::LegacyPublish = "application/json"))),
+    responses(
+        (status = 201, description = "Stored.", body = wire::PublishResponse),
+        (status = 200, description = "Already stored (same `source` and `id`); the answer describes the original.", body = wire::PublishResponse),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 503, response = crate::openapi::ServiceUnavailable),
+    ),
+)]
 pub async fn publish_legacy(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -303,7 +374,7 @@ pub async fn publish_legacy(
     let source = source.filter(|s| !s.is_empty()).ok_or_else(|| {
         super::invalid_query("`source` (the event's CloudEvents source URI) is required")
     })?;
-    let request: cloudevents::LegacyPublish = serde_json::from_slice(&body).map_err(json_error)?;
+    let request: cloudevents::LegacyPublish = parse_json_object(&body)?;
     let structured = cloudevents::legacy_to_structured(source, request)?;
     let event =
         cloudevents::parse_structured(&state, structured, header_correlation_id(&headers)?)?;

@@ -41,6 +41,23 @@ use params::kind;
 pub const MAX_BATCH_REQUESTS: usize = 1000;
 
 /// `POST /rpc`. The body is parsed as JSON whatever its content type.
+#[utoipa::path(
+    post,
+    path = "/rpc",
+    tag = "rpc",
+    summary = "JSON-RPC 2.0",
+    description = "One request, or a batch (an array, run in order). Every answer is HTTP 200, \
+        errors included (a body that is not JSON is `-32700`, one over the size limit \
+        `-32600`, both with `id: null`); when only notifications were sent the answer is 204 \
+        with no body. `GET /rpc/methods` lists the methods, their params and results, and the \
+        error codes. Publishing methods take the `X-Correlation-ID` header as the default \
+        correlation id (a UUID).",
+    request_body(content((crate::openapi::RpcBody = "application/json"))),
+    responses(
+        (status = 200, description = "The response, or the array of responses of a batch.", body = crate::openapi::RpcAnswer),
+        (status = 204, description = "Only notifications were sent: nothing to answer."),
+    ),
+)]
 pub async fn handle(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -102,6 +119,15 @@ pub async fn handle(
 }
 
 /// `GET /rpc/methods` (and `POST`, as seed 002's manual test does).
+#[utoipa::path(
+    method(get, post),
+    path = "/rpc/methods",
+    tag = "rpc",
+    summary = "JSON-RPC methods and error codes",
+    description = "Every method of `POST /rpc` with its params and result, and every error \
+        code, from the table that dispatches. `POST` takes no body (any is ignored).",
+    responses((status = 200, description = "The method table.", body = wire::Discovery)),
+)]
 pub async fn methods() -> Json<wire::Discovery> {
     Json(wire::Discovery {
         jsonrpc: "2.0",

@@ -124,7 +124,7 @@ pub struct Services {
 }
 
 /// A method as `GET /rpc/methods` lists it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MethodSpec {
     pub name: &'static str,
     pub description: &'static str,
@@ -134,7 +134,7 @@ pub struct MethodSpec {
 
 /// One parameter. Params are given by name (an object) or by position (an array, in
 /// this order); `null` counts as absent.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct ParamSpec {
     pub name: &'static str,
     #[serde(rename = "type")]
@@ -147,13 +147,13 @@ pub struct ParamSpec {
 }
 
 /// The shape of a method's result.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ResultSpec {
     pub description: &'static str,
     pub fields: &'static [FieldSpec],
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FieldSpec {
     pub name: &'static str,
     #[serde(rename = "type")]
@@ -162,7 +162,7 @@ pub struct FieldSpec {
 }
 
 /// An error code as `GET /rpc/methods` lists it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorSpec {
     pub code: i64,
     pub message: &'static str,
@@ -170,7 +170,7 @@ pub struct ErrorSpec {
 }
 
 /// `GET /rpc/methods`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Discovery {
     pub jsonrpc: &'static str,
     pub endpoint: &'static str,

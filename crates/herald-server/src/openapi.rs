@@ -1,0 +1,1066 @@
+//! The OpenAPI 3.1 document of the API, served at `GET /openapi.json` (and rendered for
+//! people at `GET /docs`).
+//!
+//! The document is generated from the code: each handler carries its `#[utoipa::path]`,
+//! each wire type derives `ToSchema`, the error responses are built from the
+//! [`ErrorCode`] table, and the subject patterns from `herald_core`'s limits. What a
+//! derive cannot say (the subject grammar, CloudEvents, the JSON-RPC envelope) is written
+//! here as JSON Schema next to the constants it depends on, and unit tests check the
+//! regular expressions against `herald_core` and every route of [`crate::router`] against
+//! the document.
+//!
+//! [`ApiDoc::openapi`] is built once; [`document`] returns the cached JSON.
+
+use std::sync::OnceLock;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use herald_core::{MAX_SUBJECT_BYTES, MAX_SUBJECT_TOKENS};
+use herald_store::MAX_QUERY_LIMIT;
+use serde_json::{json, Value};
+use utoipa::openapi::extensions::Extensions;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{Object, Schema, SchemaType};
+use utoipa::openapi::{ContentBuilder, OpenApi as Document, RefOr, Required};
+use utoipa::{Modify, OpenApi, PartialSchema, ToResponse, ToSchema};
+
+use crate::error::ErrorCode;
+use crate::http::publish::MAX_BATCH_EVENTS;
+use crate::rpc::MAX_BATCH_REQUESTS;
+
+/// The document, generated from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Herald",
+        description = "Herald is a durable event hub: services publish events over HTTP; it \
+            stores every event it acknowledges (a `201` is sent only once the event is synced \
+            to disk), gives each a place in one ordered log (`seq`), streams them live over \
+            WebSocket, and lets you query and replay them.\n\n\
+            Every response carries `X-Correlation-ID`: the request's, or a fresh one. Every \
+            error is JSON, `{\"error\": {\"code\", \"message\", \"items\"?}}`; a method a route \
+            does not take is `405` with `Allow`; a query string over the configured limit is \
+            `400 query_too_long` and a request that takes too long `408 request_timeout`, on \
+            every route.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(
+        crate::http::index,
+        crate::http::publish::publish_event,
+        crate::http::query_events,
+        crate::http::publish::publish_batch,
+        crate::ws::stream,
+        crate::http::get_event,
+        crate::http::publish::publish_legacy,
+        crate::http::health,
+        crate::http::nats_health,
+        crate::metrics::render,
+        crate::rpc::handle,
+        crate::rpc::methods,
+        openapi_json,
+        docs,
+    ),
+    components(
+        schemas(
+            crate::wire::PublishRequest,
+            crate::wire::PublishResponse,
+            crate::wire::BatchResponse,
+            crate::wire::StreamFrame,
+            Subject,
+            SubjectPattern,
+            SubjectQuery,
+            OriginText,
+            SeqParam,
+            Limit,
+            Instant,
+            EventId,
+            CorrelationId,
+            CloudEvent,
+            CloudEventSource,
+            CloudEventBatch,
+            StoredCloudEvent,
+            PublishBatchRequest,
+            PublishAnswer,
+            RpcRequest,
+            RpcBody,
+            RpcResponse,
+            RpcAnswer,
+            ErrorItem,
+        ),
+        responses(
+            BadRequest,
+            NotFound,
+            MethodNotAllowed,
+            RequestTimeout,
+            PayloadTooLarge,
+            UnprocessableEntity,
+            ServiceUnavailable,
+        )
+    ),
+    tags(
+        (name = "events", description = "Publish, query, read and stream events."),
+        (name = "cloudevents", description = "CloudEvents v1.0 (see also `POST /api/events`)."),
+        (name = "rpc", description = "JSON-RPC 2.0."),
+        (name = "operations", description = "Health, metrics and this document."),
+    ),
+    modifiers(&Everywhere),
+)]
+pub struct ApiDoc;
+
+/// The document as JSON text, built once.
+pub fn document() -> &'static str {
+    static DOCUMENT: OnceLock<String> = OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        let mut doc = ApiDoc::openapi();
+        doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+        doc.to_pretty_json()
+            .expect("the OpenAPI document serializes")
+    })
+}
+
+/// `GET /openapi.json`.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    summary = "This document",
+    description = "The OpenAPI 3.1 description of this API, generated from the server's code.",
+    responses((status = 200, description = "The OpenAPI document.", body = Object)),
+)]
+pub async fn openapi_json() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        document(),
+    )
+        .into_response()
+}
+
+/// `GET /docs`.
+#[utoipa::path(
+    get,
+    path = "/docs",
+    tag = "operations",
+    summary = "This document, for people",
+    description = "A small HTML page that renders `/openapi.json` with a viewer loaded from a \
+        CDN (it needs internet access in the browser; `/openapi.json` itself does not).",
+    responses((status = 200, description = "An HTML page.", body = String, content_type = "text/html")),
+)]
+pub async fn docs() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        )],
+        DOCS_PAGE,
+    )
+        .into_response()
+}
+
+const DOCS_PAGE: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Herald API</title>
+</head>
+<body>
+<noscript>This page renders <a href="/openapi.json">/openapi.json</a> with JavaScript.</noscript>
+<redoc spec-url="/openapi.json"></redoc>
+<script src="https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js"></script>
+</body>
+</html>
+"#;
+
+// ---------------------------------------------------------------------------------------
+// The subject grammar as JSON Schema (ECMA-262 regular expressions).
+
+/// Characters that may not appear in a token: the separator, the wildcards, and what
+/// `char::is_whitespace` or `char::is_control` accept (herald_core's rules).
+const EXCLUDED: &str =
+    r".*>\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000";
+
+/// What `char::is_whitespace` accepts, for a CloudEvent's `source`.
+const WHITESPACE: &str =
+    r"\u0009-\u000D\u0020\u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000";
+
+/// The token characters of subjects that are ASCII: printable ASCII but `.`, `*`, `>`
+/// (and, for a token's first character, `%`).
+const ASCII_TOKEN: &str = r"\u0021-\u0029\u002B-\u002D\u002F-\u003D\u003F-\u007E";
+const ASCII_TOKEN_START: &str =
+    r"\u0021-\u0024\u0026-\u0029\u002B-\u002D\u002F-\u003D\u003F-\u007E";
+
+/// The classes of a token's characters: any, and a first one that is not `%`.
+fn token_classes(ascii: bool) -> (String, String) {
+    if ascii {
+        (format!("[{ASCII_TOKEN}]"), format!("[{ASCII_TOKEN_START}]"))
+    } else {
+        (format!("[^{EXCLUDED}]"), format!("[^%{EXCLUDED}]"))
+    }
+}
+
+/// A literal subject, as `herald_core::Subject::new` accepts it (its length aside), of
+/// ASCII characters only or of any.
+pub fn subject_regex(ascii: bool) -> String {
+    let (any, start) = token_classes(ascii);
+    // A token is any run of allowed characters except exactly `%` (a wildcard in filters).
+    let token = format!("(?:%{any}+|{start}{any}*)");
+    format!("^{token}(?:\\.{token}){{0,{}}}$", MAX_SUBJECT_TOKENS - 1)
+}
+
+/// A filter, as `herald_core::Pattern::parse_filter` accepts it (its length aside):
+/// literal tokens, `*` (or a whole-token `%`) for one token, and a last `>` for the rest.
+pub fn pattern_regex(ascii: bool, allow_empty: bool) -> String {
+    let (any, _) = token_classes(ascii);
+    let token = format!("(?:\\*|{any}+)");
+    let max = MAX_SUBJECT_TOKENS - 1;
+    let body = format!("{token}(?:\\.{token}){{0,{max}}}|(?:{token}\\.){{0,{max}}}>");
+    if allow_empty {
+        format!("^(?:{body})?$")
+    } else {
+        format!("^(?:{body})$")
+    }
+}
+
+/// A string of at most `max_bytes` bytes of UTF-8 matching `regex(ascii)`. JSON Schema's
+/// `maxLength` counts characters, so this takes ASCII text up to `max_bytes` characters
+/// or any text up to `max_bytes / 4` (a character is at most 4 bytes): every string it
+/// admits is within the limit. (The server also takes longer non-ASCII text that fits.)
+fn byte_bounded(mut schema: Value, max_bytes: usize, regex: impl Fn(bool) -> String) -> Value {
+    let branch = |ascii: bool, max_length: usize| {
+        let mut branch = json!({"maxLength": max_length});
+        let pattern = regex(ascii);
+        if !pattern.is_empty() {
+            branch["pattern"] = json!(pattern);
+        }
+        branch
+    };
+    schema["type"] = json!("string");
+    schema["anyOf"] = json!([branch(true, max_bytes), branch(false, max_bytes / 4)]);
+    schema
+}
+
+/// A JSON Schema written as JSON, for what the derives cannot express.
+fn raw(value: Value) -> Schema {
+    let Value::Object(map) = value else {
+        panic!("a schema is a JSON object");
+    };
+    let mut object = Object::with_type(SchemaType::AnyValue);
+    let mut extensions = Extensions::default();
+    extensions.extend(map);
+    object.extensions = Some(extensions);
+    Schema::Object(object)
+}
+
+fn reference(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+/// Implements `ToSchema` for a marker type whose schema is written as JSON.
+macro_rules! raw_schema {
+    ($(#[$doc:meta])* $name:ident => $schema:expr) => {
+        $(#[$doc])*
+        pub struct $name;
+
+        impl PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                RefOr::T(raw($schema))
+            }
+        }
+
+        impl ToSchema for $name {}
+    };
+}
+
+raw_schema! {
+    /// A literal subject, to publish to.
+    Subject => byte_bounded(json!({
+        "description": format!(
+            "A literal subject: tokens separated by single dots (`hub.local-hub.project.created`), \
+             at most {MAX_SUBJECT_BYTES} bytes (UTF-8) and {MAX_SUBJECT_TOKENS} tokens. Tokens are \
+             non-empty, have no whitespace or control characters, and contain no `*` or `>`; \
+             no token is exactly `%`."
+        ),
+        "minLength": 1,
+        "examples": ["hub.local-hub.project.created"],
+    }), MAX_SUBJECT_BYTES, subject_regex)
+}
+
+raw_schema! {
+    /// A subject pattern, to filter by.
+    SubjectPattern => byte_bounded(json!({
+        "description": format!(
+            "A subject pattern: literal tokens, `*` for exactly one token (a whole-token `%` \
+             means the same), and `>` as the last token for one or more tokens: \
+             `hub.*.project.>`, `hub.%.project.%`, or a literal subject. At most \
+             {MAX_SUBJECT_BYTES} bytes and {MAX_SUBJECT_TOKENS} tokens."
+        ),
+        "minLength": 1,
+        "examples": ["hub.local-hub.>", "hub.*.project.*"],
+    }), MAX_SUBJECT_BYTES, |ascii| pattern_regex(ascii, false))
+}
+
+raw_schema! {
+    /// The `subject` filter of `GET /api/events`: a pattern, or empty for every subject.
+    SubjectQuery => byte_bounded(json!({
+        "description": "A subject pattern (see `SubjectPattern`), or empty for every subject.",
+    }), MAX_SUBJECT_BYTES, |ascii| pattern_regex(ascii, true))
+}
+
+raw_schema! {
+    /// `origin.service` or `origin.user`: at most 256 bytes of UTF-8.
+    OriginText => byte_bounded(json!({}), crate::http::publish::MAX_ORIGIN_FIELD, |ascii| {
+        if ascii { "^[\\u0000-\\u007F]*$".to_owned() } else { String::new() }
+    })
+}
+
+raw_schema! {
+    /// A `seq` in a query string (`after_seq`, `from_seq`).
+    SeqParam => json!({
+        "type": "integer",
+        "minimum": 0,
+        "maximum": i64::MAX,
+    })
+}
+
+raw_schema! {
+    /// `limit` of `GET /api/events`.
+    Limit => json!({
+        "type": "integer",
+        "minimum": 1,
+        "maximum": MAX_QUERY_LIMIT,
+        "default": herald_store::Query::default().limit,
+    })
+}
+
+raw_schema! {
+    /// A correlation id: a UUID.
+    CorrelationId => json!({"type": "string", "format": "uuid"})
+}
+
+raw_schema! {
+    /// An event id chosen by the publisher: a UUID, not the nil UUID.
+    EventId => json!({
+        "type": "string",
+        "format": "uuid",
+        "description": "A UUID other than the nil UUID.",
+        "pattern": "^(?!0{8}-0{4}-0{4}-0{4}-0{12}$)[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$",
+    })
+}
+
+raw_schema! {
+    /// A structured-mode CloudEvent v1.0 (`application/cloudevents+json`).
+    CloudEvent => json!({
+        "type": "object",
+        "description": "A CloudEvent v1.0 in structured mode. Its Herald subject is the \
+            `heraldsubject` extension when given, else `type` (which must then be a literal \
+            subject). Its event id is derived from (`source`, `id`), so re-sending it is a \
+            duplicate. `correlationid`, when a UUID, becomes the correlation id. The payload is \
+            `data` when it is an object, else `{\"data\": …}` or `{\"data_base64\": …}`. \
+            Extension attributes are named by 1 to 20 lowercase letters or digits and hold a \
+            string, a boolean, a 32-bit integer, or null (ignored).",
+        "required": ["specversion", "id", "source", "type"],
+        "properties": {
+            "specversion": {"type": "string", "enum": ["1.0"]},
+            "id": {"type": "string", "minLength": 1},
+            "source": reference("CloudEventSource"),
+            "type": {"type": "string", "minLength": 1},
+            "subject": {"type": ["string", "null"], "minLength": 1},
+            "time": {"type": ["string", "null"], "format": "date-time"},
+            "datacontenttype": {"type": ["string", "null"], "minLength": 1},
+            "dataschema": {"type": ["string", "null"], "minLength": 1},
+            "data": {"description": "Any JSON value."},
+            "data_base64": {
+                "type": ["string", "null"],
+                "contentEncoding": "base64",
+                "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$",
+            },
+            "heraldsubject": {
+                "description": "Extension: the Herald subject to store the event under \
+                    (a value that is not a string is ignored).",
+                "anyOf": [
+                    reference("Subject"),
+                    {
+                        "type": ["boolean", "integer", "null"],
+                        "minimum": i32::MIN,
+                        "maximum": i32::MAX,
+                    },
+                ],
+            },
+            "correlationid": {
+                "description": "Extension: the correlation id, used when it is a UUID.",
+                "type": ["string", "boolean", "integer", "null"],
+                "minimum": i32::MIN,
+                "maximum": i32::MAX,
+            },
+        },
+        "propertyNames": {"pattern": "^(?:[a-z0-9]{1,20}|data_base64)$"},
+        "additionalProperties": {
+            "type": ["string", "boolean", "integer", "null"],
+            "minimum": i32::MIN,
+            "maximum": i32::MAX,
+        },
+        "anyOf": [
+            {
+                "required": ["heraldsubject"],
+                "properties": {"heraldsubject": {"type": "string"}},
+            },
+            {"properties": {"type": reference("Subject")}},
+        ],
+        "not": {
+            "required": ["data", "data_base64"],
+            "properties": {
+                "data": {"not": {"type": "null"}},
+                "data_base64": {"type": "string"},
+            },
+        },
+        "examples": [{
+            "specversion": "1.0",
+            "id": "A234-1234-1234",
+            "source": "https://example.com/orders",
+            "type": "com.example.order.created",
+            "data": {"order_id": "42"},
+        }],
+    })
+}
+
+raw_schema! {
+    /// An event read back as a structured CloudEvent.
+    StoredCloudEvent => json!({
+        "type": "object",
+        "description": "A structured CloudEvent v1.0. Events published as CloudEvents read back \
+            with every attribute as sent; others get `id` = the event id, `source` = \
+            `/herald/<hub_id>`, `type` = the subject, `time` = the commit time, and the \
+            extensions `correlationid` and `heraldseq`.",
+        "required": ["specversion", "id", "source", "type"],
+        "properties": {
+            "specversion": {"type": "string", "enum": ["1.0"]},
+            "id": {"type": "string", "minLength": 1},
+            "source": {"type": "string", "minLength": 1},
+            "type": {"type": "string", "minLength": 1},
+            "subject": {"type": "string"},
+            "time": {"type": "string", "format": "date-time"},
+            "datacontenttype": {"type": "string"},
+            "dataschema": {"type": "string"},
+            "data": {"description": "Any JSON value."},
+            "data_base64": {"type": "string", "contentEncoding": "base64"},
+            "heraldseq": {"type": "integer", "minimum": 1},
+        },
+        "additionalProperties": {"type": ["string", "boolean", "integer"]},
+    })
+}
+
+raw_schema! {
+    /// A CloudEvent `source`: a URI-reference, so not empty and without whitespace.
+    CloudEventSource => json!({
+        "type": "string",
+        "minLength": 1,
+        "pattern": format!("^[^{WHITESPACE}]+$"),
+        "examples": ["https://example.com/orders"],
+    })
+}
+
+raw_schema! {
+    /// A batch of structured CloudEvents (`application/cloudevents-batch+json`).
+    CloudEventBatch => json!({
+        "type": "array",
+        "minItems": 1,
+        "maxItems": MAX_BATCH_EVENTS,
+        "items": reference("CloudEvent"),
+    })
+}
+
+raw_schema! {
+    /// The body of `POST /api/events:batch`.
+    PublishBatchRequest => json!({
+        "description": format!(
+            "`{{\"events\": [...]}}` or a bare array: 1 to {MAX_BATCH_EVENTS} publish requests. \
+             If any is invalid, nothing is stored (`422 invalid_batch` with `items`)."
+        ),
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["events"],
+                "additionalProperties": false,
+                "properties": {
+                    "events": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_BATCH_EVENTS,
+                        "items": reference("PublishRequest"),
+                    },
+                },
+            },
+            {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_BATCH_EVENTS,
+                "items": reference("PublishRequest"),
+            },
+        ],
+    })
+}
+
+raw_schema! {
+    /// The answer of `POST /api/events`: one event's, or a CloudEvents batch's.
+    PublishAnswer => json!({
+        "oneOf": [reference("PublishResponse"), reference("BatchResponse")],
+    })
+}
+
+raw_schema! {
+    /// An `RFC 3339` instant in a query string.
+    Instant => json!({
+        "type": "string",
+        "format": "date-time",
+        "description": "An RFC 3339 instant (`2025-11-03T12:00:00Z`); a date-time without an \
+            offset is taken as UTC.",
+    })
+}
+
+raw_schema! {
+    /// A JSON-RPC 2.0 request object.
+    RpcRequest => json!({
+        "type": "object",
+        "description": "A JSON-RPC 2.0 request. Without `id` it is a notification: it runs \
+            and is not answered. `GET /rpc/methods` lists the methods and their params.",
+        "required": ["jsonrpc", "method"],
+        "properties": {
+            "jsonrpc": {"type": "string", "enum": ["2.0"]},
+            "method": {"type": "string", "examples": ["bus.publish"]},
+            "params": {"type": ["object", "array"]},
+            "id": {"type": ["string", "number", "null"]},
+        },
+        "examples": [{
+            "jsonrpc": "2.0",
+            "method": "bus.publish",
+            "params": {"topic": "hub.local-hub.project.created", "payload": {"project_id": "123"}},
+            "id": 1,
+        }],
+    })
+}
+
+raw_schema! {
+    /// The body of `POST /rpc`: one request or a batch.
+    RpcBody => json!({
+        "oneOf": [
+            reference("RpcRequest"),
+            {
+                "type": "array",
+                "description": format!("A batch of 1 to {MAX_BATCH_REQUESTS} requests, run in order."),
+                "minItems": 1,
+                "maxItems": MAX_BATCH_REQUESTS,
+                "items": reference("RpcRequest"),
+            },
+        ],
+    })
+}
+
+raw_schema! {
+    /// A JSON-RPC 2.0 response object.
+    RpcResponse => json!({
+        "type": "object",
+        "description": "`result` on success, else `error`; `id` as the request sent it (null \
+            when it could not be read).",
+        "required": ["jsonrpc", "id"],
+        "properties": {
+            "jsonrpc": {"type": "string", "enum": ["2.0"]},
+            "id": {"type": ["string", "number", "null"]},
+            "result": {"description": "The method's result (see `GET /rpc/methods`)."},
+            "error": {
+                "type": "object",
+                "required": ["code", "message", "data"],
+                "properties": {
+                    "code": {
+                        "type": "integer",
+                        "enum": crate::rpc::error::RpcCode::ALL.iter().map(|c| c.number()).collect::<Vec<_>>(),
+                    },
+                    "message": {"type": "string"},
+                    "data": {
+                        "type": "object",
+                        "required": ["code"],
+                        "properties": {
+                            "code": {
+                                "type": "string",
+                                "description": "The REST API's code for the same condition.",
+                            },
+                        },
+                    },
+                },
+            },
+        },
+        "oneOf": [{"required": ["result"]}, {"required": ["error"]}],
+    })
+}
+
+raw_schema! {
+    /// The answer of `POST /rpc`: one response or a batch of them.
+    RpcAnswer => json!({
+        "oneOf": [
+            reference("RpcResponse"),
+            {"type": "array", "minItems": 1, "items": reference("RpcResponse")},
+        ],
+    })
+}
+
+raw_schema! {
+    /// Why one item of a batch was rejected.
+    ErrorItem => json!({
+        "type": "object",
+        "required": ["index", "code", "message"],
+        "properties": {
+            "index": {"type": "integer", "minimum": 0, "description": "Position in the batch."},
+            "code": {"type": "string", "enum": ErrorCode::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>()},
+            "message": {"type": "string"},
+        },
+    })
+}
+
+/// The error body for the codes of one status, from the [`ErrorCode`] table.
+fn error_body(status: StatusCode) -> Value {
+    let codes: Vec<&str> = ErrorCode::ALL
+        .iter()
+        .filter(|code| code.status() == status)
+        .map(|code| code.as_str())
+        .collect();
+    let mut detail = json!({
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {
+            "code": {"type": "string", "enum": codes},
+            "message": {"type": "string", "description": "For people; may change."},
+        },
+    });
+    if status == StatusCode::UNPROCESSABLE_ENTITY {
+        detail["properties"]["items"] = json!({
+            "type": "array",
+            "description": "For `invalid_batch`: what is wrong with each bad item.",
+            "items": reference("ErrorItem"),
+        });
+    }
+    json!({
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": detail},
+    })
+}
+
+/// Implements `ToResponse` for the error answers of one status.
+macro_rules! error_responses {
+    ($($name:ident = $status:ident, $description:literal;)+) => {$(
+        #[doc = $description]
+        pub struct $name;
+
+        impl<'r> ToResponse<'r> for $name {
+            fn response() -> (&'r str, RefOr<utoipa::openapi::Response>) {
+                let status = StatusCode::$status;
+                let mut response = ResponseBuilder::new()
+                    .description(format!(
+                        "{} Codes: {}.",
+                        $description,
+                        ErrorCode::ALL
+                            .iter()
+                            .filter(|code| code.status() == status)
+                            .map(|code| format!("`{}`", code.as_str()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                    .content(
+                        "application/json",
+                        ContentBuilder::new().schema(Some(raw(error_body(status)))).build(),
+                    );
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    response = response.header(
+                        "Retry-After",
+                        HeaderBuilder::new()
+                            .schema(raw(json!({"type": "string", "pattern": "^[0-9]+$"})))
+                            .description(Some("Seconds to wait before retrying."))
+                            .build(),
+                    );
+                }
+                (stringify!($name), RefOr::T(response.build()))
+            }
+        }
+    )+};
+}
+
+error_responses! {
+    BadRequest = BAD_REQUEST, "The request is malformed.";
+    NotFound = NOT_FOUND, "Nothing there.";
+    MethodNotAllowed = METHOD_NOT_ALLOWED, "The route does not take this method (see `Allow`).";
+    RequestTimeout = REQUEST_TIMEOUT, "The request took longer than the configured timeout.";
+    PayloadTooLarge = PAYLOAD_TOO_LARGE, "The body is larger than the configured limit.";
+    UnprocessableEntity = UNPROCESSABLE_ENTITY, "The body is JSON but not a valid request; nothing was stored.";
+    ServiceUnavailable = SERVICE_UNAVAILABLE, "The server cannot serve this now; nothing was stored. Retry after `Retry-After` seconds.";
+}
+
+/// What applies to every operation: the `X-Correlation-ID` header both ways, and the
+/// errors any route can answer (`400 query_too_long`, `408`).
+struct Everywhere;
+
+const CORRELATION: &str = "X-Correlation-ID";
+
+impl Modify for Everywhere {
+    fn modify(&self, openapi: &mut Document) {
+        let response_header = || {
+            HeaderBuilder::new()
+                .schema(raw(json!({"type": "string"})))
+                .description(Some(
+                    "The request's X-Correlation-ID, or a fresh UUID; on a publish, the \
+                     event's correlation id.",
+                ))
+                .build()
+        };
+        let mut seen = std::collections::HashMap::<String, usize>::new();
+        for item in openapi.paths.paths.values_mut() {
+            for (_, operation) in operations(item) {
+                if let Some(id) = &operation.operation_id {
+                    *seen.entry(id.clone()).or_default() += 1;
+                }
+            }
+        }
+        for item in openapi.paths.paths.values_mut() {
+            for (method, operation) in operations(item) {
+                // One handler serving two methods gets one id per method.
+                if let Some(id) = operation.operation_id.as_mut() {
+                    if seen[id.as_str()] > 1 {
+                        *id = format!("{id}_{method}");
+                    }
+                }
+                let parameters = operation.parameters.get_or_insert_with(Vec::new);
+                for parameter in parameters.iter_mut() {
+                    if let Some(schema) = parameter.schema.take() {
+                        parameter.schema = Some(not_null(schema));
+                    }
+                }
+                if !parameters
+                    .iter()
+                    .any(|p| p.name.eq_ignore_ascii_case(CORRELATION))
+                {
+                    parameters.push(correlation_parameter(false));
+                }
+                for (status, name) in [("400", "BadRequest"), ("408", "RequestTimeout")] {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| {
+                            RefOr::Ref(utoipa::openapi::Ref::from_response_name(name))
+                        });
+                }
+                for response in operation.responses.responses.values_mut() {
+                    if let RefOr::T(response) = response {
+                        response
+                            .headers
+                            .insert(CORRELATION.to_owned(), response_header());
+                    }
+                }
+            }
+        }
+        if let Some(components) = openapi.components.as_mut() {
+            for response in components.responses.values_mut() {
+                if let RefOr::T(response) = response {
+                    response
+                        .headers
+                        .insert(CORRELATION.to_owned(), response_header());
+                }
+            }
+        }
+    }
+}
+
+/// A parameter is text on the wire and is absent rather than null: `Option<T>` params
+/// are `T`, not `T | null`.
+fn not_null(schema: RefOr<Schema>) -> RefOr<Schema> {
+    let is_null = |item: &RefOr<Schema>| {
+        matches!(item, RefOr::T(Schema::Object(o))
+            if o.schema_type == SchemaType::Type(utoipa::openapi::Type::Null))
+    };
+    match schema {
+        RefOr::T(Schema::OneOf(one_of)) if one_of.items.iter().any(is_null) => {
+            let mut rest: Vec<RefOr<Schema>> =
+                one_of.items.into_iter().filter(|i| !is_null(i)).collect();
+            if rest.len() == 1 {
+                rest.remove(0)
+            } else {
+                let mut one_of = utoipa::openapi::schema::OneOf::new();
+                one_of.items = rest;
+                RefOr::T(Schema::OneOf(one_of))
+            }
+        }
+        RefOr::T(Schema::Object(mut object)) => {
+            if let SchemaType::Array(types) = &mut object.schema_type {
+                types.retain(|t| *t != utoipa::openapi::Type::Null);
+                if types.len() == 1 {
+                    object.schema_type = SchemaType::Type(types[0].clone());
+                }
+            }
+            RefOr::T(Schema::Object(object))
+        }
+        other => other,
+    }
+}
+
+/// The request's `X-Correlation-ID`: a UUID where a publish uses it, else any text echoed
+/// back.
+pub fn correlation_parameter(publishes: bool) -> Parameter {
+    let (schema, description) = if publishes {
+        (
+            json!({"type": "string", "format": "uuid"}),
+            "The correlation id of events published without their own (a UUID; anything \
+             else is `422 invalid_correlation_id`). Echoed on the response.",
+        )
+    } else {
+        (
+            json!({"type": "string"}),
+            "Echoed on the response; a fresh UUID when absent.",
+        )
+    };
+    ParameterBuilder::new()
+        .name(CORRELATION)
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(description))
+        .schema(Some(raw(schema)))
+        .build()
+}
+
+fn operations(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = (&'static str, &mut Operation)> {
+    [
+        ("get", item.get.as_mut()),
+        ("put", item.put.as_mut()),
+        ("post", item.post.as_mut()),
+        ("delete", item.delete.as_mut()),
+        ("options", item.options.as_mut()),
+        ("head", item.head.as_mut()),
+        ("patch", item.patch.as_mut()),
+        ("trace", item.trace.as_mut()),
+    ]
+    .into_iter()
+    .filter_map(|(method, operation)| operation.map(|o| (method, o)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use axum::body::Body;
+    use axum::http::{Method, Request};
+    use herald_hub::{Hub, HubConfig};
+    use herald_store::{AnyStore, EmbeddedOptions, EmbeddedStore};
+    use tokio_util::sync::CancellationToken;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::{AppState, Limits};
+
+    fn doc() -> Value {
+        serde_json::from_str(document()).unwrap()
+    }
+
+    #[test]
+    fn is_openapi_3_1() {
+        let doc = doc();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+        assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    }
+
+    /// Every `$ref` points at a component that exists.
+    #[test]
+    fn references_resolve() {
+        fn walk(value: &Value, doc: &Value, seen: &mut usize) {
+            match value {
+                Value::Object(map) => {
+                    if let Some(Value::String(target)) = map.get("$ref") {
+                        let pointer = target.trim_start_matches('#');
+                        assert!(doc.pointer(pointer).is_some(), "dangling {target}");
+                        *seen += 1;
+                    }
+                    map.values().for_each(|v| walk(v, doc, seen));
+                }
+                Value::Array(items) => items.iter().for_each(|v| walk(v, doc, seen)),
+                _ => {}
+            }
+        }
+        let doc = doc();
+        let mut seen = 0;
+        walk(&doc, &doc, &mut seen);
+        assert!(seen > 10);
+    }
+
+    async fn state() -> (AppState, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path().join("herald.db"), EmbeddedOptions::default())
+            .await
+            .unwrap();
+        let hub = Hub::open(HubConfig::new("local-hub"), AnyStore::Embedded(store))
+            .await
+            .unwrap();
+        (
+            AppState::new(hub, Limits::default(), CancellationToken::new()),
+            dir,
+        )
+    }
+
+    /// Every route of the router is in the document with exactly the methods the router
+    /// takes (read from its `Allow` header), and the document has nothing else.
+    #[tokio::test]
+    async fn every_route_is_documented() {
+        let doc = doc();
+        let paths = doc["paths"].as_object().unwrap();
+        let (state, _dir) = state().await;
+        let routes: Vec<&str> = crate::routes(&state).iter().map(|(p, _)| *p).collect();
+        let app = crate::router(state.clone());
+        let documented: BTreeSet<&str> = paths.keys().map(String::as_str).collect();
+        let registered: BTreeSet<&str> = routes.iter().copied().collect();
+        assert_eq!(documented, registered, "documented vs registered paths");
+        for path in routes {
+            let uri = path.replace("{id}", "0190a6f4-e89b-72d3-a456-426614174000");
+            let response = app
+                .clone()
+                .oneshot(
+                    Request::builder()
+                        .method(Method::from_bytes(b"PROPFIND").unwrap())
+                        .uri(&uri)
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
+            let allow = response.headers()[header::ALLOW].to_str().unwrap();
+            let taken: BTreeSet<String> = allow
+                .split(',')
+                .map(|m| m.trim().to_ascii_lowercase())
+                .filter(|m| m != "head")
+                .collect();
+            let described: BTreeSet<String> = paths[path]
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| {
+                    [
+                        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+                    ]
+                    .contains(&k.as_str())
+                })
+                .cloned()
+                .collect();
+            assert_eq!(taken, described, "methods of {path}");
+            for method in &described {
+                let operation = &paths[path][method];
+                let responses = operation["responses"].as_object().unwrap();
+                for status in ["400", "408"] {
+                    assert!(responses.contains_key(status), "{method} {path}: {status}");
+                }
+                assert!(
+                    operation["parameters"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|p| p["name"] == CORRELATION),
+                    "{method} {path}: X-Correlation-ID"
+                );
+            }
+        }
+        state.hub.shutdown().await;
+    }
+
+    /// Every error code is documented under its status.
+    #[test]
+    fn every_error_code_is_documented() {
+        let doc = doc();
+        let responses = doc["components"]["responses"].as_object().unwrap();
+        for code in ErrorCode::ALL {
+            if *code == ErrorCode::Internal {
+                continue;
+            }
+            let found = responses.values().any(|response| {
+                response["content"]["application/json"]["schema"]["properties"]["error"]
+                    ["properties"]["code"]["enum"]
+                    .as_array()
+                    .is_some_and(|codes| codes.contains(&json!(code.as_str())))
+            });
+            assert!(found, "{code:?}");
+        }
+    }
+
+    /// The subject regular expressions agree with `herald_core` on tricky inputs (the
+    /// ASCII ones on ASCII inputs, rejecting others).
+    #[test]
+    fn subject_regexes_agree_with_herald_core() {
+        let long_ok = vec!["a"; MAX_SUBJECT_TOKENS].join(".");
+        let long_bad = vec!["a"; MAX_SUBJECT_TOKENS + 1].join(".");
+        let rest_ok = format!("{}.>", vec!["a"; MAX_SUBJECT_TOKENS - 1].join("."));
+        let rest_bad = format!("{}.>", vec!["a"; MAX_SUBJECT_TOKENS].join("."));
+        let samples = [
+            "",
+            "a",
+            "hub.local-hub.project.created",
+            "com.example.order.created",
+            "%",
+            "%%",
+            "a.%",
+            "a.%b",
+            "a.b%",
+            "*",
+            ">",
+            "a.*",
+            "a.>",
+            "a.>.b",
+            "a*",
+            "a>b",
+            "a..b",
+            ".a",
+            "a.",
+            "a b",
+            "a\tb",
+            "a\u{7f}",
+            "a\u{85}",
+            "a\u{a0}",
+            "a\u{2003}",
+            "a\u{3000}",
+            "a\u{feff}",
+            "a\u{1f600}",
+            "é.ü",
+            "!#$&'()+,-/0123456789:;<=?@AZ[\\]^_`az{|}~",
+            "hub.%.project.%",
+            "hub.*.project.>",
+            &long_ok,
+            &long_bad,
+            &rest_ok,
+            &rest_bad,
+        ];
+        for ascii in [false, true] {
+            let literal = regex::Regex::new(&subject_regex(ascii)).unwrap();
+            let filter = regex::Regex::new(&pattern_regex(ascii, false)).unwrap();
+            let query = regex::Regex::new(&pattern_regex(ascii, true)).unwrap();
+            for sample in samples {
+                let admitted = !ascii || sample.is_ascii();
+                assert_eq!(
+                    literal.is_match(sample),
+                    admitted && herald_core::Subject::new(sample).is_ok(),
+                    "literal {sample:?} (ascii: {ascii})"
+                );
+                assert_eq!(
+                    filter.is_match(sample),
+                    admitted && herald_core::Pattern::parse_filter(sample).is_ok(),
+                    "filter {sample:?} (ascii: {ascii})"
+                );
+                assert_eq!(
+                    query.is_match(sample),
+                    admitted
+                        && (sample.is_empty()
+                            || herald_core::Pattern::parse_filter(sample).is_ok()),
+                    "query {sample:?} (ascii: {ascii})"
+                );
+            }
+        }
+    }
+}
