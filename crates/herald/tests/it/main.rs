@@ -1,0 +1,12 @@
+//! Black-box integration tests of the `herald` binary: each test starts the real
+//! server (`herald serve`) on a loopback port with a private data directory and talks to
+//! it only through its wire contract (HTTP, WebSocket, signals, the CLI).
+
+mod harness;
+
+mod api;
+mod bad_input;
+mod cli;
+mod crash;
+mod lifecycle;
+mod stream;
