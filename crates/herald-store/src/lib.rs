@@ -13,8 +13,9 @@
 //!
 //! [`conformance`] checks all of this against any backend.
 //!
-//! Backends: [`embedded`] (SQLite in WAL mode, the default). The set of backends is
-//! closed, so [`AnyStore`] dispatches once at the top instead of boxing every call.
+//! Backends: [`embedded`] (SQLite in WAL mode, the default) and [`postgres`] (a shared
+//! log for several instances). The set of backends is closed, so [`AnyStore`] dispatches
+//! once at the top instead of boxing every call.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -25,8 +26,12 @@ use uuid::Uuid;
 pub mod codec;
 pub mod conformance;
 pub mod embedded;
+pub mod postgres;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
+pub use postgres::{PostgresOptions, PostgresStore};
 
 /// Most events one query may return.
 pub const MAX_QUERY_LIMIT: usize = 1000;
@@ -190,15 +195,23 @@ impl StoreConfig {
         Ok(StoreConfig::Embedded { path: text.into() })
     }
 
-    /// Opens the store this config names.
+    /// Opens the store this config names (PostgreSQL with [`PostgresOptions::default`]).
     pub async fn open(&self, options: EmbeddedOptions) -> Result<AnyStore> {
+        self.open_with(options, PostgresOptions::default()).await
+    }
+
+    /// Opens the store this config names, with the options of whichever backend it is.
+    pub async fn open_with(
+        &self,
+        embedded: EmbeddedOptions,
+        postgres: PostgresOptions,
+    ) -> Result<AnyStore> {
         match self {
-            StoreConfig::Embedded { path } => {
-                Ok(AnyStore::Embedded(EmbeddedStore::open(path, options).await?))
-            }
-            StoreConfig::Postgres { .. } => Err(StoreError::Open(
-                "the PostgreSQL backend is not available in this build yet; use the embedded store (sqlite://PATH)"
-                    .into(),
+            StoreConfig::Embedded { path } => Ok(AnyStore::Embedded(
+                EmbeddedStore::open(path, embedded).await?,
+            )),
+            StoreConfig::Postgres { url } => Ok(AnyStore::Postgres(
+                PostgresStore::open(url, postgres).await?,
             )),
         }
     }
@@ -233,48 +246,56 @@ pub fn redact_url(url: &str) -> String {
 /// One of the backends, chosen at start-up.
 pub enum AnyStore {
     Embedded(EmbeddedStore),
+    Postgres(PostgresStore),
 }
 
 impl Store for AnyStore {
     async fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<Appended>> {
         match self {
             AnyStore::Embedded(s) => s.append(batch).await,
+            AnyStore::Postgres(s) => s.append(batch).await,
         }
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<Event>> {
         match self {
             AnyStore::Embedded(s) => s.get(id).await,
+            AnyStore::Postgres(s) => s.get(id).await,
         }
     }
 
     async fn query(&self, query: Query) -> Result<Page> {
         match self {
             AnyStore::Embedded(s) => s.query(query).await,
+            AnyStore::Postgres(s) => s.query(query).await,
         }
     }
 
     async fn head(&self) -> Result<Seq> {
         match self {
             AnyStore::Embedded(s) => s.head().await,
+            AnyStore::Postgres(s) => s.head().await,
         }
     }
 
     async fn health(&self) -> StoreHealth {
         match self {
             AnyStore::Embedded(s) => s.health().await,
+            AnyStore::Postgres(s) => s.health().await,
         }
     }
 
     async fn size_bytes(&self) -> Result<u64> {
         match self {
             AnyStore::Embedded(s) => s.size_bytes().await,
+            AnyStore::Postgres(s) => s.size_bytes().await,
         }
     }
 
     async fn close(&self) -> Result<()> {
         match self {
             AnyStore::Embedded(s) => s.close().await,
+            AnyStore::Postgres(s) => s.close().await,
         }
     }
 }

@@ -1,0 +1,182 @@
+//! One `append` batch: one transaction that takes the log head's row lock, finds which
+//! ids are already stored, and writes the new events with gap-free seqs (see the module
+//! docs of [`super`] for why this orders commits).
+
+use std::collections::{BTreeMap, HashMap};
+
+use deadpool_postgres::Object;
+use herald_core::{Event, NewEvent, Seq, Timestamp};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use uuid::Uuid;
+
+use super::{decode_row, Failure, EVENT_COLUMNS};
+use crate::{Appended, StoreError};
+
+/// Takes the sequencer: the row lock is held until COMMIT or ROLLBACK.
+const LOCK_HEAD: &str = "SELECT seq, ts FROM log_head FOR UPDATE";
+
+/// The new events of a batch, streamed in PostgreSQL's binary COPY format: measured
+/// 5–15 % faster than one multi-row `INSERT … SELECT FROM UNNEST(…)` for batches of
+/// 100–1,000 (no `ON CONFLICT` is needed: duplicates were found under the lock).
+const COPY_EVENTS: &str = r#"COPY events (seq, id, subject, correlation_id, ts, hub_id, service, "user", payload, cloudevent)
+FROM STDIN (FORMAT binary)"#;
+
+/// The column types of [`COPY_EVENTS`], in order.
+const COPY_TYPES: [Type; 10] = [
+    Type::INT8,
+    Type::UUID,
+    Type::TEXT,
+    Type::UUID,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+];
+
+const UPSERT_SUBJECTS: &str = "
+INSERT INTO subjects (subject, events, last_seq)
+SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[])
+ON CONFLICT (subject) DO UPDATE
+SET events = subjects.events + excluded.events, last_seq = excluded.last_seq";
+
+const SET_HEAD: &str = "UPDATE log_head SET seq = $1, ts = $2";
+
+/// What becomes of each event of the batch, in input order.
+enum Fate {
+    /// Stored now with this seq.
+    New(Seq),
+    /// Already stored before this batch.
+    Stored(Event),
+    /// The same id as an earlier event of this batch (index into the batch).
+    Twin(usize),
+}
+
+pub(super) async fn run(
+    client: &mut Object,
+    batch: Vec<NewEvent>,
+) -> Result<Vec<Appended>, Failure> {
+    let lock = client.prepare_cached(LOCK_HEAD).await?;
+    let existing = client
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE id = ANY($1)"
+        ))
+        .await?;
+    let copy = client.prepare_cached(COPY_EVENTS).await?;
+    let upsert = client.prepare_cached(UPSERT_SUBJECTS).await?;
+    let set_head = client.prepare_cached(SET_HEAD).await?;
+
+    let mut ids: Vec<Uuid> = batch.iter().map(|e| e.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+
+    // A unique violation on `id` inside this transaction would mean that something wrote
+    // events without taking the head lock; it fails the whole batch (nothing is stored).
+    let tx = client.transaction().await?;
+    // Pipelined: the duplicate check is sent right behind the lock, but the server runs
+    // it (and takes its snapshot) only once the lock is granted.
+    let id_params: [&(dyn ToSql + Sync); 1] = [&ids];
+    let (head, stored_rows) = tokio::try_join!(
+        biased;
+        tx.query_one(&lock, &[]),
+        tx.query(&existing, &id_params),
+    )?;
+    let head_seq = head.get::<_, i64>(0) as Seq;
+    let head_ts: i64 = head.get(1);
+    let mut stored: HashMap<Uuid, Event> = HashMap::with_capacity(stored_rows.len());
+    for row in &stored_rows {
+        let event = decode_row(row).map_err(StoreError::Corrupt)?;
+        stored.insert(event.id, event);
+    }
+
+    let ts = Timestamp::now().as_micros().max(head_ts);
+    let mut fates = Vec::with_capacity(batch.len());
+    let mut first_of: HashMap<Uuid, usize> = HashMap::new();
+    let mut next = head_seq;
+    for (i, event) in batch.iter().enumerate() {
+        let fate = if let Some(e) = stored.remove(&event.id) {
+            first_of.insert(event.id, i);
+            Fate::Stored(e)
+        } else if let Some(&first) = first_of.get(&event.id) {
+            Fate::Twin(first)
+        } else {
+            first_of.insert(event.id, i);
+            next += 1;
+            Fate::New(next)
+        };
+        fates.push(fate);
+    }
+    let new_count = (next - head_seq) as usize;
+    if new_count == 0 {
+        tx.rollback().await?;
+    } else {
+        let mut per_subject: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+        for (event, fate) in batch.iter().zip(&fates) {
+            if let Fate::New(seq) = fate {
+                let entry = per_subject.entry(event.subject.as_str()).or_insert((0, 0));
+                entry.0 += 1;
+                entry.1 = *seq as i64;
+            }
+        }
+        let subject_names: Vec<&str> = per_subject.keys().copied().collect();
+        let subject_counts: Vec<i64> = per_subject.values().map(|v| v.0).collect();
+        let subject_last: Vec<i64> = per_subject.values().map(|v| v.1).collect();
+        let subject_params: [&(dyn ToSql + Sync); 3] =
+            [&subject_names, &subject_counts, &subject_last];
+        let new_head = next as i64;
+        let head_params: [&(dyn ToSql + Sync); 2] = [&new_head, &ts];
+        // Pipelined: the counters, the head and the start of the COPY in one round trip.
+        let (_, _, sink) = tokio::try_join!(
+            biased;
+            tx.execute(&upsert, &subject_params),
+            tx.execute(&set_head, &head_params),
+            tx.copy_in(&copy),
+        )?;
+        let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+        futures_util::pin_mut!(writer);
+        for (event, fate) in batch.iter().zip(&fates) {
+            let Fate::New(seq) = fate else { continue };
+            let cloudevent = event
+                .cloudevent
+                .as_deref()
+                .map(crate::codec::encode_cloudevent);
+            writer
+                .as_mut()
+                .write(&[
+                    &(*seq as i64),
+                    &event.id,
+                    &event.subject.as_str(),
+                    &event.correlation_id,
+                    &ts,
+                    &event.origin.hub_id,
+                    &event.origin.service,
+                    &event.origin.user,
+                    &event.payload.get(),
+                    &cloudevent,
+                ])
+                .await?;
+        }
+        let inserted = writer.finish().await?;
+        if inserted != new_count as u64 {
+            return Err(StoreError::Internal(format!(
+                "copied {inserted} of {new_count} new events"
+            ))
+            .into());
+        }
+        tx.commit().await?;
+    }
+
+    let timestamp = Timestamp::from_micros(ts);
+    let mut out: Vec<Appended> = Vec::with_capacity(batch.len());
+    for (event, fate) in batch.into_iter().zip(fates) {
+        let appended = match fate {
+            Fate::New(seq) => Appended::Stored(event.commit(seq, timestamp)),
+            Fate::Stored(e) => Appended::Duplicate(e),
+            Fate::Twin(first) => Appended::Duplicate(out[first].event().clone()),
+        };
+        out.push(appended);
+    }
+    Ok(out)
+}

@@ -1,0 +1,778 @@
+//! The PostgreSQL backend against a real server (no mocks): the conformance suite,
+//! commit-ordered seqs with two stores writing at once, the durability check, outages,
+//! concurrent migrations, and ingest figures.
+//!
+//! A local server is started from Debian's `postgresql` binaries (shared by the tests of
+//! this file, one database per test), or `HERALD_TEST_PG_URL` names one. Tests that stop
+//! a server or change its settings start their own.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_core::{NewEvent, Payload, Seq};
+use herald_store::conformance::{event, events};
+use herald_store::testing::TestPostgres;
+use herald_store::{
+    Appended, PostgresOptions, PostgresStore, Query, Store, StoreConfig, StoreError,
+};
+use uuid::Uuid;
+
+fn options() -> PostgresOptions {
+    PostgresOptions {
+        pool_size: 4,
+        ..PostgresOptions::default()
+    }
+}
+
+async fn fresh_url() -> String {
+    TestPostgres::shared().create_database().await.unwrap()
+}
+
+async fn fresh_store() -> PostgresStore {
+    PostgresStore::open(&fresh_url().await, options())
+        .await
+        .unwrap()
+}
+
+/// A small deterministic generator (no dependency for one test).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[tokio::test]
+async fn conformance() {
+    let server = TestPostgres::shared();
+    herald_store::conformance::run(|| async move {
+        let url = server.create_database().await.unwrap();
+        PostgresStore::open(&url, options()).await.unwrap()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn opens_through_store_config_and_keeps_payload_text_exactly() {
+    let url = fresh_url().await;
+    let store = StoreConfig::parse(&url)
+        .unwrap()
+        .open_with(Default::default(), options())
+        .await
+        .unwrap();
+    assert!(matches!(store, herald_store::AnyStore::Postgres(_)));
+    let mut new = event("hub.exact.text", 0, None);
+    let text = r#"{ "z": 1, "a": {"y": [1, 2.50, "\u00e9"], "b": null}, "z": 2 }"#;
+    new.payload = Payload::from_json(text.to_owned()).unwrap();
+    new.origin.user = Some("zoë".into());
+    let stored = store.append(vec![new.clone()]).await.unwrap();
+    let got = store.get(new.id).await.unwrap().unwrap();
+    assert_eq!(got.payload.get(), text, "the payload is stored as sent");
+    assert_eq!(&got, stored[0].event());
+    store.close().await.unwrap();
+    assert!(matches!(store.head().await, Err(StoreError::Closed)));
+    assert!(matches!(
+        store.append(events("hub.x", 1)).await,
+        Err(StoreError::Closed)
+    ));
+}
+
+/// Two stores (two Herald instances) on one database, four writers each, and a reader
+/// tailing the log: it never sees a seq twice or out of order, never finds a gap, and
+/// ends up with every event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_commit_in_seq_order() {
+    let url = fresh_url().await;
+    let writers_options = PostgresOptions {
+        pool_size: 5,
+        ..options()
+    };
+    let instances = [
+        PostgresStore::open(&url, writers_options.clone())
+            .await
+            .unwrap(),
+        PostgresStore::open(&url, writers_options).await.unwrap(),
+    ];
+    let reader_store = PostgresStore::open(&url, options()).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let mut writers = Vec::new();
+    for (n, store) in instances.iter().enumerate() {
+        for w in 0..4u64 {
+            let store = store.clone();
+            let stop = stop.clone();
+            writers.push(tokio::spawn(async move {
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((n as u64) << 8 | w));
+                let mut stored_ids = Vec::new();
+                let mut previous: Option<(NewEvent, Seq)> = None;
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let size = 1 + rng.below(40) as usize;
+                    let mut batch = events(&format!("hub.i{n}.w{w}.s{}", rng.below(3)), size);
+                    // Now and then a retry of an event another batch already stored.
+                    let retry = previous.take().filter(|_| i % 7 == 3);
+                    if let Some((old, _)) = &retry {
+                        batch.insert(size / 2, old.clone());
+                    }
+                    let result = store.append(batch.clone()).await.unwrap();
+                    let mut last = None;
+                    for (new, appended) in batch.iter().zip(&result) {
+                        match appended {
+                            Appended::Stored(e) => {
+                                if let Some(last) = last {
+                                    assert_eq!(e.seq, last + 1, "a batch's seqs are contiguous");
+                                }
+                                last = Some(e.seq);
+                                stored_ids.push(e.id);
+                                previous = Some((new.clone(), e.seq));
+                            }
+                            Appended::Duplicate(e) => {
+                                let (old, seq) = retry.as_ref().expect("only retries repeat");
+                                assert_eq!((e.id, e.seq), (old.id, *seq));
+                            }
+                        }
+                    }
+                    i += 1;
+                }
+                stored_ids
+            }));
+        }
+    }
+
+    // Set once every writer has returned: only then is the head final.
+    let writers_done = Arc::new(AtomicBool::new(false));
+    let reader_done = writers_done.clone();
+    let reader = tokio::spawn(async move {
+        let mut last: Seq = 0;
+        let mut seen: Vec<Uuid> = Vec::new();
+        let mut pages = 0usize;
+        let mut target: Option<Seq> = None;
+        loop {
+            let page = reader_store
+                .query(Query {
+                    after_seq: last,
+                    limit: 100,
+                    ..Query::default()
+                })
+                .await
+                .unwrap();
+            pages += 1;
+            for e in &page.events {
+                assert!(e.seq > last, "seq {} after {last}: went backwards", e.seq);
+                assert_eq!(e.seq, last + 1, "gap after {last}");
+                last = e.seq;
+                seen.push(e.id);
+            }
+            assert!(page.scanned_to >= last);
+            if target.is_none() && reader_done.load(Ordering::Acquire) {
+                // The writers are done: read up to the final head.
+                target = Some(reader_store.head().await.unwrap());
+            }
+            if target.is_some_and(|t| last >= t) {
+                return (seen, pages);
+            }
+            if page.events.is_empty() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    });
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Release);
+    let mut appended: Vec<Uuid> = Vec::new();
+    for writer in writers {
+        appended.extend(writer.await.unwrap());
+    }
+    writers_done.store(true, Ordering::Release);
+    let (seen, pages) = reader.await.unwrap();
+    let head = instances[0].head().await.unwrap();
+    println!(
+        "two instances: {} events in 3 s by 8 writers, read in {pages} pages",
+        appended.len()
+    );
+    assert_eq!(head as usize, appended.len(), "no seq lost or reused");
+    assert_eq!(seen.len(), appended.len(), "every event read once");
+    let seen: HashSet<Uuid> = seen.into_iter().collect();
+    assert_eq!(seen, appended.into_iter().collect::<HashSet<_>>());
+}
+
+#[tokio::test]
+async fn refuses_a_server_that_does_not_sync_commits() {
+    // synchronous_commit=off as the server's default.
+    let server = match TestPostgres::local(&["synchronous_commit=off"]) {
+        Ok(server) => server,
+        Err(e) if TestPostgres::shared().is_external() => {
+            eprintln!("skipped: no local PostgreSQL ({e})");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let url = server.create_database().await.unwrap();
+    let refused = PostgresStore::open(&url, options()).await.err().unwrap();
+    assert!(
+        matches!(&refused, StoreError::Open(m) if m.contains("synchronous_commit=off")),
+        "{refused}"
+    );
+    let allowed = PostgresStore::open(
+        &url,
+        PostgresOptions {
+            allow_unsafe_durability: true,
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    allowed.append(events("hub.unsafe", 3)).await.unwrap();
+    assert_eq!(allowed.head().await.unwrap(), 3);
+    drop(allowed);
+    drop(server);
+
+    // fsync=off.
+    let server = TestPostgres::local(&["fsync=off"]).unwrap();
+    let url = server.create_database().await.unwrap();
+    let refused = PostgresStore::open(&url, options()).await.err().unwrap();
+    assert!(
+        matches!(&refused, StoreError::Open(m) if m.contains("fsync=off")),
+        "{refused}"
+    );
+    PostgresStore::open(
+        &url,
+        PostgresOptions {
+            allow_unsafe_durability: true,
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+
+    // A database whose default turns synchronous_commit off is refused too.
+    let shared = TestPostgres::shared();
+    let url = shared.create_database().await.unwrap();
+    let name = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+    shared
+        .execute(&format!(
+            "ALTER DATABASE \"{name}\" SET synchronous_commit = off"
+        ))
+        .await
+        .unwrap();
+    assert!(PostgresStore::open(&url, options()).await.is_err());
+}
+
+#[tokio::test]
+async fn bad_urls_fail_fast_and_never_show_the_password() {
+    let started = Instant::now();
+    let error = PostgresStore::open(
+        "postgres://herald:s3cret-pw@127.0.0.1:1/herald",
+        PostgresOptions {
+            connect_timeout: Duration::from_secs(1),
+            ..options()
+        },
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(error.is_unavailable(), "{error}");
+    assert!(!error.to_string().contains("s3cret-pw"), "{error}");
+    assert!(error.to_string().contains("herald:***@"), "{error}");
+
+    let error = PostgresStore::open(
+        "postgres://herald:s3cret-pw@127.0.0.1:1/herald?sslmode=require",
+        options(),
+    )
+    .await
+    .err()
+    .unwrap();
+    #[cfg(not(feature = "tls"))]
+    assert!(
+        matches!(&error, StoreError::Open(m) if m.contains("TLS")),
+        "{error}"
+    );
+    assert!(!error.to_string().contains("s3cret-pw"), "{error}");
+}
+
+/// With the `tls` feature, `sslmode=require` connects encrypted (and a server without TLS
+/// is refused); without it, see `bad_urls_fail_fast_and_never_show_the_password`.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn sslmode_require_encrypts() {
+    let server = match TestPostgres::local_with_tls(&[]) {
+        Ok(server) => server,
+        Err(e) if TestPostgres::shared().is_external() => {
+            eprintln!("skipped: a TLS server needs a local PostgreSQL ({e})");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let url = server.create_database().await.unwrap();
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    let store = PostgresStore::open(&format!("{url}?sslmode=require"), options())
+        .await
+        .unwrap();
+    store.append(events("hub.tls", 2)).await.unwrap();
+    assert_eq!(store.head().await.unwrap(), 2);
+    let (client, connection) = tokio_postgres::connect(&server.admin_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s
+             JOIN pg_stat_activity a USING (pid) WHERE a.datname = $1",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    let (encrypted, all): (i64, i64) = (row.get(0), row.get(1));
+    assert!(
+        encrypted > 0 && encrypted == all,
+        "{encrypted} of {all} encrypted"
+    );
+
+    let plain = TestPostgres::shared().create_database().await.unwrap();
+    let error = PostgresStore::open(&format!("{plain}?sslmode=require"), options())
+        .await
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("TLS"), "{error}");
+}
+
+/// Which batches were acknowledged, and which failed (and how fast).
+#[derive(Default)]
+struct Ledger {
+    acked: Vec<Vec<Appended>>,
+    failed: Vec<Vec<NewEvent>>,
+    slowest_failure: Duration,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_the_server_going_away_and_coming_back() {
+    let server = match TestPostgres::local(&[]) {
+        Ok(server) => server,
+        Err(e) if TestPostgres::shared().is_external() => {
+            eprintln!("skipped: stopping a server needs a local PostgreSQL ({e})");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let url = server.create_database().await.unwrap();
+    let store = PostgresStore::open(
+        &url,
+        PostgresOptions {
+            pool_size: 4,
+            statement_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            allow_unsafe_durability: false,
+        },
+    )
+    .await
+    .unwrap();
+    let bound = store.call_timeout() + Duration::from_secs(2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ledger = Arc::new(std::sync::Mutex::new(Ledger::default()));
+
+    let mut load = Vec::new();
+    for w in 0..3 {
+        let (store, stop, ledger) = (store.clone(), stop.clone(), ledger.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let batch = events(&format!("hub.fault.w{w}"), 20);
+                let started = Instant::now();
+                let result = store.append(batch.clone()).await;
+                let elapsed = started.elapsed();
+                let failed = {
+                    let mut ledger = ledger.lock().unwrap();
+                    match result {
+                        Ok(appended) => {
+                            ledger.acked.push(appended);
+                            false
+                        }
+                        Err(error) => {
+                            assert!(error.is_unavailable(), "{error}");
+                            ledger.slowest_failure = ledger.slowest_failure.max(elapsed);
+                            ledger.failed.push(batch);
+                            true
+                        }
+                    }
+                };
+                if failed {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let acked_before = ledger.lock().unwrap().acked.len();
+    assert!(acked_before > 0, "the load runs");
+    server.stop().await.unwrap();
+
+    // Down: every call fails as unavailable, within the bound.
+    let started = Instant::now();
+    let error = store.query(Query::default()).await.err().unwrap();
+    assert!(error.is_unavailable(), "{error}");
+    assert!(
+        started.elapsed() < bound,
+        "query took {:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let error = store
+        .append(events("hub.fault.down", 1))
+        .await
+        .err()
+        .unwrap();
+    assert!(error.is_unavailable(), "{error}");
+    assert!(
+        started.elapsed() < bound,
+        "append took {:?}",
+        started.elapsed()
+    );
+    assert!(!store.health().await.healthy);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let failed_while_down = ledger.lock().unwrap().failed.len();
+    assert!(
+        failed_while_down > 0,
+        "appends fail while the server is down"
+    );
+
+    // Back: the same store recovers by itself.
+    server.start().await.unwrap();
+    let back = Instant::now();
+    let acked_at_restart = ledger.lock().unwrap().acked.len();
+    loop {
+        if ledger.lock().unwrap().acked.len() > acked_at_restart + 3 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "appends did not recover within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let recovered_in = back.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert!(store.health().await.healthy);
+
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+    println!(
+        "outage: {} batches acked, {} failed (slowest failure {:?}), recovered in {recovered_in:?}",
+        ledger.acked.len(),
+        ledger.failed.len(),
+        ledger.slowest_failure
+    );
+    assert!(
+        ledger.slowest_failure < bound,
+        "a failure took {:?}",
+        ledger.slowest_failure
+    );
+    // Every acknowledged batch survived the crash, exactly as acknowledged.
+    for batch in &ledger.acked {
+        for appended in batch {
+            let got = store.get(appended.event().id).await.unwrap();
+            assert_eq!(got.as_ref(), Some(appended.event()), "acked event lost");
+        }
+    }
+    // A failed batch is all there (its ack was lost) or not there at all.
+    let mut stored_failed = 0;
+    for batch in &ledger.failed {
+        let mut present = 0;
+        for new in batch {
+            present += usize::from(store.get(new.id).await.unwrap().is_some());
+        }
+        assert!(
+            present == 0 || present == batch.len(),
+            "a batch was half-written"
+        );
+        stored_failed += present;
+    }
+    // And the log is dense: seqs 1..=head, nothing else.
+    let head = store.head().await.unwrap();
+    let acked_events: usize = ledger.acked.iter().map(Vec::len).sum();
+    assert_eq!(head as usize, acked_events + stored_failed);
+    let mut after = 0;
+    loop {
+        let page = store
+            .query(Query {
+                after_seq: after,
+                limit: 1000,
+                ..Query::default()
+            })
+            .await
+            .unwrap();
+        for e in &page.events {
+            assert_eq!(e.seq, after + 1);
+            after = e.seq;
+        }
+        if page.events.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(after, head);
+}
+
+/// A server that stops answering (frozen, like a hung machine or a dropped network) makes
+/// calls fail within the deadline, not hang; once it answers again the store carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_time_out_when_the_server_hangs() {
+    let server = match TestPostgres::local(&[]) {
+        Ok(server) => server,
+        Err(e) if TestPostgres::shared().is_external() => {
+            eprintln!("skipped: freezing a server needs a local PostgreSQL ({e})");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let url = server.create_database().await.unwrap();
+    let store = PostgresStore::open(
+        &url,
+        PostgresOptions {
+            pool_size: 2,
+            statement_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            allow_unsafe_durability: false,
+        },
+    )
+    .await
+    .unwrap();
+    store.append(events("hub.hang", 5)).await.unwrap();
+    let bound = store.call_timeout() + Duration::from_secs(2);
+
+    server.freeze().await.unwrap();
+    let calls = async {
+        let started = Instant::now();
+        let error = store.append(events("hub.hang", 5)).await.err().unwrap();
+        let append_took = started.elapsed();
+        assert!(error.is_unavailable(), "{error}");
+        assert!(append_took < bound, "append took {append_took:?}");
+        let started = Instant::now();
+        let error = store.query(Query::default()).await.err().unwrap();
+        let query_took = started.elapsed();
+        assert!(error.is_unavailable(), "{error}");
+        assert!(query_took < bound, "query took {query_took:?}");
+        let started = Instant::now();
+        assert!(!store.health().await.healthy);
+        let health_took = started.elapsed();
+        assert!(health_took < bound, "health took {health_took:?}");
+        println!(
+            "frozen server: append failed after {append_took:?}, query after {query_took:?}, \
+             health after {health_took:?} (deadline {:?})",
+            store.call_timeout()
+        );
+    };
+    // Thaw even when an assertion fails, so the server can be stopped.
+    let outcome = tokio::time::timeout(Duration::from_secs(30), calls).await;
+    server.thaw().await.unwrap();
+    outcome.expect("calls hung while the server was frozen");
+
+    let back = Instant::now();
+    let appended = loop {
+        match store.append(events("hub.hang", 5)).await {
+            Ok(appended) => break appended,
+            Err(error) => {
+                assert!(error.is_unavailable(), "{error}");
+                assert!(back.elapsed() < Duration::from_secs(10), "no recovery");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    println!("thawed: appends succeed again after {:?}", back.elapsed());
+    // The batch that timed out may or may not have committed; the log stays dense.
+    let head = store.head().await.unwrap();
+    assert!(head == 10 || head == 15, "head {head}");
+    assert_eq!(appended.last().unwrap().event().seq, head);
+}
+
+#[tokio::test]
+async fn concurrent_first_opens_migrate_once() {
+    let url = fresh_url().await;
+    let (a, b, c) = tokio::join!(
+        PostgresStore::open(&url, options()),
+        PostgresStore::open(&url, options()),
+        PostgresStore::open(&url, options()),
+    );
+    let (a, b, _c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    a.append(events("hub.m", 2)).await.unwrap();
+    assert_eq!(b.head().await.unwrap(), 2);
+    let again = PostgresStore::open(&url, options()).await.unwrap();
+    assert_eq!(again.head().await.unwrap(), 2);
+
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let versions: Vec<i32> = client
+        .query(
+            "SELECT version FROM herald_schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        versions,
+        vec![herald_store::postgres::schema::SCHEMA_VERSION]
+    );
+}
+
+/// Ingest figures (printed, not asserted): raw COPY and raw multi-row INSERT of the same
+/// rows from a Rust client, against `append` in batches of 1,000.
+/// `HERALD_PG_BENCH_N` sets the number of events (default 20,000) and
+/// `HERALD_PG_BENCH_BATCH` the batch size (default 1,000).
+#[tokio::test]
+async fn ingest_figures() {
+    let n: usize = std::env::var("HERALD_PG_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let batch: usize = std::env::var("HERALD_PG_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let payload = format!(r#"{{"order":12345,"note":"{}"}}"#, "x".repeat(240));
+    let make = |i: usize| {
+        let mut e = event(&format!("hub.bench.s{}", i % 16), i, None);
+        e.payload = Payload::from_json(payload.clone()).unwrap();
+        e
+    };
+    let rows: Vec<NewEvent> = (0..n).map(make).collect();
+
+    // Raw COPY (binary) into a table with the store's schema, one transaction per batch.
+    let url = fresh_url().await;
+    drop(PostgresStore::open(&url, options()).await.unwrap());
+    let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let copy_rate = {
+        use futures_util::pin_mut;
+        use tokio_postgres::binary_copy::BinaryCopyInWriter;
+        use tokio_postgres::types::Type;
+        let started = Instant::now();
+        for (c, chunk) in rows.chunks(batch).enumerate() {
+            let tx = client.transaction().await.unwrap();
+            let sink = tx
+                .copy_in(
+                    r#"COPY events (seq, id, subject, correlation_id, ts, hub_id, service, "user", payload, cloudevent)
+                       FROM STDIN (FORMAT binary)"#,
+                )
+                .await
+                .unwrap();
+            let types = [
+                Type::INT8,
+                Type::UUID,
+                Type::TEXT,
+                Type::UUID,
+                Type::INT8,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+            ];
+            let writer = BinaryCopyInWriter::new(sink, &types);
+            pin_mut!(writer);
+            for (i, e) in chunk.iter().enumerate() {
+                let seq = (c * batch + i + 1) as i64;
+                writer
+                    .as_mut()
+                    .write(&[
+                        &seq,
+                        &e.id,
+                        &e.subject.as_str(),
+                        &e.correlation_id,
+                        &0i64,
+                        &e.origin.hub_id,
+                        &e.origin.service,
+                        &e.origin.user,
+                        &e.payload.get(),
+                        &None::<String>,
+                    ])
+                    .await
+                    .unwrap();
+            }
+            writer.finish().await.unwrap();
+            tx.commit().await.unwrap();
+        }
+        n as f64 / started.elapsed().as_secs_f64()
+    };
+
+    // Raw multi-row INSERT … SELECT FROM UNNEST, one transaction per batch.
+    let url = fresh_url().await;
+    drop(PostgresStore::open(&url, options()).await.unwrap());
+    let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let insert_rate = {
+        let stmt = client
+            .prepare(
+                r#"INSERT INTO events (seq, id, subject, correlation_id, ts, hub_id, service, "user", payload)
+                   SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::text[], $4::uuid[], $5::int8[],
+                                        $6::text[], $7::text[], $8::text[], $9::text[])"#,
+            )
+            .await
+            .unwrap();
+        let started = Instant::now();
+        for (c, chunk) in rows.chunks(batch).enumerate() {
+            let seqs: Vec<i64> = (0..chunk.len())
+                .map(|i| (c * batch + i + 1) as i64)
+                .collect();
+            let ids: Vec<Uuid> = chunk.iter().map(|e| e.id).collect();
+            let subjects: Vec<&str> = chunk.iter().map(|e| e.subject.as_str()).collect();
+            let correlations: Vec<Uuid> = chunk.iter().map(|e| e.correlation_id).collect();
+            let ts = vec![0i64; chunk.len()];
+            let hubs: Vec<&str> = chunk.iter().map(|e| e.origin.hub_id.as_str()).collect();
+            let services: Vec<Option<&str>> =
+                chunk.iter().map(|e| e.origin.service.as_deref()).collect();
+            let users: Vec<Option<&str>> = chunk.iter().map(|e| e.origin.user.as_deref()).collect();
+            let payloads: Vec<&str> = chunk.iter().map(|e| e.payload.get()).collect();
+            let tx = client.transaction().await.unwrap();
+            tx.execute(
+                &stmt,
+                &[
+                    &seqs,
+                    &ids,
+                    &subjects,
+                    &correlations,
+                    &ts,
+                    &hubs,
+                    &services,
+                    &users,
+                    &payloads,
+                ],
+            )
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+        }
+        n as f64 / started.elapsed().as_secs_f64()
+    };
+
+    // The store's append (lock, duplicate check, insert, subjects, head, commit).
+    let store = fresh_store().await;
+    let started = Instant::now();
+    for chunk in rows.chunks(batch) {
+        store.append(chunk.to_vec()).await.unwrap();
+    }
+    let append_rate = n as f64 / started.elapsed().as_secs_f64();
+    assert_eq!(store.head().await.unwrap(), n as Seq);
+
+    println!(
+        "ingest of {n} events (~{} B payload), {batch} per transaction: raw COPY {copy_rate:.0}/s, \
+         raw INSERT…UNNEST {insert_rate:.0}/s, Store::append {append_rate:.0}/s ({:.0}% of COPY)",
+        payload.len(),
+        100.0 * append_rate / copy_rate
+    );
+}
