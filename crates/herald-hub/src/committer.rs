@@ -86,7 +86,11 @@ async fn commit(inner: &Inner, batch: Vec<Request>, n_events: usize) {
             stats
                 .events_duplicate
                 .fetch_add((published.len() - stored.len()) as u64, Ordering::Relaxed);
-            inner.fan_out(&stored);
+            match &inner.follow_log {
+                // Other writers interleave with us: the follower fans out from the log.
+                Some(wake) => wake.notify_one(),
+                None => inner.fan_out(&stored),
+            }
             let mut rest = published.into_iter();
             for (n, reply) in replies {
                 let _ = reply.send(Ok(rest.by_ref().take(n).collect()));

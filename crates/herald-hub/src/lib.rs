@@ -4,7 +4,9 @@
 //!   waiting publish into a single store transaction (group commit): one sync covers
 //!   them all, and an answer comes back only once the batch is durable.
 //! - After each commit the committer **fans out** the new events, in seq order, to
-//!   live subscribers found through a [`SubjectTree`](herald_core::SubjectTree).
+//!   live subscribers found through a [`SubjectTree`](herald_core::SubjectTree). When
+//!   other processes write to the same store (PostgreSQL), the [`follower`] fans out from
+//!   the log instead, so events from every instance reach local subscribers in seq order.
 //! - A [`Subscription`] reads from the store until it has caught up, then from its
 //!   bounded live queue. When that queue overflows the hub stops filling it and the
 //!   subscription goes back to the store, then rejoins: no gap, no duplicate, bounded
@@ -26,6 +28,7 @@
 //! ```
 
 mod committer;
+mod follower;
 mod subscription;
 
 use std::collections::HashMap;
@@ -129,6 +132,9 @@ struct Inner {
     next_subscriber: AtomicU64,
     shutdown: CancellationToken,
     committer_done: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Set when other processes write to the store too: fan-out then follows the log
+    /// (see [`follower`]) instead of local commits, and this wakes it after each one.
+    follow_log: Option<tokio::sync::Notify>,
 }
 
 /// Live subscribers, and how far fan-out has got. One lock, so a subscriber that
@@ -144,6 +150,7 @@ impl Hub {
     /// Starts the engine on an open store. Must be called inside a tokio runtime.
     pub async fn open(config: HubConfig, store: AnyStore) -> Result<Self, HubError> {
         let head = store.head().await?;
+        let external_commits = store.external_commits();
         let (publish_tx, publish_rx) = mpsc::channel(config.publish_queue.max(1));
         let inner = Arc::new(Inner {
             config,
@@ -158,7 +165,13 @@ impl Hub {
             next_subscriber: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
             committer_done: tokio::sync::Mutex::new(None),
+            follow_log: external_commits
+                .as_ref()
+                .map(|_| tokio::sync::Notify::new()),
         });
+        if let Some(commits) = external_commits {
+            tokio::spawn(follower::run(inner.clone(), commits));
+        }
         let handle = tokio::spawn(committer::run(inner.clone(), publish_rx));
         *inner
             .committer_done

@@ -154,6 +154,12 @@ pub trait Store: Send + Sync + 'static {
 
     fn health(&self) -> impl Future<Output = StoreHealth> + Send;
 
+    /// Commits by other processes sharing this store. `None` when no other process can
+    /// write to it (the embedded store: live fan-out can follow local commits). Otherwise
+    /// a receiver that changes whenever some writer may have committed (its value is a hint
+    /// of the new head): live fan-out must then follow the log itself, by seq.
+    fn external_commits(&self) -> Option<tokio::sync::watch::Receiver<Seq>>;
+
     /// Bytes the store takes on disk (for metrics).
     fn size_bytes(&self) -> impl Future<Output = Result<u64>> + Send;
 
@@ -282,6 +288,13 @@ impl Store for AnyStore {
         match self {
             AnyStore::Embedded(s) => s.health().await,
             AnyStore::Postgres(s) => s.health().await,
+        }
+    }
+
+    fn external_commits(&self) -> Option<tokio::sync::watch::Receiver<Seq>> {
+        match self {
+            AnyStore::Embedded(s) => s.external_commits(),
+            AnyStore::Postgres(s) => s.external_commits(),
         }
     }
 

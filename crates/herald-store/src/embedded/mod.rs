@@ -307,6 +307,11 @@ impl Store for EmbeddedStore {
         }
     }
 
+    fn external_commits(&self) -> Option<tokio::sync::watch::Receiver<Seq>> {
+        // The lock file keeps every other process out: local commits are all there is.
+        None
+    }
+
     async fn size_bytes(&self) -> Result<u64> {
         let mut total = 0;
         for suffix in ["", "-wal"] {

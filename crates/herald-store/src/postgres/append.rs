@@ -44,6 +44,10 @@ SET events = subjects.events + excluded.events, last_seq = excluded.last_seq";
 
 const SET_HEAD: &str = "UPDATE log_head SET seq = $1, ts = $2";
 
+/// Wakes the other Herald instances on this database. NOTIFY is transactional: it is
+/// delivered at COMMIT, so a listener that wakes finds the events committed.
+const NOTIFY: &str = "SELECT pg_notify('herald_log', $1)";
+
 /// What becomes of each event of the batch, in input order.
 enum Fate {
     /// Stored now with this seq.
@@ -67,6 +71,7 @@ pub(super) async fn run(
     let copy = client.prepare_cached(COPY_EVENTS).await?;
     let upsert = client.prepare_cached(UPSERT_SUBJECTS).await?;
     let set_head = client.prepare_cached(SET_HEAD).await?;
+    let notify = client.prepare_cached(NOTIFY).await?;
 
     let mut ids: Vec<Uuid> = batch.iter().map(|e| e.id).collect();
     ids.sort_unstable();
@@ -127,11 +132,15 @@ pub(super) async fn run(
             [&subject_names, &subject_counts, &subject_last];
         let new_head = next as i64;
         let head_params: [&(dyn ToSql + Sync); 2] = [&new_head, &ts];
-        // Pipelined: the counters, the head and the start of the COPY in one round trip.
-        let (_, _, sink) = tokio::try_join!(
+        let head_text = new_head.to_string();
+        let notify_params: [&(dyn ToSql + Sync); 1] = [&head_text];
+        // Pipelined: the counters, the head, the wake-up and the start of the COPY in one
+        // round trip.
+        let (_, _, _, sink) = tokio::try_join!(
             biased;
             tx.execute(&upsert, &subject_params),
             tx.execute(&set_head, &head_params),
+            tx.query_one(&notify, &notify_params),
             tx.copy_in(&copy),
         )?;
         let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);

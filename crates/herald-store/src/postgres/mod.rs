@@ -81,6 +81,7 @@
 //! Without the feature, `sslmode=require` fails at open with a message saying so.
 
 mod append;
+mod listen;
 mod query;
 pub mod schema;
 
@@ -132,6 +133,8 @@ pub struct PostgresStore {
 
 struct Inner {
     pool: Pool,
+    /// Changes when any instance (this one included) commits; see [`listen`].
+    commits: tokio::sync::watch::Receiver<Seq>,
     /// The URL without its password, for logs and errors.
     redacted_url: String,
     options: PostgresOptions,
@@ -227,9 +230,15 @@ impl PostgresStore {
             .build()
             .map_err(|e| StoreError::Open(format!("cannot build the connection pool: {e}")))?;
 
+        let commits = listen::spawn(
+            config.clone(),
+            make_tls(&config, &redacted_url)?,
+            redacted_url.clone(),
+        );
         let store = PostgresStore {
             inner: Arc::new(Inner {
                 pool,
+                commits,
                 redacted_url,
                 options,
                 closed: AtomicBool::new(false),
@@ -399,6 +408,10 @@ impl Store for PostgresStore {
             })
         })
         .await
+    }
+
+    fn external_commits(&self) -> Option<tokio::sync::watch::Receiver<Seq>> {
+        Some(self.inner.commits.clone())
     }
 
     async fn close(&self) -> Result<()> {
