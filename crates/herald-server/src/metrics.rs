@@ -63,7 +63,18 @@ pub fn install() -> Option<PrometheusHandle> {
                 Ok(recorder) => {
                     let handle = recorder.handle();
                     match metrics::set_global_recorder(recorder) {
-                        Ok(()) => Some(handle),
+                        Ok(()) => {
+                            // Histogram samples are kept until folded into buckets; without
+                            // upkeep they pile up between scrapes (or forever, unscraped).
+                            let upkeep = handle.clone();
+                            let _ = std::thread::Builder::new()
+                                .name("herald-metrics".into())
+                                .spawn(move || loop {
+                                    std::thread::sleep(std::time::Duration::from_secs(5));
+                                    upkeep.run_upkeep();
+                                });
+                            Some(handle)
+                        }
                         Err(_) => {
                             tracing::warn!(
                                 "A metrics recorder was already installed; /metrics is empty."

@@ -374,7 +374,15 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// WAL size past which the checkpointer truncates it.
+const WAL_TRUNCATE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Checkpoints the WAL every `interval` on a thread of its own, until its sender drops.
+///
+/// A passive checkpoint never restarts the WAL while writes keep coming, so under
+/// sustained load the WAL (and its index in shared memory) would grow without bound.
+/// Past [`WAL_TRUNCATE_BYTES`] the checkpointer truncates it: that waits for a gap
+/// between commits and holds the next one only while the last frames are copied.
 fn spawn_checkpointer(
     path: &Path,
     interval: Duration,
@@ -382,6 +390,8 @@ fn spawn_checkpointer(
     let conn = Connection::open(path).map_err(open_error)?;
     conn.busy_timeout(Duration::from_secs(1))
         .map_err(open_error)?;
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
     let (stop, stopped) = mpsc::channel::<()>();
     let handle = std::thread::Builder::new()
         .name("herald-checkpoint".into())
@@ -390,6 +400,14 @@ fn spawn_checkpointer(
                 if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                 {
                     tracing::warn!(%error, "WAL checkpoint failed.");
+                }
+                let wal_bytes = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+                if wal_bytes > WAL_TRUNCATE_BYTES {
+                    if let Err(error) =
+                        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                    {
+                        tracing::debug!(%error, wal_bytes, "WAL truncation deferred.");
+                    }
                 }
             }
         })
