@@ -1,0 +1,284 @@
+//! The benchmark scenarios and the closed-loop load they share.
+//!
+//! - [`throughput`]: (a) publish throughput vs. the ceiling;
+//! - [`latency`]: (b) publish → WebSocket receipt latency at a fixed rate;
+//! - [`storage`]: (c) query latency on a filled store and (d) herald's RSS.
+
+pub mod latency;
+pub mod storage;
+pub mod throughput;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use bytes::Bytes;
+use tokio::time::sleep_until;
+
+use crate::client::Connection;
+use crate::herald_metrics;
+use crate::process::{ProcSample, ServerKind, ServerProcess};
+use crate::stats::Samples;
+
+/// Settings of a run, after `--quick` and the flags are applied.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub herald_bin: PathBuf,
+    pub data_parent: PathBuf,
+    pub quick: bool,
+    /// Concurrent connections of (a) and of the store fill.
+    pub connections: usize,
+    /// Runs of (a) per server.
+    pub rounds: usize,
+    /// Unmeasured load before each run of (a).
+    pub warmup: Duration,
+    /// Measured window of each run of (a).
+    pub duration: Duration,
+    /// Publish rate of (b), events per second.
+    pub rate: u64,
+    pub latency_warmup: Duration,
+    pub latency_duration: Duration,
+    /// Publisher connections of (b).
+    pub publishers: usize,
+    /// Events stored before (c).
+    pub fill_events: u64,
+    /// Requests per query pattern of (c).
+    pub queries: usize,
+}
+
+/// Most reconnections one load task makes before giving up.
+const MAX_RECONNECTS: usize = 50;
+
+/// The outcome of a closed-loop run against one server.
+#[derive(Debug)]
+pub struct LoadResult {
+    /// 201 answers completed inside the measured window.
+    pub ok: u64,
+    /// Every 201 answer, warm-up included (events herald stored).
+    pub ok_including_warmup: u64,
+    /// Other statuses inside the window, by status.
+    pub bad_statuses: BTreeMap<u16, u64>,
+    /// Requests that got no answer (connection error, timeout) inside the window.
+    pub transport_errors: u64,
+    /// The first unexpected answer or error, for the report.
+    pub first_error: Option<String>,
+    /// Latency of each 201 inside the window, in nanoseconds.
+    pub latencies: Samples,
+    pub window: Duration,
+    /// Server CPU over the window, in cores (1.0 = one core busy).
+    pub server_cores: f64,
+    /// This process's CPU over the window, in cores.
+    pub generator_cores: f64,
+    /// Storage bytes the server wrote during the window.
+    pub server_written: Option<u64>,
+    /// Events per group commit over the window (herald's /metrics, when it has them).
+    pub events_per_commit: Option<f64>,
+}
+
+impl LoadResult {
+    pub fn errors(&self) -> u64 {
+        self.bad_statuses.values().sum::<u64>() + self.transport_errors
+    }
+
+    pub fn requests_per_second(&self) -> f64 {
+        self.ok as f64 / self.window.as_secs_f64()
+    }
+
+    /// Server CPU time per successful request, in microseconds.
+    pub fn server_cpu_us_per_request(&self) -> f64 {
+        if self.ok == 0 {
+            return 0.0;
+        }
+        self.server_cores * self.window.as_secs_f64() * 1e6 / self.ok as f64
+    }
+}
+
+#[derive(Default)]
+struct TaskTally {
+    ok: u64,
+    ok_including_warmup: u64,
+    bad_statuses: BTreeMap<u16, u64>,
+    transport_errors: u64,
+    first_error: Option<String>,
+    latencies: Vec<u64>,
+}
+
+/// Runs `connections` closed-loop publishers (each sends its next request as soon as
+/// the previous one is answered) for `warmup` + `window`, counting what completes
+/// inside the window.
+pub async fn closed_loop_publish(
+    server: &ServerProcess,
+    connections: usize,
+    warmup: Duration,
+    window: Duration,
+    bodies: Arc<Vec<Bytes>>,
+) -> Result<LoadResult> {
+    let start = Instant::now();
+    let window_start = start + warmup;
+    let window_end = window_start + window;
+    let addr = server.addr;
+
+    let mut tasks = Vec::with_capacity(connections);
+    for task_index in 0..connections {
+        let bodies = bodies.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tally = TaskTally {
+                latencies: Vec::with_capacity(1 << 16),
+                ..TaskTally::default()
+            };
+            let mut connection = None;
+            let mut reconnects = 0;
+            let mut next_body = task_index * 7;
+            loop {
+                let sent = Instant::now();
+                if sent >= window_end {
+                    break;
+                }
+                let conn = match &mut connection {
+                    Some(conn) => conn,
+                    None => match Connection::open(addr).await {
+                        Ok(conn) => connection.insert(conn),
+                        Err(error) => {
+                            reconnects += 1;
+                            tally.transport_errors += 1;
+                            tally.first_error.get_or_insert(format!("{error:#}"));
+                            if reconnects > MAX_RECONNECTS {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let body = bodies[next_body % bodies.len()].clone();
+                next_body += 1;
+                let result = conn.post_json("/api/events", body).await;
+                let done = Instant::now();
+                let measured = sent >= window_start && done <= window_end;
+                match result {
+                    Ok(response) if response.status == 201 => {
+                        tally.ok_including_warmup += 1;
+                        if measured {
+                            tally.ok += 1;
+                            tally.latencies.push((done - sent).as_nanos() as u64);
+                        }
+                    }
+                    Ok(response) => {
+                        if measured {
+                            *tally.bad_statuses.entry(response.status).or_default() += 1;
+                        }
+                        tally.first_error.get_or_insert_with(|| {
+                            format!(
+                                "{}: {}",
+                                response.status,
+                                String::from_utf8_lossy(
+                                    &response.body[..response.body.len().min(200)]
+                                )
+                            )
+                        });
+                    }
+                    Err(error) => {
+                        if measured {
+                            tally.transport_errors += 1;
+                        }
+                        tally.first_error.get_or_insert(format!("{error:#}"));
+                        connection = None;
+                    }
+                }
+            }
+            tally
+        }));
+    }
+
+    let pid = server.pid.to_string();
+    let is_herald = server.kind == ServerKind::Herald;
+    sleep_until(window_start.into()).await;
+    let server_before = ProcSample::of(&pid)?;
+    let generator_before = ProcSample::of("self")?;
+    let counters_before = match is_herald {
+        true => herald_metrics::read(addr).await,
+        false => None,
+    };
+    sleep_until(window_end.into()).await;
+    let server_after = ProcSample::of(&pid)?;
+    let generator_after = ProcSample::of("self")?;
+    let counters_after = match is_herald {
+        true => herald_metrics::read(addr).await,
+        false => None,
+    };
+
+    let mut total = TaskTally::default();
+    for task in tasks {
+        let tally = task.await?;
+        total.ok += tally.ok;
+        total.ok_including_warmup += tally.ok_including_warmup;
+        total.transport_errors += tally.transport_errors;
+        for (status, count) in tally.bad_statuses {
+            *total.bad_statuses.entry(status).or_default() += count;
+        }
+        if total.first_error.is_none() {
+            total.first_error = tally.first_error;
+        }
+        total.latencies.extend(tally.latencies);
+    }
+    Ok(LoadResult {
+        ok: total.ok,
+        ok_including_warmup: total.ok_including_warmup,
+        bad_statuses: total.bad_statuses,
+        transport_errors: total.transport_errors,
+        first_error: total.first_error,
+        latencies: Samples::new(total.latencies),
+        window,
+        server_cores: server_after.cores_used_since(&server_before),
+        generator_cores: generator_after.cores_used_since(&generator_before),
+        server_written: server_after.written_since(&server_before),
+        events_per_commit: counters_after
+            .zip(counters_before)
+            .and_then(|(after, before)| after.events_per_commit_since(&before)),
+    })
+}
+
+/// Writes back dirty pages (`sync`), then waits (at most `limit`) until every server
+/// has used less than 5% of a core over a quarter second — e.g. herald checkpointing
+/// its WAL after a load run — so background work of one run, the kernel's writeback
+/// included, does not eat into the next. Returns how long it waited.
+pub async fn settle(servers: &[&ServerProcess], limit: Duration) -> Duration {
+    let started = Instant::now();
+    let _ = tokio::time::timeout(
+        limit,
+        tokio::task::spawn_blocking(crate::report::flush_page_cache),
+    )
+    .await;
+    while started.elapsed() < limit {
+        let before: Vec<_> = servers.iter().map(|s| s.sample().ok()).collect();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let busy = servers.iter().zip(before).any(|(server, before)| {
+            match (before, server.sample().ok()) {
+                (Some(before), Some(after)) => after.cores_used_since(&before) >= 0.05,
+                _ => false,
+            }
+        });
+        if !busy {
+            break;
+        }
+    }
+    started.elapsed()
+}
+
+/// "none", or the errors by kind: `12 (503: 10, no answer: 2)`.
+pub fn describe_errors(bad_statuses: &BTreeMap<u16, u64>, transport_errors: u64) -> String {
+    let total = bad_statuses.values().sum::<u64>() + transport_errors;
+    if total == 0 {
+        return "0".into();
+    }
+    let mut kinds: Vec<String> = bad_statuses
+        .iter()
+        .map(|(status, count)| format!("{status}: {count}"))
+        .collect();
+    if transport_errors > 0 {
+        kinds.push(format!("no answer: {transport_errors}"));
+    }
+    format!("{total} ({})", kinds.join(", "))
+}
