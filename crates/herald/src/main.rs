@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Run the hub.
     Serve(Box<serve::ServeArgs>),
+    /// Apply the store's schema migrations and exit.
+    Migrate(serve::MigrateArgs),
     /// Publish one event to a running hub.
     Publish(client::PublishArgs),
     /// Query stored events of a running hub (prints a JSON array).
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(*args).await,
+            Command::Migrate(args) => serve::migrate(args).await,
             Command::Publish(args) => client::publish(args).await,
             Command::Query(args) => client::query(args).await,
             Command::Tail(args) => client::tail(args).await,

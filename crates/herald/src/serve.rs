@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::Args;
 use herald_hub::{Hub, HubConfig};
 use herald_server::{AppState, Limits};
-use herald_store::{EmbeddedOptions, StoreConfig};
+use herald_store::{EmbeddedOptions, PostgresOptions, Store, StoreConfig};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +36,9 @@ pub struct ServeArgs {
         default_value = "./data/herald.db"
     )]
     data: String,
+
+    #[command(flatten)]
+    postgres: PostgresArgs,
 
     /// This hub's id, the `origin.hub_id` of the events published here.
     #[arg(long, env = "HUB_ID", default_value = "local-hub")]
@@ -98,6 +101,73 @@ pub struct ServeArgs {
     log_format: String,
 }
 
+/// Settings of the PostgreSQL store (used when `DATABASE_URL` is `postgres://…`).
+#[derive(Debug, Args)]
+pub struct PostgresArgs {
+    /// Connections kept open to PostgreSQL.
+    #[arg(long, env = "HERALD_PG_POOL_SIZE", default_value_t = 8)]
+    pg_pool_size: usize,
+
+    /// Seconds one PostgreSQL statement may run; a store call fails (503) after this plus
+    /// the connect timeout.
+    #[arg(long, env = "HERALD_PG_STATEMENT_TIMEOUT_SECS", default_value_t = 5)]
+    pg_statement_timeout_secs: u64,
+
+    /// Seconds to open one PostgreSQL connection.
+    #[arg(long, env = "HERALD_PG_CONNECT_TIMEOUT_SECS", default_value_t = 3)]
+    pg_connect_timeout_secs: u64,
+
+    /// Start even if PostgreSQL runs with fsync=off or synchronous_commit=off
+    /// (acknowledged events can then be lost in a crash).
+    #[arg(long, env = "HERALD_ALLOW_UNSAFE_DURABILITY")]
+    allow_unsafe_durability: bool,
+}
+
+impl PostgresArgs {
+    pub fn options(&self) -> PostgresOptions {
+        PostgresOptions {
+            pool_size: self.pg_pool_size.max(1),
+            statement_timeout: Duration::from_secs(self.pg_statement_timeout_secs.max(1)),
+            connect_timeout: Duration::from_secs(self.pg_connect_timeout_secs.max(1)),
+            allow_unsafe_durability: self.allow_unsafe_durability,
+        }
+    }
+}
+
+/// Arguments of `herald migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The store to migrate: a file path, sqlite://PATH or postgres://…
+    #[arg(
+        long = "data",
+        alias = "database-url",
+        env = "DATABASE_URL",
+        default_value = "./data/herald.db"
+    )]
+    data: String,
+
+    #[command(flatten)]
+    postgres: PostgresArgs,
+}
+
+/// `herald migrate`: applies the schema migrations this build knows, then exits. (`serve`
+/// applies them too at start; this lets an operator do it ahead of a rolling upgrade.)
+pub async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    init_logging("text");
+    let store_config = StoreConfig::parse(&args.data).map_err(anyhow::Error::msg)?;
+    let store = store_config
+        .open_with(EmbeddedOptions::default(), args.postgres.options())
+        .await
+        .with_context(|| format!("opening the store at {}", store_config.redacted()))?;
+    let head = store.head().await?;
+    store.close().await?;
+    println!(
+        "{} is at the current schema; {head} events",
+        store_config.redacted()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(&args.log_format);
     if args.ws_ping_interval_secs == 0
@@ -117,7 +187,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], args.port)));
 
     let store = store_config
-        .open(EmbeddedOptions::default())
+        .open_with(EmbeddedOptions::default(), args.postgres.options())
         .await
         .with_context(|| format!("opening the store at {}", store_config.redacted()))?;
     let mut hub_config = HubConfig::new(args.hub_id.clone());
