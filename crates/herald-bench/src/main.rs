@@ -7,7 +7,9 @@
 //! - (a) `throughput`: single-event publish throughput with 64 keep-alive connections;
 //! - (b) `latency`: publish → WebSocket receipt latency at a fixed 5,000 events/s;
 //! - (c) `query`: query latency on a store of 1,000,000 events (filled through POST);
-//! - (d) `memory`: herald's RSS idle, while filling and after the fill and queries.
+//! - (d) `memory`: herald's RSS idle, while filling and after the fill and queries;
+//! - `interop`: `bus.publish` over JSON-RPC vs. REST, batch ingest, and a local
+//!   `nats-server -js` as the ceiling of durable ingest.
 //!
 //! Results are Markdown tables on stdout (pasteable into BENCHMARKS.md); progress goes
 //! to stderr. Build with `cargo build --release -p herald -p herald-bench`, then run
@@ -43,7 +45,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Every scenario, (a) to (d), with one machine description.
+    /// Every scenario, (a) to (d), then `interop`, with one machine description.
     All(RunArgs),
     /// (a) Publish throughput with concurrent keep-alive connections, vs. the ceiling.
     Throughput(RunArgs),
@@ -53,6 +55,8 @@ enum Command {
     Query(RunArgs),
     /// (d) Herald's RSS idle, while filling the store and after (no query timing).
     Memory(RunArgs),
+    /// JSON-RPC vs. REST publish, batch ingest, and a local NATS JetStream ceiling.
+    Interop(RunArgs),
     /// The no-op ceiling server (started by the other subcommands).
     CeilingServer {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -156,12 +160,18 @@ fn main() -> Result<()> {
         }
         Command::All(args) => run(
             &args,
-            &[Scenario::Throughput, Scenario::Latency, Scenario::Query],
+            &[
+                Scenario::Throughput,
+                Scenario::Latency,
+                Scenario::Query,
+                Scenario::Interop,
+            ],
         ),
         Command::Throughput(args) => run(&args, &[Scenario::Throughput]),
         Command::Latency(args) => run(&args, &[Scenario::Latency]),
         Command::Query(args) => run(&args, &[Scenario::Query]),
         Command::Memory(args) => run(&args, &[Scenario::Memory]),
+        Command::Interop(args) => run(&args, &[Scenario::Interop]),
     }
 }
 
@@ -171,6 +181,7 @@ enum Scenario {
     Latency,
     Query,
     Memory,
+    Interop,
 }
 
 fn run(args: &RunArgs, scenarios: &[Scenario]) -> Result<()> {
@@ -215,6 +226,7 @@ fn run(args: &RunArgs, scenarios: &[Scenario]) -> Result<()> {
                 Scenario::Latency => scenario::latency::run(&options).await?,
                 Scenario::Query => scenario::storage::run(&options, true).await?,
                 Scenario::Memory => scenario::storage::run(&options, false).await?,
+                Scenario::Interop => scenario::interop::run(&options).await?,
             };
             println!("{markdown}");
         }

@@ -2,8 +2,11 @@
 //!
 //! - [`throughput`]: (a) publish throughput vs. the ceiling;
 //! - [`latency`]: (b) publish → WebSocket receipt latency at a fixed rate;
-//! - [`storage`]: (c) query latency on a filled store and (d) herald's RSS.
+//! - [`storage`]: (c) query latency on a filled store and (d) herald's RSS;
+//! - [`interop`]: `bus.publish` over JSON-RPC vs. REST, batch ingest, and a local
+//!   NATS JetStream as the ceiling of durable ingest.
 
+pub mod interop;
 pub mod latency;
 pub mod storage;
 pub mod throughput;
@@ -51,12 +54,56 @@ pub struct Options {
 /// Most reconnections one load task makes before giving up.
 const MAX_RECONNECTS: usize = 50;
 
+/// What a closed-loop task POSTs to, and what counts as a success.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub path: &'static str,
+    pub success: Success,
+}
+
+/// How a closed-loop task decides that an answer is a success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Success {
+    /// This HTTP status.
+    Status(u16),
+    /// HTTP 200 with a JSON-RPC `result` member (an `error` member is a failure).
+    RpcResult,
+}
+
+impl Target {
+    /// `POST /api/events`, success = 201.
+    pub const PUBLISH: Target = Target {
+        path: "/api/events",
+        success: Success::Status(201),
+    };
+
+    fn accepts(&self, status: u16, body: &[u8]) -> bool {
+        match self.success {
+            Success::Status(expected) => status == expected,
+            Success::RpcResult => status == 200 && rpc_has_result(body),
+        }
+    }
+}
+
+/// Whether a JSON-RPC response object has a `result` member.
+fn rpc_has_result(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        result: Option<serde::de::IgnoredAny>,
+    }
+    matches!(
+        serde_json::from_slice::<Answer>(body),
+        Ok(Answer { result: Some(_) })
+    )
+}
+
 /// The outcome of a closed-loop run against one server.
 #[derive(Debug)]
 pub struct LoadResult {
-    /// 201 answers completed inside the measured window.
+    /// Successful answers (201 for `POST /api/events`) completed inside the measured
+    /// window.
     pub ok: u64,
-    /// Every 201 answer, warm-up included (events herald stored).
+    /// Every successful answer, warm-up included (requests herald stored).
     pub ok_including_warmup: u64,
     /// Other statuses inside the window, by status.
     pub bad_statuses: BTreeMap<u16, u64>,
@@ -115,6 +162,18 @@ pub async fn closed_loop_publish(
     window: Duration,
     bodies: Arc<Vec<Bytes>>,
 ) -> Result<LoadResult> {
+    closed_loop(server, Target::PUBLISH, connections, warmup, window, bodies).await
+}
+
+/// [`closed_loop_publish`] against any POST endpoint, with its own success test.
+pub async fn closed_loop(
+    server: &ServerProcess,
+    target: Target,
+    connections: usize,
+    warmup: Duration,
+    window: Duration,
+    bodies: Arc<Vec<Bytes>>,
+) -> Result<LoadResult> {
     let start = Instant::now();
     let window_start = start + warmup;
     let window_end = window_start + window;
@@ -154,11 +213,11 @@ pub async fn closed_loop_publish(
                 };
                 let body = bodies[next_body % bodies.len()].clone();
                 next_body += 1;
-                let result = conn.post_json("/api/events", body).await;
+                let result = conn.post_json(target.path, body).await;
                 let done = Instant::now();
                 let measured = sent >= window_start && done <= window_end;
                 match result {
-                    Ok(response) if response.status == 201 => {
+                    Ok(response) if target.accepts(response.status, &response.body) => {
                         tally.ok_including_warmup += 1;
                         if measured {
                             tally.ok += 1;
