@@ -63,6 +63,8 @@ pub fn scrub_env(cmd: &mut Command) -> &mut Command {
 /// A running (or stopped) `herald serve` on a private data directory.
 pub struct TestHerald {
     dir: TempDir,
+    /// `--data` when not the temp dir's file (e.g. a PostgreSQL URL).
+    data: Option<String>,
     args: Vec<String>,
     child: Option<Child>,
     pid: u32,
@@ -81,12 +83,18 @@ impl TestHerald {
 
     /// Starts `herald serve` with extra arguments after the listen/data ones.
     pub async fn start_with(args: &[&str]) -> TestHerald {
+        Self::start_on(None, args).await
+    }
+
+    /// Starts `herald serve` on the store `data` (a path or URL; `None`: a temp file).
+    pub async fn start_on(data: Option<&str>, args: &[&str]) -> TestHerald {
         let dir = tempfile::Builder::new()
             .prefix("herald-it-")
             .tempdir()
             .expect("create temp dir");
         let mut herald = TestHerald {
             dir,
+            data: data.map(str::to_owned),
             args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
             pid: 0,
@@ -129,7 +137,11 @@ impl TestHerald {
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data")
-            .arg(self.data_path())
+            .arg(
+                self.data
+                    .clone()
+                    .unwrap_or_else(|| self.data_path().display().to_string()),
+            )
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -9,4 +9,5 @@ mod bad_input;
 mod cli;
 mod crash;
 mod lifecycle;
+mod postgres;
 mod stream;
