@@ -65,7 +65,16 @@ pub(super) async fn run(
     let lock = client.prepare_cached(LOCK_HEAD).await?;
     let existing = client
         .prepare_cached(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE id = ANY($1)"
+            // One probe of the unique id index per id. (`WHERE id = ANY($1)` lets a
+            // planner with stale statistics of a fast-growing table pick a scan that
+            // compares every row with every id: 100x slower at 100k rows.)
+            "SELECT {cols} FROM UNNEST($1::uuid[]) AS wanted(id)
+             CROSS JOIN LATERAL (SELECT * FROM events e WHERE e.id = wanted.id) AS e",
+            cols = EVENT_COLUMNS
+                .split(", ")
+                .map(|c| format!("e.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
         .await?;
     let copy = client.prepare_cached(COPY_EVENTS).await?;

@@ -241,7 +241,8 @@ async fn by_correlation(
     let id = query.correlation_id.expect("correlation path needs an id");
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events
-         WHERE correlation_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4"
+         WHERE correlation_id = $1 AND seq > $2 AND seq <= $3
+         ORDER BY correlation_id, seq LIMIT $4"
     );
     let exact = query.subject.is_none();
     chunked(tx, &sql, Some(&id), query, (lo, hi), limit, exact).await
@@ -266,7 +267,10 @@ async fn by_subjects(
                  CROSS JOIN LATERAL (
                      SELECT e.seq FROM events e
                      WHERE e.subject = s.subject AND e.seq > $2 AND e.seq <= $3
-                     ORDER BY e.seq LIMIT $4
+                     -- The same order as `seq` (the subject is fixed), but one only the
+                     -- (subject, seq) index gives: the planner must not walk the primary
+                     -- key instead, which is slow for a rare subject.
+                     ORDER BY e.subject, e.seq LIMIT $4
                  ) AS x
                  ORDER BY x.seq LIMIT $4
              )
