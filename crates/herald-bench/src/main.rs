@@ -9,7 +9,9 @@
 //! - (c) `query`: query latency on a store of 1,000,000 events (filled through POST);
 //! - (d) `memory`: herald's RSS idle, while filling and after the fill and queries;
 //! - `interop`: `bus.publish` over JSON-RPC vs. REST, batch ingest, and a local
-//!   `nats-server -js` as the ceiling of durable ingest.
+//!   `nats-server -js` as the ceiling of durable ingest;
+//! - `postgres` (not part of `all`): herald on its PostgreSQL store (a throwaway local
+//!   server), next to a raw binary `COPY` of the same rows as the ceiling.
 //!
 //! Results are Markdown tables on stdout (pasteable into BENCHMARKS.md); progress goes
 //! to stderr. Build with `cargo build --release -p herald -p herald-bench`, then run
@@ -57,6 +59,8 @@ enum Command {
     Memory(RunArgs),
     /// JSON-RPC vs. REST publish, batch ingest, and a local NATS JetStream ceiling.
     Interop(RunArgs),
+    /// Herald on a throwaway PostgreSQL: publish, batch ingest and queries, vs. raw COPY.
+    Postgres(RunArgs),
     /// The no-op ceiling server (started by the other subcommands).
     CeilingServer {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -172,6 +176,7 @@ fn main() -> Result<()> {
         Command::Query(args) => run(&args, &[Scenario::Query]),
         Command::Memory(args) => run(&args, &[Scenario::Memory]),
         Command::Interop(args) => run(&args, &[Scenario::Interop]),
+        Command::Postgres(args) => run(&args, &[Scenario::Postgres]),
     }
 }
 
@@ -182,6 +187,7 @@ enum Scenario {
     Query,
     Memory,
     Interop,
+    Postgres,
 }
 
 fn run(args: &RunArgs, scenarios: &[Scenario]) -> Result<()> {
@@ -227,6 +233,7 @@ fn run(args: &RunArgs, scenarios: &[Scenario]) -> Result<()> {
                 Scenario::Query => scenario::storage::run(&options, true).await?,
                 Scenario::Memory => scenario::storage::run(&options, false).await?,
                 Scenario::Interop => scenario::interop::run(&options).await?,
+                Scenario::Postgres => scenario::postgres::run(&options).await?,
             };
             println!("{markdown}");
         }

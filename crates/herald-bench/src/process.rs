@@ -60,13 +60,32 @@ impl ServerProcess {
             .tempdir_in(data_parent)
             .with_context(|| format!("cannot create a directory in {}", data_parent.display()))?;
         let db = dir.path().join("herald.db");
+        Self::herald_with_data(herald_bin, dir, db.as_os_str()).await
+    }
+
+    /// Starts `herald serve` on an ephemeral loopback port with `--data <url>` (e.g. a
+    /// `postgres://` URL); its log goes to a new temporary directory under `data_parent`.
+    pub async fn herald_on(herald_bin: &Path, data_parent: &Path, url: &str) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("herald-bench-")
+            .tempdir_in(data_parent)
+            .with_context(|| format!("cannot create a directory in {}", data_parent.display()))?;
+        Self::herald_with_data(herald_bin, dir, url.as_ref()).await
+    }
+
+    async fn herald_with_data(
+        herald_bin: &Path,
+        dir: TempDir,
+        data: &std::ffi::OsStr,
+    ) -> Result<Self> {
         let mut command = Command::new(herald_bin);
         command
             .arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data")
-            .arg(&db);
+            .arg(data)
+            .env_remove("DATABASE_URL");
         Self::start(ServerKind::Herald, command, dir)
             .await
             .with_context(|| format!("starting {}", herald_bin.display()))

@@ -4,10 +4,12 @@
 //! - [`latency`]: (b) publish → WebSocket receipt latency at a fixed rate;
 //! - [`storage`]: (c) query latency on a filled store and (d) herald's RSS;
 //! - [`interop`]: `bus.publish` over JSON-RPC vs. REST, batch ingest, and a local
-//!   NATS JetStream as the ceiling of durable ingest.
+//!   NATS JetStream as the ceiling of durable ingest;
+//! - [`postgres`]: herald on a throwaway PostgreSQL vs. a raw binary `COPY` ceiling.
 
 pub mod interop;
 pub mod latency;
+pub mod postgres;
 pub mod storage;
 pub mod throughput;
 

@@ -152,7 +152,7 @@ pub async fn run(options: &Options, with_queries: bool) -> Result<String> {
 }
 
 /// Unmeasured requests before each series.
-const WARMUP_QUERIES: usize = 20;
+pub(super) const WARMUP_QUERIES: usize = 20;
 
 /// A tiny deterministic PRNG for random `after_seq` values.
 struct XorShift(u64);
@@ -330,26 +330,26 @@ async fn fill(herald: &ServerProcess, options: &Options) -> Result<FillResult> {
 }
 
 /// One series of sequential queries.
-struct QueryResult {
-    latencies: Samples,
-    bad_statuses: BTreeMap<u16, u64>,
-    transport_errors: u64,
+pub(super) struct QueryResult {
+    pub latencies: Samples,
+    pub bad_statuses: BTreeMap<u16, u64>,
+    pub transport_errors: u64,
     /// Mean response body size.
-    mean_bytes: u64,
+    pub mean_bytes: u64,
     /// The first 200 answer's body, for validation.
-    first_page: Option<bytes::Bytes>,
-    note: Option<String>,
+    pub first_page: Option<bytes::Bytes>,
+    pub note: Option<String>,
 }
 
 impl QueryResult {
-    fn errors(&self) -> u64 {
+    pub fn errors(&self) -> u64 {
         self.bad_statuses.values().sum::<u64>() + self.transport_errors
     }
 }
 
 /// Sends `WARMUP_QUERIES` + `count` GETs of `path` one after the other (with
 /// `&after_seq=N` from `after_seq` when given) and times the last `count`.
-async fn query_series(
+pub(super) async fn query_series(
     connection: &mut Connection,
     path: String,
     after_seq: Option<Vec<u64>>,
