@@ -26,6 +26,7 @@ use uuid::Uuid;
 pub mod codec;
 pub mod conformance;
 pub mod embedded;
+mod plan;
 pub mod postgres;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

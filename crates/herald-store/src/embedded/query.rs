@@ -17,20 +17,11 @@ use herald_core::{Event, Pattern, Seq};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{row_to_event, EVENT_COLUMNS};
+use crate::plan::{self, accepts, Path};
 use crate::{Page, Query, MAX_QUERY_LIMIT};
 
-/// Distinct subjects read from the `subjects` table before giving up on the merge path.
-const MAX_SUBJECTS_EXAMINED: usize = 10_000;
-/// Most subjects merged; past this a scan by seq is cheaper anyway.
-const MAX_SUBJECTS_MERGED: usize = 1_000;
 /// Rows read per step of a scan by seq.
 const SCAN_CHUNK: i64 = 512;
-
-enum Path {
-    Correlation,
-    Subjects(Vec<String>),
-    Scan,
-}
 
 pub(super) fn run(conn: &Connection, query: &Query) -> rusqlite::Result<Page> {
     let limit = query.limit.clamp(1, MAX_QUERY_LIMIT);
@@ -93,29 +84,13 @@ fn choose_path(
     head: Seq,
     limit: usize,
 ) -> rusqlite::Result<Path> {
-    if query.correlation_id.is_some() {
-        return Ok(Path::Correlation);
-    }
-    let Some(pattern) = query.subject.as_ref().filter(|p| !p.matches_everything()) else {
-        return Ok(Path::Scan);
-    };
-    if pattern.is_literal() {
-        return Ok(Path::Subjects(vec![pattern.as_str().to_owned()]));
-    }
-    let Some((subjects, matching_events)) = candidate_subjects(conn, pattern)? else {
-        return Ok(Path::Scan);
-    };
-    if subjects.is_empty() {
-        return Ok(Path::Subjects(subjects));
-    }
-    // Rows each path is expected to read: the merge reads up to `limit` seqs per
-    // subject; the scan reads until it has seen `limit` matches at the pattern's density.
-    let merge_cost = subjects.len() as u128 * limit as u128;
-    let scan_cost = limit as u128 * head.max(1) as u128 / matching_events.max(1) as u128;
-    if subjects.len() <= MAX_SUBJECTS_MERGED && merge_cost <= scan_cost {
-        Ok(Path::Subjects(subjects))
-    } else {
-        Ok(Path::Scan)
+    match plan::first_step(query) {
+        Ok(path) => Ok(path),
+        Err(pattern) => Ok(plan::choose(
+            candidate_subjects(conn, pattern)?,
+            head,
+            limit,
+        )),
     }
 }
 
@@ -125,53 +100,22 @@ fn candidate_subjects(
     conn: &Connection,
     pattern: &Pattern,
 ) -> rusqlite::Result<Option<(Vec<String>, u64)>> {
-    let prefix = pattern.literal_prefix();
-    // The prefix ends with '.', and '/' is the next character: [prefix, upper) holds
-    // exactly the subjects that start with the prefix.
-    let upper = match prefix.strip_suffix('.') {
-        Some(stem) => format!("{stem}/"),
-        None => String::new(),
+    let (mut stmt, range) = match plan::candidate_range(pattern) {
+        Some((lower, upper)) => (
+            conn.prepare_cached(
+                "SELECT subject, events FROM subjects WHERE subject >= ?1 AND subject < ?2",
+            )?,
+            vec![lower, upper],
+        ),
+        None => (
+            conn.prepare_cached("SELECT subject, events FROM subjects")?,
+            Vec::new(),
+        ),
     };
-    let mut stmt = if prefix.is_empty() {
-        conn.prepare_cached("SELECT subject, events FROM subjects WHERE ?1 = ?2")?
-    } else {
-        conn.prepare_cached(
-            "SELECT subject, events FROM subjects WHERE subject >= ?1 AND subject < ?2",
-        )?
-    };
-    let mut rows = stmt.query(params![prefix, upper])?;
-    let mut subjects = Vec::new();
-    let mut matching_events = 0u64;
-    let mut examined = 0usize;
-    while let Some(row) = rows.next()? {
-        examined += 1;
-        if examined > MAX_SUBJECTS_EXAMINED {
-            return Ok(None);
-        }
-        let subject: String = row.get(0)?;
-        if pattern.matches(&subject) {
-            matching_events += row.get::<_, i64>(1)? as u64;
-            subjects.push(subject);
-            if subjects.len() > MAX_SUBJECTS_MERGED {
-                return Ok(None);
-            }
-        }
-    }
-    Ok(Some((subjects, matching_events)))
-}
-
-/// Whether an event passes every filter of the query. The SQL paths narrow the read; this
-/// decides.
-fn accepts(query: &Query, event: &Event) -> bool {
-    query
-        .subject
-        .as_ref()
-        .is_none_or(|p| p.matches(event.subject.as_str()))
-        && query.since.is_none_or(|t| event.timestamp >= t)
-        && query.until.is_none_or(|t| event.timestamp <= t)
-        && query
-            .correlation_id
-            .is_none_or(|c| event.correlation_id == c)
+    let rows = stmt.query_map(rusqlite::params_from_iter(range), |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
+    })?;
+    plan::candidates(pattern, rows)
 }
 
 /// What one pass of [`collect`] saw.

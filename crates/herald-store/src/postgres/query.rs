@@ -19,20 +19,11 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::IsolationLevel;
 
 use super::{row_to_event, Failure, EVENT_COLUMNS};
+use crate::plan::{self, accepts, Path};
 use crate::{Page, Query, MAX_QUERY_LIMIT};
 
-/// Distinct subjects read from the `subjects` table before giving up on the merge path.
-const MAX_SUBJECTS_EXAMINED: usize = 10_000;
-/// Most subjects merged; past this a scan by seq is cheaper anyway.
-const MAX_SUBJECTS_MERGED: usize = 1_000;
 /// Rows read per step of a scan (by seq or by correlation id).
 const SCAN_CHUNK: i64 = 512;
-
-enum Path {
-    Correlation,
-    Subjects(Vec<String>),
-    Scan,
-}
 
 type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
@@ -95,29 +86,13 @@ async fn plan_and_read(tx: &Tx<'_>, query: &Query, limit: usize) -> Result<Page,
 }
 
 async fn choose_path(tx: &Tx<'_>, query: &Query, head: Seq, limit: usize) -> Result<Path, Failure> {
-    if query.correlation_id.is_some() {
-        return Ok(Path::Correlation);
-    }
-    let Some(pattern) = query.subject.as_ref().filter(|p| !p.matches_everything()) else {
-        return Ok(Path::Scan);
-    };
-    if pattern.is_literal() {
-        return Ok(Path::Subjects(vec![pattern.as_str().to_owned()]));
-    }
-    let Some((subjects, matching_events)) = candidate_subjects(tx, pattern).await? else {
-        return Ok(Path::Scan);
-    };
-    if subjects.is_empty() {
-        return Ok(Path::Subjects(subjects));
-    }
-    // Rows each path is expected to read: the merge reads up to `limit` seqs per
-    // subject; the scan reads until it has seen `limit` matches at the pattern's density.
-    let merge_cost = subjects.len() as u128 * limit as u128;
-    let scan_cost = limit as u128 * head.max(1) as u128 / matching_events.max(1) as u128;
-    if subjects.len() <= MAX_SUBJECTS_MERGED && merge_cost <= scan_cost {
-        Ok(Path::Subjects(subjects))
-    } else {
-        Ok(Path::Scan)
+    match plan::first_step(query) {
+        Ok(path) => Ok(path),
+        Err(pattern) => Ok(plan::choose(
+            candidate_subjects(tx, pattern).await?,
+            head,
+            limit,
+        )),
     }
 }
 
@@ -127,20 +102,10 @@ async fn candidate_subjects(
     tx: &Tx<'_>,
     pattern: &Pattern,
 ) -> Result<Option<(Vec<String>, u64)>, Failure> {
-    let prefix = pattern.literal_prefix();
-    // The prefix ends with '.', and '/' is the next byte: [prefix, upper) holds exactly
-    // the subjects that start with the prefix (the column sorts bytewise, COLLATE "C").
-    let upper = match prefix.strip_suffix('.') {
-        Some(stem) => format!("{stem}/"),
-        None => String::new(),
-    };
-    let cap = MAX_SUBJECTS_EXAMINED as i64 + 1;
-    let rows = if prefix.is_empty() {
-        let stmt = tx
-            .prepare_cached("SELECT subject, events FROM subjects ORDER BY subject LIMIT $1")
-            .await?;
-        tx.query(&stmt, &[&cap]).await?
-    } else {
+    // The `subject` column sorts bytewise (COLLATE "C"), as the range needs.
+    let range = plan::candidate_range(pattern);
+    let cap = plan::MAX_SUBJECTS_EXAMINED as i64 + 1;
+    let rows = if let Some((prefix, upper)) = range {
         let stmt = tx
             .prepare_cached(
                 "SELECT subject, events FROM subjects WHERE subject >= $1 AND subject < $2
@@ -148,37 +113,17 @@ async fn candidate_subjects(
             )
             .await?;
         tx.query(&stmt, &[&prefix, &upper, &cap]).await?
+    } else {
+        let stmt = tx
+            .prepare_cached("SELECT subject, events FROM subjects ORDER BY subject LIMIT $1")
+            .await?;
+        tx.query(&stmt, &[&cap]).await?
     };
-    if rows.len() > MAX_SUBJECTS_EXAMINED {
-        return Ok(None);
-    }
-    let mut subjects = Vec::new();
-    let mut matching_events = 0u64;
-    for row in rows {
-        let subject: String = row.get(0);
-        if pattern.matches(&subject) {
-            matching_events += row.get::<_, i64>(1).max(0) as u64;
-            subjects.push(subject);
-            if subjects.len() > MAX_SUBJECTS_MERGED {
-                return Ok(None);
-            }
-        }
-    }
-    Ok(Some((subjects, matching_events)))
-}
-
-/// Whether an event passes every filter of the query. The SQL paths narrow the read; this
-/// decides.
-fn accepts(query: &Query, event: &Event) -> bool {
-    query
-        .subject
-        .as_ref()
-        .is_none_or(|p| p.matches(event.subject.as_str()))
-        && query.since.is_none_or(|t| event.timestamp >= t)
-        && query.until.is_none_or(|t| event.timestamp <= t)
-        && query
-            .correlation_id
-            .is_none_or(|c| event.correlation_id == c)
+    plan::candidates::<Failure>(
+        pattern,
+        rows.iter()
+            .map(|row| Ok((row.get::<_, String>(0), row.get::<_, i64>(1).max(0) as u64))),
+    )
 }
 
 /// Reads `sql` (which takes the bounds `$1 < seq <= $2` and `LIMIT $3` after `extra`)

@@ -1,0 +1,103 @@
+//! What the backends' query planners share: the exact filter, the caps and the cost rule
+//! that choose a read path. Each backend turns a [`Path`] into its own SQL; no backend
+//! decides anything about matching on its own.
+
+use herald_core::{Event, Pattern, Seq};
+
+use crate::Query;
+
+/// Distinct subjects read from the `subjects` table before giving up on the merge path.
+pub(crate) const MAX_SUBJECTS_EXAMINED: usize = 10_000;
+/// Most subjects merged; past this a scan by seq is cheaper anyway.
+pub(crate) const MAX_SUBJECTS_MERGED: usize = 1_000;
+
+/// How a query reads the log.
+pub(crate) enum Path {
+    /// Through the correlation-id index.
+    Correlation,
+    /// The first seqs of each of these subjects, merged (empty: nothing can match).
+    Subjects(Vec<String>),
+    /// The log in seq order, filtering as it goes.
+    Scan,
+}
+
+/// The path when it follows from the query alone; otherwise the wildcard pattern whose
+/// stored subjects the backend must look up (see [`candidate_range`], [`choose`]).
+pub(crate) fn first_step(query: &Query) -> Result<Path, &Pattern> {
+    if query.correlation_id.is_some() {
+        return Ok(Path::Correlation);
+    }
+    let Some(pattern) = query.subject.as_ref().filter(|p| !p.matches_everything()) else {
+        return Ok(Path::Scan);
+    };
+    if pattern.is_literal() {
+        return Ok(Path::Subjects(vec![pattern.as_str().to_owned()]));
+    }
+    Err(pattern)
+}
+
+/// The range `[lower, upper)` of stored subjects that can match `pattern`: those that
+/// start with its literal prefix. `None` when the pattern starts with a wildcard.
+pub(crate) fn candidate_range(pattern: &Pattern) -> Option<(String, String)> {
+    let prefix = pattern.literal_prefix();
+    // The prefix ends with '.', and '/' is the next character.
+    let upper = format!("{}/", prefix.strip_suffix('.')?);
+    Some((prefix, upper))
+}
+
+/// Keeps the subjects of `rows` (subject, events stored) that match `pattern`, with their
+/// total event count; `None` when there are too many to examine or to merge.
+pub(crate) fn candidates<E>(
+    pattern: &Pattern,
+    rows: impl IntoIterator<Item = Result<(String, u64), E>>,
+) -> Result<Option<(Vec<String>, u64)>, E> {
+    let mut subjects = Vec::new();
+    let mut matching_events = 0u64;
+    for (examined, row) in rows.into_iter().enumerate() {
+        if examined >= MAX_SUBJECTS_EXAMINED {
+            return Ok(None);
+        }
+        let (subject, events) = row?;
+        if pattern.matches(&subject) {
+            matching_events += events;
+            subjects.push(subject);
+            if subjects.len() > MAX_SUBJECTS_MERGED {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some((subjects, matching_events)))
+}
+
+/// Chooses between merging the candidate subjects and scanning by seq, by the rows each
+/// is expected to read: the merge up to `limit` seqs per subject; the scan until it has
+/// seen `limit` matches at the pattern's density in a log of `head` events.
+pub(crate) fn choose(candidates: Option<(Vec<String>, u64)>, head: Seq, limit: usize) -> Path {
+    let Some((subjects, matching_events)) = candidates else {
+        return Path::Scan;
+    };
+    if subjects.is_empty() {
+        return Path::Subjects(subjects);
+    }
+    let merge_cost = subjects.len() as u128 * limit as u128;
+    let scan_cost = limit as u128 * head.max(1) as u128 / matching_events.max(1) as u128;
+    if subjects.len() <= MAX_SUBJECTS_MERGED && merge_cost <= scan_cost {
+        Path::Subjects(subjects)
+    } else {
+        Path::Scan
+    }
+}
+
+/// Whether an event passes every filter of the query. The SQL paths narrow the read; this
+/// decides.
+pub(crate) fn accepts(query: &Query, event: &Event) -> bool {
+    query
+        .subject
+        .as_ref()
+        .is_none_or(|p| p.matches(event.subject.as_str()))
+        && query.since.is_none_or(|t| event.timestamp >= t)
+        && query.until.is_none_or(|t| event.timestamp <= t)
+        && query
+            .correlation_id
+            .is_none_or(|c| event.correlation_id == c)
+}
