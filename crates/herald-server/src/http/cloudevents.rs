@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::publish::MAX_BATCH_EVENTS;
-use crate::error::{ApiError, ErrorCode, ItemError};
+use crate::error::{ApiError, ErrorCode};
 use crate::AppState;
 
 pub const STRUCTURED: &str = "application/cloudevents+json";
@@ -294,35 +294,10 @@ pub fn parse_batch(
             ),
         ));
     }
-    let total = items.len();
-    let mut events = Vec::with_capacity(total);
-    let mut errors = Vec::new();
-    for (index, item) in items.into_iter().enumerate() {
-        let parsed = match item {
-            Value::Object(map) => parse_structured(state, map, fallback_correlation),
-            _ => Err(invalid("each item of a batch must be a JSON object")),
-        };
-        match parsed {
-            Ok(event) => events.push(event),
-            Err(error) => errors.push(ItemError {
-                index,
-                code: error.code,
-                message: error.message,
-            }),
-        }
-    }
-    if errors.is_empty() {
-        Ok(events)
-    } else {
-        Err(ApiError::new(
-            ErrorCode::InvalidBatch,
-            format!(
-                "{} of {total} CloudEvents are invalid; nothing was stored",
-                errors.len()
-            ),
-        )
-        .with_items(errors))
-    }
+    super::publish::parse_all(items.into_iter(), "CloudEvents", |item| match item {
+        Value::Object(map) => parse_structured(state, map, fallback_correlation),
+        _ => Err(invalid("each item of a batch must be a JSON object")),
+    })
 }
 
 /// Parses a structured body (a JSON object).

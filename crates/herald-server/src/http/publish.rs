@@ -172,12 +172,25 @@ pub async fn publish_batch(
             ),
         ));
     }
-    let mut events = Vec::with_capacity(items.len());
+    let events = parse_all(items.iter(), "events", |item| {
+        parse_json_object::<wire::PublishRequest>(item.get().as_bytes())
+            .and_then(|request| new_event(&state, request, header_correlation))
+    })?;
+    publish_many(&state, events).await
+}
+
+/// Parses every item of a batch. If any is invalid, the whole batch is rejected with
+/// the index, code and message of each bad item (`what` names the items in the message).
+pub(crate) fn parse_all<T>(
+    items: impl ExactSizeIterator<Item = T>,
+    what: &str,
+    mut parse: impl FnMut(T) -> Result<NewEvent, ApiError>,
+) -> Result<Vec<NewEvent>, ApiError> {
+    let total = items.len();
+    let mut events = Vec::with_capacity(total);
     let mut errors = Vec::new();
-    for (index, item) in items.iter().enumerate() {
-        let parsed = parse_json_object::<wire::PublishRequest>(item.get().as_bytes())
-            .and_then(|request| new_event(&state, request, header_correlation));
-        match parsed {
+    for (index, item) in items.enumerate() {
+        match parse(item) {
             Ok(event) => events.push(event),
             Err(error) => errors.push(ItemError {
                 index,
@@ -186,18 +199,17 @@ pub async fn publish_batch(
             }),
         }
     }
-    if !errors.is_empty() {
-        return Err(ApiError::new(
-            ErrorCode::InvalidBatch,
-            format!(
-                "{} of {} events are invalid; nothing was stored",
-                errors.len(),
-                items.len()
-            ),
-        )
-        .with_items(errors));
+    if errors.is_empty() {
+        return Ok(events);
     }
-    publish_many(&state, events).await
+    Err(ApiError::new(
+        ErrorCode::InvalidBatch,
+        format!(
+            "{} of {total} {what} are invalid; nothing was stored",
+            errors.len()
+        ),
+    )
+    .with_items(errors))
 }
 
 /// Commits validated events in one transaction and answers with a result per event.
