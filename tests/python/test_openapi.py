@@ -126,10 +126,29 @@ def run_schemathesis(url: str, workdir: pathlib.Path) -> subprocess.CompletedPro
     )
 
 
+# CPython 3.11 can crash inside Hypothesis while it parses its own source for a lambda's
+# description ("SystemError: AST constructor recursion depth mismatch"). That is an
+# interpreter bug in the test tool, not a finding about Herald: a run whose only error
+# is that crash, with no failed check, is run again.
+INTERPRETER_CRASH = "AST constructor recursion depth mismatch"
+ATTEMPTS = 3
+
+
+def only_interpreter_crash(result: subprocess.CompletedProcess) -> bool:
+    output = result.stdout + result.stderr
+    return result.returncode != 0 and INTERPRETER_CRASH in output and "FAILURES" not in output
+
+
 def test_schemathesis_finds_nothing(tmp_path: pathlib.Path) -> None:
     hub = Herald()
     try:
-        result = run_schemathesis(hub.url, tmp_path)
+        for attempt in range(1, ATTEMPTS + 1):
+            workdir = tmp_path / f"attempt-{attempt}"
+            workdir.mkdir()
+            result = run_schemathesis(hub.url, workdir)
+            if not only_interpreter_crash(result):
+                break
+            print(f"attempt {attempt}: schemathesis hit the CPython AST crash; running again")
     finally:
         hub.stop()
     output = result.stdout + result.stderr
