@@ -8,7 +8,7 @@ use std::future::Future;
 use herald_core::{NewEvent, Origin, Pattern, Payload, Seq, Subject, Timestamp};
 use uuid::Uuid;
 
-use crate::{Appended, Query, Store};
+use crate::{Appended, Query, Store, StoredRule};
 
 /// `n` new events on `subject`, with payloads `{"n": 0..n}`.
 pub fn events(subject: &str, n: usize) -> Vec<NewEvent> {
@@ -45,6 +45,111 @@ where
     paging_sees_everything_once(&open().await).await;
     concurrent_appends_get_distinct_dense_seqs(&open().await).await;
     cloudevent_attributes_round_trip(&open().await).await;
+    cursors_start_at_zero_and_never_go_back(&open().await).await;
+    rules_keep_their_order_and_text(&open().await).await;
+}
+
+/// A rule body with quotes, backslashes, escapes and non-ASCII text, and key order and
+/// spacing a JSON re-encoding would change: it must come back byte for byte.
+pub const AWKWARD_RULE_BODY: &str = r#"{ "z": 1, "name": "zoë \"quoted\" 'single' \\ back", "emoji": "🚀",
+  "cjk": "日本語", "esc": "\u00e9\n", "a": [1, 2.50, null], "z": 2 }"#;
+
+async fn cursors_start_at_zero_and_never_go_back<S: Store>(store: &S) {
+    assert_eq!(store.load_cursor("relay").await.unwrap(), 0, "never saved");
+    store.save_cursor("relay", 10).await.unwrap();
+    assert_eq!(store.load_cursor("relay").await.unwrap(), 10);
+    store.save_cursor("relay", 25).await.unwrap();
+    assert_eq!(store.load_cursor("relay").await.unwrap(), 25);
+    store.save_cursor("relay", 7).await.unwrap();
+    assert_eq!(
+        store.load_cursor("relay").await.unwrap(),
+        25,
+        "a cursor never moves backwards"
+    );
+    store.save_cursor("relay", 25).await.unwrap();
+    assert_eq!(store.load_cursor("relay").await.unwrap(), 25);
+
+    // Names are independent, and compared exactly.
+    assert_eq!(store.load_cursor("rules").await.unwrap(), 0);
+    store.save_cursor("rules", 3).await.unwrap();
+    store.save_cursor("Relay", 1).await.unwrap();
+    store.save_cursor("relay ⚙ 'x'", 99).await.unwrap();
+    assert_eq!(store.load_cursor("rules").await.unwrap(), 3);
+    assert_eq!(store.load_cursor("Relay").await.unwrap(), 1);
+    assert_eq!(store.load_cursor("relay ⚙ 'x'").await.unwrap(), 99);
+    assert_eq!(store.load_cursor("relay").await.unwrap(), 25);
+
+    // The largest seq a database integer holds.
+    let max = i64::MAX as Seq;
+    store.save_cursor("far", max).await.unwrap();
+    assert_eq!(store.load_cursor("far").await.unwrap(), max);
+    assert!(
+        store.save_cursor("far", max + 1).await.is_err(),
+        "a seq beyond the database's range is refused"
+    );
+    assert_eq!(store.load_cursor("far").await.unwrap(), max);
+
+    // Concurrent saves of one cursor: the largest wins, whatever the order.
+    let saves =
+        futures_util::future::join_all((1..=20).map(|i| store.save_cursor("race", i * 10))).await;
+    assert!(saves.iter().all(Result::is_ok));
+    assert_eq!(store.load_cursor("race").await.unwrap(), 200);
+}
+
+async fn rules_keep_their_order_and_text<S: Store>(store: &S) {
+    let rule = |id: &str, body: &str| StoredRule {
+        id: id.into(),
+        body: body.into(),
+    };
+    let ids = |rules: Vec<StoredRule>| rules.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert!(store.list_rules().await.unwrap().is_empty());
+
+    store.put_rule(rule("b", r#"{"n":1}"#)).await.unwrap();
+    store.put_rule(rule("a", r#"{"n":2}"#)).await.unwrap();
+    store.put_rule(rule("c", r#"{"n":3}"#)).await.unwrap();
+    assert_eq!(
+        store.list_rules().await.unwrap(),
+        vec![
+            rule("b", r#"{"n":1}"#),
+            rule("a", r#"{"n":2}"#),
+            rule("c", r#"{"n":3}"#)
+        ],
+        "in the order first added, not by id"
+    );
+
+    // Replacing keeps the rule's place.
+    store.put_rule(rule("a", r#"{"n":20}"#)).await.unwrap();
+    assert_eq!(
+        store.list_rules().await.unwrap(),
+        vec![
+            rule("b", r#"{"n":1}"#),
+            rule("a", r#"{"n":20}"#),
+            rule("c", r#"{"n":3}"#)
+        ]
+    );
+
+    assert!(store.delete_rule("b").await.unwrap());
+    assert!(!store.delete_rule("b").await.unwrap(), "already deleted");
+    assert!(!store.delete_rule("nothing").await.unwrap());
+    assert_eq!(ids(store.list_rules().await.unwrap()), vec!["a", "c"]);
+
+    // Deleted and added again: it goes to the end.
+    store.put_rule(rule("b", r#"{"n":4}"#)).await.unwrap();
+    assert_eq!(ids(store.list_rules().await.unwrap()), vec!["a", "c", "b"]);
+
+    // The body is kept exactly as given; ids are compared exactly.
+    store
+        .put_rule(rule("ünï \"id\"", AWKWARD_RULE_BODY))
+        .await
+        .unwrap();
+    store.put_rule(rule("A", "{}")).await.unwrap();
+    let rules = store.list_rules().await.unwrap();
+    assert_eq!(ids(rules.clone()), vec!["a", "c", "b", "ünï \"id\"", "A"]);
+    assert_eq!(rules[3].body.as_bytes(), AWKWARD_RULE_BODY.as_bytes());
+    assert_eq!(rules[0].body, r#"{"n":20}"#);
+
+    // Rules and cursors live beside the log, not in it.
+    assert_eq!(store.head().await.unwrap(), 0);
 }
 
 async fn cloudevent_attributes_round_trip<S: Store>(store: &S) {

@@ -9,7 +9,9 @@
 //! - give seqs strictly increasing in commit order, and timestamps that never go down;
 //! - store an event id once: appending an id that is already stored returns the stored
 //!   event as [`Appended::Duplicate`];
-//! - answer [`Store::query`] in seq order, from a consistent snapshot.
+//! - answer [`Store::query`] in seq order, from a consistent snapshot;
+//! - keep delivery cursors ([`Store::save_cursor`], never moving backwards) and routing
+//!   rules ([`StoredRule`], in the order they were first added) durably beside the log.
 //!
 //! [`conformance`] checks all of this against any backend.
 //!
@@ -140,6 +142,13 @@ pub struct StoreHealth {
     pub detail: String,
 }
 
+/// A routing rule as the store keeps it: an id and an opaque JSON document (the hub owns its shape).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRule {
+    pub id: String,
+    pub body: String,
+}
+
 /// The storage contract. See the crate docs for the guarantees each backend gives.
 pub trait Store: Send + Sync + 'static {
     /// Stores a batch in one durable transaction and returns, per input event and in the
@@ -166,6 +175,30 @@ pub trait Store: Send + Sync + 'static {
 
     /// Flushes and releases the store. Calls after this fail with [`StoreError::Closed`].
     fn close(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// The position a delivery process (the NATS relay, the rules engine) has reached in
+    /// the log; 0 when never saved.
+    fn load_cursor(&self, name: &str) -> impl Future<Output = Result<Seq>> + Send;
+
+    /// Saves a cursor durably. A cursor never moves backwards: saving a smaller seq than
+    /// the stored one keeps the stored one (several instances may share a PostgreSQL store
+    /// and save the same cursor).
+    fn save_cursor(&self, name: &str, seq: Seq) -> impl Future<Output = Result<()>> + Send;
+
+    /// Every stored rule, in the order they were first added.
+    fn list_rules(&self) -> impl Future<Output = Result<Vec<StoredRule>>> + Send;
+
+    /// Inserts a rule, or replaces the body of the rule with that id (keeping its place in
+    /// the order).
+    fn put_rule(&self, rule: StoredRule) -> impl Future<Output = Result<()>> + Send;
+
+    /// Deletes a rule; false when there was none with that id.
+    fn delete_rule(&self, id: &str) -> impl Future<Output = Result<bool>> + Send;
+}
+
+/// A seq as the databases store it (a signed 64-bit integer).
+pub(crate) fn seq_to_sql(seq: Seq) -> Result<i64> {
+    i64::try_from(seq).map_err(|_| StoreError::Internal(format!("seq {seq} is out of range")))
 }
 
 /// Where the events live, parsed from `DATABASE_URL` / `--data`.
@@ -310,6 +343,41 @@ impl Store for AnyStore {
         match self {
             AnyStore::Embedded(s) => s.close().await,
             AnyStore::Postgres(s) => s.close().await,
+        }
+    }
+
+    async fn load_cursor(&self, name: &str) -> Result<Seq> {
+        match self {
+            AnyStore::Embedded(s) => s.load_cursor(name).await,
+            AnyStore::Postgres(s) => s.load_cursor(name).await,
+        }
+    }
+
+    async fn save_cursor(&self, name: &str, seq: Seq) -> Result<()> {
+        match self {
+            AnyStore::Embedded(s) => s.save_cursor(name, seq).await,
+            AnyStore::Postgres(s) => s.save_cursor(name, seq).await,
+        }
+    }
+
+    async fn list_rules(&self) -> Result<Vec<StoredRule>> {
+        match self {
+            AnyStore::Embedded(s) => s.list_rules().await,
+            AnyStore::Postgres(s) => s.list_rules().await,
+        }
+    }
+
+    async fn put_rule(&self, rule: StoredRule) -> Result<()> {
+        match self {
+            AnyStore::Embedded(s) => s.put_rule(rule).await,
+            AnyStore::Postgres(s) => s.put_rule(rule).await,
+        }
+    }
+
+    async fn delete_rule(&self, id: &str) -> Result<bool> {
+        match self {
+            AnyStore::Embedded(s) => s.delete_rule(id).await,
+            AnyStore::Postgres(s) => s.delete_rule(id).await,
         }
     }
 }

@@ -64,6 +64,8 @@ struct Local {
     /// Holds the data directory; removed on drop.
     dir: Option<tempfile::TempDir>,
     watchdog: Option<Child>,
+    /// The CA certificate (PEM) that signed the server's, when it offers TLS.
+    root_cert: Option<PathBuf>,
 }
 
 /// What it takes to run `pg_ctl` on this server again.
@@ -98,8 +100,9 @@ impl TestPostgres {
         Self::start_local(settings, false)
     }
 
-    /// Like [`TestPostgres::local`], and the server offers TLS with a self-signed
-    /// certificate (made with the `openssl` command).
+    /// Like [`TestPostgres::local`], and the server offers TLS (`ssl=on`) with a
+    /// certificate for `localhost` and `127.0.0.1`, signed by a throwaway CA whose
+    /// certificate [`TestPostgres::root_cert`] names (both made with the `openssl` command).
     pub fn local_with_tls(settings: &[&str]) -> Result<Self, TestPostgresError> {
         Self::start_local(settings, true)
     }
@@ -137,34 +140,11 @@ impl TestPostgres {
                 "--no-sync",
             ],
         )?;
-        if tls {
-            let (cert, key) = (spec.root.join("server.crt"), spec.root.join("server.key"));
-            spec.run_program(
-                Path::new("openssl"),
-                &[
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-days",
-                    "2",
-                    "-subj",
-                    "/CN=127.0.0.1",
-                    "-keyout",
-                    &key.to_string_lossy(),
-                    "-out",
-                    &cert.to_string_lossy(),
-                ],
-            )?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
-            spec.settings.extend([
-                "ssl=on".to_owned(),
-                format!("ssl_cert_file={}", cert.display()),
-                format!("ssl_key_file={}", key.display()),
-            ]);
-        }
+        let root_cert = if tls {
+            Some(spec.make_certificates()?)
+        } else {
+            None
+        };
         let mut last_error = None;
         for _ in 0..5 {
             spec.port = free_port()?;
@@ -185,8 +165,18 @@ impl TestPostgres {
                 spec: Arc::new(spec),
                 dir: Some(dir),
                 watchdog,
+                root_cert,
             }),
         })
+    }
+
+    /// The CA certificate (a PEM file) that signed the server's certificate, for
+    /// `sslrootcert=`: `Some` for a server from [`TestPostgres::local_with_tls`].
+    pub fn root_cert(&self) -> Option<&Path> {
+        match &self.kind {
+            Kind::Local(local) => local.root_cert.as_deref(),
+            Kind::External { .. } => None,
+        }
     }
 
     /// True when this is the server `HERALD_TEST_PG_URL` names.
@@ -298,6 +288,90 @@ impl Drop for TestPostgres {
 impl Spec {
     fn data(&self) -> PathBuf {
         self.root.join("data")
+    }
+
+    /// Makes a CA and, signed by it, a certificate for `localhost` and `127.0.0.1` (ECDSA
+    /// P-256, valid two days), and has the server use it. Returns the CA's certificate.
+    fn make_certificates(&mut self) -> Result<PathBuf, TestPostgresError> {
+        let file = |name: &str| self.root.join(name).to_string_lossy().into_owned();
+        let (ca_key, ca_cert) = (file("ca.key"), file("ca.crt"));
+        let (key, request, cert) = (file("server.key"), file("server.csr"), file("server.crt"));
+        let extensions = self.root.join("server.ext");
+        std::fs::write(
+            &extensions,
+            "basicConstraints = critical, CA:FALSE\n\
+             keyUsage = critical, digitalSignature\n\
+             extendedKeyUsage = serverAuth\n\
+             subjectAltName = DNS:localhost, IP:127.0.0.1\n",
+        )?;
+        let openssl = Path::new("openssl");
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        self.run_program(
+            openssl,
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=Herald test CA",
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                    "-keyout",
+                    &ca_key,
+                    "-out",
+                    &ca_cert,
+                ],
+            ]
+            .concat(),
+        )?;
+        self.run_program(
+            openssl,
+            &[
+                &["req"][..],
+                &ec,
+                &["-subj", "/CN=localhost", "-keyout", &key, "-out", &request],
+            ]
+            .concat(),
+        )?;
+        self.run_program(
+            openssl,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &request,
+                "-CA",
+                &ca_cert,
+                "-CAkey",
+                &ca_key,
+                "-set_serial",
+                "2",
+                "-days",
+                "2",
+                "-extfile",
+                &extensions.to_string_lossy(),
+                "-out",
+                &cert,
+            ],
+        )?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        self.settings.extend([
+            "ssl=on".to_owned(),
+            format!("ssl_cert_file={cert}"),
+            format!("ssl_key_file={key}"),
+        ]);
+        Ok(self.root.join("ca.crt"))
     }
 
     fn start(&self) -> Result<(), TestPostgresError> {

@@ -15,7 +15,7 @@ use herald_core::{NewEvent, Payload, Seq};
 use herald_store::conformance::{event, events};
 use herald_store::testing::TestPostgres;
 use herald_store::{
-    Appended, PostgresOptions, PostgresStore, Query, Store, StoreConfig, StoreError,
+    Appended, PostgresOptions, PostgresStore, Query, Store, StoreConfig, StoreError, StoredRule,
 };
 use uuid::Uuid;
 
@@ -289,34 +289,47 @@ async fn bad_urls_fail_fast_and_never_show_the_password() {
     .await
     .err()
     .unwrap();
-    #[cfg(not(feature = "tls"))]
+    assert!(error.is_unavailable(), "{error}");
+    assert!(!error.to_string().contains("s3cret-pw"), "{error}");
+
+    let error = PostgresStore::open(
+        "postgres://herald:s3cret-pw@127.0.0.1:1/herald?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+        options(),
+    )
+    .await
+    .err()
+    .unwrap();
     assert!(
-        matches!(&error, StoreError::Open(m) if m.contains("TLS")),
+        matches!(&error, StoreError::Open(m) if m.contains("/nonexistent/ca.pem")),
         "{error}"
     );
     assert!(!error.to_string().contains("s3cret-pw"), "{error}");
+
+    let error = PostgresStore::open("postgres://h/db?sslmode=allow", options())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&error, StoreError::Open(m) if m.contains("sslmode=allow")),
+        "{error}"
+    );
 }
 
-/// With the `tls` feature, `sslmode=require` connects encrypted (and a server without TLS
-/// is refused); without it, see `bad_urls_fail_fast_and_never_show_the_password`.
-#[cfg(feature = "tls")]
-#[tokio::test]
-async fn sslmode_require_encrypts() {
-    let server = match TestPostgres::local_with_tls(&[]) {
-        Ok(server) => server,
+/// A local server that offers TLS, or `None` (the test is skipped) when only an external
+/// server is available.
+fn tls_server() -> Option<TestPostgres> {
+    match TestPostgres::local_with_tls(&[]) {
+        Ok(server) => Some(server),
         Err(e) if TestPostgres::shared().is_external() => {
             eprintln!("skipped: a TLS server needs a local PostgreSQL ({e})");
-            return;
+            None
         }
         Err(e) => panic!("{e}"),
-    };
-    let url = server.create_database().await.unwrap();
-    let name = url.rsplit('/').next().unwrap().to_owned();
-    let store = PostgresStore::open(&format!("{url}?sslmode=require"), options())
-        .await
-        .unwrap();
-    store.append(events("hub.tls", 2)).await.unwrap();
-    assert_eq!(store.head().await.unwrap(), 2);
+    }
+}
+
+/// How many of the connections to `database` are encrypted, and how many there are.
+async fn encrypted_connections(server: &TestPostgres, database: &str) -> (i64, i64) {
     let (client, connection) = tokio_postgres::connect(&server.admin_url(), tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -325,21 +338,166 @@ async fn sslmode_require_encrypts() {
         .query_one(
             "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s
              JOIN pg_stat_activity a USING (pid) WHERE a.datname = $1",
-            &[&name],
+            &[&database],
         )
         .await
         .unwrap();
-    let (encrypted, all): (i64, i64) = (row.get(0), row.get(1));
+    (row.get(0), row.get(1))
+}
+
+/// Opens a store on `url`, writes and reads through it, and checks that every one of its
+/// connections (the pool's and the listener's) is encrypted.
+async fn assert_encrypted(server: &TestPostgres, url: &str) {
+    let store = PostgresStore::open(url, options())
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let head = store.head().await.unwrap();
+    store.append(events("hub.tls", 2)).await.unwrap();
+    assert_eq!(store.head().await.unwrap(), head + 2);
+    let database = url.split('?').next().unwrap().rsplit('/').next().unwrap();
+    let (encrypted, all) = encrypted_connections(server, database).await;
     assert!(
         encrypted > 0 && encrypted == all,
-        "{encrypted} of {all} encrypted"
+        "{url}: {encrypted} of {all} connections encrypted"
     );
+    store.close().await.unwrap();
+}
+
+/// `sslmode=require` (and the default, `prefer`) connect encrypted, with no certificate
+/// checked; a server without TLS is refused by `require` and used in plain text by
+/// `prefer`.
+#[tokio::test]
+async fn sslmode_require_encrypts() {
+    let Some(server) = tls_server() else { return };
+    let url = server.create_database().await.unwrap();
+    assert_encrypted(&server, &format!("{url}?sslmode=require")).await;
+    let url = server.create_database().await.unwrap();
+    assert_encrypted(&server, &url).await;
 
     let plain = TestPostgres::shared().create_database().await.unwrap();
     let error = PostgresStore::open(&format!("{plain}?sslmode=require"), options())
         .await
         .err()
         .unwrap();
+    assert!(error.to_string().contains("TLS"), "{error}");
+    let store = PostgresStore::open(&format!("{plain}?sslmode=prefer"), options())
+        .await
+        .unwrap();
+    store.append(events("hub.plain", 1)).await.unwrap();
+}
+
+/// A CA the test server's certificate does not chain to.
+fn untrusted_ca(dir: &std::path::Path) -> std::path::PathBuf {
+    let ca = dir.join("other-ca.crt");
+    let output = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=Some other CA"])
+        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+        .arg("-keyout")
+        .arg(dir.join("other-ca.key"))
+        .arg("-out")
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    ca
+}
+
+/// `verify-ca` checks the chain, `verify-full` the chain and the host name, both against
+/// `sslrootcert`; `require` with `sslrootcert` checks the chain (as libpq does). A
+/// certificate that fails the check stops the open at once, with an error that says why.
+#[tokio::test]
+async fn verify_modes_check_the_certificate() {
+    let Some(server) = tls_server() else { return };
+    let ca = server.root_cert().unwrap().to_str().unwrap().to_owned();
+    let scratch = tempfile::tempdir().unwrap();
+    let other_ca = untrusted_ca(scratch.path());
+    let other_ca = other_ca.to_str().unwrap();
+
+    let url = server.create_database().await.unwrap();
+    // The same server and database under another name: `hostaddr` is where to connect,
+    // the host name is what the certificate must name.
+    let named = |host: &str| url.replacen("127.0.0.1", host, 1) + "?hostaddr=127.0.0.1";
+
+    // The certificate names 127.0.0.1 and localhost.
+    assert_encrypted(
+        &server,
+        &format!("{url}?sslmode=verify-full&sslrootcert={ca}"),
+    )
+    .await;
+    assert_encrypted(
+        &server,
+        &format!(
+            "{}&sslmode=verify-full&sslrootcert={ca}",
+            named("localhost")
+        ),
+    )
+    .await;
+    // verify-ca does not look at the name; verify-full does.
+    assert_encrypted(
+        &server,
+        &format!(
+            "{}&sslmode=verify-ca&sslrootcert={ca}",
+            named("db.example.com")
+        ),
+    )
+    .await;
+    assert_encrypted(&server, &format!("{url}?sslmode=require&sslrootcert={ca}")).await;
+
+    let refused = |url: String| async move {
+        let started = Instant::now();
+        let error = PostgresStore::open(&url, options())
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{url} must be refused"));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{url}: fails fast"
+        );
+        assert!(
+            matches!(&error, StoreError::Open(m) if m.contains("certificate was refused")),
+            "{url}: {error}"
+        );
+        error.to_string()
+    };
+    let wrong_name = refused(format!(
+        "{}&sslmode=verify-full&sslrootcert={ca}",
+        named("db.example.com")
+    ))
+    .await;
+    assert!(wrong_name.contains("db.example.com"), "{wrong_name}");
+    // With sslrootcert, require and prefer check the chain too (as in libpq).
+    for mode in ["verify-full", "verify-ca", "require", "prefer"] {
+        let untrusted = refused(format!("{url}?sslmode={mode}&sslrootcert={other_ca}")).await;
+        assert!(
+            untrusted.contains("UnknownIssuer") || untrusted.contains("issuer"),
+            "{untrusted}"
+        );
+    }
+
+    // Without sslrootcert, verify modes trust the system's store, where the test CA is not.
+    let error = PostgresStore::open(&format!("{url}?sslmode=verify-full"), options())
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(&error, StoreError::Open(_)), "{error}");
+
+    // Nothing to verify against a server without TLS: verify modes insist on TLS.
+    let plain = TestPostgres::shared().create_database().await.unwrap();
+    let error = PostgresStore::open(
+        &format!("{plain}?sslmode=verify-full&sslrootcert={ca}"),
+        options(),
+    )
+    .await
+    .err()
+    .unwrap();
     assert!(error.to_string().contains("TLS"), "{error}");
 }
 
@@ -622,7 +780,92 @@ async fn concurrent_first_opens_migrate_once() {
         .collect();
     assert_eq!(
         versions,
-        vec![herald_store::postgres::schema::SCHEMA_VERSION]
+        (1..=herald_store::postgres::schema::SCHEMA_VERSION).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn cursors_and_rules_survive_reopen_and_are_shared() {
+    let url = fresh_url().await;
+    let a = PostgresStore::open(&url, options()).await.unwrap();
+    let b = PostgresStore::open(&url, options()).await.unwrap();
+    a.save_cursor("relay", 42).await.unwrap();
+    b.save_cursor("relay", 40).await.unwrap();
+    assert_eq!(b.load_cursor("relay").await.unwrap(), 42, "never backwards");
+    let rule = StoredRule {
+        id: "r1".into(),
+        body: herald_store::conformance::AWKWARD_RULE_BODY.into(),
+    };
+    a.put_rule(rule.clone()).await.unwrap();
+    assert_eq!(b.list_rules().await.unwrap(), vec![rule.clone()]);
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    assert!(matches!(
+        a.load_cursor("relay").await,
+        Err(StoreError::Closed)
+    ));
+    assert!(matches!(
+        a.put_rule(rule.clone()).await,
+        Err(StoreError::Closed)
+    ));
+
+    let again = PostgresStore::open(&url, options()).await.unwrap();
+    assert_eq!(again.load_cursor("relay").await.unwrap(), 42);
+    assert_eq!(again.list_rules().await.unwrap(), vec![rule]);
+}
+
+/// A database written by the first release (schema version 1: no cursors, no rules)
+/// migrates at open and keeps its events.
+#[tokio::test]
+async fn a_version_1_schema_migrates_at_open() {
+    let url = fresh_url().await;
+    let store = PostgresStore::open(&url, options()).await.unwrap();
+    store.append(events("hub.old", 3)).await.unwrap();
+    store.close().await.unwrap();
+
+    // Back to version 1: migration 2 only added these two tables.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "DROP TABLE cursors, rules; DELETE FROM herald_schema_migrations WHERE version > 1",
+        )
+        .await
+        .unwrap();
+
+    let store = PostgresStore::open(&url, options()).await.unwrap();
+    assert_eq!(store.head().await.unwrap(), 3);
+    assert_eq!(store.load_cursor("relay").await.unwrap(), 0);
+    store.save_cursor("relay", 3).await.unwrap();
+    store
+        .put_rule(StoredRule {
+            id: "r".into(),
+            body: "{}".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.list_rules().await.unwrap().len(), 1);
+    assert_eq!(
+        store.append(events("hub.new", 1)).await.unwrap()[0]
+            .event()
+            .seq,
+        4
+    );
+    let versions: Vec<i32> = client
+        .query(
+            "SELECT version FROM herald_schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        versions,
+        (1..=herald_store::postgres::schema::SCHEMA_VERSION).collect::<Vec<_>>()
     );
 }
 

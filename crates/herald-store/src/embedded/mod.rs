@@ -27,7 +27,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use crate::{Appended, Page, Query, Result, Store, StoreError, StoreHealth};
+use crate::{Appended, Page, Query, Result, Store, StoreError, StoreHealth, StoredRule};
 
 /// Tuning for the embedded store.
 #[derive(Debug, Clone)]
@@ -178,6 +178,22 @@ impl EmbeddedStore {
                 inner.idle_readers.lock().expect("reader pool").push(conn);
             }
             result
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+
+    /// Runs `f` on the writer connection, on a blocking thread. Each statement `f` runs
+    /// outside a transaction commits (and syncs, `synchronous=FULL`) on its own.
+    async fn with_writer<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let guard = inner.writer.lock().expect("writer mutex");
+            let writer = guard.as_ref().ok_or(StoreError::Closed)?;
+            f(&writer.conn).map_err(map_error)
         })
         .await
         .map_err(|e| StoreError::Internal(e.to_string()))?
@@ -355,6 +371,68 @@ impl Store for EmbeddedStore {
         .await
         .map_err(|e| StoreError::Internal(e.to_string()))?
     }
+
+    async fn load_cursor(&self, name: &str) -> Result<Seq> {
+        let name = name.to_owned();
+        let seq = self
+            .with_reader(move |conn| {
+                conn.prepare_cached("SELECT seq FROM cursors WHERE name = ?1")?
+                    .query_row([name], |row| row.get::<_, i64>(0))
+                    .optional()
+            })
+            .await?;
+        Ok(seq.map_or(0, |seq| seq.max(0) as Seq))
+    }
+
+    async fn save_cursor(&self, name: &str, seq: Seq) -> Result<()> {
+        let seq = crate::seq_to_sql(seq)?;
+        let name = name.to_owned();
+        self.with_writer(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO cursors (name, seq) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)",
+            )?
+            .execute(params![name, seq])
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn list_rules(&self) -> Result<Vec<StoredRule>> {
+        self.with_reader(|conn| {
+            conn.prepare_cached("SELECT id, body FROM rules ORDER BY position")?
+                .query_map([], |row| {
+                    Ok(StoredRule {
+                        id: row.get(0)?,
+                        body: row.get(1)?,
+                    })
+                })?
+                .collect()
+        })
+        .await
+    }
+
+    async fn put_rule(&self, rule: StoredRule) -> Result<()> {
+        self.with_writer(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO rules (id, body) VALUES (?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+            )?
+            .execute(params![rule.id, rule.body])
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn delete_rule(&self, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.with_writer(move |conn| {
+            conn.prepare_cached("DELETE FROM rules WHERE id = ?1")?
+                .execute([id])
+                .map(|deleted| deleted > 0)
+        })
+        .await
+    }
 }
 
 fn lock_path(path: &Path) -> PathBuf {
@@ -508,6 +586,91 @@ mod tests {
             }
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn cursors_and_rules_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        store.save_cursor("relay", 42).await.unwrap();
+        let rule = StoredRule {
+            id: "r1".into(),
+            body: crate::conformance::AWKWARD_RULE_BODY.into(),
+        };
+        store.put_rule(rule.clone()).await.unwrap();
+        store.close().await.unwrap();
+        assert!(matches!(
+            store.load_cursor("relay").await,
+            Err(StoreError::Closed)
+        ));
+        assert!(matches!(
+            store.save_cursor("relay", 43).await,
+            Err(StoreError::Closed)
+        ));
+        assert!(matches!(store.list_rules().await, Err(StoreError::Closed)));
+        assert!(matches!(
+            store.put_rule(rule.clone()).await,
+            Err(StoreError::Closed)
+        ));
+        assert!(matches!(
+            store.delete_rule("r1").await,
+            Err(StoreError::Closed)
+        ));
+        drop(store);
+        let store = open(&dir).await;
+        assert_eq!(store.load_cursor("relay").await.unwrap(), 42);
+        assert_eq!(store.list_rules().await.unwrap(), vec![rule]);
+        store.close().await.unwrap();
+    }
+
+    /// A database written by an older Herald (every migration but the last ones) opens,
+    /// migrates, and keeps its events.
+    #[tokio::test]
+    async fn an_old_schema_migrates_at_open() {
+        for old_version in 1..schema::SCHEMA_VERSION {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("herald.db");
+            {
+                let conn = Connection::open(&path).unwrap();
+                for sql in &schema::MIGRATIONS[..old_version as usize] {
+                    conn.execute_batch(sql).unwrap();
+                }
+                conn.pragma_update(None, "user_version", old_version)
+                    .unwrap();
+                conn.execute(
+                    "INSERT INTO events (seq, id, subject, correlation_id, ts, hub_id, payload)
+                     VALUES (1, ?1, 'hub.old', ?1, 1000, 'h', '{\"old\":true}')",
+                    [Uuid::now_v7().as_bytes()],
+                )
+                .unwrap();
+            }
+            let store = open(&dir).await;
+            assert_eq!(store.head().await.unwrap(), 1, "from version {old_version}");
+            let page = store.query(Query::default()).await.unwrap();
+            assert_eq!(page.events[0].payload.get(), r#"{"old":true}"#);
+            assert_eq!(store.load_cursor("relay").await.unwrap(), 0);
+            store.save_cursor("relay", 1).await.unwrap();
+            store
+                .put_rule(StoredRule {
+                    id: "r".into(),
+                    body: "{}".into(),
+                })
+                .await
+                .unwrap();
+            assert_eq!(store.list_rules().await.unwrap().len(), 1);
+            let appended = store
+                .append(crate::conformance::events("hub.new", 1))
+                .await
+                .unwrap();
+            assert_eq!(appended[0].event().seq, 2);
+            store.close().await.unwrap();
+            drop(store);
+            let conn = Connection::open(&path).unwrap();
+            let version: i64 = conn
+                .query_row("PRAGMA user_version", [], |row| row.get(0))
+                .unwrap();
+            assert_eq!(version, schema::SCHEMA_VERSION);
+        }
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ fn open_error(error: rusqlite::Error) -> StoreError {
 }
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: the log, and the distinct subjects it holds.
     "CREATE TABLE events (
         seq            INTEGER PRIMARY KEY,   -- the rowid: the table is stored in seq order
@@ -41,6 +41,17 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;",
     // 2: CloudEvents attributes of events that arrived as CloudEvents (JSON, see codec.rs).
     "ALTER TABLE events ADD COLUMN cloudevent TEXT;",
+    // 3: where each delivery process (NATS relay, rules engine) has reached in the log,
+    // and the routing rules (opaque JSON text, kept as given) in the order first added.
+    "CREATE TABLE cursors (
+        name TEXT    PRIMARY KEY,
+        seq  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE rules (
+        position INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: the order rules were added
+        id       TEXT    NOT NULL UNIQUE,
+        body     TEXT    NOT NULL
+    );",
 ];
 
 /// The schema version this build writes.

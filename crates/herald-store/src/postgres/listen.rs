@@ -25,10 +25,7 @@ pub(super) fn spawn(
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         while !commits.is_closed() {
-            // `Tls` is `Copy` without the `tls` feature and only `Clone` with it.
-            #[allow(clippy::clone_on_copy)]
-            let connector = tls.clone();
-            match config.connect(connector).await {
+            match config.connect(tls.clone()).await {
                 Ok((client, mut connection)) => {
                     let (heads, mut incoming) = mpsc::unbounded_channel::<Seq>();
                     let driver = tokio::spawn(async move {

@@ -72,18 +72,43 @@
 //!
 //! # TLS
 //!
-//! With the `tls` cargo feature (OpenSSL through `postgres-native-tls`), the URL's
-//! `sslmode` is honoured as libpq does: `prefer` (the default) encrypts when the server
-//! offers TLS, `require` refuses to connect without it, `disable` never encrypts. Like
-//! libpq's `require`, the server's certificate is not verified (encryption against
-//! eavesdropping, not against an active man in the middle); `verify-full` with a root
-//! certificate is a follow-up (tokio-postgres 0.7 does not parse those modes yet).
-//! Without the feature, `sslmode=require` fails at open with a message saying so.
+//! Always built in, with rustls (ring provider): no system OpenSSL is needed. The
+//! URL's `sslmode` and `sslrootcert` are honoured like libpq's (`postgres/tls.rs`):
+//!
+//! | `sslmode` | encrypted | certificate check |
+//! | --- | --- | --- |
+//! | `disable` | never | — |
+//! | `prefer` (the default) | when the server offers TLS, else plain text | none; with `sslrootcert`, the chain (as `verify-ca`) |
+//! | `require` | always (a server without TLS is refused) | none; with `sslrootcert`, the chain (as `verify-ca`) |
+//! | `verify-ca` | always | the chain, to a root in `sslrootcert`, else in the system's trust store |
+//! | `verify-full` | always | as `verify-ca`, and the certificate must name the host connected to (DNS name, or IP address for a numeric host) |
+//!
+//! - `sslrootcert=/path/ca.pem` is a PEM file of one or more CA certificates; it is read
+//!   at open (a missing or unreadable file fails the open). `sslrootcert=system` uses the
+//!   system's trust store (through `rustls-native-certs`) and, as in libpq, makes
+//!   `verify-full` the default and refuses a weaker mode.
+//! - Without `sslrootcert`, `verify-ca`/`verify-full` use the system's trust store
+//!   (libpq would read `~/.postgresql/root.crt`, which Herald does not look at); `prefer`
+//!   and `require` never fall back to checking against it.
+//! - "Without a certificate check" still means an encrypted connection: it protects
+//!   against eavesdropping, not against an active man in the middle.
+//! - A certificate that fails its check fails the open with [`StoreError::Open`] saying
+//!   why (unknown issuer, wrong host name, expired). Unlike libpq, `prefer` does not then
+//!   retry in plain text: a configured root certificate is never silently ignored.
+//! - `hostaddr=` connects to that address while the certificate is checked against the
+//!   host name, as in libpq.
+//! - Not supported: `sslmode=allow` (refused at open), client certificates (`sslcert`,
+//!   `sslkey`: tokio-postgres rejects them as unknown options), `sslcrl`, and
+//!   `verify-ca`/`verify-full`/`sslrootcert` in libpq's `key=value` connection strings
+//!   (only in `postgres://` URLs).
+//! - SCRAM authentication binds to the TLS channel (`tls-server-end-point`) when the
+//!   certificate is signed with an RSA or ECDSA SHA-2 algorithm.
 
 mod append;
 mod listen;
 mod query;
 pub mod schema;
+mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -97,7 +122,9 @@ use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
-use crate::{redact_url, Appended, Page, Query, Result, Store, StoreError, StoreHealth};
+use crate::{
+    redact_url, Appended, Page, Query, Result, Store, StoreError, StoreHealth, StoredRule,
+};
 
 /// Tuning and safety switches for the PostgreSQL store.
 #[derive(Debug, Clone)]
@@ -147,43 +174,17 @@ pub(crate) const EVENT_COLUMNS: &str =
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// How connections are encrypted: see "TLS" in the module docs.
-#[cfg(feature = "tls")]
-pub(crate) type Tls = postgres_native_tls::MakeTlsConnector;
-#[cfg(not(feature = "tls"))]
-pub(crate) type Tls = tokio_postgres::NoTls;
-
-#[cfg(feature = "tls")]
-fn make_tls(config: &tokio_postgres::Config, redacted_url: &str) -> Result<Tls> {
-    let _ = config;
-    let connector = native_tls::TlsConnector::builder()
-        // libpq's `prefer`/`require`: encrypted, certificate not verified.
-        .danger_accept_invalid_certs(true)
-        .danger_accept_invalid_hostnames(true)
-        .build()
-        .map_err(|e| StoreError::Open(format!("cannot set up TLS for {redacted_url}: {e}")))?;
-    Ok(postgres_native_tls::MakeTlsConnector::new(connector))
-}
-
-#[cfg(not(feature = "tls"))]
-fn make_tls(config: &tokio_postgres::Config, redacted_url: &str) -> Result<Tls> {
-    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-        return Err(StoreError::Open(format!(
-            "{redacted_url} asks for sslmode=require, but this build of Herald has no TLS support \
-             (build herald-store with the `tls` feature), or connect with sslmode=disable or prefer"
-        )));
-    }
-    Ok(tokio_postgres::NoTls)
-}
+pub(crate) use tls::Tls;
 
 impl PostgresStore {
     /// Connects to `url` (`postgres://user:password@host:port/db?…`), checks that the
     /// server syncs its commits, applies migrations and builds the connection pool.
     pub async fn open(url: &str, options: PostgresOptions) -> Result<Self> {
         let redacted_url = redact_url(url);
-        let mut config: tokio_postgres::Config = url
-            .parse()
+        let (mut config, tls_settings) = tls::prepare(url)
             .map_err(|e| StoreError::Open(format!("invalid PostgreSQL URL {redacted_url}: {e}")))?;
+        let tls = tls::connector(&tls_settings)
+            .map_err(|e| StoreError::Open(format!("PostgreSQL at {redacted_url}: {e}")))?;
         config.connect_timeout(options.connect_timeout);
         if config.get_application_name().is_none() {
             config.application_name("herald");
@@ -191,14 +192,9 @@ impl PostgresStore {
 
         // The durability check and the migrations use a connection with the server's own
         // defaults (our session settings would hide a `synchronous_commit=off`).
-        schema::prepare_database(
-            &config,
-            make_tls(&config, &redacted_url)?,
-            &options,
-            &redacted_url,
-        )
-        .await
-        .map_err(|e| in_context(e, &redacted_url))?;
+        schema::prepare_database(&config, tls.clone(), &options, &redacted_url)
+            .await
+            .map_err(|e| in_context(e, &redacted_url))?;
 
         // Every session: durable commits, and no statement or open transaction outlives
         // the timeout on the server (so a stuck client cannot keep the head lock).
@@ -216,7 +212,7 @@ impl PostgresStore {
         session.options(combined);
         let manager = Manager::from_config(
             session,
-            make_tls(&config, &redacted_url)?,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -230,11 +226,7 @@ impl PostgresStore {
             .build()
             .map_err(|e| StoreError::Open(format!("cannot build the connection pool: {e}")))?;
 
-        let commits = listen::spawn(
-            config.clone(),
-            make_tls(&config, &redacted_url)?,
-            redacted_url.clone(),
-        );
+        let commits = listen::spawn(config.clone(), tls, redacted_url.clone());
         let store = PostgresStore {
             inner: Arc::new(Inner {
                 pool,
@@ -400,6 +392,8 @@ impl Store for PostgresStore {
                     .prepare_cached(
                         "SELECT (pg_total_relation_size('events') + pg_total_relation_size('subjects')
                                + pg_total_relation_size('log_head')
+                               + pg_total_relation_size('cursors')
+                               + pg_total_relation_size('rules')
                                + pg_total_relation_size('herald_schema_migrations'))::bigint",
                     )
                     .await?;
@@ -421,6 +415,86 @@ impl Store for PostgresStore {
         self.inner.pool.close();
         tracing::info!(url = %self.inner.redacted_url, "PostgreSQL store closed.");
         Ok(())
+    }
+
+    async fn load_cursor(&self, name: &str) -> Result<Seq> {
+        let name = name.to_owned();
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached("SELECT seq FROM cursors WHERE name = $1")
+                    .await?;
+                let row = client.query_opt(&stmt, &[&name]).await?;
+                Ok(row.map_or(0, |row| row.get::<_, i64>(0).max(0) as Seq))
+            })
+        })
+        .await
+    }
+
+    async fn save_cursor(&self, name: &str, seq: Seq) -> Result<()> {
+        let seq = crate::seq_to_sql(seq)?;
+        let name = name.to_owned();
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached(
+                        "INSERT INTO cursors (name, seq) VALUES ($1, $2)
+                         ON CONFLICT (name) DO UPDATE SET seq = GREATEST(cursors.seq, excluded.seq)",
+                    )
+                    .await?;
+                client.execute(&stmt, &[&name, &seq]).await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn list_rules(&self) -> Result<Vec<StoredRule>> {
+        self.with_client(self.call_timeout(), |client| {
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached("SELECT id, body FROM rules ORDER BY position")
+                    .await?;
+                let rows = client.query(&stmt, &[]).await?;
+                Ok(rows
+                    .iter()
+                    .map(|row| StoredRule {
+                        id: row.get(0),
+                        body: row.get(1),
+                    })
+                    .collect())
+            })
+        })
+        .await
+    }
+
+    async fn put_rule(&self, rule: StoredRule) -> Result<()> {
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached(
+                        "INSERT INTO rules (id, body) VALUES ($1, $2)
+                         ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+                    )
+                    .await?;
+                client.execute(&stmt, &[&rule.id, &rule.body]).await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn delete_rule(&self, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached("DELETE FROM rules WHERE id = $1")
+                    .await?;
+                Ok(client.execute(&stmt, &[&id]).await? > 0)
+            })
+        })
+        .await
     }
 }
 

@@ -49,6 +49,20 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO log_head (seq, ts) VALUES (0, 0);
     "#,
+    // 2: where each delivery process (NATS relay, rules engine) has reached in the log,
+    // and the routing rules in the order first added. A rule's body is TEXT, not jsonb:
+    // it is kept exactly as given.
+    r#"
+    CREATE TABLE cursors (
+        name TEXT   PRIMARY KEY,
+        seq  BIGINT NOT NULL
+    );
+    CREATE TABLE rules (
+        position BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+        id       TEXT   PRIMARY KEY,
+        body     TEXT   NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -71,7 +85,16 @@ pub(super) async fn prepare_database(
                 options.connect_timeout
             ))
         })?
-        .map_err(|e| map_error(&e))?;
+        .map_err(|e| match super::tls::refused_certificate(&e) {
+            // Opening fails for good: retrying will not make the certificate trusted.
+            Some(problem) => StoreError::Open(format!(
+                "TLS: the server's certificate was refused ({problem}); it must chain to a \
+                 root certificate in sslrootcert (without sslrootcert, verify-ca and verify-full \
+                 use the system's trust store), and with sslmode=verify-full also name the host \
+                 connected to"
+            )),
+            None => map_error(&e),
+        })?;
     let driver = tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "PostgreSQL set-up connection ended.");
