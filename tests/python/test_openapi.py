@@ -16,6 +16,8 @@ below, nothing else:
   (`-32600`, `-32700`): negative_data_rejection does not apply to it.
 - `since` later than `until` is `400 invalid_query` (a cross-parameter rule), so such
   pairs are not generated as valid data.
+- Webhook rules it creates are pointed at loopback (`before_call`), so that the hub
+  never POSTs to a made-up host on the internet.
 The hooks also work around a CPython 3.11 bug hit inside schemathesis (see
 `_warm_lambda_sources`).
 """
@@ -44,6 +46,7 @@ checks.negative_data_rejection.enabled = false
 HOOKS = '''
 import ast
 import inspect
+import re
 import sys
 from datetime import datetime, timezone
 
@@ -81,6 +84,22 @@ def _instant(text):
     except ValueError:
         return None
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+_WEBHOOK_HOST = re.compile(r"^(https?://)[^/?#]*")
+
+
+@schemathesis.hook
+def before_call(ctx, case, **kwargs):
+    """Webhook rules get generated URLs with made-up hosts; the hub would then POST to
+    them. Only loopback may be a target here, so every generated webhook URL is pointed
+    at 127.0.0.1 port 9 (nothing listens: deliveries fail fast and are retried)."""
+    body = getattr(case, "body", None)
+    if not isinstance(body, dict):
+        return
+    action = body.get("action")
+    if isinstance(action, dict) and isinstance(action.get("url"), str):
+        action["url"] = _WEBHOOK_HOST.sub(lambda m: m.group(1) + "127.0.0.1:9", action["url"], count=1)
 
 
 @schemathesis.hook

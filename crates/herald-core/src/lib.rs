@@ -16,5 +16,7 @@ pub use event::{
     correlation_id_from_text, Event, NewEvent, Origin, Payload, PayloadNotObject, Seq, Timestamp,
     TimestampError,
 };
-pub use subject::{Pattern, Subject, SubjectError, Token, MAX_SUBJECT_BYTES, MAX_SUBJECT_TOKENS};
+pub use subject::{
+    qualify_subject, Pattern, Subject, SubjectError, Token, MAX_SUBJECT_BYTES, MAX_SUBJECT_TOKENS,
+};
 pub use subject_tree::SubjectTree;

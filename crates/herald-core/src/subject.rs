@@ -212,6 +212,26 @@ impl Pattern {
         }
         parts.next().is_none()
     }
+
+    /// Whether every subject this pattern matches is matched by `outer` too (for
+    /// example `hub.global.>` is within `hub.>`, `hub.*` is not within `hub.a`).
+    pub fn is_within(&self, outer: &Pattern) -> bool {
+        fn within(inner: &[Token], outer: &[Token]) -> bool {
+            match (inner.first(), outer.first()) {
+                (None, None) => true,
+                (Some(_), Some(Token::Rest)) => true,
+                (None, Some(_)) | (Some(_), None) | (Some(Token::Rest), Some(_)) => false,
+                (Some(token), Some(Token::One)) => {
+                    !matches!(token, Token::Rest) && within(&inner[1..], &outer[1..])
+                }
+                (Some(Token::Literal(a)), Some(Token::Literal(b))) => {
+                    a == b && within(&inner[1..], &outer[1..])
+                }
+                (Some(Token::One), Some(Token::Literal(_))) => false,
+            }
+        }
+        within(&self.tokens, &outer.tokens)
+    }
 }
 
 impl fmt::Display for Pattern {
@@ -224,6 +244,16 @@ impl FromStr for Pattern {
     type Err = SubjectError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Pattern::parse(s)
+    }
+}
+
+/// Seed 002's subject prefixing: `project.created` on hub `local-hub` becomes
+/// `hub.local-hub.project.created`; a subject that already starts with `hub.` is kept.
+pub fn qualify_subject(hub_id: &str, subject: &str) -> String {
+    if subject == "hub" || subject.starts_with("hub.") {
+        subject.to_owned()
+    } else {
+        format!("hub.{hub_id}.{subject}")
     }
 }
 
@@ -361,5 +391,38 @@ mod tests {
         assert_eq!(p("hub.local.x"), "hub.local.x");
         assert_eq!(p(">"), "");
         assert_eq!(p("*.x"), "");
+    }
+
+    #[test]
+    fn patterns_within_patterns() {
+        let p = |s: &str| Pattern::parse(s).unwrap();
+        for (inner, outer, expected) in [
+            ("hub.global.>", "hub.>", true),
+            ("hub.a.b", "hub.>", true),
+            ("hub.*.b", "hub.*.*", true),
+            ("hub.>", "hub.>", true),
+            ("hub", "hub.>", false),
+            ("hub.>", "hub.*", false),
+            ("hub.*", "hub.a", false),
+            ("other.>", "hub.>", false),
+            ("hub.a", "hub.a.>", false),
+            ("hub.a.b.c", "hub.*.>", true),
+        ] {
+            assert_eq!(
+                p(inner).is_within(&p(outer)),
+                expected,
+                "{inner} within {outer}"
+            );
+        }
+    }
+
+    #[test]
+    fn qualifies_subjects_under_the_hub() {
+        assert_eq!(
+            qualify_subject("local-hub", "project.created"),
+            "hub.local-hub.project.created"
+        );
+        assert_eq!(qualify_subject("local-hub", "hub.other.x"), "hub.other.x");
+        assert_eq!(qualify_subject("a", "hubris.x"), "hub.a.hubris.x");
     }
 }

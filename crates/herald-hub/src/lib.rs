@@ -28,7 +28,10 @@
 //! ```
 
 mod committer;
+pub mod envelope;
 mod follower;
+pub mod nats;
+pub mod rules;
 mod subscription;
 
 use std::collections::HashMap;
@@ -39,10 +42,11 @@ use herald_core::{
     Event, NewEvent, Origin, Pattern, Payload, Seq, Subject, SubjectTree, Timestamp,
 };
 use herald_store::{AnyStore, Page, Query, Store, StoreError, StoreHealth};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub use nats::{HubPresence, NatsConfig, NatsStatus, StreamSettings};
 pub use subscription::{StartAt, Subscription};
 
 /// Settings of the engine.
@@ -58,6 +62,8 @@ pub struct HubConfig {
     pub subscriber_queue: usize,
     /// Events read from the store per step of catch-up.
     pub catch_up_page: usize,
+    /// NATS: relay, bridge and presence. `None`: the hub runs standalone.
+    pub nats: Option<NatsConfig>,
 }
 
 impl HubConfig {
@@ -68,6 +74,7 @@ impl HubConfig {
             publish_queue: 8192,
             subscriber_queue: 1024,
             catch_up_page: 256,
+            nats: None,
         }
     }
 }
@@ -82,6 +89,9 @@ pub enum HubError {
     /// The hub is shutting down and takes no more publishes.
     #[error("the hub is shutting down")]
     ShuttingDown,
+    /// The hub's settings cannot work (for example a malformed NATS URL).
+    #[error("bad configuration: {0}")]
+    Config(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -135,6 +145,28 @@ struct Inner {
     /// Set when other processes write to the store too: fan-out then follows the log
     /// (see [`follower`]) instead of local commits, and this wakes it after each one.
     follow_log: Option<tokio::sync::Notify>,
+    /// The last seq fanned out, for tasks that follow the log (the NATS relay).
+    committed: watch::Sender<Seq>,
+    nats: Option<nats::NatsLink>,
+    relay_status: RelayStatus,
+    presence: nats::presence::Registry,
+    /// Tells this process apart from others with the same hub id.
+    instance_id: Uuid,
+    started_at: Timestamp,
+    /// Tasks that follow the log (relay, bridge, presence): awaited at shutdown so that
+    /// they save their cursors before the store closes.
+    followers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Routing rules and their consumers (see [`rules`]).
+    rules: rules::Rules,
+}
+
+/// How far the NATS relay has got.
+#[derive(Debug, Default)]
+struct RelayStatus {
+    /// Every event of this hub up to here has a PubAck.
+    cursor: AtomicU64,
+    /// The log's head as the relay last saw it.
+    head: AtomicU64,
 }
 
 /// Live subscribers, and how far fan-out has got. One lock, so a subscriber that
@@ -151,6 +183,22 @@ impl Hub {
     pub async fn open(config: HubConfig, store: AnyStore) -> Result<Self, HubError> {
         let head = store.head().await?;
         let external_commits = store.external_commits();
+        let nats = match &config.nats {
+            Some(settings) => {
+                let link = nats::NatsLink::connect(settings.clone(), &config.hub_id)
+                    .await
+                    .map_err(|error| HubError::Config(error.to_string()))?;
+                // Give the first connection a moment, so that a hub started next to a
+                // running NATS reports it healthy from its first request; a NATS that
+                // is down does not hold the start-up back for longer.
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(2), link.wait_connected())
+                        .await;
+                Some(link)
+            }
+            None => None,
+        };
+        let rules = rules::Rules::load(&store).await?;
         let (publish_tx, publish_rx) = mpsc::channel(config.publish_queue.max(1));
         let inner = Arc::new(Inner {
             config,
@@ -168,16 +216,47 @@ impl Hub {
             follow_log: external_commits
                 .as_ref()
                 .map(|_| tokio::sync::Notify::new()),
+            committed: watch::Sender::new(head),
+            nats,
+            relay_status: RelayStatus::default(),
+            presence: Default::default(),
+            instance_id: Uuid::new_v4(),
+            started_at: Timestamp::now(),
+            followers: Mutex::new(Vec::new()),
+            rules,
         });
         if let Some(commits) = external_commits {
             tokio::spawn(follower::run(inner.clone(), commits));
+        }
+        if let Some(link) = &inner.nats {
+            let mut tasks = Vec::new();
+            if link.config.relay {
+                tasks.push(tokio::spawn(nats::relay::run(inner.clone(), link.clone())));
+            }
+            for pattern in &link.config.bridge {
+                tasks.push(tokio::spawn(nats::bridge::run(
+                    inner.clone(),
+                    link.clone(),
+                    pattern.clone(),
+                )));
+            }
+            if let Some(interval) = link.config.presence_interval {
+                tasks.push(tokio::spawn(nats::presence::run(
+                    inner.clone(),
+                    link.clone(),
+                    interval,
+                )));
+            }
+            *inner.followers.lock().expect("followers lock") = tasks;
         }
         let handle = tokio::spawn(committer::run(inner.clone(), publish_rx));
         *inner
             .committer_done
             .try_lock()
             .expect("no one else has the hub yet") = Some(handle);
-        Ok(Hub { inner })
+        let hub = Hub { inner };
+        rules::Rules::start(&hub);
+        Ok(hub)
     }
 
     pub fn hub_id(&self) -> &str {
@@ -204,6 +283,47 @@ impl Hub {
             .expect("fanout lock")
             .subscribers
             .len()
+    }
+
+    /// The NATS client, when NATS is configured (connected or not).
+    pub fn nats_client(&self) -> Option<async_nats::Client> {
+        self.inner.nats.as_ref().map(|link| link.client.clone())
+    }
+
+    /// The NATS connection's state; `None` when NATS is not configured.
+    pub fn nats_status(&self) -> Option<NatsStatus> {
+        self.inner.nats.as_ref().map(|link| NatsStatus {
+            connected: link.is_connected(),
+            url: link.config.redacted_servers(),
+        })
+    }
+
+    /// The relay's position: (every event of this hub up to this seq is in JetStream,
+    /// the log's head as the relay last saw it). `None` when the relay is off.
+    pub fn relay_position(&self) -> Option<(Seq, Seq)> {
+        let link = self.inner.nats.as_ref()?;
+        link.config.relay.then(|| {
+            let status = &self.inner.relay_status;
+            (
+                status.cursor.load(Ordering::Relaxed),
+                status.head.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Hubs heard on `hub.global.presence.announced` recently (this one included while
+    /// NATS is up).
+    pub fn hubs(&self) -> Vec<HubPresence> {
+        self.inner.presence.recent()
+    }
+
+    /// Seed 002's subject prefixing: `project.created` becomes
+    /// `hub.<hub_id>.project.created`; a subject that starts with `hub.` is kept.
+    pub fn qualify_subject(&self, subject: &str) -> Result<Subject, herald_core::SubjectError> {
+        Subject::new(herald_core::qualify_subject(
+            &self.inner.config.hub_id,
+            subject,
+        ))
     }
 
     /// An origin for events published on this hub by `service`.
@@ -315,6 +435,17 @@ impl Hub {
             if let Err(error) = handle.await {
                 tracing::error!(%error, "Committer task failed.");
             }
+            let followers =
+                std::mem::take(&mut *self.inner.followers.lock().expect("followers lock"));
+            for task in followers {
+                if tokio::time::timeout(std::time::Duration::from_secs(5), task)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("A NATS task did not stop within 5 s.");
+                }
+            }
+            self.inner.rules.stop().await;
             {
                 let mut fanout = self.inner.fanout.lock().expect("fanout lock");
                 fanout.subscribers.clear();
@@ -350,6 +481,13 @@ impl Inner {
             });
             *head = (*head).max(event.seq);
         }
+        let head = *head;
+        drop(fanout);
+        self.committed.send_if_modified(|seen| {
+            let moved = head > *seen;
+            *seen = (*seen).max(head);
+            moved
+        });
         self.stats
             .live_deliveries
             .fetch_add(delivered, Ordering::Relaxed);

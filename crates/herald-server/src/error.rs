@@ -61,6 +61,13 @@ error_codes! {
     RequestTimeout = "request_timeout" => REQUEST_TIMEOUT,
     NotFound = "not_found" => NOT_FOUND,
     EventNotFound = "event_not_found" => NOT_FOUND,
+    /// A routing rule is malformed (`POST /api/rules`); nothing was stored.
+    InvalidRule = "invalid_rule" => UNPROCESSABLE_ENTITY,
+    RuleNotFound = "rule_not_found" => NOT_FOUND,
+    /// A routing rule with that id already exists.
+    RuleExists = "rule_exists" => CONFLICT,
+    /// The hub already keeps the most routing rules it takes.
+    TooManyRules = "too_many_rules" => CONFLICT,
     MethodNotAllowed = "method_not_allowed" => METHOD_NOT_ALLOWED,
     TooManyStreams = "too_many_streams" => SERVICE_UNAVAILABLE,
     StoreUnavailable = "store_unavailable" => SERVICE_UNAVAILABLE,

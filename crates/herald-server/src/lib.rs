@@ -159,8 +159,17 @@ pub fn routes(state: &AppState) -> Vec<(&'static str, MethodRouter<AppState>)> {
             post(http::publish_legacy).layer(limit_publishes()),
         ),
         ("/api/events/{id}", get(http::get_event)),
+        (
+            "/api/rules",
+            get(http::rules::list_rules).post(http::rules::add_rule),
+        ),
+        (
+            "/api/rules/{id}",
+            get(http::rules::get_rule).delete(http::rules::delete_rule),
+        ),
         ("/health", get(http::health)),
         ("/health/nats", get(http::nats_health)),
+        ("/api/hubs", get(http::hubs)),
         ("/metrics", get(metrics::render)),
         (
             "/rpc",

@@ -22,6 +22,14 @@
 //! | `herald_http_requests_total{method,route,status}` | counter | HTTP requests |
 //! | `herald_http_request_duration_seconds{method,route}` | histogram | HTTP request latency |
 //! | `herald_rpc_calls_total{method,code}` | counter | JSON-RPC calls by method and error code (`0` = success) |
+//! | `herald_nats_connected` | gauge | 1 while connected to NATS (absent without NATS) |
+//! | `herald_relay_lag_events` | gauge | events committed but not yet acknowledged by JetStream |
+//! | `herald_relay_acked_seq` | gauge | the relay's cursor |
+//! | `herald_relay_delay_seconds` | histogram | commit to JetStream PubAck, per relayed event |
+//! | `herald_relay_published_total` / `_skipped_total` / `_errors_total` | counter | relayed events; events outside the stream's subjects; interruptions |
+//! | `herald_rule_actions_total{rule,outcome}` | counter | routing-rule actions: `delivered`, `failed`, `retried` |
+//! | `herald_rule_action_duration_seconds{rule}` | histogram | one action (a webhook attempt, a republish, a handler call) |
+//! | `herald_bridge_ingested_total` / `_duplicates_total` / `_skipped_total` / `_rejected_total` / `_errors_total` | counter | NATS messages stored as events; already stored; relayed by this hub; invalid; interruptions |
 
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
@@ -142,6 +150,13 @@ pub async fn render(State(state): State<AppState>) -> Response {
     }
     if let Ok(bytes) = state.hub.store().size_bytes().await {
         metrics::gauge!("herald_store_size_bytes").set(bytes as f64);
+    }
+    if let Some(status) = state.hub.nats_status() {
+        metrics::gauge!("herald_nats_connected").set(if status.connected { 1.0 } else { 0.0 });
+    }
+    if let Some((acked, head)) = state.hub.relay_position() {
+        metrics::gauge!("herald_relay_lag_events").set(head.saturating_sub(acked) as f64);
+        metrics::gauge!("herald_relay_acked_seq").set(acked as f64);
     }
     let body = state
         .metrics

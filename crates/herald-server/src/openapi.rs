@@ -53,9 +53,14 @@ use crate::rpc::MAX_BATCH_REQUESTS;
         crate::http::publish::publish_batch,
         crate::ws::stream,
         crate::http::get_event,
+        crate::http::rules::list_rules,
+        crate::http::rules::add_rule,
+        crate::http::rules::get_rule,
+        crate::http::rules::delete_rule,
         crate::http::publish::publish_legacy,
         crate::http::health,
         crate::http::nats_health,
+        crate::http::hubs,
         crate::metrics::render,
         crate::rpc::handle,
         crate::rpc::methods,
@@ -68,6 +73,12 @@ use crate::rpc::MAX_BATCH_REQUESTS;
             crate::wire::PublishResponse,
             crate::wire::BatchResponse,
             crate::wire::StreamFrame,
+            crate::http::rules::RuleRequestSchema,
+            crate::http::rules::RuleIdSchema,
+            crate::http::rules::Rule,
+            crate::http::rules::RuleAction,
+            crate::http::rules::RuleStats,
+            crate::http::rules::RuleList,
             Subject,
             SubjectPattern,
             SubjectQuery,
@@ -93,6 +104,7 @@ use crate::rpc::MAX_BATCH_REQUESTS;
             BadRequest,
             NotFound,
             MethodNotAllowed,
+            Conflict,
             RequestTimeout,
             PayloadTooLarge,
             UnprocessableEntity,
@@ -102,6 +114,7 @@ use crate::rpc::MAX_BATCH_REQUESTS;
     tags(
         (name = "events", description = "Publish, query, read and stream events."),
         (name = "cloudevents", description = "CloudEvents v1.0 (see also `POST /api/events`)."),
+        (name = "rules", description = "Routing rules: act on every event matching a subject pattern (webhooks, NATS republish)."),
         (name = "rpc", description = "JSON-RPC 2.0."),
         (name = "operations", description = "Health, metrics and this document."),
     ),
@@ -692,6 +705,7 @@ error_responses! {
     BadRequest = BAD_REQUEST, "The request is malformed.";
     NotFound = NOT_FOUND, "Nothing there.";
     MethodNotAllowed = METHOD_NOT_ALLOWED, "The route does not take this method (see `Allow`).";
+    Conflict = CONFLICT, "The request conflicts with what exists; nothing was changed.";
     RequestTimeout = REQUEST_TIMEOUT, "The request took longer than the configured timeout.";
     PayloadTooLarge = PAYLOAD_TOO_LARGE, "The body is larger than the configured limit.";
     UnprocessableEntity = UNPROCESSABLE_ENTITY, "The body is JSON but not a valid request; nothing was stored.";

@@ -151,10 +151,12 @@ impl<'a> From<&'a CoreEvent> for StreamFrame<'a> {
 /// `{timestamp, details}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
-    /// `healthy`, or `unhealthy` (with status 503) when the store cannot be read.
-    #[schema(value_type = String, pattern = "^(?:healthy|unhealthy)$")]
+    /// `healthy`; `degraded` while NATS is configured but unreachable (events are still
+    /// stored and relayed later); `unhealthy` (with status 503) when the store cannot be read.
+    #[schema(value_type = String, pattern = "^(?:healthy|degraded|unhealthy)$")]
     pub status: &'static str,
-    /// `disabled`: NATS is not supported yet.
+    /// `healthy`, `unhealthy` (configured, not connected) or `disabled` (no `NATS_URL`).
+    #[schema(value_type = String, pattern = "^(?:healthy|unhealthy|disabled)$")]
     pub nats: &'static str,
     /// `healthy` or `unhealthy`.
     #[schema(value_type = String, pattern = "^(?:healthy|unhealthy)$")]
@@ -175,7 +177,57 @@ pub struct HealthDetails {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct NatsHealth {
     pub connected: bool,
+    /// The configured server(s), credentials hidden; `null` without NATS.
     pub url: Option<String>,
+    /// How far the JetStream relay has got; absent when it is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayHealth>,
+}
+
+/// The relay's position in the log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RelayHealth {
+    /// Every event of this hub up to this seq has been acknowledged by JetStream.
+    pub acked_seq: u64,
+    /// The log's head as the relay last saw it.
+    pub head_seq: u64,
+}
+
+/// `GET /api/hubs`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HubList {
+    pub hubs: Vec<HubInfo>,
+    pub count: usize,
+}
+
+/// A hub heard on `hub.global.presence.announced`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HubInfo {
+    pub hub_id: String,
+    /// One per running process (several may share a hub id and a store).
+    pub instance_id: Uuid,
+    pub version: String,
+    pub url: Option<String>,
+    #[schema(format = DateTime)]
+    pub started_at: String,
+    /// When this hub last heard its announcement.
+    #[schema(format = DateTime)]
+    pub last_seen: String,
+    pub interval_seconds: u64,
+}
+
+impl From<herald_hub::HubPresence> for HubInfo {
+    fn from(p: herald_hub::HubPresence) -> Self {
+        HubInfo {
+            hub_id: p.hub_id,
+            instance_id: p.instance_id,
+            version: p.version,
+            url: p.url,
+            started_at: p.started_at,
+            last_seen: p.last_seen,
+            interval_seconds: p.interval_seconds,
+        }
+    }
 }
 
 /// `GET /`: what this server is.

@@ -32,6 +32,10 @@ pub struct PublishArgs {
     /// Correlation id (a UUID) to attach.
     #[arg(long)]
     correlation_id: Option<String>,
+    /// Put the subject under the hub's namespace: `project.created` is published as
+    /// `hub.<hub_id>.project.created` (a subject starting with `hub.` is kept).
+    #[arg(long)]
+    prefix: bool,
     #[command(flatten)]
     connection: Connection,
 }
@@ -115,7 +119,23 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         Some(text) => text.to_owned(),
     };
     let payload: Value = serde_json::from_str(&text).context("the payload is not valid JSON")?;
-    let mut body = serde_json::json!({ "subject": args.subject, "payload": payload });
+    let subject = if args.prefix {
+        let index: Value = http()?
+            .get(args.connection.endpoint("/"))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the hub at {}", args.connection.url))?
+            .json()
+            .await
+            .context("reading the hub's id from GET /")?;
+        let hub_id = index["hub_id"]
+            .as_str()
+            .context("GET / did not name the hub's id")?;
+        herald_core::qualify_subject(hub_id, &args.subject)
+    } else {
+        args.subject
+    };
+    let mut body = serde_json::json!({ "subject": subject, "payload": payload });
     if let Some(id) = args.correlation_id {
         body["correlation_id"] = Value::String(id);
     }

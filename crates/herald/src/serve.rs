@@ -44,9 +44,8 @@ pub struct ServeArgs {
     #[arg(long, env = "HUB_ID", default_value = "local-hub")]
     hub_id: String,
 
-    /// NATS server(s). Not supported by this version yet: Herald runs standalone.
-    #[arg(long, env = "NATS_URL", hide_env_values = true)]
-    nats_url: Option<String>,
+    #[command(flatten)]
+    nats: NatsArgs,
 
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
@@ -96,9 +95,166 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
     shutdown_timeout_secs: u64,
 
+    /// A routing rules file: a JSON array of `POST /api/rules` bodies, each with an `id`.
+    /// They are stored at start (replacing stored rules with the same id) and show in
+    /// GET /api/rules; rules added over the API are kept.
+    #[arg(long = "rules", env = "HERALD_RULES_FILE")]
+    rules_file: Option<std::path::PathBuf>,
+
     /// Log format: text or json. The level comes from RUST_LOG (default info).
     #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+}
+
+/// Settings of the NATS link (used when `NATS_URL` is set).
+#[derive(Debug, Args)]
+pub struct NatsArgs {
+    /// NATS server(s), comma-separated (nats://host:4222, tls://…; user:password@ or
+    /// token@ allowed). Unset: Herald runs standalone.
+    #[arg(long, env = "NATS_URL", hide_env_values = true)]
+    nats_url: Option<String>,
+
+    /// Token to authenticate to NATS with.
+    #[arg(long, env = "HERALD_NATS_TOKEN", hide_env_values = true)]
+    nats_token: Option<String>,
+
+    /// User name to authenticate to NATS with (with --nats-password).
+    #[arg(long, env = "HERALD_NATS_USER")]
+    nats_user: Option<String>,
+
+    #[arg(long, env = "HERALD_NATS_PASSWORD", hide_env_values = true)]
+    nats_password: Option<String>,
+
+    /// A NATS credentials (.creds) file.
+    #[arg(long, env = "HERALD_NATS_CREDS")]
+    nats_creds: Option<std::path::PathBuf>,
+
+    /// CA certificate (PEM) to trust for TLS to NATS.
+    #[arg(long, env = "HERALD_NATS_TLS_CA")]
+    nats_tls_ca: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS (with --nats-tls-key).
+    #[arg(long, env = "HERALD_NATS_TLS_CERT", requires = "nats_tls_key")]
+    nats_tls_cert: Option<std::path::PathBuf>,
+
+    #[arg(long, env = "HERALD_NATS_TLS_KEY", requires = "nats_tls_cert")]
+    nats_tls_key: Option<std::path::PathBuf>,
+
+    /// Refuse to talk to NATS without TLS.
+    #[arg(long, env = "HERALD_NATS_REQUIRE_TLS")]
+    nats_require_tls: bool,
+
+    /// The JetStream stream events are relayed to (created or updated at start).
+    #[arg(long, env = "HERALD_NATS_STREAM", default_value = "HERALD")]
+    nats_stream: String,
+
+    /// The stream's subjects, comma-separated.
+    #[arg(long, env = "HERALD_NATS_STREAM_SUBJECTS", default_value = "hub.>")]
+    nats_stream_subjects: String,
+
+    /// Most messages the stream keeps (0 = no limit).
+    #[arg(long, env = "HERALD_NATS_MAX_MSGS", default_value_t = 0)]
+    nats_max_msgs: i64,
+
+    /// Most bytes the stream keeps (0 = no limit).
+    #[arg(long, env = "HERALD_NATS_MAX_BYTES", default_value_t = 0)]
+    nats_max_bytes: i64,
+
+    /// Seconds the stream keeps a message (0 = no limit).
+    #[arg(long, env = "HERALD_NATS_MAX_AGE_SECS", default_value_t = 0)]
+    nats_max_age_secs: u64,
+
+    /// Seconds in which JetStream drops a re-sent message (same Nats-Msg-Id).
+    #[arg(long, env = "HERALD_NATS_DUPLICATE_WINDOW_SECS", default_value_t = 120)]
+    nats_duplicate_window_secs: u64,
+
+    /// Relay every event committed on this hub to the stream.
+    #[arg(long, env = "HERALD_NATS_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
+    nats_relay: bool,
+
+    /// Subject patterns to ingest from the stream, comma-separated; empty for none. Each
+    /// must lie within the stream's subjects.
+    #[arg(long, env = "HERALD_NATS_BRIDGE", default_value = "hub.>")]
+    nats_bridge: String,
+
+    /// Seconds between presence announcements on hub.global.presence.announced (0 = off).
+    #[arg(long, env = "HERALD_PRESENCE_INTERVAL_SECS", default_value_t = 10)]
+    presence_interval_secs: u64,
+
+    /// This hub's public URL, in presence announcements.
+    #[arg(long, env = "HERALD_PUBLIC_URL")]
+    public_url: Option<String>,
+}
+
+impl NatsArgs {
+    /// The hub's NATS settings; `None` without `NATS_URL`.
+    pub fn config(&self) -> anyhow::Result<Option<herald_hub::NatsConfig>> {
+        let Some(urls) = self
+            .nats_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        else {
+            return Ok(None);
+        };
+        let patterns = |text: &str, what: &str| -> anyhow::Result<Vec<herald_core::Pattern>> {
+            text.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    herald_core::Pattern::parse(p)
+                        .map_err(|error| anyhow::anyhow!("{what} `{p}`: {error}"))
+                })
+                .collect()
+        };
+        let mut config = herald_hub::NatsConfig::new(
+            urls.split(',')
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+                .collect(),
+        );
+        config.token = self.nats_token.clone();
+        config.user = self.nats_user.clone();
+        config.password = self.nats_password.clone();
+        config.credentials_file = self.nats_creds.clone();
+        config.tls_ca = self.nats_tls_ca.clone();
+        config.tls_client = self.nats_tls_cert.clone().zip(self.nats_tls_key.clone());
+        config.require_tls = self.nats_require_tls;
+        if self.nats_stream.is_empty()
+            || self
+                .nats_stream
+                .contains(|c: char| c == '.' || c == '*' || c == '>' || c.is_whitespace())
+        {
+            anyhow::bail!(
+                "--nats-stream `{}` is not a valid stream name",
+                self.nats_stream
+            );
+        }
+        config.stream.name = self.nats_stream.clone();
+        config.stream.subjects = patterns(&self.nats_stream_subjects, "--nats-stream-subjects")?;
+        if config.stream.subjects.is_empty() {
+            anyhow::bail!("--nats-stream-subjects is empty");
+        }
+        config.stream.max_msgs = self.nats_max_msgs;
+        config.stream.max_bytes = self.nats_max_bytes;
+        config.stream.max_age = Duration::from_secs(self.nats_max_age_secs);
+        config.stream.duplicate_window =
+            Duration::from_secs(self.nats_duplicate_window_secs.max(1));
+        config.relay = self.nats_relay;
+        config.bridge = patterns(&self.nats_bridge, "--nats-bridge")?;
+        for pattern in &config.bridge {
+            if !config.stream.subjects.iter().any(|s| pattern.is_within(s)) {
+                anyhow::bail!(
+                    "--nats-bridge `{pattern}` is not within the stream's subjects ({}): the bridge reads from the stream",
+                    self.nats_stream_subjects
+                );
+            }
+        }
+        config.presence_interval = (self.presence_interval_secs > 0)
+            .then(|| Duration::from_secs(self.presence_interval_secs));
+        config.public_url = self.public_url.clone();
+        Ok(Some(config))
+    }
 }
 
 /// Settings of the PostgreSQL store (used when `DATABASE_URL` is `postgres://…`).
@@ -179,9 +335,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let store_config = StoreConfig::parse(&args.data).map_err(anyhow::Error::msg)?;
-    if args.nats_url.is_some() {
-        tracing::warn!("NATS_URL is set, but this version of Herald does not connect to NATS yet; running standalone.");
-    }
+    let nats = args.nats.config()?;
+    let rules = match &args.rules_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the rules file {}", path.display()))?;
+            let rules = herald_server::http::rules::parse_rules_file(&text)
+                .map_err(|error| anyhow::anyhow!("rules file {}: {error}", path.display()))?;
+            Some(rules)
+        }
+        None => None,
+    };
     let listen = args
         .listen
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], args.port)));
@@ -193,7 +357,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut hub_config = HubConfig::new(args.hub_id.clone());
     hub_config.subscriber_queue = args.subscriber_queue.max(1);
     hub_config.max_batch_events = args.max_batch_events.max(1);
+    let nats_shown = nats.as_ref().map(|n| n.redacted_servers());
+    hub_config.nats = nats;
     let hub = Hub::open(hub_config, store).await?;
+    if let Some(rules) = rules {
+        let count = rules.len();
+        if let Err(error) = hub.load_rules(rules).await {
+            hub.shutdown().await;
+            anyhow::bail!("loading the routing rules file: {error}");
+        }
+        tracing::info!(count, "Routing rules loaded from the rules file.");
+    }
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -219,6 +393,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         %bound,
         hub_id = %args.hub_id,
         store = %store_config.redacted(),
+        nats = nats_shown.as_deref().unwrap_or("off"),
         "Herald is listening."
     );
     // The one line on stdout: scripts and tests read the bound address from it.

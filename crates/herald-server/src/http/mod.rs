@@ -5,6 +5,7 @@
 
 pub mod cloudevents;
 pub mod publish;
+pub mod rules;
 
 pub use publish::{publish_batch, publish_event, publish_legacy};
 
@@ -213,28 +214,36 @@ pub async fn get_event(
     }
 }
 
-/// `GET /health`: 200 while the store works (NATS being away only degrades), 503 when
-/// the store does not.
+/// `GET /health`: 200 while the store works (NATS being away only degrades the status
+/// to `degraded`), 503 when the store does not.
 #[utoipa::path(
     get,
     path = "/health",
     tag = "operations",
     summary = "Health",
     responses(
-        (status = 200, description = "The store works.", body = wire::Health),
+        (status = 200, description = "The store works (`status`: `healthy`, or `degraded` while NATS is configured but unreachable).", body = wire::Health),
         (status = 503, description = "The store cannot be read (`status`: `unhealthy`).", body = wire::Health),
     ),
 )]
 pub async fn health(State(state): State<AppState>) -> Response {
     let store = state.hub.health().await;
-    let (status, code) = if store.healthy {
-        ("healthy", StatusCode::OK)
-    } else {
+    let nats = state.hub.nats_status();
+    let nats_connected = nats.as_ref().is_some_and(|n| n.connected);
+    let (status, code) = if !store.healthy {
         ("unhealthy", StatusCode::SERVICE_UNAVAILABLE)
+    } else if nats.is_some() && !nats_connected {
+        ("degraded", StatusCode::OK)
+    } else {
+        ("healthy", StatusCode::OK)
     };
     let body = wire::Health {
         status,
-        nats: "disabled",
+        nats: match &nats {
+            None => "disabled",
+            Some(n) if n.connected => "healthy",
+            Some(_) => "unhealthy",
+        },
         database: if store.healthy {
             "healthy"
         } else {
@@ -242,7 +251,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
         },
         timestamp: Timestamp::now().to_rfc3339(),
         details: wire::HealthDetails {
-            nats_connected: false,
+            nats_connected,
             database_connected: store.healthy,
             running: !state.shutdown.is_cancelled(),
         },
@@ -250,18 +259,44 @@ pub async fn health(State(state): State<AppState>) -> Response {
     (code, Json(body)).into_response()
 }
 
-/// `GET /health/nats`: NATS is not configured in this version of Herald.
+/// `GET /health/nats`: the NATS connection (`url` is `null` when NATS is not configured,
+/// and never shows credentials).
 #[utoipa::path(
     get,
     path = "/health/nats",
     tag = "operations",
     summary = "NATS connection",
-    responses((status = 200, description = "Always disconnected: NATS is not supported yet.", body = wire::NatsHealth)),
+    responses((status = 200, description = "The connection's state.", body = wire::NatsHealth)),
 )]
-pub async fn nats_health() -> Json<wire::NatsHealth> {
+pub async fn nats_health(State(state): State<AppState>) -> Json<wire::NatsHealth> {
+    let status = state.hub.nats_status();
     Json(wire::NatsHealth {
-        connected: false,
-        url: None,
+        connected: status.as_ref().is_some_and(|s| s.connected),
+        url: status.map(|s| s.url),
+        relay: state
+            .hub
+            .relay_position()
+            .map(|(cursor, head)| wire::RelayHealth {
+                acked_seq: cursor,
+                head_seq: head,
+            }),
+    })
+}
+
+/// `GET /api/hubs`: hubs heard announcing themselves on NATS recently (seed 002's
+/// federation presence).
+#[utoipa::path(
+    get,
+    path = "/api/hubs",
+    tag = "operations",
+    summary = "Hubs seen on the bus",
+    responses((status = 200, description = "Hubs whose last announcement is within three of their intervals; empty without NATS.", body = wire::HubList)),
+)]
+pub async fn hubs(State(state): State<AppState>) -> Json<wire::HubList> {
+    let hubs: Vec<wire::HubInfo> = state.hub.hubs().into_iter().map(Into::into).collect();
+    Json(wire::HubList {
+        count: hubs.len(),
+        hubs,
     })
 }
 

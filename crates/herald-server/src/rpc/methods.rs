@@ -715,12 +715,12 @@ impl RpcMethod for HubHealth {
             field(
                 "status",
                 "string",
-                "\"healthy\" while the store works, else \"unhealthy\"",
+                "\"healthy\"; \"degraded\" while NATS is configured but unreachable; \"unhealthy\" when the store fails",
             ),
             field(
                 "services",
                 "object",
-                "{nats: \"disabled\" (not supported yet), database: \"healthy\" | \"unhealthy\"}",
+                "{nats: \"healthy\" | \"unhealthy\" | \"disabled\", database: \"healthy\" | \"unhealthy\"}",
             ),
         ],
     };
@@ -732,13 +732,20 @@ impl RpcMethod for HubHealth {
 
     async fn call(call: &Call<'_>, (): ()) -> Result<Box<RawValue>, RpcError> {
         let healthy = call.state.hub.health().await.healthy;
-        let status = if healthy { "healthy" } else { "unhealthy" };
+        let database = if healthy { "healthy" } else { "unhealthy" };
+        let nats = match call.state.hub.nats_status() {
+            None => "disabled",
+            Some(n) if n.connected => "healthy",
+            Some(_) => "unhealthy",
+        };
+        let status = match (healthy, nats) {
+            (false, _) => "unhealthy",
+            (true, "unhealthy") => "degraded",
+            (true, _) => "healthy",
+        };
         to_result(&wire::HubHealth {
             status,
-            services: wire::Services {
-                nats: "disabled",
-                database: status,
-            },
+            services: wire::Services { nats, database },
         })
     }
 }

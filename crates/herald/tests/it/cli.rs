@@ -195,3 +195,15 @@ async fn cli_failures_exit_non_zero() {
         "query against a dead server exited 0"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_prefix_puts_the_subject_under_the_hub() {
+    let h = TestHerald::start_with(&["--hub-id", "cli-hub"]).await;
+    let url = h.base_url().to_owned();
+    let short = run_json(&["publish", "project.created", "--prefix", "--url", &url]).await;
+    let stored = h.get_event(short["event_id"].as_str().unwrap()).await;
+    assert_eq!(stored["subject"], "hub.cli-hub.project.created");
+    let full = run_json(&["publish", "hub.other.x", "--prefix", "--url", &url]).await;
+    let stored = h.get_event(full["event_id"].as_str().unwrap()).await;
+    assert_eq!(stored["subject"], "hub.other.x", "a hub. subject is kept");
+}

@@ -9,5 +9,7 @@ mod bad_input;
 mod cli;
 mod crash;
 mod lifecycle;
+mod nats;
 mod postgres;
+mod rules;
 mod stream;

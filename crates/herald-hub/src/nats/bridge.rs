@@ -1,0 +1,304 @@
+//! The bridge: messages that others publish on NATS become events in this hub's log
+//! (seed 002's `subscribe_nats_to_internal`, with the events stored).
+//!
+//! Each bridged pattern is a durable pull consumer on the stream, so messages published
+//! while this hub was down wait in JetStream. A message is acknowledged only after its
+//! event is durably stored; a redelivery is harmless because its id is fixed by the
+//! message (see [`to_new_event`]) and the store keeps an id once.
+//!
+//! Loop safety: messages this hub relayed itself (header [`HEADER_HUB`](super::HEADER_HUB)
+//! = our hub id) are skipped, and ingested events keep their remote origin, which the
+//! relay never sends back out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use base64::Engine as _;
+use futures_util::StreamExt;
+use herald_core::{correlation_id_from_text, NewEvent, Origin, Pattern, Payload, Subject};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::{NatsLink, HEADER_CORRELATION, HEADER_HUB, PRESENCE_SUBJECT};
+use crate::{Hub, HubError, Inner};
+
+/// Messages taken per ingest batch (one store transaction).
+const BATCH: usize = 512;
+/// `origin.hub_id` of events published straight to NATS by non-Herald clients.
+pub const EXTERNAL_HUB_ID: &str = "nats";
+/// Namespace of ids given to messages without a UUID `Nats-Msg-Id`.
+const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x7d1b_3e40_5a9c_4f6e_9b2d_18c4_a0e5_f312);
+
+/// The durable consumer's name: stable for a hub and pattern, valid for JetStream.
+pub(crate) fn consumer_name(hub_id: &str, pattern: &Pattern) -> String {
+    let hub: String = hub_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    // FNV-1a: stable across builds and platforms (unlike std's hasher).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in pattern.as_str().bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("herald-{hub}-{hash:016x}")
+}
+
+pub(crate) async fn run(inner: Arc<Inner>, link: NatsLink, pattern: Pattern) {
+    let hub = Hub {
+        inner: inner.clone(),
+    };
+    let name = consumer_name(&inner.config.hub_id, &pattern);
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            () = link.wait_connected() => {}
+            () = inner.shutdown.cancelled() => break,
+        }
+        match bridge(&hub, &link, &pattern, &name).await {
+            Ok(()) => break,
+            Err(error) => {
+                tracing::warn!(%pattern, %error, "NATS bridge interrupted; resuming.");
+                metrics::counter!("herald_bridge_errors_total").increment(1);
+                let delay = Duration::from_millis(100u64 << failures.min(5));
+                failures += 1;
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = inner.shutdown.cancelled() => break,
+                }
+            }
+        }
+    }
+    tracing::debug!(%pattern, "NATS bridge stopped.");
+}
+
+async fn bridge(hub: &Hub, link: &NatsLink, pattern: &Pattern, name: &str) -> Result<(), String> {
+    link.ensure_stream().await?;
+    let stream = link
+        .jetstream
+        .get_stream(&link.config.stream.name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let consumer = stream
+        .get_or_create_consumer(
+            name,
+            pull::Config {
+                durable_name: Some(name.to_owned()),
+                description: Some(format!("Herald bridge of {pattern}")),
+                filter_subject: pattern.as_str().to_owned(),
+                ack_policy: AckPolicy::Explicit,
+                deliver_policy: DeliverPolicy::All,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 4 * BATCH as i64,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("creating consumer {name}: {e}"))?;
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(BATCH)
+        .heartbeat(Duration::from_secs(5))
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut chunks = messages.ready_chunks(BATCH);
+    let own_hub = hub.hub_id().to_owned();
+    let stream_name = link.config.stream.name.clone();
+    loop {
+        let chunk = tokio::select! {
+            chunk = chunks.next() => chunk,
+            () = hub.inner.shutdown.cancelled() => return Ok(()),
+        };
+        let Some(chunk) = chunk else {
+            return Err("the consumer's message stream ended".into());
+        };
+        let mut events = Vec::with_capacity(chunk.len());
+        let mut messages = Vec::with_capacity(chunk.len());
+        for item in chunk {
+            let message = match item {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::debug!(%error, "NATS bridge consumer hiccup.");
+                    continue;
+                }
+            };
+            let stream_seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+            match to_new_event(&message, &stream_name, stream_seq, &own_hub) {
+                Ok(Some(event)) => events.push(event),
+                Ok(None) => metrics::counter!("herald_bridge_skipped_total").increment(1),
+                Err(reason) => {
+                    metrics::counter!("herald_bridge_rejected_total").increment(1);
+                    tracing::warn!(subject = %message.subject, %reason, "Rejected a NATS message; it is not ingested.");
+                }
+            }
+            messages.push(message);
+        }
+        ingest(hub, events).await?;
+        for message in messages {
+            if let Err(error) = message.ack().await {
+                tracing::debug!(%error, "Cannot acknowledge a bridged message; it will be redelivered and deduplicated.");
+            }
+        }
+    }
+}
+
+/// Stores the batch, retrying while the store is unavailable (the messages stay
+/// unacknowledged meanwhile).
+async fn ingest(hub: &Hub, events: Vec<NewEvent>) -> Result<(), String> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let count = events.len() as u64;
+    let mut failures = 0u32;
+    loop {
+        match hub.publish_batch(events.clone()).await {
+            Ok(results) => {
+                let fresh = results.iter().filter(|r| !r.duplicate).count() as u64;
+                metrics::counter!("herald_bridge_ingested_total").increment(fresh);
+                metrics::counter!("herald_bridge_duplicates_total").increment(count - fresh);
+                return Ok(());
+            }
+            Err(HubError::Unavailable(error)) => {
+                tracing::warn!(%error, "Cannot store bridged messages; retrying.");
+                tokio::time::sleep(Duration::from_millis(100u64 << failures.min(5))).await;
+                failures += 1;
+            }
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+}
+
+/// The event a NATS message stands for: `Ok(None)` to skip it (relayed by this hub, or a
+/// presence announcement), `Err` when it cannot be an event (its subject is not valid).
+///
+/// - A message relayed by another Herald (an envelope) keeps that event's id, origin,
+///   correlation id, payload and CloudEvents attributes.
+/// - Any other message: the id is its `Nats-Msg-Id` (the UUID, or a UUIDv5 of other
+///   text), else a UUIDv5 of its stream position, so a redelivery gets the same id; the
+///   correlation id comes from a `Correlation-ID` header when present; origin is
+///   `{hub_id: "nats", service: "nats-bridge"}`; a JSON object body is the payload, other
+///   JSON is wrapped as `{"data": …}`, other text as `{"text": …}` and bytes as
+///   `{"data_base64": …}`.
+pub(crate) fn to_new_event(
+    message: &async_nats::jetstream::Message,
+    stream: &str,
+    stream_seq: u64,
+    own_hub: &str,
+) -> Result<Option<NewEvent>, String> {
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    if header(HEADER_HUB).as_deref() == Some(own_hub) {
+        return Ok(None);
+    }
+    let subject_text = message.subject.as_str();
+    if subject_text == PRESENCE_SUBJECT {
+        return Ok(None);
+    }
+    let subject = Subject::new(subject_text).map_err(|e| e.to_string())?;
+    if header(HEADER_HUB).is_some() {
+        if let Some(event) = crate::envelope::from_json(&message.payload, &subject) {
+            if event.origin.hub_id == own_hub {
+                // Our own event whose relay header was lost on the way: not new here.
+                return Ok(None);
+            }
+            return Ok(Some(event));
+        }
+    }
+    let message_id = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+        .map(|v| v.as_str().to_owned());
+    let id = match message_id {
+        Some(text) => Uuid::try_parse(text.trim())
+            .unwrap_or_else(|_| Uuid::new_v5(&MESSAGE_ID_NAMESPACE, text.as_bytes())),
+        None => Uuid::new_v5(
+            &MESSAGE_ID_NAMESPACE,
+            format!("{stream}\0{stream_seq}").as_bytes(),
+        ),
+    };
+    let correlation_id = header(HEADER_CORRELATION)
+        .or_else(|| header("X-Correlation-ID"))
+        .map(|text| correlation_id_from_text(&text));
+    let mut event = NewEvent::new(
+        subject,
+        payload_of(&message.payload),
+        Origin {
+            hub_id: EXTERNAL_HUB_ID.into(),
+            service: Some("nats-bridge".into()),
+            user: None,
+        },
+        correlation_id,
+    );
+    event.id = id;
+    Ok(Some(event))
+}
+
+fn payload_of(body: &[u8]) -> Payload {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Payload::empty();
+    }
+    if let Ok(raw) = serde_json::from_slice::<&RawValue>(body) {
+        let raw = raw.to_owned();
+        return match Payload::from_raw(raw) {
+            Ok(payload) => payload,
+            Err(_) => wrap("data", serde_json::from_slice(body).unwrap_or_default()),
+        };
+    }
+    match std::str::from_utf8(body) {
+        Ok(text) => wrap("text", serde_json::Value::String(text.to_owned())),
+        Err(_) => wrap(
+            "data_base64",
+            serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(body)),
+        ),
+    }
+}
+
+fn wrap(key: &str, value: serde_json::Value) -> Payload {
+    let mut map = serde_json::Map::new();
+    map.insert(key.to_owned(), value);
+    Payload::from_value(&map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_names_are_valid_and_stable() {
+        let name = consumer_name("local hub.1", &Pattern::parse("hub.*.x.>").unwrap());
+        assert!(name.starts_with("herald-local_hub_1-"), "{name}");
+        assert!(!name.contains(['.', '*', '>', ' ']));
+        assert_eq!(
+            name,
+            consumer_name("local hub.1", &Pattern::parse("hub.*.x.>").unwrap())
+        );
+        assert_ne!(
+            name,
+            consumer_name("local hub.1", &Pattern::parse("hub.>").unwrap())
+        );
+    }
+
+    #[test]
+    fn payloads_of_any_body() {
+        assert_eq!(payload_of(br#"{"a":1}"#).get(), r#"{"a":1}"#);
+        assert_eq!(payload_of(b"").get(), "{}");
+        assert_eq!(payload_of(b"[1,2]").get(), r#"{"data":[1,2]}"#);
+        assert_eq!(payload_of(b"hello").get(), r#"{"text":"hello"}"#);
+        assert_eq!(payload_of(&[0xff, 0x00]).get(), r#"{"data_base64":"/wA="}"#);
+    }
+}

@@ -1,0 +1,138 @@
+//! How a durable rule is kept in the store: `StoredRule.body` is this JSON (the
+//! webhook's secret included: the hub needs it to sign).
+//!
+//! ```json
+//! {"subject_pattern": "hub.*.project.>", "enabled": true, "description": null,
+//!  "created_at": "2025-11-05T12:00:00.000000Z",
+//!  "action": {"type": "webhook", "url": "https://…", "secret": "whsec_…",
+//!             "timeout_ms": 5000, "max_attempts": 5}}
+//! ```
+
+use std::time::Duration;
+
+use herald_core::{Pattern, Subject, Timestamp};
+use herald_store::StoredRule;
+use serde::{Deserialize, Serialize};
+
+use super::{Action, RuleId, RuleSpec, Webhook};
+
+#[derive(Serialize, Deserialize)]
+struct Body {
+    subject_pattern: String,
+    action: ActionBody,
+    enabled: bool,
+    description: Option<String>,
+    created_at: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ActionBody {
+    Webhook {
+        url: String,
+        secret: Option<String>,
+        timeout_ms: u64,
+        max_attempts: u32,
+    },
+    Republish {
+        subject: String,
+    },
+}
+
+pub(super) fn encode(spec: &RuleSpec, created_at: Timestamp) -> String {
+    let action = match &spec.action {
+        Action::Webhook(webhook) => ActionBody::Webhook {
+            url: webhook.url().to_owned(),
+            secret: webhook.secret_text().map(str::to_owned),
+            timeout_ms: webhook.timeout().as_millis() as u64,
+            max_attempts: webhook.max_attempts(),
+        },
+        Action::Republish { subject } => ActionBody::Republish {
+            subject: subject.to_string(),
+        },
+    };
+    let body = Body {
+        subject_pattern: spec.subject_pattern.to_string(),
+        action,
+        enabled: spec.enabled,
+        description: spec.description.clone(),
+        created_at: created_at.to_rfc3339(),
+    };
+    serde_json::to_string(&body).expect("a rule serializes")
+}
+
+/// The spec (with its id) and creation time of a stored rule.
+pub(super) fn decode(rule: &StoredRule) -> Result<(RuleSpec, Timestamp), String> {
+    let body: Body = serde_json::from_str(&rule.body).map_err(|e| e.to_string())?;
+    let action = match body.action {
+        ActionBody::Webhook {
+            url,
+            secret,
+            timeout_ms,
+            max_attempts,
+        } => {
+            let mut webhook = Webhook::new(&url)
+                .and_then(|w| w.with_timeout(Duration::from_millis(timeout_ms)))
+                .and_then(|w| w.with_max_attempts(max_attempts))
+                .map_err(|e| e.to_string())?;
+            if let Some(secret) = secret {
+                webhook = webhook.with_secret(&secret).map_err(|e| e.to_string())?;
+            }
+            Action::Webhook(webhook)
+        }
+        ActionBody::Republish { subject } => Action::Republish {
+            subject: Subject::new(subject).map_err(|e| e.to_string())?,
+        },
+    };
+    let spec = RuleSpec {
+        id: Some(RuleId::new(rule.id.clone()).map_err(|e| e.to_string())?),
+        subject_pattern: Pattern::parse(&body.subject_pattern).map_err(|e| e.to_string())?,
+        action,
+        enabled: body.enabled,
+        description: body.description,
+    };
+    let created_at = Timestamp::parse(&body.created_at).map_err(|e| e.to_string())?;
+    Ok((spec, created_at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let webhook = Webhook::new("https://example.com/hook?x=1")
+            .unwrap()
+            .with_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .unwrap()
+            .with_timeout(Duration::from_millis(1500))
+            .unwrap()
+            .with_max_attempts(3)
+            .unwrap();
+        let created = Timestamp::from_micros(1_700_000_000_000_000);
+        for action in [
+            Action::Webhook(webhook),
+            Action::Republish {
+                subject: Subject::new("audit.copy").unwrap(),
+            },
+        ] {
+            let spec = RuleSpec {
+                id: Some(RuleId::new("r-1").unwrap()),
+                subject_pattern: Pattern::parse("hub.*.project.>").unwrap(),
+                action,
+                enabled: false,
+                description: Some("d".into()),
+            };
+            let stored = StoredRule {
+                id: "r-1".into(),
+                body: encode(&spec, created),
+            };
+            assert_eq!(decode(&stored).unwrap(), (spec, created));
+        }
+        let bad = StoredRule {
+            id: "r".into(),
+            body: "{}".into(),
+        };
+        assert!(decode(&bad).is_err());
+    }
+}

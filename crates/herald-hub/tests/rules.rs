@@ -1,0 +1,702 @@
+//! Routing rules against a real store and real HTTP receivers (axum on loopback):
+//! retries and signatures, isolation of a failing rule, several rules per event, handler
+//! closures, disabled rules, and resuming from the cursor after a restart.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine as _;
+use herald_core::{NewEvent, Origin, Pattern, Payload, Subject};
+use herald_hub::rules::{Action, RuleError, RuleOptions, RuleSpec, Webhook};
+use herald_hub::{Hub, HubConfig};
+use herald_store::{AnyStore, EmbeddedOptions, EmbeddedStore, Store};
+use hmac::{KeyInit, Mac};
+use serde_json::Value;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+async fn open_hub(dir: &tempfile::TempDir) -> Hub {
+    let store = EmbeddedStore::open(dir.path().join("herald.db"), EmbeddedOptions::default())
+        .await
+        .unwrap();
+    Hub::open(HubConfig::new("test"), AnyStore::Embedded(store))
+        .await
+        .unwrap()
+}
+
+fn event(subject: &str, n: usize) -> NewEvent {
+    NewEvent::new(
+        Subject::new(subject).unwrap(),
+        Payload::from_json(format!(r#"{{"n":{n}}}"#)).unwrap(),
+        Origin {
+            hub_id: "test".into(),
+            service: None,
+            user: None,
+        },
+        None,
+    )
+}
+
+fn pattern(text: &str) -> Pattern {
+    Pattern::parse(text).unwrap()
+}
+
+// ---- a webhook receiver -----------------------------------------------------------------
+
+/// How the receiver answers.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// 200 at once.
+    Accept,
+    /// 500 to the first `n` attempts of each `webhook-id`, then 200.
+    FailFirst(usize),
+    /// 500, always.
+    Fail,
+    /// 400, always (not worth retrying).
+    Reject,
+    /// Never answers (within a minute).
+    Hang,
+}
+
+#[derive(Debug, Clone)]
+struct Request {
+    id: String,
+    timestamp: String,
+    signature: Option<String>,
+    content_type: String,
+    body: Bytes,
+    status: u16,
+}
+
+impl Request {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("the body is JSON")
+    }
+}
+
+struct Shared {
+    mode: Mutex<Mode>,
+    requests: Mutex<Vec<Request>>,
+    attempts: Mutex<HashMap<String, usize>>,
+    hanging: AtomicUsize,
+}
+
+struct Receiver {
+    url: String,
+    shared: Arc<Shared>,
+}
+
+impl Receiver {
+    async fn start(mode: Mode) -> Receiver {
+        let shared = Arc::new(Shared {
+            mode: Mutex::new(mode),
+            requests: Mutex::new(Vec::new()),
+            attempts: Mutex::new(HashMap::new()),
+            hanging: AtomicUsize::new(0),
+        });
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(receive))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Receiver { url, shared }
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        *self.shared.mode.lock().unwrap() = mode;
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+
+    /// The requests answered 2xx.
+    fn delivered(&self) -> Vec<Request> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.status == 200)
+            .collect()
+    }
+
+    /// Waits until `n` requests were answered 2xx; returns them.
+    async fn wait_delivered(&self, n: usize, within: Duration) -> Vec<Request> {
+        let ok = wait_until(within, || self.delivered().len() >= n).await;
+        let delivered = self.delivered();
+        assert!(
+            ok,
+            "expected {n} deliveries within {within:?}, got {} (of {} requests)",
+            delivered.len(),
+            self.requests().len()
+        );
+        delivered
+    }
+}
+
+async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+    let id = header("webhook-id").unwrap_or_default();
+    let attempt = {
+        let mut attempts = shared.attempts.lock().unwrap();
+        let count = attempts.entry(id.clone()).or_default();
+        *count += 1;
+        *count
+    };
+    let mode = *shared.mode.lock().unwrap();
+    let status = match mode {
+        Mode::Accept => StatusCode::OK,
+        Mode::FailFirst(n) if attempt <= n => StatusCode::INTERNAL_SERVER_ERROR,
+        Mode::FailFirst(_) => StatusCode::OK,
+        Mode::Fail => StatusCode::INTERNAL_SERVER_ERROR,
+        Mode::Reject => StatusCode::BAD_REQUEST,
+        Mode::Hang => StatusCode::GATEWAY_TIMEOUT,
+    };
+    shared.requests.lock().unwrap().push(Request {
+        id,
+        timestamp: header("webhook-timestamp").unwrap_or_default(),
+        signature: header("webhook-signature"),
+        content_type: header("content-type").unwrap_or_default(),
+        body,
+        // A hanging answer is recorded as never given.
+        status: if mode == Mode::Hang {
+            0
+        } else {
+            status.as_u16()
+        },
+    });
+    if mode == Mode::Hang {
+        shared.hanging.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    status
+}
+
+async fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Recomputes the Standard Webhooks signature independently of the hub's code.
+fn expected_signature(secret: &str, id: &str, timestamp: &str, body: &[u8]) -> String {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}
+
+fn webhook_rule(pattern_text: &str, url: &str) -> RuleSpec {
+    RuleSpec::new(
+        pattern(pattern_text),
+        Action::Webhook(Webhook::new(url).unwrap()),
+    )
+}
+
+fn stats(hub: &Hub, id: &str) -> herald_hub::rules::RuleStats {
+    hub.routing_rule(id).expect("the rule exists").stats
+}
+
+// ---- tests ------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_is_retried_until_accepted_and_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = open_hub(&dir).await;
+    let receiver = Receiver::start(Mode::FailFirst(2)).await;
+    let webhook = Webhook::new(&receiver.url)
+        .unwrap()
+        .with_secret(SECRET)
+        .unwrap()
+        .with_max_attempts(5)
+        .unwrap();
+    let mut spec = RuleSpec::new(pattern("hub.test.>"), Action::Webhook(webhook));
+    spec.description = Some("audit".into());
+    let rule = hub.add_rule(spec).await.unwrap();
+    assert!(rule.persisted && rule.enabled);
+
+    let published = hub
+        .publish(event("hub.test.project.created", 7))
+        .await
+        .unwrap();
+    let delivered = receiver.wait_delivered(1, Duration::from_secs(15)).await;
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 3, "two 500s, then a 200: {requests:?}");
+    assert_eq!(delivered.len(), 1);
+    let expected_id = format!("{}:{}", rule.id, published.event.id);
+    for request in &requests {
+        assert_eq!(
+            request.id, expected_id,
+            "webhook-id is stable across retries"
+        );
+        assert_eq!(request.content_type, "application/json");
+        let timestamp: i64 = request.timestamp.parse().expect("unix seconds");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!((now - timestamp).abs() < 60, "webhook-timestamp is now");
+        assert_eq!(
+            request.signature.as_deref(),
+            Some(
+                expected_signature(SECRET, &request.id, &request.timestamp, &request.body).as_str()
+            ),
+            "the signature verifies"
+        );
+        let body = request.json();
+        assert_eq!(body["id"], published.event.id.to_string());
+        assert_eq!(body["seq"], published.event.seq);
+        assert_eq!(body["subject"], "hub.test.project.created");
+        assert_eq!(body["payload"]["n"], 7);
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || stats(&hub, rule.id.as_str())
+            == herald_hub::rules::RuleStats {
+                delivered: 1,
+                failed: 0,
+                retries: 2
+            })
+        .await,
+        "{:?}",
+        stats(&hub, rule.id.as_str())
+    );
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_receiver_blocks_neither_publishing_nor_other_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = open_hub(&dir).await;
+    let hanging = Receiver::start(Mode::Hang).await;
+    let failing = Receiver::start(Mode::Fail).await;
+    let rejecting = Receiver::start(Mode::Reject).await;
+    let healthy = Receiver::start(Mode::Accept).await;
+    let slow = Webhook::new(&hanging.url)
+        .unwrap()
+        .with_timeout(Duration::from_secs(60))
+        .unwrap();
+    hub.add_rule(RuleSpec::new(pattern("hub.>"), Action::Webhook(slow)))
+        .await
+        .unwrap();
+    let failing_rule = hub
+        .add_rule(RuleSpec::new(
+            pattern("hub.>"),
+            Action::Webhook(
+                Webhook::new(&failing.url)
+                    .unwrap()
+                    .with_max_attempts(20)
+                    .unwrap(),
+            ),
+        ))
+        .await
+        .unwrap();
+    let rejected_rule = hub
+        .add_rule(webhook_rule("hub.>", &rejecting.url))
+        .await
+        .unwrap();
+    hub.add_rule(webhook_rule("hub.>", &healthy.url))
+        .await
+        .unwrap();
+
+    const EVENTS: usize = 40;
+    let started = Instant::now();
+    for i in 0..EVENTS {
+        hub.publish(event("hub.t.x", i)).await.unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "publishing is not slowed by rules: {:?}",
+        started.elapsed()
+    );
+    let delivered = healthy
+        .wait_delivered(EVENTS, Duration::from_secs(20))
+        .await;
+    let mut seqs: Vec<u64> = delivered
+        .iter()
+        .map(|r| r.json()["seq"].as_u64().unwrap())
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs, (1..=EVENTS as u64).collect::<Vec<_>>());
+    // The hanging rule holds at most its in-flight bound; the failing one retries (5xx)
+    // and the rejecting one gives up at once (4xx).
+    assert!(
+        wait_until(Duration::from_secs(5), || hanging
+            .shared
+            .hanging
+            .load(Ordering::SeqCst)
+            == herald_hub::rules::WEBHOOK_IN_FLIGHT)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        hanging.requests().len(),
+        herald_hub::rules::WEBHOOK_IN_FLIGHT,
+        "a stuck rule has at most its in-flight bound of requests open"
+    );
+    assert!(stats(&hub, failing_rule.id.as_str()).retries >= 1);
+    assert!(
+        wait_until(Duration::from_secs(10), || stats(
+            &hub,
+            rejected_rule.id.as_str()
+        )
+        .failed
+            == EVENTS as u64)
+        .await
+    );
+    assert_eq!(rejecting.requests().len(), EVENTS, "4xx is not retried");
+    assert_eq!(stats(&hub, rejected_rule.id.as_str()).retries, 0);
+    let started = Instant::now();
+    hub.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown does not wait for hanging deliveries"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_rules_match_one_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = open_hub(&dir).await;
+    let receivers = [
+        Receiver::start(Mode::Accept).await,
+        Receiver::start(Mode::Accept).await,
+        Receiver::start(Mode::Accept).await,
+        Receiver::start(Mode::Accept).await,
+    ];
+    for (text, receiver) in [
+        "hub.*.project.*",
+        "hub.a.>",
+        "hub.a.project.created",
+        "hub.b.>",
+    ]
+    .iter()
+    .zip(&receivers)
+    {
+        hub.add_rule(webhook_rule(text, &receiver.url))
+            .await
+            .unwrap();
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    hub.add_routing_rule(pattern("hub.a.project.*"), move |event| {
+        let tx = tx.clone();
+        async move {
+            tx.send(event.id).map_err(|e| e.to_string())?;
+            Ok(())
+        }
+    });
+    let published = hub
+        .publish(event("hub.a.project.created", 1))
+        .await
+        .unwrap();
+    for receiver in &receivers[..3] {
+        let delivered = receiver.wait_delivered(1, Duration::from_secs(10)).await;
+        assert_eq!(delivered[0].json()["id"], published.event.id.to_string());
+    }
+    let handled = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(handled, published.event.id);
+    // A later event for the fourth rule only: the first event never reached it.
+    hub.publish(event("hub.b.x", 2)).await.unwrap();
+    let delivered = receivers[3]
+        .wait_delivered(1, Duration::from_secs(10))
+        .await;
+    assert_eq!(delivered[0].json()["subject"], "hub.b.x");
+    assert_eq!(receivers[3].requests().len(), 1);
+    for receiver in &receivers[..3] {
+        assert_eq!(receiver.requests().len(), 1);
+    }
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_rules_isolate_errors_and_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = open_hub(&dir).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let id = {
+        let seen = seen.clone();
+        hub.add_routing_rule_with(
+            pattern("hub.h.>"),
+            RuleOptions {
+                enabled: true,
+                description: Some("collects".into()),
+            },
+            move |event| {
+                let seen = seen.clone();
+                async move {
+                    let n = event.payload.get().to_owned();
+                    seen.lock().unwrap().push(event.seq);
+                    if n.contains("\"n\":1}") {
+                        return Err("one is odd".to_owned());
+                    }
+                    if n.contains("\"n\":2}") {
+                        panic!("two panics");
+                    }
+                    Ok(())
+                }
+            },
+        )
+        .unwrap()
+    };
+    let listed = hub.routing_rules();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, id);
+    assert!(listed[0].action.is_none() && !listed[0].persisted);
+    assert_eq!(listed[0].description.as_deref(), Some("collects"));
+    assert_eq!(listed[0].subject_pattern.as_str(), "hub.h.>");
+
+    for n in 0..5 {
+        hub.publish(event("hub.h.x", n)).await.unwrap();
+    }
+    hub.publish(event("hub.other", 9)).await.unwrap();
+    assert!(wait_until(Duration::from_secs(10), || seen.lock().unwrap().len() == 5).await);
+    assert_eq!(*seen.lock().unwrap(), vec![1, 2, 3, 4, 5], "in seq order");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let s = stats(&hub, id.as_str());
+            s.delivered == 3 && s.failed == 2
+        })
+        .await,
+        "{:?}",
+        stats(&hub, id.as_str())
+    );
+
+    assert!(hub.remove_routing_rule(&id));
+    assert!(!hub.remove_routing_rule(&id));
+    assert!(hub.routing_rules().is_empty());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    hub.publish(event("hub.h.x", 7)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(seen.lock().unwrap().len(), 5, "a removed rule runs no more");
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_rules_do_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = open_hub(&dir).await;
+    let receiver = Receiver::start(Mode::Accept).await;
+    let mut spec = webhook_rule("hub.>", &receiver.url);
+    spec.enabled = false;
+    let rule = hub.add_rule(spec).await.unwrap();
+    assert!(!rule.enabled);
+    let calls = Arc::new(AtomicUsize::new(0));
+    {
+        let calls = calls.clone();
+        hub.add_routing_rule_with(
+            pattern("hub.>"),
+            RuleOptions {
+                enabled: false,
+                description: None,
+            },
+            move |_| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async { Ok(()) }
+            },
+        )
+        .unwrap();
+    }
+    // An enabled rule, to know when the event has gone through the engine.
+    let control = Receiver::start(Mode::Accept).await;
+    hub.add_rule(webhook_rule("hub.>", &control.url))
+        .await
+        .unwrap();
+    hub.publish(event("hub.t.x", 1)).await.unwrap();
+    control.wait_delivered(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(receiver.requests().is_empty());
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert_eq!(stats(&hub, rule.id.as_str()).delivered, 0);
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_resume_from_the_cursor_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(Mode::Accept).await;
+    let mut spec = webhook_rule("hub.r.>", &receiver.url);
+    spec.id = Some(herald_hub::rules::RuleId::new("resume").unwrap());
+    spec.action = Action::Webhook(
+        Webhook::new(&receiver.url)
+            .unwrap()
+            .with_timeout(Duration::from_secs(60))
+            .unwrap(),
+    );
+    let mut ids = Vec::new();
+    {
+        let hub = open_hub(&dir).await;
+        // Events from before the rule existed are not delivered.
+        hub.publish(event("hub.r.x", 0)).await.unwrap();
+        hub.add_rule(spec.clone()).await.unwrap();
+        for n in 1..=5 {
+            ids.push(hub.publish(event("hub.r.x", n)).await.unwrap().event.id);
+        }
+        receiver.wait_delivered(5, Duration::from_secs(10)).await;
+        // The receiver stops answering: these stay in flight until shutdown.
+        receiver.set_mode(Mode::Hang);
+        for n in 6..=10 {
+            ids.push(hub.publish(event("hub.r.x", n)).await.unwrap().event.id);
+        }
+        assert!(
+            wait_until(Duration::from_secs(10), || receiver
+                .shared
+                .hanging
+                .load(Ordering::SeqCst)
+                == 5)
+            .await
+        );
+        // Let the cursor be saved past the first five (it is saved about once a second).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        hub.shutdown().await;
+    }
+    receiver.set_mode(Mode::Accept);
+    let store = EmbeddedStore::open(dir.path().join("herald.db"), EmbeddedOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_cursor("rule:resume").await.unwrap(),
+        6,
+        "the cursor stops before the first unfinished delivery"
+    );
+    store.close().await.unwrap();
+
+    let hub = open_hub(&dir).await;
+    let listed = hub.routing_rules();
+    assert_eq!(listed.len(), 1, "the rule was kept in the store");
+    assert_eq!(listed[0].id.as_str(), "resume");
+    for n in 11..=12 {
+        ids.push(hub.publish(event("hub.r.x", n)).await.unwrap().event.id);
+    }
+    let delivered = receiver.wait_delivered(12, Duration::from_secs(10)).await;
+    let got: Vec<String> = delivered
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    let want: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    let mut want_sorted = want.clone();
+    want_sorted.sort();
+    assert_eq!(got_sorted, want_sorted, "every event once, none skipped");
+
+    // Removing the rule removes it from the store too.
+    assert!(hub.remove_rule("resume").await.unwrap());
+    assert!(!hub.remove_rule("resume").await.unwrap());
+    hub.shutdown().await;
+    let hub = open_hub(&dir).await;
+    assert!(hub.routing_rules().is_empty());
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_are_validated_and_ids_are_unique() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = open_hub(&dir).await;
+    let mut spec = webhook_rule("hub.>", "http://127.0.0.1:9/hook");
+    spec.id = Some(herald_hub::rules::RuleId::new("one").unwrap());
+    hub.add_rule(spec.clone()).await.unwrap();
+    assert!(matches!(
+        hub.add_rule(spec.clone()).await,
+        Err(RuleError::Exists(_))
+    ));
+    let mut long = webhook_rule("hub.>", "http://127.0.0.1:9/hook");
+    long.description = Some("x".repeat(2000));
+    assert!(matches!(
+        hub.add_rule(long).await,
+        Err(RuleError::Invalid(_))
+    ));
+    for bad in ["", "a b", "a/b", &"x".repeat(200)] {
+        assert!(herald_hub::rules::RuleId::new(bad).is_err(), "{bad:?}");
+    }
+
+    // Loading: unchanged rules stay, changed ones are replaced, new ones added.
+    let mut changed = spec.clone();
+    changed.description = Some("changed".into());
+    let mut other = webhook_rule("hub.x.>", "https://example.com/");
+    other.id = Some(herald_hub::rules::RuleId::new("two").unwrap());
+    let loaded = hub
+        .load_rules(vec![changed.clone(), other.clone()])
+        .await
+        .unwrap();
+    assert_eq!(loaded.len(), 2);
+    let listed = hub.routing_rules();
+    assert_eq!(
+        listed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["one", "two"]
+    );
+    assert_eq!(listed[0].description.as_deref(), Some("changed"));
+    let mut anonymous = other.clone();
+    anonymous.id = None;
+    assert!(hub.load_rules(vec![anonymous]).await.is_err());
+    hub.shutdown().await;
+
+    let hub = open_hub(&dir).await;
+    let listed = hub.routing_rules();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].description.as_deref(), Some("changed"));
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_a_store_take_in_each_others_rule_changes() {
+    use herald_store::testing::TestPostgres;
+    use herald_store::{PostgresOptions, PostgresStore};
+    async fn pg_hub(url: &str, hub_id: &str) -> Hub {
+        let store = PostgresStore::open(url, PostgresOptions::default())
+            .await
+            .unwrap();
+        Hub::open(HubConfig::new(hub_id), AnyStore::Postgres(store))
+            .await
+            .unwrap()
+    }
+    let url = TestPostgres::shared().create_database().await.unwrap();
+    let a = pg_hub(&url, "a").await;
+    let b = pg_hub(&url, "b").await;
+    let receiver = Receiver::start(Mode::Accept).await;
+    let mut spec = webhook_rule("hub.>", &receiver.url);
+    spec.id = Some(herald_hub::rules::RuleId::new("shared").unwrap());
+    a.add_rule(spec).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(15), || b
+            .routing_rule("shared")
+            .is_some())
+        .await,
+        "b takes in the rule a added"
+    );
+    // Both instances run it: the receiver sees the event (twice, with one webhook-id).
+    let published = b.publish(event("hub.b.x", 1)).await.unwrap();
+    let delivered = receiver.wait_delivered(2, Duration::from_secs(10)).await;
+    for request in &delivered {
+        assert_eq!(request.id, format!("shared:{}", published.event.id));
+    }
+    assert!(a.remove_rule("shared").await.unwrap());
+    assert!(
+        wait_until(Duration::from_secs(15), || b
+            .routing_rule("shared")
+            .is_none())
+        .await,
+        "b drops the rule a removed"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -1,0 +1,682 @@
+//! Routing rules (seed 002): `GET /api/rules`, `POST /api/rules`,
+//! `GET /api/rules/{id}`, `DELETE /api/rules/{id}`, and the rules file of
+//! `herald serve --rules` (a JSON array of `POST /api/rules` bodies, each with an `id`).
+//!
+//! Rules are validated completely before anything is stored: the request schema in the
+//! OpenAPI document says exactly what is accepted (the URL and secret expressions are
+//! the ones `herald_hub` checks with). A webhook's secret is never shown: answers carry
+//! `secret_set` instead.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use herald_core::{Pattern, Subject};
+use herald_hub::rules::{
+    self as hub_rules, Action, RuleError, RuleId, RuleInfo, RuleSpec, Webhook,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::openapi::extensions::Extensions;
+use utoipa::openapi::schema::{Object, Schema, SchemaType};
+use utoipa::openapi::RefOr;
+use utoipa::{PartialSchema, ToSchema};
+
+use super::{body_rejection, parse_json_object, truncate};
+use crate::error::{ApiError, ErrorCode};
+use crate::AppState;
+
+// ---- wire shapes -------------------------------------------------------------------------
+
+/// `POST /api/rules` body (documented by [`RuleRequestSchema`]). Fields are checked by
+/// [`parse_rule`] so that each problem gets its own message.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleRequest {
+    pub id: Option<String>,
+    pub subject_pattern: Option<String>,
+    pub action: Option<ActionRequest>,
+    pub enabled: Option<bool>,
+    pub description: Option<String>,
+}
+
+/// The `action` of a [`RuleRequest`]: every field of every type, checked by type.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequest {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub url: Option<String>,
+    pub secret: Option<String>,
+    /// A JSON number: `5000.0` is as good as `5000` (JSON Schema calls both integers).
+    pub timeout_ms: Option<serde_json::Number>,
+    pub max_attempts: Option<serde_json::Number>,
+    pub subject: Option<String>,
+}
+
+/// A routing rule as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Rule {
+    /// The rule's id (`/api/rules/{id}`).
+    pub id: String,
+    /// The subject pattern events must match (canonical: `%` shown as `*`).
+    pub subject_pattern: String,
+    pub action: RuleAction,
+    /// A disabled rule does nothing.
+    pub enabled: bool,
+    pub description: Option<String>,
+    /// When the rule was created, RFC 3339 UTC with microseconds.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    pub stats: RuleStats,
+}
+
+/// What a rule does. The webhook's secret is never shown.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RuleAction {
+    /// POST the event to `url`, signed when `secret_set` (Standard Webhooks headers).
+    Webhook {
+        url: String,
+        secret_set: bool,
+        #[schema(minimum = 100, maximum = 60000)]
+        timeout_ms: u64,
+        #[schema(minimum = 1, maximum = 20)]
+        max_attempts: u32,
+    },
+    /// Publish the event to this NATS subject.
+    Republish { subject: String },
+    /// A closure of a program embedding the hub (not managed over HTTP).
+    Handler,
+}
+
+/// What a rule did since the server started.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuleStats {
+    /// Events whose action succeeded.
+    pub delivered: u64,
+    /// Events given up on after every attempt.
+    pub failed: u64,
+    /// Attempts that failed and were retried.
+    pub retries: u64,
+}
+
+/// `GET /api/rules`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuleList {
+    pub rules: Vec<Rule>,
+    pub count: usize,
+}
+
+impl From<RuleInfo> for Rule {
+    fn from(info: RuleInfo) -> Self {
+        let action = match info.action {
+            Some(Action::Webhook(webhook)) => RuleAction::Webhook {
+                url: webhook.url().to_owned(),
+                secret_set: webhook.secret_set(),
+                timeout_ms: webhook.timeout().as_millis() as u64,
+                max_attempts: webhook.max_attempts(),
+            },
+            Some(Action::Republish { subject }) => RuleAction::Republish {
+                subject: subject.to_string(),
+            },
+            None => RuleAction::Handler,
+        };
+        Rule {
+            id: info.id.to_string(),
+            subject_pattern: info.subject_pattern.to_string(),
+            action,
+            enabled: info.enabled,
+            description: info.description,
+            created_at: info.created_at.to_rfc3339(),
+            stats: RuleStats {
+                delivered: info.stats.delivered,
+                failed: info.stats.failed,
+                retries: info.stats.retries,
+            },
+        }
+    }
+}
+
+// ---- handlers ------------------------------------------------------------------------------
+
+/// `GET /api/rules`.
+#[utoipa::path(
+    get,
+    path = "/api/rules",
+    tag = "rules",
+    summary = "List routing rules",
+    description = "Every rule, in the order they were added (seed 002's `get_routing_rules`). \
+        Secrets are never shown.",
+    responses((status = 200, description = "The rules.", body = RuleList)),
+)]
+pub async fn list_rules(State(state): State<AppState>) -> Json<RuleList> {
+    let rules: Vec<Rule> = state
+        .hub
+        .routing_rules()
+        .into_iter()
+        .map(Rule::from)
+        .collect();
+    Json(RuleList {
+        count: rules.len(),
+        rules,
+    })
+}
+
+/// `POST /api/rules`.
+#[utoipa::path(
+    post,
+    path = "/api/rules",
+    tag = "rules",
+    summary = "Add a routing rule",
+    description = "Stores a rule and starts it with the next event committed (events already \
+        stored are not sent). Every event whose subject matches `subject_pattern` is then \
+        delivered by the action, at least once (also across restarts): a `webhook` POSTs the \
+        event (the JSON of `GET /api/events/{id}`) with the Standard Webhooks headers \
+        `webhook-id` (`<rule id>:<event id>`, the same on every attempt), `webhook-timestamp` \
+        and, with a `secret`, `webhook-signature` (`v1,` + base64 HMAC-SHA256 of \
+        `{id}.{timestamp}.{body}`), retrying network errors, 408, 429 and 5xx with \
+        exponential backoff up to `max_attempts`; a `republish` publishes it to a NATS \
+        subject (it fails, and is counted, while NATS is not configured). A failing rule \
+        never delays publishing or other rules.",
+    request_body(content((RuleRequestSchema = "application/json"))),
+    responses(
+        (status = 201, description = "Stored and running.",
+            headers(("Location" = String, description = "`/api/rules/{id}`.")),
+            body = Rule),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 503, response = crate::openapi::ServiceUnavailable),
+    ),
+)]
+pub async fn add_rule(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_rejection)?;
+    let request: RuleRequest = parse_json_object(&body)?;
+    let spec = parse_rule(request)?;
+    let info = state.hub.add_rule(spec).await.map_err(rule_error)?;
+    let location = format!("/api/rules/{}", info.id);
+    let mut response = (StatusCode::CREATED, Json(Rule::from(info))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// `GET /api/rules/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/rules/{id}",
+    tag = "rules",
+    summary = "Read one routing rule",
+    params(("id" = RuleIdSchema, Path, description = "The rule's id.")),
+    responses(
+        (status = 200, description = "The rule.", body = Rule),
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+)]
+pub async fn get_rule(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Rule>, ApiError> {
+    state
+        .hub
+        .routing_rule(&id)
+        .map(|info| Json(Rule::from(info)))
+        .ok_or_else(|| not_found(&id))
+}
+
+/// `DELETE /api/rules/{id}`.
+#[utoipa::path(
+    delete,
+    path = "/api/rules/{id}",
+    tag = "rules",
+    summary = "Remove a routing rule",
+    description = "Deletes the rule (seed 002's `remove_routing_rule`). Once answered, the \
+        rule runs no more actions; deliveries in flight are abandoned.",
+    params(("id" = RuleIdSchema, Path, description = "The rule's id.")),
+    responses(
+        (status = 204, description = "Removed."),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 503, response = crate::openapi::ServiceUnavailable),
+    ),
+)]
+pub async fn delete_rule(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state.hub.remove_rule(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(not_found(&id))
+    }
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::RuleNotFound,
+        format!("no rule with id {:?}", truncate(id)),
+    )
+}
+
+/// The API error for a rule the hub refused.
+pub fn rule_error(error: RuleError) -> ApiError {
+    match error {
+        RuleError::Invalid(message) => ApiError::new(ErrorCode::InvalidRule, message),
+        RuleError::Exists(id) => ApiError::new(
+            ErrorCode::RuleExists,
+            format!("a rule with id {id} already exists; DELETE it first to replace it"),
+        ),
+        RuleError::TooMany => ApiError::new(
+            ErrorCode::TooManyRules,
+            format!(
+                "this hub already has {} rules, the most it keeps",
+                hub_rules::MAX_RULES
+            ),
+        ),
+        RuleError::Hub(error) => error.into(),
+        other => ApiError::new(ErrorCode::InvalidRule, other.to_string()),
+    }
+}
+
+// ---- parsing ------------------------------------------------------------------------------
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidRule, message)
+}
+
+/// Checks a rule request completely; `422 invalid_rule` names the field.
+pub fn parse_rule(request: RuleRequest) -> Result<RuleSpec, ApiError> {
+    let in_action = |error: RuleError| match error {
+        RuleError::Invalid(message) => invalid(format!("`action`: {message}")),
+        other => rule_error(other),
+    };
+    let id = request
+        .id
+        .map(RuleId::new)
+        .transpose()
+        .map_err(rule_error)?;
+    let pattern = request
+        .subject_pattern
+        .ok_or_else(|| invalid("`subject_pattern` is required"))?;
+    let subject_pattern =
+        Pattern::parse_filter(&pattern).map_err(|e| invalid(format!("`subject_pattern`: {e}")))?;
+    let action = request
+        .action
+        .ok_or_else(|| invalid("`action` is required"))?;
+    let kind = action
+        .kind
+        .as_deref()
+        .ok_or_else(|| invalid("`action.type` is required: `webhook` or `republish`"))?;
+    let only_for = |field: &str, present: bool, kind: &str| {
+        if present {
+            Err(invalid(format!(
+                "`action.{field}` is only for {kind} actions"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    let action = match kind {
+        "webhook" => {
+            only_for("subject", action.subject.is_some(), "republish")?;
+            let url = action
+                .url
+                .ok_or_else(|| invalid("`action.url` is required for a webhook"))?;
+            let mut webhook = Webhook::new(&url).map_err(in_action)?;
+            if let Some(secret) = &action.secret {
+                webhook = webhook.with_secret(secret).map_err(in_action)?;
+            }
+            if let Some(ms) = &action.timeout_ms {
+                webhook = webhook
+                    .with_timeout(Duration::from_millis(whole("timeout_ms", ms)?))
+                    .map_err(in_action)?;
+            }
+            if let Some(attempts) = &action.max_attempts {
+                let attempts = u32::try_from(whole("max_attempts", attempts)?).unwrap_or(u32::MAX);
+                webhook = webhook.with_max_attempts(attempts).map_err(in_action)?;
+            }
+            Action::Webhook(webhook)
+        }
+        "republish" => {
+            only_for("url", action.url.is_some(), "webhook")?;
+            only_for("secret", action.secret.is_some(), "webhook")?;
+            only_for("timeout_ms", action.timeout_ms.is_some(), "webhook")?;
+            only_for("max_attempts", action.max_attempts.is_some(), "webhook")?;
+            let subject = action
+                .subject
+                .ok_or_else(|| invalid("`action.subject` is required for a republish"))?;
+            Action::Republish {
+                subject: Subject::new(subject)
+                    .map_err(|e| invalid(format!("`action.subject`: {e}")))?,
+            }
+        }
+        other => {
+            return Err(invalid(format!(
+                "`action.type` must be `webhook` or `republish`, not {:?}",
+                truncate(other)
+            )))
+        }
+    };
+    let spec = RuleSpec {
+        id,
+        subject_pattern,
+        action,
+        enabled: request.enabled.unwrap_or(true),
+        description: request.description,
+    };
+    spec.validate().map_err(rule_error)?;
+    Ok(spec)
+}
+
+/// A non-negative whole JSON number (`17` or `17.0`).
+fn whole(field: &str, number: &serde_json::Number) -> Result<u64, ApiError> {
+    if let Some(value) = number.as_u64() {
+        return Ok(value);
+    }
+    match number.as_f64() {
+        Some(value) if value >= 0.0 && value.fract() == 0.0 && value < u64::MAX as f64 => {
+            Ok(value as u64)
+        }
+        _ => Err(invalid(format!(
+            "`action.{field}` must be a non-negative whole number, not {number}"
+        ))),
+    }
+}
+
+/// Reads a rules file: a JSON array of `POST /api/rules` bodies (or `{"rules": [...]}`),
+/// each with an `id`. The error names the rule (counting from 1) and the problem.
+pub fn parse_rules_file(text: &str) -> Result<Vec<RuleSpec>, String> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum File {
+        List(Vec<Value>),
+        Object { rules: Vec<Value> },
+    }
+    let file: File = serde_json::from_str(text).map_err(|e| {
+        format!("a rules file is a JSON array of rules (or {{\"rules\": [...]}}): {e}")
+    })?;
+    let (File::List(items) | File::Object { rules: items }) = file;
+    let mut specs = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let n = i + 1;
+        let request: RuleRequest =
+            serde_json::from_value(item).map_err(|e| format!("rule {n}: {e}"))?;
+        if request.id.is_none() {
+            return Err(format!(
+                "rule {n}: `id` is required in a rules file (so that restarts replace it)"
+            ));
+        }
+        let spec = parse_rule(request).map_err(|e| format!("rule {n}: {}", e.message))?;
+        if specs.iter().any(|s: &RuleSpec| s.id == spec.id) {
+            return Err(format!("rule {n}: another rule has the same `id`"));
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+// ---- OpenAPI schemas ------------------------------------------------------------------------
+
+/// A JSON Schema written as JSON (as `crate::openapi` does for what derives cannot say).
+fn raw(value: Value) -> RefOr<Schema> {
+    let Value::Object(map) = value else {
+        panic!("a schema is a JSON object");
+    };
+    let mut object = Object::with_type(SchemaType::AnyValue);
+    let mut extensions = Extensions::default();
+    extensions.extend(map);
+    object.extensions = Some(extensions);
+    RefOr::T(Schema::Object(object))
+}
+
+fn reference(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn nullable(mut schema: Value, kind: &str) -> Value {
+    schema["type"] = json!([kind, "null"]);
+    schema
+}
+
+/// A rule id.
+pub struct RuleIdSchema;
+
+impl PartialSchema for RuleIdSchema {
+    fn schema() -> RefOr<Schema> {
+        raw(json!({
+            "type": "string",
+            "description": "ASCII letters, digits, `-`, `_`, `.` and `:`, starting with a letter \
+                or digit, at most 128 characters.",
+            "pattern": hub_rules::RULE_ID_REGEX,
+            "examples": ["audit-webhook"],
+        }))
+    }
+}
+
+impl ToSchema for RuleIdSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "RuleId".into()
+    }
+}
+
+/// The body of `POST /api/rules`.
+pub struct RuleRequestSchema;
+
+impl PartialSchema for RuleRequestSchema {
+    fn schema() -> RefOr<Schema> {
+        use herald_hub::rules::webhook;
+        let webhook_action = json!({
+            "type": "object",
+            "description": "POST each event to `url`.",
+            "additionalProperties": false,
+            "required": ["type", "url"],
+            "properties": {
+                "type": {"const": "webhook"},
+                "url": {
+                    "type": "string",
+                    "maxLength": webhook::MAX_URL_BYTES,
+                    "pattern": webhook::URL_REGEX,
+                    "description": "`http` or `https`, with a DNS name or an IPv4 address; no \
+                        user name or password, no fragment.",
+                    "examples": ["https://example.com/hooks/herald"],
+                },
+                "secret": {
+                    "anyOf": [
+                        {"type": "string", "pattern": webhook::SECRET_REGEX},
+                        {"type": "string", "pattern": webhook::RAW_SECRET_REGEX},
+                        {"type": "null"},
+                    ],
+                    "description": "Signs deliveries (`webhook-signature`). `whsec_` + base64 of \
+                        24 to 64 random bytes (Standard Webhooks; the decoded bytes are the key), \
+                        or 16 to 256 characters without `_` (their bytes are the key). Never \
+                        shown again.",
+                },
+                "timeout_ms": nullable(json!({
+                    "minimum": webhook::MIN_TIMEOUT.as_millis() as u64,
+                    "maximum": webhook::MAX_TIMEOUT.as_millis() as u64,
+                    "description": "Time one attempt may take; default 5000.",
+                }), "integer"),
+                "max_attempts": nullable(json!({
+                    "minimum": 1,
+                    "maximum": webhook::MAX_ATTEMPTS,
+                    "description": "Attempts per event; default 5.",
+                }), "integer"),
+            },
+        });
+        let republish_action = json!({
+            "type": "object",
+            "description": "Publish each event (its JSON, with Herald's headers) to a NATS \
+                subject. Fails, and is counted, while NATS is not configured.",
+            "additionalProperties": false,
+            "required": ["type", "subject"],
+            "properties": {
+                "type": {"const": "republish"},
+                "subject": reference("Subject"),
+            },
+        });
+        raw(json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["subject_pattern", "action"],
+            "properties": {
+                "id": nullable(json!({
+                    "pattern": hub_rules::RULE_ID_REGEX,
+                    "description": "The rule's id; a UUID is generated when absent. An id that \
+                        exists is `409 rule_exists`.",
+                }), "string"),
+                "subject_pattern": reference("SubjectPattern"),
+                "action": {"oneOf": [webhook_action, republish_action]},
+                "enabled": nullable(json!({"description": "Default true."}), "boolean"),
+                "description": nullable(json!({"maxLength": hub_rules::MAX_DESCRIPTION_CHARS}), "string"),
+            },
+            "examples": [{
+                "id": "audit-webhook",
+                "subject_pattern": "hub.*.audit.>",
+                "action": {"type": "webhook", "url": "https://example.com/hooks/herald",
+                    "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
+                "description": "Audit trail",
+            }],
+        }))
+    }
+}
+
+impl ToSchema for RuleRequestSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "RuleRequest".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: Value) -> Result<RuleSpec, ApiError> {
+        parse_rule(serde_json::from_value(body).unwrap())
+    }
+
+    #[test]
+    fn parses_and_checks_rules() {
+        let spec = parse(json!({
+            "id": "a1",
+            "subject_pattern": "hub.%.project.>",
+            "action": {"type": "webhook", "url": "http://127.0.0.1:1/x", "timeout_ms": 200.0, "max_attempts": 2, "secret": null},
+            "enabled": null,
+        }))
+        .unwrap();
+        assert_eq!(spec.subject_pattern.as_str(), "hub.*.project.>");
+        assert!(spec.enabled);
+        let spec = parse(json!({
+            "subject_pattern": "hub.>",
+            "action": {"type": "republish", "subject": "audit.copy"},
+            "enabled": false,
+        }))
+        .unwrap();
+        assert!(spec.id.is_none() && !spec.enabled);
+        for (bad, needle) in [
+            (
+                json!({"action": {"type": "republish", "subject": "a"}}),
+                "subject_pattern",
+            ),
+            (json!({"subject_pattern": "hub.>"}), "`action`"),
+            (
+                json!({"subject_pattern": "hub..x", "action": {"type": "republish", "subject": "a"}}),
+                "subject_pattern",
+            ),
+            (
+                json!({"subject_pattern": "hub.>", "action": {"type": "republish", "subject": "a.*"}}),
+                "action.subject",
+            ),
+            (
+                json!({"subject_pattern": "hub.>", "action": {"type": "republish", "subject": "a", "url": "http://x"}}),
+                "action.url",
+            ),
+            (
+                json!({"subject_pattern": "hub.>", "action": {"type": "webhook", "url": "ftp://x"}}),
+                "url",
+            ),
+            (
+                json!({"subject_pattern": "hub.>", "action": {"type": "webhook", "url": "http://x", "subject": "a"}}),
+                "action.subject",
+            ),
+            (
+                json!({"subject_pattern": "hub.>", "action": {"type": "webhook", "url": "http://x", "secret": "nope"}}),
+                "secret",
+            ),
+            (
+                json!({"subject_pattern": "hub.>", "action": {"type": "webhook", "url": "http://x", "timeout_ms": 1}}),
+                "timeout_ms",
+            ),
+            (
+                json!({"subject_pattern": "hub.>", "action": {"type": "webhook", "url": "http://x", "timeout_ms": 150.5}}),
+                "timeout_ms",
+            ),
+            (
+                json!({"subject_pattern": "hub.>", "action": {"type": "webhook", "url": "http://x", "max_attempts": -1}}),
+                "max_attempts",
+            ),
+            (
+                json!({"subject_pattern": "hub.>", "action": {"type": "webhook", "url": "http://x", "max_attempts": 1e12}}),
+                "max_attempts",
+            ),
+            (
+                json!({"subject_pattern": "hub.>", "action": {"type": "email"}}),
+                "action.type",
+            ),
+            (
+                json!({"subject_pattern": "hub.>", "action": {}}),
+                "action.type",
+            ),
+            (
+                json!({"id": "-x", "subject_pattern": "hub.>", "action": {"type": "republish", "subject": "a"}}),
+                "id",
+            ),
+            (
+                json!({"subject_pattern": "hub.>", "action": {"type": "republish", "subject": "a"}, "description": "x".repeat(1025)}),
+                "description",
+            ),
+        ] {
+            let error = parse(bad.clone()).unwrap_err();
+            assert_eq!(error.code, ErrorCode::InvalidRule, "{bad}");
+            assert!(error.message.contains(needle), "{bad}: {}", error.message);
+        }
+    }
+
+    #[test]
+    fn rules_files() {
+        let specs = parse_rules_file(
+            r#"[{"id": "a", "subject_pattern": "hub.>", "action": {"type": "republish", "subject": "x"}}]"#,
+        )
+        .unwrap();
+        assert_eq!(specs.len(), 1);
+        let specs = parse_rules_file(r#"{"rules": []}"#).unwrap();
+        assert!(specs.is_empty());
+        for (bad, needle) in [
+            ("nope", "JSON array"),
+            (
+                r#"[{"subject_pattern": "hub.>", "action": {"type": "republish", "subject": "x"}}]"#,
+                "rule 1: `id`",
+            ),
+            (
+                r#"[{"id": "a", "subject_pattern": "hub.>", "action": {"type": "republish", "subject": "x"}, "extra": 1}]"#,
+                "rule 1: unknown field",
+            ),
+            (
+                r#"[{"id": "a", "subject_pattern": "hub.>", "action": {"type": "republish", "subject": "x"}},
+                 {"id": "a", "subject_pattern": "hub.>", "action": {"type": "republish", "subject": "y"}}]"#,
+                "rule 2: another",
+            ),
+        ] {
+            let error = parse_rules_file(bad).unwrap_err();
+            assert!(error.contains(needle), "{bad}: {error}");
+        }
+    }
+}

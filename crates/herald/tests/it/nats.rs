@@ -1,0 +1,689 @@
+//! NATS: the JetStream relay, the bridge, two hubs on one bus, presence — against a real
+//! `nats-server -js` started by each test on a free loopback port.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+use crate::harness::*;
+
+/// A `nats-server -js` on a fixed loopback port with its own store directory, so that
+/// it can be stopped and started again with its streams intact.
+pub struct TestNats {
+    dir: TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl TestNats {
+    pub async fn start() -> TestNats {
+        let dir = tempfile::Builder::new()
+            .prefix("herald-it-nats-")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        let mut nats = TestNats {
+            dir,
+            port,
+            child: None,
+        };
+        nats.spawn().await;
+        nats
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let store: PathBuf = self.dir.path().join("js");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("nats.log"))
+            .unwrap();
+        let child = Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&store)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server is installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        let up = poll_until(
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || async { tokio::net::TcpStream::connect(&addr).await.is_ok() },
+        )
+        .await;
+        assert!(up, "nats-server did not listen on {addr}");
+    }
+
+    /// Stops the server (SIGKILL: an outage, not a goodbye).
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.spawn().await;
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url())
+            .await
+            .expect("connect to NATS")
+    }
+}
+
+fn stop_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Every message in the stream `HERALD`, in stream order.
+async fn stream_messages(client: &async_nats::Client) -> Vec<async_nats::jetstream::Message> {
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream("HERALD").await.expect("stream HERALD exists");
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut info = stream.clone();
+    let total = info.info().await.unwrap().state.messages as usize;
+    let mut out = Vec::with_capacity(total);
+    let mut messages = consumer.messages().await.unwrap();
+    while out.len() < total {
+        match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
+            Ok(Some(Ok(m))) => out.push(m),
+            other => panic!(
+                "reading the stream: {other:?} after {} of {total}",
+                out.len()
+            ),
+        }
+    }
+    out
+}
+
+fn header(message: &async_nats::jetstream::Message, name: &str) -> Option<String> {
+    let headers = message.headers.as_ref()?;
+    let value = if name == "Nats-Msg-Id" {
+        headers.get(async_nats::header::NATS_MESSAGE_ID)
+    } else {
+        headers.get(name)
+    };
+    value.map(|v| v.as_str().to_owned())
+}
+
+/// The relayed messages of `hub_id`, checked to be each event once, in seq order, and
+/// to carry the documented headers. Returns their seqs.
+fn relayed_seqs(messages: &[async_nats::jetstream::Message], hub_id: &str) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    let mut ids = HashSet::new();
+    for m in messages {
+        if header(m, "Herald-Hub").as_deref() != Some(hub_id) {
+            continue;
+        }
+        let body: Value = serde_json::from_slice(&m.payload).expect("JSON body");
+        let id =
+            header(m, "Nats-Msg-Id").unwrap_or_else(|| panic!("no Nats-Msg-Id in {:?}", m.headers));
+        assert_eq!(body["id"], id, "Nats-Msg-Id is the event id");
+        assert!(ids.insert(id.clone()), "event {id} relayed twice");
+        let seq: u64 = header(m, "Herald-Seq").unwrap().parse().unwrap();
+        assert_eq!(body["seq"], seq);
+        assert_eq!(
+            header(m, "Correlation-ID").as_deref(),
+            body["correlation_id"].as_str(),
+            "Correlation-ID header"
+        );
+        assert_eq!(
+            header(m, "Herald-Origin-Hub").as_deref(),
+            body["origin"]["hub_id"].as_str()
+        );
+        assert_eq!(m.subject.as_str(), body["subject"].as_str().unwrap());
+        assert!(body["payload"].is_object());
+        seqs.push(seq);
+    }
+    seqs
+}
+
+async fn wait_relayed(h: &TestHerald, within: Duration) {
+    let ok = poll_until(within, Duration::from_millis(50), || async {
+        let v: Value = h
+            .http
+            .get(h.url("/health/nats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let head: Value = h
+            .http
+            .get(h.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["relay"]["acked_seq"] == head["head_seq"] && v["connected"] == true
+    })
+    .await;
+    assert!(
+        ok,
+        "the relay did not catch up within {within:?}\n{}",
+        h.stderr()
+    );
+}
+
+async fn start_hub(nats: &TestNats, hub_id: &str, extra: &[&str]) -> TestHerald {
+    let url = nats.url();
+    let mut args = vec!["--nats-url", &url, "--hub-id", hub_id];
+    args.extend_from_slice(extra);
+    TestHerald::start_with(&args).await
+}
+
+#[tokio::test]
+async fn relay_publishes_every_event_in_seq_order_with_headers() {
+    let nats = TestNats::start().await;
+    let h = start_hub(&nats, "local-hub", &[]).await;
+    let health: Value = h
+        .http
+        .get(h.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["nats"], "healthy", "{health}");
+    let nats_health: Value = h
+        .http
+        .get(h.url("/health/nats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(nats_health["connected"], true);
+    assert_eq!(nats_health["url"], nats.url());
+
+    // A live core-NATS subscriber sees events as they are relayed.
+    let client = nats.client().await;
+    let mut live = client.subscribe("hub.local-hub.>").await.unwrap();
+    client.flush().await.unwrap();
+
+    let mut tasks = Vec::new();
+    for writer in 0..4 {
+        let h_url = h.url("/api/events");
+        let http = h.http.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                let resp = http
+                    .post(&h_url)
+                    .json(&json!({"subject": format!("hub.local-hub.w{writer}.e"), "payload": {"i": i}}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 201);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // An event outside the stream's subjects is stored but not relayed.
+    h.publish("other.subject", json!({})).await;
+    wait_relayed(&h, Duration::from_secs(10)).await;
+
+    let mut live_seqs = Vec::new();
+    while live_seqs.len() < 200 {
+        let m = tokio::time::timeout(Duration::from_secs(5), live.next())
+            .await
+            .expect("live NATS message")
+            .unwrap();
+        let body: Value = serde_json::from_slice(&m.payload).unwrap();
+        live_seqs.push(body["seq"].as_u64().unwrap());
+    }
+    assert!(live_seqs.windows(2).all(|w| w[0] < w[1]), "live order");
+
+    let messages = stream_messages(&client).await;
+    let seqs = relayed_seqs(&messages, "local-hub");
+    let stored: Vec<u64> = h
+        .all_events()
+        .await
+        .iter()
+        .filter(|e| e["subject"].as_str().unwrap().starts_with("hub."))
+        .map(seq_of)
+        .collect();
+    assert_eq!(
+        seqs, stored,
+        "JetStream holds every hub.> event once, in seq order"
+    );
+}
+
+#[tokio::test]
+async fn bridge_ingests_external_messages_once() {
+    let nats = TestNats::start().await;
+    let h = start_hub(&nats, "local-hub", &[]).await;
+    wait_relayed(&h, Duration::from_secs(10)).await;
+    let mut ws = h.ws_connect(&stream_path("hub.global.>", "")).await;
+    h.sync_live(&mut ws, "hub.global.probe").await;
+
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Correlation-ID", "trace-42");
+    headers.insert("Nats-Msg-Id", "ext-1");
+    for _ in 0..2 {
+        // Published twice with the same Nats-Msg-Id: stored once.
+        js.publish_with_headers(
+            "hub.global.sync.registry-update",
+            headers.clone(),
+            r#"{"registry":"v2"}"#.into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    // Core NATS, no headers, not JSON.
+    client
+        .publish("hub.global.note", "plain text".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+
+    let first = expect_event(&mut ws, Duration::from_secs(10), "bridged event on WS").await;
+    assert_eq!(first["subject"], "hub.global.sync.registry-update");
+    assert_eq!(first["data"]["payload"], json!({"registry": "v2"}));
+    assert_eq!(first["data"]["origin"]["hub_id"], "nats");
+    let second = expect_event(&mut ws, Duration::from_secs(10), "second bridged event").await;
+    assert_eq!(second["subject"], "hub.global.note");
+    assert_eq!(second["data"]["payload"], json!({"text": "plain text"}));
+
+    let ok = poll_until(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || async {
+            h.query(&[("subject", "hub.global.sync.>".into())])
+                .await
+                .len()
+                == 1
+        },
+    )
+    .await;
+    assert!(ok, "the bridged message is stored once");
+    let stored = &h.query(&[("subject", "hub.global.sync.>".into())]).await[0];
+    // The Correlation-ID header maps as a non-UUID correlation id does over JSON-RPC.
+    let over_rpc: Value = h
+        .http
+        .post(h.url("/rpc"))
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "bus.publish",
+            "params": {"topic": "other.rpc", "payload": {}, "correlation_id": "trace-42"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stored["correlation_id"], over_rpc["result"]["correlation_id"],
+        "{over_rpc}"
+    );
+    assert!(
+        next_frame(&mut ws, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "no duplicate on the stream"
+    );
+
+    // Restart the hub: nothing is ingested twice (the consumer is durable, ids are fixed).
+    let mut h = h;
+    h.terminate().await;
+    h.restart().await;
+    client
+        .publish("hub.global.after.restart", "{}".into())
+        .await
+        .unwrap();
+    let ok = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            !h.query(&[("subject", "hub.global.after.>".into())])
+                .await
+                .is_empty()
+        },
+    )
+    .await;
+    assert!(ok, "a message after restart is ingested");
+    let bridged = h.query(&[("subject", "hub.global.>".into())]).await.len();
+    assert_eq!(
+        bridged,
+        3 + count_probes(&h).await,
+        "each external message once"
+    );
+}
+
+/// The probe events `sync_live` published under `hub.global.probe`.
+async fn count_probes(h: &TestHerald) -> usize {
+    h.query(&[("subject", "hub.global.probe".into())])
+        .await
+        .len()
+}
+
+#[tokio::test]
+async fn outage_longer_than_the_duplicate_window_loses_and_duplicates_nothing() {
+    let mut nats = TestNats::start().await;
+    let h = start_hub(&nats, "local-hub", &["--nats-duplicate-window-secs", "1"]).await;
+    for i in 0..20 {
+        h.publish("hub.local-hub.before", json!({"i": i})).await;
+    }
+    wait_relayed(&h, Duration::from_secs(10)).await;
+
+    // Publishers run across the stop, so the relay is mid-stream when NATS goes away;
+    // publishing keeps working while NATS is away, for longer than the window.
+    let stop_publishing = stop_flag();
+    let mut publishers = Vec::new();
+    for writer in 0..3 {
+        let http = h.http.clone();
+        let url = h.url("/api/events");
+        let stop = stop_publishing.clone();
+        publishers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let resp = http
+                    .post(&url)
+                    .json(&json!({"subject": format!("hub.local-hub.during.w{writer}"), "payload": {"n": n}}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 201);
+                n += 1;
+            }
+            n
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nats.stop().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop_publishing.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut n = 0;
+    for p in publishers {
+        n += p.await.unwrap();
+    }
+    let health: Value = h
+        .http
+        .get(h.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["nats"], "unhealthy", "{health}");
+
+    nats.restart().await;
+    for i in 0..20 {
+        h.publish("hub.local-hub.after", json!({"i": i})).await;
+    }
+    wait_relayed(&h, Duration::from_secs(30)).await;
+    let client = nats.client().await;
+    let seqs = relayed_seqs(&stream_messages(&client).await, "local-hub");
+    let stored: Vec<u64> = h.all_events().await.iter().map(seq_of).collect();
+    assert_eq!(
+        seqs, stored,
+        "every event exactly once, in seq order ({n} during the outage)"
+    );
+}
+
+#[tokio::test]
+async fn kill_9_mid_relay_neither_loses_nor_duplicates() {
+    let nats = TestNats::start().await;
+    let mut h = start_hub(&nats, "local-hub", &[]).await;
+    for round in 0..3 {
+        let events: Vec<Value> = (0..500)
+            .map(|i| json!({"subject": format!("hub.local-hub.batch.r{round}"), "payload": {"i": i}}))
+            .collect();
+        let resp = h
+            .http
+            .post(h.url("/api/events:batch"))
+            .json(&json!({ "events": events }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
+        // Kill while the relay is still sending this batch.
+        tokio::time::sleep(Duration::from_millis(5 * round)).await;
+        h.kill9().await;
+        h.restart().await;
+    }
+    wait_relayed(&h, Duration::from_secs(30)).await;
+    let client = nats.client().await;
+    let seqs = relayed_seqs(&stream_messages(&client).await, "local-hub");
+    let stored: Vec<u64> = h.all_events().await.iter().map(seq_of).collect();
+    assert_eq!(stored.len(), 1500);
+    assert_eq!(seqs, stored, "every event exactly once, in seq order");
+}
+
+#[tokio::test]
+async fn two_hubs_on_one_bus_deliver_live_without_loops() {
+    let nats = TestNats::start().await;
+    let a = start_hub(
+        &nats,
+        "hub-a",
+        &[
+            "--presence-interval-secs",
+            "1",
+            "--public-url",
+            "http://a.example",
+        ],
+    )
+    .await;
+    let b = start_hub(&nats, "hub-b", &["--presence-interval-secs", "1"]).await;
+    wait_relayed(&a, Duration::from_secs(10)).await;
+    wait_relayed(&b, Duration::from_secs(10)).await;
+
+    let mut ws_b = b.ws_connect(&stream_path("hub.hub-a.>", "")).await;
+    let mut ws_a = a.ws_connect(&stream_path("hub.hub-b.>", "")).await;
+    // Both bridges must be consuming before the clock starts: wait for one round trip.
+    let probe = a.publish("hub.hub-a.warmup", json!({})).await;
+    let got = expect_event(&mut ws_b, Duration::from_secs(15), "warm-up on B").await;
+    assert_eq!(got["data"]["id"], probe["event_id"]);
+
+    let mut delays = Vec::new();
+    for i in 0..20 {
+        let sent = Instant::now();
+        let published = a
+            .publish("hub.hub-a.project.created", json!({"i": i}))
+            .await;
+        let got = expect_event(&mut ws_b, Duration::from_secs(5), "A's event live on B").await;
+        delays.push(sent.elapsed());
+        assert_eq!(
+            got["data"]["id"], published["event_id"],
+            "same id on both hubs"
+        );
+        assert_eq!(got["data"]["origin"]["hub_id"], "hub-a");
+    }
+    delays.sort();
+    assert!(
+        delays[delays.len() / 2] < Duration::from_millis(500),
+        "median A→B {:?}",
+        delays[delays.len() / 2]
+    );
+    let from_b = b.publish("hub.hub-b.deploy.started", json!({})).await;
+    let got = expect_event(&mut ws_a, Duration::from_secs(5), "B's event live on A").await;
+    assert_eq!(got["data"]["id"], from_b["event_id"]);
+
+    // Presence: each lists both.
+    let ok = poll_until(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || async {
+            let v: Value = a
+                .http
+                .get(a.url("/api/hubs"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let ids: HashSet<String> = v["hubs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["hub_id"].as_str().unwrap().to_owned())
+                .collect();
+            ids.contains("hub-a") && ids.contains("hub-b") && v["count"] == 2
+        },
+    )
+    .await;
+    assert!(ok, "A lists both hubs");
+    let v: Value = a
+        .http
+        .get(a.url("/api/hubs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let me = v["hubs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["hub_id"] == "hub-a")
+        .unwrap();
+    assert_eq!(me["url"], "http://a.example");
+    assert_keys(
+        me,
+        &[
+            "hub_id",
+            "instance_id",
+            "version",
+            "url",
+            "started_at",
+            "last_seen",
+            "interval_seconds",
+        ],
+        "hub",
+    );
+
+    // No loops: after things settle, each event exists once per hub and once in JetStream.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_relayed(&a, Duration::from_secs(10)).await;
+    wait_relayed(&b, Duration::from_secs(10)).await;
+    let on_a = a.all_events().await;
+    let on_b = b.all_events().await;
+    assert_eq!(on_a.len(), 21 + 1, "A: its 21 events and B's one");
+    assert_eq!(on_b.len(), 21 + 1, "B: its one event and A's 21");
+    let ids = |events: &[Value]| {
+        events
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect::<HashSet<_>>()
+    };
+    assert_eq!(ids(&on_a), ids(&on_b));
+    let client = nats.client().await;
+    let messages = stream_messages(&client).await;
+    let events_in_stream = messages
+        .iter()
+        .filter(|m| m.subject.as_str() != "hub.global.presence.announced")
+        .count();
+    assert_eq!(events_in_stream, 22, "each event once in JetStream");
+}
+
+#[tokio::test]
+async fn starts_and_serves_while_nats_is_down_then_relays() {
+    let mut nats = TestNats::start().await;
+    nats.stop().await;
+    let h = start_hub(&nats, "local-hub", &[]).await;
+    let health: Value = h
+        .http
+        .get(h.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["details"]["nats_connected"], false);
+    let rpc: Value = h
+        .http
+        .post(h.url("/rpc"))
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "hub.health"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rpc["result"]["services"]["nats"], "unhealthy", "{rpc}");
+    for i in 0..10 {
+        h.publish("hub.local-hub.early", json!({"i": i})).await;
+    }
+    nats.restart().await;
+    wait_relayed(&h, Duration::from_secs(20)).await;
+    let client = nats.client().await;
+    assert_eq!(
+        relayed_seqs(&stream_messages(&client).await, "local-hub"),
+        (1..=10).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn nats_credentials_never_show() {
+    let nats = TestNats::start().await;
+    let url = format!("nats://someone:hunter2@127.0.0.1:{}", nats.port);
+    let h = TestHerald::start_with(&["--nats-url", &url]).await;
+    let v: Value = h
+        .http
+        .get(h.url("/health/nats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["url"],
+        format!("nats://someone:***@127.0.0.1:{}", nats.port)
+    );
+    assert!(!h.stderr().contains("hunter2"), "{}", h.stderr());
+}
