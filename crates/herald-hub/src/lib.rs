@@ -294,6 +294,7 @@ impl Hub {
     pub fn nats_status(&self) -> Option<NatsStatus> {
         self.inner.nats.as_ref().map(|link| NatsStatus {
             connected: link.is_connected(),
+            healthy: link.is_healthy(),
             url: link.config.redacted_servers(),
         })
     }

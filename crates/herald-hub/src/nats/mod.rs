@@ -183,6 +183,9 @@ pub(crate) struct NatsLink {
     pub client: async_nats::Client,
     pub jetstream: jetstream::Context,
     pub config: NatsConfig,
+    /// Whether the last attempt to set up the stream failed (JetStream disabled on the
+    /// server, no permission, bad limits): connected is then not healthy.
+    stream_failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl NatsLink {
@@ -252,11 +255,20 @@ impl NatsLink {
             client,
             jetstream,
             config,
+            stream_failing: Default::default(),
         })
     }
 
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == State::Connected
+    }
+
+    /// Connected, and the stream could be set up.
+    pub fn is_healthy(&self) -> bool {
+        self.is_connected()
+            && !self
+                .stream_failing
+                .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits (polling cheaply) until the connection is up.
@@ -268,6 +280,13 @@ impl NatsLink {
 
     /// Creates the stream, or brings an existing one's settings in line with ours.
     pub async fn ensure_stream(&self) -> Result<(), String> {
+        let result = self.try_ensure_stream().await;
+        self.stream_failing
+            .store(result.is_err(), std::sync::atomic::Ordering::Relaxed);
+        result
+    }
+
+    async fn try_ensure_stream(&self) -> Result<(), String> {
         let wanted = self.config.stream.to_config();
         match self.jetstream.get_stream(&wanted.name).await {
             Ok(mut stream) => {
@@ -330,6 +349,9 @@ pub fn event_headers(event: &Event, relaying_hub: &str) -> HeaderMap {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatsStatus {
     pub connected: bool,
+    /// Connected, and the JetStream stream could be set up (`false` when, for example,
+    /// the server runs without JetStream).
+    pub healthy: bool,
     /// The configured servers, without credentials.
     pub url: String,
 }

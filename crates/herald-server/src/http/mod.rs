@@ -232,7 +232,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
     let nats_connected = nats.as_ref().is_some_and(|n| n.connected);
     let (status, code) = if !store.healthy {
         ("unhealthy", StatusCode::SERVICE_UNAVAILABLE)
-    } else if nats.is_some() && !nats_connected {
+    } else if nats.as_ref().is_some_and(|n| !n.healthy) {
         ("degraded", StatusCode::OK)
     } else {
         ("healthy", StatusCode::OK)
@@ -241,7 +241,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
         status,
         nats: match &nats {
             None => "disabled",
-            Some(n) if n.connected => "healthy",
+            Some(n) if n.healthy => "healthy",
             Some(_) => "unhealthy",
         },
         database: if store.healthy {

@@ -735,7 +735,7 @@ impl RpcMethod for HubHealth {
         let database = if healthy { "healthy" } else { "unhealthy" };
         let nats = match call.state.hub.nats_status() {
             None => "disabled",
-            Some(n) if n.connected => "healthy",
+            Some(n) if n.healthy => "healthy",
             Some(_) => "unhealthy",
         };
         let status = match (healthy, nats) {

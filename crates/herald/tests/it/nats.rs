@@ -687,3 +687,96 @@ async fn nats_credentials_never_show() {
     );
     assert!(!h.stderr().contains("hunter2"), "{}", h.stderr());
 }
+
+#[tokio::test]
+async fn a_republish_rule_copies_events_to_another_subject() {
+    let nats = TestNats::start().await;
+    let h = start_hub(&nats, "local-hub", &["--presence-interval-secs", "0"]).await;
+    let client = nats.client().await;
+    let mut copies = client.subscribe("audit.copy").await.unwrap();
+    client.flush().await.unwrap();
+    let resp = h
+        .http
+        .post(h.url("/api/rules"))
+        .json(&json!({
+            "id": "copy-projects",
+            "subject_pattern": "hub.*.project.>",
+            "action": {"type": "republish", "subject": "audit.copy"},
+            "description": "copy project events"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
+    let matching = h
+        .publish("hub.local-hub.project.created", json!({"p": 1}))
+        .await;
+    h.publish("hub.local-hub.other.thing", json!({})).await;
+    let copy = tokio::time::timeout(Duration::from_secs(10), copies.next())
+        .await
+        .expect("the copy arrives")
+        .unwrap();
+    let body: Value = serde_json::from_slice(&copy.payload).unwrap();
+    assert_eq!(body["id"], matching["event_id"]);
+    assert_eq!(body["payload"], json!({"p": 1}));
+    let headers = copy.headers.expect("headers");
+    assert_eq!(
+        headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .map(|v| v.as_str().to_owned()),
+        Some(format!(
+            "copy-projects:{}",
+            matching["event_id"].as_str().unwrap()
+        ))
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), copies.next())
+            .await
+            .is_err(),
+        "only the matching event is copied"
+    );
+}
+
+#[tokio::test]
+async fn a_nats_server_without_jetstream_is_unhealthy() {
+    let port = free_port();
+    let mut server = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    assert!(
+        poll_until(
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || async { tokio::net::TcpStream::connect(&addr).await.is_ok() }
+        )
+        .await
+    );
+    let url = format!("nats://{addr}");
+    let h = TestHerald::start_with(&["--nats-url", &url]).await;
+    let ok = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let v: Value = h
+                .http
+                .get(h.url("/health"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["status"] == "degraded" && v["nats"] == "unhealthy"
+        },
+    )
+    .await;
+    assert!(ok, "connected without JetStream is not healthy");
+    h.publish("hub.local-hub.still.works", json!({})).await;
+    let _ = server.start_kill();
+}
