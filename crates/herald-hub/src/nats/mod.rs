@@ -201,8 +201,13 @@ impl NatsLink {
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(2))
             .ping_interval(Duration::from_secs(5))
+            // async-nats asks before the first attempt too (attempts = 1): no wait then;
+            // 100 ms, 200 ms, … up to 5 s between later ones.
             .reconnect_delay_callback(|attempts| {
-                let millis = 100u64.saturating_mul(1 << attempts.min(6) as u64);
+                if attempts <= 1 {
+                    return Duration::ZERO;
+                }
+                let millis = 100u64.saturating_mul(1 << (attempts - 2).min(6) as u64);
                 Duration::from_millis(millis.min(5_000))
             })
             .event_callback(|event| async move {

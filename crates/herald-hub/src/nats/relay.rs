@@ -12,14 +12,17 @@
 //! Only events that originate on this hub are relayed: events the bridge ingested came
 //! from the stream already, and on a shared store other hubs relay their own.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::publish::PublishAck;
+use futures_util::stream::FuturesOrdered;
+use futures_util::StreamExt;
 use herald_core::{Seq, Timestamp};
-use herald_store::{Query, Store, MAX_QUERY_LIMIT};
+use herald_store::{Query, Store};
+use tokio::sync::mpsc;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::NatsLink;
 use crate::Inner;
@@ -79,16 +82,47 @@ async fn pause(inner: &Inner, failures: &mut u32) -> bool {
     }
 }
 
-struct InFlight {
+/// An event ready to send, prepared by the reader off the publishing path.
+struct Outgoing {
     seq: Seq,
     committed: Timestamp,
-    ack: PublishAckFuture,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    body: bytes::Bytes,
 }
+
+/// A page of the log, prepared.
+struct Prepared {
+    events: Vec<Outgoing>,
+    /// Every event up to here is in `events` or is not for the relay.
+    read_to: Seq,
+}
+
+/// A PubAck on its way back, with the seq and commit time of its event.
+type AckFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = (
+                    Seq,
+                    Timestamp,
+                    Result<PublishAck, async_nats::jetstream::context::PublishError>,
+                ),
+            > + Send,
+    >,
+>;
+
+/// Events per page the reader prepares (half the window: the publisher takes a page
+/// whenever half of its PubAcks have come back).
+const PAGE: usize = WINDOW / 2;
 
 /// Relays until shutdown (`Ok`) or the first failure (`Err`). `acked` survives across
 /// calls, so a retry does not depend on the last save.
+///
+/// Two tasks: a reader that follows the log and prepares pages (reads, filters, builds
+/// headers and bodies) a little ahead, and this one, which publishes them and collects
+/// PubAcks in order, so reading the store and publishing overlap.
 async fn relay(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     link: &NatsLink,
     name: &str,
     acked: &mut Option<Seq>,
@@ -103,120 +137,146 @@ async fn relay(
     let mut saved = stored;
     let mut last_save = Instant::now();
     let mut read_to = done;
-    let mut inflight: VecDeque<InFlight> = VecDeque::new();
-    let mut commits = inner.committed.subscribe();
-    let mut head = (*commits.borrow_and_update()).max(read_to);
-    let hub_id = inner.config.hub_id.as_str();
+    let (pages_tx, mut pages) = mpsc::channel(2);
+    let _reader = AbortOnDropHandle::new(tokio::spawn(read_ahead(
+        inner.clone(),
+        link.clone(),
+        done,
+        pages_tx,
+    )));
+    let mut acks: FuturesOrdered<AckFuture> = FuturesOrdered::new();
     let status = &inner.relay_status;
     loop {
-        // Fill the window while the log has more.
-        if read_to < head && inflight.len() <= WINDOW / 2 {
-            while read_to < head && inflight.len() < WINDOW {
-                let limit = (WINDOW - inflight.len()).clamp(64, MAX_QUERY_LIMIT);
-                let page = inner
-                    .store
-                    .query(Query {
-                        after_seq: read_to,
-                        limit,
-                        ..Query::default()
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let short = page.events.len() < limit;
+        tokio::select! {
+            biased;
+            () = inner.shutdown.cancelled() => {
+                // Finish what is in flight (bounded by the PubAck timeout), then stop.
+                while let Some((seq, _, ack)) = acks.next().await {
+                    if ack.is_err() {
+                        break;
+                    }
+                    done = if acks.is_empty() { read_to } else { seq };
+                }
+                *acked = Some(done);
+                if done > saved {
+                    save(inner, name, done, &mut saved).await?;
+                }
+                return Ok(());
+            }
+            Some((seq, committed, ack)) = acks.next(), if !acks.is_empty() => {
+                let ack: PublishAck = ack.map_err(|e| format!("no PubAck for seq {seq}: {e}"))?;
+                if !ack.duplicate {
+                    metrics::counter!("herald_relay_published_total").increment(1);
+                }
+                let delay = Timestamp::now().as_micros() - committed.as_micros();
+                metrics::histogram!("herald_relay_delay_seconds")
+                    .record(delay.max(0) as f64 / 1e6);
+                done = if acks.is_empty() { read_to } else { seq };
+            }
+            page = pages.recv(), if acks.len() <= WINDOW - PAGE => {
+                let page: Prepared = page.ok_or("the log reader stopped")??;
                 for event in page.events {
-                    let subject = event.subject.as_str();
-                    if event.origin.hub_id != hub_id {
-                        continue;
-                    }
-                    if !link.config.stream.captures(subject) {
-                        metrics::counter!("herald_relay_skipped_total").increment(1);
-                        continue;
-                    }
                     if !link.is_connected() {
                         return Err("disconnected from NATS".into());
                     }
-                    let headers = super::event_headers(&event, hub_id);
-                    let body = crate::envelope::to_json(&event);
                     let ack = link
                         .jetstream
-                        .publish_with_headers(subject.to_owned(), headers, body.into())
+                        .publish_with_headers(event.subject, event.headers, event.body)
                         .await
                         .map_err(|e| format!("publishing seq {}: {e}", event.seq))?;
-                    inflight.push_back(InFlight {
-                        seq: event.seq,
-                        committed: event.timestamp,
-                        ack,
-                    });
+                    let (seq, committed) = (event.seq, event.committed);
+                    acks.push_back(Box::pin(async move { (seq, committed, ack.await) }));
                 }
-                read_to = read_to.max(page.scanned_to);
-                if inflight.is_empty() {
+                read_to = page.read_to;
+                if acks.is_empty() {
                     done = read_to;
                 }
-                if short {
-                    head = head.max(read_to);
-                    break;
-                }
             }
-        }
-        if let Some(front) = inflight.pop_front() {
-            let ack = front
-                .ack
-                .await
-                .map_err(|e| format!("no PubAck for seq {}: {e}", front.seq))?;
-            if !ack.duplicate {
-                metrics::counter!("herald_relay_published_total").increment(1);
-            }
-            let delay = Timestamp::now().as_micros() - front.committed.as_micros();
-            metrics::histogram!("herald_relay_delay_seconds").record(delay.max(0) as f64 / 1e6);
-            done = if inflight.is_empty() {
-                read_to
-            } else {
-                front.seq
-            };
-        } else {
-            done = done.max(read_to);
-            if done > saved {
-                save(inner, name, done, &mut saved).await?;
-                last_save = Instant::now();
-            }
-            status.cursor.store(done, Ordering::Relaxed);
-            *acked = Some(done);
-            let polled = tokio::select! {
-                changed = commits.changed() => changed.is_err(),
-                () = tokio::time::sleep(POLL) => true,
-                () = inner.shutdown.cancelled() => return Ok(()),
-            };
-            head = head.max(*commits.borrow_and_update());
-            if polled {
-                head = head.max(inner.store.head().await.map_err(|e| e.to_string())?);
-            }
-            continue;
+            () = tokio::time::sleep_until((last_save + SAVE_EVERY).into()), if done > saved => {}
         }
         *acked = Some(done);
         status.cursor.store(done, Ordering::Relaxed);
-        status.head.store(head, Ordering::Relaxed);
         if done > saved && last_save.elapsed() >= SAVE_EVERY {
             save(inner, name, done, &mut saved).await?;
             last_save = Instant::now();
         }
-        if inner.shutdown.is_cancelled() {
-            // Finish what is in flight (bounded by the PubAck timeout), then stop.
-            while let Some(front) = inflight.pop_front() {
-                if front.ack.await.is_err() {
-                    break;
+    }
+}
+
+/// Follows the log after `from` and hands the relay prepared pages, in seq order. Ends
+/// when the relay stops listening, at shutdown, or after sending an error.
+async fn read_ahead(
+    inner: Arc<Inner>,
+    link: NatsLink,
+    from: Seq,
+    pages: mpsc::Sender<Result<Prepared, String>>,
+) {
+    let hub_id = inner.config.hub_id.as_str();
+    let mut read_to = from;
+    let mut commits = inner.committed.subscribe();
+    let mut head = (*commits.borrow_and_update()).max(read_to);
+    loop {
+        if read_to < head {
+            let page = match inner
+                .store
+                .query(Query {
+                    after_seq: read_to,
+                    limit: PAGE,
+                    ..Query::default()
+                })
+                .await
+            {
+                Ok(page) => page,
+                Err(error) => {
+                    let _ = pages.send(Err(error.to_string())).await;
+                    return;
                 }
-                done = if inflight.is_empty() {
-                    read_to
-                } else {
-                    front.seq
-                };
+            };
+            let short = page.events.len() < PAGE;
+            let mut events = Vec::with_capacity(page.events.len());
+            for event in page.events {
+                if event.origin.hub_id != hub_id {
+                    continue;
+                }
+                if !link.config.stream.captures(event.subject.as_str()) {
+                    metrics::counter!("herald_relay_skipped_total").increment(1);
+                    continue;
+                }
+                events.push(Outgoing {
+                    seq: event.seq,
+                    committed: event.timestamp,
+                    headers: super::event_headers(&event, hub_id),
+                    body: crate::envelope::to_json(&event).into(),
+                    subject: event.subject.into_string(),
+                });
             }
-            *acked = Some(done);
-            if done > saved {
-                save(inner, name, done, &mut saved).await?;
+            read_to = read_to.max(page.scanned_to);
+            if short {
+                head = head.max(read_to);
             }
-            return Ok(());
+            inner.relay_status.head.store(head, Ordering::Relaxed);
+            if pages.send(Ok(Prepared { events, read_to })).await.is_err() {
+                return;
+            }
+            continue;
         }
+        let polled = tokio::select! {
+            changed = commits.changed() => changed.is_err(),
+            () = tokio::time::sleep(POLL) => true,
+            () = pages.closed() => return,
+            () = inner.shutdown.cancelled() => return,
+        };
+        head = head.max(*commits.borrow_and_update());
+        if polled {
+            match inner.store.head().await {
+                Ok(store_head) => head = head.max(store_head),
+                Err(error) => {
+                    let _ = pages.send(Err(error.to_string())).await;
+                    return;
+                }
+            }
+        }
+        inner.relay_status.head.store(head, Ordering::Relaxed);
     }
 }
 
