@@ -11,7 +11,9 @@
 //! - `interop`: `bus.publish` over JSON-RPC vs. REST, batch ingest, and a local
 //!   `nats-server -js` as the ceiling of durable ingest;
 //! - `postgres` (not part of `all`): herald on its PostgreSQL store (a throwaway local
-//!   server), next to a raw binary `COPY` of the same rows as the ceiling.
+//!   server), next to a raw binary `COPY` of the same rows as the ceiling;
+//! - `relay`: herald's NATS JetStream relay against a raw JetStream publisher on the same
+//!   local `nats-server -js`, and the relay's lag at 5,000 events/s.
 //!
 //! Results are Markdown tables on stdout (pasteable into BENCHMARKS.md); progress goes
 //! to stderr. Build with `cargo build --release -p herald -p herald-bench`, then run
@@ -20,6 +22,7 @@
 mod ceiling;
 mod client;
 mod herald_metrics;
+mod nats;
 mod process;
 mod report;
 mod scenario;
@@ -47,7 +50,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Every scenario, (a) to (d), then `interop`, with one machine description.
+    /// Every scenario, (a) to (d), then `interop` and `relay`, with one machine description.
     All(RunArgs),
     /// (a) Publish throughput with concurrent keep-alive connections, vs. the ceiling.
     Throughput(RunArgs),
@@ -61,6 +64,8 @@ enum Command {
     Interop(RunArgs),
     /// Herald on a throwaway PostgreSQL: publish, batch ingest and queries, vs. raw COPY.
     Postgres(RunArgs),
+    /// NATS relay: relay throughput vs. raw JetStream publish, and relay lag at --rate.
+    Relay(RunArgs),
     /// The no-op ceiling server (started by the other subcommands).
     CeilingServer {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -169,6 +174,7 @@ fn main() -> Result<()> {
                 Scenario::Latency,
                 Scenario::Query,
                 Scenario::Interop,
+                Scenario::Relay,
             ],
         ),
         Command::Throughput(args) => run(&args, &[Scenario::Throughput]),
@@ -177,6 +183,7 @@ fn main() -> Result<()> {
         Command::Memory(args) => run(&args, &[Scenario::Memory]),
         Command::Interop(args) => run(&args, &[Scenario::Interop]),
         Command::Postgres(args) => run(&args, &[Scenario::Postgres]),
+        Command::Relay(args) => run(&args, &[Scenario::Relay]),
     }
 }
 
@@ -188,6 +195,7 @@ enum Scenario {
     Memory,
     Interop,
     Postgres,
+    Relay,
 }
 
 fn run(args: &RunArgs, scenarios: &[Scenario]) -> Result<()> {
@@ -234,6 +242,7 @@ fn run(args: &RunArgs, scenarios: &[Scenario]) -> Result<()> {
                 Scenario::Memory => scenario::storage::run(&options, false).await?,
                 Scenario::Interop => scenario::interop::run(&options).await?,
                 Scenario::Postgres => scenario::postgres::run(&options).await?,
+                Scenario::Relay => scenario::relay::run(&options).await?,
             };
             println!("{markdown}");
         }

@@ -73,20 +73,40 @@ impl ServerProcess {
         Self::herald_with_data(herald_bin, dir, url.as_ref()).await
     }
 
+    /// [`ServerProcess::herald`] with extra `herald serve` flags (e.g. `--nats-url`).
+    pub async fn herald_with_args(
+        herald_bin: &Path,
+        data_parent: &Path,
+        extra_args: &[String],
+    ) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("herald-bench-")
+            .tempdir_in(data_parent)
+            .with_context(|| format!("cannot create a directory in {}", data_parent.display()))?;
+        Self::herald_reopen(herald_bin, dir, extra_args).await
+    }
+
+    /// Starts `herald serve` on the store `herald.db` in `dir` (one a stopped herald left
+    /// there: see [`ServerProcess::stop_keeping_data`]), with extra flags.
+    pub async fn herald_reopen(
+        herald_bin: &Path,
+        dir: TempDir,
+        extra_args: &[String],
+    ) -> Result<Self> {
+        let db = dir.path().join("herald.db");
+        let mut command = herald_command(herald_bin, db.as_os_str());
+        command.args(extra_args);
+        Self::start(ServerKind::Herald, command, dir)
+            .await
+            .with_context(|| format!("starting {}", herald_bin.display()))
+    }
+
     async fn herald_with_data(
         herald_bin: &Path,
         dir: TempDir,
         data: &std::ffi::OsStr,
     ) -> Result<Self> {
-        let mut command = Command::new(herald_bin);
-        command
-            .arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data")
-            .arg(data)
-            .env_remove("DATABASE_URL");
-        Self::start(ServerKind::Herald, command, dir)
+        Self::start(ServerKind::Herald, herald_command(herald_bin, data), dir)
             .await
             .with_context(|| format!("starting {}", herald_bin.display()))
     }
@@ -107,7 +127,11 @@ impl ServerProcess {
 
     async fn start(kind: ServerKind, mut command: Command, dir: TempDir) -> Result<Self> {
         let log_path = dir.path().join("server.stderr.log");
-        let log = std::fs::File::create(&log_path)?;
+        // Appended to: a herald restarted on the same store keeps the first run's log.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -193,6 +217,17 @@ impl ServerProcess {
     /// Stops the server with SIGTERM, waits for it to exit, and kills it if it does
     /// not. Returns how long the shutdown took.
     pub async fn stop(mut self) -> Result<Duration> {
+        self.terminate().await
+    }
+
+    /// [`ServerProcess::stop`], but keeps the server's directory (and its store) for
+    /// [`ServerProcess::herald_reopen`].
+    pub async fn stop_keeping_data(mut self) -> Result<TempDir> {
+        self.terminate().await?;
+        Ok(self.dir)
+    }
+
+    async fn terminate(&mut self) -> Result<Duration> {
         let started = Instant::now();
         let _ = std::process::Command::new("kill")
             .arg("-TERM")
@@ -219,6 +254,20 @@ impl ServerProcess {
         }
         Ok(started.elapsed())
     }
+}
+
+/// `herald serve` on an ephemeral loopback port with `--data <data>`.
+fn herald_command(herald_bin: &Path, data: &std::ffi::OsStr) -> Command {
+    let mut command = Command::new(herald_bin);
+    command
+        .arg("serve")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data")
+        .arg(data)
+        .env_remove("DATABASE_URL")
+        .env_remove("NATS_URL");
+    command
 }
 
 /// Parses `... listening on http://127.0.0.1:PORT`.

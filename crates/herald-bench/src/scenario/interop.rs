@@ -9,30 +9,21 @@
 //!
 //! Everything runs on loopback; the NATS server is started and stopped here.
 
-use std::future::IntoFuture;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use async_nats::jetstream;
 use bytes::Bytes;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::value::RawValue;
-use tokio::process::{Child, Command};
 
-use super::{closed_loop, describe_errors, LoadResult, Options, Success, Target};
-use crate::process::{ProcSample, ServerProcess};
+use super::{closed_loop, describe_errors, LoadResult, Options, Success, Target, BATCH};
+use crate::nats::{self, NatsServer};
+use crate::process::ServerProcess;
 use crate::report::Table;
 use crate::stats::{median, ms_f, percent, thousands, verdict};
 use crate::{progress, workload};
 
-/// The NATS server binary (Debian's `nats-server` package).
-const NATS_SERVER: &str = "nats-server";
-/// Publish acks the JetStream client keeps in flight.
-const NATS_IN_FLIGHT: usize = 1024;
 /// Longest wait for the servers to go idle between runs.
 const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 /// RPC req/s must be at least this share of REST req/s.
@@ -43,10 +34,6 @@ const CEILING_TARGET: f64 = 1.0;
 const RPC: Target = Target {
     path: "/rpc",
     success: Success::RpcResult,
-};
-const BATCH: Target = Target {
-    path: "/api/events:batch",
-    success: Success::Status(201),
 };
 
 /// Durations of the scenario (independent of (a)'s, to keep it near 90 s).
@@ -206,7 +193,7 @@ fn rpc_pool(count: usize) -> Result<Vec<Bytes>> {
 }
 
 /// `distinct` batch bodies `{"events":[...]}` of `size` publish bodies each.
-fn batch_pool(size: usize, distinct: usize) -> Vec<Bytes> {
+pub(super) fn batch_pool(size: usize, distinct: usize) -> Vec<Bytes> {
     (0..distinct)
         .map(|b| {
             let mut out = Vec::with_capacity(size * 320 + 16);
@@ -227,94 +214,14 @@ fn batch_pool(size: usize, distinct: usize) -> Vec<Bytes> {
 /// What the NATS run measured.
 struct NatsResult {
     version: String,
-    acked: u64,
-    errors: u64,
-    first_error: Option<String>,
-    window: Duration,
-    server_cores: f64,
-    generator_cores: f64,
+    run: nats::AckedRun,
     in_flight: usize,
 }
 
 impl NatsResult {
     fn per_second(&self) -> f64 {
-        self.acked as f64 / self.window.as_secs_f64()
+        self.run.per_second()
     }
-}
-
-/// A `nats-server -js` child on a loopback port, with its store in a temporary
-/// directory; killed when dropped.
-struct NatsServer {
-    child: Child,
-    pid: u32,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl NatsServer {
-    async fn start(data_parent: &Path) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("herald-bench-nats-")
-            .tempdir_in(data_parent)?;
-        let port = {
-            let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-            listener.local_addr()?.port()
-        };
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let log = std::fs::File::create(dir.path().join("nats.log"))?;
-        let child = Command::new(NATS_SERVER)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path().join("store"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {NATS_SERVER} (is it on PATH?)"))?;
-        let pid = child.id().context("nats-server exited at once")?;
-        let mut server = NatsServer {
-            child,
-            pid,
-            addr,
-            _dir: dir,
-        };
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                progress!("nats-server started: pid {pid}, {addr}");
-                return Ok(server);
-            }
-            if let Some(status) = server.child.try_wait()? {
-                bail!("nats-server exited ({status}) before listening");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bail!("nats-server did not listen on {addr} within 10 s")
-    }
-
-    async fn stop(mut self) -> Result<()> {
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid.to_string())
-            .status();
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            progress!("nats-server did not exit after SIGTERM; killing it");
-            self.child.kill().await?;
-        }
-        Ok(())
-    }
-}
-
-fn nats_version() -> String {
-    std::process::Command::new(NATS_SERVER)
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "nats-server (version unknown)".into())
 }
 
 async fn nats_ceiling(options: &Options, warmup: Duration, window: Duration) -> Result<NatsResult> {
@@ -325,12 +232,7 @@ async fn nats_ceiling(options: &Options, warmup: Duration, window: Duration) -> 
 }
 
 async fn nats_load(server: &NatsServer, warmup: Duration, window: Duration) -> Result<NatsResult> {
-    if !server.addr.ip().is_loopback() {
-        bail!("refusing to send traffic to {}", server.addr);
-    }
-    let client = async_nats::connect(server.addr.to_string())
-        .await
-        .context("connecting to nats-server")?;
+    let client = server.connect().await?;
     let js = jetstream::new(client.clone());
     js.get_or_create_stream(jetstream::stream::Config {
         name: "BENCH".into(),
@@ -349,74 +251,25 @@ async fn nats_load(server: &NatsServer, warmup: Duration, window: Duration) -> R
             (subject.clone(), workload::publish_body(&subject, n))
         })
         .collect();
-
-    let start = Instant::now();
-    let window_start = start + warmup;
-    let window_end = window_start + window;
-    let pid = server.pid.to_string();
-    let mut before: Option<(ProcSample, ProcSample)> = None;
-    let mut after: Option<(ProcSample, ProcSample)> = None;
-    let mut acks = FuturesUnordered::new();
-    let (mut acked, mut errors, mut first_error) = (0u64, 0u64, None::<String>);
-    let mut next = 0usize;
-    loop {
-        let now = Instant::now();
-        if before.is_none() && now >= window_start {
-            before = Some((ProcSample::of(&pid)?, ProcSample::of("self")?));
-        }
-        if now >= window_end {
-            after = Some((ProcSample::of(&pid)?, ProcSample::of("self")?));
-            break;
-        }
-        if acks.len() < NATS_IN_FLIGHT {
-            let (subject, body) = &messages[next % messages.len()];
-            next += 1;
-            match js.publish(subject.clone(), body.clone()).await {
-                Ok(ack) => acks.push(ack.into_future()),
-                Err(error) => {
-                    errors += 1;
-                    first_error.get_or_insert(format!("{error}"));
-                    if errors > 1000 {
-                        break;
-                    }
-                }
+    let run = nats::publish_acked(
+        server,
+        &js,
+        nats::Span::Window { warmup, window },
+        nats::IN_FLIGHT,
+        |n| {
+            let (subject, body) = &messages[n as usize % messages.len()];
+            nats::Outgoing {
+                subject: subject.clone(),
+                headers: None,
+                body: body.clone(),
             }
-            continue;
-        }
-        let Some(ack) = acks.next().await else {
-            continue;
-        };
-        let done = Instant::now();
-        let measured = done >= window_start && done <= window_end;
-        match ack {
-            Ok(_) if measured => acked += 1,
-            Ok(_) => {}
-            Err(error) => {
-                if measured {
-                    errors += 1;
-                }
-                first_error.get_or_insert(format!("{error}"));
-            }
-        }
-    }
-    drop(acks);
-    let _ = client.flush().await;
-    let (Some((server_before, self_before)), Some((server_after, self_after))) = (before, after)
-    else {
-        bail!(
-            "the NATS run stopped early: {}",
-            first_error.unwrap_or_default()
-        );
-    };
+        },
+    )
+    .await?;
     Ok(NatsResult {
-        version: nats_version(),
-        acked,
-        errors,
-        first_error,
-        window,
-        server_cores: server_after.cores_used_since(&server_before),
-        generator_cores: self_after.cores_used_since(&self_before),
-        in_flight: NATS_IN_FLIGHT,
+        version: nats::version(),
+        run,
+        in_flight: nats::IN_FLIGHT,
     })
 }
 
@@ -504,7 +357,7 @@ fn render(
          fsync-per-commit durable as herald is.\n\n",
         plan.ingest_window.as_secs_f64(),
         plan.warmup.as_secs_f64(),
-        NATS_IN_FLIGHT,
+        nats::IN_FLIGHT,
     ));
     let mut table = Table::new(&[
         "Ingest",
@@ -539,9 +392,9 @@ fn render(
             format!("**{:.0}**", nats.per_second()),
             "—".into(),
             "—".into(),
-            thousands(nats.errors),
-            format!("{:.2} cores", nats.server_cores),
-            format!("{:.2} cores", nats.generator_cores),
+            thousands(nats.run.errors),
+            format!("{:.2} cores", nats.run.server_cores),
+            format!("{:.2} cores", nats.run.generator_cores),
         ]),
         Err(error) => table.row(vec![
             "ceiling: nats-server -js".into(),
@@ -632,11 +485,7 @@ fn render(
     {
         out.push_str(&format!("\nFirst {label} error: `{error}`\n"));
     }
-    if let Ok(NatsResult {
-        first_error: Some(error),
-        ..
-    }) = &nats
-    {
+    if let Some(error) = nats.as_ref().ok().and_then(|n| n.run.first_error.as_ref()) {
         out.push_str(&format!("\nFirst NATS error: `{error}`\n"));
     }
     out

@@ -32,8 +32,8 @@ use crate::{progress, workload};
 const TARGET_P99: Duration = Duration::from_millis(2);
 /// How long the receiver waits for stragglers after the last publish was answered.
 const DRAIN_GRACE: Duration = Duration::from_secs(3);
-const WARM_PHASE: u8 = 0;
-const MEASURED_PHASE: u8 = 1;
+pub(super) const WARM_PHASE: u8 = 0;
+pub(super) const MEASURED_PHASE: u8 = 1;
 
 pub async fn run(options: &Options) -> Result<String> {
     progress!(
@@ -201,13 +201,34 @@ impl LatencyResult {
 }
 
 /// State shared between the publishers and the receiver thread.
-struct Progress {
-    warm_received: AtomicU64,
-    measured_received: AtomicU64,
+pub(super) struct Progress {
+    pub warm_received: AtomicU64,
+    pub measured_received: AtomicU64,
     /// Measured events the receiver should wait for (u64::MAX until publishing ends).
-    expected: AtomicU64,
+    pub expected: AtomicU64,
     /// Nanoseconds since `base` after which the receiver gives up waiting.
-    drain_deadline_ns: AtomicU64,
+    pub drain_deadline_ns: AtomicU64,
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        Progress {
+            warm_received: AtomicU64::new(0),
+            measured_received: AtomicU64::new(0),
+            expected: AtomicU64::new(u64::MAX),
+            drain_deadline_ns: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Whether the receiver should stop: every expected event arrived, or the drain
+    /// deadline (nanoseconds since `base`) or `hard_deadline` has passed.
+    pub fn finished(&self, base: Instant, hard_deadline: Instant) -> bool {
+        let now = Instant::now();
+        self.measured_received.load(Ordering::Relaxed) >= self.expected.load(Ordering::Relaxed)
+            || now.duration_since(base).as_nanos() as u64
+                >= self.drain_deadline_ns.load(Ordering::Relaxed)
+            || now >= hard_deadline
+    }
 }
 
 /// What the receiver thread collected.
@@ -222,12 +243,7 @@ struct Receipts {
 async fn measure(server: &ServerProcess, options: &Options) -> Result<LatencyResult> {
     let base = Instant::now();
     let measured_events = (options.rate as f64 * options.latency_duration.as_secs_f64()) as u64;
-    let progress = Arc::new(Progress {
-        warm_received: AtomicU64::new(0),
-        measured_received: AtomicU64::new(0),
-        expected: AtomicU64::new(u64::MAX),
-        drain_deadline_ns: AtomicU64::new(u64::MAX),
-    });
+    let progress = Arc::new(Progress::new());
     // Bounds the receiver even if the publishers never finish.
     let hard_deadline =
         base + Duration::from_secs(30) + options.latency_warmup * 2 + options.latency_duration * 2;
@@ -315,14 +331,21 @@ async fn measure(server: &ServerProcess, options: &Options) -> Result<LatencyRes
     Ok(result)
 }
 
+/// What the paced publishers did.
 #[derive(Default)]
-struct PublishTally {
-    ok: u64,
-    bad_statuses: BTreeMap<u16, u64>,
-    transport_errors: u64,
-    first_error: Option<String>,
-    post_latencies: Vec<u64>,
-    slip: Vec<u64>,
+pub(super) struct PublishTally {
+    /// 201 answers.
+    pub ok: u64,
+    pub bad_statuses: BTreeMap<u16, u64>,
+    pub transport_errors: u64,
+    pub first_error: Option<String>,
+    /// Round trip of each POST, nanoseconds.
+    pub post_latencies: Vec<u64>,
+    /// How late each POST was sent against its schedule, nanoseconds.
+    pub slip: Vec<u64>,
+    /// When the first POST was sent, and when the last answer arrived.
+    pub first_sent: Option<Instant>,
+    pub last_done: Option<Instant>,
 }
 
 /// Publishes `count` probe events on the open-loop schedule `start + i / rate`.
@@ -330,7 +353,7 @@ struct PublishTally {
 /// A pacer thread (precise `std::thread::sleep`, not tokio's 1 ms timer wheel) releases
 /// each event when it is due into a queue; whichever publisher connection is free takes
 /// it, so one slow request delays nothing but itself.
-async fn paced_publish(
+pub(super) async fn paced_publish(
     addr: SocketAddr,
     options: &Options,
     phase: u8,
@@ -381,6 +404,8 @@ async fn paced_publish(
                     workload::probe_body(&workload::subject(index), phase, index, due_ns, sent_ns);
                 let result = connection.post_json("/api/events", body).await;
                 let done = Instant::now();
+                tally.first_sent.get_or_insert(sent);
+                tally.last_done = Some(done);
                 tally
                     .slip
                     .push(sent.saturating_duration_since(due).as_nanos() as u64);
@@ -427,6 +452,11 @@ async fn paced_publish(
         }
         total.post_latencies.extend(tally.post_latencies);
         total.slip.extend(tally.slip);
+        total.first_sent = match (total.first_sent, tally.first_sent) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        total.last_done = total.last_done.max(tally.last_done);
     }
     tokio::task::spawn_blocking(move || pacer.join())
         .await?
@@ -501,12 +531,7 @@ fn receive(
         let _ = ready.send(Ok(()));
         let mut seen = vec![false; measured_events as usize];
         loop {
-            let now = Instant::now();
-            let done = progress.measured_received.load(Ordering::Relaxed)
-                >= progress.expected.load(Ordering::Relaxed);
-            let drained = now.duration_since(base).as_nanos() as u64
-                >= progress.drain_deadline_ns.load(Ordering::Relaxed);
-            if done || drained || now >= hard_deadline {
+            if progress.finished(base, hard_deadline) {
                 break;
             }
             let frame = match tokio::time::timeout(Duration::from_millis(50), socket.next()).await {

@@ -5,16 +5,20 @@
 //! - [`storage`]: (c) query latency on a filled store and (d) herald's RSS;
 //! - [`interop`]: `bus.publish` over JSON-RPC vs. REST, batch ingest, and a local
 //!   NATS JetStream as the ceiling of durable ingest;
-//! - [`postgres`]: herald on a throwaway PostgreSQL vs. a raw binary `COPY` ceiling.
+//! - [`postgres`]: herald on a throwaway PostgreSQL vs. a raw binary `COPY` ceiling;
+//! - [`relay`]: herald's NATS JetStream relay vs. a raw JetStream publisher, and its lag
+//!   under a steady publish rate.
 
 pub mod interop;
 pub mod latency;
 pub mod postgres;
+pub mod relay;
 pub mod storage;
 pub mod throughput;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +29,8 @@ use tokio::time::sleep_until;
 use crate::client::Connection;
 use crate::herald_metrics;
 use crate::process::{ProcSample, ServerKind, ServerProcess};
-use crate::stats::Samples;
+use crate::progress;
+use crate::stats::{thousands, Samples};
 
 /// Settings of a run, after `--quick` and the flags are applied.
 #[derive(Debug, Clone)]
@@ -306,21 +311,29 @@ pub async fn closed_loop(
 /// its WAL after a load run — so background work of one run, the kernel's writeback
 /// included, does not eat into the next. Returns how long it waited.
 pub async fn settle(servers: &[&ServerProcess], limit: Duration) -> Duration {
+    let pids: Vec<u32> = servers.iter().map(|s| s.pid).collect();
+    settle_pids(&pids, limit).await
+}
+
+/// [`settle`] for any processes, by pid.
+pub async fn settle_pids(pids: &[u32], limit: Duration) -> Duration {
     let started = Instant::now();
     let _ = tokio::time::timeout(
         limit,
         tokio::task::spawn_blocking(crate::report::flush_page_cache),
     )
     .await;
+    let sample = |pid: &u32| ProcSample::of(&pid.to_string()).ok();
     while started.elapsed() < limit {
-        let before: Vec<_> = servers.iter().map(|s| s.sample().ok()).collect();
+        let before: Vec<_> = pids.iter().map(sample).collect();
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let busy = servers.iter().zip(before).any(|(server, before)| {
-            match (before, server.sample().ok()) {
+        let busy = pids
+            .iter()
+            .zip(before)
+            .any(|(pid, before)| match (before, sample(pid)) {
                 (Some(before), Some(after)) => after.cores_used_since(&before) >= 0.05,
                 _ => false,
-            }
-        });
+            });
         if !busy {
             break;
         }
@@ -342,4 +355,145 @@ pub fn describe_errors(bad_statuses: &BTreeMap<u16, u64>, transport_errors: u64)
         kinds.push(format!("no answer: {transport_errors}"));
     }
     format!("{total} ({})", kinds.join(", "))
+}
+
+/// `POST /api/events:batch`, success = 201.
+pub const BATCH: Target = Target {
+    path: "/api/events:batch",
+    success: Success::Status(201),
+};
+
+/// What a batch fill did.
+#[derive(Debug)]
+pub struct FillResult {
+    /// Events in 201 answers.
+    pub stored: u64,
+    pub elapsed: Duration,
+    pub bad_statuses: BTreeMap<u16, u64>,
+    pub transport_errors: u64,
+    pub first_error: Option<String>,
+    /// The time limit (or too many errors) stopped it before every batch was sent.
+    pub stopped_short: bool,
+}
+
+/// Stores `events` events (rounded up to whole batches) through
+/// `POST /api/events:batch`: `connections` keep-alive connections send the bodies of
+/// `pool` (each of `batch_size` events) in turn, as fast as they are answered, until
+/// done or `limit` has passed. Progress lines are prefixed with `label`.
+pub async fn batch_fill(
+    herald: &ServerProcess,
+    label: &'static str,
+    pool: Arc<Vec<Bytes>>,
+    batch_size: usize,
+    events: u64,
+    connections: usize,
+    limit: Duration,
+) -> Result<FillResult> {
+    let batches = events.div_ceil(batch_size as u64);
+    let next = Arc::new(AtomicU64::new(0));
+    let stored = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + limit;
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (pool, next, stored, addr) = (pool.clone(), next.clone(), stored.clone(), herald.addr);
+        tasks.push(tokio::spawn(async move {
+            let mut bad_statuses: BTreeMap<u16, u64> = BTreeMap::new();
+            let mut transport_errors = 0u64;
+            let mut first_error = None;
+            let mut connection: Option<Connection> = None;
+            let mut failures = 0;
+            while Instant::now() < deadline && failures <= 50 {
+                let conn = match &mut connection {
+                    Some(conn) => conn,
+                    None => match Connection::open(addr).await {
+                        Ok(conn) => connection.insert(conn),
+                        Err(error) => {
+                            failures += 1;
+                            transport_errors += 1;
+                            first_error.get_or_insert(format!("{error:#}"));
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= batches {
+                    break;
+                }
+                let body = pool[(n % pool.len() as u64) as usize].clone();
+                match conn.post_json(BATCH.path, body).await {
+                    Ok(response) if response.status == 201 => {
+                        stored.fetch_add(batch_size as u64, Ordering::Relaxed);
+                    }
+                    Ok(response) => {
+                        failures += 1;
+                        *bad_statuses.entry(response.status).or_default() += 1;
+                        first_error.get_or_insert_with(|| {
+                            format!(
+                                "{}: {}",
+                                response.status,
+                                String::from_utf8_lossy(
+                                    &response.body[..response.body.len().min(200)]
+                                )
+                            )
+                        });
+                    }
+                    Err(error) => {
+                        failures += 1;
+                        transport_errors += 1;
+                        first_error.get_or_insert(format!("{error:#}"));
+                        connection = None;
+                    }
+                }
+            }
+            (bad_statuses, transport_errors, first_error)
+        }));
+    }
+    let mut last_report = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    while !tasks.iter().all(|t| t.is_finished()) {
+        ticker.tick().await;
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            let count = stored.load(Ordering::Relaxed);
+            progress!(
+                "{label}: fill {} / {} events, {:.0} events/s",
+                thousands(count),
+                thousands(batches * batch_size as u64),
+                count as f64 / started.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+    }
+    let elapsed = started.elapsed();
+    let mut result = FillResult {
+        stored: stored.load(Ordering::Relaxed),
+        elapsed,
+        bad_statuses: BTreeMap::new(),
+        transport_errors: 0,
+        first_error: None,
+        stopped_short: next.load(Ordering::Relaxed) < batches,
+    };
+    for task in tasks {
+        let (bad_statuses, transport_errors, first_error) = task.await?;
+        for (status, n) in bad_statuses {
+            *result.bad_statuses.entry(status).or_default() += n;
+        }
+        result.transport_errors += transport_errors;
+        if result.first_error.is_none() {
+            result.first_error = first_error;
+        }
+    }
+    progress!(
+        "{label}: fill done: {} events in {:.1} s ({:.0} events/s){}",
+        thousands(result.stored),
+        elapsed.as_secs_f64(),
+        result.stored as f64 / elapsed.as_secs_f64().max(1e-9),
+        if result.stopped_short {
+            " — stopped short"
+        } else {
+            ""
+        }
+    );
+    Ok(result)
 }

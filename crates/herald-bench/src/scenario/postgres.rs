@@ -12,8 +12,6 @@
 //! 3. herald's store is filled with batches to 1,000,000 events, and
 //!    `GET /api/events?subject=<pattern>&limit=100` is timed for the patterns of (c).
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +26,8 @@ use uuid::Uuid;
 
 use super::storage::{query_series, QueryResult};
 use super::{
-    closed_loop, closed_loop_publish, describe_errors, LoadResult, Options, Success, Target,
+    batch_fill, closed_loop, closed_loop_publish, describe_errors, FillResult, LoadResult, Options,
+    BATCH,
 };
 use crate::client::Connection;
 use crate::process::{ProcSample, ServerProcess};
@@ -36,10 +35,6 @@ use crate::report::Table;
 use crate::stats::{mib, ms, ms_f, percent, thousands, verdict};
 use crate::{progress, workload};
 
-const BATCH: Target = Target {
-    path: "/api/events:batch",
-    success: Success::Status(201),
-};
 /// Events per batch request, and rows per COPY transaction of the ceiling.
 const BATCH_SIZE: usize = 1_000;
 /// Connections of the batch ingest and of the fill.
@@ -483,136 +478,26 @@ async fn copy_ceiling(pg: &TestPostgres, rows: u64, herald_indexes: bool) -> Res
     })
 }
 
-/// What the batch fill did.
-struct FillResult {
-    stored: u64,
-    elapsed: Duration,
-    bad_statuses: BTreeMap<u16, u64>,
-    transport_errors: u64,
-    first_error: Option<String>,
-    stopped_short: bool,
-}
-
 /// Fills herald's store from `already` to the plan's event count with 1,000-event
 /// batches over [`BATCH_CONNECTIONS`] connections, within the plan's time limit.
 async fn fill(herald: &ServerProcess, plan: &Plan, already: u64) -> Result<FillResult> {
-    let batches = plan
-        .fill_events
-        .saturating_sub(already)
-        .div_ceil(BATCH_SIZE as u64);
+    let events = plan.fill_events.saturating_sub(already);
     progress!(
         "postgres: fill from {} to {} events: {} batches of {BATCH_SIZE}",
         thousands(already),
         thousands(plan.fill_events),
-        thousands(batches)
+        thousands(events.div_ceil(BATCH_SIZE as u64))
     );
-    let pool = Arc::new(fill_batches(8));
-    let next = Arc::new(AtomicU64::new(0));
-    let stored = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let deadline = started + plan.fill_limit;
-    let mut tasks = Vec::new();
-    for _ in 0..BATCH_CONNECTIONS {
-        let (pool, next, stored, addr) = (pool.clone(), next.clone(), stored.clone(), herald.addr);
-        tasks.push(tokio::spawn(async move {
-            let mut bad_statuses: BTreeMap<u16, u64> = BTreeMap::new();
-            let mut transport_errors = 0u64;
-            let mut first_error = None;
-            let mut connection: Option<Connection> = None;
-            let mut failures = 0;
-            while Instant::now() < deadline && failures <= 50 {
-                let conn = match &mut connection {
-                    Some(conn) => conn,
-                    None => match Connection::open(addr).await {
-                        Ok(conn) => connection.insert(conn),
-                        Err(error) => {
-                            failures += 1;
-                            transport_errors += 1;
-                            first_error.get_or_insert(format!("{error:#}"));
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                };
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= batches {
-                    break;
-                }
-                let body = pool[(n % pool.len() as u64) as usize].clone();
-                match conn.post_json(BATCH.path, body).await {
-                    Ok(response) if response.status == 201 => {
-                        stored.fetch_add(BATCH_SIZE as u64, Ordering::Relaxed);
-                    }
-                    Ok(response) => {
-                        failures += 1;
-                        *bad_statuses.entry(response.status).or_default() += 1;
-                        first_error.get_or_insert_with(|| {
-                            format!(
-                                "{}: {}",
-                                response.status,
-                                String::from_utf8_lossy(
-                                    &response.body[..response.body.len().min(200)]
-                                )
-                            )
-                        });
-                    }
-                    Err(error) => {
-                        failures += 1;
-                        transport_errors += 1;
-                        first_error.get_or_insert(format!("{error:#}"));
-                        connection = None;
-                    }
-                }
-            }
-            (bad_statuses, transport_errors, first_error)
-        }));
-    }
-    let mut last_report = Instant::now();
-    let mut ticker = tokio::time::interval(Duration::from_millis(100));
-    while !tasks.iter().all(|t| t.is_finished()) {
-        ticker.tick().await;
-        if last_report.elapsed() >= Duration::from_secs(5) {
-            let count = stored.load(Ordering::Relaxed);
-            progress!(
-                "postgres: fill {} / {} events, {:.0} events/s",
-                thousands(already + count),
-                thousands(plan.fill_events),
-                count as f64 / started.elapsed().as_secs_f64()
-            );
-            last_report = Instant::now();
-        }
-    }
-    let elapsed = started.elapsed();
-    let mut result = FillResult {
-        stored: stored.load(Ordering::Relaxed),
-        elapsed,
-        bad_statuses: BTreeMap::new(),
-        transport_errors: 0,
-        first_error: None,
-        stopped_short: next.load(Ordering::Relaxed) < batches,
-    };
-    for task in tasks {
-        let (bad_statuses, transport_errors, first_error) = task.await?;
-        for (status, n) in bad_statuses {
-            *result.bad_statuses.entry(status).or_default() += n;
-        }
-        result.transport_errors += transport_errors;
-        if result.first_error.is_none() {
-            result.first_error = first_error;
-        }
-    }
-    progress!(
-        "postgres: fill done: {} events in {:.1} s ({:.0} events/s){}",
-        thousands(result.stored),
-        elapsed.as_secs_f64(),
-        result.stored as f64 / elapsed.as_secs_f64().max(1e-9),
-        if result.stopped_short {
-            " — stopped short"
-        } else {
-            ""
-        }
-    );
-    Ok(result)
+    batch_fill(
+        herald,
+        "postgres",
+        Arc::new(fill_batches(8)),
+        BATCH_SIZE,
+        events,
+        BATCH_CONNECTIONS,
+        plan.fill_limit,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
