@@ -279,7 +279,7 @@ impl NatsLink {
     /// Waits (polling cheaply) until the connection is up.
     pub async fn wait_connected(&self) {
         while !self.is_connected() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
