@@ -425,4 +425,48 @@ mod tests {
         assert_eq!(qualify_subject("local-hub", "hub.other.x"), "hub.other.x");
         assert_eq!(qualify_subject("a", "hubris.x"), "hub.a.hubris.x");
     }
+
+    /// Every subject of 1..=6 tokens over `a b c d` (`d` stands for any token no pattern
+    /// names).
+    fn universe() -> Vec<String> {
+        let mut all: Vec<String> = Vec::new();
+        let mut layer: Vec<String> = vec![String::new()];
+        for _ in 0..6 {
+            layer = layer
+                .iter()
+                .flat_map(|prefix| {
+                    ["a", "b", "c", "d"].iter().map(move |t| {
+                        if prefix.is_empty() {
+                            t.to_string()
+                        } else {
+                            format!("{prefix}.{t}")
+                        }
+                    })
+                })
+                .collect();
+            all.extend(layer.iter().cloned());
+        }
+        all
+    }
+
+    fn small_pattern() -> impl proptest::strategy::Strategy<Value = Pattern> {
+        use proptest::prelude::*;
+        let token = prop_oneof![Just("a"), Just("b"), Just("c"), Just("*"), Just(">")];
+        prop::collection::vec(token, 1..5).prop_filter_map("`>` last only", |tokens| {
+            Pattern::parse(&tokens.join(".")).ok()
+        })
+    }
+
+    proptest::proptest! {
+        /// `is_within` is exactly "every subject the inner pattern matches, the outer
+        /// matches too", checked against every subject of a small universe.
+        #[test]
+        fn is_within_agrees_with_matching(inner in small_pattern(), outer in small_pattern()) {
+            let subjects = universe();
+            let expected = subjects
+                .iter()
+                .all(|s| !inner.matches(s) || outer.matches(s));
+            proptest::prop_assert_eq!(inner.is_within(&outer), expected, "{} within {}", inner, outer);
+        }
+    }
 }
