@@ -497,7 +497,7 @@ impl PartialSchema for RuleRequestSchema {
                     ],
                     "description": "Signs deliveries (`webhook-signature`). `whsec_` + base64 of \
                         24 to 64 random bytes (Standard Webhooks; the decoded bytes are the key), \
-                        or 16 to 256 characters without `_` (their bytes are the key). Never \
+                        or 8 to 256 printable ASCII characters, no spaces (their bytes are the key). Never \
                         shown again.",
                 },
                 "timeout_ms": nullable(json!({
