@@ -873,6 +873,70 @@ async fn a_version_1_schema_migrates_at_open() {
 /// rows from a Rust client, against `append` in batches of 1,000.
 /// `HERALD_PG_BENCH_N` sets the number of events (default 20,000) and
 /// `HERALD_PG_BENCH_BATCH` the batch size (default 1,000).
+/// Batches are first written without looking their ids up; one that meets a stored id
+/// rolls back and is written again after the look-up, and the next few batches look up
+/// first. Either way: stored ids come back as duplicates, twins as the first of them, and
+/// the new events get the next seqs without a gap.
+#[tokio::test]
+async fn duplicates_in_written_and_looked_up_batches() {
+    let store = fresh_store().await;
+    let first: Vec<NewEvent> = (0..10).map(|i| event("hub.dup.first", i, None)).collect();
+    store.append(first.clone()).await.unwrap();
+    let mut head: Seq = 10;
+    // More rounds than the look-up-first countdown, so both ways are taken several times.
+    for round in 0..40usize {
+        let fresh = event("hub.dup.fresh", round, None);
+        let other = event("hub.dup.other", round, None);
+        let batch = if round % 3 == 2 {
+            // No stored id: the optimistic write (or a looked-up one during the countdown).
+            vec![fresh.clone(), other.clone(), fresh.clone()]
+        } else {
+            vec![
+                fresh.clone(),
+                first[round % 10].clone(),
+                other.clone(),
+                fresh.clone(),
+            ]
+        };
+        let out = store.append(batch.clone()).await.unwrap();
+        assert_eq!(out.len(), batch.len());
+        let mut seqs = Vec::new();
+        for (appended, sent) in out.iter().zip(&batch) {
+            assert_eq!(appended.event().id, sent.id, "round {round}");
+            match appended {
+                Appended::Stored(e) => seqs.push(e.seq),
+                Appended::Duplicate(e) if e.id == fresh.id => {
+                    assert_eq!(e.seq, out[0].event().seq, "a twin is its first")
+                }
+                Appended::Duplicate(e) => {
+                    assert_eq!(e.id, first[round % 10].id);
+                    assert_eq!(e.seq, (round % 10) as Seq + 1, "the stored event");
+                }
+            }
+        }
+        assert_eq!(
+            seqs,
+            vec![head + 1, head + 2],
+            "round {round}: gap-free seqs"
+        );
+        head += 2;
+        assert_eq!(store.head().await.unwrap(), head);
+    }
+    // Only stored ids: nothing is written, no seq is taken.
+    let out = store.append(first[..3].to_vec()).await.unwrap();
+    assert!(out.iter().all(|a| matches!(a, Appended::Duplicate(_))));
+    assert_eq!(store.head().await.unwrap(), head);
+    let page = store
+        .query(Query {
+            limit: 1000,
+            ..Query::default()
+        })
+        .await
+        .unwrap();
+    let seqs: Vec<Seq> = page.events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=head).collect::<Vec<_>>());
+}
+
 #[tokio::test]
 async fn ingest_figures() {
     let n: usize = std::env::var("HERALD_PG_BENCH_N")
@@ -1018,4 +1082,269 @@ async fn ingest_figures() {
         payload.len(),
         100.0 * append_rate / copy_rate
     );
+}
+
+/// Where PostgreSQL spends its time per append batch, statement by statement
+/// (`pg_stat_statements`), next to a raw binary COPY into a table with the same indexes.
+/// Run by hand: `HERALD_PG_BENCH_N=100000 cargo test --release -p herald-store --test
+/// postgres statement_breakdown -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand"]
+async fn statement_breakdown() {
+    let n: usize = std::env::var("HERALD_PG_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    let batch = 1000;
+    let server = tokio::task::spawn_blocking(|| {
+        TestPostgres::local(&[
+            "shared_preload_libraries=pg_stat_statements",
+            "pg_stat_statements.track=all",
+            "track_io_timing=on",
+            "log_min_duration_statement=0",
+            "log_checkpoints=on",
+            "log_autovacuum_min_duration=0",
+        ])
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let payload = format!(r#"{{"order":12345,"note":"{}"}}"#, "x".repeat(230));
+    let make = |i: usize| {
+        let subject = if i.is_multiple_of(1000) {
+            "hub.bench.audit.login".to_owned()
+        } else {
+            format!("hub.bench.d{}.a{}", i % 8, (i / 8) % 4)
+        };
+        let mut e = event(&subject, i, None);
+        e.payload = Payload::from_json(payload.clone()).unwrap();
+        e
+    };
+    let url = server.create_database().await.unwrap();
+    let store = PostgresStore::open(&url, options()).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .await
+        .unwrap();
+    let postmaster: u32 = {
+        let backend: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let stat = std::fs::read_to_string(format!("/proc/{backend}/stat")).unwrap();
+        stat.rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // CPU seconds of the server (the postmaster and its children).
+    let server_cpu = move || {
+        let tick = 100.0;
+        let mut total = 0.0;
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let Some((_, after)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            let pid: u32 = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            if pid == postmaster || fields.get(1) == Some(&postmaster.to_string().as_str()) {
+                let utime: f64 = fields[11].parse().unwrap_or(0.0);
+                let stime: f64 = fields[12].parse().unwrap_or(0.0);
+                total += (utime + stime) / tick;
+            }
+        }
+        total
+    };
+    let batches = (n - batch) / batch;
+
+    // The ceiling: binary COPY into a copy of the events table (same indexes), 1,000 rows
+    // per transaction.
+    {
+        client
+            .batch_execute("CREATE TABLE ceiling (LIKE events INCLUDING ALL)")
+            .await
+            .unwrap();
+        let (wal0, cpu0, started) = (wal_lsn(&client).await, server_cpu(), Instant::now());
+        let mut i = batch;
+        let mut seq = 0i64;
+        while i < n {
+            let rows: Vec<NewEvent> = (i..i + batch).map(make).collect();
+            let ts = herald_core::Timestamp::now().as_micros();
+            client.batch_execute("BEGIN").await.unwrap();
+            let sink = client
+                .copy_in(
+                    r#"COPY ceiling (seq, id, subject, correlation_id, ts, hub_id, service, "user", payload, cloudevent)
+                       FROM STDIN (FORMAT binary)"#,
+                )
+                .await
+                .unwrap();
+            use tokio_postgres::types::Type;
+            let types = [
+                Type::INT8,
+                Type::UUID,
+                Type::TEXT,
+                Type::UUID,
+                Type::INT8,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+            ];
+            let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, &types);
+            futures_util::pin_mut!(writer);
+            for e in &rows {
+                seq += 1;
+                writer
+                    .as_mut()
+                    .write(&[
+                        &seq,
+                        &e.id,
+                        &e.subject.as_str(),
+                        &e.correlation_id,
+                        &ts,
+                        &e.origin.hub_id,
+                        &e.origin.service,
+                        &e.origin.user,
+                        &e.payload.get(),
+                        &None::<String>,
+                    ])
+                    .await
+                    .unwrap();
+            }
+            writer.finish().await.unwrap();
+            client.batch_execute("COMMIT").await.unwrap();
+            i += batch;
+        }
+        let elapsed = started.elapsed();
+        println!(
+            "raw indexed COPY: {:.0}/s, {:.2} ms per batch, server CPU {:.2} ms per batch ({:.2} cores), WAL {:.0} kB per batch",
+            (n - batch) as f64 / elapsed.as_secs_f64(),
+            elapsed.as_secs_f64() * 1000.0 / batches as f64,
+            (server_cpu() - cpu0) * 1000.0 / batches as f64,
+            (server_cpu() - cpu0) / elapsed.as_secs_f64(),
+            (wal_lsn(&client).await - wal0) as f64 / 1024.0 / batches as f64,
+        );
+    }
+
+    // Warm-up, then reset the counters.
+    store.append((0..batch).map(make).collect()).await.unwrap();
+    client
+        .batch_execute("SELECT pg_stat_statements_reset()")
+        .await
+        .unwrap();
+    let (wal0, cpu0, started) = (wal_lsn(&client).await, server_cpu(), Instant::now());
+    let mut i = batch;
+    while i < n {
+        let rows: Vec<NewEvent> = (i..i + batch).map(make).collect();
+        store.append(rows).await.unwrap();
+        i += batch;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "Store::append: {} events in {:.2} s: {:.0}/s, {:.2} ms per batch, server CPU {:.2} ms per batch ({:.2} cores), WAL {:.0} kB per batch",
+        n - batch,
+        elapsed.as_secs_f64(),
+        (n - batch) as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1000.0 / batches as f64,
+        (server_cpu() - cpu0) * 1000.0 / batches as f64,
+        (server_cpu() - cpu0) / elapsed.as_secs_f64(),
+        (wal_lsn(&client).await - wal0) as f64 / 1024.0 / batches as f64,
+    );
+    let rows = client
+        .query(
+            "SELECT calls, total_exec_time, shared_blks_hit, shared_blks_read, shared_blks_dirtied,
+                    wal_records, wal_fpi, wal_bytes::int8, left(regexp_replace(query, '\\s+', ' ', 'g'), 90)
+             FROM pg_stat_statements WHERE calls > 0 ORDER BY total_exec_time DESC LIMIT 14",
+            &[],
+        )
+        .await
+        .unwrap();
+    println!(
+        "{:>7} {:>9} {:>9} {:>7} {:>7} {:>8} {:>7} {:>9}  query",
+        "calls", "ms/batch", "hit/b", "read/b", "dirt/b", "wal_rec/b", "fpi/b", "walB/b"
+    );
+    for row in rows {
+        let per = |v: f64| v / batches as f64;
+        println!(
+            "{:>7} {:>9.3} {:>9.0} {:>7.1} {:>7.1} {:>8.0} {:>7.1} {:>9.0}  {}",
+            row.get::<_, i64>(0),
+            per(row.get::<_, f64>(1)),
+            per(row.get::<_, i64>(2) as f64),
+            per(row.get::<_, i64>(3) as f64),
+            per(row.get::<_, i64>(4) as f64),
+            per(row.get::<_, i64>(5) as f64),
+            per(row.get::<_, i64>(6) as f64),
+            per(row.get::<_, i64>(7) as f64),
+            row.get::<_, String>(8)
+        );
+    }
+    // Every statement's duration, from the server's log (COPY and COMMIT included, which
+    // pg_stat_statements leaves out or counts without the WAL flush).
+    let log: String = client
+        .query_one(
+            "SELECT pg_read_file(current_setting('data_directory') || '/../server.log')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let mut totals: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
+    let mut measuring = false;
+    for line in log.lines() {
+        if line.contains("pg_stat_statements_reset") {
+            measuring = true;
+            continue;
+        }
+        if !measuring {
+            continue;
+        }
+        if line.contains("checkpoint") || line.contains("automatic") {
+            println!("log: {line}");
+        }
+        let Some(rest) = line.split("duration: ").nth(1) else {
+            continue;
+        };
+        let Some((ms, what)) = rest.split_once(" ms") else {
+            continue;
+        };
+        let Ok(ms) = ms.parse::<f64>() else { continue };
+        let what = what.split_once(": ").map_or(what, |x| x.1);
+        let key: String = what.split_whitespace().collect::<Vec<_>>().join(" ");
+        let key: String = key.chars().take(70).collect();
+        let entry = totals.entry(key).or_default();
+        entry.0 += 1;
+        entry.1 += ms;
+    }
+    let mut totals: Vec<_> = totals.into_iter().collect();
+    totals.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+    println!("{:>7} {:>9}  statement (server log)", "count", "ms/batch");
+    for (key, (count, ms)) in totals.iter().take(16) {
+        println!("{count:>7} {:>9.3}  {key}", ms / batches as f64);
+    }
+    store.close().await.unwrap();
+}
+
+async fn wal_lsn(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0')::int8", &[])
+        .await
+        .unwrap()
+        .get(0)
 }

@@ -1,17 +1,33 @@
 //! One `append` batch: one transaction that takes the log head's row lock, finds which
 //! ids are already stored, and writes the new events with gap-free seqs (see the module
 //! docs of [`super`] for why this orders commits).
+//!
+//! Duplicates are rare (a client's retry, a redelivery), so a batch is first written
+//! *optimistically*, without looking its ids up: the unique id index checks them anyway
+//! while the COPY inserts. If one was stored already, the COPY fails on `events_id_key`,
+//! the whole transaction rolls back (the head too: no seq is lost), and the batch is
+//! written again the careful way, which looks every id up under the lock first. After a
+//! duplicate, the next [`CAREFUL_AFTER_DUPLICATE`] batches go the careful way directly,
+//! so a stream of retries does not pay for two transactions each.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use deadpool_postgres::Object;
 use herald_core::{Event, NewEvent, Seq, Timestamp};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
 use super::{decode_row, Failure, EVENT_COLUMNS};
 use crate::{Appended, StoreError};
+
+/// Batches written the careful way after one that met a stored id.
+const CAREFUL_AFTER_DUPLICATE: u32 = 16;
+
+/// The unique index whose violation means "an id of the batch is stored already".
+const ID_CONSTRAINT: &str = "events_id_key";
 
 /// Takes the sequencer: the row lock is held until COMMIT or ROLLBACK.
 const LOCK_HEAD: &str = "SELECT seq, ts FROM log_head FOR UPDATE";
@@ -48,20 +64,61 @@ const SET_HEAD: &str = "UPDATE log_head SET seq = $1, ts = $2";
 /// delivered at COMMIT, so a listener that wakes finds the events committed.
 const NOTIFY: &str = "SELECT pg_notify('herald_log', $1)";
 
+/// Plans the id lookup for the ids at hand each time. A cached generic plan is made once,
+/// with the table's size at that moment: made while the table was small, it is a hash join
+/// over a sequential scan of `events`, kept as the table grows (measured: 18 ms per
+/// 1,000-id batch at 150,000 events, growing linearly).
+const CUSTOM_PLANS: &str = "SET LOCAL plan_cache_mode = force_custom_plan";
+
 /// What becomes of each event of the batch, in input order.
 enum Fate {
-    /// Stored now with this seq.
+    /// To be stored with this seq.
     New(Seq),
+    /// Stored with this seq and timestamp by a committed transaction.
+    Committed(Seq, Timestamp),
     /// Already stored before this batch.
     Stored(Event),
     /// The same id as an earlier event of this batch (index into the batch).
     Twin(usize),
 }
 
+/// Appends `batch`; `careful` counts down the batches still to be written the careful
+/// way (shared by the store's connections).
 pub(super) async fn run(
     client: &mut Object,
     batch: Vec<NewEvent>,
+    careful: &AtomicU32,
 ) -> Result<Vec<Appended>, Failure> {
+    let countdown = careful.load(Ordering::Relaxed);
+    if countdown > 0 {
+        careful.store(countdown - 1, Ordering::Relaxed);
+    } else {
+        match write(client, &batch, false).await {
+            Err(Failure::Pg(error)) if is_stored_id(&error) => {
+                careful.store(CAREFUL_AFTER_DUPLICATE, Ordering::Relaxed);
+            }
+            Ok(fates) => return Ok(answers(batch, fates)),
+            Err(other) => return Err(other),
+        }
+    }
+    let fates = write(client, &batch, true).await?;
+    Ok(answers(batch, fates))
+}
+
+/// True when `error` is the unique id index refusing an id that is stored already.
+fn is_stored_id(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|db| {
+        *db.code() == SqlState::UNIQUE_VIOLATION && db.constraint() == Some(ID_CONSTRAINT)
+    })
+}
+
+/// One transaction. `look_up`: find the stored ids first (the careful way); otherwise
+/// assume none is stored and let the unique index say otherwise (the COPY then fails).
+async fn write(
+    client: &mut Object,
+    batch: &[NewEvent],
+    look_up: bool,
+) -> Result<Vec<Fate>, Failure> {
     let lock = client.prepare_cached(LOCK_HEAD).await?;
     let existing = client
         .prepare_cached(&format!(
@@ -82,21 +139,27 @@ pub(super) async fn run(
     let set_head = client.prepare_cached(SET_HEAD).await?;
     let notify = client.prepare_cached(NOTIFY).await?;
 
-    let mut ids: Vec<Uuid> = batch.iter().map(|e| e.id).collect();
-    ids.sort_unstable();
-    ids.dedup();
-
-    // A unique violation on `id` inside this transaction would mean that something wrote
-    // events without taking the head lock; it fails the whole batch (nothing is stored).
+    // In the careful way, a unique violation on `id` inside this transaction would mean
+    // that something wrote events without taking the head lock; it fails the whole batch
+    // (nothing is stored).
     let tx = client.transaction().await?;
-    // Pipelined: the duplicate check is sent right behind the lock, but the server runs
-    // it (and takes its snapshot) only once the lock is granted.
-    let id_params: [&(dyn ToSql + Sync); 1] = [&ids];
-    let (head, stored_rows) = tokio::try_join!(
-        biased;
-        tx.query_one(&lock, &[]),
-        tx.query(&existing, &id_params),
-    )?;
+    let (head, stored_rows) = if look_up {
+        let mut ids: Vec<Uuid> = batch.iter().map(|e| e.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        // Pipelined: the duplicate check is sent right behind the lock, but the server
+        // runs it (and takes its snapshot) only once the lock is granted.
+        let id_params: [&(dyn ToSql + Sync); 1] = [&ids];
+        let ((), head, stored_rows) = tokio::try_join!(
+            biased;
+            tx.batch_execute(CUSTOM_PLANS),
+            tx.query_one(&lock, &[]),
+            tx.query(&existing, &id_params),
+        )?;
+        (head, stored_rows)
+    } else {
+        (tx.query_one(&lock, &[]).await?, Vec::new())
+    };
     let head_seq = head.get::<_, i64>(0) as Seq;
     let head_ts: i64 = head.get(1);
     let mut stored: HashMap<Uuid, Event> = HashMap::with_capacity(stored_rows.len());
@@ -187,14 +250,26 @@ pub(super) async fn run(
     }
 
     let timestamp = Timestamp::from_micros(ts);
+    Ok(fates
+        .into_iter()
+        .map(|fate| match fate {
+            Fate::New(seq) => Fate::Committed(seq, timestamp),
+            other => other,
+        })
+        .collect())
+}
+
+/// The answer for each event of the batch, in input order.
+fn answers(batch: Vec<NewEvent>, fates: Vec<Fate>) -> Vec<Appended> {
     let mut out: Vec<Appended> = Vec::with_capacity(batch.len());
     for (event, fate) in batch.into_iter().zip(fates) {
         let appended = match fate {
-            Fate::New(seq) => Appended::Stored(event.commit(seq, timestamp)),
+            Fate::Committed(seq, timestamp) => Appended::Stored(event.commit(seq, timestamp)),
+            Fate::New(_) => unreachable!("a written batch has only committed events"),
             Fate::Stored(e) => Appended::Duplicate(e),
             Fate::Twin(first) => Appended::Duplicate(out[first].event().clone()),
         };
         out.push(appended);
     }
-    Ok(out)
+    out
 }

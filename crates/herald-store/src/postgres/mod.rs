@@ -8,18 +8,23 @@
 //!
 //! 1. `SELECT seq, ts FROM log_head FOR UPDATE` — the row lock is held until COMMIT, so
 //!    writers from any number of processes take turns here;
-//! 2. `SELECT … FROM events WHERE id = ANY($ids)` — a new statement, so a new snapshot
-//!    taken *after* the lock was granted: it sees every event the previous holder
-//!    committed, which makes the duplicate check race-free;
-//! 3. the batch's new events (duplicates and in-batch twins removed) get
-//!    `head+1 ..= head+n`; the per-subject counters are upserted, `log_head` is set to
-//!    `(head+n, ts)`, and the events are streamed with one binary `COPY` (these three are
-//!    pipelined). COPY measured 5–15 % faster than one multi-row
-//!    `INSERT … SELECT FROM UNNEST(…)` for batches of 100–1,000, and needs no
-//!    `ON CONFLICT`: the duplicates are already known;
-//! 4. COMMIT, with `synchronous_commit = on`: it returns after the WAL is flushed.
+//! 2. the batch's new events (in-batch twins removed) get `head+1 ..= head+n`; the
+//!    per-subject counters are upserted, `log_head` is set to `(head+n, ts)`, and the
+//!    events are streamed with one binary `COPY` (these three are pipelined). COPY
+//!    measured 5–15 % faster than one multi-row `INSERT … SELECT FROM UNNEST(…)` for
+//!    batches of 100–1,000;
+//! 3. COMMIT, with `synchronous_commit = on`: it returns after the WAL is flushed.
 //!
-//! With pipelining a batch costs five round trips (BEGIN; 1–2; the start of 3; the COPY
+//! Step 2 assumes that no id of the batch is stored: the unique id index checks every id
+//! anyway as the COPY inserts it, so looking them up first would do that work twice. When
+//! one is stored, the COPY fails on `events_id_key`, the transaction rolls back (the head
+//! with it), and the batch is written again the careful way: right after the lock,
+//! `SELECT … FROM UNNEST($ids) … JOIN events` — a new statement, so a new snapshot taken
+//! *after* the lock was granted: it sees every event the previous holder committed, which
+//! makes the duplicate check race-free — and only the ids not found get seqs. After a
+//! duplicate the next 16 batches go the careful way directly (`append.rs`).
+//!
+//! With pipelining a batch costs five round trips (BEGIN; 1; the start of 2; the COPY
 //! data; COMMIT) and one WAL flush, whatever its size.
 //!
 //! Because the lock is released only by COMMIT, commit order equals seq order: a reader
@@ -112,7 +117,7 @@ mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -166,6 +171,8 @@ struct Inner {
     redacted_url: String,
     options: PostgresOptions,
     closed: AtomicBool,
+    /// Appends still to look their ids up before writing (see [`append`]).
+    careful: AtomicU32,
 }
 
 /// Columns read back for an event, in the order [`row_to_event`] expects.
@@ -234,6 +241,7 @@ impl PostgresStore {
                 redacted_url,
                 options,
                 closed: AtomicBool::new(false),
+                careful: AtomicU32::new(0),
             }),
         };
         let head = store.head().await?;
@@ -322,8 +330,9 @@ impl Store for PostgresStore {
             }
             return Ok(Vec::new());
         }
+        let inner = Arc::clone(&self.inner);
         self.with_client(self.call_timeout(), move |client| {
-            Box::pin(append::run(client, batch))
+            Box::pin(async move { append::run(client, batch, &inner.careful).await })
         })
         .await
     }
