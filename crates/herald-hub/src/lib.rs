@@ -28,6 +28,7 @@
 //! ```
 
 mod committer;
+mod cursors;
 pub mod envelope;
 mod follower;
 pub mod nats;
@@ -158,6 +159,8 @@ struct Inner {
     followers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Routing rules and their consumers (see [`rules`]).
     rules: rules::Rules,
+    /// Cursors of the rule consumers, saved together (see [`cursors`]).
+    cursors: cursors::CursorBook,
 }
 
 /// How far the NATS relay has got.
@@ -223,6 +226,7 @@ impl Hub {
             instance_id: Uuid::new_v4(),
             started_at: Timestamp::now(),
             followers: Mutex::new(Vec::new()),
+            cursors: cursors::CursorBook::default(),
             rules,
         });
         if let Some(commits) = external_commits {
@@ -249,6 +253,7 @@ impl Hub {
             }
             *inner.followers.lock().expect("followers lock") = tasks;
         }
+        tokio::spawn(cursors::run(inner.clone()));
         let handle = tokio::spawn(committer::run(inner.clone(), publish_rx));
         *inner
             .committer_done
@@ -447,6 +452,9 @@ impl Hub {
                 }
             }
             self.inner.rules.stop().await;
+            if let Err(error) = self.inner.cursors.flush(&self.inner.store).await {
+                tracing::error!(%error, "Cannot save the rules' cursors at shutdown.");
+            }
             {
                 let mut fanout = self.inner.fanout.lock().expect("fanout lock");
                 fanout.subscribers.clear();

@@ -94,6 +94,30 @@ async fn cursors_start_at_zero_and_never_go_back<S: Store>(store: &S) {
         futures_util::future::join_all((1..=20).map(|i| store.save_cursor("race", i * 10))).await;
     assert!(saves.iter().all(Result::is_ok));
     assert_eq!(store.load_cursor("race").await.unwrap(), 200);
+
+    // Several at once: one transaction, the same rules; a name twice keeps the larger.
+    store
+        .save_cursors(vec![
+            ("batch-a".into(), 5),
+            ("batch-b".into(), 9),
+            ("batch-a".into(), 7),
+            ("race".into(), 3),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.load_cursor("batch-a").await.unwrap(), 7);
+    assert_eq!(store.load_cursor("batch-b").await.unwrap(), 9);
+    assert_eq!(
+        store.load_cursor("race").await.unwrap(),
+        200,
+        "never backwards"
+    );
+    store.save_cursors(Vec::new()).await.unwrap();
+    assert!(store
+        .save_cursors(vec![("ok".into(), 1), ("far".into(), max + 1)])
+        .await
+        .is_err());
+    assert_eq!(store.load_cursor("ok").await.unwrap(), 0, "all or nothing");
 }
 
 async fn rules_keep_their_order_and_text<S: Store>(store: &S) {

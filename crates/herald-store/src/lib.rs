@@ -68,6 +68,17 @@ impl StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Cursors to save, one per name (the larger seq wins), as database integers.
+pub(crate) fn collapse_cursors(cursors: Vec<(String, Seq)>) -> Result<Vec<(String, i64)>> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for (name, seq) in cursors {
+        let seq = seq_to_sql(seq)?;
+        let entry = by_name.entry(name).or_insert(seq);
+        *entry = (*entry).max(seq);
+    }
+    Ok(by_name.into_iter().collect())
+}
+
 /// The result of appending one event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Appended {
@@ -184,6 +195,11 @@ pub trait Store: Send + Sync + 'static {
     /// the stored one keeps the stored one (several instances may share a PostgreSQL store
     /// and save the same cursor).
     fn save_cursor(&self, name: &str, seq: Seq) -> impl Future<Output = Result<()>> + Send;
+
+    /// Saves several cursors in one durable transaction, each as [`Store::save_cursor`]
+    /// would (a name given twice keeps its larger seq). Many consumers saving at once
+    /// then cost one sync, not one each.
+    fn save_cursors(&self, cursors: Vec<(String, Seq)>) -> impl Future<Output = Result<()>> + Send;
 
     /// Every stored rule, in the order they were first added.
     fn list_rules(&self) -> impl Future<Output = Result<Vec<StoredRule>>> + Send;
@@ -357,6 +373,13 @@ impl Store for AnyStore {
         match self {
             AnyStore::Embedded(s) => s.save_cursor(name, seq).await,
             AnyStore::Postgres(s) => s.save_cursor(name, seq).await,
+        }
+    }
+
+    async fn save_cursors(&self, cursors: Vec<(String, Seq)>) -> Result<()> {
+        match self {
+            AnyStore::Embedded(s) => s.save_cursors(cursors).await,
+            AnyStore::Postgres(s) => s.save_cursors(cursors).await,
         }
     }
 

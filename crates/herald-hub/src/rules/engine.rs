@@ -105,10 +105,8 @@ pub(super) async fn run(hub: Hub, entry: Arc<Entry>, start: Start) {
             _ = tick.tick(), if cursor.is_some() => {
                 let done = pending.first().map_or(last, |first| first - 1);
                 if done > saved {
-                    match hub.inner.store.save_cursor(cursor.as_deref().unwrap_or_default(), done).await {
-                        Ok(()) => saved = done,
-                        Err(error) => tracing::warn!(rule = %entry.id, %error, "Cannot save a routing rule's cursor; retrying."),
-                    }
+                    hub.inner.cursors.note(cursor.as_deref().unwrap_or_default(), done);
+                    saved = done;
                 }
             }
         }
@@ -119,9 +117,7 @@ pub(super) async fn run(hub: Hub, entry: Arc<Entry>, start: Start) {
     if let Some(name) = &cursor {
         let done = pending.first().map_or(last, |first| first - 1);
         if done > saved {
-            if let Err(error) = hub.inner.store.save_cursor(name, done).await {
-                tracing::warn!(rule = %entry.id, %error, "Cannot save a routing rule's cursor at stop.");
-            }
+            hub.inner.cursors.note(name, done);
         }
     }
 }

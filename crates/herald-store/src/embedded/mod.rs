@@ -398,6 +398,27 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn save_cursors(&self, cursors: Vec<(String, Seq)>) -> Result<()> {
+        let rows = crate::collapse_cursors(cursors)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.with_writer(move |conn| {
+            let tx = conn.unchecked_transaction()?;
+            {
+                let mut statement = tx.prepare_cached(
+                    "INSERT INTO cursors (name, seq) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)",
+                )?;
+                for (name, seq) in &rows {
+                    statement.execute(params![name, seq])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
     async fn list_rules(&self) -> Result<Vec<StoredRule>> {
         self.with_reader(|conn| {
             conn.prepare_cached("SELECT id, body FROM rules ORDER BY position")?

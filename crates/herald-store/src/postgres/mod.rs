@@ -458,6 +458,28 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn save_cursors(&self, cursors: Vec<(String, Seq)>) -> Result<()> {
+        let rows = crate::collapse_cursors(cursors)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let (names, seqs): (Vec<String>, Vec<i64>) = rows.into_iter().unzip();
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached(
+                        "INSERT INTO cursors (name, seq)
+                         SELECT * FROM UNNEST($1::text[], $2::int8[])
+                         ON CONFLICT (name) DO UPDATE SET seq = GREATEST(cursors.seq, excluded.seq)",
+                    )
+                    .await?;
+                client.execute(&stmt, &[&names, &seqs]).await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
     async fn list_rules(&self) -> Result<Vec<StoredRule>> {
         self.with_client(self.call_timeout(), |client| {
             Box::pin(async move {
