@@ -87,8 +87,16 @@ async fn commit(inner: &Inner, batch: Vec<Request>, n_events: usize) {
                 .events_duplicate
                 .fetch_add((published.len() - stored.len()) as u64, Ordering::Relaxed);
             match &inner.follow_log {
-                // Other writers interleave with us: the follower fans out from the log.
-                Some(wake) => wake.notify_one(),
+                // Other writers interleave with us. Commit order is seq order on a shared
+                // store, so when the fan-out head is just below our first seq, everything
+                // before ours is fanned out already and ours can follow directly.
+                // Otherwise another instance's events come in between: the follower
+                // reads them (and ours) from the log.
+                Some(wake) => {
+                    if !inner.fan_out_if_next(&stored) {
+                        wake.notify_one();
+                    }
+                }
                 None => inner.fan_out(&stored),
             }
             let mut rest = published.into_iter();

@@ -5,8 +5,10 @@
 //!   them all, and an answer comes back only once the batch is durable.
 //! - After each commit the committer **fans out** the new events, in seq order, to
 //!   live subscribers found through a [`SubjectTree`](herald_core::SubjectTree). When
-//!   other processes write to the same store (PostgreSQL), the [`follower`] fans out from
-//!   the log instead, so events from every instance reach local subscribers in seq order.
+//!   other processes write to the same store (PostgreSQL), the committer fans out its
+//!   batch only when it directly follows the fan-out head; otherwise the [`follower`]
+//!   fans out from the log, so events from every instance reach local subscribers in seq
+//!   order.
 //! - A [`Subscription`] reads from the store until it has caught up, then from its
 //!   bounded live queue. When that queue overflows the hub stops filling it and the
 //!   subscription goes back to the store, then rejoins: no gap, no duplicate, bounded
@@ -468,9 +470,31 @@ impl Hub {
 }
 
 impl Inner {
-    /// Delivers committed events to matching live subscribers, in seq order.
+    /// Delivers committed events to matching live subscribers, in seq order. Events at
+    /// or below the fan-out head were delivered already and are skipped.
     fn fan_out(&self, events: &[Arc<Event>]) {
-        let mut fanout = self.fanout.lock().expect("fanout lock");
+        let fanout = self.fanout.lock().expect("fanout lock");
+        self.fan_out_locked(fanout, events);
+    }
+
+    /// Fans out `events` (consecutive seqs, as one commit stored them) only if they
+    /// continue the fan-out head with no gap: the head is at least the seq before the
+    /// first. Decided under the fan-out lock, so the follower cannot interleave. Returns
+    /// false, having done nothing, when events committed before them (by another
+    /// instance) are not fanned out yet.
+    fn fan_out_if_next(&self, events: &[Arc<Event>]) -> bool {
+        let Some(first) = events.first() else {
+            return true;
+        };
+        let fanout = self.fanout.lock().expect("fanout lock");
+        if fanout.head.saturating_add(1) < first.seq {
+            return false;
+        }
+        self.fan_out_locked(fanout, events);
+        true
+    }
+
+    fn fan_out_locked(&self, mut fanout: std::sync::MutexGuard<'_, Fanout>, events: &[Arc<Event>]) {
         let Fanout {
             tree,
             subscribers,
@@ -479,6 +503,9 @@ impl Inner {
         let mut delivered = 0u64;
         let mut overflowed = 0u64;
         for event in events {
+            if event.seq <= *head {
+                continue;
+            }
             tree.for_each_match(event.subject.as_str(), |id| {
                 if let Some(slot) = subscribers.get(id) {
                     match slot.offer(event) {
@@ -488,7 +515,7 @@ impl Inner {
                     }
                 }
             });
-            *head = (*head).max(event.seq);
+            *head = event.seq;
         }
         let head = *head;
         drop(fanout);

@@ -8,7 +8,7 @@
 //!    per transaction, `synchronous_commit = on`;
 //! 2. herald (`serve --data postgres://…`, another fresh database): `POST /api/events`
 //!    with many connections, closed loop; then `POST /api/events:batch` with 1,000-event
-//!    batches over 2 connections;
+//!    batches over 2 connections, and again over 8 (how group commit uses concurrency);
 //! 3. herald's store is filled with batches to 1,000,000 events, and
 //!    `GET /api/events?subject=<pattern>&limit=100` is timed for the patterns of (c).
 
@@ -39,6 +39,8 @@ use crate::{progress, workload};
 const BATCH_SIZE: usize = 1_000;
 /// Connections of the batch ingest and of the fill.
 const BATCH_CONNECTIONS: usize = 2;
+/// Connections of the second batch ingest run: more requests for each group commit.
+const WIDE_BATCH_CONNECTIONS: usize = 8;
 /// Herald's batch events/s must be at least this share of the raw COPY rows/s.
 const COPY_TARGET: f64 = 0.50;
 /// The p99 query latency the project aims for on 1,000,000 events.
@@ -87,12 +89,13 @@ impl Plan {
 pub async fn run(options: &Options) -> Result<String> {
     let plan = Plan::new(options);
     progress!(
-        "postgres: raw COPY of {} rows, publish {} connections {:?}, batch {}×{} {:?}, fill to {}, {} queries per pattern",
+        "postgres: raw COPY of {} rows, publish {} connections {:?}, batch {}×{{{},{}}} {:?}, fill to {}, {} queries per pattern",
         thousands(plan.copy_rows),
         options.connections,
         plan.window,
         BATCH_SIZE,
         BATCH_CONNECTIONS,
+        WIDE_BATCH_CONNECTIONS,
         plan.batch_window,
         thousands(plan.fill_events),
         QUERIES
@@ -113,9 +116,12 @@ struct Measured {
     copy_indexed: CopyResult,
     publish: LoadResult,
     batch: LoadResult,
+    /// The batch ingest over [`WIDE_BATCH_CONNECTIONS`].
+    batch_wide: LoadResult,
     fill: FillResult,
-    /// PostgreSQL's CPU in cores during publish, batch and fill (warm-ups included).
-    postgres_cores: [Option<f64>; 3],
+    /// PostgreSQL's CPU in cores during publish, batch, wide batch and fill (warm-ups
+    /// included).
+    postgres_cores: [Option<f64>; 4],
     stored: u64,
     database_bytes: u64,
     queries: Vec<(&'static str, &'static str, QueryResult)>,
@@ -161,25 +167,32 @@ async fn measure(options: &Options, plan: &Plan, pg: &TestPostgres) -> Result<Me
         first_error(&publish)
     );
 
-    super::settle(&[&herald], SETTLE_LIMIT).await;
-    let (batch, batch_pg) = with_postgres_cpu(
-        postmaster,
-        closed_loop(
-            &herald,
-            BATCH,
-            BATCH_CONNECTIONS,
-            plan.warmup,
-            plan.batch_window,
-            Arc::new(fill_batches(4)),
-        ),
-    )
-    .await?;
-    progress!(
-        "postgres: herald batch {BATCH_SIZE} × {BATCH_CONNECTIONS}: {:.0} events/s, errors {}{}",
-        batch.requests_per_second() * BATCH_SIZE as f64,
-        batch.errors(),
-        first_error(&batch)
-    );
+    let mut batches = Vec::new();
+    for connections in [BATCH_CONNECTIONS, WIDE_BATCH_CONNECTIONS] {
+        super::settle(&[&herald], SETTLE_LIMIT).await;
+        let (batch, batch_pg) = with_postgres_cpu(
+            postmaster,
+            closed_loop(
+                &herald,
+                BATCH,
+                connections,
+                plan.warmup,
+                plan.batch_window,
+                Arc::new(fill_batches(4)),
+            ),
+        )
+        .await?;
+        progress!(
+            "postgres: herald batch {BATCH_SIZE} × {connections}: {:.0} events/s, p50 {}, errors {}{}",
+            batch.requests_per_second() * BATCH_SIZE as f64,
+            ms_f(batch.latencies.quantile(0.5) as f64),
+            batch.errors(),
+            first_error(&batch)
+        );
+        batches.push((batch, batch_pg));
+    }
+    let (batch_wide, batch_wide_pg) = batches.pop().expect("two batch runs");
+    let (batch, batch_pg) = batches.pop().expect("two batch runs");
 
     // 3. Fill, then query.
     let before_fill = count_events(&client).await?;
@@ -226,8 +239,9 @@ async fn measure(options: &Options, plan: &Plan, pg: &TestPostgres) -> Result<Me
         copy_indexed,
         publish,
         batch,
+        batch_wide,
         fill,
-        postgres_cores: [publish_pg, batch_pg, fill_pg],
+        postgres_cores: [publish_pg, batch_pg, batch_wide_pg, fill_pg],
         stored,
         database_bytes: database_bytes.max(0) as u64,
         queries,
@@ -537,6 +551,7 @@ fn cores(value: Option<f64>) -> String {
 fn render(options: &Options, plan: &Plan, m: &Measured) -> String {
     let copy_rate = m.copy.rows_per_second();
     let batch_rate = m.batch.requests_per_second() * BATCH_SIZE as f64;
+    let wide_rate = m.batch_wide.requests_per_second() * BATCH_SIZE as f64;
     let fill_rate = m.fill.stored as f64 / m.fill.elapsed.as_secs_f64().max(1e-9);
     let mut out = format!(
         "## PostgreSQL store: herald vs. raw COPY\n\n\
@@ -555,8 +570,11 @@ fn render(options: &Options, plan: &Plan, m: &Measured) -> String {
          - **Publish**: `POST /api/events`, {} keep-alive connections, closed loop, {} s after \
          {} s of warm-up.\n\
          - **Batch**: `POST /api/events:batch` with {} events per request over {} connections, \
-         closed loop, {} s after {} s of warm-up; events/s counts events in 201 answers (durable).\n\
-         - **Fill**: batches as above until the store holds {} events (limit {} s).\n\n",
+         closed loop, {} s after {} s of warm-up; events/s counts events in 201 answers \
+         (durable). Then the same over {} connections: the hub's committer gathers the \
+         requests waiting into one transaction, so more clients mean bigger group commits.\n\
+         - **Fill**: batches as above (2 connections) until the store holds {} events \
+         (limit {} s; skipped when the runs above stored that many).\n\n",
         m.copy.version,
         m.copy.fsync,
         m.copy.synchronous_commit,
@@ -572,6 +590,7 @@ fn render(options: &Options, plan: &Plan, m: &Measured) -> String {
         BATCH_CONNECTIONS,
         plan.batch_window.as_secs_f64(),
         plan.warmup.as_secs_f64(),
+        WIDE_BATCH_CONNECTIONS,
         thousands(plan.fill_events),
         plan.fill_limit.as_secs(),
     );
@@ -629,6 +648,16 @@ fn render(options: &Options, plan: &Plan, m: &Measured) -> String {
             BATCH_SIZE as f64,
             m.postgres_cores[1],
         ),
+        (
+            format!(
+                "herald `POST /api/events:batch`, {} × {} connections",
+                thousands(BATCH_SIZE as u64),
+                WIDE_BATCH_CONNECTIONS
+            ),
+            &m.batch_wide,
+            BATCH_SIZE as f64,
+            m.postgres_cores[2],
+        ),
     ] {
         let rate = result.requests_per_second() * per_request;
         ingest.row(vec![
@@ -649,20 +678,36 @@ fn render(options: &Options, plan: &Plan, m: &Measured) -> String {
             cores(postgres),
         ]);
     }
-    ingest.row(vec![
-        format!(
-            "herald fill with batches ({} events in {:.1} s)",
-            thousands(m.fill.stored),
-            m.fill.elapsed.as_secs_f64()
-        ),
-        format!("{fill_rate:.0} events/s"),
-        percent(fill_rate / copy_rate.max(1e-9)),
-        "—".into(),
-        "—".into(),
-        describe_errors(&m.fill.bad_statuses, m.fill.transport_errors),
-        "—".into(),
-        cores(m.postgres_cores[2]),
-    ]);
+    if m.fill.stored == 0 && m.fill.first_error.is_none() {
+        ingest.row(vec![
+            format!(
+                "herald fill: not needed (the runs above stored {} events)",
+                thousands(m.stored)
+            ),
+            "—".into(),
+            "—".into(),
+            "—".into(),
+            "—".into(),
+            describe_errors(&m.fill.bad_statuses, m.fill.transport_errors),
+            "—".into(),
+            "—".into(),
+        ]);
+    } else {
+        ingest.row(vec![
+            format!(
+                "herald fill with batches ({} events in {:.1} s)",
+                thousands(m.fill.stored),
+                m.fill.elapsed.as_secs_f64()
+            ),
+            format!("{fill_rate:.0} events/s"),
+            percent(fill_rate / copy_rate.max(1e-9)),
+            "—".into(),
+            "—".into(),
+            describe_errors(&m.fill.bad_statuses, m.fill.transport_errors),
+            "—".into(),
+            cores(m.postgres_cores[3]),
+        ]);
+    }
     out.push_str(&ingest.render());
 
     out.push_str(&format!(
@@ -718,25 +763,31 @@ fn render(options: &Options, plan: &Plan, m: &Measured) -> String {
         .iter()
         .filter(|(_, _, r)| r.note.is_some())
         .count();
-    let batch_ratio = batch_rate / copy_rate.max(1e-9);
     let herald_errors = m.publish.errors()
         + m.batch.errors()
+        + m.batch_wide.errors()
         + m.fill.bad_statuses.values().sum::<u64>()
         + m.fill.transport_errors;
     let mut checks = Table::new(&["Check", "Value", "Target", "Result"]);
+    for (connections, rate) in [
+        (BATCH_CONNECTIONS, batch_rate),
+        (WIDE_BATCH_CONNECTIONS, wide_rate),
+    ] {
+        let ratio = rate / copy_rate.max(1e-9);
+        checks.row(vec![
+            format!("herald batch, {connections} connections / raw COPY"),
+            format!(
+                "{} ({:.0} / {:.0} events/s)",
+                percent(ratio),
+                rate,
+                copy_rate
+            ),
+            format!("≥ {}", percent(COPY_TARGET)),
+            verdict(ratio >= COPY_TARGET).into(),
+        ]);
+    }
     checks.row(vec![
-        "herald batch / raw COPY".into(),
-        format!(
-            "{} ({:.0} / {:.0} events/s)",
-            percent(batch_ratio),
-            batch_rate,
-            copy_rate
-        ),
-        format!("≥ {}", percent(COPY_TARGET)),
-        verdict(batch_ratio >= COPY_TARGET).into(),
-    ]);
-    checks.row(vec![
-        "herald batch / raw COPY with herald's indexes".into(),
+        format!("herald batch, {BATCH_CONNECTIONS} connections / raw COPY with herald's indexes"),
         format!(
             "{} ({:.0} / {:.0} events/s)",
             percent(batch_rate / indexed_rate.max(1e-9)),
@@ -786,6 +837,7 @@ fn render(options: &Options, plan: &Plan, m: &Measured) -> String {
     for (what, error) in [
         ("publish", m.publish.first_error.as_ref()),
         ("batch", m.batch.first_error.as_ref()),
+        ("wide batch", m.batch_wide.first_error.as_ref()),
         ("fill", m.fill.first_error.as_ref()),
     ] {
         if let Some(error) = error {
