@@ -144,25 +144,26 @@ pub struct NatsArgs {
     #[arg(long, env = "HERALD_NATS_REQUIRE_TLS")]
     nats_require_tls: bool,
 
-    /// The JetStream stream events are relayed to (created or updated at start).
-    #[arg(long, env = "HERALD_NATS_STREAM", default_value = "HERALD")]
-    nats_stream: String,
+    /// The JetStream stream events are relayed to (created or updated at start). Also
+    /// read from seed 004's `STREAM_NAME`. Default HERALD.
+    #[arg(long, env = "HERALD_NATS_STREAM")]
+    nats_stream: Option<String>,
 
     /// The stream's subjects, comma-separated.
     #[arg(long, env = "HERALD_NATS_STREAM_SUBJECTS", default_value = "hub.>")]
     nats_stream_subjects: String,
 
-    /// Most messages the stream keeps (0 = no limit).
-    #[arg(long, env = "HERALD_NATS_MAX_MSGS", default_value_t = 0)]
-    nats_max_msgs: i64,
+    /// Most messages the stream keeps (0 = no limit; also seed 004's `MAX_MSGS`).
+    #[arg(long, env = "HERALD_NATS_MAX_MSGS")]
+    nats_max_msgs: Option<i64>,
 
-    /// Most bytes the stream keeps (0 = no limit).
-    #[arg(long, env = "HERALD_NATS_MAX_BYTES", default_value_t = 0)]
-    nats_max_bytes: i64,
+    /// Most bytes the stream keeps (0 = no limit; also seed 004's `MAX_BYTES`).
+    #[arg(long, env = "HERALD_NATS_MAX_BYTES")]
+    nats_max_bytes: Option<i64>,
 
-    /// Seconds the stream keeps a message (0 = no limit).
-    #[arg(long, env = "HERALD_NATS_MAX_AGE_SECS", default_value_t = 0)]
-    nats_max_age_secs: u64,
+    /// Seconds the stream keeps a message (0 = no limit; also seed 004's `MAX_AGE`).
+    #[arg(long, env = "HERALD_NATS_MAX_AGE_SECS")]
+    nats_max_age_secs: Option<u64>,
 
     /// Seconds in which JetStream drops a re-sent message (same Nats-Msg-Id).
     #[arg(long, env = "HERALD_NATS_DUPLICATE_WINDOW_SECS", default_value_t = 120)]
@@ -220,24 +221,25 @@ impl NatsArgs {
         config.tls_ca = self.nats_tls_ca.clone();
         config.tls_client = self.nats_tls_cert.clone().zip(self.nats_tls_key.clone());
         config.require_tls = self.nats_require_tls;
-        if self.nats_stream.is_empty()
-            || self
-                .nats_stream
-                .contains(|c: char| c == '.' || c == '*' || c == '>' || c.is_whitespace())
+        let stream_name = self
+            .nats_stream
+            .clone()
+            .or_else(|| seed_env("STREAM_NAME"))
+            .unwrap_or_else(|| "HERALD".into());
+        if stream_name.is_empty()
+            || stream_name.contains(|c: char| c == '.' || c == '*' || c == '>' || c.is_whitespace())
         {
-            anyhow::bail!(
-                "--nats-stream `{}` is not a valid stream name",
-                self.nats_stream
-            );
+            anyhow::bail!("--nats-stream `{stream_name}` is not a valid stream name");
         }
-        config.stream.name = self.nats_stream.clone();
+        config.stream.name = stream_name;
         config.stream.subjects = patterns(&self.nats_stream_subjects, "--nats-stream-subjects")?;
         if config.stream.subjects.is_empty() {
             anyhow::bail!("--nats-stream-subjects is empty");
         }
-        config.stream.max_msgs = self.nats_max_msgs;
-        config.stream.max_bytes = self.nats_max_bytes;
-        config.stream.max_age = Duration::from_secs(self.nats_max_age_secs);
+        config.stream.max_msgs = seed_number(self.nats_max_msgs, "MAX_MSGS")?;
+        config.stream.max_bytes = seed_number(self.nats_max_bytes, "MAX_BYTES")?;
+        config.stream.max_age =
+            Duration::from_secs(seed_number(self.nats_max_age_secs, "MAX_AGE")?);
         config.stream.duplicate_window =
             Duration::from_secs(self.nats_duplicate_window_secs.max(1));
         config.relay = self.nats_relay;
@@ -254,6 +256,28 @@ impl NatsArgs {
             .then(|| Duration::from_secs(self.presence_interval_secs));
         config.public_url = self.public_url.clone();
         Ok(Some(config))
+    }
+}
+
+/// A setting under seed 004's environment name (`STREAM_NAME`, `MAX_MSGS`, …), used
+/// when the `HERALD_NATS_*` one is not given.
+fn seed_env(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// A number from its flag, else from seed 004's environment name, else 0 (no limit).
+fn seed_number<T: std::str::FromStr + Default>(flag: Option<T>, name: &str) -> anyhow::Result<T> {
+    match flag {
+        Some(value) => Ok(value),
+        None => match seed_env(name) {
+            Some(text) => text
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{name}={text:?} is not a number")),
+            None => Ok(T::default()),
+        },
     }
 }
 

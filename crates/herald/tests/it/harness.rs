@@ -39,6 +39,10 @@ const SCRUBBED_ENV: &[&str] = &[
     "HERALD_LISTEN",
     "DATABASE_URL",
     "HUB_ID",
+    "STREAM_NAME",
+    "MAX_MSGS",
+    "MAX_BYTES",
+    "MAX_AGE",
     "http_proxy",
     "HTTP_PROXY",
     "https_proxy",
@@ -66,6 +70,8 @@ pub struct TestHerald {
     /// `--data` when not the temp dir's file (e.g. a PostgreSQL URL).
     data: Option<String>,
     args: Vec<String>,
+    /// Extra environment variables of the server process.
+    env: Vec<(String, String)>,
     child: Option<Child>,
     pid: u32,
     base_url: String,
@@ -88,6 +94,15 @@ impl TestHerald {
 
     /// Starts `herald serve` on the store `data` (a path or URL; `None`: a temp file).
     pub async fn start_on(data: Option<&str>, args: &[&str]) -> TestHerald {
+        Self::start_with_env(data, args, &[]).await
+    }
+
+    /// Starts `herald serve` on `data` with extra arguments and environment variables.
+    pub async fn start_with_env(
+        data: Option<&str>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestHerald {
         let dir = tempfile::Builder::new()
             .prefix("herald-it-")
             .tempdir()
@@ -96,6 +111,10 @@ impl TestHerald {
             dir,
             data: data.map(str::to_owned),
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
             pid: 0,
             base_url: String::new(),
@@ -148,6 +167,7 @@ impl TestHerald {
             .stderr(Stdio::from(stderr))
             .kill_on_drop(true);
         scrub_env(&mut cmd);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().expect("spawn herald serve");
         self.pid = child.id().expect("child pid");
         let stdout = child.stdout.take().expect("piped stdout");

@@ -780,3 +780,43 @@ async fn a_nats_server_without_jetstream_is_unhealthy() {
     h.publish("hub.local-hub.still.works", json!({})).await;
     let _ = server.start_kill();
 }
+
+#[tokio::test]
+async fn the_stream_takes_seed_004_settings() {
+    let nats = TestNats::start().await;
+    let url = nats.url();
+    let h = TestHerald::start_with_env(
+        None,
+        &["--nats-url", &url, "--presence-interval-secs", "0"],
+        &[
+            ("STREAM_NAME", "SEED_EVENTS"),
+            ("MAX_MSGS", "1000"),
+            ("MAX_BYTES", "1048576"),
+            ("MAX_AGE", "3600"),
+        ],
+    )
+    .await;
+    let published = h.publish("hub.local-hub.seed.x", json!({})).await;
+    let client = nats.client().await;
+    let js = jetstream::new(client);
+    let mut stream = None;
+    for _ in 0..100 {
+        if let Ok(s) = js.get_stream("SEED_EVENTS").await {
+            stream = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut stream = stream.expect("the stream is named by STREAM_NAME");
+    let info = stream.info().await.unwrap().clone();
+    assert_eq!(info.config.max_messages, 1000);
+    assert_eq!(info.config.max_bytes, 1_048_576);
+    assert_eq!(info.config.max_age, Duration::from_secs(3600));
+    wait_relayed(&h, Duration::from_secs(10)).await;
+    let last = stream
+        .get_last_raw_message_by_subject("hub.local-hub.seed.x")
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&last.payload).unwrap();
+    assert_eq!(body["id"], published["event_id"]);
+}
