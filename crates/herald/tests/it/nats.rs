@@ -820,3 +820,58 @@ async fn the_stream_takes_seed_004_settings() {
     let body: Value = serde_json::from_slice(&last.payload).unwrap();
     assert_eq!(body["id"], published["event_id"]);
 }
+
+#[tokio::test]
+async fn the_bridge_keeps_ingesting_after_nats_restarts() {
+    let mut nats = TestNats::start().await;
+    let h = start_hub(&nats, "local-hub", &["--presence-interval-secs", "0"]).await;
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    let ok = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async { js.get_stream("HERALD").await.is_ok() },
+    )
+    .await;
+    assert!(ok, "Herald creates its stream");
+    client
+        .publish("hub.global.before", "{}".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let ok = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            h.query(&[("subject", "hub.global.before".into())])
+                .await
+                .len()
+                == 1
+        },
+    )
+    .await;
+    assert!(ok, "ingested before the restart");
+    drop(client);
+
+    nats.restart().await;
+    // Published while Herald is still reconnecting: JetStream keeps it for the consumer.
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    js.publish("hub.global.after", "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let ok = poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            h.query(&[("subject", "hub.global.after".into())])
+                .await
+                .len()
+                == 1
+        },
+    )
+    .await;
+    assert!(ok, "ingested after the restart\n{}", h.stderr());
+}
