@@ -196,9 +196,16 @@ impl Hub {
                 // Give the first connection a moment, so that a hub started next to a
                 // running NATS reports it healthy from its first request; a NATS that
                 // is down does not hold the start-up back for longer.
-                let _ =
-                    tokio::time::timeout(std::time::Duration::from_secs(2), link.wait_connected())
-                        .await;
+                // The stream too, so that what others publish from then on is kept.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+                    link.wait_connected().await;
+                    if link.config.relay || !link.config.bridge.is_empty() {
+                        if let Err(error) = link.ensure_stream().await {
+                            tracing::warn!(%error, "Cannot set up the JetStream stream yet; retrying in the background.");
+                        }
+                    }
+                })
+                .await;
                 Some(link)
             }
             None => None,

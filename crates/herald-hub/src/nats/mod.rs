@@ -183,8 +183,9 @@ pub(crate) struct NatsLink {
     pub client: async_nats::Client,
     pub jetstream: jetstream::Context,
     pub config: NatsConfig,
-    /// Whether the last attempt to set up the stream failed (JetStream disabled on the
-    /// server, no permission, bad limits): connected is then not healthy.
+    /// Whether the stream is not known to be set up: before the first success, and when
+    /// the last attempt failed (JetStream disabled on the server, no permission, bad
+    /// limits). Connected is then not healthy, unless nothing here uses the stream.
     stream_failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -256,11 +257,12 @@ impl NatsLink {
             .await
             .map_err(|error| NatsError::Connect(error.to_string()))?;
         let jetstream = jetstream::new(client.clone());
+        let uses_stream = config.relay || !config.bridge.is_empty();
         Ok(NatsLink {
             client,
             jetstream,
             config,
-            stream_failing: Default::default(),
+            stream_failing: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(uses_stream)),
         })
     }
 
