@@ -178,26 +178,22 @@ fn relayed_seqs(messages: &[async_nats::jetstream::Message], hub_id: &str) -> Ve
     seqs
 }
 
+/// `GET path` on `h`, as JSON.
+async fn get_json(h: &TestHerald, path: &str) -> Value {
+    h.http
+        .get(h.url(path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn wait_relayed(h: &TestHerald, within: Duration) {
     let ok = poll_until(within, Duration::from_millis(50), || async {
-        let v: Value = h
-            .http
-            .get(h.url("/health/nats"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let head: Value = h
-            .http
-            .get(h.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = get_json(h, "/health/nats").await;
+        let head: Value = get_json(h, "/").await;
         v["relay"]["acked_seq"] == head["head_seq"] && v["connected"] == true
     })
     .await;
@@ -219,25 +215,9 @@ async fn start_hub(nats: &TestNats, hub_id: &str, extra: &[&str]) -> TestHerald 
 async fn relay_publishes_every_event_in_seq_order_with_headers() {
     let nats = TestNats::start().await;
     let h = start_hub(&nats, "local-hub", &[]).await;
-    let health: Value = h
-        .http
-        .get(h.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = get_json(&h, "/health").await;
     assert_eq!(health["nats"], "healthy", "{health}");
-    let nats_health: Value = h
-        .http
-        .get(h.url("/health/nats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let nats_health: Value = get_json(&h, "/health/nats").await;
     assert_eq!(nats_health["connected"], true);
     assert_eq!(nats_health["url"], nats.url());
 
@@ -445,15 +425,7 @@ async fn outage_longer_than_the_duplicate_window_loses_and_duplicates_nothing() 
     for p in publishers {
         n += p.await.unwrap();
     }
-    let health: Value = h
-        .http
-        .get(h.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = get_json(&h, "/health").await;
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["nats"], "unhealthy", "{health}");
 
@@ -554,15 +526,7 @@ async fn two_hubs_on_one_bus_deliver_live_without_loops() {
         Duration::from_secs(5),
         Duration::from_millis(100),
         || async {
-            let v: Value = a
-                .http
-                .get(a.url("/api/hubs"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: Value = get_json(&a, "/api/hubs").await;
             let ids: HashSet<String> = v["hubs"]
                 .as_array()
                 .unwrap()
@@ -574,15 +538,7 @@ async fn two_hubs_on_one_bus_deliver_live_without_loops() {
     )
     .await;
     assert!(ok, "A lists both hubs");
-    let v: Value = a
-        .http
-        .get(a.url("/api/hubs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(&a, "/api/hubs").await;
     let me = v["hubs"]
         .as_array()
         .unwrap()
@@ -633,15 +589,7 @@ async fn starts_and_serves_while_nats_is_down_then_relays() {
     let mut nats = TestNats::start().await;
     nats.stop().await;
     let h = start_hub(&nats, "local-hub", &[]).await;
-    let health: Value = h
-        .http
-        .get(h.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = get_json(&h, "/health").await;
     assert_eq!(health["status"], "degraded");
     assert_eq!(health["details"]["nats_connected"], false);
     let rpc: Value = h
@@ -672,15 +620,7 @@ async fn nats_credentials_never_show() {
     let nats = TestNats::start().await;
     let url = format!("nats://someone:hunter2@127.0.0.1:{}", nats.port);
     let h = TestHerald::start_with(&["--nats-url", &url]).await;
-    let v: Value = h
-        .http
-        .get(h.url("/health/nats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(&h, "/health/nats").await;
     assert_eq!(
         v["url"],
         format!("nats://someone:***@127.0.0.1:{}", nats.port)
@@ -763,15 +703,7 @@ async fn a_nats_server_without_jetstream_is_unhealthy() {
         Duration::from_secs(10),
         Duration::from_millis(100),
         || async {
-            let v: Value = h
-                .http
-                .get(h.url("/health"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: Value = get_json(&h, "/health").await;
             v["status"] == "degraded" && v["nats"] == "unhealthy"
         },
     )
