@@ -152,16 +152,19 @@ pub(crate) fn connector(settings: &TlsSettings) -> Result<Tls, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier: Arc<dyn ServerCertVerifier> = match (settings.mode, &settings.root_cert) {
         (SslMode::Disable, _) | (SslMode::Prefer | SslMode::Require, None) => {
-            Arc::new(NoVerification(provider.clone()))
-        }
-        (SslMode::Prefer | SslMode::Require | SslMode::VerifyCa, Some(roots)) => {
-            Arc::new(ChainOnly {
-                roots: Arc::new(load_roots(roots)?),
+            Arc::new(CertVerifier {
+                roots: None,
                 provider: provider.clone(),
             })
         }
-        (SslMode::VerifyCa, None) => Arc::new(ChainOnly {
-            roots: Arc::new(load_roots(&Roots::System)?),
+        (SslMode::Prefer | SslMode::Require | SslMode::VerifyCa, Some(roots)) => {
+            Arc::new(CertVerifier {
+                roots: Some(Arc::new(load_roots(roots)?)),
+                provider: provider.clone(),
+            })
+        }
+        (SslMode::VerifyCa, None) => Arc::new(CertVerifier {
+            roots: Some(Arc::new(load_roots(&Roots::System)?)),
             provider: provider.clone(),
         }),
         (SslMode::VerifyFull, roots) => {
@@ -243,65 +246,18 @@ pub(crate) fn refused_certificate(error: &tokio_postgres::Error) -> Option<Strin
     None
 }
 
-/// libpq's `prefer`/`require` without a root certificate: encrypted, but any certificate
-/// is accepted (the handshake signatures are still checked against it).
+/// The verifier of every mode but `verify-full`. With `roots` (libpq's `verify-ca`, or
+/// `prefer`/`require` given `sslrootcert`) the certificate must chain to a trusted root
+/// and be valid now, whatever host name it is for. Without (`prefer`/`require` alone) any
+/// certificate is accepted: encrypted, not authenticated. Either way the handshake
+/// signatures are checked against the certificate.
 #[derive(Debug)]
-struct NoVerification(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// libpq's `verify-ca`: the certificate must chain to a trusted root (and be valid now),
-/// whatever host name it is for.
-#[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
+struct CertVerifier {
+    roots: Option<Arc<RootCertStore>>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for CertVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -310,14 +266,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
+        if let Some(roots) = &self.roots {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
