@@ -178,6 +178,14 @@ fn relayed_seqs(messages: &[async_nats::jetstream::Message], hub_id: &str) -> Ve
     seqs
 }
 
+/// Waits until `GET /api/events?subject=…` on `h` lists `count` events.
+async fn wait_for_events(h: &TestHerald, subject: &str, count: usize, within: Duration) -> bool {
+    poll_until(within, Duration::from_millis(50), || async {
+        h.query(&[("subject", subject.into())]).await.len() == count
+    })
+    .await
+}
+
 /// `GET path` on `h`, as JSON.
 async fn get_json(h: &TestHerald, path: &str) -> Value {
     h.http
@@ -315,17 +323,7 @@ async fn bridge_ingests_external_messages_once() {
     assert_eq!(second["subject"], "hub.global.note");
     assert_eq!(second["data"]["payload"], json!({"text": "plain text"}));
 
-    let ok = poll_until(
-        Duration::from_secs(5),
-        Duration::from_millis(50),
-        || async {
-            h.query(&[("subject", "hub.global.sync.>".into())])
-                .await
-                .len()
-                == 1
-        },
-    )
-    .await;
+    let ok = wait_for_events(&h, "hub.global.sync.>", 1, Duration::from_secs(5)).await;
     assert!(ok, "the bridged message is stored once");
     let stored = &h.query(&[("subject", "hub.global.sync.>".into())]).await[0];
     // The Correlation-ID header maps as a non-UUID correlation id does over JSON-RPC.
@@ -771,17 +769,7 @@ async fn the_bridge_keeps_ingesting_after_nats_restarts() {
         .await
         .unwrap();
     client.flush().await.unwrap();
-    let ok = poll_until(
-        Duration::from_secs(10),
-        Duration::from_millis(50),
-        || async {
-            h.query(&[("subject", "hub.global.before".into())])
-                .await
-                .len()
-                == 1
-        },
-    )
-    .await;
+    let ok = wait_for_events(&h, "hub.global.before", 1, Duration::from_secs(10)).await;
     assert!(ok, "ingested before the restart");
     drop(client);
 
@@ -794,16 +782,6 @@ async fn the_bridge_keeps_ingesting_after_nats_restarts() {
         .unwrap()
         .await
         .unwrap();
-    let ok = poll_until(
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        || async {
-            h.query(&[("subject", "hub.global.after".into())])
-                .await
-                .len()
-                == 1
-        },
-    )
-    .await;
+    let ok = wait_for_events(&h, "hub.global.after", 1, Duration::from_secs(30)).await;
     assert!(ok, "ingested after the restart\n{}", h.stderr());
 }
