@@ -7,11 +7,13 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use herald_core::NewEvent;
 use herald_store::{Appended, Store};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::log_throttle::LogThrottle;
 use crate::{HubError, Inner, Published};
 
 pub(crate) struct Request {
@@ -56,11 +58,13 @@ async fn commit(inner: &Inner, batch: Vec<Request>, n_events: usize) {
         events.extend(request.events);
     }
     let started = std::time::Instant::now();
+    inner.writes.begin();
     let result = inner.store.append(events).await;
     metrics::histogram!("herald_commit_duration_seconds").record(started.elapsed().as_secs_f64());
     metrics::histogram!("herald_commit_batch_events").record(n_events as f64);
     match result {
         Ok(appended) => {
+            inner.writes.succeeded();
             let published: Vec<Published> = appended
                 .into_iter()
                 .map(|a| {
@@ -105,7 +109,11 @@ async fn commit(inner: &Inner, batch: Vec<Request>, n_events: usize) {
             }
         }
         Err(error) => {
-            tracing::warn!(%error, events = n_events, "Commit failed; nothing of the batch was stored.");
+            inner.writes.failed(&error.to_string());
+            static THROTTLE: LogThrottle = LogThrottle::new(Duration::from_secs(10));
+            if let Some(suppressed) = THROTTLE.admit() {
+                tracing::warn!(%error, events = n_events, suppressed, "Commit failed; nothing of the batch was stored.");
+            }
             inner
                 .stats
                 .events_failed

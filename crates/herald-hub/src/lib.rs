@@ -33,9 +33,11 @@ mod committer;
 mod cursors;
 pub mod envelope;
 mod follower;
+pub mod log_throttle;
 pub mod nats;
 pub mod rules;
 mod subscription;
+pub mod write_health;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +53,7 @@ use uuid::Uuid;
 
 pub use nats::{HubPresence, NatsConfig, NatsStatus, StreamSettings};
 pub use subscription::{StartAt, Subscription};
+pub use write_health::WriteState;
 
 /// Settings of the engine.
 #[derive(Debug, Clone)]
@@ -130,6 +133,9 @@ pub struct HubStats {
     pub subscriber_overflows: AtomicU64,
 }
 
+/// How long `Hub::health` waits for the store to answer a read.
+const HEALTH_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A running hub: cheap to clone, shut down once with [`Hub::shutdown`].
 #[derive(Clone)]
 pub struct Hub {
@@ -142,6 +148,8 @@ struct Inner {
     publish_tx: mpsc::Sender<committer::Request>,
     fanout: Mutex<Fanout>,
     stats: HubStats,
+    /// Whether commits get through (see [`write_health`]).
+    writes: write_health::WriteHealth,
     next_subscriber: AtomicU64,
     shutdown: CancellationToken,
     committer_done: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -222,6 +230,7 @@ impl Hub {
                 head,
             }),
             stats: HubStats::default(),
+            writes: write_health::WriteHealth::default(),
             next_subscriber: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
             committer_done: tokio::sync::Mutex::new(None),
@@ -433,8 +442,34 @@ impl Hub {
         ))
     }
 
+    /// Whether the store can be read and written: unhealthy when it cannot be read, when
+    /// the last commit failed (see [`write_health::FAILURE_MEMORY`]), or when a commit has
+    /// been running longer than [`write_health::STALL_AFTER`].
     pub async fn health(&self) -> StoreHealth {
-        self.inner.store.health().await
+        let writes = self.write_state();
+        let store = match tokio::time::timeout(HEALTH_READ_TIMEOUT, self.inner.store.health()).await
+        {
+            Ok(store) => store,
+            Err(_) => StoreHealth {
+                healthy: false,
+                detail: format!(
+                    "the store did not answer a read within {} s",
+                    HEALTH_READ_TIMEOUT.as_secs()
+                ),
+            },
+        };
+        if store.healthy && !writes.is_ok() {
+            return StoreHealth {
+                healthy: false,
+                detail: writes.to_string(),
+            };
+        }
+        store
+    }
+
+    /// How commits are doing.
+    pub fn write_state(&self) -> WriteState {
+        self.inner.writes.state()
     }
 
     /// A token cancelled when shutdown begins (for tasks that should stop with the hub).

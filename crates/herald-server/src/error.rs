@@ -59,6 +59,12 @@ error_codes! {
     /// `GET /api/events/stream` without a WebSocket upgrade.
     WebsocketRequired = "websocket_required" => BAD_REQUEST,
     RequestTimeout = "request_timeout" => REQUEST_TIMEOUT,
+    /// The request line or a header is not valid HTTP/1.1 (answered before any route).
+    BadRequest = "bad_request" => BAD_REQUEST,
+    /// The URI is longer than the server reads.
+    UriTooLong = "uri_too_long" => URI_TOO_LONG,
+    /// Too many request headers, or too large.
+    HeadersTooLarge = "headers_too_large" => REQUEST_HEADER_FIELDS_TOO_LARGE,
     NotFound = "not_found" => NOT_FOUND,
     EventNotFound = "event_not_found" => NOT_FOUND,
     /// A routing rule is malformed (`POST /api/rules`); nothing was stored.
@@ -70,6 +76,12 @@ error_codes! {
     TooManyRules = "too_many_rules" => CONFLICT,
     MethodNotAllowed = "method_not_allowed" => METHOD_NOT_ALLOWED,
     TooManyStreams = "too_many_streams" => SERVICE_UNAVAILABLE,
+    /// The server is at its connection cap (`HERALD_MAX_CONNECTIONS`); only health checks
+    /// are answered on the reserve above it.
+    TooManyConnections = "too_many_connections" => SERVICE_UNAVAILABLE,
+    /// The request ran out of time after its events reached the commit queue: they may
+    /// or may not be stored. Publish again with the same ids (`event_ids`) to settle it.
+    OutcomeUnknown = "outcome_unknown" => SERVICE_UNAVAILABLE,
     StoreUnavailable = "store_unavailable" => SERVICE_UNAVAILABLE,
     ShuttingDown = "shutting_down" => SERVICE_UNAVAILABLE,
     Internal = "internal_error" => INTERNAL_SERVER_ERROR,
@@ -82,6 +94,8 @@ pub struct ApiError {
     pub message: String,
     /// For a rejected batch: what is wrong with each bad item.
     pub items: Vec<ItemError>,
+    /// For `outcome_unknown`: the ids to publish again.
+    pub event_ids: Vec<uuid::Uuid>,
 }
 
 /// Why one item of a batch was rejected.
@@ -98,7 +112,13 @@ impl ApiError {
             code,
             message: message.into(),
             items: Vec::new(),
+            event_ids: Vec::new(),
         }
+    }
+
+    pub fn with_event_ids(mut self, ids: Vec<uuid::Uuid>) -> Self {
+        self.event_ids = ids;
+        self
     }
 
     pub fn with_items(mut self, items: Vec<ItemError>) -> Self {
@@ -118,6 +138,8 @@ struct Detail<'a> {
     message: &'a str,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     items: Vec<ItemDetail<'a>>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    event_ids: &'a [uuid::Uuid],
 }
 
 #[derive(Serialize)]
@@ -146,6 +168,7 @@ impl IntoResponse for ApiError {
                         message: &item.message,
                     })
                     .collect(),
+                event_ids: &self.event_ids,
             },
         };
         let mut response = (status, axum::Json(body)).into_response();

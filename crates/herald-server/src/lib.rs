@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod http;
+mod hyper_errors;
 pub mod listener;
 pub mod metrics;
 pub mod openapi;
@@ -46,8 +47,14 @@ pub struct Limits {
     pub max_query_bytes: usize,
     /// Most WebSocket streams open at once.
     pub max_streams: usize,
-    /// Most TCP connections open at once; more wait in the listen backlog.
+    /// Most TCP connections served at once.
     pub max_connections: usize,
+    /// Connections accepted above `max_connections` to answer health checks and refuse
+    /// the rest with `503 too_many_connections`; more wait in the listen backlog.
+    pub reserve_connections: usize,
+    /// Longest wait for a request's head, counted from when the server starts waiting
+    /// for it (so it also closes keep-alive connections left idle that long).
+    pub header_read_timeout: Duration,
     /// Most publish requests being read or committed at once; more wait their turn. With
     /// `max_body_bytes` this bounds the memory publishes can take.
     pub max_inflight_publishes: usize,
@@ -68,6 +75,8 @@ impl Default for Limits {
             max_query_bytes: 8 * 1024,
             max_streams: 10_000,
             max_connections: 10_000,
+            reserve_connections: 32,
+            header_read_timeout: Duration::from_secs(10),
             max_inflight_publishes: 512,
             request_timeout: Duration::from_secs(30),
             ws_ping_interval: Duration::from_secs(30),
@@ -106,6 +115,25 @@ impl AppState {
         }
     }
 
+    /// Publishes one event through the hub, noting it on the request's commit ticket
+    /// first (see `limit_duration`).
+    pub async fn publish(
+        &self,
+        event: herald_core::NewEvent,
+    ) -> Result<herald_hub::Published, herald_hub::HubError> {
+        commit_ticket::note(std::iter::once(event.id));
+        self.hub.publish(event).await
+    }
+
+    /// Publishes events in one transaction, noting them on the request's commit ticket.
+    pub async fn publish_batch(
+        &self,
+        events: Vec<herald_core::NewEvent>,
+    ) -> Result<Vec<herald_hub::Published>, herald_hub::HubError> {
+        commit_ticket::note(events.iter().map(|e| e.id));
+        self.hub.publish_batch(events).await
+    }
+
     /// WebSocket streams open now.
     pub fn open_streams(&self) -> usize {
         self.limits.max_streams - self.stream_permits.available_permits()
@@ -124,13 +152,17 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            guard_query_length,
+            guard_request_size,
         ))
         .layer(axum::middleware::from_fn(echo_correlation_id))
         .route_layer(axum::middleware::from_fn(metrics::track_http))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limit_duration,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_on_reserve,
         ))
         .with_state(state)
 }
@@ -200,22 +232,47 @@ async fn echo_correlation_id(request: Request, next: Next) -> Response {
     response
 }
 
-async fn guard_query_length(
+/// Refuses at once what cannot be served: a query string over `max_query_bytes`, and a
+/// body whose `Content-Length` is over the route's limit (before reading any of it).
+async fn guard_request_size(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
     use axum::response::IntoResponse;
+    let limits = &state.limits;
     let len = request.uri().query().map_or(0, str::len);
-    if len > state.limits.max_query_bytes {
+    if len > limits.max_query_bytes {
         return ApiError::new(
             ErrorCode::QueryTooLong,
             format!(
                 "the query string is {len} bytes; the limit is {}",
-                state.limits.max_query_bytes
+                limits.max_query_bytes
             ),
         )
         .into_response();
+    }
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(declared) = declared {
+        let limit = match request.uri().path() {
+            "/api/events:batch" | "/rpc" => limits.max_batch_body_bytes,
+            _ => limits.max_body_bytes,
+        };
+        if declared > limit as u64 {
+            if request.uri().path() == "/rpc" {
+                // JSON-RPC answers in-band, as it does for a body found too large.
+                return rpc::body_too_large();
+            }
+            return ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("the body is {declared} bytes; the limit for this route is {limit}"),
+            )
+            .into_response();
+        }
     }
     next.run(request).await
 }
@@ -232,7 +289,9 @@ async fn limit_publishes(
 }
 
 /// Answers `408 request_timeout` when a request (reading its body included) takes
-/// longer than `request_timeout`.
+/// longer than `request_timeout` — unless its events already went to the commit queue:
+/// then they may yet be stored, so the answer is `503 outcome_unknown` with their ids,
+/// never a rejection (see [`commit_ticket`]).
 async fn limit_duration(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: Request,
@@ -240,13 +299,96 @@ async fn limit_duration(
 ) -> Response {
     use axum::response::IntoResponse;
     let limit = state.limits.request_timeout;
-    match tokio::time::timeout(limit, next.run(request)).await {
+    let ticket = commit_ticket::Ticket::default();
+    let answer = commit_ticket::scope(ticket.clone(), next.run(request));
+    match tokio::time::timeout(limit, answer).await {
         Ok(response) => response,
-        Err(_) => ApiError::new(
-            ErrorCode::RequestTimeout,
-            format!("the request took longer than {} s", limit.as_secs_f64()),
+        Err(_) => match ticket.submitted() {
+            None => ApiError::new(
+                ErrorCode::RequestTimeout,
+                format!("the request took longer than {} s", limit.as_secs_f64()),
+            )
+            .into_response(),
+            Some(ids) => ApiError::new(
+                ErrorCode::OutcomeUnknown,
+                format!(
+                    "the events reached the commit queue but were not committed within {} s; \
+                     they may or may not be stored: publish them again with the same ids \
+                     to settle it",
+                    limit.as_secs_f64()
+                ),
+            )
+            .with_event_ids(ids)
+            .into_response(),
+        },
+    }
+}
+
+/// On a connection of the reserve above the connection cap, answers health checks and
+/// refuses everything else at once.
+async fn refuse_on_reserve(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    use axum::response::IntoResponse;
+    if request.extensions().get::<listener::Admission>() != Some(&listener::Admission::Reserve) {
+        return next.run(request).await;
+    }
+    match request.uri().path() {
+        "/health" | "/health/nats" | "/metrics" => next.run(request).await,
+        "/api/events/stream" if state.stream_permits.available_permits() == 0 => ApiError::new(
+            ErrorCode::TooManyStreams,
+            format!(
+                "the server has {} streams open, its limit (HERALD_MAX_STREAMS)",
+                state.limits.max_streams
+            ),
         )
         .into_response(),
+        _ => ApiError::new(
+            ErrorCode::TooManyConnections,
+            format!(
+                "the server has {} connections open, its limit (HERALD_MAX_CONNECTIONS); retry shortly",
+                state.limits.max_connections
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// Which events of the current request went to the commit queue, so that a timeout can
+/// tell "rejected" from "outcome unknown". Handlers publish through
+/// [`AppState::publish`] / [`AppState::publish_batch`], which note the ids here.
+mod commit_ticket {
+    use std::future::Future;
+    use std::sync::{Arc, Mutex};
+
+    use uuid::Uuid;
+
+    #[derive(Clone, Default)]
+    pub struct Ticket(Arc<Mutex<Option<Vec<Uuid>>>>);
+
+    tokio::task_local! {
+        static TICKET: Ticket;
+    }
+
+    impl Ticket {
+        /// The ids sent to the commit queue, if any were.
+        pub fn submitted(&self) -> Option<Vec<Uuid>> {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        }
+    }
+
+    pub fn scope<F: Future>(ticket: Ticket, future: F) -> impl Future<Output = F::Output> {
+        TICKET.scope(ticket, future)
+    }
+
+    /// Notes `ids` as submitted on the current request's ticket, if it has one.
+    pub fn note(ids: impl Iterator<Item = Uuid>) {
+        let _ = TICKET.try_with(|ticket| {
+            let mut slot = ticket.0.lock().unwrap_or_else(|e| e.into_inner());
+            slot.get_or_insert_with(Vec::new).extend(ids);
+        });
     }
 }
 
@@ -255,11 +397,13 @@ async fn limit_duration(
 pub async fn serve(listener: TcpListener, state: AppState, grace: Duration) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
     let streams = state.streams.clone();
-    let listener = listener::LimitedListener::new(listener, state.limits.max_connections);
+    let limits = listener::ConnectionLimits {
+        max_connections: state.limits.max_connections,
+        reserve: state.limits.reserve_connections,
+        header_read_timeout: state.limits.header_read_timeout,
+    };
     let app = router(state);
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let result = server.await;
+    let result = listener::serve_connections(listener, app, limits, shutdown).await;
     streams.close();
     if tokio::time::timeout(grace, streams.wait()).await.is_err() {
         tracing::warn!(

@@ -1,74 +1,128 @@
-//! A TCP listener with a cap on open connections.
+//! Accepting and serving connections: a cap on open connections with a small reserve
+//! above it, and a header-read timeout, so that neither silent nor slow clients can
+//! lock others out.
 //!
-//! At the cap it stops accepting (new connections wait in the kernel's backlog) instead
-//! of failing on file descriptors; each accepted connection holds a permit until it
-//! closes. Accepted sockets get `TCP_NODELAY`: events are small and latency matters.
+//! - At `max_connections`, the server accepts up to `reserve` more connections. On those
+//!   it answers `/health` (and `/health/nats`, `/metrics`) as usual and refuses
+//!   everything else at once with `503 too_many_connections` (or `too_many_streams` for
+//!   a stream when the streams are full), one request per connection. Past the reserve,
+//!   new connections wait in the kernel's backlog.
+//! - Every connection must deliver a request's head within `header_read_timeout` from
+//!   the moment the server waits for it: a socket that sends nothing, or drips header
+//!   lines, is closed, and so is a keep-alive connection left idle that long.
+//!
+//! Accepted sockets get `TCP_NODELAY`: events are small and latency matters.
 
 use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use axum::extract::Request;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
-pub struct LimitedListener {
-    inner: TcpListener,
-    permits: Arc<Semaphore>,
+use crate::hyper_errors::JsonErrorIo;
+
+/// How the connections of a server are limited.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Connections served normally.
+    pub max_connections: usize,
+    /// Connections accepted above `max_connections` only to answer health checks and
+    /// refuse the rest politely.
+    pub reserve: usize,
+    /// Longest wait for a request's head (headers included), idle keep-alive included.
+    pub header_read_timeout: Duration,
 }
 
-impl LimitedListener {
-    pub fn new(inner: TcpListener, max_connections: usize) -> Self {
-        LimitedListener {
-            inner,
-            permits: Arc::new(Semaphore::new(max_connections.max(1))),
-        }
+/// How a connection was admitted; every request carries it as an extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Within `max_connections`.
+    Normal,
+    /// In the reserve above the cap: health checks only, then closed.
+    Reserve,
+}
+
+/// How long a reserve connection may take to send its one request's head.
+const RESERVE_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Accepts connections on `listener` and serves `app` on them until `shutdown` fires;
+/// then stops accepting, lets each connection finish its request, and returns once
+/// every connection is closed (upgraded WebSockets are tracked by their handler).
+pub async fn serve_connections(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let normal = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let reserve = Arc::new(Semaphore::new(limits.reserve));
+    // Each connection task holds a receiver; the sender sees `closed` when all are gone.
+    let (open_tx, open_rx) = watch::channel(());
+    loop {
+        let admitted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            permit = normal.clone().acquire_owned() => (Admission::Normal, permit),
+            permit = reserve.clone().acquire_owned() => (Admission::Reserve, permit),
+        };
+        let (admission, permit) = match admitted {
+            (admission, Ok(permit)) => (admission, permit),
+            (_, Err(_)) => unreachable!("the connection semaphores are never closed"),
+        };
+        let stream = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = accept(&listener) => accepted,
+        };
+        let _ = stream.set_nodelay(true);
+        // The permit was taken before the client came: if a normal one has been freed
+        // while we waited, this client gets it.
+        let (admission, permit) = match admission {
+            Admission::Reserve => match normal.clone().try_acquire_owned() {
+                Ok(normal_permit) => (Admission::Normal, normal_permit),
+                Err(_) => (Admission::Reserve, permit),
+            },
+            Admission::Normal => (Admission::Normal, permit),
+        };
+        let connection = Connection {
+            app: app.clone(),
+            admission,
+            header_read_timeout: match admission {
+                Admission::Normal => limits.header_read_timeout,
+                Admission::Reserve => limits.header_read_timeout.min(RESERVE_HEADER_READ_TIMEOUT),
+            },
+            shutdown: shutdown.clone(),
+            _permit: permit,
+            _open: open_rx.clone(),
+        };
+        tokio::spawn(connection.serve(stream));
     }
+    drop(open_rx);
+    open_tx.closed().await;
+    Ok(())
 }
 
-/// An accepted connection; its permit is released when it is dropped.
-pub struct LimitedStream {
-    stream: TcpStream,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl axum::serve::Listener for LimitedListener {
-    type Io = LimitedStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the connection semaphore is never closed");
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
-                    return (
-                        LimitedStream {
-                            stream,
-                            _permit: permit,
-                        },
-                        addr,
-                    );
-                }
-                Err(error) if is_connection_error(&error) => {}
-                Err(error) => {
-                    // Out of file descriptors or similar: wait for connections to close.
-                    tracing::error!(%error, "Accept failed; retrying in 100 ms.");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
+/// Waits for the next connection, riding out errors that concern one client only.
+async fn accept(listener: &TcpListener) -> tokio::net::TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return stream,
+            Err(error) if is_connection_error(&error) => {}
+            Err(error) => {
+                // Out of file descriptors or similar: wait for connections to close.
+                tracing::error!(%error, "Accept failed; retrying in 100 ms.");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
     }
 }
 
@@ -81,42 +135,47 @@ fn is_connection_error(error: &io::Error) -> bool {
     )
 }
 
-impl AsyncRead for LimitedStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
-    }
+/// One accepted connection and what it holds until it closes.
+struct Connection {
+    app: Router,
+    admission: Admission,
+    header_read_timeout: Duration,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+    _open: watch::Receiver<()>,
 }
 
-impl AsyncWrite for LimitedStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+impl Connection {
+    async fn serve(self, stream: tokio::net::TcpStream) {
+        let admission = self.admission;
+        let service = self.app.map_request(move |request: Request<Incoming>| {
+            let mut request = request.map(axum::body::Body::new);
+            request.extensions_mut().insert(admission);
+            request
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            .keep_alive(admission == Admission::Normal);
+        let io = TokioIo::new(JsonErrorIo::new(stream));
+        let mut connection = pin!(builder
+            .serve_connection(io, TowerToHyperService::new(service))
+            .with_upgrades());
+        let mut shutting_down = false;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::trace!(%error, "Connection ended with an error.");
+                    }
+                    break;
+                }
+                () = self.shutdown.cancelled(), if !shutting_down => {
+                    shutting_down = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
     }
 }

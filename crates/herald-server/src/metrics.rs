@@ -109,11 +109,14 @@ pub async fn track_http(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    // The access log, off unless `RUST_LOG` asks for debug.
+    tracing::debug!(%method, %route, status = response.status().as_u16(), ?elapsed, "Request answered.");
     let status = response.status().as_u16().to_string();
     metrics::counter!("herald_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
         .increment(1);
     metrics::histogram!("herald_http_request_duration_seconds", "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
+        .record(elapsed.as_secs_f64());
     response
 }
 

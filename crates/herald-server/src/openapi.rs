@@ -107,6 +107,8 @@ use crate::rpc::MAX_BATCH_REQUESTS;
             Conflict,
             RequestTimeout,
             PayloadTooLarge,
+            UriTooLong,
+            HeadersTooLarge,
             UnprocessableEntity,
             ServiceUnavailable,
         )
@@ -648,6 +650,13 @@ fn error_body(status: StatusCode) -> Value {
             "message": {"type": "string", "description": "For people; may change."},
         },
     });
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        detail["properties"]["event_ids"] = json!({
+            "type": "array",
+            "description": "For `outcome_unknown`: the events that may or may not be stored; publish them again with these ids to settle it.",
+            "items": {"type": "string", "format": "uuid"},
+        });
+    }
     if status == StatusCode::UNPROCESSABLE_ENTITY {
         detail["properties"]["items"] = json!({
             "type": "array",
@@ -708,12 +717,15 @@ error_responses! {
     Conflict = CONFLICT, "The request conflicts with what exists; nothing was changed.";
     RequestTimeout = REQUEST_TIMEOUT, "The request took longer than the configured timeout.";
     PayloadTooLarge = PAYLOAD_TOO_LARGE, "The body is larger than the configured limit.";
+    UriTooLong = URI_TOO_LONG, "The URI is longer than the server reads.";
+    HeadersTooLarge = REQUEST_HEADER_FIELDS_TOO_LARGE, "Too many request headers, or too large.";
     UnprocessableEntity = UNPROCESSABLE_ENTITY, "The body is JSON but not a valid request; nothing was stored.";
     ServiceUnavailable = SERVICE_UNAVAILABLE, "The server cannot serve this now; nothing was stored. Retry after `Retry-After` seconds.";
 }
 
 /// What applies to every operation: the `X-Correlation-ID` header both ways, and the
-/// errors any route can answer (`400 query_too_long`, `408`).
+/// errors any route can answer (`400 query_too_long` or malformed HTTP, `408`, `414`,
+/// `431`, and `503 too_many_connections` on the reserve above the connection cap).
 struct Everywhere;
 
 const CORRELATION: &str = "X-Correlation-ID";
@@ -757,7 +769,13 @@ impl Modify for Everywhere {
                 {
                     parameters.push(correlation_parameter(false));
                 }
-                for (status, name) in [("400", "BadRequest"), ("408", "RequestTimeout")] {
+                for (status, name) in [
+                    ("400", "BadRequest"),
+                    ("408", "RequestTimeout"),
+                    ("414", "UriTooLong"),
+                    ("431", "HeadersTooLarge"),
+                    ("503", "ServiceUnavailable"),
+                ] {
                     operation
                         .responses
                         .responses

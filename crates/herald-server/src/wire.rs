@@ -152,7 +152,8 @@ impl<'a> From<&'a CoreEvent> for StreamFrame<'a> {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
     /// `healthy`; `degraded` while NATS is configured but unreachable (events are still
-    /// stored and relayed later); `unhealthy` (with status 503) when the store cannot be read.
+    /// stored and relayed later); `unhealthy` (with status 503) when the store cannot be
+    /// read, commits fail, or a commit hangs.
     #[schema(value_type = String, pattern = "^(?:healthy|degraded|unhealthy)$")]
     pub status: &'static str,
     /// `healthy`, `unhealthy` (configured, not connected) or `disabled` (no `NATS_URL`).
@@ -170,6 +171,11 @@ pub struct Health {
 pub struct HealthDetails {
     pub nats_connected: bool,
     pub database_connected: bool,
+    /// Commits get through: false when the last ones failed or one is hanging.
+    pub database_writable: bool,
+    /// What is wrong with the store, when `database` is `unhealthy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_error: Option<String>,
     pub running: bool,
 }
 

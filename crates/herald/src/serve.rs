@@ -63,9 +63,19 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_STREAMS", default_value_t = 10_000)]
     max_streams: usize,
 
-    /// Most TCP connections open at once; more wait in the listen backlog.
+    /// Most TCP connections served at once.
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
+
+    /// Connections accepted above --max-connections only to answer /health and refuse
+    /// the rest with 503 too_many_connections; more wait in the listen backlog.
+    #[arg(long, env = "HERALD_RESERVE_CONNECTIONS", default_value_t = 32)]
+    reserve_connections: usize,
+
+    /// Seconds a client may take to send a request's headers, counted from when the
+    /// server waits for them (an idle keep-alive connection is closed after as long).
+    #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    header_read_timeout_secs: u64,
 
     /// Most publish requests being read or committed at once; more wait their turn.
     #[arg(long, env = "HERALD_MAX_INFLIGHT_PUBLISHES", default_value_t = 512)]
@@ -333,7 +343,7 @@ pub struct MigrateArgs {
 /// `herald migrate`: applies the schema migrations this build knows, then exits. (`serve`
 /// applies them too at start; this lets an operator do it ahead of a rolling upgrade.)
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
-    init_logging("text");
+    let _log = init_logging("text");
     let store_config = StoreConfig::parse(&args.data).map_err(anyhow::Error::msg)?;
     let store = store_config
         .open_with(EmbeddedOptions::default(), args.postgres.options())
@@ -349,13 +359,15 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    init_logging(&args.log_format);
+    let _log = init_logging(&args.log_format);
     if args.ws_ping_interval_secs == 0
         || args.ws_send_timeout_secs == 0
         || args.request_timeout_secs == 0
+        || args.header_read_timeout_secs == 0
     {
         anyhow::bail!(
-            "--ws-ping-interval-secs, --ws-send-timeout-secs and --request-timeout-secs must be at least 1"
+            "--ws-ping-interval-secs, --ws-send-timeout-secs, --request-timeout-secs and \
+             --header-read-timeout-secs must be at least 1"
         );
     }
     let store_config = StoreConfig::parse(&args.data).map_err(anyhow::Error::msg)?;
@@ -405,6 +417,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_query_bytes: args.max_query_bytes,
         max_streams: args.max_streams,
         max_connections: args.max_connections,
+        reserve_connections: args.reserve_connections,
+        header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
         max_inflight_publishes: args.max_inflight_publishes,
         request_timeout: Duration::from_secs(args.request_timeout_secs),
         ws_ping_interval: Duration::from_secs(args.ws_ping_interval_secs),
@@ -465,16 +479,40 @@ async fn cancel_on_signal(token: CancellationToken) {
     token.cancel();
 }
 
-fn init_logging(format: &str) {
+/// Lines the log may hold while stderr is not being read; past that, lines are dropped
+/// and counted (`herald_log_lines_dropped_total`) instead of blocking the hub.
+const LOG_BUFFER_LINES: usize = 16_384;
+
+/// Logs go through a bounded, lossy channel to one writer thread: a full or unread stderr
+/// pipe can only lose log lines, never stall the workers that serve requests.
+fn init_logging(format: &str) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .lossy(true)
+        .thread_name("herald-log")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
+    std::thread::Builder::new()
+        .name("herald-log-count".into())
+        .spawn(move || {
+            // Looked up each time: the recorder is installed after logging starts.
+            loop {
+                metrics::counter!("herald_log_lines_dropped_total")
+                    .absolute(dropped.dropped_lines() as u64);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+        .expect("spawning a thread");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     if format == "json" {
         builder.json().init();
     } else {
         builder.init();
     }
+    guard
 }

@@ -223,7 +223,7 @@ pub async fn get_event(
     summary = "Health",
     responses(
         (status = 200, description = "The store works (`status`: `healthy`, or `degraded` while NATS is configured but unreachable).", body = wire::Health),
-        (status = 503, description = "The store cannot be read (`status`: `unhealthy`).", body = wire::Health),
+        (status = 503, description = "The store cannot be read, commits fail, or a commit hangs (`status`: `unhealthy`).", body = wire::Health),
     ),
 )]
 pub async fn health(State(state): State<AppState>) -> Response {
@@ -253,6 +253,8 @@ pub async fn health(State(state): State<AppState>) -> Response {
         details: wire::HealthDetails {
             nats_connected,
             database_connected: store.healthy,
+            database_writable: state.hub.write_state().is_ok(),
+            database_error: (!store.healthy).then(|| store.detail.clone()),
             running: !state.shutdown.is_cancelled(),
         },
     };

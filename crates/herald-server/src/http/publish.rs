@@ -87,7 +87,7 @@ pub async fn publish_event(
             return publish_many(&state, events).await;
         }
     };
-    let published = state.hub.publish(event).await?;
+    let published = state.publish(event).await?;
     let event = &published.event;
     let status = if published.duplicate {
         StatusCode::OK
@@ -214,7 +214,7 @@ pub(crate) fn parse_all<T>(
 
 /// Commits validated events in one transaction and answers with a result per event.
 async fn publish_many(state: &AppState, events: Vec<NewEvent>) -> Result<Response, ApiError> {
-    let published = state.hub.publish_batch(events).await?;
+    let published = state.publish_batch(events).await?;
     let status = if published.iter().all(|p| p.duplicate) {
         StatusCode::OK
     } else {
@@ -390,7 +390,7 @@ pub async fn publish_legacy(
     let structured = cloudevents::legacy_to_structured(source, request)?;
     let event =
         cloudevents::parse_structured(&state, structured, header_correlation_id(&headers)?)?;
-    let published = state.hub.publish(event).await?;
+    let published = state.publish(event).await?;
     let status = if published.duplicate {
         StatusCode::OK
     } else {

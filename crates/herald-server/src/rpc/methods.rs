@@ -286,7 +286,7 @@ impl RpcMethod for BusPublish {
 
     async fn call(call: &Call<'_>, params: EventParams) -> Result<Box<RawValue>, RpcError> {
         let event = params.into_new_event(call)?;
-        let published = call.state.hub.publish(event).await?;
+        let published = call.state.publish(event).await?;
         to_result(&wire::Published::from(&published))
     }
 }
@@ -402,7 +402,7 @@ impl RpcMethod for BusPublishBatch {
             .into_iter()
             .map(|event| event.into_new_event(call))
             .collect::<Result<Vec<_>, _>>()?;
-        let published = call.state.hub.publish_batch(events).await?;
+        let published = call.state.publish_batch(events).await?;
         let results: Vec<wire::Published<'_>> = published.iter().map(Into::into).collect();
         to_result(&wire::PublishedBatch {
             count: results.len(),

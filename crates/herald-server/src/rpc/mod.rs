@@ -224,6 +224,24 @@ fn answer_one(response: &wire::Response<'_>) -> Response {
     Json(response).into_response()
 }
 
+/// The answer to a request whose declared body is over the limit, sent before reading it.
+pub(crate) fn body_too_large() -> Response {
+    let mut response = answer_one(&failure(
+        RawValue::NULL,
+        RpcError::new(
+            RpcCode::InvalidRequest,
+            ErrorCode::PayloadTooLarge,
+            "the request body is larger than the configured limit for /rpc (HERALD_MAX_BATCH_BODY_BYTES)",
+        ),
+    ));
+    // The body stays unread, so this connection cannot carry another request.
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
+}
+
 fn body_rejection(rejection: BytesRejection) -> RpcError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         RpcError::new(

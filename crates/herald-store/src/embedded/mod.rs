@@ -473,6 +473,11 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Longest wait between checkpoint attempts while they fail.
+const CHECKPOINT_MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// At most one log line per this while checkpoints fail.
+const CHECKPOINT_LOG_EVERY: Duration = Duration::from_secs(60);
+
 /// WAL size past which the checkpointer truncates it.
 const WAL_TRUNCATE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -495,10 +500,28 @@ fn spawn_checkpointer(
     let handle = std::thread::Builder::new()
         .name("herald-checkpoint".into())
         .spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                {
-                    tracing::warn!(%error, "WAL checkpoint failed.");
+            // While checkpoints fail (a full disk, a read-only file), try less often and
+            // log once a minute with the count, instead of twice a second.
+            let mut wait = interval;
+            let mut failures = 0u64;
+            let mut last_logged: Option<std::time::Instant> = None;
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
+                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    Ok(()) => {
+                        if failures > 0 {
+                            tracing::info!(failures, "WAL checkpoints succeed again.");
+                        }
+                        failures = 0;
+                        wait = interval;
+                    }
+                    Err(error) => {
+                        failures += 1;
+                        wait = (wait * 2).min(CHECKPOINT_MAX_BACKOFF);
+                        if last_logged.is_none_or(|at| at.elapsed() >= CHECKPOINT_LOG_EVERY) {
+                            last_logged = Some(std::time::Instant::now());
+                            tracing::warn!(%error, failures, retry_in = ?wait, "WAL checkpoint failed.");
+                        }
+                    }
                 }
                 let wal_bytes = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
                 if wal_bytes > WAL_TRUNCATE_BYTES {

@@ -8,6 +8,7 @@ mod api;
 mod bad_input;
 mod cli;
 mod crash;
+mod hardening;
 mod lifecycle;
 mod nats;
 mod postgres;

@@ -1,0 +1,364 @@
+//! Faults and abuse, as a hostile client or a bad day would bring them: an unread stderr
+//! pipe, silent and slow sockets, a full connection or stream cap, malformed HTTP that
+//! hyper answers by itself, a huge declared body, and a store that hangs mid-commit.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use herald_store::testing::TestPostgres;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+
+use crate::harness::*;
+
+/// Sends `request` on a fresh connection and reads until the server closes it (or
+/// `wait` passes). Returns the raw answer.
+async fn raw_exchange(addr: &str, request: &[u8], wait: Duration) -> String {
+    let mut socket = TcpStream::connect(addr).await.expect("connect");
+    socket.write_all(request).await.expect("send");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(wait, socket.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The status and JSON body of a raw HTTP answer.
+fn status_and_json(answer: &str) -> (u16, Value) {
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP answer: {answer:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let json =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {answer:?}"));
+    (status, json)
+}
+
+/// Whether the server closed `socket` (reads EOF or a reset) within `wait`.
+async fn closed_within(socket: &mut TcpStream, wait: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(wait, socket.read(&mut byte)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+/// The hub used to write its log to stderr from its async workers: once a pipe nobody
+/// read was full (64 KiB), both workers blocked in `write(2)` and every route stopped
+/// answering. Now a full pipe can only cost log lines, which are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_stderr_pipe_cannot_freeze_the_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(HERALD);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("herald.db"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        // The pipe under test: never read.
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    scrub_env(&mut cmd);
+    // The access log: one line per request.
+    cmd.env("RUST_LOG", "debug");
+    let mut child = cmd.spawn().expect("spawn");
+    let _unread_stderr = child.stderr.take();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), stdout.next_line())
+        .await
+        .expect("listening line in time")
+        .unwrap()
+        .unwrap();
+    let base = parse_listening_line(&line).expect("listening line");
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+
+    // Far more log lines than a pipe and the log buffer hold together.
+    let http = http_client();
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, base) = (http.clone(), base.clone());
+            tokio::spawn(async move {
+                let mut slowest = Duration::ZERO;
+                for _ in 0..3_000 {
+                    let started = Instant::now();
+                    let response = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        http.get(format!("{base}/health")).send(),
+                    )
+                    .await
+                    .expect("/health answers within 5 s with stderr unread")
+                    .unwrap();
+                    assert_eq!(response.status(), 200);
+                    slowest = slowest.max(started.elapsed());
+                }
+                slowest
+            })
+        })
+        .collect();
+    for worker in workers {
+        let slowest = worker.await.unwrap();
+        assert!(
+            slowest < Duration::from_secs(2),
+            "slowest /health: {slowest:?}"
+        );
+    }
+    // The dropped lines are counted (the counter is refreshed once a second).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let dropped = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("herald_log_lines_dropped_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if dropped > 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "herald_log_lines_dropped_total stays 0 while stderr is unread"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = child.kill().await;
+}
+
+/// Slowloris: sockets that send nothing, or drip a header line now and then, used to
+/// stay open for ever and lock every client out at the connection cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_dripping_sockets_are_cut_off_and_health_is_served_at_the_cap() {
+    let herald = TestHerald::start_with(&[
+        "--max-connections",
+        "4",
+        "--reserve-connections",
+        "2",
+        "--header-read-timeout-secs",
+        "2",
+    ])
+    .await;
+    let addr = herald.addr();
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    let mut dripping = TcpStream::connect(&addr).await.unwrap();
+    dripping
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // At the cap: health is still answered, on the reserve, at once.
+    let started = Instant::now();
+    let answer = raw_exchange(
+        &addr,
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let (status, body) = status_and_json(&answer);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(body["status"], "healthy");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(answer.to_ascii_lowercase().contains("connection: close"));
+    // Anything else on the reserve is refused politely.
+    let answer = raw_exchange(
+        &addr,
+        b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let (status, body) = status_and_json(&answer);
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(body["error"]["code"], "too_many_connections");
+    assert!(answer.to_ascii_lowercase().contains("retry-after"));
+
+    // The drip goes on, a line a second: the head is still incomplete after 2 s.
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let _ = dripping
+            .write_all(format!("X-Drip-{i}: 1\r\n").as_bytes())
+            .await;
+    }
+    assert!(closed_within(&mut dripping, Duration::from_secs(2)).await);
+    for socket in &mut silent {
+        assert!(closed_within(socket, Duration::from_secs(1)).await);
+    }
+    // And ordinary clients are served again.
+    let events = herald.query(&[]).await;
+    assert!(events.is_empty());
+}
+
+/// With every stream open (and as many streams as connections), a new stream and
+/// `/health` used to hang in the backlog; now the reserve answers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stream_cap_still_answers_health_and_refuses_new_streams() {
+    let herald = TestHerald::start_with(&["--max-connections", "3", "--max-streams", "3"]).await;
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        streams.push(herald.ws_connect(&stream_path("hub.>", "")).await);
+    }
+    let answer = raw_exchange(
+        &herald.addr(),
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(status_and_json(&answer).0, 200, "{answer}");
+    let refused = herald
+        .try_ws_connect(&stream_path("hub.>", ""), None)
+        .await
+        .expect_err("no fourth stream");
+    match refused {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            assert_eq!(response.status(), 503);
+            let body: Value =
+                serde_json::from_slice(response.body().as_deref().unwrap_or_default()).unwrap();
+            assert_eq!(body["error"]["code"], "too_many_streams");
+        }
+        other => panic!("expected a 503 answer, got {other}"),
+    }
+    for ws in streams {
+        ws_close(ws).await;
+    }
+}
+
+/// What hyper answers by itself — a malformed request (400), a URI over 64 KiB (414),
+/// too many headers (431) — used to have an empty body. Every error is JSON.
+#[tokio::test]
+async fn malformed_http_gets_json_errors() {
+    let herald = TestHerald::start().await;
+    let addr = herald.addr();
+    let wait = Duration::from_secs(5);
+
+    let answer = raw_exchange(&addr, b"NOT HTTP AT ALL\r\n\r\n", wait).await;
+    let (status, body) = status_and_json(&answer);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    let answer = raw_exchange(&addr, long_uri.as_bytes(), wait).await;
+    let (status, body) = status_and_json(&answer);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (414, Some("uri_too_long"))
+    );
+
+    let mut many_headers = String::from("GET /health HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..200 {
+        many_headers.push_str(&format!("X-{i}: a\r\n"));
+    }
+    many_headers.push_str("\r\n");
+    let answer = raw_exchange(&addr, many_headers.as_bytes(), wait).await;
+    let (status, body) = status_and_json(&answer);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (431, Some("headers_too_large"))
+    );
+    herald.assert_healthy().await;
+}
+
+/// `Content-Length: 10000000000` used to wait for a body that never comes; the limit is
+/// known from the header, so the answer is an immediate 413.
+#[tokio::test]
+async fn an_oversized_declared_body_is_refused_before_it_is_sent() {
+    let herald = TestHerald::start().await;
+    for path in ["/api/events", "/api/events:batch", "/rpc"] {
+        let started = Instant::now();
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: 10000000000\r\n\r\n"
+        );
+        let answer = raw_exchange(&herald.addr(), request.as_bytes(), Duration::from_secs(5)).await;
+        let (status, body) = status_and_json(&answer);
+        if path == "/rpc" {
+            // JSON-RPC answers in-band: "Invalid Request" with the REST code in data.
+            assert_eq!(status, 200, "{answer}");
+            assert_eq!(body["error"]["code"], -32600);
+            assert_eq!(body["error"]["data"]["code"], "payload_too_large");
+        } else {
+            assert_eq!(status, 413, "{path}: {answer}");
+            assert_eq!(body["error"]["code"], "payload_too_large");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{path}: {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(herald.event_count().await, 0);
+}
+
+/// A publish that reached the commit queue used to be answered `408` when the store
+/// hung, and was committed after all once it came back. Now such a request is answered
+/// `503 outcome_unknown` with the event ids; publishing again with the same id settles
+/// it (stored once). Meanwhile `/health` says the store is unhealthy, and says so no
+/// longer once commits go through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_store_answers_outcome_unknown_and_unhealthy_never_rejected() {
+    let pg = TestPostgres::local(&[]).expect("start PostgreSQL");
+    let url = pg.create_database().await.unwrap();
+    let herald = TestHerald::start_on(Some(&url), &["--request-timeout-secs", "2"]).await;
+    herald.publish("hub.t.before", json!({})).await;
+
+    pg.freeze().await.unwrap();
+    let id = uuid::Uuid::new_v4();
+    let body = json!({"id": id, "subject": "hub.t.hung", "payload": {"n": 1}});
+    let response = herald.post_event(&body).await;
+    let status = response.status().as_u16();
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["error"]["code"], "outcome_unknown", "{answer}");
+    assert_eq!(answer["error"]["event_ids"], json!([id]));
+
+    // The commit hangs: health says so (a stall counts after 5 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let health = loop {
+        let response = herald.http.get(herald.url("/health")).send().await.unwrap();
+        let status = response.status().as_u16();
+        let health: Value = response.json().await.unwrap();
+        if status == 503 {
+            break health;
+        }
+        assert!(Instant::now() < deadline, "still {status} {health}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(health["status"], "unhealthy");
+    assert_eq!(health["database"], "unhealthy");
+
+    pg.thaw().await.unwrap();
+    // Publishing again with the same id settles it: stored exactly once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let settled = loop {
+        let response = herald.post_event(&body).await;
+        let status = response.status().as_u16();
+        if status == 200 || status == 201 {
+            break response.json::<Value>().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "retry still answered {status}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(settled["event_id"], json!(id));
+    let stored: Vec<Value> = herald
+        .all_events()
+        .await
+        .into_iter()
+        .filter(|e| e["id"] == json!(id))
+        .collect();
+    assert_eq!(stored.len(), 1, "stored exactly once");
+    herald.assert_healthy().await;
+}
