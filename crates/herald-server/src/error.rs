@@ -1,5 +1,5 @@
-//! Every error the API can answer, in one table: code, HTTP status, and the JSON body
-//! `{"error": {"code": "...", "message": "..."}}`.
+//! Every error the API can answer, in one table: code, HTTP status, JSON-RPC code, and
+//! the JSON body `{"error": {"code": "...", "message": "..."}}`.
 //!
 //! Codes are part of the wire contract: a code keeps its meaning forever. Retire codes;
 //! never reuse them.
@@ -9,10 +9,12 @@ use axum::response::{IntoResponse, Response};
 use herald_hub::HubError;
 use serde::Serialize;
 
-/// Defines [`ErrorCode`] from one table: variant, wire code and HTTP status. The same
-/// table gives [`ErrorCode::ALL`], which the OpenAPI document lists per status.
+/// Defines [`ErrorCode`] from one table: variant, wire code, HTTP status and the
+/// JSON-RPC code the same condition gets on `/rpc` (explicit for every code, so that a
+/// new status never falls into a JSON-RPC kind by accident). The same table gives
+/// [`ErrorCode::ALL`], which the OpenAPI document lists per status.
 macro_rules! error_codes {
-    ($($(#[$doc:meta])* $variant:ident = $code:literal => $status:ident,)+) => {
+    ($($(#[$doc:meta])* $variant:ident = $code:literal => $status:ident, $rpc:ident,)+) => {
         /// What went wrong, as clients see it.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub enum ErrorCode {
@@ -34,57 +36,136 @@ macro_rules! error_codes {
                     $(ErrorCode::$variant => StatusCode::$status,)+
                 }
             }
+
+            /// The JSON-RPC `error.code` of this condition.
+            pub fn rpc(self) -> RpcCode {
+                match self {
+                    $(ErrorCode::$variant => RpcCode::$rpc,)+
+                }
+            }
         }
     };
 }
 
 error_codes! {
     /// The body is not valid JSON.
-    InvalidJson = "invalid_json" => BAD_REQUEST,
+    InvalidJson = "invalid_json" => BAD_REQUEST, ParseError,
     /// The body is JSON but not the shape the endpoint takes.
-    InvalidBody = "invalid_body" => UNPROCESSABLE_ENTITY,
-    InvalidSubject = "invalid_subject" => UNPROCESSABLE_ENTITY,
-    InvalidPayload = "invalid_payload" => UNPROCESSABLE_ENTITY,
-    InvalidCorrelationId = "invalid_correlation_id" => UNPROCESSABLE_ENTITY,
+    InvalidBody = "invalid_body" => UNPROCESSABLE_ENTITY, InvalidParams,
+    InvalidSubject = "invalid_subject" => UNPROCESSABLE_ENTITY, InvalidParams,
+    InvalidPayload = "invalid_payload" => UNPROCESSABLE_ENTITY, InvalidParams,
+    InvalidCorrelationId = "invalid_correlation_id" => UNPROCESSABLE_ENTITY, InvalidParams,
     /// One or more events of a batch are invalid (see `items`), or the batch is empty or too big.
-    InvalidBatch = "invalid_batch" => UNPROCESSABLE_ENTITY,
+    InvalidBatch = "invalid_batch" => UNPROCESSABLE_ENTITY, InvalidParams,
     /// A CloudEvent is missing a required attribute, has a bad `specversion`, or
     /// otherwise breaks the CloudEvents v1.0 spec.
-    InvalidCloudEvent = "invalid_cloudevent" => UNPROCESSABLE_ENTITY,
+    InvalidCloudEvent = "invalid_cloudevent" => UNPROCESSABLE_ENTITY, InvalidParams,
     /// A query-string parameter is missing its value, malformed or out of range.
-    InvalidQuery = "invalid_query" => BAD_REQUEST,
-    InvalidEventId = "invalid_event_id" => BAD_REQUEST,
-    PayloadTooLarge = "payload_too_large" => PAYLOAD_TOO_LARGE,
-    QueryTooLong = "query_too_long" => BAD_REQUEST,
+    InvalidQuery = "invalid_query" => BAD_REQUEST, InvalidParams,
+    InvalidEventId = "invalid_event_id" => BAD_REQUEST, InvalidParams,
+    PayloadTooLarge = "payload_too_large" => PAYLOAD_TOO_LARGE, InvalidRequest,
+    QueryTooLong = "query_too_long" => BAD_REQUEST, InvalidRequest,
     /// `GET /api/events/stream` without a WebSocket upgrade.
-    WebsocketRequired = "websocket_required" => BAD_REQUEST,
-    RequestTimeout = "request_timeout" => REQUEST_TIMEOUT,
+    WebsocketRequired = "websocket_required" => BAD_REQUEST, InvalidRequest,
+    RequestTimeout = "request_timeout" => REQUEST_TIMEOUT, Unavailable,
     /// The request line or a header is not valid HTTP/1.1 (answered before any route).
-    BadRequest = "bad_request" => BAD_REQUEST,
+    BadRequest = "bad_request" => BAD_REQUEST, InvalidRequest,
     /// The URI is longer than the server reads.
-    UriTooLong = "uri_too_long" => URI_TOO_LONG,
+    UriTooLong = "uri_too_long" => URI_TOO_LONG, InvalidRequest,
     /// Too many request headers, or too large.
-    HeadersTooLarge = "headers_too_large" => REQUEST_HEADER_FIELDS_TOO_LARGE,
-    NotFound = "not_found" => NOT_FOUND,
-    EventNotFound = "event_not_found" => NOT_FOUND,
+    HeadersTooLarge = "headers_too_large" => REQUEST_HEADER_FIELDS_TOO_LARGE, InvalidRequest,
+    NotFound = "not_found" => NOT_FOUND, InvalidRequest,
+    EventNotFound = "event_not_found" => NOT_FOUND, EventNotFound,
     /// A routing rule is malformed (`POST /api/rules`); nothing was stored.
-    InvalidRule = "invalid_rule" => UNPROCESSABLE_ENTITY,
-    RuleNotFound = "rule_not_found" => NOT_FOUND,
+    InvalidRule = "invalid_rule" => UNPROCESSABLE_ENTITY, InvalidParams,
+    RuleNotFound = "rule_not_found" => NOT_FOUND, InvalidParams,
     /// A routing rule with that id already exists.
-    RuleExists = "rule_exists" => CONFLICT,
+    RuleExists = "rule_exists" => CONFLICT, InvalidParams,
     /// The hub already keeps the most routing rules it takes.
-    TooManyRules = "too_many_rules" => CONFLICT,
-    MethodNotAllowed = "method_not_allowed" => METHOD_NOT_ALLOWED,
-    TooManyStreams = "too_many_streams" => SERVICE_UNAVAILABLE,
+    TooManyRules = "too_many_rules" => CONFLICT, InvalidRequest,
+    MethodNotAllowed = "method_not_allowed" => METHOD_NOT_ALLOWED, InvalidRequest,
+    TooManyStreams = "too_many_streams" => SERVICE_UNAVAILABLE, Unavailable,
     /// The server is at its connection cap (`HERALD_MAX_CONNECTIONS`); only health checks
     /// are answered on the reserve above it.
-    TooManyConnections = "too_many_connections" => SERVICE_UNAVAILABLE,
+    TooManyConnections = "too_many_connections" => SERVICE_UNAVAILABLE, Unavailable,
     /// The request ran out of time after its events reached the commit queue: they may
     /// or may not be stored. Publish again with the same ids (`event_ids`) to settle it.
-    OutcomeUnknown = "outcome_unknown" => SERVICE_UNAVAILABLE,
-    StoreUnavailable = "store_unavailable" => SERVICE_UNAVAILABLE,
-    ShuttingDown = "shutting_down" => SERVICE_UNAVAILABLE,
-    Internal = "internal_error" => INTERNAL_SERVER_ERROR,
+    OutcomeUnknown = "outcome_unknown" => SERVICE_UNAVAILABLE, Unavailable,
+    StoreUnavailable = "store_unavailable" => SERVICE_UNAVAILABLE, Unavailable,
+    ShuttingDown = "shutting_down" => SERVICE_UNAVAILABLE, Unavailable,
+    Internal = "internal_error" => INTERNAL_SERVER_ERROR, Internal,
+}
+
+/// The `error.code` numbers of this endpoint. They keep their meaning forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RpcCode {
+    ParseError,
+    InvalidRequest,
+    MethodNotFound,
+    InvalidParams,
+    Internal,
+    Unavailable,
+    EventNotFound,
+}
+
+impl RpcCode {
+    /// Every code, in the order `GET /rpc/methods` lists them.
+    pub const ALL: [RpcCode; 7] = [
+        RpcCode::ParseError,
+        RpcCode::InvalidRequest,
+        RpcCode::MethodNotFound,
+        RpcCode::InvalidParams,
+        RpcCode::Internal,
+        RpcCode::Unavailable,
+        RpcCode::EventNotFound,
+    ];
+
+    pub fn number(self) -> i64 {
+        match self {
+            RpcCode::ParseError => -32700,
+            RpcCode::InvalidRequest => -32600,
+            RpcCode::MethodNotFound => -32601,
+            RpcCode::InvalidParams => -32602,
+            RpcCode::Internal => -32603,
+            RpcCode::Unavailable => -32000,
+            RpcCode::EventNotFound => -32004,
+        }
+    }
+
+    /// The start of every message with this code: `"Method not found: invalid.method"`.
+    pub fn title(self) -> &'static str {
+        match self {
+            RpcCode::ParseError => "Parse error",
+            RpcCode::InvalidRequest => "Invalid Request",
+            RpcCode::MethodNotFound => "Method not found",
+            RpcCode::InvalidParams => "Invalid params",
+            RpcCode::Internal => "Internal error",
+            RpcCode::Unavailable => "Unavailable",
+            RpcCode::EventNotFound => "Event not found",
+        }
+    }
+
+    pub fn meaning(self) -> &'static str {
+        match self {
+            RpcCode::ParseError => "the body is not valid JSON (the response's id is null)",
+            RpcCode::InvalidRequest => {
+                "not a JSON-RPC 2.0 request: `jsonrpc` is not \"2.0\", `method` is not a string, \
+                 `params` is not an object or array, `id` is not a string, number or null, an \
+                 empty batch, a batch of more than 1000 requests, or a body over the size limit"
+            }
+            RpcCode::MethodNotFound => "no such method; `data.available_methods` lists them all",
+            RpcCode::InvalidParams => {
+                "a parameter is missing, unknown, of the wrong type or invalid; `data.param` \
+                 names it and `data.reason` says why. Nothing of the call was stored"
+            }
+            RpcCode::Internal => "a bug or damaged data on the server; not worth retrying",
+            RpcCode::Unavailable => {
+                "the store cannot serve right now or the hub is shutting down; nothing of the \
+                 call was stored. Retry after `data.retry_after_secs`"
+            }
+            RpcCode::EventNotFound => "`bus.get`: no event has this id",
+        }
+    }
 }
 
 /// An error answer. Build one with [`ApiError::new`]; it renders itself.

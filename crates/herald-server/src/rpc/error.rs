@@ -15,80 +15,9 @@
 use herald_hub::HubError;
 use serde_json::{Map, Value};
 
+pub use crate::error::RpcCode;
 use crate::error::{ApiError, ErrorCode};
 use crate::rpc::wire;
-
-/// The `error.code` numbers of this endpoint. They keep their meaning forever.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RpcCode {
-    ParseError,
-    InvalidRequest,
-    MethodNotFound,
-    InvalidParams,
-    Internal,
-    Unavailable,
-    EventNotFound,
-}
-
-impl RpcCode {
-    /// Every code, in the order `GET /rpc/methods` lists them.
-    pub const ALL: [RpcCode; 7] = [
-        RpcCode::ParseError,
-        RpcCode::InvalidRequest,
-        RpcCode::MethodNotFound,
-        RpcCode::InvalidParams,
-        RpcCode::Internal,
-        RpcCode::Unavailable,
-        RpcCode::EventNotFound,
-    ];
-
-    pub fn number(self) -> i64 {
-        match self {
-            RpcCode::ParseError => -32700,
-            RpcCode::InvalidRequest => -32600,
-            RpcCode::MethodNotFound => -32601,
-            RpcCode::InvalidParams => -32602,
-            RpcCode::Internal => -32603,
-            RpcCode::Unavailable => -32000,
-            RpcCode::EventNotFound => -32004,
-        }
-    }
-
-    /// The start of every message with this code: `"Method not found: invalid.method"`.
-    pub fn title(self) -> &'static str {
-        match self {
-            RpcCode::ParseError => "Parse error",
-            RpcCode::InvalidRequest => "Invalid Request",
-            RpcCode::MethodNotFound => "Method not found",
-            RpcCode::InvalidParams => "Invalid params",
-            RpcCode::Internal => "Internal error",
-            RpcCode::Unavailable => "Unavailable",
-            RpcCode::EventNotFound => "Event not found",
-        }
-    }
-
-    pub fn meaning(self) -> &'static str {
-        match self {
-            RpcCode::ParseError => "the body is not valid JSON (the response's id is null)",
-            RpcCode::InvalidRequest => {
-                "not a JSON-RPC 2.0 request: `jsonrpc` is not \"2.0\", `method` is not a string, \
-                 `params` is not an object or array, `id` is not a string, number or null, an \
-                 empty batch, a batch of more than 1000 requests, or a body over the size limit"
-            }
-            RpcCode::MethodNotFound => "no such method; `data.available_methods` lists them all",
-            RpcCode::InvalidParams => {
-                "a parameter is missing, unknown, of the wrong type or invalid; `data.param` \
-                 names it and `data.reason` says why. Nothing of the call was stored"
-            }
-            RpcCode::Internal => "a bug or damaged data on the server; not worth retrying",
-            RpcCode::Unavailable => {
-                "the store cannot serve right now or the hub is shutting down; nothing of the \
-                 call was stored. Retry after `data.retry_after_secs`"
-            }
-            RpcCode::EventNotFound => "`bus.get`: no event has this id",
-        }
-    }
-}
 
 /// An error answer to one call. Its [`RpcCode`] gives `error.code`; `data.code` is the
 /// REST code of the same condition.
@@ -110,6 +39,15 @@ impl RpcError {
             detail: detail.into(),
             data: Map::new(),
         }
+    }
+
+    /// Adds `data.event_ids` when there are any (`outcome_unknown`).
+    fn with_event_ids(self, ids: &[uuid::Uuid]) -> Self {
+        if ids.is_empty() {
+            return self;
+        }
+        let ids: Vec<Value> = ids.iter().map(|id| Value::from(id.to_string())).collect();
+        self.with("event_ids", ids)
     }
 
     /// Adds a member to `error.data`.
@@ -160,18 +98,9 @@ impl RpcError {
 /// `data.code` and get the JSON-RPC code of their kind.
 impl From<ApiError> for RpcError {
     fn from(error: ApiError) -> Self {
-        let status = error.code.status();
-        let rpc = match error.code {
-            ErrorCode::InvalidJson => RpcCode::ParseError,
-            ErrorCode::EventNotFound => RpcCode::EventNotFound,
-            ErrorCode::InvalidQuery | ErrorCode::InvalidEventId => RpcCode::InvalidParams,
-            // Every "the body is JSON but a field is wrong" code (invalid_subject, …).
-            _ if status.as_u16() == 422 => RpcCode::InvalidParams,
-            _ if status.as_u16() == 503 || status.as_u16() == 408 => RpcCode::Unavailable,
-            _ if status.is_client_error() => RpcCode::InvalidRequest,
-            _ => RpcCode::Internal,
-        };
-        let rpc_error = RpcError::new(rpc, error.code, error.message);
+        let rpc = error.code.rpc();
+        let rpc_error =
+            RpcError::new(rpc, error.code, error.message).with_event_ids(&error.event_ids);
         match rpc {
             RpcCode::Unavailable => {
                 tracing::warn!(code = error.code.as_str(), message = %rpc_error.detail, "RPC call failed.");
@@ -218,6 +147,18 @@ mod tests {
         let error = RpcError::from(HubError::ShuttingDown).to_wire();
         assert_eq!(error.code, -32000);
         assert_eq!(error.data["code"], "shutting_down");
+    }
+
+    #[test]
+    fn every_rest_code_has_its_own_json_rpc_kind() {
+        // The column is explicit: a new code cannot fall into a kind by its status.
+        for code in ErrorCode::ALL {
+            let rpc = code.rpc();
+            assert!(RpcCode::ALL.contains(&rpc), "{code:?}");
+            if code.status().is_server_error() && *code != ErrorCode::Internal {
+                assert_eq!(rpc, RpcCode::Unavailable, "{code:?}");
+            }
+        }
     }
 
     #[test]
