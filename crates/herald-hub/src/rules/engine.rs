@@ -220,9 +220,9 @@ fn record(entry: &Entry, seq: Seq, event: Option<&Event>, result: Result<(), Str
                     event_id = %event.map(|e| e.id.to_string()).unwrap_or_default(),
                     seq,
                     %reason,
+                    // Failures of this rule not logged since its previous such line.
                     suppressed,
-                    "A routing rule's action failed; this event is given up \
-                     (`suppressed`: failures of this rule not logged since its previous such line)."
+                    "A routing rule's action failed; this event is given up."
                 );
             }
             "failed"
