@@ -23,11 +23,11 @@
 //!
 //! **Request slots.** A rule has at most [`WEBHOOK_IN_FLIGHT`] deliveries in flight (its
 //! consumer takes no more events), so a receiver that hangs can hold at most that many
-//! requests. Each rule's first open request uses a slot of its own ([`Lane`]); the others
-//! take slots from a hub-wide pool of [`SHARED_REQUESTS`], which bounds sockets and
-//! request bodies to `rules + SHARED_REQUESTS`. So no rule ever waits for a slot that
-//! another rule holds before it can send: however many receivers hang, every rule keeps
-//! at least one request going. Hanging rules hold pool slots only until their breaker
+//! requests. Each rule's first open request uses a slot of its own (its `Lane`); the
+//! others take slots from a hub-wide pool of [`SHARED_REQUESTS`], which bounds sockets
+//! and request bodies to `rules + SHARED_REQUESTS`. So a rule's first request never waits
+//! for a slot another rule holds: however many receivers hang, every rule keeps at least
+//! one request going. Hanging rules hold pool slots only until their breaker
 //! opens (their timeouts are failures); an open breaker sends one probe at a time, on
 //! the rule's own slot. With the defaults, pool slots run out only when more than 36
 //! rules hang at once, each until its first timeouts.
