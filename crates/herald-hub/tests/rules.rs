@@ -1,6 +1,7 @@
 //! Routing rules against a real store and real HTTP receivers (axum on loopback):
-//! retries and signatures, isolation of a failing rule, several rules per event, handler
-//! closures, disabled rules, and resuming from the cursor after a restart.
+//! retries and signatures, isolation of a failing rule, the circuit breaker, several
+//! rules per event, handler closures, disabled rules, and resuming from the cursor after
+//! a restart.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,8 +12,10 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
-use herald_core::{NewEvent, Origin, Pattern, Payload, Subject};
-use herald_hub::rules::{Action, RuleError, RuleOptions, RuleSpec, Webhook};
+use herald_core::{NewEvent, Origin, Pattern, Payload, Subject, Timestamp};
+use herald_hub::rules::{
+    Action, BreakerState, CircuitBreaker, RuleError, RuleId, RuleOptions, RuleSpec, Webhook,
+};
 use herald_hub::{Hub, HubConfig};
 use herald_store::{AnyStore, EmbeddedOptions, EmbeddedStore, Store};
 use hmac::{KeyInit, Mac};
@@ -229,6 +232,7 @@ async fn webhook_is_retried_until_accepted_and_signed() {
         .unwrap();
     let mut spec = RuleSpec::new(pattern("hub.test.>"), Action::Webhook(webhook));
     spec.description = Some("audit".into());
+    spec.id = Some(RuleId::new("audit.trail:v1").unwrap());
     let rule = hub.add_rule(spec).await.unwrap();
     assert!(rule.persisted && rule.enabled);
 
@@ -240,7 +244,14 @@ async fn webhook_is_retried_until_accepted_and_signed() {
     let requests = receiver.requests();
     assert_eq!(requests.len(), 3, "two 500s, then a 200: {requests:?}");
     assert_eq!(delivered.len(), 1);
-    let expected_id = format!("{}:{}", rule.id, published.event.id);
+    let expected_id = herald_hub::rules::webhook::message_id(&rule.id, published.event.id);
+    // Standard Webhooks: "It's important that both the message id and the timestamp not
+    // be user controlled, or at the very least not be allowed to include any `.` to
+    // prevent certain attacks." The rule id here has a dot.
+    assert!(
+        expected_id.starts_with("msg_") && !expected_id.contains('.'),
+        "{expected_id}"
+    );
     for request in &requests {
         assert_eq!(
             request.id, expected_id,
@@ -369,6 +380,108 @@ async fn a_failing_receiver_blocks_neither_publishing_nor_other_rules() {
         started.elapsed() < Duration::from_secs(5),
         "shutdown does not wait for hanging deliveries"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_holds_events_back_without_skipping_any() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(Mode::Fail).await;
+    let webhook = Webhook::new(&receiver.url)
+        .unwrap()
+        .with_max_attempts(20)
+        .unwrap()
+        .with_circuit_breaker(
+            CircuitBreaker::new(3, Duration::from_secs(1), Duration::from_secs(2)).unwrap(),
+        );
+    let mut spec = RuleSpec::new(pattern("hub.cb.>"), Action::Webhook(webhook));
+    spec.id = Some(RuleId::new("cb").unwrap());
+    let breaker = |hub: &Hub| hub.routing_rule("cb").unwrap().breaker.unwrap();
+
+    // First run: the receiver fails; the breaker opens and nothing is sent while it is.
+    let hub = open_hub(&dir).await;
+    let rule = hub.add_rule(spec).await.unwrap();
+    let status = rule.breaker.expect("webhook rules have a breaker");
+    assert_eq!((status.state, status.trips), (BreakerState::Closed, 0));
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(hub.publish(event("hub.cb.x", n)).await.unwrap().event.id);
+    }
+    let start_seq = 0;
+    assert!(
+        wait_until(Duration::from_secs(10), || breaker(&hub).state
+            == BreakerState::Open)
+        .await
+    );
+    let status = breaker(&hub);
+    assert_eq!(status.trips, 1);
+    assert!(status.consecutive_failures >= 3, "{status:?}");
+    // Attempts sent before it opened may still be answered; then nothing more.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sent = receiver.requests().len();
+    assert!((3..=4).contains(&sent), "{sent}");
+    let until_probe = status.next_probe_at.unwrap().as_micros() - Timestamp::now().as_micros();
+    assert!(until_probe > 300_000, "{until_probe} µs");
+    tokio::time::sleep(Duration::from_micros(until_probe as u64 - 100_000)).await;
+    assert_eq!(
+        receiver.requests().len(),
+        sent,
+        "nothing is sent while open"
+    );
+    assert_eq!(stats(&hub, "cb").failed, 0, "no event is given up");
+    // The probe fails: open again, for twice as long.
+    assert!(
+        wait_until(Duration::from_secs(5), || breaker(&hub).trips == 2).await,
+        "{:?}",
+        breaker(&hub)
+    );
+    let status = breaker(&hub);
+    assert_eq!(status.state, BreakerState::Open);
+    assert_eq!(
+        status.next_probe_at.unwrap().as_micros() - status.opened_at.unwrap().as_micros(),
+        2_000_000
+    );
+    assert_eq!(receiver.requests().len(), sent + 1, "one probe");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    hub.shutdown().await;
+    let store = EmbeddedStore::open(dir.path().join("herald.db"), EmbeddedOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_cursor("rule:cb").await.unwrap(),
+        start_seq,
+        "the cursor stays before the events that wait"
+    );
+    store.close().await.unwrap();
+
+    // Second run: the rule resumes from its cursor; the receiver recovers during the
+    // cool-down, the probe closes the breaker, and every event arrives.
+    let hub = open_hub(&dir).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || breaker(&hub).state
+            == BreakerState::Open)
+        .await
+    );
+    receiver.set_mode(Mode::Accept);
+    let delivered = receiver.wait_delivered(4, Duration::from_secs(10)).await;
+    let mut got: Vec<String> = delivered
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+    want.sort();
+    assert_eq!(got, want, "every event, none skipped");
+    let status = breaker(&hub);
+    assert_eq!(status.state, BreakerState::Closed);
+    assert_eq!((status.consecutive_failures, status.trips), (0, 1));
+    assert!(status.opened_at.is_none() && status.next_probe_at.is_none());
+    assert!(
+        wait_until(Duration::from_secs(5), || stats(&hub, "cb").delivered == 4).await,
+        "{:?}",
+        stats(&hub, "cb")
+    );
+    assert_eq!(stats(&hub, "cb").failed, 0);
+    hub.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -687,7 +800,13 @@ async fn instances_sharing_a_store_take_in_each_others_rule_changes() {
     let published = b.publish(event("hub.b.x", 1)).await.unwrap();
     let delivered = receiver.wait_delivered(2, Duration::from_secs(10)).await;
     for request in &delivered {
-        assert_eq!(request.id, format!("shared:{}", published.event.id));
+        assert_eq!(
+            request.id,
+            herald_hub::rules::webhook::message_id(
+                &RuleId::new("shared").unwrap(),
+                published.event.id
+            )
+        );
     }
     assert!(a.remove_rule("shared").await.unwrap());
     assert!(

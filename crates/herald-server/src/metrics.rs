@@ -29,6 +29,8 @@
 //! | `herald_relay_published_total` / `_skipped_total` / `_errors_total` | counter | relayed events; events outside the stream's subjects; interruptions |
 //! | `herald_rule_actions_total{rule,outcome}` | counter | routing-rule actions: `delivered`, `failed`, `retried` |
 //! | `herald_rule_action_duration_seconds{rule}` | histogram | one action (a webhook attempt, a republish, a handler call) |
+//! | `herald_rule_breaker_state{rule}` | gauge | a webhook rule's circuit breaker: 0 closed, 1 open, 2 half-open |
+//! | `herald_rule_breaker_trips_total{rule}` | counter | times a webhook rule's circuit breaker opened |
 //! | `herald_bridge_ingested_total` / `_duplicates_total` / `_skipped_total` / `_rejected_total` / `_errors_total` | counter | NATS messages stored as events; already stored; relayed by this hub; invalid; interruptions |
 
 use std::sync::atomic::Ordering;
@@ -128,8 +130,8 @@ pub async fn track_http(request: Request, next: Next) -> Response {
     summary = "Prometheus metrics",
     description = "The Prometheus text exposition format (0.0.4): events published by result, \
         publish and commit latency, group-commit batch sizes, store size, head seq, live \
-        subscribers, streams and frames, catch-ups, HTTP requests by route and status, and \
-        JSON-RPC calls.",
+        subscribers, streams and frames, catch-ups, HTTP requests by route and status, \
+        JSON-RPC calls, and routing-rule actions and circuit breakers.",
     responses((status = 200, description = "The metrics.", body = String, content_type = "text/plain")),
 )]
 pub async fn render(State(state): State<AppState>) -> Response {

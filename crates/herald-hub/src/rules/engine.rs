@@ -21,6 +21,33 @@ use crate::{envelope, Hub, Subscription};
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// The wait before retrying a failed store read.
 const RETRY_STORE: Duration = Duration::from_secs(1);
+/// At most one warning per rule this often about events given up; the ones left out
+/// are counted in the next (a receiver that is down would otherwise write a line per
+/// event).
+const LOG_FAILURES_EVERY: Duration = Duration::from_secs(10);
+
+/// When a rule last logged a failure, and how many it has left out since.
+#[derive(Default)]
+pub(super) struct FailureLog {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl FailureLog {
+    /// `Some(left out since the last line)` when this failure should be logged.
+    fn should_log(&mut self, now: std::time::Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.duration_since(last) < LOG_FAILURES_EVERY => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
 
 /// Where a consumer starts.
 pub(super) enum Start {
@@ -155,10 +182,14 @@ async fn act(hub: Hub, entry: Arc<Entry>, event: Arc<Event>) {
         Target::Handler(handler) => handler(event.clone()).await,
         Target::Action(Action::Webhook(webhook)) => {
             let body = Bytes::from(envelope::to_json(&event));
+            let lane = entry
+                .lane
+                .as_ref()
+                .expect("enabled webhook rules have a lane");
             hub.inner
                 .rules
                 .delivery
-                .deliver(&entry.id, webhook, &event, body, &entry.counters)
+                .deliver(&entry.id, webhook, lane, &event, body, &entry.counters)
                 .await
         }
         Target::Action(Action::Republish { subject }) => {
@@ -178,13 +209,22 @@ fn record(entry: &Entry, seq: Seq, event: Option<&Event>, result: Result<(), Str
         }
         Err(reason) => {
             entry.counters.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                rule = %entry.id,
-                event_id = %event.map(|e| e.id.to_string()).unwrap_or_default(),
-                seq,
-                %reason,
-                "A routing rule's action failed; this event is given up."
-            );
+            let log = entry
+                .failure_log
+                .lock()
+                .expect("failure log lock")
+                .should_log(std::time::Instant::now());
+            if let Some(suppressed) = log {
+                tracing::warn!(
+                    rule = %entry.id,
+                    event_id = %event.map(|e| e.id.to_string()).unwrap_or_default(),
+                    seq,
+                    %reason,
+                    // Failures of this rule not logged since its previous such line.
+                    suppressed,
+                    "A routing rule's action failed; this event is given up."
+                );
+            }
             "failed"
         }
     };
@@ -214,4 +254,22 @@ async fn republish(
         )
         .await
         .map_err(|error| format!("cannot publish to NATS: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_logged_at_most_once_per_interval_with_the_count_left_out() {
+        let mut log = FailureLog::default();
+        let start = std::time::Instant::now();
+        assert_eq!(log.should_log(start), Some(0));
+        for i in 1..=199 {
+            assert_eq!(log.should_log(start + Duration::from_millis(i * 10)), None);
+        }
+        assert_eq!(log.should_log(start + LOG_FAILURES_EVERY), Some(199));
+        assert_eq!(log.should_log(start + LOG_FAILURES_EVERY), None);
+        assert_eq!(log.should_log(start + 3 * LOG_FAILURES_EVERY), Some(1));
+    }
 }

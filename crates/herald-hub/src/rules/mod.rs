@@ -21,9 +21,14 @@
 //! a rule whose receiver is down falls behind on its own, reading the store when it
 //! catches up, and the others go on. A webhook rule has at most
 //! [`WEBHOOK_IN_FLIGHT`] deliveries in flight (so they may arrive out of order; the body
-//! carries `seq`), the whole hub at most [`MAX_CONCURRENT_REQUESTS`] HTTP requests;
-//! republish and handler rules run one event at a time, in seq order.
+//! carries `seq`); the first of its requests never waits for a slot another rule holds,
+//! the rest share a hub-wide pool of [`SHARED_REQUESTS`] (see [`webhook`]), and a
+//! circuit breaker per rule ([`CircuitBreaker`]) stops sending to a receiver that keeps
+//! failing, without skipping events. Republish and handler rules run one event at a
+//! time, in seq order. Failures are logged at most once per rule every 10 s, with the
+//! number left out; the counters stay exact.
 
+mod breaker;
 mod engine;
 mod stored;
 pub mod webhook;
@@ -41,6 +46,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Hub, HubError};
 
+pub use breaker::{
+    BreakerState, BreakerStatus, CircuitBreaker, DEFAULT_COOL_DOWN, DEFAULT_FAILURE_THRESHOLD,
+    DEFAULT_MAX_COOL_DOWN, MAX_COOL_DOWN, MAX_FAILURE_THRESHOLD, MIN_COOL_DOWN,
+};
 pub use webhook::Webhook;
 
 /// Most rules a hub keeps (handler closures included).
@@ -49,10 +58,13 @@ pub const MAX_RULES: usize = 1000;
 pub const MAX_RULE_ID_BYTES: usize = 128;
 /// Longest description, in characters (Unicode scalar values).
 pub const MAX_DESCRIPTION_CHARS: usize = 1024;
-/// Most deliveries one webhook rule has in flight (retries included).
+/// Most deliveries one webhook rule has in flight (retries included): its own budget,
+/// so a receiver that hangs holds at most this many requests.
 pub const WEBHOOK_IN_FLIGHT: usize = 8;
-/// Most webhook HTTP requests the hub has open at once, all rules together.
-pub const MAX_CONCURRENT_REQUESTS: usize = 128;
+/// Request slots all webhook rules share beyond the one each rule has to itself: the hub
+/// has at most `rules + SHARED_REQUESTS` webhook requests open (see [`webhook`] for why
+/// no rule can starve another).
+pub const SHARED_REQUESTS: usize = 256;
 
 /// A rule's id: a caller-given string of ASCII letters, digits, `-`, `_`, `.` and `:`
 /// that starts with a letter or digit (at most [`MAX_RULE_ID_BYTES`]), or a generated
@@ -222,6 +234,8 @@ pub struct RuleInfo {
     /// Kept in the store (webhook and republish rules), or in memory (handlers).
     pub persisted: bool,
     pub stats: RuleStats,
+    /// The circuit breaker of a webhook rule (`None` for other rules and disabled ones).
+    pub breaker: Option<BreakerStatus>,
 }
 
 type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
@@ -250,6 +264,10 @@ struct Entry {
     description: Option<String>,
     created_at: Timestamp,
     counters: Counters,
+    /// A webhook rule's own request slot and breaker.
+    lane: Option<webhook::Lane>,
+    /// Keeps failures from flooding the log.
+    failure_log: Mutex<engine::FailureLog>,
     /// Stops this rule's consumer (a child of the hub's shutdown token).
     stop: CancellationToken,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -278,6 +296,7 @@ impl Entry {
                 failed: load(&self.counters.failed),
                 retries: load(&self.counters.retries),
             },
+            breaker: self.lane.as_ref().map(|lane| lane.breaker.status()),
         }
     }
 
@@ -449,6 +468,10 @@ async fn sync_from_store(hub: &Hub) -> Result<(), HubError> {
 }
 
 fn new_entry(hub: &Hub, id: RuleId, spec: &RuleSpec, created_at: Timestamp) -> Arc<Entry> {
+    let lane = match &spec.action {
+        Action::Webhook(webhook) if spec.enabled => Some(webhook::Lane::new(id.clone(), webhook)),
+        _ => None,
+    };
     Arc::new(Entry {
         id,
         pattern: spec.subject_pattern.clone(),
@@ -457,6 +480,8 @@ fn new_entry(hub: &Hub, id: RuleId, spec: &RuleSpec, created_at: Timestamp) -> A
         description: spec.description.clone(),
         created_at,
         counters: Counters::default(),
+        lane,
+        failure_log: Mutex::default(),
         stop: hub.inner.shutdown.child_token(),
         task: Mutex::new(None),
     })
@@ -638,6 +663,8 @@ impl Hub {
             description: options.description,
             created_at: Timestamp::now(),
             counters: Counters::default(),
+            lane: None,
+            failure_log: Mutex::default(),
             stop: self.inner.shutdown.child_token(),
             task: Mutex::new(None),
         });

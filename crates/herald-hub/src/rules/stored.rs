@@ -5,8 +5,12 @@
 //! {"subject_pattern": "hub.*.project.>", "enabled": true, "description": null,
 //!  "created_at": "2025-11-05T12:00:00.000000Z",
 //!  "action": {"type": "webhook", "url": "https://…", "secret": "whsec_…",
-//!             "timeout_ms": 5000, "max_attempts": 5}}
+//!             "timeout_ms": 5000, "max_attempts": 5,
+//!             "circuit_breaker": {"failure_threshold": 5, "cool_down_ms": 30000,
+//!                                 "max_cool_down_ms": 300000}}}
 //! ```
+//!
+//! `circuit_breaker` may be absent (rules stored before it existed): the defaults apply.
 
 use std::time::Duration;
 
@@ -14,7 +18,7 @@ use herald_core::{Pattern, Subject, Timestamp};
 use herald_store::StoredRule;
 use serde::{Deserialize, Serialize};
 
-use super::{Action, RuleId, RuleSpec, Webhook};
+use super::{Action, CircuitBreaker, RuleId, RuleSpec, Webhook};
 
 #[derive(Serialize, Deserialize)]
 struct Body {
@@ -33,10 +37,19 @@ enum ActionBody {
         secret: Option<String>,
         timeout_ms: u64,
         max_attempts: u32,
+        #[serde(default)]
+        circuit_breaker: Option<BreakerBody>,
     },
     Republish {
         subject: String,
     },
+}
+
+#[derive(Serialize, Deserialize)]
+struct BreakerBody {
+    failure_threshold: u32,
+    cool_down_ms: u64,
+    max_cool_down_ms: u64,
 }
 
 pub(super) fn encode(spec: &RuleSpec, created_at: Timestamp) -> String {
@@ -46,6 +59,11 @@ pub(super) fn encode(spec: &RuleSpec, created_at: Timestamp) -> String {
             secret: webhook.secret_text().map(str::to_owned),
             timeout_ms: webhook.timeout().as_millis() as u64,
             max_attempts: webhook.max_attempts(),
+            circuit_breaker: Some(BreakerBody {
+                failure_threshold: webhook.circuit_breaker().failure_threshold(),
+                cool_down_ms: webhook.circuit_breaker().cool_down().as_millis() as u64,
+                max_cool_down_ms: webhook.circuit_breaker().max_cool_down().as_millis() as u64,
+            }),
         },
         Action::Republish { subject } => ActionBody::Republish {
             subject: subject.to_string(),
@@ -70,11 +88,22 @@ pub(super) fn decode(rule: &StoredRule) -> Result<(RuleSpec, Timestamp), String>
             secret,
             timeout_ms,
             max_attempts,
+            circuit_breaker,
         } => {
+            let breaker = match circuit_breaker {
+                Some(b) => CircuitBreaker::new(
+                    b.failure_threshold,
+                    Duration::from_millis(b.cool_down_ms),
+                    Duration::from_millis(b.max_cool_down_ms),
+                )
+                .map_err(|e| e.to_string())?,
+                None => CircuitBreaker::default(),
+            };
             let mut webhook = Webhook::new(&url)
                 .and_then(|w| w.with_timeout(Duration::from_millis(timeout_ms)))
                 .and_then(|w| w.with_max_attempts(max_attempts))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.to_string())?
+                .with_circuit_breaker(breaker);
             if let Some(secret) = secret {
                 webhook = webhook.with_secret(&secret).map_err(|e| e.to_string())?;
             }
@@ -108,7 +137,10 @@ mod tests {
             .with_timeout(Duration::from_millis(1500))
             .unwrap()
             .with_max_attempts(3)
-            .unwrap();
+            .unwrap()
+            .with_circuit_breaker(
+                CircuitBreaker::new(7, Duration::from_millis(250), Duration::from_secs(9)).unwrap(),
+            );
         let created = Timestamp::from_micros(1_700_000_000_000_000);
         for action in [
             Action::Webhook(webhook),
@@ -129,6 +161,20 @@ mod tests {
             };
             assert_eq!(decode(&stored).unwrap(), (spec, created));
         }
+        // A rule stored before breakers existed gets the default one.
+        let old = StoredRule {
+            id: "old".into(),
+            body: r#"{"subject_pattern": "hub.>", "enabled": true, "description": null,
+                "created_at": "2025-11-05T12:00:00.000000Z",
+                "action": {"type": "webhook", "url": "https://example.com/", "secret": null,
+                           "timeout_ms": 5000, "max_attempts": 5}}"#
+                .into(),
+        };
+        let (spec, _) = decode(&old).unwrap();
+        let Action::Webhook(webhook) = spec.action else {
+            panic!("a webhook")
+        };
+        assert_eq!(webhook.circuit_breaker(), CircuitBreaker::default());
         let bad = StoredRule {
             id: "r".into(),
             body: "{}".into(),

@@ -5,7 +5,11 @@
 //! [`envelope::to_json`](crate::envelope::to_json) (the event as `GET /api/events/{id}`
 //! shows it), and the headers
 //!
-//! - `webhook-id`: `<rule id>:<event id>`, the same for every attempt (dedupe on it);
+//! - `webhook-id`: [`message_id`]: `msg_` and 32 hex digits of the UUIDv5 of the rule id
+//!   in the event id's namespace. It is the same for every attempt, after restarts and on
+//!   every instance (dedupe on it), differs for every (rule, event), and never contains a
+//!   `.`: the specification says the id must "not be allowed to include any `.`", which a
+//!   rule id may;
 //! - `webhook-timestamp`: the attempt's time, in Unix seconds;
 //! - `webhook-signature`: `v1,<base64 of HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`,
 //!   when the rule has a secret. The key is the base64-decoded part after `whsec_` for a
@@ -14,7 +18,19 @@
 //! A 2xx answer is a delivery. Network errors, timeouts, 408, 429 and 5xx are retried
 //! after 0.5 s, 1 s, 2 s, … (doubling up to 30 s, ±25 % jitter; a `Retry-After` in
 //! seconds is honoured up to 60 s) until `max_attempts`; other answers (3xx, 4xx) fail
-//! at once. Redirects are not followed.
+//! at once. Redirects are not followed. Each rule has a circuit breaker
+//! ([`CircuitBreaker`]): while it is open, deliveries wait without sending.
+//!
+//! **Request slots.** A rule has at most [`WEBHOOK_IN_FLIGHT`] deliveries in flight (its
+//! consumer takes no more events), so a receiver that hangs can hold at most that many
+//! requests. Each rule's first open request uses a slot of its own (its `Lane`); the
+//! others take slots from a hub-wide pool of [`SHARED_REQUESTS`], which bounds sockets
+//! and request bodies to `rules + SHARED_REQUESTS`. So a rule's first request never waits
+//! for a slot another rule holds: however many receivers hang, every rule keeps at least
+//! one request going. Hanging rules hold pool slots only until their breaker
+//! opens (their timeouts are failures); an open breaker sends one probe at a time, on
+//! the rule's own slot. With the defaults, pool slots run out only when more than 36
+//! rules hang at once, each until its first timeouts.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -26,9 +42,10 @@ use herald_core::Event;
 use hmac::{KeyInit, Mac};
 use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
-use super::{Counters, RuleError, RuleId, MAX_CONCURRENT_REQUESTS};
+use super::breaker::{Breaker, CircuitBreaker, Health};
+use super::{Counters, RuleError, RuleId, SHARED_REQUESTS, WEBHOOK_IN_FLIGHT};
 
 /// Longest webhook URL, in bytes.
 pub const MAX_URL_BYTES: usize = 2048;
@@ -104,6 +121,7 @@ pub struct Webhook {
     secret: Option<Secret>,
     timeout: Duration,
     max_attempts: u32,
+    circuit_breaker: CircuitBreaker,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -119,6 +137,7 @@ impl fmt::Debug for Webhook {
             .field("secret_set", &self.secret.is_some())
             .field("timeout", &self.timeout)
             .field("max_attempts", &self.max_attempts)
+            .field("circuit_breaker", &self.circuit_breaker)
             .finish()
     }
 }
@@ -166,6 +185,7 @@ impl Webhook {
             secret: None,
             timeout: DEFAULT_TIMEOUT,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            circuit_breaker: CircuitBreaker::default(),
         })
     }
 
@@ -223,6 +243,12 @@ impl Webhook {
         Ok(self)
     }
 
+    /// When this target's breaker opens and for how long (see [`CircuitBreaker`]).
+    pub fn with_circuit_breaker(mut self, circuit_breaker: CircuitBreaker) -> Self {
+        self.circuit_breaker = circuit_breaker;
+        self
+    }
+
     pub fn url(&self) -> &str {
         self.url.as_str()
     }
@@ -240,9 +266,25 @@ impl Webhook {
         self.max_attempts
     }
 
+    pub fn circuit_breaker(&self) -> CircuitBreaker {
+        self.circuit_breaker
+    }
+
     pub(super) fn secret_text(&self) -> Option<&str> {
         self.secret.as_ref().map(|s| s.text.as_str())
     }
+}
+
+/// The `webhook-id` of `event_id`'s deliveries by `rule`: `msg_` and the 32 hex digits of
+/// UUIDv5(namespace = the event id, name = the rule id). A function of the pair alone (so
+/// stable across attempts, restarts and instances), distinct for distinct pairs (the
+/// namespace has a fixed length, so the hashed bytes differ), and free of `.` whatever
+/// the rule id holds.
+pub fn message_id(rule: &RuleId, event_id: uuid::Uuid) -> String {
+    format!(
+        "msg_{}",
+        uuid::Uuid::new_v5(&event_id, rule.as_str().as_bytes()).simple()
+    )
 }
 
 /// The `webhook-signature` value for a message: `v1,<base64 HMAC-SHA256>` of
@@ -274,11 +316,28 @@ fn sign(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
     )
 }
 
-/// The HTTP client and the hub-wide cap on open requests.
+/// The HTTP client and the hub-wide pool of request slots (see the module docs).
 pub(crate) struct Delivery {
     client: OnceLock<Result<reqwest::Client, String>>,
-    permits: Arc<Semaphore>,
+    shared: Arc<Semaphore>,
 }
+
+/// One webhook rule's own delivery budget: its reserved request slot and its breaker.
+pub(super) struct Lane {
+    reserved: Semaphore,
+    pub(super) breaker: Breaker,
+}
+
+impl Lane {
+    pub(super) fn new(rule: RuleId, webhook: &Webhook) -> Self {
+        Lane {
+            reserved: Semaphore::new(1),
+            breaker: Breaker::new(rule, webhook.circuit_breaker),
+        }
+    }
+}
+
+const _: () = assert!(WEBHOOK_IN_FLIGHT >= 1 && SHARED_REQUESTS >= WEBHOOK_IN_FLIGHT);
 
 enum Attempt {
     Delivered,
@@ -292,7 +351,7 @@ impl Delivery {
     pub(crate) fn new() -> Self {
         Delivery {
             client: OnceLock::new(),
-            permits: Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS)),
+            shared: Arc::new(Semaphore::new(SHARED_REQUESTS)),
         }
     }
 
@@ -310,27 +369,44 @@ impl Delivery {
             .map_err(Clone::clone)
     }
 
-    /// Delivers one event, retrying as the module docs say. `Err` says why it gave up.
+    /// A request slot for `lane`'s rule: its own if free, else the first of its own or
+    /// one of the pool.
+    async fn slot<'a>(&'a self, lane: &'a Lane) -> Result<SemaphorePermit<'a>, String> {
+        if let Ok(permit) = lane.reserved.try_acquire() {
+            return Ok(permit);
+        }
+        let permit = tokio::select! {
+            biased;
+            permit = lane.reserved.acquire() => permit,
+            permit = self.shared.acquire() => permit,
+        };
+        permit.map_err(|_| "the hub is shutting down".to_owned())
+    }
+
+    /// Delivers one event, retrying as the module docs say, each attempt once the rule's
+    /// breaker lets it out. `Err` says why it gave up.
     pub(super) async fn deliver(
         &self,
         rule: &RuleId,
         webhook: &Webhook,
+        lane: &Lane,
         event: &Event,
         body: Bytes,
         counters: &Counters,
     ) -> Result<(), String> {
         let client = self.client()?;
-        let msg_id = format!("{rule}:{}", event.id);
+        let msg_id = message_id(rule, event.id);
         let mut attempt = 1;
         loop {
+            let pass = lane.breaker.admit().await;
             let outcome = {
-                let _permit = self
-                    .permits
-                    .acquire()
-                    .await
-                    .map_err(|_| "the hub is shutting down".to_owned())?;
+                let _slot = self.slot(lane).await?;
                 send(client, webhook, &msg_id, body.clone()).await
             };
+            pass.settle(match outcome {
+                Attempt::Retry(..) => Health::Down,
+                Attempt::Delivered | Attempt::Fatal(_) => Health::Up,
+            });
             match outcome {
                 Attempt::Delivered => return Ok(()),
                 Attempt::Fatal(reason) => return Err(reason),
@@ -465,6 +541,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn message_ids_are_dot_free_stable_and_distinct() {
+        let events = [
+            uuid::Uuid::now_v7(),
+            uuid::Uuid::now_v7(),
+            uuid::Uuid::nil(),
+        ];
+        let rules = ["a.b", "a_b", "a:b", "ab", "a.b.", "audit-hook", "x"];
+        let mut seen = std::collections::HashSet::new();
+        for event in events {
+            for rule in rules {
+                let rule = RuleId::new(rule).unwrap();
+                let id = message_id(&rule, event);
+                assert_eq!(id, message_id(&rule, event), "stable");
+                assert!(id.starts_with("msg_") && id.len() == 36, "{id}");
+                assert!(id[4..].bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+                assert!(seen.insert(id), "distinct per (rule, event)");
+            }
+        }
     }
 
     #[test]

@@ -17,7 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_core::{Pattern, Subject};
 use herald_hub::rules::{
-    self as hub_rules, Action, RuleError, RuleId, RuleInfo, RuleSpec, Webhook,
+    self as hub_rules, Action, BreakerStatus, CircuitBreaker, RuleError, RuleId, RuleInfo,
+    RuleSpec, Webhook,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -55,7 +56,18 @@ pub struct ActionRequest {
     /// A JSON number: `5000.0` is as good as `5000` (JSON Schema calls both integers).
     pub timeout_ms: Option<serde_json::Number>,
     pub max_attempts: Option<serde_json::Number>,
+    pub circuit_breaker: Option<BreakerRequest>,
     pub subject: Option<String>,
+}
+
+/// The `action.circuit_breaker` of a webhook [`ActionRequest`]; absent fields take the
+/// defaults.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerRequest {
+    pub failure_threshold: Option<serde_json::Number>,
+    pub cool_down_ms: Option<serde_json::Number>,
+    pub max_cool_down_ms: Option<serde_json::Number>,
 }
 
 /// A routing rule as the API shows it.
@@ -87,11 +99,36 @@ pub enum RuleAction {
         timeout_ms: u64,
         #[schema(minimum = 1, maximum = 20)]
         max_attempts: u32,
+        circuit_breaker: CircuitBreakerConfig,
     },
     /// Publish the event to this NATS subject.
     Republish { subject: String },
     /// A closure of a program embedding the hub (not managed over HTTP).
     Handler,
+}
+
+/// When a webhook's circuit breaker opens, and for how long.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CircuitBreakerConfig {
+    /// Failed attempts in a row (no answer, 408, 429, 5xx) that open the breaker.
+    #[schema(minimum = 1, maximum = 1000)]
+    pub failure_threshold: u32,
+    /// How long it stays open the first time.
+    #[schema(minimum = 100, maximum = 3600000)]
+    pub cool_down_ms: u64,
+    /// Each failed probe doubles the cool-down, up to this.
+    #[schema(minimum = 100, maximum = 3600000)]
+    pub max_cool_down_ms: u64,
+}
+
+impl From<CircuitBreaker> for CircuitBreakerConfig {
+    fn from(breaker: CircuitBreaker) -> Self {
+        CircuitBreakerConfig {
+            failure_threshold: breaker.failure_threshold(),
+            cool_down_ms: breaker.cool_down().as_millis() as u64,
+            max_cool_down_ms: breaker.max_cool_down().as_millis() as u64,
+        }
+    }
 }
 
 /// What a rule did since the server started.
@@ -103,6 +140,41 @@ pub struct RuleStats {
     pub failed: u64,
     /// Attempts that failed and were retried.
     pub retries: u64,
+    /// A webhook rule's circuit breaker; `null` for other rules and disabled ones.
+    pub breaker: Option<BreakerStats>,
+}
+
+/// Where a webhook rule's circuit breaker is. While it is `open`, deliveries wait (none
+/// is skipped); then one probe goes out (`half_open`): success closes it, failure opens
+/// it again for twice as long.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BreakerStats {
+    /// `closed`, `open` or `half_open`.
+    #[schema(pattern = "^(closed|open|half_open)$")]
+    pub state: String,
+    /// Failed attempts since the receiver last answered.
+    pub consecutive_failures: u32,
+    /// Times the breaker opened since the server started (or the rule changed).
+    pub trips: u64,
+    /// When it last opened; `null` while closed.
+    #[schema(format = DateTime)]
+    pub opened_at: Option<String>,
+    /// When an open breaker lets the next delivery through as a probe; `null` unless
+    /// open.
+    #[schema(format = DateTime)]
+    pub next_probe_at: Option<String>,
+}
+
+impl From<BreakerStatus> for BreakerStats {
+    fn from(status: BreakerStatus) -> Self {
+        BreakerStats {
+            state: status.state.as_str().to_owned(),
+            consecutive_failures: status.consecutive_failures,
+            trips: status.trips,
+            opened_at: status.opened_at.map(|t| t.to_rfc3339()),
+            next_probe_at: status.next_probe_at.map(|t| t.to_rfc3339()),
+        }
+    }
 }
 
 /// `GET /api/rules`.
@@ -120,6 +192,7 @@ impl From<RuleInfo> for Rule {
                 secret_set: webhook.secret_set(),
                 timeout_ms: webhook.timeout().as_millis() as u64,
                 max_attempts: webhook.max_attempts(),
+                circuit_breaker: webhook.circuit_breaker().into(),
             },
             Some(Action::Republish { subject }) => RuleAction::Republish {
                 subject: subject.to_string(),
@@ -137,6 +210,7 @@ impl From<RuleInfo> for Rule {
                 delivered: info.stats.delivered,
                 failed: info.stats.failed,
                 retries: info.stats.retries,
+                breaker: info.breaker.map(BreakerStats::from),
             },
         }
     }
@@ -177,10 +251,13 @@ pub async fn list_rules(State(state): State<AppState>) -> Json<RuleList> {
         stored are not sent). Every event whose subject matches `subject_pattern` is then \
         delivered by the action, at least once (also across restarts): a `webhook` POSTs the \
         event (the JSON of `GET /api/events/{id}`) with the Standard Webhooks headers \
-        `webhook-id` (`<rule id>:<event id>`, the same on every attempt), `webhook-timestamp` \
-        and, with a `secret`, `webhook-signature` (`v1,` + base64 HMAC-SHA256 of \
-        `{id}.{timestamp}.{body}`), retrying network errors, 408, 429 and 5xx with \
-        exponential backoff up to `max_attempts`; a `republish` publishes it to a NATS \
+        `webhook-id` (`msg_` + 32 hex digits, a function of the rule id and event id: the \
+        same on every attempt), `webhook-timestamp` and, with a `secret`, \
+        `webhook-signature` (`v1,` + base64 HMAC-SHA256 of `{id}.{timestamp}.{body}`), \
+        retrying network errors, 408, 429 and 5xx with exponential backoff up to \
+        `max_attempts`; after `circuit_breaker.failure_threshold` such failures in a row \
+        the rule stops sending for a cool-down, then probes (events wait; none is \
+        skipped); a `republish` publishes it to a NATS \
         subject (it fails, and is counted, while NATS is not configured). A failing rule \
         never delays publishing or other rules.",
     request_body(content((RuleRequestSchema = "application/json"))),
@@ -344,6 +421,33 @@ pub fn parse_rule(request: RuleRequest) -> Result<RuleSpec, ApiError> {
                 let attempts = u32::try_from(whole("max_attempts", attempts)?).unwrap_or(u32::MAX);
                 webhook = webhook.with_max_attempts(attempts).map_err(in_action)?;
             }
+            if let Some(breaker) = &action.circuit_breaker {
+                let default = CircuitBreaker::default();
+                let millis =
+                    |field: &str, value: &Option<serde_json::Number>, default: Duration| {
+                        value.as_ref().map_or(Ok(default), |number| {
+                            whole(&format!("circuit_breaker.{field}"), number)
+                                .map(Duration::from_millis)
+                        })
+                    };
+                let threshold = match &breaker.failure_threshold {
+                    Some(number) => {
+                        u32::try_from(whole("circuit_breaker.failure_threshold", number)?)
+                            .unwrap_or(u32::MAX)
+                    }
+                    None => default.failure_threshold(),
+                };
+                let cool_down = millis("cool_down_ms", &breaker.cool_down_ms, default.cool_down())?;
+                // A first cool-down above the default maximum raises the maximum with it.
+                let max_cool_down = millis(
+                    "max_cool_down_ms",
+                    &breaker.max_cool_down_ms,
+                    default.max_cool_down().max(cool_down),
+                )?;
+                let breaker =
+                    CircuitBreaker::new(threshold, cool_down, max_cool_down).map_err(in_action)?;
+                webhook = webhook.with_circuit_breaker(breaker);
+            }
             Action::Webhook(webhook)
         }
         "republish" => {
@@ -351,6 +455,11 @@ pub fn parse_rule(request: RuleRequest) -> Result<RuleSpec, ApiError> {
             only_for("secret", action.secret.is_some(), "webhook")?;
             only_for("timeout_ms", action.timeout_ms.is_some(), "webhook")?;
             only_for("max_attempts", action.max_attempts.is_some(), "webhook")?;
+            only_for(
+                "circuit_breaker",
+                action.circuit_breaker.is_some(),
+                "webhook",
+            )?;
             let subject = action
                 .subject
                 .ok_or_else(|| invalid("`action.subject` is required for a republish"))?;
@@ -510,6 +619,31 @@ impl PartialSchema for RuleRequestSchema {
                     "maximum": webhook::MAX_ATTEMPTS,
                     "description": "Attempts per event; default 5.",
                 }), "integer"),
+                "circuit_breaker": nullable(json!({
+                    "description": "After `failure_threshold` failed attempts in a row (no \
+                        answer, 408, 429, 5xx) the rule stops sending for `cool_down_ms`, then \
+                        sends one probe: success closes the breaker, failure opens it again for \
+                        twice as long, up to `max_cool_down_ms`. Events wait; none is skipped.",
+                    "additionalProperties": false,
+                    "properties": {
+                        "failure_threshold": nullable(json!({
+                            "minimum": 1,
+                            "maximum": hub_rules::MAX_FAILURE_THRESHOLD,
+                            "description": "Default 5.",
+                        }), "integer"),
+                        "cool_down_ms": nullable(json!({
+                            "minimum": hub_rules::MIN_COOL_DOWN.as_millis() as u64,
+                            "maximum": hub_rules::MAX_COOL_DOWN.as_millis() as u64,
+                            "description": "Default 30000.",
+                        }), "integer"),
+                        "max_cool_down_ms": nullable(json!({
+                            "minimum": hub_rules::MIN_COOL_DOWN.as_millis() as u64,
+                            "maximum": hub_rules::MAX_COOL_DOWN.as_millis() as u64,
+                            "description": "At least `cool_down_ms`; default 300000 (or \
+                                `cool_down_ms`, if larger).",
+                        }), "integer"),
+                    },
+                }), "object"),
             },
         });
         let republish_action = json!({
@@ -581,7 +715,50 @@ mod tests {
         }))
         .unwrap();
         assert!(spec.id.is_none() && !spec.enabled);
+        let breaker_of = |spec: RuleSpec| match spec.action {
+            Action::Webhook(webhook) => webhook.circuit_breaker(),
+            other => panic!("not a webhook: {other:?}"),
+        };
+        let spec = parse(json!({
+            "subject_pattern": "hub.>",
+            "action": {"type": "webhook", "url": "http://x", "circuit_breaker": {"failure_threshold": 2, "cool_down_ms": 1500}},
+        }))
+        .unwrap();
+        assert_eq!(
+            breaker_of(spec),
+            CircuitBreaker::new(2, Duration::from_millis(1500), Duration::from_secs(300)).unwrap()
+        );
+        let spec = parse(json!({
+            "subject_pattern": "hub.>",
+            "action": {"type": "webhook", "url": "http://x", "circuit_breaker": {"cool_down_ms": 600000.0}},
+        }))
+        .unwrap();
+        assert_eq!(
+            breaker_of(spec).max_cool_down(),
+            Duration::from_secs(600),
+            "a long first cool-down raises the default maximum"
+        );
         for (bad, needle) in [
+            (
+                json!({"subject_pattern": "hub.>", "action": {"type": "webhook", "url": "http://x", "circuit_breaker": {"failure_threshold": 0}}}),
+                "circuit_breaker.failure_threshold",
+            ),
+            (
+                json!({"subject_pattern": "hub.>", "action": {"type": "webhook", "url": "http://x", "circuit_breaker": {"cool_down_ms": 50}}}),
+                "circuit_breaker.cool_down_ms",
+            ),
+            (
+                json!({"subject_pattern": "hub.>", "action": {"type": "webhook", "url": "http://x", "circuit_breaker": {"cool_down_ms": 5000, "max_cool_down_ms": 1000}}}),
+                "max_cool_down_ms",
+            ),
+            (
+                json!({"subject_pattern": "hub.>", "action": {"type": "webhook", "url": "http://x", "circuit_breaker": {"max_cool_down_ms": -1}}}),
+                "circuit_breaker.max_cool_down_ms",
+            ),
+            (
+                json!({"subject_pattern": "hub.>", "action": {"type": "republish", "subject": "a", "circuit_breaker": {}}}),
+                "action.circuit_breaker",
+            ),
             (
                 json!({"action": {"type": "republish", "subject": "a"}}),
                 "subject_pattern",

@@ -1,12 +1,14 @@
 //! Routing rules through the binary: `GET/POST /api/rules`, `GET/DELETE
 //! /api/rules/{id}`, bad input, secrets never shown, webhook deliveries of events
 //! published over HTTP (to a small HTTP/1.1 receiver written here on a loopback port),
-//! the `--rules` file, and delivery resuming after a restart and after `kill -9`.
+//! the `--rules` file, delivery resuming after a restart and after `kill -9`, rules that
+//! hang not delaying a healthy one, the circuit breaker, and failures not flooding the
+//! log.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -23,6 +25,10 @@ struct Received {
     headers: HashMap<String, String>,
     body: Vec<u8>,
     status: u16,
+    /// When the request had been read.
+    at: Instant,
+    /// When the answer was written (`None`: never).
+    answered: Option<Instant>,
 }
 
 impl Received {
@@ -34,6 +40,10 @@ impl Received {
 struct Shared {
     /// 500 to this many first attempts of each `webhook-id`.
     fail_first: usize,
+    /// 500 to every request while set.
+    fail_all: AtomicBool,
+    /// Wait this long before answering.
+    delay_ms: AtomicU64,
     /// Accept the request but never answer.
     hang: AtomicBool,
     attempts: Mutex<HashMap<String, usize>>,
@@ -52,6 +62,8 @@ impl Receiver {
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let shared = Arc::new(Shared {
             fail_first,
+            fail_all: AtomicBool::new(false),
+            delay_ms: AtomicU64::new(0),
             hang: AtomicBool::new(false),
             attempts: Mutex::new(HashMap::new()),
             received: Mutex::new(Vec::new()),
@@ -130,11 +142,14 @@ async fn serve_connection(socket: tokio::net::TcpStream, shared: Arc<Shared>) {
         if reader.read_exact(&mut body).await.is_err() {
             return;
         }
+        let at = Instant::now();
         if shared.hang.load(Ordering::SeqCst) {
             shared.received.lock().unwrap().push(Received {
                 headers,
                 body,
                 status: 0,
+                at,
+                answered: None,
             });
             tokio::time::sleep(Duration::from_secs(120)).await;
             return;
@@ -146,15 +161,21 @@ async fn serve_connection(socket: tokio::net::TcpStream, shared: Arc<Shared>) {
             *n += 1;
             *n
         };
-        let status = if attempt <= shared.fail_first {
+        let status = if attempt <= shared.fail_first || shared.fail_all.load(Ordering::SeqCst) {
             500
         } else {
             200
         };
+        let delay = shared.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         shared.received.lock().unwrap().push(Received {
             headers,
             body,
             status,
+            at,
+            answered: Some(Instant::now()),
         });
         let answer = format!(
             "HTTP/1.1 {status} {}\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok",
@@ -233,16 +254,91 @@ fn assert_rule_shape(rule: &Value) {
         "rule",
     );
     assert_rfc3339(&rule["created_at"], "created_at");
-    assert_keys(&rule["stats"], &["delivered", "failed", "retries"], "stats");
+    assert_keys(
+        &rule["stats"],
+        &["delivered", "failed", "retries", "breaker"],
+        "stats",
+    );
+    let webhook = rule["action"]["type"] == "webhook";
     match rule["action"]["type"].as_str() {
-        Some("webhook") => assert_keys(
-            &rule["action"],
-            &["type", "url", "secret_set", "timeout_ms", "max_attempts"],
-            "webhook action",
-        ),
+        Some("webhook") => {
+            assert_keys(
+                &rule["action"],
+                &[
+                    "type",
+                    "url",
+                    "secret_set",
+                    "timeout_ms",
+                    "max_attempts",
+                    "circuit_breaker",
+                ],
+                "webhook action",
+            );
+            assert_keys(
+                &rule["action"]["circuit_breaker"],
+                &["failure_threshold", "cool_down_ms", "max_cool_down_ms"],
+                "circuit breaker settings",
+            );
+        }
         Some("republish") => assert_keys(&rule["action"], &["type", "subject"], "republish action"),
         other => panic!("unexpected action type {other:?}: {rule}"),
     }
+    let breaker = &rule["stats"]["breaker"];
+    if webhook && rule["enabled"] == true {
+        assert_keys(
+            breaker,
+            &[
+                "state",
+                "consecutive_failures",
+                "trips",
+                "opened_at",
+                "next_probe_at",
+            ],
+            "breaker",
+        );
+        let state = breaker["state"].as_str().unwrap();
+        assert!(
+            ["closed", "open", "half_open"].contains(&state),
+            "{breaker}"
+        );
+        for field in ["opened_at", "next_probe_at"] {
+            if !breaker[field].is_null() {
+                assert_rfc3339(&breaker[field], field);
+            }
+        }
+    } else {
+        assert!(breaker.is_null(), "{rule}");
+    }
+}
+
+async fn get_rule(h: &TestHerald, id: &str) -> Value {
+    let resp = h
+        .http
+        .get(h.url(&format!("/api/rules/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let rule: Value = resp.json().await.unwrap();
+    assert_rule_shape(&rule);
+    rule
+}
+
+/// The value of the metric line that starts with `name{` and has every one of `labels`.
+async fn metric(h: &TestHerald, name: &str, labels: &[&str]) -> Option<f64> {
+    let text = h
+        .http
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .find(|line| labels.iter().all(|label| line.contains(label)))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
 }
 
 fn webhook(url: &str) -> Value {
@@ -273,7 +369,14 @@ async fn rules_api_adds_lists_reads_and_deletes() {
     assert_eq!(
         rule["action"],
         json!({"type": "webhook", "url": "https://example.com/hooks/herald?x=1",
-            "secret_set": true, "timeout_ms": 60000, "max_attempts": 10})
+            "secret_set": true, "timeout_ms": 60000, "max_attempts": 10,
+            "circuit_breaker": {"failure_threshold": 5, "cool_down_ms": 30000, "max_cool_down_ms": 300000}})
+    );
+    assert_eq!(
+        rule["stats"],
+        json!({"delivered": 0, "failed": 0, "retries": 0, "breaker": {
+            "state": "closed", "consecutive_failures": 0, "trips": 0,
+            "opened_at": null, "next_probe_at": null}})
     );
     let generated = add_rule(
         &h,
@@ -386,9 +489,10 @@ async fn bad_rules_are_rejected_and_nothing_is_stored() {
 async fn webhook_rule_delivers_signed_events_published_over_http() {
     let h = TestHerald::start().await;
     let receiver = Receiver::start(1).await;
+    // A rule id with dots: they must not reach `webhook-id`.
     let rule = add_rule(
         &h,
-        &json!({"id": "hook", "subject_pattern": "hub.local-hub.project.*", "action": webhook(&receiver.url)}),
+        &json!({"id": "hook.v1", "subject_pattern": "hub.local-hub.project.*", "action": webhook(&receiver.url)}),
     )
     .await;
     assert_eq!(rule["action"]["secret_set"], true);
@@ -406,9 +510,21 @@ async fn webhook_rule_delivers_signed_events_published_over_http() {
 
     let all = receiver.all();
     assert_eq!(all.len(), 2, "one 500, then the delivery: {all:?}");
-    let expected_id = format!("hook:{event_id}");
+    // Standard Webhooks (spec/standard-webhooks.md): "It's important that both the
+    // message id and the timestamp not be user controlled, or at the very least not be
+    // allowed to include any `.` to prevent certain attacks." Herald's id is
+    // msg_ + UUIDv5(namespace: the event id, name: the rule id), recomputed here.
+    let event_uuid = uuid::Uuid::parse_str(&event_id).unwrap();
+    let expected_id = format!(
+        "msg_{}",
+        uuid::Uuid::new_v5(&event_uuid, b"hook.v1").simple()
+    );
+    assert!(!expected_id.contains('.'));
     for request in &all {
-        assert_eq!(request.headers["webhook-id"], expected_id);
+        assert_eq!(
+            request.headers["webhook-id"], expected_id,
+            "dot-free, the same on every attempt"
+        );
         assert_eq!(request.headers["content-type"], "application/json");
         let signature = herald_hub::rules::webhook::signature(
             SECRET,
@@ -430,16 +546,10 @@ async fn webhook_rule_delivers_signed_events_published_over_http() {
         Duration::from_secs(5),
         Duration::from_millis(50),
         || async {
-            let rule: Value = h
-                .http
-                .get(h.url("/api/rules/hook"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            rule["stats"] == json!({"delivered": 1, "failed": 0, "retries": 1})
+            let stats = get_rule(&h, "hook.v1").await["stats"].clone();
+            (&stats["delivered"], &stats["failed"], &stats["retries"])
+                == (&json!(1), &json!(0), &json!(1))
+                && stats["breaker"]["consecutive_failures"] == 0
         },
     )
     .await;
@@ -583,4 +693,284 @@ async fn deliveries_resume_after_kill_9() {
         .wait_for_ids(&expected, Duration::from_secs(15))
         .await;
     assert_eq!(receiver.delivered_ids(), expected, "no event skipped");
+}
+
+/// A listener that accepts connections and never reads from or answers them.
+async fn black_hole() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counting = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            counting.fetch_add(1, Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_whose_receivers_hang_do_not_delay_a_healthy_rule() {
+    const HANGING_RULES: usize = 16;
+    let h = TestHerald::start().await;
+    let (hole, accepted) = black_hole().await;
+    let receiver = Receiver::start(0).await;
+    for i in 0..HANGING_RULES {
+        add_rule(
+            &h,
+            &json!({"id": format!("hang-{i}"), "subject_pattern": "hub.hang.>",
+                "action": {"type": "webhook", "url": hole, "timeout_ms": 60000}}),
+        )
+        .await;
+    }
+    add_rule(
+        &h,
+        &json!({"id": "healthy", "subject_pattern": "hub.hang.>", "action": webhook(&receiver.url)}),
+    )
+    .await;
+
+    // Fill every hanging rule's window: each holds its whole in-flight budget open.
+    let in_flight = herald_hub::rules::WEBHOOK_IN_FLIGHT;
+    let mut published = Vec::new();
+    for i in 0..in_flight {
+        published.push(h.publish("hub.hang.x", json!({"i": i})).await);
+    }
+    let full = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async { accepted.load(Ordering::SeqCst) >= HANGING_RULES * in_flight },
+    )
+    .await;
+    assert!(
+        full,
+        "the hanging rules hold {} requests open",
+        accepted.load(Ordering::SeqCst)
+    );
+    // Each event reaches the healthy rule's receiver within about a second of publishing,
+    // those published before the windows filled and those after.
+    for i in in_flight..in_flight + 10 {
+        published.push(h.publish("hub.hang.x", json!({"i": i})).await);
+    }
+    for event in &published {
+        let id = event["event_id"].as_str().unwrap().to_owned();
+        receiver
+            .wait_for_ids(&BTreeSet::from([id]), Duration::from_millis(1500))
+            .await;
+    }
+    let started = Instant::now();
+    let event = h.publish("hub.hang.x", json!({"last": true})).await;
+    let id = event["event_id"].as_str().unwrap().to_owned();
+    receiver
+        .wait_for_ids(&BTreeSet::from([id]), Duration::from_secs(1))
+        .await;
+    eprintln!(
+        "with {} requests hanging, the healthy rule delivered in {:?}",
+        accepted.load(Ordering::SeqCst),
+        started.elapsed()
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        HANGING_RULES * in_flight,
+        "a hanging rule holds no more than its own window"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_opens_waits_probes_once_and_delivers_everything() {
+    const EVENTS: usize = 5;
+    let h = TestHerald::start().await;
+    let receiver = Receiver::start(0).await;
+    receiver.shared.fail_all.store(true, Ordering::SeqCst);
+    let rule = add_rule(
+        &h,
+        &json!({"id": "cb.hook", "subject_pattern": "hub.cb.>", "action": {
+            "type": "webhook", "url": receiver.url, "max_attempts": 20,
+            "circuit_breaker": {"failure_threshold": 3, "cool_down_ms": 2000, "max_cool_down_ms": 2000}}}),
+    )
+    .await;
+    assert_eq!(
+        rule["action"]["circuit_breaker"],
+        json!({"failure_threshold": 3, "cool_down_ms": 2000, "max_cool_down_ms": 2000})
+    );
+    let mut expected = BTreeSet::new();
+    for i in 0..EVENTS {
+        let published = h.publish("hub.cb.x", json!({"i": i})).await;
+        expected.insert(published["event_id"].as_str().unwrap().to_owned());
+    }
+
+    // Three failures in a row open the breaker.
+    let opened = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async { get_rule(&h, "cb.hook").await["stats"]["breaker"]["state"] == "open" },
+    )
+    .await;
+    let breaker = get_rule(&h, "cb.hook").await["stats"]["breaker"].clone();
+    assert!(opened, "{breaker}");
+    let seen_open = Instant::now();
+    assert_eq!(breaker["trips"], 1);
+    assert!(
+        breaker["consecutive_failures"].as_u64().unwrap() >= 3,
+        "{breaker}"
+    );
+    let opened_at = assert_rfc3339(&breaker["opened_at"], "opened_at");
+    let next_probe_at = assert_rfc3339(&breaker["next_probe_at"], "next_probe_at");
+    assert_eq!((next_probe_at - opened_at).num_milliseconds(), 2000);
+    let probe_due = seen_open + (next_probe_at - chrono::Utc::now()).to_std().unwrap();
+    let labels = ["rule=\"cb.hook\""];
+    assert_eq!(
+        metric(&h, "herald_rule_breaker_state", &labels).await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&h, "herald_rule_breaker_trips_total", &labels).await,
+        Some(1.0)
+    );
+
+    // The receiver recovers (answering slowly, so that a second request during the probe
+    // would show). Nothing arrives during the cool-down.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = receiver.all().len();
+    receiver.shared.fail_all.store(false, Ordering::SeqCst);
+    receiver.shared.delay_ms.store(300, Ordering::SeqCst);
+    tokio::time::sleep(
+        probe_due
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(Duration::from_millis(100)),
+    )
+    .await;
+    assert_eq!(
+        receiver.all().len(),
+        before,
+        "no request during the cool-down"
+    );
+
+    receiver
+        .wait_for_ids(&expected, Duration::from_secs(10))
+        .await;
+    let mut requests = receiver.all();
+    requests.sort_by_key(|r| r.at);
+    let quiet: Vec<_> = requests
+        .iter()
+        .filter(|r| {
+            r.at > seen_open + Duration::from_millis(100)
+                && r.at < probe_due - Duration::from_millis(100)
+        })
+        .collect();
+    assert!(quiet.is_empty(), "requests during the cool-down: {quiet:?}");
+    let (probe, after) = (&requests[before], &requests[before + 1]);
+    assert!(
+        probe.at + Duration::from_millis(100) >= probe_due,
+        "the probe waited for the cool-down"
+    );
+    assert_eq!(probe.status, 200);
+    assert!(
+        after.at >= probe.answered.unwrap(),
+        "the probe went alone: the next request came after its answer"
+    );
+    assert_eq!(receiver.delivered_ids(), expected, "every event arrived");
+
+    let closed = poll_until(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || async {
+            let stats = get_rule(&h, "cb.hook").await["stats"].clone();
+            stats["delivered"] == EVENTS && stats["breaker"]["state"] == "closed"
+        },
+    )
+    .await;
+    assert!(closed);
+    let stats = get_rule(&h, "cb.hook").await["stats"].clone();
+    assert_eq!(stats["failed"], 0, "no event was given up");
+    assert_eq!(
+        stats["breaker"],
+        json!({"state": "closed", "consecutive_failures": 0, "trips": 1,
+            "opened_at": null, "next_probe_at": null})
+    );
+    assert_eq!(
+        metric(&h, "herald_rule_breaker_state", &labels).await,
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&h, "herald_rule_breaker_trips_total", &labels).await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_delivery_failures_do_not_flood_the_log() {
+    const EVENTS: usize = 200;
+    let h = TestHerald::start().await;
+    // A port nobody listens on: every attempt is refused at once.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    add_rule(
+        &h,
+        &json!({"id": "flood", "subject_pattern": "hub.flood.>", "action": {
+            "type": "webhook", "url": format!("http://{closed}/hook"), "max_attempts": 1,
+            "circuit_breaker": {"failure_threshold": 1000}}}),
+    )
+    .await;
+    let failed_lines = |h: &TestHerald| -> Vec<String> {
+        h.stderr()
+            .lines()
+            .filter(|line| line.contains("A routing rule's action failed"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let started = Instant::now();
+    let events: Vec<Value> = (0..EVENTS)
+        .map(|i| json!({"subject": "hub.flood.x", "payload": {"i": i}}))
+        .collect();
+    let resp = h
+        .http
+        .post(h.url("/api/events:batch"))
+        .json(&json!({"events": events}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let counted = |n: usize| {
+        let h = &h;
+        async move {
+            poll_until(
+                Duration::from_secs(30),
+                Duration::from_millis(50),
+                || async { get_rule(h, "flood").await["stats"]["failed"] == n },
+            )
+            .await
+        }
+    };
+    assert!(counted(EVENTS).await, "every failure is counted");
+    let labels = ["rule=\"flood\"", "outcome=\"failed\""];
+    assert_eq!(
+        metric(&h, "herald_rule_actions_total", &labels).await,
+        Some(EVENTS as f64)
+    );
+    let lines = failed_lines(&h);
+    let windows = 1 + started.elapsed().as_secs() as usize / 10;
+    assert!(
+        !lines.is_empty() && lines.len() <= windows,
+        "at most one line per 10 s, not one per failure: {} lines",
+        lines.len()
+    );
+
+    // After the interval (counted from the first line, logged a little after `started`),
+    // the next failure is logged with the number left out.
+    tokio::time::sleep(Duration::from_secs(11).saturating_sub(started.elapsed())).await;
+    h.publish("hub.flood.x", json!({"last": true})).await;
+    assert!(counted(EVENTS + 1).await);
+    let lines = failed_lines(&h);
+    let last = lines.last().unwrap();
+    let left_out = EVENTS + 1 - lines.len();
+    assert!(
+        last.contains(&format!("suppressed={left_out}"))
+            || last.contains(&format!("\"suppressed\":{left_out}")),
+        "{} lines; the last names the {left_out} failures left out: {last}",
+        lines.len()
+    );
 }
