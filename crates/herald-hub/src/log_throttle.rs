@@ -23,7 +23,11 @@ impl LogThrottle {
     /// `Some(n)` when a line may be written now, `n` being how many were held back since
     /// the last one; `None` when this one is to be held back (and counted).
     pub fn admit(&self) -> Option<u64> {
-        let now = Instant::now();
+        self.admit_at(Instant::now())
+    }
+
+    /// [`LogThrottle::admit`] at a given instant.
+    pub fn admit_at(&self, now: Instant) -> Option<u64> {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         match *last {
             Some(at) if now.duration_since(at) < self.every => {
@@ -50,5 +54,22 @@ mod tests {
         assert_eq!(throttle.admit(), None);
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(throttle.admit(), Some(2));
+    }
+
+    #[test]
+    fn a_flood_is_one_line_per_interval_with_the_count_left_out() {
+        let every = Duration::from_secs(10);
+        let throttle = LogThrottle::new(every);
+        let start = Instant::now();
+        assert_eq!(throttle.admit_at(start), Some(0));
+        for i in 1..=199 {
+            assert_eq!(
+                throttle.admit_at(start + Duration::from_millis(i * 10)),
+                None
+            );
+        }
+        assert_eq!(throttle.admit_at(start + every), Some(199));
+        assert_eq!(throttle.admit_at(start + every), None);
+        assert_eq!(throttle.admit_at(start + 3 * every), Some(1));
     }
 }

@@ -24,30 +24,7 @@ const RETRY_STORE: Duration = Duration::from_secs(1);
 /// At most one warning per rule this often about events given up; the ones left out
 /// are counted in the next (a receiver that is down would otherwise write a line per
 /// event).
-const LOG_FAILURES_EVERY: Duration = Duration::from_secs(10);
-
-/// When a rule last logged a failure, and how many it has left out since.
-#[derive(Default)]
-pub(super) struct FailureLog {
-    last: Option<std::time::Instant>,
-    suppressed: u64,
-}
-
-impl FailureLog {
-    /// `Some(left out since the last line)` when this failure should be logged.
-    fn should_log(&mut self, now: std::time::Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.duration_since(last) < LOG_FAILURES_EVERY => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
+pub(super) const LOG_FAILURES_EVERY: Duration = Duration::from_secs(10);
 
 /// Where a consumer starts.
 pub(super) enum Start {
@@ -209,12 +186,7 @@ fn record(entry: &Entry, seq: Seq, event: Option<&Event>, result: Result<(), Str
         }
         Err(reason) => {
             entry.counters.failed.fetch_add(1, Ordering::Relaxed);
-            let log = entry
-                .failure_log
-                .lock()
-                .expect("failure log lock")
-                .should_log(std::time::Instant::now());
-            if let Some(suppressed) = log {
+            if let Some(suppressed) = entry.failure_log.admit() {
                 tracing::warn!(
                     rule = %entry.id,
                     event_id = %event.map(|e| e.id.to_string()).unwrap_or_default(),
@@ -254,22 +226,4 @@ async fn republish(
         )
         .await
         .map_err(|error| format!("cannot publish to NATS: {error}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failures_are_logged_at_most_once_per_interval_with_the_count_left_out() {
-        let mut log = FailureLog::default();
-        let start = std::time::Instant::now();
-        assert_eq!(log.should_log(start), Some(0));
-        for i in 1..=199 {
-            assert_eq!(log.should_log(start + Duration::from_millis(i * 10)), None);
-        }
-        assert_eq!(log.should_log(start + LOG_FAILURES_EVERY), Some(199));
-        assert_eq!(log.should_log(start + LOG_FAILURES_EVERY), None);
-        assert_eq!(log.should_log(start + 3 * LOG_FAILURES_EVERY), Some(1));
-    }
 }

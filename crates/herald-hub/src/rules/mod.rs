@@ -267,7 +267,7 @@ struct Entry {
     /// A webhook rule's own request slot and breaker.
     lane: Option<webhook::Lane>,
     /// Keeps failures from flooding the log.
-    failure_log: Mutex<engine::FailureLog>,
+    failure_log: crate::log_throttle::LogThrottle,
     /// Stops this rule's consumer (a child of the hub's shutdown token).
     stop: CancellationToken,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -481,7 +481,7 @@ fn new_entry(hub: &Hub, id: RuleId, spec: &RuleSpec, created_at: Timestamp) -> A
         created_at,
         counters: Counters::default(),
         lane,
-        failure_log: Mutex::default(),
+        failure_log: crate::log_throttle::LogThrottle::new(engine::LOG_FAILURES_EVERY),
         stop: hub.inner.shutdown.child_token(),
         task: Mutex::new(None),
     })
@@ -664,7 +664,7 @@ impl Hub {
             created_at: Timestamp::now(),
             counters: Counters::default(),
             lane: None,
-            failure_log: Mutex::default(),
+            failure_log: crate::log_throttle::LogThrottle::new(engine::LOG_FAILURES_EVERY),
             stop: self.inner.shutdown.child_token(),
             task: Mutex::new(None),
         });
