@@ -191,13 +191,16 @@ impl<'a> Params<'a> {
             .transpose()
     }
 
-    /// A JSON object, kept as sent.
+    /// A JSON object, kept as sent; it must pass `herald_core::check_payload`.
     pub fn payload(&mut self, name: &str) -> Result<Option<Payload>, RpcError> {
         self.take(name)
             .map(|raw| {
-                Payload::from_raw(raw.to_owned()).map_err(|e| {
+                let payload = Payload::from_raw(raw.to_owned()).map_err(|e| {
                     self.invalid(name, format!("must be a JSON object, not {}", e.found))
-                })
+                })?;
+                herald_core::check_payload(raw.get())
+                    .map_err(|e| self.invalid(name, e.to_string()))?;
+                Ok(payload)
             })
             .transpose()
     }
