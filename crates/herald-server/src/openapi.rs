@@ -81,7 +81,6 @@ use crate::rpc::MAX_BATCH_REQUESTS;
             crate::http::rules::RuleList,
             Subject,
             SubjectPattern,
-            SubjectQuery,
             OriginText,
             SeqParam,
             Limit,
@@ -315,13 +314,6 @@ raw_schema! {
         "minLength": 1,
         "examples": ["hub.local-hub.>", "hub.*.project.*"],
     }), MAX_SUBJECT_BYTES, |ascii| pattern_regex(ascii, false))
-}
-
-raw_schema! {
-    /// The `subject` filter of `GET /api/events`: a pattern, or empty for every subject.
-    SubjectQuery => byte_bounded(json!({
-        "description": "A subject pattern (see `SubjectPattern`), or empty for every subject.",
-    }), MAX_SUBJECT_BYTES, |ascii| pattern_regex(ascii, true))
 }
 
 raw_schema! {
