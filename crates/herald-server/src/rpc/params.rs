@@ -301,6 +301,35 @@ mod tests {
     }
 
     #[test]
+    fn payloads_pass_the_core_json_checks() {
+        static PAYLOAD: &[ParamSpec] = &[ParamSpec {
+            name: "payload",
+            ty: "object",
+            required: true,
+            description: "",
+            error: ErrorCode::InvalidPayload,
+        }];
+        let deep = format!(
+            r#"{{"payload": {{"a": {}{}}}}}"#,
+            "[".repeat(128),
+            "]".repeat(128)
+        );
+        for (text, says) in [
+            (r#"{"payload": {"n": 1e400}}"#, "1e400"),
+            (r#"{"payload": {"s": "\udead"}}"#, "lone UTF-16 surrogate"),
+            (r#"{"payload": {"a": 1, "a": 2}}"#, "twice"),
+            (deep.as_str(), "deeper than 128 levels"),
+        ] {
+            let raw = raw(text);
+            let mut params = Params::parse("m", PAYLOAD, Some(&raw)).unwrap();
+            let e = params.payload("payload").err().unwrap().to_wire();
+            assert_eq!(e.data["code"], "invalid_payload", "{text}");
+            assert_eq!(e.data["param"], "payload");
+            assert!(e.message.contains(says), "{}", e.message);
+        }
+    }
+
+    #[test]
     fn mistakes_name_the_param() {
         let e = error(None);
         assert_eq!(
