@@ -297,6 +297,17 @@ pub fn validate_extension_name(name: &str) -> Result<(), CloudEventError> {
     }
 }
 
+/// Whether `text` is a valid value of the spec's String type (see [`is_disallowed_char`]).
+pub fn is_valid_string(text: &str) -> bool {
+    !text.chars().any(is_disallowed_char)
+}
+
+/// Checks a URI-reference (RFC 3986 §4.1); answers whether it has a scheme (then it is a
+/// URI, possibly with a fragment), or why it is not a URI-reference.
+pub fn check_uri_reference(text: &str) -> Result<bool, String> {
+    uri::check_reference(text)
+}
+
 /// Characters the spec's String type disallows: control characters (U+0000-U+001F,
 /// U+007F-U+009F) and Unicode noncharacters (U+FDD0-U+FDEF and the last two code
 /// points of every plane). Surrogates cannot occur in a Rust string.
@@ -312,10 +323,11 @@ fn is_token_char(b: u8) -> bool {
 
 /// Checks a media type: `type "/" subtype *(";" attribute "=" value)` (RFC 2045 §5.1,
 /// which RFC 2046 builds on), where a value is a token or a quoted string; whitespace is
-/// allowed around the `;` separators.
+/// allowed around the `;` separators (tabs are control characters, which CloudEvents
+/// strings may not hold).
 pub fn check_media_type(text: &str) -> Result<(), String> {
     let token_end = |s: &str| s.bytes().position(|b| !is_token_char(b)).unwrap_or(s.len());
-    let text = text.trim_matches([' ', '\t']);
+    let text = text.trim_matches(' ');
     let type_len = token_end(text);
     let rest = &text[type_len..];
     let Some(rest) = rest.strip_prefix('/').filter(|_| type_len > 0) else {
@@ -325,7 +337,7 @@ pub fn check_media_type(text: &str) -> Result<(), String> {
     if subtype_len == 0 {
         return Err("the subtype after `/` is empty".into());
     }
-    let mut rest = rest[subtype_len..].trim_start_matches([' ', '\t']);
+    let mut rest = rest[subtype_len..].trim_start_matches(' ');
     while !rest.is_empty() {
         let Some(after) = rest.strip_prefix(';') else {
             return Err(format!(
@@ -333,7 +345,7 @@ pub fn check_media_type(text: &str) -> Result<(), String> {
                 rest.chars().next().unwrap_or_default()
             ));
         };
-        let parameter = after.trim_start_matches([' ', '\t']);
+        let parameter = after.trim_start_matches(' ');
         let name_len = token_end(parameter);
         let Some(value) = parameter[name_len..]
             .strip_prefix('=')
@@ -342,27 +354,32 @@ pub fn check_media_type(text: &str) -> Result<(), String> {
             return Err("a parameter is not `name=value`".into());
         };
         let value_len = if value.starts_with('"') {
-            quoted_string_len(value).ok_or("a quoted parameter value is not closed")?
+            quoted_string_len(value).ok_or(
+                "a quoted parameter value is not closed, or holds more than printable ASCII",
+            )?
         } else {
             token_end(value)
         };
         if value_len == 0 {
             return Err("a parameter value is empty".into());
         }
-        rest = value[value_len..].trim_start_matches([' ', '\t']);
+        rest = value[value_len..].trim_start_matches(' ');
     }
     Ok(())
 }
 
-/// The length of the quoted string (RFC 2045/822) at the start of `text`.
+/// The length of the quoted string (RFC 822 `quoted-string`, printable ASCII and
+/// spaces, `\\` escaping the next one) at the start of `text`.
 fn quoted_string_len(text: &str) -> Option<usize> {
     let bytes = text.as_bytes();
+    let printable = |b: &u8| (b' '..=b'~').contains(b);
     let mut i = 1;
     while i < bytes.len() {
         match bytes[i] {
             b'"' => return Some(i + 1),
-            b'\\' => i += 2,
-            _ => i += 1,
+            b'\\' if bytes.get(i + 1).is_some_and(printable) => i += 2,
+            b if b != b'\\' && printable(&b) => i += 1,
+            _ => return None,
         }
     }
     None

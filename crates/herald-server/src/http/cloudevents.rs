@@ -594,14 +594,22 @@ pub struct LegacyPublish {
     #[schema(value_type = Value, required = false)]
     pub data: Option<Box<RawValue>>,
     /// Becomes the `tenantid` extension.
+    #[schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\uFDD0-\\uFDEF\\uFFFE\\uFFFF]*$")]
     pub tenant_id: Option<String>,
     /// The CloudEvent `subject` attribute (not the Herald subject).
-    #[schema(min_length = 1)]
+    #[schema(
+        min_length = 1,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\uFDD0-\\uFDEF\\uFFFE\\uFFFF]*$"
+    )]
     pub subject: Option<String>,
     /// Becomes the `correlationid` extension (the correlation id when it is a UUID).
+    #[schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\uFDD0-\\uFDEF\\uFFFE\\uFFFF]*$")]
     pub correlation_id: Option<String>,
     /// The CloudEvent `id`; a fresh UUIDv7 when absent.
-    #[schema(min_length = 1)]
+    #[schema(
+        min_length = 1,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\uFDD0-\\uFDEF\\uFFFE\\uFFFF]*$"
+    )]
     pub id: Option<String>,
 }
 
