@@ -139,6 +139,12 @@ def test_invalid_cloudevents_are_rejected_and_not_stored(herald):
         ({"specversion": "1.0", "id": "1", "source": "/s", "type": "not a subject"}, "heraldsubject"),
         ({"specversion": "1.0", "id": "1", "source": "/s", "type": "com.x", "Bad-Ext": 1}, "extension"),
         ({"specversion": "1.0", "id": "1", "source": "/s", "type": "com.x", "data": {}, "data_base64": "AA=="}, "data"),
+        # datacontenttype: "If present, MUST adhere to the format specified in RFC 2046".
+        ({"specversion": "1.0", "id": "1", "source": "/s", "type": "com.x", "datacontenttype": "xyz"}, "datacontenttype"),
+        # String: "the "control characters" in the ranges U+0000-U+001F and U+007F-U+009F".
+        ({"specversion": "1.0", "id": "1", "source": "/s", "type": "com.x", "subject": "a\u0001b"}, "subject"),
+        # dataschema is a `URI`: "Absolute uniform resource identifier."
+        ({"specversion": "1.0", "id": "1", "source": "/s", "type": "com.x", "dataschema": "/relative/schema"}, "dataschema"),
     ]
     for body, word in cases:
         response = requests.post(url, headers=structured, data=json.dumps(body), timeout=10)
@@ -190,3 +196,94 @@ def test_seed_004_publish_route(herald):
     assert event.get_attributes()["source"] == "https://anumate.com/test"
     assert event.get_attributes()["tenantid"] == "test-tenant"
     assert event.get_data() == {"message": "Hello World"}
+
+
+def test_long_extension_names_and_awkward_header_values_round_trip(herald):
+    # "MUST be at least one character in length, and SHOULD NOT exceed 20 characters":
+    # advice, so the SDK (which checks only [a-z0-9]) and Herald both take longer names.
+    event = CloudEvent(
+        {
+            "type": "com.example.order.noted",
+            "source": "/orders",
+            "subject": 'a "quoted" 100% \u20ac subject',
+            "datacontenttype": "application/json",
+            "averyveryverylongextensionname": "kept",
+        },
+        {"n": 1},
+    )
+    for message in (to_binary(event, FORMAT), to_structured(event, FORMAT)):
+        response = requests.post(f"{herald.url}/api/events", headers=message.headers, data=message.body, timeout=10)
+        assert response.status_code in (200, 201), response.text
+        assert_same(event, read_back(herald.url, response.json()["event_id"]))
+
+
+def test_quoted_binary_header_values_are_unquoted(herald):
+    # HTTP binding §3.1.3.2: "any HTTP header value MUST first be unescaped with respect to
+    # double-quoted strings, as described in RFC7230, section 3.2.6. A single round of
+    # percent-decoding MUST then be performed".
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "quoted-1",
+        "ce-source": "/legacy-producer",
+        "ce-type": "com.example.legacy",
+        "ce-subject": '"hello world"',
+        "ce-tenantid": '"say \\"hi\\" %E2%82%AC"',
+        "Content-Type": "application/json",
+    }
+    response = requests.post(f"{herald.url}/api/events", headers=headers, data=b"{}", timeout=10)
+    assert response.status_code == 201, response.text
+    attributes = read_back(herald.url, response.json()["event_id"]).get_attributes()
+    assert attributes["subject"] == "hello world"
+    assert attributes["tenantid"] == 'say "hi" \u20ac'
+
+
+def test_empty_batch_is_accepted(herald):
+    # JSON format §4.3: "An example of an empty batch of CloudEvents (typically used in a
+    # response, but also valid in a request): []".
+    response = requests.post(
+        f"{herald.url}/api/events", headers={"Content-Type": "application/cloudevents-batch+json"}, data=b"[]", timeout=10
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"results": [], "count": 0}
+    assert requests.get(f"{herald.url}/api/events", timeout=10).json() == []
+
+
+def test_explicit_null_data_reads_back(herald):
+    # JSON format §3.1.1: "the `data` member MAY have a value of `null`, representing an
+    # explicit `null` payload as distinct from the absence of the `data` member."
+    structured = {"Content-Type": "application/cloudevents+json"}
+    ids = {}
+    for name, extra in (("null", {"data": None}), ("absent", {})):
+        body = {"specversion": "1.0", "id": name, "source": "/s", "type": "com.example.data", **extra}
+        response = requests.post(f"{herald.url}/api/events", headers=structured, data=json.dumps(body), timeout=10)
+        assert response.status_code == 201, response.text
+        ids[name] = response.json()["event_id"]
+    accept = {"Accept": "application/cloudevents+json"}
+    with_null = requests.get(f"{herald.url}/api/events/{ids['null']}", headers=accept, timeout=10).json()
+    without = requests.get(f"{herald.url}/api/events/{ids['absent']}", headers=accept, timeout=10).json()
+    assert "data" in with_null and with_null["data"] is None
+    assert "data" not in without
+    assert read_back(herald.url, ids["null"]).get_data() is None
+
+
+def test_poison_data_is_refused(herald):
+    # RFC 8259 §9: "An implementation may set limits on the maximum depth of nesting" and
+    # "on the range and precision of numbers"; §4: "The names within an object SHOULD be
+    # unique."
+    head = '{"specversion": "1.0", "id": "p", "source": "/s", "type": "com.example.poison", "data": '
+    for data, word in (
+        ("[" * 129 + "]" * 129, "deeper than 128"),
+        ('{"n": 1e400}', "1e400"),
+        ('{"s": "\\ud800"}', "surrogate"),
+        ('{"k": 1, "k": 2}', "twice"),
+    ):
+        response = requests.post(
+            f"{herald.url}/api/events",
+            headers={"Content-Type": "application/cloudevents+json"},
+            data=(head + data + "}").encode(),
+            timeout=10,
+        )
+        assert response.status_code == 422, (data[:40], response.text)
+        error = response.json()["error"]
+        assert error["code"] == "invalid_cloudevent" and word in error["message"], error
+    assert requests.get(f"{herald.url}/api/events", timeout=10).json() == []

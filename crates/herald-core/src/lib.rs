@@ -5,9 +5,11 @@
 //! - [`subject_tree`]: many patterns matched against one subject at once.
 //! - [`event`]: [`NewEvent`] (what a publisher hands in) and [`Event`] (what the log holds).
 //! - [`cloudevent`]: CloudEvents v1.0 attributes and their mapping to Herald events.
+//! - [`json`]: the checks every client payload passes (depth, numbers, Unicode, names).
 
 pub mod cloudevent;
 pub mod event;
+pub mod json;
 pub mod subject;
 pub mod subject_tree;
 
@@ -16,6 +18,7 @@ pub use event::{
     correlation_id_from_text, Event, NewEvent, Origin, Payload, PayloadNotObject, Seq, Timestamp,
     TimestampError,
 };
+pub use json::{check_payload, PayloadError, MAX_JSON_DEPTH};
 pub use subject::{
     qualify_subject, Pattern, Subject, SubjectError, Token, MAX_SUBJECT_BYTES, MAX_SUBJECT_TOKENS,
 };

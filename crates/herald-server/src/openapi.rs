@@ -81,7 +81,6 @@ use crate::rpc::MAX_BATCH_REQUESTS;
             crate::http::rules::RuleList,
             Subject,
             SubjectPattern,
-            SubjectQuery,
             OriginText,
             SeqParam,
             Limit,
@@ -198,10 +197,6 @@ const DOCS_PAGE: &str = r#"<!doctype html>
 /// `char::is_whitespace` or `char::is_control` accept (herald_core's rules).
 const EXCLUDED: &str =
     r".*>\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000";
-
-/// What `char::is_whitespace` accepts, for a CloudEvent's `source`.
-const WHITESPACE: &str =
-    r"\u0009-\u000D\u0020\u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000";
 
 /// The token characters of subjects that are ASCII: printable ASCII but `.`, `*`, `>`
 /// (and, for a token's first character, `%`).
@@ -320,13 +315,6 @@ raw_schema! {
 }
 
 raw_schema! {
-    /// The `subject` filter of `GET /api/events`: a pattern, or empty for every subject.
-    SubjectQuery => byte_bounded(json!({
-        "description": "A subject pattern (see `SubjectPattern`), or empty for every subject.",
-    }), MAX_SUBJECT_BYTES, |ascii| pattern_regex(ascii, true))
-}
-
-raw_schema! {
     /// `origin.service` or `origin.user`: at most 256 bytes of UTF-8.
     OriginText => byte_bounded(json!({}), crate::http::publish::MAX_ORIGIN_FIELD, |ascii| {
         if ascii { "^[\\u0000-\\u007F]*$".to_owned() } else { String::new() }
@@ -375,19 +363,30 @@ raw_schema! {
             `heraldsubject` extension when given, else `type` (which must then be a literal \
             subject). Its event id is derived from (`source`, `id`), so re-sending it is a \
             duplicate. `correlationid`, when a UUID, becomes the correlation id. The payload is \
-            `data` when it is an object, else `{\"data\": …}` or `{\"data_base64\": …}`. \
-            Extension attributes are named by 1 to 20 lowercase letters or digits and hold a \
-            string, a boolean, a 32-bit integer, or null (ignored).",
+            `data` when it is an object, else `{\"data\": …}` (`data: null` included) or \
+            `{\"data_base64\": …}`; `data` must nest at most 128 levels, hold no number beyond \
+            a 64-bit float, no lone surrogate escape and no repeated member name. \
+            Extension attributes are named by lowercase letters or digits (at least one) and \
+            hold a string, a boolean, a 32-bit integer, or null (ignored). Strings hold no \
+            control characters.",
         "required": ["specversion", "id", "source", "type"],
         "properties": {
             "specversion": {"type": "string", "enum": ["1.0"]},
-            "id": {"type": "string", "minLength": 1},
+            "id": {"type": "string", "minLength": 1, "pattern": CE_STRING_PATTERN},
             "source": reference("CloudEventSource"),
-            "type": {"type": "string", "minLength": 1},
-            "subject": {"type": ["string", "null"], "minLength": 1},
+            "type": {"type": "string", "minLength": 1, "pattern": CE_STRING_PATTERN},
+            "subject": {"type": ["string", "null"], "minLength": 1, "pattern": CE_STRING_PATTERN},
             "time": {"type": ["string", "null"], "format": "date-time"},
-            "datacontenttype": {"type": ["string", "null"], "minLength": 1},
-            "dataschema": {"type": ["string", "null"], "minLength": 1},
+            "datacontenttype": {
+                "description": "A media type (RFC 2046): `type/subtype` and optional parameters.",
+                "type": ["string", "null"],
+                "pattern": media_type_regex(),
+            },
+            "dataschema": {
+                "description": "An absolute URI (RFC 3986; a fragment is allowed).",
+                "type": ["string", "null"],
+                "pattern": uri_regex(false),
+            },
             "data": {"description": "Any JSON value."},
             "data_base64": {
                 "type": ["string", "null"],
@@ -411,13 +410,15 @@ raw_schema! {
                 "type": ["string", "boolean", "integer", "null"],
                 "minimum": i32::MIN,
                 "maximum": i32::MAX,
+                "pattern": CE_STRING_PATTERN,
             },
         },
-        "propertyNames": {"pattern": "^(?:[a-z0-9]{1,20}|data_base64)$"},
+        "propertyNames": {"pattern": "^(?:[a-z0-9]+|data_base64)$"},
         "additionalProperties": {
             "type": ["string", "boolean", "integer", "null"],
             "minimum": i32::MIN,
             "maximum": i32::MAX,
+            "pattern": CE_STRING_PATTERN,
         },
         "anyOf": [
             {
@@ -428,10 +429,7 @@ raw_schema! {
         ],
         "not": {
             "required": ["data", "data_base64"],
-            "properties": {
-                "data": {"not": {"type": "null"}},
-                "data_base64": {"type": "string"},
-            },
+            "properties": {"data_base64": {"type": "string"}},
         },
         "examples": [{
             "specversion": "1.0",
@@ -469,12 +467,52 @@ raw_schema! {
     })
 }
 
+/// A CloudEvents String (spec, Type System): no control characters (U+0000-U+001F,
+/// U+007F-U+009F) and no noncharacters of the first plane (the server also refuses those
+/// of the other planes).
+pub const CE_STRING_PATTERN: &str =
+    "^[^\\u0000-\\u001F\\u007F-\\u009F\\uFDD0-\\uFDEF\\uFFFE\\uFFFF]*$";
+
+/// RFC 3986 pieces, as `herald_core::cloudevent::check_uri_reference` reads them.
+const URI_PCT: &str = "%[0-9A-Fa-f]{2}";
+const URI_UNRESERVED_SUB: &str = "A-Za-z0-9\\-._~!$&'()*+,;=";
+
+fn uri_regex(relative_allowed: bool) -> String {
+    let us = URI_UNRESERVED_SUB;
+    let pct = URI_PCT;
+    let seg = format!("(?:[{us}:@]|{pct})*");
+    let seg_nz = format!("(?:[{us}:@]|{pct})+");
+    let seg_nc = format!("(?:[{us}@]|{pct})+");
+    let query = format!("(?:[{us}:@/?]|{pct})*");
+    let host = format!("(?:\\[(?:[0-9A-Fa-f:.]+|[vV][{us}:]*)\\]|(?:[{us}]|{pct})*)");
+    let authority = format!("(?:(?:[{us}:]|{pct})*@)?{host}(?::[0-9]*)?");
+    let with_authority = format!("//{authority}(?:/{seg}(?:/{seg})*)?");
+    let scheme = "[A-Za-z][A-Za-z0-9+.\\-]*";
+    let hier = format!("(?:{with_authority}|/?(?:{seg_nz}(?:/{seg})*)?)");
+    let relative =
+        format!("(?:{with_authority}|/(?:{seg_nz}(?:/{seg})*)?|(?:{seg_nc}(?:/{seg})*)?)");
+    let head = if relative_allowed {
+        format!("(?:{scheme}:{hier}|{relative})")
+    } else {
+        format!("{scheme}:{hier}")
+    };
+    format!("^{head}(?:\\?{query})?(?:#{query})?$")
+}
+
+/// An RFC 2045 media type with parameters, as `herald_core::cloudevent::check_media_type`
+/// reads it.
+fn media_type_regex() -> String {
+    let token = "[!#$%&'*+\\-.0-9A-Z^_`a-z{|}~]+";
+    let quoted = "\"(?:[ !#-\\[\\]-~]|\\\\[ -~])*\"";
+    format!("^ *{token}/{token}(?: *; *{token}=(?:{token}|{quoted}))* *$")
+}
+
 raw_schema! {
-    /// A CloudEvent `source`: a URI-reference, so not empty and without whitespace.
+    /// A CloudEvent `source`: a non-empty URI-reference (RFC 3986 §4.1).
     CloudEventSource => json!({
         "type": "string",
         "minLength": 1,
-        "pattern": format!("^[^{WHITESPACE}]+$"),
+        "pattern": uri_regex(true),
         "examples": ["https://example.com/orders"],
     })
 }
@@ -483,7 +521,6 @@ raw_schema! {
     /// A batch of structured CloudEvents (`application/cloudevents-batch+json`).
     CloudEventBatch => json!({
         "type": "array",
-        "minItems": 1,
         "maxItems": MAX_BATCH_EVENTS,
         "items": reference("CloudEvent"),
     })
@@ -1093,6 +1130,114 @@ mod tests {
                     "query {sample:?} (ascii: {ascii})"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn cloudevent_patterns_agree_with_the_server() {
+        use herald_core::cloudevent::{check_media_type, check_uri_reference, is_valid_string};
+        let uri_reference = regex::Regex::new(&uri_regex(true)).unwrap();
+        let absolute_uri = regex::Regex::new(&uri_regex(false)).unwrap();
+        for sample in [
+            "https://example.com/orders",
+            "/mycontext",
+            "cloudevents/spec/pull/123",
+            "mailto:a@b.c",
+            "urn:uuid:6e8bc430-9c3a-11d9-9669-0800200c9a66",
+            "//host/x",
+            "//user:pw@host:80/p?q=1#f",
+            "http://[::1]:8080/",
+            "http://[v7.x]/",
+            "s:",
+            "s:/a",
+            "s:a//b",
+            "s:///x",
+            "a//b",
+            "/a:b",
+            "?q",
+            "#f",
+            "",
+            "a:b:c",
+            "1a:b",
+            "a b",
+            "/50%",
+            "/%zz",
+            "/%41",
+            "/x#y#z",
+            "//host:80x",
+            "//a[b",
+            "//[::1]x",
+            "//[zz]",
+            "//a@b@c",
+            "s://a]",
+            "caf\u{e9}",
+            "x?a#b?c/",
+            "s:?#",
+            "a:/b:c",
+            ":x",
+            "/:x",
+            "./a:b",
+            "%3A:x",
+        ] {
+            let checked = check_uri_reference(sample);
+            assert_eq!(
+                uri_reference.is_match(sample),
+                checked.is_ok(),
+                "uri-reference {sample:?}"
+            );
+            assert_eq!(
+                absolute_uri.is_match(sample),
+                checked == Ok(true),
+                "absolute uri {sample:?}"
+            );
+        }
+        let media = regex::Regex::new(&media_type_regex()).unwrap();
+        for sample in [
+            "application/json",
+            "text/plain; charset=utf-8",
+            "text/plain;charset=\"a b\"",
+            " a/b ",
+            "a/b;c=d;e=f",
+            "xyz",
+            "a/",
+            "/b",
+            "a/b;",
+            "a/b; c",
+            "a/b; c=",
+            "a/b; c=\"open",
+            "a/b c",
+            "a b/c",
+            "a/b;c=\"\\\"\"",
+            "a/b;c=\"\u{e9}\"",
+            "a/b\t;c=d",
+            "a/b; c=d e",
+            "a/b;c=d;",
+            "a@b/c",
+        ] {
+            assert_eq!(
+                media.is_match(sample),
+                check_media_type(sample).is_ok(),
+                "media type {sample:?}"
+            );
+        }
+        let string = regex::Regex::new(CE_STRING_PATTERN).unwrap();
+        for sample in [
+            "plain",
+            "caf\u{e9}",
+            "\u{a0}",
+            "a\u{1}",
+            "\u{7f}",
+            "\u{9f}",
+            "\u{fdd0}",
+            "\u{fffe}",
+            "\u{fdf0}",
+            "\n",
+        ] {
+            assert_eq!(
+                string.is_match(sample),
+                is_valid_string(sample),
+                "string {sample:?}"
+            );
         }
     }
 }

@@ -117,14 +117,10 @@ impl<'a> From<&'a CoreEvent> for Event<'a> {
             correlation_id: event.correlation_id,
             payload: event.payload.as_raw(),
             timestamp: event.timestamp.to_rfc3339(),
-            cloudevent: event.cloudevent.as_ref().map(|_| {
-                let mut attributes = crate::http::cloudevents::to_structured(event);
-                if let Some(map) = attributes.as_object_mut() {
-                    map.remove("data");
-                    map.remove("data_base64");
-                }
-                attributes
-            }),
+            cloudevent: event
+                .cloudevent
+                .as_ref()
+                .map(|_| crate::http::cloudevents::attributes(event).into()),
         }
     }
 }

@@ -18,7 +18,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{interval_at, timeout, Instant};
 
 use crate::error::{ApiError, ErrorCode};
-use crate::http::{form_pairs, invalid_query, parse_seq, parse_timestamp, truncate};
+use crate::http::{
+    form_pairs, invalid_query, parse_seq, parse_subject_filter, parse_timestamp, truncate,
+};
 use crate::wire::StreamFrame;
 use crate::AppState;
 
@@ -41,13 +43,17 @@ fn parse_params(raw: &str) -> Result<StreamParams, ApiError> {
     let mut pattern = None;
     let mut from_seq = None;
     let mut since = None;
+    let mut seen: Vec<String> = Vec::new();
     for (key, value) in form_pairs(raw)? {
+        if seen.contains(&key) {
+            return Err(invalid_query(format!(
+                "`{}` is given more than once",
+                truncate(&key)
+            )));
+        }
+        seen.push(key.clone());
         match key.as_str() {
-            "subject" => {
-                pattern = Some(Pattern::parse_filter(&value).map_err(|e| {
-                    ApiError::new(ErrorCode::InvalidQuery, format!("`subject`: {e}"))
-                })?)
-            }
+            "subject" => pattern = Some(parse_subject_filter(&value)?),
             "from_seq" => from_seq = Some(parse_seq("from_seq", &value)?),
             "since" => since = Some(parse_timestamp("since", &value)?),
             other => {

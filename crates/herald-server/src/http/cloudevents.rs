@@ -13,6 +13,7 @@
 //! structured CloudEvent, and `GET /api/events` with
 //! `Accept: application/cloudevents-batch+json` a batch.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -20,6 +21,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use herald_core::{CloudEventAttributes, DataForm, Event, ExtensionValue, NewEvent, Payload};
+use serde::ser::SerializeMap;
+use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -99,18 +102,32 @@ fn new_event(
     Ok(event)
 }
 
-/// Parses one structured-mode CloudEvent (a JSON object).
+/// The members of a JSON object, in order, values as sent.
+pub type Members = Vec<(String, Box<RawValue>)>;
+
+/// Parses one structured-mode CloudEvent (a JSON object's members). Attributes are
+/// decoded one by one; `data` stays the JSON text it was sent as.
 pub fn parse_structured(
     state: &AppState,
-    value: Map<String, Value>,
+    members: Members,
     fallback_correlation: Option<Uuid>,
 ) -> Result<NewEvent, ApiError> {
-    let mut value = value;
+    let mut attributes: BTreeMap<String, Box<RawValue>> = BTreeMap::new();
+    for (name, value) in members {
+        if attributes.contains_key(&name) {
+            return Err(invalid(format!(
+                "member `{}` appears more than once",
+                super::truncate(&name)
+            )));
+        }
+        attributes.insert(name, value);
+    }
+    let data = attributes.remove("data");
+    let data_base64 = attributes.remove("data_base64");
     let mut take_string = |name: &'static str| -> Result<Option<String>, ApiError> {
-        match value.remove(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(invalid(format!("attribute `{name}` must be a string"))),
+        match attributes.remove(name) {
+            None => Ok(None),
+            Some(raw) => optional_string(name, &raw),
         }
     };
     let specversion = take_string("specversion")?
@@ -122,37 +139,42 @@ pub fn parse_structured(
     let time = take_string("time")?;
     let datacontenttype = take_string("datacontenttype")?;
     let dataschema = take_string("dataschema")?;
-    let data = value.remove("data");
-    let data_base64 = value.remove("data_base64");
 
     let mut extensions = BTreeMap::new();
-    for (name, v) in value {
-        let v = match v {
-            Value::Null => continue,
-            Value::String(s) => ExtensionValue::String(s),
-            Value::Bool(b) => ExtensionValue::Boolean(b),
-            Value::Number(n) => match whole_number(&n).filter(|i| i32::try_from(*i).is_ok()) {
-                Some(i) => ExtensionValue::Integer(i),
-                None => {
-                    return Err(invalid(format!(
-                        "extension `{name}` must be a string, boolean or 32-bit integer"
-                    )))
-                }
-            },
-            Value::Array(_) | Value::Object(_) => {
+    for (name, raw) in attributes {
+        if matches!(first_byte(&raw), Some(b'[' | b'{')) {
+            return Err(invalid(format!(
+                "extension `{name}` must be a string, boolean or integer, not a structure"
+            )));
+        }
+        let v = match serde_json::from_str::<Value>(raw.get()) {
+            Ok(Value::Null) => continue,
+            Ok(Value::String(s)) => ExtensionValue::String(s),
+            Ok(Value::Bool(b)) => ExtensionValue::Boolean(b),
+            Ok(Value::Number(n)) if whole_number(&n).is_some_and(|i| i32::try_from(i).is_ok()) => {
+                ExtensionValue::Integer(whole_number(&n).unwrap_or_default())
+            }
+            _ => {
                 return Err(invalid(format!(
-                    "extension `{name}` must be a string, boolean or integer, not a structure"
+                    "extension `{name}` must be a string, boolean or 32-bit integer"
                 )))
             }
         };
         extensions.insert(name, v);
     }
 
+    // JSON format §3.1.1: "the `data` member MAY have a value of `null`, representing an
+    // explicit `null` payload as distinct from the absence of the `data` member", so a
+    // null `data` is kept (as `{"data": null}`); a null `data_base64` is unset.
+    let data_base64 = match data_base64 {
+        Some(raw) => optional_string("data_base64", &raw)?,
+        None => None,
+    };
     let (payload, data_form) = match (data, data_base64) {
-        (Some(d), Some(b)) if !d.is_null() && !b.is_null() => {
+        (Some(_), Some(_)) => {
             return Err(invalid("`data` and `data_base64` cannot both be present"))
         }
-        (_, Some(Value::String(encoded))) => {
+        (None, Some(encoded)) => {
             base64::engine::general_purpose::STANDARD
                 .decode(&encoded)
                 .map_err(|e| invalid(format!("`data_base64` is not valid base64: {e}")))?;
@@ -161,12 +183,8 @@ pub fn parse_structured(
                 DataForm::Base64,
             )
         }
-        (_, Some(Value::Null)) | (None, None) | (Some(Value::Null), None) => {
-            (Payload::empty(), DataForm::Absent)
-        }
-        (_, Some(_)) => return Err(invalid("`data_base64` must be a string")),
-        (Some(Value::Object(map)), None) => (Payload::from_value(&map), DataForm::Object),
-        (Some(other), None) => (wrap("data", other), DataForm::Wrapped),
+        (None, None) => (Payload::empty(), DataForm::Absent),
+        (Some(raw), None) => data_payload(raw, |e| invalid(format!("`data` {e}")))?,
     };
 
     let attributes = CloudEventAttributes {
@@ -184,6 +202,40 @@ pub fn parse_structured(
     new_event(state, attributes, payload, fallback_correlation)
 }
 
+/// A string attribute; `null` means unset (JSON format §2.2).
+fn optional_string(name: &str, raw: &RawValue) -> Result<Option<String>, ApiError> {
+    match first_byte(raw) {
+        Some(b'n') => Ok(None),
+        Some(b'"') => serde_json::from_str(raw.get())
+            .map(Some)
+            .map_err(|e| invalid(format!("attribute `{name}` is not a valid string: {e}"))),
+        _ => Err(invalid(format!("attribute `{name}` must be a string"))),
+    }
+}
+
+fn first_byte(raw: &RawValue) -> Option<u8> {
+    raw.get().trim_start().as_bytes().first().copied()
+}
+
+/// The payload of JSON data: an object is the payload itself, anything else (null
+/// included) is kept as `{"data": …}`, in both cases as the text it was sent as. The
+/// data must pass `herald_core::check_payload`.
+fn data_payload(
+    raw: Box<RawValue>,
+    error: impl Fn(herald_core::PayloadError) -> ApiError,
+) -> Result<(Payload, DataForm), ApiError> {
+    herald_core::check_payload(raw.get()).map_err(error)?;
+    let (text, form) = if first_byte(&raw) == Some(b'{') {
+        (raw, DataForm::Object)
+    } else {
+        let wrapped = RawValue::from_string(format!("{{\"data\":{}}}", raw.get()))
+            .map_err(|e| invalid(format!("`data` cannot be kept: {e}")))?;
+        (wrapped, DataForm::Wrapped)
+    };
+    let payload = Payload::from_raw(text).map_err(|e| invalid(e.to_string()))?;
+    Ok((payload, form))
+}
+
 /// Parses a binary-mode CloudEvent: attributes from `ce-*` headers, data from the body.
 pub fn parse_binary(
     state: &AppState,
@@ -199,8 +251,8 @@ pub fn parse_binary(
         let text = value
             .to_str()
             .map_err(|_| invalid(format!("header `{name}` is not ASCII text")))?;
-        let decoded = percent_decode(text)
-            .ok_or_else(|| invalid(format!("header `{name}` has a malformed percent-encoding")))?;
+        let decoded =
+            decode_header_value(text).map_err(|e| invalid(format!("header `{name}` {e}")))?;
         attributes.insert(attribute.to_owned(), decoded);
     }
     let mut take = |name: &str| attributes.remove(name);
@@ -241,14 +293,7 @@ pub fn parse_binary(
                 format!("the body is declared JSON but is not valid JSON: {e}"),
             )
         })?;
-        match Payload::from_raw(raw) {
-            Ok(payload) => (payload, DataForm::Object),
-            Err(_) => {
-                let value: Value =
-                    serde_json::from_slice(body).map_err(|e| invalid(e.to_string()))?;
-                (wrap("data", value), DataForm::Wrapped)
-            }
-        }
+        data_payload(raw, |e| invalid(format!("the body (the event's data) {e}")))?
     } else if let Ok(text) = std::str::from_utf8(body) {
         (
             wrap("data", Value::String(text.to_owned())),
@@ -284,20 +329,50 @@ pub fn parse_batch(
     body: &[u8],
     fallback_correlation: Option<Uuid>,
 ) -> Result<Vec<NewEvent>, ApiError> {
-    let items: Vec<Value> = serde_json::from_slice(body).map_err(super::json_error)?;
-    if items.is_empty() || items.len() > MAX_BATCH_EVENTS {
+    let items: Vec<Box<RawValue>> = serde_json::from_slice(body).map_err(super::json_error)?;
+    if items.len() > MAX_BATCH_EVENTS {
         return Err(ApiError::new(
             ErrorCode::InvalidBatch,
             format!(
-                "a batch holds 1 to {MAX_BATCH_EVENTS} CloudEvents, got {}",
+                "a batch holds at most {MAX_BATCH_EVENTS} CloudEvents, got {}",
                 items.len()
             ),
         ));
     }
-    super::publish::parse_all(items.into_iter(), "CloudEvents", |item| match item {
-        Value::Object(map) => parse_structured(state, map, fallback_correlation),
-        _ => Err(invalid("each item of a batch must be a JSON object")),
+    super::publish::parse_all(items.into_iter(), "CloudEvents", |item| {
+        if first_byte(&item) != Some(b'{') {
+            return Err(invalid("each item of a batch must be a JSON object"));
+        }
+        let members = serde_json::from_str::<ObjectMembers>(item.get())
+            .map_err(|e| invalid(format!("the event cannot be read: {e}")))?;
+        parse_structured(state, members.0, fallback_correlation)
     })
+}
+
+/// A JSON object's members in order, each value kept as its JSON text.
+struct ObjectMembers(Members);
+
+impl<'de> serde::Deserialize<'de> for ObjectMembers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+        impl<'de> serde::de::Visitor<'de> for MembersVisitor {
+            type Value = ObjectMembers;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, Box<RawValue>>()? {
+                    members.push(member);
+                }
+                Ok(ObjectMembers(members))
+            }
+        }
+        deserializer.deserialize_map(MembersVisitor)
+    }
 }
 
 /// Parses a structured body (a JSON object).
@@ -306,10 +381,12 @@ pub fn parse_structured_body(
     body: &[u8],
     fallback_correlation: Option<Uuid>,
 ) -> Result<NewEvent, ApiError> {
-    match serde_json::from_slice::<Value>(body).map_err(super::json_error)? {
-        Value::Object(map) => parse_structured(state, map, fallback_correlation),
-        _ => Err(invalid("a structured CloudEvent is a JSON object")),
+    if body.iter().copied().find(|b| !b.is_ascii_whitespace()) != Some(b'{') {
+        serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(super::json_error)?;
+        return Err(invalid("a structured CloudEvent is a JSON object"));
     }
+    let members = serde_json::from_slice::<ObjectMembers>(body).map_err(super::json_error)?;
+    parse_structured(state, members.0, fallback_correlation)
 }
 
 /// A JSON number that is a whole number, as an integer: `4` and `4.0` alike (JSON, and
@@ -328,29 +405,115 @@ fn wrap(key: &str, value: Value) -> Payload {
     Payload::from_value(&map)
 }
 
-/// Decodes `%XX` escapes (binary-mode header values are percent-encoded UTF-8).
-fn percent_decode(text: &str) -> Option<String> {
+/// Decodes a binary-mode header value (HTTP binding §3.1.3.2): first RFC 7230
+/// quoted strings are unquoted (with their backslash escapes), then one round of
+/// percent-decoding; the bytes must be UTF-8. Errors complete "header `ce-x` …".
+fn decode_header_value(text: &str) -> Result<String, String> {
+    let unquoted = unquote(text)?;
+    percent_decode(&unquoted)
+}
+
+/// Removes RFC 7230 §3.2.6 double quotes: `"a \"b\""` is `a "b"`; text outside quotes is
+/// kept as it is.
+fn unquote(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '"' {
+            out.push(c);
+            continue;
+        }
+        loop {
+            match chars.next() {
+                None => return Err("has a quoted string without its closing `\"`".into()),
+                Some('"') => break,
+                Some('\\') => match chars.next() {
+                    Some(escaped) => out.push(escaped),
+                    None => return Err("ends inside a backslash escape".into()),
+                },
+                Some(other) => out.push(other),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes `%XX` escapes (either case) into UTF-8; anything else is kept.
+fn percent_decode(text: &str) -> Result<String, String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = text.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            let byte = bytes
+                .get(i + 1..i + 3)
+                .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+                .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok())
+                .ok_or("has a `%` that is not a `%XX` escape")?;
+            out.push(byte);
             i += 3;
         } else {
             out.push(bytes[i]);
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).map_err(|_| "percent-encodes bytes that are not UTF-8".into())
+}
+
+/// An event as a structured CloudEvent, ready to serialize: the attributes, then the
+/// data as the JSON text it is stored as (never re-parsed, so any payload the hub
+/// accepted reads back, whatever its depth).
+pub struct Structured<'a> {
+    attributes: Map<String, Value>,
+    data: Option<(&'static str, Cow<'a, RawValue>)>,
+}
+
+impl Serialize for Structured<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let extra = usize::from(self.data.is_some());
+        let mut map = serializer.serialize_map(Some(self.attributes.len() + extra))?;
+        for (name, value) in &self.attributes {
+            map.serialize_entry(name, value)?;
+        }
+        if let Some((name, data)) = &self.data {
+            map.serialize_entry(name, data)?;
+        }
+        map.end()
+    }
 }
 
 /// An event as a structured CloudEvent. Events that arrived as CloudEvents read back
 /// exactly as they were sent; others get `id` = the Herald id, `source` =
 /// `/herald/<hub_id>`, `type` = the subject, `time` = the commit time, and the
 /// extensions `correlationid` and `heraldseq`.
-pub fn to_structured(event: &Event) -> Value {
+pub fn to_structured(event: &Event) -> Structured<'_> {
+    let attributes = attributes(event);
+    let payload = event.payload.as_raw();
+    let data = match event.cloudevent.as_deref().map(|a| a.data_form) {
+        None | Some(DataForm::Object) => Some(("data", Cow::Borrowed(payload))),
+        Some(DataForm::Absent) => None,
+        Some(DataForm::Wrapped) => {
+            wrapped_member(payload, "data").map(|raw| ("data", Cow::Owned(raw)))
+        }
+        Some(DataForm::Base64) => {
+            wrapped_member(payload, "data_base64").map(|raw| ("data_base64", Cow::Owned(raw)))
+        }
+    };
+    Structured { attributes, data }
+}
+
+/// The member `name` of a stored payload `{"data": …}` or `{"data_base64": …}`, as text.
+fn wrapped_member(payload: &RawValue, name: &str) -> Option<Box<RawValue>> {
+    let members = serde_json::from_str::<ObjectMembers>(payload.get()).ok()?;
+    members
+        .0
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, raw)| raw)
+}
+
+/// The context attributes of an event as a structured CloudEvent, without its data.
+pub fn attributes(event: &Event) -> Map<String, Value> {
     let mut out = Map::new();
     match event.cloudevent.as_deref() {
         Some(a) => {
@@ -376,19 +539,6 @@ pub fn to_structured(event: &Event) -> Value {
                 };
                 out.insert(name.clone(), value);
             }
-            let payload: Value = serde_json::from_str(event.payload.get()).unwrap_or(Value::Null);
-            match a.data_form {
-                DataForm::Absent => {}
-                DataForm::Object => {
-                    out.insert("data".into(), payload);
-                }
-                DataForm::Wrapped => {
-                    out.insert("data".into(), payload["data"].clone());
-                }
-                DataForm::Base64 => {
-                    out.insert("data_base64".into(), payload["data_base64"].clone());
-                }
-            }
         }
         None => {
             out.insert("specversion".into(), "1.0".into());
@@ -405,11 +555,9 @@ pub fn to_structured(event: &Event) -> Value {
                 event.correlation_id.to_string().into(),
             );
             out.insert("heraldseq".into(), Value::from(event.seq));
-            let payload: Value = serde_json::from_str(event.payload.get()).unwrap_or(Value::Null);
-            out.insert("data".into(), payload);
         }
     }
-    Value::Object(out)
+    out
 }
 
 /// Whether the client asked for `media` (a plain substring match on `Accept`).
@@ -422,7 +570,7 @@ pub fn accepts(headers: &HeaderMap, media: &str) -> bool {
 }
 
 /// A response with a CloudEvents media type.
-pub fn respond(status: StatusCode, media: &'static str, body: Value) -> Response {
+pub fn respond(status: StatusCode, media: &'static str, body: impl Serialize) -> Response {
     let mut response = (status, Json(body)).into_response();
     response
         .headers_mut()
@@ -444,54 +592,65 @@ pub struct LegacyPublish {
     pub event_type: Option<String>,
     /// The CloudEvent `data`: any JSON (an object becomes the payload as is).
     #[schema(value_type = Value, required = false)]
-    pub data: Option<Value>,
+    pub data: Option<Box<RawValue>>,
     /// Becomes the `tenantid` extension.
+    #[schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\uFDD0-\\uFDEF\\uFFFE\\uFFFF]*$")]
     pub tenant_id: Option<String>,
     /// The CloudEvent `subject` attribute (not the Herald subject).
-    #[schema(min_length = 1)]
+    #[schema(
+        min_length = 1,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\uFDD0-\\uFDEF\\uFFFE\\uFFFF]*$"
+    )]
     pub subject: Option<String>,
     /// Becomes the `correlationid` extension (the correlation id when it is a UUID).
+    #[schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\uFDD0-\\uFDEF\\uFFFE\\uFFFF]*$")]
     pub correlation_id: Option<String>,
     /// The CloudEvent `id`; a fresh UUIDv7 when absent.
-    #[schema(min_length = 1)]
+    #[schema(
+        min_length = 1,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\uFDD0-\\uFDEF\\uFFFE\\uFFFF]*$"
+    )]
     pub id: Option<String>,
 }
 
-/// Turns seed 004's publish request into a structured CloudEvent.
-pub fn legacy_to_structured(
-    source: String,
-    body: LegacyPublish,
-) -> Result<Map<String, Value>, ApiError> {
+/// Turns seed 004's publish request into a structured CloudEvent's members.
+pub fn legacy_to_structured(source: String, body: LegacyPublish) -> Result<Members, ApiError> {
     let ty = body
         .event_type
         .filter(|t| !t.is_empty())
         .ok_or_else(|| invalid("`event_type` is required"))?;
-    let mut map = Map::new();
-    map.insert("specversion".into(), "1.0".into());
-    map.insert(
-        "id".into(),
-        body.id.unwrap_or_else(|| Uuid::now_v7().to_string()).into(),
-    );
-    map.insert("source".into(), source.into());
-    map.insert("type".into(), ty.into());
-    map.insert(
-        "time".into(),
-        herald_core::Timestamp::now().to_rfc3339().into(),
-    );
-    map.insert("datacontenttype".into(), "application/json".into());
-    if let Some(subject) = body.subject {
-        map.insert("subject".into(), subject.into());
-    }
-    if let Some(tenant) = body.tenant_id {
-        map.insert("tenantid".into(), tenant.into());
-    }
-    if let Some(correlation) = body.correlation_id {
-        map.insert("correlationid".into(), correlation.into());
+    let string =
+        |text: String| serde_json::value::to_raw_value(&text).map_err(|e| invalid(e.to_string()));
+    let mut members = vec![
+        ("specversion".to_owned(), string("1.0".to_owned())?),
+        (
+            "id".to_owned(),
+            string(body.id.unwrap_or_else(|| Uuid::now_v7().to_string()))?,
+        ),
+        ("source".to_owned(), string(source)?),
+        ("type".to_owned(), string(ty)?),
+        (
+            "time".to_owned(),
+            string(herald_core::Timestamp::now().to_rfc3339())?,
+        ),
+        (
+            "datacontenttype".to_owned(),
+            string("application/json".to_owned())?,
+        ),
+    ];
+    for (name, value) in [
+        ("subject", body.subject),
+        ("tenantid", body.tenant_id),
+        ("correlationid", body.correlation_id),
+    ] {
+        if let Some(value) = value {
+            members.push((name.to_owned(), string(value)?));
+        }
     }
     if let Some(data) = body.data {
-        map.insert("data".into(), data);
+        members.push(("data".to_owned(), data));
     }
-    Ok(map)
+    Ok(members)
 }
 
 #[cfg(test)]
@@ -499,11 +658,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a%20b%C3%A9").as_deref(), Some("a bé"));
-        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
-        assert_eq!(percent_decode("bad%2"), None);
-        assert_eq!(percent_decode("bad%zz"), None);
+    fn header_values_are_unquoted_then_percent_decoded() {
+        // HTTP binding §3.1.3.2: "When decoding an HTTP message into a CloudEvent, any
+        // HTTP header value MUST first be unescaped with respect to double-quoted
+        // strings, as described in RFC7230, section 3.2.6. A single round of
+        // percent-decoding MUST then be performed as described below."
+        let decode = |text: &str| decode_header_value(text);
+        assert_eq!(decode("\"hello world\"").unwrap(), "hello world");
+        assert_eq!(
+            decode(r#""a \"quoted\" \\ word""#).unwrap(),
+            r#"a "quoted" \ word"#
+        );
+        assert_eq!(decode(r#"pre"fix"post"#).unwrap(), "prefixpost");
+        assert_eq!(
+            decode(r#""100%25""#).unwrap(),
+            "100%",
+            "one round, after unquoting"
+        );
+        assert_eq!(decode("%2541").unwrap(), "%41", "a single round");
+        assert!(decode("\"open").is_err());
+        assert!(decode("\"ends\\").is_err());
+        // "Euro%20%E2%82%AC%20%F0%9F%98%80" is the spec's own example.
+        assert_eq!(
+            decode("Euro%20%E2%82%AC%20%F0%9F%98%80").unwrap(),
+            "Euro \u{20ac} \u{1f600}"
+        );
+        // "Percent-encoding SHOULD be performed using upper-case for values A-F, but
+        // decoding MUST accept lower-case values."
+        assert_eq!(decode("%e2%82%ac").unwrap(), "\u{20ac}");
+        // "values that have been unnecessarily percent-encoded MUST be accepted"
+        assert_eq!(decode("%41%42").unwrap(), "AB");
+        // "but encoded byte sequences which are invalid in UTF-8 MUST be rejected. (For
+        // example, "%C0%A0" is an overlong encoding of U+0020, and MUST be rejected.)"
+        assert!(decode("%C0%A0").is_err());
+        assert!(decode("%FF").is_err());
+        for malformed in ["bad%2", "bad%zz", "%+1", "%-1", "100%"] {
+            assert!(decode(malformed).is_err(), "{malformed}");
+        }
     }
 
     #[test]

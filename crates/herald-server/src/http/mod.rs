@@ -59,7 +59,7 @@ pub async fn index(State(state): State<AppState>) -> Result<Json<wire::Index>, A
         `400 invalid_query`, and so is `since` later than `until`. With \
         `Accept: application/cloudevents-batch+json` the answer is a CloudEvents batch.",
     params(
-        ("subject" = Option<crate::openapi::SubjectQuery>, Query, description = "A subject pattern; empty means every subject. Percent-encode `>` as `%3E`."),
+        ("subject" = Option<crate::openapi::SubjectPattern>, Query, description = "A subject pattern; leave it out for every subject. Percent-encode `>` as `%3E`."),
         ("since" = Option<crate::openapi::Instant>, Query, description = "Only events committed at or after this instant."),
         ("until" = Option<crate::openapi::Instant>, Query, description = "Only events committed at or before this instant (not before `since`)."),
         ("correlation_id" = Option<uuid::Uuid>, Query, description = "Only events with this correlation id."),
@@ -85,12 +85,8 @@ pub async fn query_events(
     let limit = query.limit;
     let page = state.hub.query(query).await?;
     let mut response = if cloudevents::accepts(&headers, cloudevents::BATCH) {
-        let batch = page.events.iter().map(cloudevents::to_structured).collect();
-        cloudevents::respond(
-            StatusCode::OK,
-            cloudevents::BATCH,
-            serde_json::Value::Array(batch),
-        )
+        let batch: Vec<_> = page.events.iter().map(cloudevents::to_structured).collect();
+        cloudevents::respond(StatusCode::OK, cloudevents::BATCH, batch)
     } else {
         let events: Vec<wire::Event<'_>> = page.events.iter().map(wire::Event::from).collect();
         Json(events).into_response()
@@ -118,13 +114,7 @@ pub fn parse_query(raw: &str) -> Result<Query, ApiError> {
         }
         seen.push(key.clone());
         match key.as_str() {
-            "subject" => {
-                if !value.is_empty() {
-                    query.subject = Some(Pattern::parse_filter(&value).map_err(|e| {
-                        ApiError::new(ErrorCode::InvalidQuery, format!("`subject`: {e}"))
-                    })?);
-                }
-            }
+            "subject" => query.subject = Some(parse_subject_filter(&value)?),
             "since" => query.since = Some(parse_timestamp("since", &value)?),
             "until" => query.until = Some(parse_timestamp("until", &value)?),
             "correlation_id" => {
@@ -320,9 +310,77 @@ pub(crate) fn invalid_query(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidQuery, message)
 }
 
+/// Splits a query string into decoded `(name, value)` pairs
+/// (`application/x-www-form-urlencoded`: `+` is a space, `%XX` a byte). Escapes that do
+/// not decode — a `%` without two hex digits, bytes that are not UTF-8 — are errors
+/// naming the parameter: decoding them loosely would filter by other text than the
+/// client meant. One exception keeps seed 000's `subject=hub.%.project.%` working: a
+/// `%` that is a whole dot-separated token stays a `%` (the pattern wildcard).
 pub(crate) fn form_pairs(raw: &str) -> Result<Vec<(String, String)>, ApiError> {
-    serde_urlencoded::from_str::<Vec<(String, String)>>(raw)
-        .map_err(|e| invalid_query(format!("the query string cannot be decoded: {e}")))
+    raw.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let name = decode_form_component(name)
+                .map_err(|e| invalid_query(format!("a parameter name {e}")))?;
+            let value = decode_form_component(value)
+                .map_err(|e| invalid_query(format!("`{}` {e}", truncate(&name))))?;
+            Ok((name, value))
+        })
+        .collect()
+}
+
+/// Decodes one name or value of a query string; errors complete "`name` …".
+fn decode_form_component(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let escape = bytes
+                    .get(i + 1..i + 3)
+                    .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit));
+                if let Some(hex) = escape {
+                    out.push(hex_value(hex[0]) << 4 | hex_value(hex[1]));
+                    i += 3;
+                    continue;
+                }
+                let whole_token =
+                    (i == 0 || bytes[i - 1] == b'.') && bytes.get(i + 1).is_none_or(|b| *b == b'.');
+                if !whole_token {
+                    return Err(format!(
+                        "has a `%` that is not a `%XX` escape (at {:?}); write a literal `%` as `%25`",
+                        truncate(&text[i..])
+                    ));
+                }
+                out.push(b'%');
+            }
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| "has percent-escapes that are not UTF-8 text".to_owned())
+}
+
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        _ => digit - b'A' + 10,
+    }
+}
+
+/// The `subject` query parameter: a pattern. Empty is an error, not "everything": a
+/// client that sends `subject=` most likely lost its filter on the way.
+pub(crate) fn parse_subject_filter(value: &str) -> Result<Pattern, ApiError> {
+    if value.is_empty() {
+        return Err(invalid_query(
+            "`subject` is empty; leave it out to match every subject, or give a pattern such as `hub.>`",
+        ));
+    }
+    Pattern::parse_filter(value).map_err(|e| invalid_query(format!("`subject`: {e}")))
 }
 
 pub(crate) fn parse_timestamp(name: &str, value: &str) -> Result<Timestamp, ApiError> {
@@ -420,7 +478,6 @@ mod tests {
         assert_eq!(q.subject.unwrap().as_str(), "hub.*.project.*");
         assert_eq!((q.limit, q.after_seq), (10, 5));
         assert_eq!(parse_query("").unwrap(), Query::default());
-        assert_eq!(parse_query("subject=").unwrap().subject, None);
         for bad in [
             "limit=0",
             "limit=1001",
@@ -441,5 +498,51 @@ mod tests {
         }
         // An unescaped `+` in the offset arrives as a space and is still understood.
         assert!(parse_query("since=2025-11-03T12:00:00+00:00").is_ok());
+    }
+
+    #[test]
+    fn query_escapes_decode_exactly_or_are_refused() {
+        // RFC 3986 §2.1: "A percent-encoded octet is encoded as a character triplet,
+        // consisting of the percent character "%" followed by the two hexadecimal digits
+        // representing that octet's numeric value."
+        let subject = |raw: &str| parse_query(raw).map(|q| q.subject.unwrap().as_str().to_owned());
+        assert_eq!(subject("subject=hub.%3E").unwrap(), "hub.>");
+        assert_eq!(subject("subject=hub.%3e").unwrap(), "hub.>");
+        assert_eq!(subject("subject=caf%C3%A9.x").unwrap(), "café.x");
+        // Seed 000 sends `%` unescaped as a whole-token wildcard.
+        assert_eq!(
+            subject("subject=hub.%.project.%").unwrap(),
+            "hub.*.project.*"
+        );
+        assert_eq!(subject("subject=%.x").unwrap(), "*.x");
+        for (bad, says) in [
+            ("subject=", "`subject` is empty"),
+            (
+                "subject=%FF",
+                "`subject` has percent-escapes that are not UTF-8",
+            ),
+            (
+                "subject=hub.%C0%A0",
+                "`subject` has percent-escapes that are not UTF-8",
+            ),
+            (
+                "subject=%zz",
+                "`subject` has a `%` that is not a `%XX` escape",
+            ),
+            (
+                "subject=hub.a%",
+                "`subject` has a `%` that is not a `%XX` escape",
+            ),
+            (
+                "subject=hub.%2",
+                "`subject` has a `%` that is not a `%XX` escape",
+            ),
+            ("limit=1%", "`limit` has a `%`"),
+            ("li%FFmit=1", "a parameter name has percent-escapes"),
+        ] {
+            let err = parse_query(bad).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidQuery, "{bad}");
+            assert!(err.message.contains(says), "{bad}: {}", err.message);
+        }
     }
 }

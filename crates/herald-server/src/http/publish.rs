@@ -214,7 +214,12 @@ pub(crate) fn parse_all<T>(
 
 /// Commits validated events in one transaction and answers with a result per event.
 async fn publish_many(state: &AppState, events: Vec<NewEvent>) -> Result<Response, ApiError> {
-    let published = state.publish_batch(events).await?;
+    // An empty CloudEvents batch is valid (JSON format §4.3): nothing to store.
+    let published = if events.is_empty() {
+        Vec::new()
+    } else {
+        state.publish_batch(events).await?
+    };
     let status = if published.iter().all(|p| p.duplicate) {
         StatusCode::OK
     } else {
@@ -277,8 +282,12 @@ pub(crate) fn new_event(
                 "`payload` is required (a JSON object; use {} for none)",
             ))
         }
-        Some(raw) => Payload::from_raw(raw)
-            .map_err(|e| ApiError::new(ErrorCode::InvalidPayload, format!("`payload`: {e}")))?,
+        Some(raw) => {
+            herald_core::check_payload(raw.get())
+                .map_err(|e| ApiError::new(ErrorCode::InvalidPayload, format!("`payload` {e}")))?;
+            Payload::from_raw(raw)
+                .map_err(|e| ApiError::new(ErrorCode::InvalidPayload, format!("`payload`: {e}")))?
+        }
     };
     let correlation_id = match request.correlation_id {
         Some(text) => Some(parse_uuid(&text).ok_or_else(|| {

@@ -191,13 +191,16 @@ impl<'a> Params<'a> {
             .transpose()
     }
 
-    /// A JSON object, kept as sent.
+    /// A JSON object, kept as sent; it must pass `herald_core::check_payload`.
     pub fn payload(&mut self, name: &str) -> Result<Option<Payload>, RpcError> {
         self.take(name)
             .map(|raw| {
-                Payload::from_raw(raw.to_owned()).map_err(|e| {
+                let payload = Payload::from_raw(raw.to_owned()).map_err(|e| {
                     self.invalid(name, format!("must be a JSON object, not {}", e.found))
-                })
+                })?;
+                herald_core::check_payload(raw.get())
+                    .map_err(|e| self.invalid(name, e.to_string()))?;
+                Ok(payload)
             })
             .transpose()
     }
@@ -295,6 +298,35 @@ mod tests {
         let raw = raw(r#"{"subject": "a.b", "limit": null}"#);
         let mut params = Params::parse("m", SPEC, Some(&raw)).unwrap();
         assert_eq!(params.integer("limit", 1, 10).unwrap(), None);
+    }
+
+    #[test]
+    fn payloads_pass_the_core_json_checks() {
+        static PAYLOAD: &[ParamSpec] = &[ParamSpec {
+            name: "payload",
+            ty: "object",
+            required: true,
+            description: "",
+            error: ErrorCode::InvalidPayload,
+        }];
+        let deep = format!(
+            r#"{{"payload": {{"a": {}{}}}}}"#,
+            "[".repeat(128),
+            "]".repeat(128)
+        );
+        for (text, says) in [
+            (r#"{"payload": {"n": 1e400}}"#, "1e400"),
+            (r#"{"payload": {"s": "\udead"}}"#, "lone UTF-16 surrogate"),
+            (r#"{"payload": {"a": 1, "a": 2}}"#, "twice"),
+            (deep.as_str(), "deeper than 128 levels"),
+        ] {
+            let raw = raw(text);
+            let mut params = Params::parse("m", PAYLOAD, Some(&raw)).unwrap();
+            let e = params.payload("payload").err().unwrap().to_wire();
+            assert_eq!(e.data["code"], "invalid_payload", "{text}");
+            assert_eq!(e.data["param"], "payload");
+            assert!(e.message.contains(says), "{}", e.message);
+        }
     }
 
     #[test]

@@ -657,3 +657,318 @@ async fn seed_curl_examples_work_verbatim() {
         json!({"connected": false, "url": null})
     );
 }
+
+// ---- CloudEvents conformance ----------------------------------------------------------
+
+const STRUCTURED: &str = "application/cloudevents+json";
+const BATCH: &str = "application/cloudevents-batch+json";
+
+/// POSTs `body` to `/api/events` with `content_type`; answers the status and JSON body.
+async fn post_as(h: &TestHerald, content_type: &str, body: String) -> (u16, Value) {
+    let resp = h
+        .http
+        .post(h.url("/api/events"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("POST /api/events");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("JSON answer"))
+}
+
+/// A binary-mode CloudEvent with extra `ce-*` headers (name, value as sent).
+async fn post_binary(h: &TestHerald, id: &str, extra: &[(&str, &str)]) -> (u16, Value) {
+    let mut request = h
+        .http
+        .post(h.url("/api/events"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", id)
+        .header("ce-source", "/binary")
+        .header("ce-type", "com.example.binary")
+        .header("content-type", "application/json")
+        .body("{}");
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    let resp = request.send().await.expect("POST /api/events");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("JSON answer"))
+}
+
+/// `GET /api/events/{id}` as a structured CloudEvent.
+async fn read_structured(h: &TestHerald, event_id: &str) -> Value {
+    let resp = h
+        .http
+        .get(h.url(&format!("/api/events/{event_id}")))
+        .header("accept", STRUCTURED)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}
+
+/// `GET /api/events/{id}` as Herald JSON (events stored from CloudEvents carry a
+/// `cloudevent` member, which the harness's plain-event shape check does not expect).
+async fn read_plain(h: &TestHerald, event_id: &str) -> Value {
+    let resp = h
+        .http
+        .get(h.url(&format!("/api/events/{event_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}
+
+/// How many events are stored (at most 1000).
+async fn stored_count(h: &TestHerald) -> usize {
+    let resp = h
+        .http
+        .get(h.url("/api/events?limit=1000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json::<Vec<Value>>().await.unwrap().len()
+}
+
+fn ce(id: &str, extra: Value) -> Value {
+    let mut event = json!({"specversion": "1.0", "id": id, "source": "/conformance", "type": "com.example.conformance"});
+    for (name, value) in extra.as_object().unwrap() {
+        event[name] = value.clone();
+    }
+    event
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_empty_batch_is_accepted_and_stores_nothing() {
+    // JSON format §4.3: "An example of an empty batch of CloudEvents (typically used in
+    // a response, but also valid in a request): []".
+    let h = TestHerald::start().await;
+    for (path, body) in [("/api/events", "[]"), ("/api/events:batch", " [ ] ")] {
+        let resp = h
+            .http
+            .post(h.url(path))
+            .header("content-type", BATCH)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(
+            resp.json::<Value>().await.unwrap(),
+            json!({"results": [], "count": 0}),
+            "{path}: the shape of a non-empty batch's answer"
+        );
+    }
+    assert_eq!(stored_count(&h).await, 0);
+    // The same shape as a batch that stored something.
+    let (status, body) = post_as(&h, BATCH, json!([ce("one", json!({}))]).to_string()).await;
+    assert_eq!((status, body["count"].clone()), (201, json!(1)));
+    assert_eq!(body["results"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_binary_headers_are_unquoted_then_percent_decoded() {
+    // HTTP binding §3.1.3.2: "When decoding an HTTP message into a CloudEvent, any HTTP
+    // header value MUST first be unescaped with respect to double-quoted strings, as
+    // described in RFC7230, section 3.2.6. A single round of percent-decoding MUST then
+    // be performed as described below." And: "encoded byte sequences which are invalid
+    // in UTF-8 MUST be rejected. (For example, "%C0%A0" is an overlong encoding of
+    // U+0020, and MUST be rejected.)"
+    let h = TestHerald::start().await;
+    let cases = [
+        ("\"hello world\"", "hello world"),
+        (r#""say \"hi\" \\ bye""#, r#"say "hi" \ bye"#),
+        ("Euro%20%E2%82%AC%20%F0%9F%98%80", "Euro \u{20ac} \u{1f600}"),
+        ("lower%e2%82%ac", "lower\u{20ac}"),
+        ("%41%42", "AB"),
+        ("\"100%25\"", "100%"),
+    ];
+    for (n, (sent, stored)) in cases.iter().enumerate() {
+        let (status, body) = post_binary(
+            &h,
+            &format!("quoted-{n}"),
+            &[("ce-subject", sent), ("ce-note", sent)],
+        )
+        .await;
+        assert_eq!(status, 201, "{sent}: {body}");
+        let event = read_structured(&h, body["event_id"].as_str().unwrap()).await;
+        assert_eq!(event["subject"], *stored, "ce-subject: {sent}");
+        assert_eq!(event["note"], *stored, "ce-note: {sent}");
+    }
+    let before = stored_count(&h).await;
+    for (header, sent, names) in [
+        ("ce-subject", "%C0%A0", "ce-subject"),
+        ("ce-subject", "%FF", "ce-subject"),
+        ("ce-subject", "bad%zz", "ce-subject"),
+        ("ce-subject", "\"unterminated", "ce-subject"),
+        ("ce-note", "a%01b", "note"),
+    ] {
+        let (status, body) = post_binary(&h, "bad-header", &[(header, sent)]).await;
+        assert_eq!(status, 422, "{header}: {sent}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_cloudevent");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(names), "{header}: {sent}: {message}");
+    }
+    assert_eq!(stored_count(&h).await, before, "nothing rejected is stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_attributes_are_checked_against_the_spec() {
+    let h = TestHerald::start().await;
+    let refused = [
+        // Spec, datacontenttype: "If present, MUST adhere to the format specified in
+        // RFC 2046".
+        (json!({"datacontenttype": "xyz"}), "datacontenttype"),
+        (
+            json!({"datacontenttype": "text/plain; charset"}),
+            "datacontenttype",
+        ),
+        // Spec, Type System, String: "The following characters are disallowed: the
+        // "control characters" in the ranges U+0000-U+001F and U+007F-U+009F (both
+        // ranges inclusive)".
+        (json!({"subject": "a\u{1}b"}), "subject"),
+        (json!({"subject": "a\u{85}b"}), "subject"),
+        (json!({"id": "line\nbreak"}), "id"),
+        (json!({"tenantid": "tab\there"}), "tenantid"),
+        // Spec, dataschema: "Type: `URI`"; Type System: "`URI` - Absolute uniform
+        // resource identifier."
+        (json!({"dataschema": "/relative/schema"}), "dataschema"),
+        (
+            json!({"dataschema": "https://example.com/a schema"}),
+            "dataschema",
+        ),
+        // Spec, source: "Type: `URI-reference`" (RFC 3986 §4.1).
+        (json!({"source": "/with space"}), "source"),
+        (json!({"source": "/50%"}), "source"),
+        (json!({"source": "1a:b"}), "source"),
+    ];
+    for (n, (extra, names)) in refused.iter().enumerate() {
+        let event = ce(&format!("refused-{n}"), extra.clone());
+        let (status, body) = post_as(&h, STRUCTURED, event.to_string()).await;
+        assert_eq!(status, 422, "{extra}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_cloudevent", "{extra}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("`{names}`")),
+            "{extra}: {message}"
+        );
+    }
+    // A member twice in one structured event: which one would be the event?
+    let (status, body) = post_as(
+        &h,
+        STRUCTURED,
+        r#"{"specversion":"1.0","id":"a","id":"b","source":"/s","type":"com.x"}"#.into(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("invalid_cloudevent"))
+    );
+    assert_eq!(stored_count(&h).await, 0, "nothing rejected is stored");
+
+    // Controls, read back as sent.
+    let accepted = json!({
+        "datacontenttype": "Text/Plain; CharSet=\"utf-8\"",
+        "dataschema": "urn:example:schema:v1",
+        "source": "cloudevents/spec/pull/123",
+        "subject": "caf\u{e9} \u{a0}\u{1f600}",
+        // Spec, Attribute Naming Convention: "MUST be at least one character in length,
+        // and SHOULD NOT exceed 20 characters." A SHOULD is not a MUST: 30 is valid.
+        "abcdefghijklmnopqrstuvwxyz0123": "long name",
+        "data": "plain text"
+    });
+    let (status, body) =
+        post_as(&h, STRUCTURED, ce("accepted", accepted.clone()).to_string()).await;
+    assert_eq!(status, 201, "{body}");
+    let event = read_structured(&h, body["event_id"].as_str().unwrap()).await;
+    assert_eq!(event, ce("accepted", accepted));
+    // Still refused: upper case is a MUST NOT ("MUST consist of lower-case letters").
+    let (status, _) = post_as(
+        &h,
+        STRUCTURED,
+        ce("upper", json!({"abcdefghijklmnopqrstU": 1})).to_string(),
+    )
+    .await;
+    assert_eq!(status, 422);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_explicit_null_data_reads_back_as_null() {
+    // JSON format §3.1.1: "the `data` member MAY have a value of `null`, representing an
+    // explicit `null` payload as distinct from the absence of the `data` member."
+    let h = TestHerald::start().await;
+    let with_null = ce("null-data", json!({"data": null}));
+    let without = ce("no-data", json!({}));
+    let base64_null = ce(
+        "base64-null",
+        json!({"data": {"k": 1}, "data_base64": null}),
+    );
+    let mut ids = Vec::new();
+    for event in [&with_null, &without, &base64_null] {
+        let (status, body) = post_as(&h, STRUCTURED, event.to_string()).await;
+        assert_eq!(status, 201, "{event}: {body}");
+        ids.push(body["event_id"].as_str().unwrap().to_owned());
+    }
+    let got = read_structured(&h, &ids[0]).await;
+    assert_eq!(got, with_null, "`data: null` is kept");
+    assert!(got.as_object().unwrap().contains_key("data"));
+    let got = read_structured(&h, &ids[1]).await;
+    assert_eq!(got, without, "absent data stays absent");
+    let got = read_structured(&h, &ids[2]).await;
+    assert_eq!(
+        got,
+        ce("base64-null", json!({"data": {"k": 1}})),
+        "a null `data_base64` is unset"
+    );
+    // The Herald view keeps README's shape: other data is kept as {"data": …}.
+    assert_eq!(
+        read_plain(&h, &ids[0]).await["payload"],
+        json!({"data": null})
+    );
+    assert_eq!(read_plain(&h, &ids[1]).await["payload"], json!({}));
+
+    // The same in a batch, and read back as a batch.
+    let (status, _) = post_as(
+        &h,
+        BATCH,
+        json!([
+            ce("batch-null", json!({"data": null})),
+            ce("batch-none", json!({}))
+        ])
+        .to_string(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let resp = h
+        .http
+        .get(h.url("/api/events?limit=10"))
+        .header("accept", BATCH)
+        .send()
+        .await
+        .unwrap();
+    let batch: Vec<Value> = resp.json().await.unwrap();
+    let by_id = |id: &str| batch.iter().find(|e| e["id"] == id).cloned().unwrap();
+    assert_eq!(by_id("null-data"), with_null);
+    assert_eq!(by_id("batch-null")["data"], Value::Null);
+    assert!(by_id("batch-null")
+        .as_object()
+        .unwrap()
+        .contains_key("data"));
+    assert!(!by_id("batch-none")
+        .as_object()
+        .unwrap()
+        .contains_key("data"));
+
+    // Both `data` (even null) and `data_base64`: the JSON format makes them exclusive.
+    let (status, _) = post_as(
+        &h,
+        STRUCTURED,
+        ce("both", json!({"data": null, "data_base64": "AA=="})).to_string(),
+    )
+    .await;
+    assert_eq!(status, 422);
+}

@@ -546,36 +546,250 @@ async fn deeply_nested_json_never_causes_a_5xx() {
     h.assert_healthy().await;
     assert_eq!(h.event_count().await, 0, "nothing stored");
 
-    // Well-formed but 50k levels deep: rejecting it (4xx) or storing it are both fine;
-    // a 5xx or a dead server is not, and a stored event must be readable.
+    // Well-formed but 50k levels deep: past the depth limit, refused like any payload
+    // nested deeper than 128 levels.
     let mut body = String::from(r#"{"subject": "hub.deep", "payload": {"a": "#);
     body.push_str(&"[".repeat(50_000));
     body.push_str(&"]".repeat(50_000));
     body.push_str("}}");
     let resp = post_raw(&h, body.into_bytes()).await;
-    let status = resp.status().as_u16();
-    if status == 201 {
-        let r: Value = resp.json().await.unwrap();
-        let id = r["event_id"].as_str().unwrap();
-        let got = h
-            .http
-            .get(h.url(&format!("/api/events/{id}")))
-            .send()
-            .await
-            .unwrap();
-        if got.status() != 200 {
-            failures.push(format!("stored deep event reads back as {}", got.status()));
-        }
-        let listed = h.http.get(h.url("/api/events")).send().await.unwrap();
-        if listed.status() != 200 {
-            failures.push(format!("query with a deep event: {}", listed.status()));
-        }
-    } else if let Err(e) = check_error(resp, &[400, 413, 422], &[]).await {
+    if let Err(e) = check_error(resp, &[422], &["invalid_payload"]).await {
         failures.push(format!("well-formed 50k deep: {e}"));
     }
     h.assert_healthy().await;
     h.publish("hub.deep.after", json!({})).await;
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// A JSON object nested `depth` levels deep in all: `{"a": [[…]]}`.
+fn nested_object(depth: usize) -> String {
+    format!(
+        r#"{{"a":{}{}}}"#,
+        "[".repeat(depth - 1),
+        "]".repeat(depth - 1)
+    )
+}
+
+/// Sends `payload` (JSON text) as the payload or data on every way in; answers, per way
+/// in, the HTTP status, the error code (for a batch, its one item's code) and the
+/// error message (or the stored event's id when it was accepted).
+async fn publish_everywhere(
+    h: &TestHerald,
+    payload: &str,
+    n: usize,
+) -> Vec<(String, u16, String, String)> {
+    let ok_ce = format!(
+        r#"{{"specversion":"1.0","id":"ok-{n}","source":"/poison","type":"com.poison.ok"}}"#
+    );
+    let ce = |id: &str| {
+        format!(
+            r#"{{"specversion":"1.0","id":"{id}-{n}","source":"/poison","type":"com.poison","data":{payload}}}"#
+        )
+    };
+    let requests: Vec<(&str, reqwest::RequestBuilder)> = vec![
+        (
+            "POST /api/events",
+            h.http
+                .post(h.url("/api/events"))
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"subject":"hub.poison","payload":{payload}}}"#)),
+        ),
+        (
+            "POST /api/events:batch",
+            h.http
+                .post(h.url("/api/events:batch"))
+                .header("content-type", "application/json")
+                .body(format!(
+                    r#"{{"events":[{{"subject":"hub.poison.ok","payload":{{}}}},{{"subject":"hub.poison","payload":{payload}}}]}}"#
+                )),
+        ),
+        (
+            "POST /events/publish",
+            h.http
+                .post(h.url("/events/publish?source=/poison"))
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"event_type":"com.poison","id":"legacy-{n}","data":{payload}}}"#)),
+        ),
+        (
+            "POST /rpc bus.publish",
+            h.http
+                .post(h.url("/rpc"))
+                .header("content-type", "application/json")
+                .body(format!(
+                    r#"{{"jsonrpc":"2.0","id":1,"method":"bus.publish","params":{{"topic":"hub.poison","payload":{payload}}}}}"#
+                )),
+        ),
+        (
+            "CloudEvents structured",
+            h.http
+                .post(h.url("/api/events"))
+                .header("content-type", "application/cloudevents+json")
+                .body(ce("structured")),
+        ),
+        (
+            "CloudEvents batch",
+            h.http
+                .post(h.url("/api/events"))
+                .header("content-type", "application/cloudevents-batch+json")
+                .body(format!("[{ok_ce},{}]", ce("batch"))),
+        ),
+        (
+            "CloudEvents binary",
+            h.http
+                .post(h.url("/api/events"))
+                .header("content-type", "application/json")
+                .header("ce-specversion", "1.0")
+                .header("ce-id", format!("binary-{n}"))
+                .header("ce-source", "/poison")
+                .header("ce-type", "com.poison")
+                .body(payload.to_owned()),
+        ),
+    ];
+    let mut answers = Vec::new();
+    for (way, request) in requests {
+        let resp = request.send().await.expect("send");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        let body: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{way}: {e}: {text}"));
+        let (code, message) =
+            if let Some(error) = body.get("error").filter(|e| e["data"].is_object()) {
+                // JSON-RPC: the REST code is in `data.code`.
+                (
+                    error["data"]["code"].as_str().unwrap_or("").to_owned(),
+                    error["message"].as_str().unwrap_or("").to_owned(),
+                )
+            } else if let Some(item) = body["error"]["items"].get(0) {
+                assert_eq!(body["error"]["code"], "invalid_batch", "{way}");
+                assert_eq!(item["index"], 1, "{way}: the poisoned item is named");
+                (
+                    item["code"].as_str().unwrap_or("").to_owned(),
+                    item["message"].as_str().unwrap_or("").to_owned(),
+                )
+            } else if let Some(error) = body.get("error") {
+                (
+                    error["code"].as_str().unwrap_or("").to_owned(),
+                    error["message"].as_str().unwrap_or("").to_owned(),
+                )
+            } else {
+                let id = body["event_id"]
+                    .as_str()
+                    .or(body["result"]["event_id"].as_str())
+                    .or(body["results"][1]["event_id"].as_str())
+                    .unwrap_or("")
+                    .to_owned();
+                (String::new(), id)
+            };
+        answers.push((way.to_owned(), status, code, message));
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_payloads_are_refused_on_every_way_in() {
+    let h = TestHerald::start().await;
+    // RFC 8259 §4: "The names within an object SHOULD be unique." §8.2 allows strings
+    // "containing bit sequences that cannot encode Unicode characters" such as
+    // "\uDEAD" but warns "the behavior of software that receives JSON texts containing
+    // such values is unpredictable". §9: "An implementation may set limits on the
+    // maximum depth of nesting" and "on the range and precision of numbers."
+    let poisons = [
+        ("129 levels", nested_object(129), "deeper than 128 levels"),
+        (
+            "100,000 levels",
+            nested_object(100_000),
+            "deeper than 128 levels",
+        ),
+        ("1e400", r#"{"n":[1,1e400]}"#.to_owned(), "1e400"),
+        ("-1e400", r#"{"n":-1e400}"#.to_owned(), "-1e400"),
+        (
+            "lone surrogate",
+            r#"{"s":"x\ud800y"}"#.to_owned(),
+            r"\ud800",
+        ),
+        (
+            "lone low surrogate",
+            r#"{"s":["\udc00"]}"#.to_owned(),
+            r"\udc00",
+        ),
+        (
+            "duplicate name",
+            r#"{"a":1,"b":{"c":1,"c":2}}"#.to_owned(),
+            r#""c" twice"#,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (n, (name, payload, says)) in poisons.iter().enumerate() {
+        for (way, status, code, message) in publish_everywhere(&h, payload, n).await {
+            let rpc = way.starts_with("POST /rpc");
+            let expected_status = if rpc { 200 } else { 422 };
+            let expected_code = if way.starts_with("CloudEvents") || way == "POST /events/publish" {
+                "invalid_cloudevent"
+            } else {
+                "invalid_payload"
+            };
+            if status != expected_status || code != expected_code || !message.contains(says) {
+                failures.push(format!(
+                    "{name} via {way}: {status} {code:?} {message:?}, expected {expected_status} {expected_code} saying {says:?}"
+                ));
+            }
+        }
+    }
+    assert_eq!(
+        h.event_count().await,
+        0,
+        "nothing of a refused request is stored"
+    );
+    h.assert_healthy().await;
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+
+    // Controls: 128 levels, the largest finite float, a surrogate pair and the same
+    // name in sibling objects are fine everywhere, and read back byte for byte.
+    let fine = [
+        nested_object(128),
+        r#"{"n":[1.7976931348623157e308,-1e-400],"s":"\ud83d\ude00","a":{"x":1},"b":{"x":1}}"#
+            .to_owned(),
+    ];
+    for (n, payload) in fine.iter().enumerate() {
+        for (way, status, code, id) in publish_everywhere(&h, payload, 100 + n).await {
+            if status != 201 && !(way.starts_with("POST /rpc") && status == 200 && code.is_empty())
+            {
+                failures.push(format!("fine payload {n} via {way}: {status} {code} {id}"));
+                continue;
+            }
+            let json = h
+                .http
+                .get(h.url(&format!("/api/events/{id}")))
+                .send()
+                .await
+                .unwrap();
+            let text = json.text().await.unwrap();
+            let structured = h
+                .http
+                .get(h.url(&format!("/api/events/{id}")))
+                .header("accept", "application/cloudevents+json")
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if !text.contains(&format!(r#""payload":{payload}"#))
+                || !structured.contains(&format!(r#""data":{payload}"#))
+            {
+                failures.push(format!(
+                    "fine payload {n} via {way} does not read back as sent: {} / {}",
+                    truncate_for_message(&text),
+                    truncate_for_message(&structured)
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+fn truncate_for_message(text: &str) -> String {
+    text.chars().take(300).collect()
 }
 
 /// Reads one HTTP/1.1 response (headers and a Content-Length body) from `stream`.
@@ -682,4 +896,74 @@ async fn a_413_either_says_connection_close_or_keeps_the_connection_usable() {
             next.map(|(s, h, b)| (s, h, String::from_utf8_lossy(&b).into_owned()))
         ),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_subjects_and_bad_escapes_in_queries_name_the_parameter() {
+    let h = TestHerald::start().await;
+    h.publish("hub.q.x", json!({})).await;
+    // RFC 3986 §2.1: "A percent-encoded octet is encoded as a character triplet,
+    // consisting of the percent character "%" followed by the two hexadecimal digits
+    // representing that octet's numeric value." `%zz` is none, and `%FF` alone is not
+    // UTF-8 text: decoding either loosely would filter by some other subject.
+    let cases = [
+        ("subject=", "`subject` is empty"),
+        (
+            "subject=%FF",
+            "`subject` has percent-escapes that are not UTF-8",
+        ),
+        (
+            "subject=hub.%C0%A0",
+            "`subject` has percent-escapes that are not UTF-8",
+        ),
+        (
+            "subject=%zz",
+            "`subject` has a `%` that is not a `%XX` escape",
+        ),
+        (
+            "subject=hub.q%",
+            "`subject` has a `%` that is not a `%XX` escape",
+        ),
+        (
+            "subject=hub.q.x&subject=hub.x",
+            "`subject` is given more than once",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for path in ["/api/events", "/api/events/stream"] {
+        for (query, says) in cases {
+            let url = format!("{}{path}?{query}", h.base_url());
+            let resp = h.http.get(&url).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap();
+            let message = body["error"]["message"].as_str().unwrap_or("");
+            if status != 400 || body["error"]["code"] != "invalid_query" || !message.contains(says)
+            {
+                failures.push(format!(
+                    "GET {path}?{query}: {status} {body}, expected 400 saying {says:?}"
+                ));
+            }
+        }
+    }
+    // A real WebSocket client gets the same 400 before any upgrade.
+    match h
+        .try_ws_connect("/api/events/stream?subject=%zz", None)
+        .await
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 400)
+        }
+        Err(other) => panic!("expected an HTTP 400, got {other}"),
+        Ok(_) => panic!("the stream was opened with a malformed subject"),
+    }
+    // Seed 000 sends a whole-token `%` unescaped; it still means `*`.
+    let seed = h
+        .http
+        .get(format!("{}/api/events?subject=hub.%.x", h.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(seed.status(), 200);
+    assert_eq!(seed.json::<Vec<Value>>().await.unwrap().len(), 1);
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
