@@ -68,6 +68,8 @@ error_codes! {
     RuleExists = "rule_exists" => CONFLICT,
     /// The hub already keeps the most routing rules it takes.
     TooManyRules = "too_many_rules" => CONFLICT,
+    /// No NATS bridge dead letter has that id.
+    DeadLetterNotFound = "dead_letter_not_found" => NOT_FOUND,
     MethodNotAllowed = "method_not_allowed" => METHOD_NOT_ALLOWED,
     TooManyStreams = "too_many_streams" => SERVICE_UNAVAILABLE,
     StoreUnavailable = "store_unavailable" => SERVICE_UNAVAILABLE,
