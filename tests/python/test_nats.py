@@ -125,3 +125,56 @@ def test_a_nats_py_message_becomes_an_event(nats_server):
         assert event["subject"] == "hub.global.sync.registry-update"
     finally:
         hub.stop()
+
+
+def test_a_message_the_bridge_cannot_ingest_is_kept_as_a_dead_letter(nats_server):
+    """nats-py publishes a subject with a right-to-left override (NATS takes it, Herald
+    refuses such subjects) and `hub.py.foo*` (a literal subject in NATS: `*` is a wildcard
+    only as a whole token). The first is kept as a dead letter, acknowledged, and can be
+    discarded; the second is stored."""
+    hub = Herald("--nats-url", nats_server, "--presence-interval-secs", "0")
+    disguised = "hub.py.invoice\u202efdp.exe"
+    try:
+        async def publish():
+            nc = await nats.connect(nats_server)
+            js = nc.jetstream()
+            deadline = time.time() + 10
+            while True:
+                try:
+                    await js.stream_info("HERALD")
+                    break
+                except Exception:
+                    if time.time() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
+            await js.publish(disguised, b"\xff\x00binary", headers={"X-Trace": "py"})
+            await js.publish("hub.py.foo*", json.dumps({"ok": True}).encode())
+            await nc.close()
+
+        asyncio.run(publish())
+        deadline = time.time() + 10
+        letters = []
+        while time.time() < deadline and not letters:
+            letters = requests.get(f"{hub.url}/api/bridge/dead-letters").json()["dead_letters"]
+            time.sleep(0.05)
+        assert len(letters) == 1, letters
+        letter = letters[0]
+        assert letter["subject"] == disguised
+        assert "U+202E" in letter["reason"]
+        assert letter["body_base64"] == "/wBiaW5hcnk="
+        assert {"name": "X-Trace", "value": "py"} in letter["headers"]
+
+        events = requests.get(f"{hub.url}/api/events", params={"subject": "hub.py.foo*"}).json()
+        deadline = time.time() + 10
+        while time.time() < deadline and not events:
+            time.sleep(0.05)
+            events = requests.get(f"{hub.url}/api/events", params={"subject": "hub.py.foo*"}).json()
+        assert [e["subject"] for e in events] == ["hub.py.foo*"]
+
+        r = requests.delete(f"{hub.url}/api/bridge/dead-letters/{letter['id']}")
+        assert r.status_code == 204
+        r = requests.delete(f"{hub.url}/api/bridge/dead-letters/{letter['id']}")
+        assert r.status_code == 404
+        assert r.json()["error"]["code"] == "dead_letter_not_found"
+    finally:
+        hub.stop()

@@ -2,12 +2,21 @@
 //!
 //! A subject is a `.`-separated list of non-empty tokens (`hub.local-hub.project.created`).
 //! A pattern may also use `*` (exactly one token) and `>` (one or more trailing tokens,
-//! last position only). Publishing needs a literal [`Subject`]; filters are [`Pattern`]s.
-//! Query filters written in the seed documents' SQL style (`hub.%.project.%`) accept a
-//! whole-token `%` as `*`.
+//! last position only). As in NATS, `*` and `>` are wildcards only as whole tokens:
+//! inside a longer token (`foo*`, `*bar`, `x>y`) they are ordinary characters, so
+//! `hub.x.foo*` is a literal subject and, as a pattern, matches only itself. Publishing
+//! needs a literal [`Subject`]; filters are [`Pattern`]s. Query filters written in the
+//! seed documents' SQL style (`hub.%.project.%`) accept a whole-token `%` as `*`
+//! (`foo%` stays literal).
+//!
+//! Tokens never contain whitespace, control characters or Unicode format characters
+//! (general category Cf: bidi overrides, zero-width spaces, the BOM, soft hyphens…),
+//! which would let two different subjects look the same.
 
 use std::fmt;
 use std::str::FromStr;
+
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 /// Longest subject or pattern accepted, in bytes. NATS itself has no hard limit, but
 /// subjects are stored and indexed with every event, so Herald keeps them bounded.
@@ -31,12 +40,23 @@ pub enum SubjectError {
     EmptyToken { position: usize },
     #[error("subject token {token:?} contains whitespace or a control character")]
     InvalidCharacter { token: String },
-    #[error("subject token {token:?} mixes a wildcard with other characters; `*` and `>` must be whole tokens")]
-    EmbeddedWildcard { token: String },
+    /// A Unicode format character (general category Cf), which renders as nothing or
+    /// reorders the text around it.
+    #[error(
+        "subject token {token:?} contains {}, an invisible Unicode format character (category Cf); \
+         such characters make different subjects look the same and are not allowed",
+        code_point_name(*.character)
+    )]
+    FormatCharacter { token: String, character: char },
     #[error("`>` may only be the last token of a pattern")]
     FullWildcardNotLast,
-    #[error("wildcards (`*`, `>`) are not allowed in a subject you publish to; publish to a literal subject such as `hub.local-hub.project.created`")]
+    #[error("a subject you publish to cannot have `*`, `>` or `%` as a whole token (they are wildcards in filters); publish to a literal subject such as `hub.local-hub.project.created` (inside a longer token, as in `foo*`, they are ordinary characters)")]
     WildcardInLiteral,
+}
+
+/// `U+202E`: how a character is named in messages.
+pub fn code_point_name(character: char) -> String {
+    format!("U+{:04X}", u32::from(character))
 }
 
 /// One token of a pattern.
@@ -54,15 +74,21 @@ pub enum Token {
 pub struct Subject(String);
 
 impl Subject {
-    /// Validates `raw` as a literal subject.
+    /// Validates `raw` as a literal subject: no token is exactly `*`, `>` or `%`.
     pub fn new(raw: impl Into<String>) -> Result<Self, SubjectError> {
-        let raw = raw.into();
-        for token in split_checked(&raw)? {
-            match classify(token)? {
-                Token::Literal(_) => {}
-                Token::One | Token::Rest => return Err(SubjectError::WildcardInLiteral),
-            }
-            if token == "%" {
+        Self::checked(raw.into(), Characters::Strict)
+    }
+
+    /// A subject read back from a store: checked as [`Subject::new`] does, except that
+    /// format characters are let through, because Herald stored them before it refused
+    /// them and those events must stay readable.
+    pub fn from_stored(raw: impl Into<String>) -> Result<Self, SubjectError> {
+        Self::checked(raw.into(), Characters::AllowFormat)
+    }
+
+    fn checked(raw: String, characters: Characters) -> Result<Self, SubjectError> {
+        for token in split_checked(&raw, characters)? {
+            if matches!(token, "*" | ">" | "%") {
                 return Err(SubjectError::WildcardInLiteral);
             }
         }
@@ -121,14 +147,14 @@ impl Pattern {
     }
 
     fn parse_inner(raw: &str, percent_is_one: bool) -> Result<Self, SubjectError> {
-        let parts = split_checked(raw)?;
+        let parts = split_checked(raw, Characters::Strict)?;
         let n = parts.len();
         let mut tokens = Vec::with_capacity(n);
         for (i, part) in parts.into_iter().enumerate() {
             let token = if percent_is_one && part == "%" {
                 Token::One
             } else {
-                classify(part)?
+                classify(part)
             };
             if token == Token::Rest && i + 1 != n {
                 return Err(SubjectError::FullWildcardNotLast);
@@ -257,8 +283,17 @@ pub fn qualify_subject(hub_id: &str, subject: &str) -> String {
     }
 }
 
+/// Which characters a token may hold beyond the ones always refused.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Characters {
+    /// No whitespace, control or format characters.
+    Strict,
+    /// Format characters too (subjects stored before they were refused).
+    AllowFormat,
+}
+
 /// Splits on dots after the checks every subject and pattern shares.
-fn split_checked(raw: &str) -> Result<Vec<&str>, SubjectError> {
+fn split_checked(raw: &str, characters: Characters) -> Result<Vec<&str>, SubjectError> {
     if raw.is_empty() {
         return Err(SubjectError::Empty);
     }
@@ -278,23 +313,36 @@ fn split_checked(raw: &str) -> Result<Vec<&str>, SubjectError> {
                 token: part.to_string(),
             });
         }
+        if characters == Characters::Strict {
+            if let Some(character) = part.chars().find(|c| is_format_character(*c)) {
+                return Err(SubjectError::FormatCharacter {
+                    token: part.to_string(),
+                    character,
+                });
+            }
+        }
     }
     Ok(parts)
 }
 
-fn classify(part: &str) -> Result<Token, SubjectError> {
+/// Unicode general category Cf ("Format"): U+200B–U+200F, U+202A–U+202E, U+2060–U+2064,
+/// U+2066–U+206F, U+FEFF, U+00AD, tag characters and others.
+pub fn is_format_character(c: char) -> bool {
+    // Every Cf character is outside ASCII: keep the common case cheap.
+    !c.is_ascii() && c.general_category() == GeneralCategory::Format
+}
+
+/// A token as NATS reads it: `*` and `>` are wildcards only as whole tokens.
+fn classify(part: &str) -> Token {
     match part {
-        "*" => Ok(Token::One),
-        ">" => Ok(Token::Rest),
-        _ if part.contains(['*', '>']) => Err(SubjectError::EmbeddedWildcard {
-            token: part.to_string(),
-        }),
-        _ => Ok(Token::Literal(part.to_string())),
+        "*" => Token::One,
+        ">" => Token::Rest,
+        _ => Token::Literal(part.to_string()),
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -332,10 +380,10 @@ mod tests {
         );
         assert_eq!(Subject::new("hub.>"), Err(SubjectError::WildcardInLiteral));
         assert_eq!(Subject::new("hub.%"), Err(SubjectError::WildcardInLiteral));
-        assert!(matches!(
-            Subject::new("hub.a*"),
-            Err(SubjectError::EmbeddedWildcard { .. })
-        ));
+        assert!(
+            Subject::new("hub.a*").is_ok(),
+            "`*` inside a token is literal"
+        );
         assert!(matches!(
             Subject::new("x".repeat(MAX_SUBJECT_BYTES + 1)),
             Err(SubjectError::TooLong { .. })
@@ -346,6 +394,147 @@ mod tests {
             Err(SubjectError::TooManyTokens { .. })
         ));
         assert!(Subject::new("hub.ünïcode.✓").is_ok());
+    }
+
+    /// NATS treats `*` and `>` as wildcards only when they are a whole token. From
+    /// nats-server's `server/sublist_test.go` (TestSublistValidLiteralSubjects):
+    ///
+    /// ```go
+    /// // The followings have widlcards characters but are not
+    /// // considered as such because they are not individual tokens.
+    /// checkBool(IsValidLiteralSubject("foo*"), true, t)
+    /// checkBool(IsValidLiteralSubject("foo.*bar"), true, t)
+    /// checkBool(IsValidLiteralSubject("foo>bar"), true, t)
+    /// ```
+    ///
+    /// and `server/sublist.go`, where a wildcard character makes a subject non-literal
+    /// only with a separator (or the end) on both sides:
+    ///
+    /// ```go
+    /// if c == pwc || c == fwc {
+    ///     if (i == 0 || subject[i-1] == btsep) &&
+    ///         (i+1 == len(subject) || subject[i+1] == btsep) {
+    ///         return false
+    /// ```
+    ///
+    /// TestSublistMatchLiterals: `checkBool(matchLiteral("foo*", "foo*"), true, t)`.
+    #[test]
+    fn wildcard_characters_inside_tokens_are_literal_as_in_nats() {
+        // Every literal subject of TestSublistValidLiteralSubjects is one here.
+        for subject in [
+            "foo", "foo*", "foo**", "foo.**", "foo*bar", "foo.*bar", "foo*.bar", "*bar", "foo>",
+            "foo>>", "foo.>>", "foo>bar", "foo.>bar", "foo>.bar", ">bar", "foo.*-", "x>y", "foo%",
+        ] {
+            assert!(Subject::new(subject).is_ok(), "{subject}");
+            let pattern = Pattern::parse_filter(subject).unwrap();
+            assert!(pattern.is_literal(), "{subject}");
+            assert!(pattern.matches(subject), "{subject}");
+        }
+        // …and every non-literal one is refused for publishing.
+        for subject in ["foo.bar.*", "foo.bar.>", "*", ">", "hub.%"] {
+            assert_eq!(
+                Subject::new(subject),
+                Err(SubjectError::WildcardInLiteral),
+                "{subject}"
+            );
+        }
+        let m = |p: &str, s: &str| Pattern::parse_filter(p).unwrap().matches(s);
+        assert!(m("hub.x.foo*", "hub.x.foo*"));
+        assert!(!m("hub.x.foo*", "hub.x.foo"));
+        assert!(!m("hub.x.foo*", "hub.x.foobar"));
+        assert!(m("hub.*.foo*", "hub.y.foo*"));
+        assert!(!m("hub.*.foo*", "hub.y.fooz"));
+        assert_eq!(
+            Pattern::parse_filter("hub.*.foo*").unwrap().tokens(),
+            &[
+                Token::Literal("hub".into()),
+                Token::One,
+                Token::Literal("foo*".into())
+            ]
+        );
+        assert!(m("x>y.>", "x>y.z"));
+        assert!(!m("x>y.>", "x>y"));
+        assert!(m("a.%.b%", "a.q.b%"));
+        assert!(!m("a.%.b%", "a.q.bz"));
+        assert_eq!(Pattern::parse_filter("a.%.b%").unwrap().as_str(), "a.*.b%");
+        assert_eq!(
+            Pattern::parse("x.foo*.>").unwrap().literal_prefix(),
+            "x.foo*."
+        );
+        assert_eq!(Pattern::parse("*x.>").unwrap().literal_prefix(), "*x.");
+    }
+
+    #[test]
+    fn format_characters_are_refused_by_code_point() {
+        for c in [
+            '\u{00AD}',
+            '\u{061C}',
+            '\u{180E}',
+            '\u{200B}',
+            '\u{200C}',
+            '\u{200D}',
+            '\u{200E}',
+            '\u{200F}',
+            '\u{202A}',
+            '\u{202B}',
+            '\u{202C}',
+            '\u{202D}',
+            '\u{202E}',
+            '\u{2060}',
+            '\u{2061}',
+            '\u{2064}',
+            '\u{2066}',
+            '\u{2067}',
+            '\u{2068}',
+            '\u{2069}',
+            '\u{FEFF}',
+            '\u{FFF9}',
+            '\u{110BD}',
+            '\u{E0001}',
+            '\u{E0041}',
+        ] {
+            let subject = format!("hub.admin{c}.x");
+            let error = Subject::new(subject.as_str()).unwrap_err();
+            assert_eq!(
+                error,
+                SubjectError::FormatCharacter {
+                    token: format!("admin{c}"),
+                    character: c
+                }
+            );
+            let message = error.to_string();
+            assert!(
+                message.contains(&format!("U+{:04X}", c as u32)),
+                "{message}"
+            );
+            assert!(
+                !message.contains(c),
+                "the message shows it escaped: {message}"
+            );
+            assert!(matches!(
+                Pattern::parse_filter(&subject),
+                Err(SubjectError::FormatCharacter { .. })
+            ));
+            assert!(matches!(
+                Pattern::parse(&format!("hub.{c}.>")),
+                Err(SubjectError::FormatCharacter { .. })
+            ));
+            // Stored before the rule: still readable.
+            assert!(Subject::from_stored(subject.as_str()).is_ok());
+        }
+        assert_eq!(
+            Subject::new("hub.\u{202E}").unwrap_err().to_string(),
+            "subject token \"\\u{202e}\" contains U+202E, an invisible Unicode format character \
+             (category Cf); such characters make different subjects look the same and are not allowed"
+        );
+        // Visible non-ASCII letters, marks and symbols are fine.
+        for subject in ["hub.ünïcode.✓", "hub.日本語", "hub.e\u{301}", "hub.🚀"] {
+            assert!(Subject::new(subject).is_ok(), "{subject}");
+        }
+        assert!(matches!(
+            Subject::from_stored("hub.*"),
+            Err(SubjectError::WildcardInLiteral)
+        ));
     }
 
     #[test]
@@ -467,6 +656,107 @@ mod tests {
                 .iter()
                 .all(|s| !inner.matches(s) || outer.matches(s));
             proptest::prop_assert_eq!(inner.is_within(&outer), expected, "{} within {}", inner, outer);
+        }
+
+        /// `Pattern::matches` agrees with the reference matcher, for filters (`%` is
+        /// `*`) and NATS patterns (`%` is literal), on tokens with `*`, `>` and `%` inside.
+        #[test]
+        fn matching_agrees_with_the_reference(
+            pattern in reference::pattern_text(),
+            subjects in proptest::collection::vec(reference::subject_text(), 1..16),
+        ) {
+            for percent_is_one in [true, false] {
+                let parsed = if percent_is_one {
+                    Pattern::parse_filter(&pattern)
+                } else {
+                    Pattern::parse(&pattern)
+                };
+                let Ok(parsed) = parsed else {
+                    // Only `>` before the last token is refused.
+                    let rest_inside = pattern.split('.').rev().skip(1).any(|t| t == ">");
+                    proptest::prop_assert!(rest_inside, "{} refused", pattern);
+                    continue;
+                };
+                let prefix = parsed.literal_prefix();
+                for subject in &subjects {
+                    proptest::prop_assert!(Subject::new(subject.as_str()).is_ok(), "{}", subject);
+                    let expected = reference::matches(&pattern, subject, percent_is_one);
+                    proptest::prop_assert_eq!(
+                        parsed.matches(subject), expected,
+                        "{} ~ {} (% is *: {})", pattern, subject, percent_is_one
+                    );
+                    if expected {
+                        proptest::prop_assert!(subject.starts_with(&prefix), "{} prefix {}", subject, prefix);
+                    }
+                }
+                // A literal pattern matches its own text, and only that.
+                if parsed.is_literal() {
+                    proptest::prop_assert!(parsed.matches(parsed.as_str()));
+                }
+            }
+        }
+    }
+
+    /// A deliberately plain NATS matcher on strings, independent of [`Pattern`].
+    pub(crate) mod reference {
+        use proptest::prelude::*;
+
+        /// Whether `subject` matches `pattern`: `*` (and, when `percent_is_one`, `%`) as a
+        /// whole token is any one token, a last `>` is one or more tokens, and every other
+        /// token — `foo*`, `>bar`, `%x` included — must be equal.
+        pub fn matches(pattern: &str, subject: &str, percent_is_one: bool) -> bool {
+            let pattern: Vec<&str> = pattern.split('.').collect();
+            let subject: Vec<&str> = subject.split('.').collect();
+            let mut i = 0;
+            while i < pattern.len() {
+                let token = pattern[i];
+                if token == ">" && i + 1 == pattern.len() {
+                    return subject.len() > i;
+                }
+                let Some(part) = subject.get(i) else {
+                    return false;
+                };
+                let one = token == "*" || (percent_is_one && token == "%");
+                if !one && token != *part {
+                    return false;
+                }
+                i += 1;
+            }
+            i == subject.len()
+        }
+
+        /// Literal tokens, some with wildcard characters inside.
+        pub fn literal_token() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("a"),
+                Just("b"),
+                Just("a*"),
+                Just("*a"),
+                Just("a>"),
+                Just(">a"),
+                Just("**"),
+                Just(">>"),
+                Just("*>"),
+                Just("a%"),
+                Just("%%"),
+            ]
+            .prop_map(str::to_owned)
+        }
+
+        pub fn subject_text() -> impl Strategy<Value = String> {
+            prop::collection::vec(literal_token(), 1..6).prop_map(|t| t.join("."))
+        }
+
+        /// Pattern text: literal tokens and the wildcards `*`, `>` and `%` (some with `>`
+        /// in a place it is refused).
+        pub fn pattern_text() -> impl Strategy<Value = String> {
+            let token = prop_oneof![
+                3 => literal_token(),
+                1 => Just("*".to_owned()),
+                1 => Just("%".to_owned()),
+                1 => Just(">".to_owned()),
+            ];
+            prop::collection::vec(token, 1..6).prop_map(|t| t.join("."))
         }
     }
 }

@@ -201,6 +201,61 @@ mod tests {
         assert!(tree.root.is_empty(), "empty branches are pruned");
     }
 
+    use crate::subject::tests::reference;
+
+    #[test]
+    fn wildcard_characters_inside_tokens_are_literal() {
+        let mut tree = SubjectTree::new();
+        let p = |s: &str| Pattern::parse_filter(s).unwrap();
+        tree.insert(&p("hub.x.foo*"), 1);
+        tree.insert(&p("hub.*.foo*"), 2);
+        tree.insert(&p("hub.x.*"), 3);
+        tree.insert(&p("hub.x.>a"), 4);
+        tree.insert(&p("hub.%.foo%"), 5);
+        assert_eq!(sorted(&tree, "hub.x.foo*"), vec![1, 2, 3]);
+        assert_eq!(sorted(&tree, "hub.y.foo*"), vec![2]);
+        assert_eq!(sorted(&tree, "hub.x.foo"), vec![3]);
+        assert_eq!(sorted(&tree, "hub.x.>a"), vec![3, 4]);
+        assert_eq!(sorted(&tree, "hub.x.foo%"), vec![3, 5]);
+        assert_eq!(sorted(&tree, "hub.x.fooz"), vec![3]);
+    }
+
+    proptest! {
+        /// The tree finds exactly the registrations the reference matcher accepts, with
+        /// literal tokens holding `*`, `>` and `%`, whole-token `%` filters, and removals.
+        #[test]
+        fn tree_agrees_with_the_reference_matcher(
+            patterns in prop::collection::vec(reference::pattern_text(), 0..24),
+            subjects in prop::collection::vec(reference::subject_text(), 1..24),
+            removals in prop::collection::vec(any::<prop::sample::Index>(), 0..10),
+        ) {
+            let mut tree = SubjectTree::new();
+            let mut live: Vec<(String, usize)> = Vec::new();
+            for (i, text) in patterns.iter().enumerate() {
+                let Ok(pattern) = Pattern::parse_filter(text) else { continue };
+                tree.insert(&pattern, i);
+                live.push((text.clone(), i));
+            }
+            for idx in removals {
+                if live.is_empty() { break; }
+                let (text, v) = live.remove(idx.index(live.len()));
+                prop_assert!(tree.remove(&Pattern::parse_filter(&text).unwrap(), &v));
+            }
+            prop_assert_eq!(tree.len(), live.len());
+            for subject in &subjects {
+                let mut expected: Vec<usize> = live
+                    .iter()
+                    .filter(|(text, _)| reference::matches(text, subject, true))
+                    .map(|(_, v)| *v)
+                    .collect();
+                expected.sort();
+                let mut got: Vec<usize> = tree.matches(subject).into_iter().copied().collect();
+                got.sort();
+                prop_assert_eq!(got, expected, "subject {}", subject);
+            }
+        }
+    }
+
     fn token() -> impl Strategy<Value = String> {
         prop_oneof![
             Just("a".to_string()),

@@ -83,6 +83,8 @@ error_codes! {
     RuleExists = "rule_exists" => CONFLICT, InvalidParams,
     /// The hub already keeps the most routing rules it takes.
     TooManyRules = "too_many_rules" => CONFLICT, InvalidRequest,
+    /// No NATS bridge dead letter has that id.
+    DeadLetterNotFound = "dead_letter_not_found" => NOT_FOUND, InvalidParams,
     MethodNotAllowed = "method_not_allowed" => METHOD_NOT_ALLOWED, InvalidRequest,
     TooManyStreams = "too_many_streams" => SERVICE_UNAVAILABLE, Unavailable,
     /// The server is at its connection cap (`HERALD_MAX_CONNECTIONS`); only health checks

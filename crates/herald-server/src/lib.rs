@@ -23,7 +23,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 use herald_hub::Hub;
 use tokio::net::TcpListener;
@@ -198,6 +198,14 @@ pub fn routes(state: &AppState) -> Vec<(&'static str, MethodRouter<AppState>)> {
         (
             "/api/rules/{id}",
             get(http::rules::get_rule).delete(http::rules::delete_rule),
+        ),
+        (
+            "/api/bridge/dead-letters",
+            get(http::bridge::list_dead_letters),
+        ),
+        (
+            "/api/bridge/dead-letters/{id}",
+            delete(http::bridge::delete_dead_letter),
         ),
         ("/health", get(http::health)),
         ("/health/nats", get(http::nats_health)),

@@ -31,7 +31,9 @@
 //! | `herald_rule_action_duration_seconds{rule}` | histogram | one action (a webhook attempt, a republish, a handler call) |
 //! | `herald_rule_breaker_state{rule}` | gauge | a webhook rule's circuit breaker: 0 closed, 1 open, 2 half-open |
 //! | `herald_rule_breaker_trips_total{rule}` | counter | times a webhook rule's circuit breaker opened |
-//! | `herald_bridge_ingested_total` / `_duplicates_total` / `_skipped_total` / `_rejected_total` / `_errors_total` | counter | NATS messages stored as events; already stored; relayed by this hub; invalid; interruptions |
+//! | `herald_bridge_ingested_total` / `_duplicates_total` / `_skipped_total` / `_errors_total` | counter | NATS messages stored as events; already stored; relayed by this hub; interruptions |
+//! | `herald_bridge_dead_letters_total` / `_dead_letters_dropped_total` | counter | NATS messages kept as dead letters instead of events; dead letters dropped past the limit |
+//! | `herald_bridge_dead_letters` | gauge | dead letters kept in the store |
 
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;

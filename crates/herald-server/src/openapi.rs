@@ -58,6 +58,8 @@ use crate::rpc::MAX_BATCH_REQUESTS;
         crate::http::rules::get_rule,
         crate::http::rules::delete_rule,
         crate::http::publish::publish_legacy,
+        crate::http::bridge::list_dead_letters,
+        crate::http::bridge::delete_dead_letter,
         crate::http::health,
         crate::http::nats_health,
         crate::http::hubs,
@@ -79,6 +81,9 @@ use crate::rpc::MAX_BATCH_REQUESTS;
             crate::http::rules::RuleAction,
             crate::http::rules::RuleStats,
             crate::http::rules::RuleList,
+            crate::http::bridge::DeadLetter,
+            crate::http::bridge::DeadLetterHeader,
+            crate::http::bridge::DeadLetterList,
             Subject,
             SubjectPattern,
             OriginText,
@@ -193,42 +198,86 @@ const DOCS_PAGE: &str = r#"<!doctype html>
 // ---------------------------------------------------------------------------------------
 // The subject grammar as JSON Schema (ECMA-262 regular expressions).
 
-/// Characters that may not appear in a token: the separator, the wildcards, and what
-/// `char::is_whitespace` or `char::is_control` accept (herald_core's rules).
-const EXCLUDED: &str =
-    r".*>\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000";
+/// Characters that may not appear in a token besides the separator: what
+/// `char::is_whitespace` or `char::is_control` accept, and the format characters
+/// (category Cf) of the Basic Multilingual Plane (herald_core's rules). ECMA-262 regular
+/// expressions without the `u` flag cannot name the few Cf characters beyond it (U+110BD,
+/// U+E0001, …), so the schema's regular expression lets those through; the server refuses
+/// them all (the descriptions say so).
+fn excluded() -> &'static str {
+    static EXCLUDED: OnceLock<String> = OnceLock::new();
+    EXCLUDED.get_or_init(|| {
+        let mut class = String::from(
+            r"\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000",
+        );
+        class.push_str(&ranges((0x80..=0xFFFF).filter(|code| {
+            char::from_u32(*code).is_some_and(herald_core::subject::is_format_character)
+        })));
+        class
+    })
+}
 
-/// The token characters of subjects that are ASCII: printable ASCII but `.`, `*`, `>`
-/// (and, for a token's first character, `%`).
-const ASCII_TOKEN: &str = r"\u0021-\u0029\u002B-\u002D\u002F-\u003D\u003F-\u007E";
-const ASCII_TOKEN_START: &str =
-    r"\u0021-\u0024\u0026-\u0029\u002B-\u002D\u002F-\u003D\u003F-\u007E";
+/// Ascending code points as the ranges of a regular-expression class (`\u00AD\u0600-\u0605`).
+fn ranges(codes: impl IntoIterator<Item = u32>) -> String {
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for code in codes {
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == code => *last = code,
+            _ => runs.push((code, code)),
+        }
+    }
+    runs.iter()
+        .map(|&(first, last)| {
+            if first == last {
+                format!("\\u{first:04X}")
+            } else {
+                format!("\\u{first:04X}-\\u{last:04X}")
+            }
+        })
+        .collect()
+}
 
-/// The classes of a token's characters: any, and a first one that is not `%`.
-fn token_classes(ascii: bool) -> (String, String) {
+/// The classes of a token's characters: any character, and any but the ones in `but`
+/// (for a one-character token, which must not be a wildcard). ASCII: printable ASCII
+/// but `.`.
+fn token_classes(ascii: bool, but: &str) -> (String, String) {
     if ascii {
-        (format!("[{ASCII_TOKEN}]"), format!("[{ASCII_TOKEN_START}]"))
+        let token = |code: &u32| *code != u32::from('.');
+        (
+            format!("[{}]", ranges((0x21..=0x7E).filter(token))),
+            format!(
+                "[{}]",
+                ranges(
+                    (0x21..=0x7E)
+                        .filter(token)
+                        .filter(|code| !but.chars().any(|c| u32::from(c) == *code))
+                )
+            ),
+        )
     } else {
-        (format!("[^{EXCLUDED}]"), format!("[^%{EXCLUDED}]"))
+        let excluded = excluded();
+        (format!("[^.{excluded}]"), format!("[^{but}.{excluded}]"))
     }
 }
 
 /// A literal subject, as `herald_core::Subject::new` accepts it (its length aside), of
-/// ASCII characters only or of any.
+/// ASCII characters only or of any. As in NATS, `*` and `>` are wildcards only as whole
+/// tokens; inside a longer token they are ordinary characters.
 pub fn subject_regex(ascii: bool) -> String {
-    let (any, start) = token_classes(ascii);
-    // A token is any run of allowed characters except exactly `%` (a wildcard in filters).
-    let token = format!("(?:%{any}+|{start}{any}*)");
+    // A token is any run of allowed characters except exactly `*`, `>` or `%`.
+    let (any, single) = token_classes(ascii, "*>%");
+    let token = format!("(?:{any}{any}+|{single})");
     format!("^{token}(?:\\.{token}){{0,{}}}$", MAX_SUBJECT_TOKENS - 1)
 }
 
 /// A filter, as `herald_core::Pattern::parse_filter` accepts it (its length aside):
 /// literal tokens, `*` (or a whole-token `%`) for one token, and a last `>` for the rest.
 pub fn pattern_regex(ascii: bool, allow_empty: bool) -> String {
-    let (any, _) = token_classes(ascii);
-    let token = format!("(?:\\*|{any}+)");
+    // Any token but exactly `>`, which only the last may be.
+    let (any, single) = token_classes(ascii, ">");
+    let token = format!("(?:{any}{any}+|{single})");
     let max = MAX_SUBJECT_TOKENS - 1;
-    let body = format!("{token}(?:\\.{token}){{0,{max}}}|(?:{token}\\.){{0,{max}}}>");
+    let body = format!("(?:{token}\\.){{0,{max}}}(?:{token}|>)");
     if allow_empty {
         format!("^(?:{body})?$")
     } else {
@@ -292,8 +341,9 @@ raw_schema! {
         "description": format!(
             "A literal subject: tokens separated by single dots (`hub.local-hub.project.created`), \
              at most {MAX_SUBJECT_BYTES} bytes (UTF-8) and {MAX_SUBJECT_TOKENS} tokens. Tokens are \
-             non-empty, have no whitespace or control characters, and contain no `*` or `>`; \
-             no token is exactly `%`."
+             non-empty and have no whitespace, control characters or Unicode format characters \
+             (category Cf, such as U+202E or U+200B); no token is exactly `*`, `>` or `%`. As in \
+             NATS, `*` and `>` inside a longer token are ordinary characters (`hub.x.foo*`)."
         ),
         "minLength": 1,
         "examples": ["hub.local-hub.project.created"],
@@ -306,7 +356,9 @@ raw_schema! {
         "description": format!(
             "A subject pattern: literal tokens, `*` for exactly one token (a whole-token `%` \
              means the same), and `>` as the last token for one or more tokens: \
-             `hub.*.project.>`, `hub.%.project.%`, or a literal subject. At most \
+             `hub.*.project.>`, `hub.%.project.%`, or a literal subject. As in NATS, these are \
+             wildcards only as whole tokens: `hub.*.foo*` has one wildcard and the literal token \
+             `foo*`. Tokens have no whitespace, control or format (Cf) characters. At most \
              {MAX_SUBJECT_BYTES} bytes and {MAX_SUBJECT_TOKENS} tokens."
         ),
         "minLength": 1,
@@ -1096,7 +1148,26 @@ mod tests {
             "a\u{2003}",
             "a\u{3000}",
             "a\u{feff}",
+            "a\u{202e}b",
+            "hub.\u{200b}",
+            "a\u{ad}",
+            "\u{2066}.x",
             "a\u{1f600}",
+            "hub.x.foo*",
+            "hub.*.foo*",
+            "x>y.>",
+            "foo.*-",
+            "*bar",
+            ">bar",
+            ">>",
+            "**",
+            "%.>a",
+            ">.a",
+            "a.>>",
+            "a.>.>",
+            "foo%",
+            "*.*",
+            "%",
             "é.ü",
             "!#$&'()+,-/0123456789:;<=?@AZ[\\]^_`az{|}~",
             "hub.%.project.%",

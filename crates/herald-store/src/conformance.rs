@@ -8,7 +8,7 @@ use std::future::Future;
 use herald_core::{NewEvent, Origin, Pattern, Payload, Seq, Subject, Timestamp};
 use uuid::Uuid;
 
-use crate::{Appended, Query, Store, StoredRule};
+use crate::{Appended, NewDeadLetter, Query, Store, StoredRule};
 
 /// `n` new events on `subject`, with payloads `{"n": 0..n}`.
 pub fn events(subject: &str, n: usize) -> Vec<NewEvent> {
@@ -47,6 +47,150 @@ where
     cloudevent_attributes_round_trip(&open().await).await;
     cursors_start_at_zero_and_never_go_back(&open().await).await;
     rules_keep_their_order_and_text(&open().await).await;
+    wildcard_characters_inside_tokens_are_literal(&open().await).await;
+    dead_letters_keep_their_order_bytes_and_bound(&open().await).await;
+}
+
+/// `*`, `>` and `%` inside a token are ordinary characters (as in NATS), and so are SQL's
+/// `LIKE` characters `%` and `_`: every planner path matches them exactly.
+async fn wildcard_characters_inside_tokens_are_literal<S: Store>(store: &S) {
+    let subjects = [
+        "hub.x.foo*",
+        "hub.x.foo",
+        "hub.x.foobar",
+        "hub.x.foo*.y",
+        "hub.y.foo*",
+        "hub.x.foo%",
+        "hub.x.fooz",
+        "hub.x.a%",
+        "hub.x.a_b",
+        "hub.x.aXb",
+        "hub.x.ab",
+        "hub.x.*a",
+        "hub.x.>a",
+        "hub.x.a>",
+        "hub.x.foo/",
+        "hub.x.foo+",
+        "hub.x.**",
+    ];
+    let batch: Vec<NewEvent> = subjects
+        .iter()
+        .enumerate()
+        .map(|(i, subject)| event(subject, i, None))
+        .collect();
+    store.append(batch).await.unwrap();
+    let all = store.query(Query::default()).await.unwrap().events;
+    assert_eq!(all.len(), subjects.len());
+    for (pattern, expected_count) in [
+        ("hub.x.foo*", 1),
+        ("hub.*.foo*", 2),
+        ("hub.x.foo*.>", 1),
+        ("hub.x.foo*.*", 1),
+        ("hub.x.a%", 1),
+        ("hub.x.a_b", 1),
+        ("hub.%.foo%", 1),
+        ("hub.x.*a", 1),
+        ("hub.x.>a", 1),
+        ("*.x.>a", 1),
+        ("hub.x.**", 1),
+        ("hub.x.>", subjects.len() - 1),
+        ("hub.*.*", subjects.len() - 1),
+    ] {
+        let p = Pattern::parse_filter(pattern).unwrap();
+        let expected: Vec<Seq> = all
+            .iter()
+            .filter(|e| p.matches(e.subject.as_str()))
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(expected.len(), expected_count, "{pattern}");
+        for limit in [1, 100] {
+            let got: Vec<Seq> = store
+                .query(Query {
+                    subject: Some(p.clone()),
+                    limit,
+                    ..Query::default()
+                })
+                .await
+                .unwrap()
+                .events
+                .iter()
+                .map(|e| e.seq)
+                .collect();
+            let wanted: Vec<Seq> = expected.iter().copied().take(limit).collect();
+            assert_eq!(got, wanted, "pattern {pattern} limit {limit}");
+        }
+    }
+}
+
+/// A dead letter with every kind of awkward content.
+pub fn dead_letter(stream_seq: u64, body: &[u8]) -> NewDeadLetter {
+    NewDeadLetter {
+        stream: "HERALD".into(),
+        stream_seq,
+        subject: format!("hub.x.bad\u{202e}{stream_seq}"),
+        headers: vec![
+            ("Nats-Msg-Id".into(), format!("m-{stream_seq}")),
+            ("X-Twice".into(), "1".into()),
+            ("X-Twice".into(), "2 \"quoted\" ünï".into()),
+        ],
+        body: body.to_vec(),
+        body_size: body.len() as u64 + 7,
+        reason: "subject token \"bad\\u{202e}\" contains U+202E".into(),
+    }
+}
+
+async fn dead_letters_keep_their_order_bytes_and_bound<S: Store>(store: &S) {
+    assert!(store.dead_letters(0, 100).await.unwrap().is_empty());
+    assert_eq!(store.count_dead_letters().await.unwrap(), 0);
+    assert_eq!(store.add_dead_letters(Vec::new(), 10).await.unwrap(), 0);
+
+    let bytes: Vec<u8> = (0..=255u8).chain([0, 0xff, 0xfe]).collect();
+    let first = vec![dead_letter(7, &bytes), dead_letter(8, b"{\"a\":1}")];
+    assert_eq!(store.add_dead_letters(first.clone(), 10).await.unwrap(), 0);
+    let kept = store.dead_letters(0, 100).await.unwrap();
+    assert_eq!(kept.len(), 2);
+    assert_eq!(kept[0].letter, first[0], "kept exactly, bytes and all");
+    assert_eq!(kept[1].letter, first[1]);
+    assert!(kept[0].id < kept[1].id, "numbered in the order added");
+    assert!(kept[0].received_at.as_micros() > 0);
+    assert_eq!(store.count_dead_letters().await.unwrap(), 2);
+
+    // Paging by id.
+    let page = store.dead_letters(kept[0].id, 100).await.unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].id, kept[1].id);
+    assert_eq!(store.dead_letters(0, 1).await.unwrap()[0].id, kept[0].id);
+    assert!(store
+        .dead_letters(kept[1].id, 100)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Bounded: past `keep`, the oldest go, and the count of dropped ones comes back.
+    let more: Vec<NewDeadLetter> = (9..14).map(|n| dead_letter(n, b"x")).collect();
+    assert_eq!(store.add_dead_letters(more, 4).await.unwrap(), 3);
+    let kept_now = store.dead_letters(0, 100).await.unwrap();
+    let seqs: Vec<u64> = kept_now.iter().map(|d| d.letter.stream_seq).collect();
+    assert_eq!(seqs, vec![10, 11, 12, 13], "the newest four");
+    assert!(kept_now.windows(2).all(|w| w[0].id < w[1].id));
+    assert!(kept_now[0].id > kept[1].id, "ids are never reused");
+
+    // Discarding one.
+    assert!(store.delete_dead_letter(kept_now[1].id).await.unwrap());
+    assert!(!store.delete_dead_letter(kept_now[1].id).await.unwrap());
+    assert!(!store.delete_dead_letter(u64::MAX).await.unwrap());
+    assert_eq!(store.count_dead_letters().await.unwrap(), 3);
+    let seqs: Vec<u64> = store
+        .dead_letters(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.letter.stream_seq)
+        .collect();
+    assert_eq!(seqs, vec![10, 12, 13]);
+
+    // Dead letters live beside the log, not in it.
+    assert_eq!(store.head().await.unwrap(), 0);
 }
 
 /// A rule body with quotes, backslashes, escapes and non-ASCII text, and key order and

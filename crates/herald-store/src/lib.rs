@@ -11,7 +11,9 @@
 //!   event as [`Appended::Duplicate`];
 //! - answer [`Store::query`] in seq order, from a consistent snapshot;
 //! - keep delivery cursors ([`Store::save_cursor`], never moving backwards) and routing
-//!   rules ([`StoredRule`], in the order they were first added) durably beside the log.
+//!   rules ([`StoredRule`], in the order they were first added) durably beside the log;
+//! - keep the NATS bridge's dead letters ([`DeadLetter`]: messages it could not ingest),
+//!   numbered in the order added, at most a given number of them (the oldest go first).
 //!
 //! [`conformance`] checks all of this against any backend.
 //!
@@ -160,6 +162,33 @@ pub struct StoredRule {
     pub body: String,
 }
 
+/// A NATS message the bridge could not turn into an event, as handed to the store. Texts
+/// hold no NUL character (the bridge replaces it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDeadLetter {
+    /// The JetStream stream and the message's sequence number in it.
+    pub stream: String,
+    pub stream_seq: u64,
+    pub subject: String,
+    /// Header names and values, in the order received (a name may repeat).
+    pub headers: Vec<(String, String)>,
+    /// The body, or its first bytes when it was larger than the bridge keeps.
+    pub body: Vec<u8>,
+    /// The body's size as received (more than `body.len()` when it was cut).
+    pub body_size: u64,
+    /// Why it was not ingested, for the operator.
+    pub reason: String,
+}
+
+/// A dead letter as kept: its number (increasing in the order added, never reused) and
+/// when it was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub id: u64,
+    pub received_at: Timestamp,
+    pub letter: NewDeadLetter,
+}
+
 /// The storage contract. See the crate docs for the guarantees each backend gives.
 pub trait Store: Send + Sync + 'static {
     /// Stores a batch in one durable transaction and returns, per input event and in the
@@ -210,6 +239,47 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes a rule; false when there was none with that id.
     fn delete_rule(&self, id: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Stores dead letters in one durable transaction, then drops the oldest ones beyond
+    /// the newest `keep` (at least 1). Returns how many were dropped.
+    fn add_dead_letters(
+        &self,
+        letters: Vec<NewDeadLetter>,
+        keep: usize,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// At most `limit` dead letters with an id above `after_id`, oldest first.
+    fn dead_letters(
+        &self,
+        after_id: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>>> + Send;
+
+    /// Deletes one dead letter; false when there was none with that id.
+    fn delete_dead_letter(&self, id: u64) -> impl Future<Output = Result<bool>> + Send;
+
+    /// How many dead letters are kept.
+    fn count_dead_letters(&self) -> impl Future<Output = Result<u64>> + Send;
+}
+
+/// Headers as the stores keep them: a JSON array of `[name, value]` pairs.
+pub(crate) fn encode_headers(headers: &[(String, String)]) -> String {
+    serde_json::to_string(headers).expect("strings serialize")
+}
+
+pub(crate) fn decode_headers(text: &str) -> std::result::Result<Vec<(String, String)>, String> {
+    serde_json::from_str(text).map_err(|e| format!("stored dead-letter headers: {e}"))
+}
+
+/// A database integer as a dead letter's id or sequence number (never negative).
+pub(crate) fn u64_from_sql(value: i64) -> u64 {
+    value.max(0) as u64
+}
+
+/// A sequence number or id as a database integer (values past `i64::MAX` are clamped:
+/// no JetStream stream gets there).
+pub(crate) fn u64_to_sql(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 /// A seq as the databases store it (a signed 64-bit integer).
@@ -401,6 +471,34 @@ impl Store for AnyStore {
         match self {
             AnyStore::Embedded(s) => s.delete_rule(id).await,
             AnyStore::Postgres(s) => s.delete_rule(id).await,
+        }
+    }
+
+    async fn add_dead_letters(&self, letters: Vec<NewDeadLetter>, keep: usize) -> Result<u64> {
+        match self {
+            AnyStore::Embedded(s) => s.add_dead_letters(letters, keep).await,
+            AnyStore::Postgres(s) => s.add_dead_letters(letters, keep).await,
+        }
+    }
+
+    async fn dead_letters(&self, after_id: u64, limit: usize) -> Result<Vec<DeadLetter>> {
+        match self {
+            AnyStore::Embedded(s) => s.dead_letters(after_id, limit).await,
+            AnyStore::Postgres(s) => s.dead_letters(after_id, limit).await,
+        }
+    }
+
+    async fn delete_dead_letter(&self, id: u64) -> Result<bool> {
+        match self {
+            AnyStore::Embedded(s) => s.delete_dead_letter(id).await,
+            AnyStore::Postgres(s) => s.delete_dead_letter(id).await,
+        }
+    }
+
+    async fn count_dead_letters(&self) -> Result<u64> {
+        match self {
+            AnyStore::Embedded(s) => s.count_dead_letters().await,
+            AnyStore::Postgres(s) => s.count_dead_letters().await,
         }
     }
 }

@@ -1,6 +1,12 @@
 //! What the backends' query planners share: the exact filter, the caps and the cost rule
 //! that choose a read path. Each backend turns a [`Path`] into its own SQL; no backend
 //! decides anything about matching on its own.
+//!
+//! SQL only ever sees subjects as bound values compared with `=`, `>=` and `<` (never
+//! `LIKE`), so characters that are special elsewhere — `*`, `>`, `%` inside a token (NATS
+//! literals), `%` and `_` (SQL patterns) — are plain bytes here. A pattern's wildcards are
+//! its [`Token::One`](herald_core::Token) and [`Token::Rest`](herald_core::Token) tokens
+//! only, never a character inside a literal token.
 
 use herald_core::{Event, Pattern, Seq};
 
@@ -100,4 +106,33 @@ pub(crate) fn accepts(query: &Query, event: &Event) -> bool {
         && query
             .correlation_id
             .is_none_or(|c| event.correlation_id == c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_tokens_with_wildcard_characters_are_plain_text() {
+        let filter = |text: &str| Pattern::parse_filter(text).unwrap();
+        assert_eq!(
+            candidate_range(&filter("hub.x.foo*.>")),
+            Some(("hub.x.foo*.".to_owned(), "hub.x.foo*/".to_owned()))
+        );
+        assert_eq!(
+            candidate_range(&filter("hub.*.foo*")),
+            Some(("hub.".to_owned(), "hub/".to_owned()))
+        );
+        assert_eq!(candidate_range(&filter("*.a%.>")), None);
+        for literal in ["hub.x.foo*", "hub.x.>a", "hub.x.a%", "hub.x.a_b"] {
+            let query = Query {
+                subject: Some(filter(literal)),
+                ..Query::default()
+            };
+            match first_step(&query) {
+                Ok(Path::Subjects(subjects)) => assert_eq!(subjects, vec![literal.to_owned()]),
+                _ => panic!("{literal} is one subject, looked up exactly"),
+            }
+        }
+    }
 }

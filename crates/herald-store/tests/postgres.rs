@@ -814,8 +814,8 @@ async fn cursors_and_rules_survive_reopen_and_are_shared() {
     assert_eq!(again.list_rules().await.unwrap(), vec![rule]);
 }
 
-/// A database written by the first release (schema version 1: no cursors, no rules)
-/// migrates at open and keeps its events.
+/// A database written by the first release (schema version 1: no cursors, no rules, no
+/// dead letters) migrates at open and keeps its events.
 #[tokio::test]
 async fn a_version_1_schema_migrates_at_open() {
     let url = fresh_url().await;
@@ -823,14 +823,15 @@ async fn a_version_1_schema_migrates_at_open() {
     store.append(events("hub.old", 3)).await.unwrap();
     store.close().await.unwrap();
 
-    // Back to version 1: migration 2 only added these two tables.
+    // Back to version 1: migrations 2 and 3 only added these tables.
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(connection);
     client
         .batch_execute(
-            "DROP TABLE cursors, rules; DELETE FROM herald_schema_migrations WHERE version > 1",
+            "DROP TABLE cursors, rules, bridge_dead_letters;
+             DELETE FROM herald_schema_migrations WHERE version > 1",
         )
         .await
         .unwrap();
@@ -847,6 +848,9 @@ async fn a_version_1_schema_migrates_at_open() {
         .await
         .unwrap();
     assert_eq!(store.list_rules().await.unwrap().len(), 1);
+    let letter = herald_store::conformance::dead_letter(1, b"x");
+    assert_eq!(store.add_dead_letters(vec![letter], 10).await.unwrap(), 0);
+    assert_eq!(store.count_dead_letters().await.unwrap(), 1);
     assert_eq!(
         store.append(events("hub.new", 1)).await.unwrap()[0]
             .event()

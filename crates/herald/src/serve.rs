@@ -188,6 +188,15 @@ pub struct NatsArgs {
     #[arg(long, env = "HERALD_NATS_BRIDGE", default_value = "hub.>")]
     nats_bridge: String,
 
+    /// Largest NATS message body the bridge ingests, in bytes; a larger message becomes a
+    /// dead letter (GET /api/bridge/dead-letters).
+    #[arg(long, env = "HERALD_NATS_BRIDGE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    nats_bridge_max_body_bytes: usize,
+
+    /// Most bridge dead letters kept; past it the oldest are dropped (and counted).
+    #[arg(long, env = "HERALD_NATS_DEAD_LETTERS_MAX", default_value_t = 10_000)]
+    nats_dead_letters_max: usize,
+
     /// Seconds between presence announcements on hub.global.presence.announced (0 = off).
     #[arg(long, env = "HERALD_PRESENCE_INTERVAL_SECS", default_value_t = 10)]
     presence_interval_secs: u64,
@@ -262,6 +271,11 @@ impl NatsArgs {
                 );
             }
         }
+        config.bridge_max_body_bytes = self.nats_bridge_max_body_bytes;
+        if self.nats_dead_letters_max == 0 {
+            anyhow::bail!("--nats-dead-letters-max must be at least 1");
+        }
+        config.dead_letters_max = self.nats_dead_letters_max;
         config.presence_interval = (self.presence_interval_secs > 0)
             .then(|| Duration::from_secs(self.presence_interval_secs));
         config.public_url = self.public_url.clone();

@@ -9,6 +9,12 @@
 //! Loop safety: messages this hub relayed itself (header [`HEADER_HUB`](super::HEADER_HUB)
 //! = our hub id) are skipped, and ingested events keep their remote origin, which the
 //! relay never sends back out.
+//!
+//! No message is dropped silently: one that cannot become an event (an invalid subject,
+//! a body over the limit, or one the store refuses) is written to the store's dead
+//! letters, with the reason, before it is acknowledged. Operators list and discard them
+//! over `GET /api/bridge/dead-letters`; their number is bounded
+//! ([`NatsConfig::dead_letters_max`](super::NatsConfig), the oldest go first).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +23,7 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use base64::Engine as _;
 use futures_util::StreamExt;
 use herald_core::{correlation_id_from_text, NewEvent, Origin, Pattern, Payload, Subject};
+use herald_store::{NewDeadLetter, Store};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
@@ -25,6 +32,8 @@ use crate::{Hub, HubError, Inner};
 
 /// Messages taken per ingest batch (one store transaction).
 const BATCH: usize = 512;
+/// Bytes of a dead letter's body kept in the store (the size as received is kept too).
+pub const DEAD_LETTER_BODY_BYTES: usize = 64 * 1024;
 /// `origin.hub_id` of events published straight to NATS by non-Herald clients.
 pub const EXTERNAL_HUB_ID: &str = "nats";
 /// Namespace of ids given to messages without a UUID `Nats-Msg-Id`.
@@ -57,6 +66,10 @@ pub(crate) async fn run(inner: Arc<Inner>, link: NatsLink, pattern: Pattern) {
         inner: inner.clone(),
     };
     let name = consumer_name(&inner.config.hub_id, &pattern);
+    // Shown from the start, at zero.
+    metrics::counter!("herald_bridge_dead_letters_total").increment(0);
+    metrics::counter!("herald_bridge_dead_letters_dropped_total").increment(0);
+    update_dead_letter_gauge(&hub).await;
     let mut failures = 0u32;
     loop {
         tokio::select! {
@@ -113,6 +126,10 @@ async fn bridge(hub: &Hub, link: &NatsLink, pattern: &Pattern, name: &str) -> Re
     let mut chunks = messages.ready_chunks(BATCH);
     let own_hub = hub.hub_id().to_owned();
     let stream_name = link.config.stream.name.clone();
+    let limits = Limits {
+        max_body_bytes: link.config.bridge_max_body_bytes,
+        dead_letters_max: link.config.dead_letters_max,
+    };
     loop {
         let chunk = tokio::select! {
             chunk = chunks.next() => chunk,
@@ -122,6 +139,7 @@ async fn bridge(hub: &Hub, link: &NatsLink, pattern: &Pattern, name: &str) -> Re
             return Err("the consumer's message stream ended".into());
         };
         let mut events = Vec::with_capacity(chunk.len());
+        let mut rejected = Vec::new();
         let mut messages = Vec::with_capacity(chunk.len());
         for item in chunk {
             let message = match item {
@@ -132,18 +150,23 @@ async fn bridge(hub: &Hub, link: &NatsLink, pattern: &Pattern, name: &str) -> Re
                 }
             };
             let stream_seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-            match to_new_event(&message, &stream_name, stream_seq, &own_hub) {
-                Ok(Some(event)) => events.push(event),
+            match to_new_event(&message, &stream_name, stream_seq, &own_hub, &limits) {
+                Ok(Some(event)) => events.push((messages.len(), event)),
                 Ok(None) => metrics::counter!("herald_bridge_skipped_total").increment(1),
-                Err(reason) => {
-                    metrics::counter!("herald_bridge_rejected_total").increment(1);
-                    tracing::warn!(subject = %message.subject, %reason, "Rejected a NATS message; it is not ingested.");
-                }
+                Err(reason) => rejected.push((messages.len(), reason)),
             }
-            messages.push(message);
+            messages.push((message, stream_seq));
         }
-        ingest(hub, events).await?;
-        for message in messages {
+        rejected.extend(ingest(hub, events).await?);
+        let letters: Vec<NewDeadLetter> = rejected
+            .into_iter()
+            .map(|(index, reason)| {
+                let (message, stream_seq) = &messages[index];
+                dead_letter(message, &stream_name, *stream_seq, reason)
+            })
+            .collect();
+        keep_dead_letters(hub, letters, limits.dead_letters_max).await?;
+        for (message, _) in messages {
             if let Err(error) = message.ack().await {
                 tracing::debug!(%error, "Cannot acknowledge a bridged message; it will be redelivered and deduplicated.");
             }
@@ -151,12 +174,47 @@ async fn bridge(hub: &Hub, link: &NatsLink, pattern: &Pattern, name: &str) -> Re
     }
 }
 
+/// What the bridge takes in.
+pub(crate) struct Limits {
+    pub max_body_bytes: usize,
+    pub dead_letters_max: usize,
+}
+
 /// Stores the batch, retrying while the store is unavailable (the messages stay
-/// unacknowledged meanwhile).
-async fn ingest(hub: &Hub, events: Vec<NewEvent>) -> Result<(), String> {
+/// unacknowledged meanwhile). When the store refuses the batch for another reason, each
+/// event is tried on its own, so that one bad event cannot hold the others back: the
+/// ones refused come back, by their index, with the reason.
+async fn ingest(hub: &Hub, events: Vec<(usize, NewEvent)>) -> Result<Vec<(usize, String)>, String> {
     if events.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
+    let (indexes, events): (Vec<usize>, Vec<NewEvent>) = events.into_iter().unzip();
+    match publish_retrying(hub, events.clone()).await? {
+        Ok(()) => Ok(Vec::new()),
+        Err(error) if events.len() == 1 => Ok(vec![(indexes[0], refused(&error))]),
+        Err(error) => {
+            tracing::warn!(%error, count = events.len(), "The store refused a batch of bridged messages; storing them one by one.");
+            let mut refused_ones = Vec::new();
+            for (index, event) in indexes.into_iter().zip(events) {
+                if let Err(error) = publish_retrying(hub, vec![event]).await? {
+                    refused_ones.push((index, refused(&error)));
+                }
+            }
+            Ok(refused_ones)
+        }
+    }
+}
+
+fn refused(error: &HubError) -> String {
+    format!("the hub could not store it: {error}")
+}
+
+/// Publishes `events`, retrying while the store is unavailable. The outer error stops
+/// the bridge (the hub is shutting down); the inner one is the store refusing the batch.
+async fn publish_retrying(
+    hub: &Hub,
+    events: Vec<NewEvent>,
+) -> Result<Result<(), HubError>, String> {
     let count = events.len() as u64;
     let mut failures = 0u32;
     loop {
@@ -165,20 +223,113 @@ async fn ingest(hub: &Hub, events: Vec<NewEvent>) -> Result<(), String> {
                 let fresh = results.iter().filter(|r| !r.duplicate).count() as u64;
                 metrics::counter!("herald_bridge_ingested_total").increment(fresh);
                 metrics::counter!("herald_bridge_duplicates_total").increment(count - fresh);
-                return Ok(());
+                return Ok(Ok(()));
             }
             Err(HubError::Unavailable(error)) => {
                 tracing::warn!(%error, "Cannot store bridged messages; retrying.");
-                tokio::time::sleep(Duration::from_millis(100u64 << failures.min(5))).await;
-                failures += 1;
+                backoff(hub, &mut failures).await?;
             }
-            Err(error) => return Err(error.to_string()),
+            Err(HubError::ShuttingDown) => return Err("the hub is shutting down".into()),
+            Err(error) => return Ok(Err(error)),
         }
     }
 }
 
+/// Waits before the next attempt (100 ms doubling to 3.2 s); an error at shutdown.
+async fn backoff(hub: &Hub, failures: &mut u32) -> Result<(), String> {
+    let delay = Duration::from_millis(100u64 << (*failures).min(5));
+    *failures += 1;
+    tokio::select! {
+        () = tokio::time::sleep(delay) => Ok(()),
+        () = hub.inner.shutdown.cancelled() => Err("the hub is shutting down".into()),
+    }
+}
+
+/// Commits the dead letters (retrying while the store is unavailable), so that their
+/// messages can be acknowledged.
+async fn keep_dead_letters(
+    hub: &Hub,
+    letters: Vec<NewDeadLetter>,
+    keep: usize,
+) -> Result<(), String> {
+    if letters.is_empty() {
+        return Ok(());
+    }
+    let mut failures = 0u32;
+    let dropped = loop {
+        match hub.store().add_dead_letters(letters.clone(), keep).await {
+            Ok(dropped) => break dropped,
+            Err(error) if error.is_unavailable() && !hub.inner.shutdown.is_cancelled() => {
+                tracing::warn!(%error, "Cannot store bridge dead letters; retrying.");
+                backoff(hub, &mut failures).await?;
+            }
+            // The messages stay unacknowledged: JetStream redelivers them later.
+            Err(error) => return Err(format!("storing bridge dead letters: {error}")),
+        }
+    };
+    for letter in &letters {
+        tracing::warn!(
+            subject = %letter.subject,
+            stream_seq = letter.stream_seq,
+            reason = %letter.reason,
+            "Kept a NATS message the bridge cannot ingest as a dead letter."
+        );
+    }
+    metrics::counter!("herald_bridge_dead_letters_total").increment(letters.len() as u64);
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            keep,
+            "Dropped the oldest bridge dead letters to stay within the limit."
+        );
+        metrics::counter!("herald_bridge_dead_letters_dropped_total").increment(dropped);
+    }
+    update_dead_letter_gauge(hub).await;
+    Ok(())
+}
+
+/// Sets `herald_bridge_dead_letters` to the number kept in the store.
+pub async fn update_dead_letter_gauge(hub: &Hub) {
+    match hub.store().count_dead_letters().await {
+        Ok(count) => metrics::gauge!("herald_bridge_dead_letters").set(count as f64),
+        Err(error) => tracing::debug!(%error, "Cannot count bridge dead letters."),
+    }
+}
+
+/// The dead letter of a message: its body cut to [`DEAD_LETTER_BODY_BYTES`], and NUL
+/// characters (which text columns cannot hold) replaced.
+fn dead_letter(
+    message: &async_nats::jetstream::Message,
+    stream: &str,
+    stream_seq: u64,
+    reason: String,
+) -> NewDeadLetter {
+    let text = |value: &str| value.replace('\0', "\u{FFFD}");
+    let headers = message
+        .headers
+        .iter()
+        .flat_map(|headers| headers.iter())
+        .flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |value| (text(name.as_ref()), text(value.as_str())))
+        })
+        .collect();
+    let body = &message.payload;
+    NewDeadLetter {
+        stream: text(stream),
+        stream_seq,
+        subject: text(message.subject.as_str()),
+        headers,
+        body: body[..body.len().min(DEAD_LETTER_BODY_BYTES)].to_vec(),
+        body_size: body.len() as u64,
+        reason: text(&reason),
+    }
+}
+
 /// The event a NATS message stands for: `Ok(None)` to skip it (relayed by this hub, or a
-/// presence announcement), `Err` when it cannot be an event (its subject is not valid).
+/// presence announcement), `Err` with the reason when it cannot be an event (its subject
+/// is not valid, or its body is over the limit).
 ///
 /// - A message relayed by another Herald (an envelope) keeps that event's id, origin,
 ///   correlation id, payload and CloudEvents attributes.
@@ -193,6 +344,7 @@ pub(crate) fn to_new_event(
     stream: &str,
     stream_seq: u64,
     own_hub: &str,
+    limits: &Limits,
 ) -> Result<Option<NewEvent>, String> {
     let header = |name: &str| {
         message
@@ -208,7 +360,23 @@ pub(crate) fn to_new_event(
     if subject_text == PRESENCE_SUBJECT {
         return Ok(None);
     }
-    let subject = Subject::new(subject_text).map_err(|e| e.to_string())?;
+    let subject =
+        Subject::new(subject_text).map_err(|e| format!("the subject is not valid: {e}"))?;
+    if message.payload.len() > limits.max_body_bytes {
+        return Err(format!(
+            "the body is {} bytes; the most the bridge ingests is {}",
+            message.payload.len(),
+            limits.max_body_bytes
+        ));
+    }
+    // JSON that readers disagree on (too deep, 1e400, lone surrogates, repeated names)
+    // is refused here as on every other way in; it is kept as a dead letter.
+    if let Ok(text) = std::str::from_utf8(&message.payload) {
+        if serde_json::from_str::<&RawValue>(text).is_ok() {
+            herald_core::json::check_payload(text)
+                .map_err(|e| format!("the body is JSON that Herald does not store: it {e}"))?;
+        }
+    }
     if header(HEADER_HUB).is_some() {
         if let Some(event) = crate::envelope::from_json(&message.payload, &subject) {
             if event.origin.hub_id == own_hub {

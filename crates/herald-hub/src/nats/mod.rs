@@ -5,7 +5,8 @@
 //!   delays the relay, it never fails a publish to the hub nor loses an event.
 //! - The [`bridge`] ingests messages that others publish on configured subjects through
 //!   durable JetStream consumers, so what was published while this hub was down is still
-//!   ingested when it comes back.
+//!   ingested when it comes back. A message it cannot ingest becomes a dead letter in the
+//!   store before it is acknowledged: none is dropped silently.
 //! - [`presence`] announces this hub on `hub.global.presence.announced` and keeps the
 //!   list of hubs heard from recently.
 //!
@@ -23,6 +24,7 @@ use async_nats::jetstream;
 use async_nats::HeaderMap;
 use herald_core::{Event, Pattern};
 
+pub use bridge::{update_dead_letter_gauge, DEAD_LETTER_BODY_BYTES};
 pub use presence::HubPresence;
 
 /// Header naming the hub that relayed a message: the bridge of that hub skips it.
@@ -58,6 +60,11 @@ pub struct NatsConfig {
     pub relay: bool,
     /// Subjects to ingest from JetStream (empty: no bridge).
     pub bridge: Vec<Pattern>,
+    /// Largest message body the bridge ingests; a larger one becomes a dead letter.
+    pub bridge_max_body_bytes: usize,
+    /// Most bridge dead letters kept in the store; past it the oldest are dropped (and
+    /// counted in `herald_bridge_dead_letters_dropped_total`).
+    pub dead_letters_max: usize,
     /// How often to announce this hub; `None`: never.
     pub presence_interval: Option<Duration>,
     /// This hub's public URL, in announcements.
@@ -79,6 +86,8 @@ impl NatsConfig {
             stream: StreamSettings::default(),
             relay: true,
             bridge: vec![Pattern::parse("hub.>").expect("a valid pattern")],
+            bridge_max_body_bytes: 1024 * 1024,
+            dead_letters_max: 10_000,
             presence_interval: Some(Duration::from_secs(10)),
             public_url: None,
         }

@@ -3,6 +3,7 @@
 //! Request parsing is done by hand from the raw body and query pairs, so every mistake a
 //! client can make gets its own error code and a message naming the field.
 
+pub mod bridge;
 pub mod cloudevents;
 pub mod publish;
 pub mod rules;

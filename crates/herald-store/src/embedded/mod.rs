@@ -27,7 +27,10 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use crate::{Appended, Page, Query, Result, Store, StoreError, StoreHealth, StoredRule};
+use crate::{
+    Appended, DeadLetter, NewDeadLetter, Page, Query, Result, Store, StoreError, StoreHealth,
+    StoredRule,
+};
 
 /// Tuning for the embedded store.
 #[derive(Debug, Clone)]
@@ -454,6 +457,101 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+
+    async fn add_dead_letters(&self, letters: Vec<NewDeadLetter>, keep: usize) -> Result<u64> {
+        if letters.is_empty() {
+            return Ok(0);
+        }
+        let keep = crate::u64_to_sql(keep.max(1) as u64);
+        let received_at = Timestamp::now().as_micros();
+        self.with_writer(move |conn| {
+            let tx = conn.unchecked_transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO bridge_dead_letters
+                         (received_at, stream, stream_seq, subject, headers, body, body_size, reason)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?;
+                for letter in &letters {
+                    insert.execute(params![
+                        received_at,
+                        letter.stream,
+                        crate::u64_to_sql(letter.stream_seq),
+                        letter.subject,
+                        crate::encode_headers(&letter.headers),
+                        letter.body,
+                        crate::u64_to_sql(letter.body_size),
+                        letter.reason,
+                    ])?;
+                }
+            }
+            let dropped = tx
+                .prepare_cached(
+                    "DELETE FROM bridge_dead_letters WHERE id <= (
+                         SELECT id FROM bridge_dead_letters ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+                )?
+                .execute([keep])?;
+            tx.commit()?;
+            Ok(dropped as u64)
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, after_id: u64, limit: usize) -> Result<Vec<DeadLetter>> {
+        let after_id = crate::u64_to_sql(after_id);
+        let limit = crate::u64_to_sql(limit as u64);
+        self.with_reader(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, received_at, stream, stream_seq, subject, headers, body, body_size, reason
+                 FROM bridge_dead_letters WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?
+            .query_map([after_id, limit], |row| {
+                let headers: String = row.get(5)?;
+                Ok(DeadLetter {
+                    id: crate::u64_from_sql(row.get(0)?),
+                    received_at: Timestamp::from_micros(row.get(1)?),
+                    letter: NewDeadLetter {
+                        stream: row.get(2)?,
+                        stream_seq: crate::u64_from_sql(row.get(3)?),
+                        subject: row.get(4)?,
+                        headers: crate::decode_headers(&headers).map_err(|e| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                5,
+                                rusqlite::types::Type::Text,
+                                e.into(),
+                            )
+                        })?,
+                        body: row.get(6)?,
+                        body_size: crate::u64_from_sql(row.get(7)?),
+                        reason: row.get(8)?,
+                    },
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn delete_dead_letter(&self, id: u64) -> Result<bool> {
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(false);
+        };
+        self.with_writer(move |conn| {
+            conn.prepare_cached("DELETE FROM bridge_dead_letters WHERE id = ?1")?
+                .execute([id])
+                .map(|deleted| deleted > 0)
+        })
+        .await
+    }
+
+    async fn count_dead_letters(&self) -> Result<u64> {
+        self.with_reader(|conn| {
+            conn.prepare_cached("SELECT COUNT(*) FROM bridge_dead_letters")?
+                .query_row([], |row| row.get::<_, i64>(0))
+        })
+        .await
+        .map(crate::u64_from_sql)
+    }
 }
 
 fn lock_path(path: &Path) -> PathBuf {
@@ -561,7 +659,7 @@ pub(crate) fn row_to_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
     Ok(Event {
         seq: row.get::<_, i64>(0)? as Seq,
         id: uuid(1)?,
-        subject: Subject::new(subject).map_err(|e| corrupt(2, e.to_string()))?,
+        subject: Subject::from_stored(subject).map_err(|e| corrupt(2, e.to_string()))?,
         correlation_id: uuid(3)?,
         timestamp: Timestamp::from_micros(row.get(4)?),
         origin: Origin {
@@ -702,6 +800,9 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(store.list_rules().await.unwrap().len(), 1);
+            let letter = crate::conformance::dead_letter(1, b"x");
+            assert_eq!(store.add_dead_letters(vec![letter], 10).await.unwrap(), 0);
+            assert_eq!(store.count_dead_letters().await.unwrap(), 1);
             let appended = store
                 .append(crate::conformance::events("hub.new", 1))
                 .await
@@ -715,6 +816,27 @@ mod tests {
                 .unwrap();
             assert_eq!(version, schema::SCHEMA_VERSION);
         }
+    }
+
+    /// Subjects with format characters (U+202E) were accepted before they were refused:
+    /// such events still read back.
+    #[tokio::test]
+    async fn events_stored_with_format_characters_still_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        open(&dir).await.close().await.unwrap();
+        {
+            let conn = Connection::open(dir.path().join("herald.db")).unwrap();
+            conn.execute(
+                "INSERT INTO events (seq, id, subject, correlation_id, ts, hub_id, payload)
+                 VALUES (1, ?1, 'hub.a\u{202e}b', ?1, 1000, 'h', '{}')",
+                [Uuid::now_v7().as_bytes()],
+            )
+            .unwrap();
+        }
+        let store = open(&dir).await;
+        let page = store.query(Query::default()).await.unwrap();
+        assert_eq!(page.events[0].subject.as_str(), "hub.a\u{202e}b");
+        store.close().await.unwrap();
     }
 
     #[tokio::test]

@@ -52,6 +52,19 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         id       TEXT    NOT NULL UNIQUE,
         body     TEXT    NOT NULL
     );",
+    // 4: the NATS bridge's dead letters: messages it could not ingest, kept for the
+    // operator (a bounded number: the oldest are dropped first).
+    "CREATE TABLE bridge_dead_letters (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: the order added
+        received_at INTEGER NOT NULL,                   -- microseconds since the Unix epoch, UTC
+        stream      TEXT    NOT NULL,
+        stream_seq  INTEGER NOT NULL,
+        subject     TEXT    NOT NULL,
+        headers     TEXT    NOT NULL,                   -- JSON array of [name, value] pairs
+        body        BLOB    NOT NULL,                   -- the body, or its first bytes
+        body_size   INTEGER NOT NULL,                   -- the body's size as received
+        reason      TEXT    NOT NULL
+    );",
 ];
 
 /// The schema version this build writes.

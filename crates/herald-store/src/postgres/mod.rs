@@ -128,7 +128,8 @@ use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use crate::{
-    redact_url, Appended, Page, Query, Result, Store, StoreError, StoreHealth, StoredRule,
+    redact_url, Appended, DeadLetter, NewDeadLetter, Page, Query, Result, Store, StoreError,
+    StoreHealth, StoredRule,
 };
 
 /// Tuning and safety switches for the PostgreSQL store.
@@ -403,6 +404,7 @@ impl Store for PostgresStore {
                                + pg_total_relation_size('log_head')
                                + pg_total_relation_size('cursors')
                                + pg_total_relation_size('rules')
+                               + pg_total_relation_size('bridge_dead_letters')
                                + pg_total_relation_size('herald_schema_migrations'))::bigint",
                     )
                     .await?;
@@ -527,6 +529,116 @@ impl Store for PostgresStore {
         })
         .await
     }
+
+    async fn add_dead_letters(&self, letters: Vec<NewDeadLetter>, keep: usize) -> Result<u64> {
+        if letters.is_empty() {
+            return Ok(0);
+        }
+        let keep = crate::u64_to_sql(keep.max(1) as u64);
+        let received_at = Timestamp::now().as_micros();
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move {
+                let tx = client.transaction().await?;
+                let insert = tx
+                    .prepare_cached(
+                        "INSERT INTO bridge_dead_letters
+                             (received_at, stream, stream_seq, subject, headers, body, body_size, reason)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    )
+                    .await?;
+                for letter in &letters {
+                    tx.execute(
+                        &insert,
+                        &[
+                            &received_at,
+                            &letter.stream,
+                            &crate::u64_to_sql(letter.stream_seq),
+                            &letter.subject,
+                            &crate::encode_headers(&letter.headers),
+                            &letter.body,
+                            &crate::u64_to_sql(letter.body_size),
+                            &letter.reason,
+                        ],
+                    )
+                    .await?;
+                }
+                let trim = tx
+                    .prepare_cached(
+                        "DELETE FROM bridge_dead_letters WHERE id <= (
+                             SELECT id FROM bridge_dead_letters ORDER BY id DESC LIMIT 1 OFFSET $1)",
+                    )
+                    .await?;
+                let dropped = tx.execute(&trim, &[&keep]).await?;
+                tx.commit().await?;
+                Ok(dropped)
+            })
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, after_id: u64, limit: usize) -> Result<Vec<DeadLetter>> {
+        let after_id = crate::u64_to_sql(after_id);
+        let limit = crate::u64_to_sql(limit as u64);
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached(
+                        "SELECT id, received_at, stream, stream_seq, subject, headers, body, body_size, reason
+                         FROM bridge_dead_letters WHERE id > $1 ORDER BY id LIMIT $2",
+                    )
+                    .await?;
+                let rows = client.query(&stmt, &[&after_id, &limit]).await?;
+                rows.iter()
+                    .map(|row| {
+                        let headers: String = row.try_get(5)?;
+                        Ok(DeadLetter {
+                            id: crate::u64_from_sql(row.try_get(0)?),
+                            received_at: Timestamp::from_micros(row.try_get(1)?),
+                            letter: NewDeadLetter {
+                                stream: row.try_get(2)?,
+                                stream_seq: crate::u64_from_sql(row.try_get(3)?),
+                                subject: row.try_get(4)?,
+                                headers: crate::decode_headers(&headers)
+                                    .map_err(StoreError::Corrupt)?,
+                                body: row.try_get(6)?,
+                                body_size: crate::u64_from_sql(row.try_get(7)?),
+                                reason: row.try_get(8)?,
+                            },
+                        })
+                    })
+                    .collect()
+            })
+        })
+        .await
+    }
+
+    async fn delete_dead_letter(&self, id: u64) -> Result<bool> {
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(false);
+        };
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached("DELETE FROM bridge_dead_letters WHERE id = $1")
+                    .await?;
+                Ok(client.execute(&stmt, &[&id]).await? > 0)
+            })
+        })
+        .await
+    }
+
+    async fn count_dead_letters(&self) -> Result<u64> {
+        self.with_client(self.call_timeout(), |client| {
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached("SELECT COUNT(*) FROM bridge_dead_letters")
+                    .await?;
+                let row = client.query_one(&stmt, &[]).await?;
+                Ok(crate::u64_from_sql(row.get(0)))
+            })
+        })
+        .await
+    }
 }
 
 /// Decodes a row selected with [`EVENT_COLUMNS`]; a row that does not decode is corrupt.
@@ -548,7 +660,7 @@ pub(crate) fn decode_row(row: &tokio_postgres::Row) -> Result<Event, String> {
     Ok(Event {
         seq: seq as Seq,
         id: column(row, 1)?,
-        subject: Subject::new(subject).map_err(|e| format!("stored subject: {e}"))?,
+        subject: Subject::from_stored(subject).map_err(|e| format!("stored subject: {e}"))?,
         correlation_id: column(row, 3)?,
         timestamp: Timestamp::from_micros(column(row, 4)?),
         origin: Origin {

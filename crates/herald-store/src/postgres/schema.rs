@@ -63,6 +63,21 @@ const MIGRATIONS: &[&str] = &[
         body     TEXT   NOT NULL
     );
     "#,
+    // 3: the NATS bridge's dead letters: messages it could not ingest, kept for the
+    // operator (a bounded number: the oldest are dropped first).
+    r#"
+    CREATE TABLE bridge_dead_letters (
+        id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- the order added
+        received_at BIGINT NOT NULL,  -- microseconds since the Unix epoch, UTC
+        stream      TEXT   NOT NULL,
+        stream_seq  BIGINT NOT NULL,
+        subject     TEXT   NOT NULL,
+        headers     TEXT   NOT NULL,  -- JSON array of [name, value] pairs
+        body        BYTEA  NOT NULL,  -- the body, or its first bytes
+        body_size   BIGINT NOT NULL,  -- the body's size as received
+        reason      TEXT   NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -126,8 +126,38 @@ fn publish_cases() -> Vec<Case> {
             SUBJECT_CODES,
         ),
         case(
-            "subject a*b",
-            r#"{"subject": "hub.a*b", "payload": {}}"#,
+            "subject with U+202E (right-to-left override)",
+            "{\"subject\": \"hub.admin\u{202e}txt.x\", \"payload\": {}}",
+            &[422],
+            SUBJECT_CODES,
+        ),
+        case(
+            "subject with U+200B (zero-width space), JSON-escaped",
+            r#"{"subject": "hub.a\u200bb", "payload": {}}"#,
+            &[422],
+            SUBJECT_CODES,
+        ),
+        case(
+            "subject with U+FEFF (byte order mark)",
+            "{\"subject\": \"\u{feff}hub.a\", \"payload\": {}}",
+            &[422],
+            SUBJECT_CODES,
+        ),
+        case(
+            "subject with U+2066 (left-to-right isolate)",
+            "{\"subject\": \"hub.\u{2066}a\u{2069}\", \"payload\": {}}",
+            &[422],
+            SUBJECT_CODES,
+        ),
+        case(
+            "subject with U+00AD (soft hyphen)",
+            "{\"subject\": \"hub.ad\u{ad}min\", \"payload\": {}}",
+            &[422],
+            SUBJECT_CODES,
+        ),
+        case(
+            "subject hub.%",
+            r#"{"subject": "hub.%", "payload": {}}"#,
             &[422],
             SUBJECT_CODES,
         ),
@@ -424,6 +454,11 @@ async fn bad_query_parameters_get_400_invalid_query() {
         ("subject=hub.a&bogus=2", &["invalid_query"]),
         ("subject=hub..x", &["invalid_query", "invalid_subject"]),
         ("subject=hub.%3E.x", &["invalid_query", "invalid_subject"]),
+        // Unicode format characters: U+202E, U+200B, U+FEFF, U+2066 (UTF-8, encoded).
+        ("subject=hub.a%E2%80%AEb", &["invalid_query"]),
+        ("subject=hub.%E2%80%8B.%3E", &["invalid_query"]),
+        ("subject=%EF%BB%BFhub.*", &["invalid_query"]),
+        ("subject=hub.%E2%81%A6x", &["invalid_query"]),
     ];
     let mut failures = Vec::new();
     for (query, codes) in cases {
@@ -448,6 +483,80 @@ async fn bad_query_parameters_get_400_invalid_query() {
             .unwrap();
         assert_eq!(resp.status(), 200, "GET /api/events?{ok}");
     }
+}
+
+/// A format character is refused by code point, on publish (422) and in filters (400):
+/// such characters make two different subjects look the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format_characters_in_subjects_are_named_by_code_point() {
+    let h = TestHerald::start().await;
+    let resp = h
+        .post_event(&json!({"subject": "hub.invoice\u{202e}fdp.created", "payload": {}}))
+        .await;
+    assert_eq!(resp.status(), 422);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_subject");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("U+202E"), "{message}");
+    let resp = h
+        .http
+        .get(h.url("/api/events?subject=hub.%E2%80%8B.%3E"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("U+200B"), "{message}");
+    assert!(h.all_events().await.is_empty());
+}
+
+/// As in NATS, `*` and `>` are wildcards only as whole tokens (nats-server's
+/// TestSublistValidLiteralSubjects: `checkBool(IsValidLiteralSubject("foo*"), true, t)`):
+/// subjects with them inside a token are published, and as filters match only themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_characters_inside_tokens_are_literal() {
+    let h = TestHerald::start().await;
+    for subject in [
+        "hub.x.foo*",
+        "hub.x.foo",
+        "hub.x.foobar",
+        "hub.y.foo*",
+        "hub.x.x>y",
+        "hub.x.foo.*-",
+        "hub.x.a%",
+        "hub.x.a_b",
+        "hub.x.aXb",
+    ] {
+        let resp = h
+            .post_event(&json!({"subject": subject, "payload": {}}))
+            .await;
+        assert_eq!(resp.status(), 201, "{subject}");
+    }
+    let h = &h;
+    let subjects = |filter: &'static str| async move {
+        h.query(&[("subject", filter.into())])
+            .await
+            .iter()
+            .map(|e| e["subject"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(subjects("hub.x.foo*").await, ["hub.x.foo*"]);
+    assert_eq!(subjects("hub.*.foo*").await, ["hub.x.foo*", "hub.y.foo*"]);
+    assert_eq!(subjects("hub.x.x>y").await, ["hub.x.x>y"]);
+    assert_eq!(subjects("hub.x.foo.*-").await, ["hub.x.foo.*-"]);
+    assert_eq!(subjects("hub.x.foo.>").await, ["hub.x.foo.*-"]);
+    assert_eq!(subjects("hub.x.a%").await, ["hub.x.a%"]);
+    assert_eq!(subjects("hub.x.a_b").await, ["hub.x.a_b"]);
+    assert_eq!(subjects("hub.%.foo*").await, ["hub.x.foo*", "hub.y.foo*"]);
+    // The same on a live stream: only the literal subject arrives.
+    let mut ws = h.ws_connect(&stream_path("hub.x.foo*", "")).await;
+    h.sync_live(&mut ws, "hub.x.foo*").await;
+    h.publish("hub.x.fooz", json!({})).await;
+    h.publish("hub.x.foo*", json!({"last": true})).await;
+    let frame = expect_event(&mut ws, Duration::from_secs(5), "hub.x.foo*").await;
+    assert_eq!(frame["subject"], "hub.x.foo*");
+    assert_eq!(frame["data"]["payload"], json!({"last": true}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -785,3 +785,277 @@ async fn the_bridge_keeps_ingesting_after_nats_restarts() {
     let ok = wait_for_events(&h, "hub.global.after", 1, Duration::from_secs(30)).await;
     assert!(ok, "ingested after the restart\n{}", h.stderr());
 }
+
+/// `GET /metrics`: the value of a sample without labels.
+async fn metric(h: &TestHerald, name: &str) -> Option<f64> {
+    let text = h
+        .http
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The dead letters `GET /api/bridge/dead-letters` lists (all of them, oldest first).
+async fn dead_letters(h: &TestHerald) -> Vec<Value> {
+    let list = get_json(h, "/api/bridge/dead-letters?limit=1000").await;
+    let letters = list["dead_letters"].as_array().unwrap().clone();
+    assert_eq!(list["count"], letters.len(), "{list}");
+    letters
+}
+
+/// What the bridge's durable consumer has not finished: (pending delivery, awaiting ack).
+async fn bridge_consumer_backlog(js: &jetstream::Context) -> (u64, usize) {
+    let stream = js.get_stream("HERALD").await.unwrap();
+    let mut consumers = stream.consumers();
+    let mut found = None;
+    while let Some(info) = consumers.next().await {
+        let info = info.unwrap();
+        if info.name.starts_with("herald-") {
+            found = Some((info.num_pending, info.num_ack_pending));
+        }
+    }
+    found.expect("the bridge's durable consumer exists")
+}
+
+/// A message an external NATS client publishes that the hub cannot ingest is never dropped
+/// silently: before JetStream gets its ack it is kept as a dead letter with the reason;
+/// it is counted, listed, discarded on request, and the list is bounded. A subject with
+/// `*` inside a token is no such message: NATS takes it as a literal subject
+/// (nats-server's TestSublistValidLiteralSubjects:
+/// `checkBool(IsValidLiteralSubject("foo*"), true, t)`), and so does the hub.
+#[tokio::test]
+async fn messages_the_bridge_cannot_ingest_become_dead_letters() {
+    use base64::Engine as _;
+
+    let nats = TestNats::start().await;
+    let mut h = start_hub(
+        &nats,
+        "local-hub",
+        &[
+            "--presence-interval-secs",
+            "0",
+            "--nats-bridge-max-body-bytes",
+            "1000",
+            "--nats-dead-letters-max",
+            "2",
+        ],
+    )
+    .await;
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    let ok = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async { js.get_stream("HERALD").await.is_ok() },
+    )
+    .await;
+    assert!(ok, "Herald creates its stream");
+    let before = metric(&h, "herald_bridge_dead_letters_total").await;
+    assert!(matches!(before, None | Some(0.0)), "{before:?}");
+
+    // A subject with a right-to-left override (NATS takes it; the hub refuses such
+    // subjects), with headers.
+    let disguised = "hub.ext.invoice\u{202e}fdp.exe";
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "dl-1");
+    headers.insert("X-Trace", "t-1");
+    js.publish_with_headers(disguised, headers, r#"{"a":1}"#.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // A body over the bridge's limit, and not UTF-8.
+    let big: Vec<u8> = (0..1500u32).map(|i| (i * 7 % 256) as u8).collect();
+    js.publish("hub.ext.big", big.clone().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // Literal subjects with wildcard characters inside tokens are ingested.
+    for subject in ["hub.ext.foo*", "hub.ext.foo", "hub.ext.x>y"] {
+        js.publish(subject, format!(r#"{{"on":"{subject}"}}"#).into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    let ok = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { dead_letters(&h).await.len() == 2 },
+    )
+    .await;
+    assert!(ok, "two dead letters\n{}", h.stderr());
+    let letters = dead_letters(&h).await;
+    let first = &letters[0];
+    assert_eq!(first["subject"], disguised);
+    assert_eq!(first["stream"], "HERALD");
+    assert_eq!(first["stream_seq"], 1);
+    let reason = first["reason"].as_str().unwrap();
+    assert!(reason.contains("U+202E"), "{reason}");
+    assert_eq!(first["body"], r#"{"a":1}"#);
+    assert!(first.get("body_base64").is_none());
+    assert_eq!(first["body_size"], 7);
+    assert_eq!(first["body_truncated"], false);
+    let headers = first["headers"].as_array().unwrap();
+    assert!(
+        headers.contains(&json!({"name": "X-Trace", "value": "t-1"})),
+        "{headers:?}"
+    );
+    assert_rfc3339(&first["received_at"], "received_at");
+    let second = &letters[1];
+    assert_eq!(second["subject"], "hub.ext.big");
+    assert_eq!(second["stream_seq"], 2);
+    assert!(
+        second["reason"].as_str().unwrap().contains("1500 bytes"),
+        "{second}"
+    );
+    assert!(second.get("body").is_none());
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(second["body_base64"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(body, big, "the body, byte for byte");
+    assert!(first["id"].as_u64().unwrap() < second["id"].as_u64().unwrap());
+
+    // The literal subjects were stored; each filter matches only its own subject.
+    assert!(wait_for_events(&h, "hub.ext.*", 3, Duration::from_secs(10)).await);
+    let stored = h.query(&[("subject", "hub.ext.foo*".into())]).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0]["subject"], "hub.ext.foo*");
+    assert_eq!(stored[0]["payload"], json!({"on": "hub.ext.foo*"}));
+    assert_eq!(h.query(&[("subject", "hub.ext.x>y".into())]).await.len(), 1);
+
+    // Acknowledged once kept: nothing is left pending on the consumer, and counted.
+    let ok = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { bridge_consumer_backlog(&js).await == (0, 0) },
+    )
+    .await;
+    assert!(ok, "backlog {:?}", bridge_consumer_backlog(&js).await);
+    assert_eq!(
+        metric(&h, "herald_bridge_dead_letters_total").await,
+        Some(2.0)
+    );
+    assert_eq!(metric(&h, "herald_bridge_dead_letters").await, Some(2.0));
+
+    // Paging, and discarding.
+    let page = get_json(
+        &h,
+        &format!("/api/bridge/dead-letters?after_id={}", first["id"]),
+    )
+    .await;
+    assert_eq!(page["count"], 1);
+    assert_eq!(page["dead_letters"][0]["id"], second["id"]);
+    let path = format!("/api/bridge/dead-letters/{}", first["id"]);
+    let resp = h.http.delete(h.url(&path)).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+    let resp = h.http.delete(h.url(&path)).send().await.unwrap();
+    check_error(resp, &[404], &["dead_letter_not_found"])
+        .await
+        .unwrap();
+    let resp = h
+        .http
+        .get(h.url("/api/bridge/dead-letters?limit=0"))
+        .send()
+        .await
+        .unwrap();
+    check_error(resp, &[400], &["invalid_query"]).await.unwrap();
+    assert_eq!(dead_letters(&h).await.len(), 1);
+    assert_eq!(metric(&h, "herald_bridge_dead_letters").await, Some(1.0));
+
+    // Bounded: two more bad messages keep the newest two and count the one dropped.
+    for n in 0..2 {
+        js.publish(format!("hub.ext.zw\u{200b}{n}"), "{}".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let ok = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { metric(&h, "herald_bridge_dead_letters_total").await == Some(4.0) },
+    )
+    .await;
+    assert!(ok, "four dead letters in all\n{}", h.stderr());
+    let subjects: Vec<Value> = dead_letters(&h)
+        .await
+        .iter()
+        .map(|d| d["subject"].clone())
+        .collect();
+    assert_eq!(
+        subjects,
+        [json!("hub.ext.zw\u{200b}0"), json!("hub.ext.zw\u{200b}1")]
+    );
+    assert_eq!(
+        metric(&h, "herald_bridge_dead_letters_dropped_total").await,
+        Some(1.0)
+    );
+
+    // Kept across a restart, and never redelivered (they were acknowledged).
+    h.terminate().await;
+    h.restart().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(dead_letters(&h).await.len(), 2);
+    assert_eq!(bridge_consumer_backlog(&js).await, (0, 0));
+    assert_eq!(h.query(&[("subject", "hub.ext.>".into())]).await.len(), 3);
+}
+
+/// JSON that the HTTP routes refuse (too deep, `1e400`, a lone surrogate, a repeated
+/// name) is refused from NATS too — kept as a dead letter, not stored, not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_json_from_nats_becomes_a_dead_letter() {
+    let nats = TestNats::start().await;
+    let h = start_hub(&nats, "local-hub", &["--presence-interval-secs", "0"]).await;
+    let js = jetstream::new(nats.client().await);
+    let ok = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async { js.get_stream("HERALD").await.is_ok() },
+    )
+    .await;
+    assert!(ok, "Herald creates its stream");
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let bodies = [
+        deep.as_str(),
+        r#"{"n": 1e400}"#,
+        r#"{"s": "\ud800"}"#,
+        r#"{"a": 1, "a": 2}"#,
+    ];
+    for (i, body) in bodies.iter().enumerate() {
+        js.publish(format!("hub.ext.poison{i}"), body.to_string().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    js.publish("hub.ext.fine", r#"{"ok": true}"#.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(wait_for_events(&h, "hub.ext.fine", 1, Duration::from_secs(10)).await);
+    let ok = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { dead_letters(&h).await.len() == bodies.len() },
+    )
+    .await;
+    assert!(ok, "{:?}", dead_letters(&h).await);
+    for letter in dead_letters(&h).await {
+        let reason = letter["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("JSON that Herald does not store"),
+            "{reason}"
+        );
+    }
+    assert!(h.query(&[("subject", "hub.ext.*".into())]).await.len() == 1);
+}
