@@ -362,3 +362,108 @@ async fn a_hung_store_answers_outcome_unknown_and_unhealthy_never_rejected() {
     assert_eq!(stored.len(), 1, "stored exactly once");
     herald.assert_healthy().await;
 }
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop; `None` where this
+/// process may not mount (not root, or no CAP_SYS_ADMIN).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().ok()?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then_some(SmallDisk { dir })
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// A full disk: publishes are refused with 503 (nothing half-stored), `/health` says
+/// unhealthy with the reason instead of `healthy`, the log is not flooded, and once
+/// there is room again everything works without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_turns_health_unhealthy_and_recovers() {
+    let Some(disk) = SmallDisk::mount("3m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let data = disk.dir.path().join("herald.db");
+    let herald =
+        TestHerald::start_with_env(Some(data.to_str().unwrap()), &[], &[("RUST_LOG", "warn")])
+            .await;
+    let payload = json!({"blob": "x".repeat(16 * 1024)});
+    let mut stored = 0usize;
+    let mut refused = None;
+    for i in 0..2_000 {
+        let response = herald
+            .post_event(&json!({"subject": "hub.t.fill", "payload": payload}))
+            .await;
+        match response.status().as_u16() {
+            201 => stored += 1,
+            status => {
+                let body: Value = response.json().await.unwrap();
+                refused = Some((i, status, body));
+                break;
+            }
+        }
+    }
+    let (_, status, body) = refused.expect("the disk fills up");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+
+    let response = herald.http.get(herald.url("/health")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let health: Value = response.json().await.unwrap();
+    assert_eq!(health["status"], "unhealthy", "{health}");
+    assert_eq!(health["details"]["database_writable"], false, "{health}");
+    assert!(health["details"]["database_error"].is_string(), "{health}");
+
+    // A few seconds of a full disk: the log stays short (checkpoint failures back off
+    // and are logged once a minute; commit failures once every 10 s).
+    for _ in 0..10 {
+        let _ = herald
+            .post_event(&json!({"subject": "hub.t.more", "payload": payload}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let log = herald.stderr();
+    assert!(log.lines().count() < 20, "the log is flooded:\n{log}");
+
+    // Room again: publishing works and health is healthy, without a restart.
+    disk.resize("64m");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = herald
+            .post_event(&json!({"subject": "hub.t.after", "payload": {}}))
+            .await;
+        if response.status() == 201 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {}", response.status());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    herald.assert_healthy().await;
+    assert_eq!(herald.event_count().await, stored + 1);
+}
