@@ -437,13 +437,23 @@ pub fn parse_rule(request: RuleRequest) -> Result<RuleSpec, ApiError> {
                     }
                     None => default.failure_threshold(),
                 };
-                let cool_down = millis("cool_down_ms", &breaker.cool_down_ms, default.cool_down())?;
-                // A first cool-down above the default maximum raises the maximum with it.
-                let max_cool_down = millis(
-                    "max_cool_down_ms",
-                    &breaker.max_cool_down_ms,
-                    default.max_cool_down().max(cool_down),
+                // Each bound defaults to fit the other when only one is given: a first
+                // cool-down above the default maximum raises the maximum with it, and a
+                // maximum below the default first cool-down lowers that.
+                let given_max = breaker
+                    .max_cool_down_ms
+                    .as_ref()
+                    .map(|n| {
+                        whole("circuit_breaker.max_cool_down_ms", n).map(Duration::from_millis)
+                    })
+                    .transpose()?;
+                let cool_down = millis(
+                    "cool_down_ms",
+                    &breaker.cool_down_ms,
+                    given_max.map_or(default.cool_down(), |max| default.cool_down().min(max)),
                 )?;
+                // A maximum below the first cool-down means the cool-down never grows.
+                let max_cool_down = given_max.unwrap_or(default.max_cool_down()).max(cool_down);
                 let breaker =
                     CircuitBreaker::new(threshold, cool_down, max_cool_down).map_err(in_action)?;
                 webhook = webhook.with_circuit_breaker(breaker);
@@ -634,13 +644,14 @@ impl PartialSchema for RuleRequestSchema {
                         "cool_down_ms": nullable(json!({
                             "minimum": hub_rules::MIN_COOL_DOWN.as_millis() as u64,
                             "maximum": hub_rules::MAX_COOL_DOWN.as_millis() as u64,
-                            "description": "Default 30000.",
+                            "description": "Default 30000 (or `max_cool_down_ms`, if smaller).",
                         }), "integer"),
                         "max_cool_down_ms": nullable(json!({
                             "minimum": hub_rules::MIN_COOL_DOWN.as_millis() as u64,
                             "maximum": hub_rules::MAX_COOL_DOWN.as_millis() as u64,
-                            "description": "At least `cool_down_ms`; default 300000 (or \
-                                `cool_down_ms`, if larger).",
+                            "description": "The longest cool-down after doubling; default \
+                                300000. Below `cool_down_ms`, it is `cool_down_ms` (the \
+                                cool-down does not grow).",
                         }), "integer"),
                     },
                 }), "object"),
@@ -728,6 +739,27 @@ mod tests {
             breaker_of(spec),
             CircuitBreaker::new(2, Duration::from_millis(1500), Duration::from_secs(300)).unwrap()
         );
+        // Each bound fits the other: a maximum below the first cool-down keeps it fixed,
+        // and an unset first cool-down is no larger than the maximum.
+        for (breaker, first, most) in [
+            (
+                json!({"cool_down_ms": 5000, "max_cool_down_ms": 1000}),
+                5000,
+                5000,
+            ),
+            (json!({"max_cool_down_ms": 1000}), 1000, 1000),
+        ] {
+            let spec = parse(json!({
+                "subject_pattern": "hub.>",
+                "action": {"type": "webhook", "url": "http://x", "circuit_breaker": breaker},
+            }))
+            .unwrap();
+            assert_eq!(
+                breaker_of(spec),
+                CircuitBreaker::new(5, Duration::from_millis(first), Duration::from_millis(most))
+                    .unwrap()
+            );
+        }
         let spec = parse(json!({
             "subject_pattern": "hub.>",
             "action": {"type": "webhook", "url": "http://x", "circuit_breaker": {"cool_down_ms": 600000.0}},
@@ -746,10 +778,6 @@ mod tests {
             (
                 json!({"subject_pattern": "hub.>", "action": {"type": "webhook", "url": "http://x", "circuit_breaker": {"cool_down_ms": 50}}}),
                 "circuit_breaker.cool_down_ms",
-            ),
-            (
-                json!({"subject_pattern": "hub.>", "action": {"type": "webhook", "url": "http://x", "circuit_breaker": {"cool_down_ms": 5000, "max_cool_down_ms": 1000}}}),
-                "max_cool_down_ms",
             ),
             (
                 json!({"subject_pattern": "hub.>", "action": {"type": "webhook", "url": "http://x", "circuit_breaker": {"max_cool_down_ms": -1}}}),
