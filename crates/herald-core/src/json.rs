@@ -19,10 +19,28 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The deepest nesting of arrays and objects a payload may have (the payload object
-/// itself is level 1). serde_json's own parser stops at the same depth.
+/// itself is level 1), and the most [`set_max_depth`] allows: serde_json's own parser
+/// stops at the same depth, so a deeper payload could not be read back everywhere.
 pub const MAX_JSON_DEPTH: usize = 128;
+
+/// The depth limit [`check_payload`] applies: [`MAX_JSON_DEPTH`] unless lowered.
+static MAX_DEPTH: AtomicUsize = AtomicUsize::new(MAX_JSON_DEPTH);
+
+/// Lowers the depth limit of [`check_payload`] for the whole process (the server's
+/// `--max-json-depth`); values are clamped to `1..=MAX_JSON_DEPTH`. Returns the limit set.
+pub fn set_max_depth(depth: usize) -> usize {
+    let depth = depth.clamp(1, MAX_JSON_DEPTH);
+    MAX_DEPTH.store(depth, Ordering::Relaxed);
+    depth
+}
+
+/// The depth limit [`check_payload`] applies now.
+pub fn max_depth() -> usize {
+    MAX_DEPTH.load(Ordering::Relaxed)
+}
 
 /// Objects with more members than this check names with a hash set instead of a scan.
 const LINEAR_KEY_SCAN: usize = 16;
@@ -57,10 +75,10 @@ impl PayloadError {
 }
 
 /// Checks JSON text that a parser has already accepted (a `RawValue`) against the rules
-/// above, with the depth limit [`MAX_JSON_DEPTH`]. On text that is not JSON it never
+/// above, with the depth limit [`max_depth`]. On text that is not JSON it never
 /// panics, but it may miss problems or report [`PayloadError::Syntax`].
 pub fn check_payload(raw: &str) -> Result<(), PayloadError> {
-    check_payload_with_depth(raw, MAX_JSON_DEPTH)
+    check_payload_with_depth(raw, max_depth())
 }
 
 /// [`check_payload`] with another depth limit.

@@ -55,6 +55,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_BATCH_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_batch_body_bytes: usize,
 
+    /// Deepest nesting of arrays and objects accepted in a payload, at most 128 (the
+    /// depth every common JSON parser reads back).
+    #[arg(long, env = "HERALD_MAX_JSON_DEPTH", default_value_t = 128,
+          value_parser = clap::value_parser!(u64).range(1..=herald_core::json::MAX_JSON_DEPTH as u64))]
+    max_json_depth: u64,
+
     /// Longest query string accepted, in bytes.
     #[arg(long, env = "HERALD_MAX_QUERY_BYTES", default_value_t = 8 * 1024)]
     max_query_bytes: usize,
@@ -384,6 +390,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
              --header-read-timeout-secs must be at least 1"
         );
     }
+    herald_core::json::set_max_depth(args.max_json_depth as usize);
     let store_config = StoreConfig::parse(&args.data).map_err(anyhow::Error::msg)?;
     let nats = args.nats.config()?;
     let rules = match &args.rules_file {

@@ -467,3 +467,34 @@ async fn a_full_disk_turns_health_unhealthy_and_recovers() {
     herald.assert_healthy().await;
     assert_eq!(herald.event_count().await, stored + 1);
 }
+
+/// The payload depth limit is configurable (downwards from 128).
+#[tokio::test]
+async fn the_json_depth_limit_is_configurable() {
+    let herald = TestHerald::start_with(&["--max-json-depth", "4"]).await;
+    let nested = |depth: usize| -> Value {
+        let mut value = json!(1);
+        for _ in 0..depth {
+            value = json!({"a": value});
+        }
+        value
+    };
+    let response = herald
+        .post_event(&json!({"subject": "hub.t.deep", "payload": nested(4)}))
+        .await;
+    assert_eq!(response.status(), 201);
+    let response = herald
+        .post_event(&json!({"subject": "hub.t.deep", "payload": nested(5)}))
+        .await;
+    assert_eq!(response.status(), 422);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_payload");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("4 levels"),
+        "{body}"
+    );
+    assert_eq!(herald.event_count().await, 1);
+}
