@@ -92,8 +92,9 @@ pub struct BatchResponse {
 /// webhook bodies carry too.
 pub type Event<'a> = EventJson<'a>;
 
-/// The schema of [`Event`] (the document's `Event`); a unit test keeps its members
-/// those [`EventJson`] writes.
+// The schema of [`Event`] (the document's `Event`); a unit test keeps its members those
+// [`EventJson`] writes.
+/// An event as the API shows it, and as NATS messages and webhook bodies carry it.
 #[derive(ToSchema)]
 #[schema(as = Event)]
 #[allow(dead_code)]
@@ -248,4 +249,59 @@ pub struct Index {
     pub version: &'static str,
     pub hub_id: String,
     pub head_seq: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use herald_core::{CloudEventAttributes, DataForm, NewEvent, Origin, Payload, Timestamp};
+    use serde_json::Value;
+    use utoipa::PartialSchema;
+
+    use super::*;
+
+    fn member_names(value: &Value) -> BTreeSet<String> {
+        value.as_object().unwrap().keys().cloned().collect()
+    }
+
+    /// The documented members are the ones the hub's event JSON writes (all of them for
+    /// an event that arrived as a CloudEvent), and so are the origin's.
+    #[test]
+    fn the_event_schema_matches_the_event_json() {
+        let mut event = NewEvent::new(
+            herald_core::Subject::new("hub.a.b").unwrap(),
+            Payload::from_json("{}".into()).unwrap(),
+            Origin {
+                hub_id: "a".into(),
+                service: None,
+                user: None,
+            },
+            None,
+        );
+        event.cloudevent = Some(Box::new(CloudEventAttributes {
+            id: "1".into(),
+            source: "/s".into(),
+            specversion: "1.0".into(),
+            ty: "hub.a.b".into(),
+            subject: None,
+            time: None,
+            datacontenttype: None,
+            dataschema: None,
+            extensions: Default::default(),
+            data_form: DataForm::Absent,
+        }));
+        let event = event.commit(1, Timestamp::from_micros(0));
+        let written = serde_json::to_value(Event::from(&event)).unwrap();
+        let documented = serde_json::to_value(EventSchema::schema()).unwrap();
+        assert_eq!(
+            member_names(&documented["properties"]),
+            member_names(&written)
+        );
+        let origin = serde_json::to_value(<super::Origin as PartialSchema>::schema()).unwrap();
+        assert_eq!(
+            member_names(&origin["properties"]),
+            member_names(&written["origin"])
+        );
+    }
 }
