@@ -95,9 +95,9 @@ fn parse_params(raw: &str) -> Result<StreamParams, ApiError> {
         1008, and at shutdown streams close with 1001; the close reason names the `from_seq` \
         to resume from. Every mistake is an ordinary HTTP error before the upgrade.",
     params(
-        ("subject" = Option<crate::openapi::SubjectPattern>, Query, description = "Which subjects; default `hub.>`."),
-        ("from_seq" = Option<crate::openapi::SeqParam>, Query, description = "Replay stored events with a larger seq first."),
-        ("since" = Option<crate::openapi::Instant>, Query, description = "Replay stored events committed since this instant first."),
+        ("subject" = Option<crate::wire::schema::SubjectPattern>, Query, description = "Which subjects; default `hub.>`."),
+        ("from_seq" = Option<crate::wire::schema::SeqParam>, Query, description = "Replay stored events with a larger seq first."),
+        ("since" = Option<crate::wire::schema::Instant>, Query, description = "Replay stored events committed since this instant first."),
     ),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol. Frames from the \
@@ -108,8 +108,8 @@ fn parse_params(raw: &str) -> Result<StreamParams, ApiError> {
                 ("Connection" = String, description = "`upgrade`"),
                 ("Sec-WebSocket-Accept" = String, description = "RFC 6455's answer to `Sec-WebSocket-Key`."),
             )),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 503, response = crate::openapi::ServiceUnavailable),
+        (status = 400, response = crate::wire::schema::BadRequest),
+        (status = 503, response = crate::wire::schema::ServiceUnavailable),
     ),
 )]
 pub async fn stream(

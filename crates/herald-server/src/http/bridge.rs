@@ -109,13 +109,13 @@ impl From<herald_store::DeadLetter> for DeadLetter {
         `herald_bridge_dead_letters_dropped_total`). Page with `after_id` = the last `id` \
         seen. Unknown or repeated parameters are `400 invalid_query`.",
     params(
-        ("limit" = Option<crate::openapi::Limit>, Query, description = "Most dead letters to answer."),
-        ("after_id" = Option<crate::openapi::SeqParam>, Query, description = "Only dead letters with a larger `id`."),
+        ("limit" = Option<crate::wire::schema::Limit>, Query, description = "Most dead letters to answer."),
+        ("after_id" = Option<crate::wire::schema::SeqParam>, Query, description = "Only dead letters with a larger `id`."),
     ),
     responses(
         (status = 200, description = "The dead letters.", body = DeadLetterList),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 503, response = crate::openapi::ServiceUnavailable),
+        (status = 400, response = crate::wire::schema::BadRequest),
+        (status = 503, response = crate::wire::schema::ServiceUnavailable),
     ),
 )]
 pub async fn list_dead_letters(
@@ -176,8 +176,8 @@ pub async fn list_dead_letters(
     params(("id" = u64, Path, description = "The dead letter's `id`.")),
     responses(
         (status = 204, description = "Discarded."),
-        (status = 404, response = crate::openapi::NotFound),
-        (status = 503, response = crate::openapi::ServiceUnavailable),
+        (status = 404, response = crate::wire::schema::NotFound),
+        (status = 503, response = crate::wire::schema::ServiceUnavailable),
     ),
 )]
 pub async fn delete_dead_letter(

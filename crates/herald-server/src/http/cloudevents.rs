@@ -27,8 +27,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::publish::MAX_BATCH_EVENTS;
 use crate::error::{ApiError, ErrorCode};
+use crate::wire::MAX_BATCH_EVENTS;
 use crate::AppState;
 
 pub const STRUCTURED: &str = "application/cloudevents+json";
@@ -339,7 +339,7 @@ pub fn parse_batch(
             ),
         ));
     }
-    super::publish::parse_all(items.into_iter(), "CloudEvents", |item| {
+    super::parse_all(items.into_iter(), "CloudEvents", |item| {
         if first_byte(&item) != Some(b'{') {
             return Err(invalid("each item of a batch must be a JSON object"));
         }
@@ -512,51 +512,28 @@ fn wrapped_member(payload: &RawValue, name: &str) -> Option<Box<RawValue>> {
         .map(|(_, raw)| raw)
 }
 
-/// The context attributes of an event as a structured CloudEvent, without its data.
+/// The context attributes of an event as a structured CloudEvent, without its data:
+/// a CloudEvent's as the event JSON shows them ([`herald_hub::envelope`]), else made up
+/// from the Herald event.
 pub fn attributes(event: &Event) -> Map<String, Value> {
-    let mut out = Map::new();
-    match event.cloudevent.as_deref() {
-        Some(a) => {
-            out.insert("specversion".into(), a.specversion.clone().into());
-            out.insert("id".into(), a.id.clone().into());
-            out.insert("source".into(), a.source.clone().into());
-            out.insert("type".into(), a.ty.clone().into());
-            for (name, value) in [
-                ("subject", &a.subject),
-                ("time", &a.time),
-                ("datacontenttype", &a.datacontenttype),
-                ("dataschema", &a.dataschema),
-            ] {
-                if let Some(value) = value {
-                    out.insert(name.into(), value.clone().into());
-                }
-            }
-            for (name, value) in &a.extensions {
-                let value = match value {
-                    ExtensionValue::String(s) => Value::String(s.clone()),
-                    ExtensionValue::Integer(i) => Value::from(*i),
-                    ExtensionValue::Boolean(b) => Value::Bool(*b),
-                };
-                out.insert(name.clone(), value);
-            }
-        }
-        None => {
-            out.insert("specversion".into(), "1.0".into());
-            out.insert("id".into(), event.id.to_string().into());
-            out.insert(
-                "source".into(),
-                format!("/herald/{}", event.origin.hub_id).into(),
-            );
-            out.insert("type".into(), event.subject.as_str().into());
-            out.insert("time".into(), event.timestamp.to_rfc3339().into());
-            out.insert("datacontenttype".into(), "application/json".into());
-            out.insert(
-                "correlationid".into(),
-                event.correlation_id.to_string().into(),
-            );
-            out.insert("heraldseq".into(), Value::from(event.seq));
-        }
+    if let Some(attributes) = event.cloudevent.as_deref() {
+        return herald_hub::envelope::cloudevent_attributes(attributes);
     }
+    let mut out = Map::new();
+    out.insert("specversion".into(), "1.0".into());
+    out.insert("id".into(), event.id.to_string().into());
+    out.insert(
+        "source".into(),
+        format!("/herald/{}", event.origin.hub_id).into(),
+    );
+    out.insert("type".into(), event.subject.as_str().into());
+    out.insert("time".into(), event.timestamp.to_rfc3339().into());
+    out.insert("datacontenttype".into(), "application/json".into());
+    out.insert(
+        "correlationid".into(),
+        event.correlation_id.to_string().into(),
+    );
+    out.insert("heraldseq".into(), Value::from(event.seq));
     out
 }
 
@@ -588,7 +565,7 @@ pub fn respond(status: StatusCode, media: &'static str, body: impl Serialize) ->
 }))]
 pub struct LegacyPublish {
     /// The CloudEvent `type`, which is also the Herald subject: a literal subject.
-    #[schema(value_type = crate::openapi::Subject, required = true)]
+    #[schema(value_type = crate::wire::schema::Subject, required = true)]
     pub event_type: Option<String>,
     /// The CloudEvent `data`: any JSON (an object becomes the payload as is).
     #[schema(value_type = Value, required = false)]

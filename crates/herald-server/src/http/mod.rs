@@ -15,11 +15,11 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use herald_core::{Pattern, Seq, Timestamp};
+use herald_core::{NewEvent, Pattern, Seq, Timestamp};
 use herald_store::{Query, Store, MAX_QUERY_LIMIT};
 use uuid::Uuid;
 
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorCode, ItemError};
 use crate::wire;
 use crate::AppState;
 
@@ -31,7 +31,7 @@ use crate::AppState;
     summary = "What this server is",
     responses(
         (status = 200, description = "The server's name, version, hub id and the seq of the last committed event.", body = wire::Index),
-        (status = 503, response = crate::openapi::ServiceUnavailable),
+        (status = 503, response = crate::wire::schema::ServiceUnavailable),
     ),
 )]
 pub async fn index(State(state): State<AppState>) -> Result<Json<wire::Index>, ApiError> {
@@ -60,21 +60,21 @@ pub async fn index(State(state): State<AppState>) -> Result<Json<wire::Index>, A
         `400 invalid_query`, and so is `since` later than `until`. With \
         `Accept: application/cloudevents-batch+json` the answer is a CloudEvents batch.",
     params(
-        ("subject" = Option<crate::openapi::SubjectPattern>, Query, description = "A subject pattern; leave it out for every subject. Percent-encode `>` as `%3E`."),
-        ("since" = Option<crate::openapi::Instant>, Query, description = "Only events committed at or after this instant."),
-        ("until" = Option<crate::openapi::Instant>, Query, description = "Only events committed at or before this instant (not before `since`)."),
+        ("subject" = Option<crate::wire::schema::SubjectPattern>, Query, description = "A subject pattern; leave it out for every subject. Percent-encode `>` as `%3E`."),
+        ("since" = Option<crate::wire::schema::Instant>, Query, description = "Only events committed at or after this instant."),
+        ("until" = Option<crate::wire::schema::Instant>, Query, description = "Only events committed at or before this instant (not before `since`)."),
         ("correlation_id" = Option<uuid::Uuid>, Query, description = "Only events with this correlation id."),
-        ("after_seq" = Option<crate::openapi::SeqParam>, Query, description = "Only events with a larger seq."),
-        ("limit" = Option<crate::openapi::Limit>, Query, description = "Most events to answer."),
+        ("after_seq" = Option<crate::wire::schema::SeqParam>, Query, description = "Only events with a larger seq."),
+        ("limit" = Option<crate::wire::schema::Limit>, Query, description = "Most events to answer."),
     ),
     responses(
         (status = 200, description = "The matching events, oldest first.",
             headers(("X-Next-After-Seq" = u64, description = "The `after_seq` of the next page; it moves on even when nothing in the scanned range matched.")),
             content(
-                (Vec<wire::Event> = "application/json"),
-                (Vec<crate::openapi::StoredCloudEvent> = "application/cloudevents-batch+json"),
+                (Vec<wire::EventSchema> = "application/json"),
+                (Vec<crate::wire::schema::StoredCloudEvent> = "application/cloudevents-batch+json"),
             )),
-        (status = 503, response = crate::openapi::ServiceUnavailable),
+        (status = 503, response = crate::wire::schema::ServiceUnavailable),
     ),
 )]
 pub async fn query_events(
@@ -166,12 +166,12 @@ pub fn parse_query(raw: &str) -> Result<Query, ApiError> {
         (status = 200, description = "The event.",
             headers(("X-Herald-Seq" = u64, description = "The event's seq (CloudEvents answers only).")),
             content(
-                (wire::Event = "application/json"),
-                (crate::openapi::StoredCloudEvent = "application/cloudevents+json"),
+                (wire::EventSchema = "application/json"),
+                (crate::wire::schema::StoredCloudEvent = "application/cloudevents+json"),
             )),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 404, response = crate::openapi::NotFound),
-        (status = 503, response = crate::openapi::ServiceUnavailable),
+        (status = 400, response = crate::wire::schema::BadRequest),
+        (status = 404, response = crate::wire::schema::NotFound),
+        (status = 503, response = crate::wire::schema::ServiceUnavailable),
     ),
 )]
 pub async fn get_event(
@@ -408,6 +408,39 @@ pub(crate) fn parse_uuid(text: &str) -> Option<Uuid> {
 /// At most 64 characters of client input, for echoing it in messages.
 pub(crate) fn truncate(text: &str) -> String {
     text.chars().take(64).collect()
+}
+
+/// Parses every item of a batch. If any is invalid, the whole batch is rejected with
+/// the index, code and message of each bad item (`what` names the items in the message).
+pub(crate) fn parse_all<T>(
+    items: impl ExactSizeIterator<Item = T>,
+    what: &str,
+    mut parse: impl FnMut(T) -> Result<NewEvent, ApiError>,
+) -> Result<Vec<NewEvent>, ApiError> {
+    let total = items.len();
+    let mut events = Vec::with_capacity(total);
+    let mut errors = Vec::new();
+    for (index, item) in items.enumerate() {
+        match parse(item) {
+            Ok(event) => events.push(event),
+            Err(error) => errors.push(ItemError {
+                index,
+                code: error.code,
+                message: error.message,
+            }),
+        }
+    }
+    if errors.is_empty() {
+        return Ok(events);
+    }
+    Err(ApiError::new(
+        ErrorCode::InvalidBatch,
+        format!(
+            "{} of {total} {what} are invalid; nothing was stored",
+            errors.len()
+        ),
+    )
+    .with_items(errors))
 }
 
 /// Parses a body that must be one JSON object into `T`. Syntax errors are 400

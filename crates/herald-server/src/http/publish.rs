@@ -19,16 +19,12 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use super::cloudevents::{self, Mode};
-use super::{body_rejection, json_error, parse_json_object, parse_uuid, truncate};
-use crate::error::{ApiError, ErrorCode, ItemError};
+use super::{body_rejection, json_error, parse_all, parse_json_object, parse_uuid, truncate};
+use crate::error::{ApiError, ErrorCode};
 use crate::wire;
 use crate::{AppState, CORRELATION_HEADER};
 
-/// Most events in one batch.
-pub const MAX_BATCH_EVENTS: usize = 1000;
-
-/// Longest `origin.service` / `origin.user` accepted.
-pub const MAX_ORIGIN_FIELD: usize = 256;
+pub use crate::wire::{MAX_BATCH_EVENTS, MAX_ORIGIN_FIELD};
 
 /// `POST /api/events`: a Herald event, or a CloudEvent in any of the three HTTP
 /// binding modes (see [`cloudevents`]).
@@ -44,23 +40,23 @@ pub const MAX_ORIGIN_FIELD: usize = 256;
         `POST /api/events:batch`). CloudEvents binary mode works too: attributes in `ce-*` \
         headers (`ce-specversion: 1.0`, `ce-id`, `ce-source`, `ce-type`, extensions as \
         `ce-<name>`), the data as the body and its media type in `Content-Type`.",
-    params(("X-Correlation-ID" = Option<crate::openapi::CorrelationId>, Header, description = "The correlation id of an event published without its own (a UUID; anything else is `422 invalid_correlation_id`).")),
+    params(("X-Correlation-ID" = Option<crate::wire::schema::CorrelationId>, Header, description = "The correlation id of an event published without its own (a UUID; anything else is `422 invalid_correlation_id`).")),
     request_body(content(
         (wire::PublishRequest = "application/json"),
-        (crate::openapi::CloudEvent = "application/cloudevents+json"),
-        (crate::openapi::CloudEventBatch = "application/cloudevents-batch+json"),
+        (crate::wire::schema::CloudEvent = "application/cloudevents+json"),
+        (crate::wire::schema::CloudEventBatch = "application/cloudevents-batch+json"),
     )),
     responses(
         (status = 201, description = "Stored (for a CloudEvents batch: at least one event was new, and the answer is a `BatchResponse`).",
             headers(("Location" = String, description = "`/api/events/{id}` of the new event (single events only).")),
-            body = crate::openapi::PublishAnswer),
+            body = crate::wire::schema::PublishAnswer),
         (status = 200, description = "Every event was already stored (same `id`, or the same CloudEvent `source` and `id`): nothing new was stored; the answer describes the original.",
             headers(("Location" = String, description = "`/api/events/{id}` of the event (single events only).")),
-            body = crate::openapi::PublishAnswer),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 422, response = crate::openapi::UnprocessableEntity),
-        (status = 503, response = crate::openapi::ServiceUnavailable),
+            body = crate::wire::schema::PublishAnswer),
+        (status = 400, response = crate::wire::schema::BadRequest),
+        (status = 413, response = crate::wire::schema::PayloadTooLarge),
+        (status = 422, response = crate::wire::schema::UnprocessableEntity),
+        (status = 503, response = crate::wire::schema::ServiceUnavailable),
     ),
 )]
 pub async fn publish_event(
@@ -125,18 +121,18 @@ struct BatchBody {
         answer is `422 invalid_batch` with `error.items`. Otherwise all are committed in one \
         transaction. The body may be up to 4 MiB (`HERALD_MAX_BATCH_BODY_BYTES`). A \
         `application/cloudevents-batch+json` body is a CloudEvents batch.",
-    params(("X-Correlation-ID" = Option<crate::openapi::CorrelationId>, Header, description = "The correlation id of events published without their own (a UUID; anything else is `422 invalid_correlation_id`).")),
+    params(("X-Correlation-ID" = Option<crate::wire::schema::CorrelationId>, Header, description = "The correlation id of events published without their own (a UUID; anything else is `422 invalid_correlation_id`).")),
     request_body(content(
-        (crate::openapi::PublishBatchRequest = "application/json"),
-        (crate::openapi::CloudEventBatch = "application/cloudevents-batch+json"),
+        (crate::wire::schema::PublishBatchRequest = "application/json"),
+        (crate::wire::schema::CloudEventBatch = "application/cloudevents-batch+json"),
     )),
     responses(
         (status = 201, description = "Stored: at least one event was new. One result per event, in order.", body = wire::BatchResponse),
         (status = 200, description = "Every event was already stored; nothing new was stored.", body = wire::BatchResponse),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 422, response = crate::openapi::UnprocessableEntity),
-        (status = 503, response = crate::openapi::ServiceUnavailable),
+        (status = 400, response = crate::wire::schema::BadRequest),
+        (status = 413, response = crate::wire::schema::PayloadTooLarge),
+        (status = 422, response = crate::wire::schema::UnprocessableEntity),
+        (status = 503, response = crate::wire::schema::ServiceUnavailable),
     ),
 )]
 pub async fn publish_batch(
@@ -177,39 +173,6 @@ pub async fn publish_batch(
             .and_then(|request| new_event(&state, request, header_correlation))
     })?;
     publish_many(&state, events).await
-}
-
-/// Parses every item of a batch. If any is invalid, the whole batch is rejected with
-/// the index, code and message of each bad item (`what` names the items in the message).
-pub(crate) fn parse_all<T>(
-    items: impl ExactSizeIterator<Item = T>,
-    what: &str,
-    mut parse: impl FnMut(T) -> Result<NewEvent, ApiError>,
-) -> Result<Vec<NewEvent>, ApiError> {
-    let total = items.len();
-    let mut events = Vec::with_capacity(total);
-    let mut errors = Vec::new();
-    for (index, item) in items.enumerate() {
-        match parse(item) {
-            Ok(event) => events.push(event),
-            Err(error) => errors.push(ItemError {
-                index,
-                code: error.code,
-                message: error.message,
-            }),
-        }
-    }
-    if errors.is_empty() {
-        return Ok(events);
-    }
-    Err(ApiError::new(
-        ErrorCode::InvalidBatch,
-        format!(
-            "{} of {total} {what} are invalid; nothing was stored",
-            errors.len()
-        ),
-    )
-    .with_items(errors))
 }
 
 /// Commits validated events in one transaction and answers with a result per event.
@@ -359,17 +322,17 @@ impl From<&Published> for wire::PublishResponse {
     description = "Stores a CloudEvent of type `event_type` and source `source`; `tenant_id` \
         becomes the `tenantid` extension. Unknown query parameters are `400 invalid_query`.",
     params(
-        ("source" = crate::openapi::CloudEventSource, Query, description = "The CloudEvent's `source` (a URI-reference)."),
-        ("X-Correlation-ID" = Option<crate::openapi::CorrelationId>, Header, description = "The correlation id when the body gives none that is a UUID (a UUID; anything else is `422 invalid_correlation_id`)."),
+        ("source" = crate::wire::schema::CloudEventSource, Query, description = "The CloudEvent's `source` (a URI-reference)."),
+        ("X-Correlation-ID" = Option<crate::wire::schema::CorrelationId>, Header, description = "The correlation id when the body gives none that is a UUID (a UUID; anything else is `422 invalid_correlation_id`)."),
     ),
     request_body(content((cloudevents::LegacyPublish = "application/json"))),
     responses(
         (status = 201, description = "Stored.", body = wire::PublishResponse),
         (status = 200, description = "Already stored (same `source` and `id`); the answer describes the original.", body = wire::PublishResponse),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 422, response = crate::openapi::UnprocessableEntity),
-        (status = 503, response = crate::openapi::ServiceUnavailable),
+        (status = 400, response = crate::wire::schema::BadRequest),
+        (status = 413, response = crate::wire::schema::PayloadTooLarge),
+        (status = 422, response = crate::wire::schema::UnprocessableEntity),
+        (status = 503, response = crate::wire::schema::ServiceUnavailable),
     ),
 )]
 pub async fn publish_legacy(

@@ -265,11 +265,11 @@ pub async fn list_rules(State(state): State<AppState>) -> Json<RuleList> {
         (status = 201, description = "Stored and running.",
             headers(("Location" = String, description = "`/api/rules/{id}`.")),
             body = Rule),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 409, response = crate::openapi::Conflict),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 422, response = crate::openapi::UnprocessableEntity),
-        (status = 503, response = crate::openapi::ServiceUnavailable),
+        (status = 400, response = crate::wire::schema::BadRequest),
+        (status = 409, response = crate::wire::schema::Conflict),
+        (status = 413, response = crate::wire::schema::PayloadTooLarge),
+        (status = 422, response = crate::wire::schema::UnprocessableEntity),
+        (status = 503, response = crate::wire::schema::ServiceUnavailable),
     ),
 )]
 pub async fn add_rule(
@@ -297,7 +297,7 @@ pub async fn add_rule(
     params(("id" = RuleIdSchema, Path, description = "The rule's id.")),
     responses(
         (status = 200, description = "The rule.", body = Rule),
-        (status = 404, response = crate::openapi::NotFound),
+        (status = 404, response = crate::wire::schema::NotFound),
     ),
 )]
 pub async fn get_rule(
@@ -322,8 +322,8 @@ pub async fn get_rule(
     params(("id" = RuleIdSchema, Path, description = "The rule's id.")),
     responses(
         (status = 204, description = "Removed."),
-        (status = 404, response = crate::openapi::NotFound),
-        (status = 503, response = crate::openapi::ServiceUnavailable),
+        (status = 404, response = crate::wire::schema::NotFound),
+        (status = 503, response = crate::wire::schema::ServiceUnavailable),
     ),
 )]
 pub async fn delete_rule(

@@ -26,7 +26,7 @@ use crate::{AppState, CORRELATION_HEADER};
 /// The `origin.service` of events published through JSON-RPC.
 pub const ORIGIN_SERVICE: &str = "herald-rpc";
 /// Most events in one `bus.publish_batch` (as `POST /api/events:batch`).
-pub const MAX_BATCH_EVENTS: usize = crate::http::publish::MAX_BATCH_EVENTS;
+pub const MAX_BATCH_EVENTS: usize = crate::wire::MAX_BATCH_EVENTS;
 /// `limit` when a call gives none.
 const DEFAULT_LIMIT: u64 = 100;
 

@@ -37,8 +37,7 @@ use error::{RpcCode, RpcError};
 use methods::Call;
 use params::kind;
 
-/// Most calls in one batch.
-pub const MAX_BATCH_REQUESTS: usize = 1000;
+pub use crate::wire::MAX_BATCH_REQUESTS;
 
 /// `POST /rpc`. The body is parsed as JSON whatever its content type.
 #[utoipa::path(
@@ -52,9 +51,9 @@ pub const MAX_BATCH_REQUESTS: usize = 1000;
         with no body. `GET /rpc/methods` lists the methods, their params and results, and the \
         error codes. Publishing methods take the `X-Correlation-ID` header as the default \
         correlation id (a UUID).",
-    request_body(content((crate::openapi::RpcBody = "application/json"))),
+    request_body(content((crate::wire::schema::RpcBody = "application/json"))),
     responses(
-        (status = 200, description = "The response, or the array of responses of a batch.", body = crate::openapi::RpcAnswer),
+        (status = 200, description = "The response, or the array of responses of a batch.", body = crate::wire::schema::RpcAnswer),
         (status = 204, description = "Only notifications were sent: nothing to answer."),
     ),
 )]

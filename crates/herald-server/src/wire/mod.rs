@@ -1,13 +1,31 @@
-//! The JSON shapes of the API (from the seed documents), and the conversions between
-//! them and the domain types. Only this module knows how an event looks on the wire.
+//! The JSON shapes of the API (from the seed documents), their limits, and the
+//! conversions between them and the domain types; [`schema`] has the JSON Schemas a
+//! derive cannot say. A stored event has one JSON shape for every way out, HTTP, NATS
+//! and webhooks alike: [`herald_hub::envelope::EventJson`], shown here as [`Event`].
+//!
+//! This module is a leaf: it imports no handler and not the OpenAPI document, which
+//! gathers what is here.
 
 use herald_core::Event as CoreEvent;
+use herald_hub::envelope::EventJson;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::openapi::{EventId, OriginText, Subject};
+pub mod schema;
+
+use schema::{EventId, OriginText, Subject};
+
+/// Most events in one batch (`POST /api/events:batch`, CloudEvents batches,
+/// `bus.publish_batch`).
+pub const MAX_BATCH_EVENTS: usize = 1000;
+
+/// Longest `origin.service` / `origin.user` accepted.
+pub const MAX_ORIGIN_FIELD: usize = 256;
+
+/// Most calls in one JSON-RPC batch.
+pub const MAX_BATCH_REQUESTS: usize = 1000;
 
 /// `POST /api/events` body. Fields are checked by the handler so that each problem gets
 /// its own precise message.
@@ -70,59 +88,50 @@ pub struct BatchResponse {
     pub count: usize,
 }
 
-/// An event as the API shows it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Event<'a> {
-    pub id: Uuid,
+/// An event as the API shows it: the hub's one event JSON, which NATS messages and
+/// webhook bodies carry too.
+pub type Event<'a> = EventJson<'a>;
+
+// The schema of [`Event`] (the document's `Event`); a unit test keeps its members those
+// [`EventJson`] writes.
+/// An event as the API shows it, and as NATS messages and webhook bodies carry it.
+#[derive(ToSchema)]
+#[schema(as = Event)]
+#[allow(dead_code)]
+pub struct EventSchema {
+    id: Uuid,
     /// The event's place in the hub's log: strictly increasing in commit order, gap-free.
     #[schema(minimum = 1)]
-    pub seq: u64,
+    seq: u64,
     /// A literal subject (see `Subject`).
     #[schema(min_length = 1)]
-    pub subject: &'a str,
-    pub origin: Origin<'a>,
-    pub correlation_id: Uuid,
+    subject: String,
+    origin: Origin,
+    correlation_id: Uuid,
     /// As published.
     #[schema(value_type = Object)]
-    pub payload: &'a RawValue,
+    payload: (),
     /// Commit time, RFC 3339 UTC with microseconds.
     #[schema(format = DateTime)]
-    pub timestamp: String,
-    /// The CloudEvents attributes (without the data), for events that arrived as
-    /// CloudEvents.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: String,
+    /// The CloudEvents context attributes (without the data), for events that arrived as
+    /// CloudEvents: as a structured CloudEvent has them, extensions included.
     #[schema(value_type = Object, required = false)]
-    pub cloudevent: Option<serde_json::Value>,
+    cloudevent: (),
+    /// How the CloudEvent's data is kept in `payload`, for events that arrived as
+    /// CloudEvents: `object` (the data is the payload), `wrapped` (`{"data": …}`),
+    /// `base64` (`{"data_base64": …}`) or `absent` (`{}`).
+    #[schema(value_type = String, required = false, pattern = "^(?:object|wrapped|base64|absent)$")]
+    cloudevent_data_form: (),
 }
 
 /// Who published an event.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Origin<'a> {
-    pub hub_id: &'a str,
-    pub service: Option<&'a str>,
-    pub user: Option<&'a str>,
-}
-
-impl<'a> From<&'a CoreEvent> for Event<'a> {
-    fn from(event: &'a CoreEvent) -> Self {
-        Event {
-            id: event.id,
-            seq: event.seq,
-            subject: event.subject.as_str(),
-            origin: Origin {
-                hub_id: &event.origin.hub_id,
-                service: event.origin.service.as_deref(),
-                user: event.origin.user.as_deref(),
-            },
-            correlation_id: event.correlation_id,
-            payload: event.payload.as_raw(),
-            timestamp: event.timestamp.to_rfc3339(),
-            cloudevent: event
-                .cloudevent
-                .as_ref()
-                .map(|_| crate::http::cloudevents::attributes(event).into()),
-        }
-    }
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Origin {
+    hub_id: String,
+    service: Option<String>,
+    user: Option<String>,
 }
 
 /// A WebSocket frame of `GET /api/events/stream`: `{"subject": …, "data": <event>}`.
@@ -131,6 +140,7 @@ pub struct StreamFrame<'a> {
     /// A literal subject (see `Subject`).
     #[schema(min_length = 1)]
     pub subject: &'a str,
+    #[schema(value_type = EventSchema)]
     pub data: Event<'a>,
 }
 
@@ -239,4 +249,59 @@ pub struct Index {
     pub version: &'static str,
     pub hub_id: String,
     pub head_seq: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use herald_core::{CloudEventAttributes, DataForm, NewEvent, Origin, Payload, Timestamp};
+    use serde_json::Value;
+    use utoipa::PartialSchema;
+
+    use super::*;
+
+    fn member_names(value: &Value) -> BTreeSet<String> {
+        value.as_object().unwrap().keys().cloned().collect()
+    }
+
+    /// The documented members are the ones the hub's event JSON writes (all of them for
+    /// an event that arrived as a CloudEvent), and so are the origin's.
+    #[test]
+    fn the_event_schema_matches_the_event_json() {
+        let mut event = NewEvent::new(
+            herald_core::Subject::new("hub.a.b").unwrap(),
+            Payload::from_json("{}".into()).unwrap(),
+            Origin {
+                hub_id: "a".into(),
+                service: None,
+                user: None,
+            },
+            None,
+        );
+        event.cloudevent = Some(Box::new(CloudEventAttributes {
+            id: "1".into(),
+            source: "/s".into(),
+            specversion: "1.0".into(),
+            ty: "hub.a.b".into(),
+            subject: None,
+            time: None,
+            datacontenttype: None,
+            dataschema: None,
+            extensions: Default::default(),
+            data_form: DataForm::Absent,
+        }));
+        let event = event.commit(1, Timestamp::from_micros(0));
+        let written = serde_json::to_value(Event::from(&event)).unwrap();
+        let documented = serde_json::to_value(EventSchema::schema()).unwrap();
+        assert_eq!(
+            member_names(&documented["properties"]),
+            member_names(&written)
+        );
+        let origin = serde_json::to_value(<super::Origin as PartialSchema>::schema()).unwrap();
+        assert_eq!(
+            member_names(&origin["properties"]),
+            member_names(&written["origin"])
+        );
+    }
 }
