@@ -37,6 +37,16 @@ pub struct PayloadNotObject {
     pub found: &'static str,
 }
 
+/// Why [`Payload::from_json`] refused its text.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PayloadTextError {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    NotObject(#[from] PayloadNotObject),
+}
+
 impl Payload {
     /// Accepts already-validated JSON text if it is an object.
     pub fn from_raw(raw: Box<RawValue>) -> Result<Self, PayloadNotObject> {
@@ -52,9 +62,9 @@ impl Payload {
     }
 
     /// Parses and validates JSON text (used when reading the log back).
-    pub fn from_json(text: String) -> Result<Self, String> {
-        let raw = RawValue::from_string(text).map_err(|e| e.to_string())?;
-        Payload::from_raw(raw).map_err(|e| e.to_string())
+    pub fn from_json(text: String) -> Result<Self, PayloadTextError> {
+        let raw = RawValue::from_string(text)?;
+        Ok(Payload::from_raw(raw)?)
     }
 
     /// An empty object.

@@ -15,8 +15,8 @@ pub mod subject_tree;
 
 pub use cloudevent::{CloudEventAttributes, CloudEventError, DataForm, ExtensionValue};
 pub use event::{
-    correlation_id_from_text, Event, NewEvent, Origin, Payload, PayloadNotObject, Seq, Timestamp,
-    TimestampError,
+    correlation_id_from_text, Event, NewEvent, Origin, Payload, PayloadNotObject, PayloadTextError,
+    Seq, Timestamp, TimestampError,
 };
 pub use json::{check_payload, PayloadError, MAX_JSON_DEPTH};
 pub use subject::{

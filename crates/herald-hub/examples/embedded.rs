@@ -10,8 +10,7 @@ use herald_store::{EmbeddedOptions, StoreConfig};
 async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let location = format!("sqlite://{}", dir.path().join("herald.db").display());
-    let store = StoreConfig::parse(&location)
-        .map_err(anyhow::Error::msg)?
+    let store = StoreConfig::parse(&location)?
         .open(EmbeddedOptions::default())
         .await?;
     let hub = Hub::open(HubConfig::new("local-hub"), store).await?;
@@ -32,12 +31,7 @@ async fn main() -> anyhow::Result<()> {
         ),
         ("hub.local-hub.project.started", r#"{"project_id":"123"}"#),
     ] {
-        let published = hub
-            .publish(
-                hub.new_event(subject, payload)
-                    .map_err(anyhow::Error::msg)?,
-            )
-            .await?;
+        let published = hub.publish(hub.new_event(subject, payload)?).await?;
         println!(
             "published seq {} {}",
             published.event.seq, published.event.subject

@@ -85,19 +85,24 @@ impl HubConfig {
     }
 }
 
-/// Why the hub could not do what was asked.
+/// Why the hub could not do what was asked. Callers branch on the variant: only
+/// [`HubError::Unavailable`] is worth retrying soon. The store's error stays the source
+/// (shared, because one failed commit answers every publisher in its batch).
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum HubError {
     /// The store cannot take or serve events right now; try again.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    #[error(transparent)]
+    Unavailable(Arc<StoreError>),
     /// The hub is shutting down and takes no more publishes.
     #[error("the hub is shutting down")]
     ShuttingDown,
     /// The hub's settings cannot work (for example a malformed NATS URL).
-    #[error("bad configuration: {0}")]
-    Config(String),
+    #[error(transparent)]
+    Config(Arc<nats::NatsError>),
+    /// The store failed in a way a retry does not fix (corrupt data, a bug).
+    #[error(transparent)]
+    Store(Arc<StoreError>),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -106,10 +111,20 @@ impl From<StoreError> for HubError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Closed => HubError::ShuttingDown,
-            e if e.is_unavailable() => HubError::Unavailable(e.to_string()),
-            e => HubError::Internal(e.to_string()),
+            e if e.is_unavailable() => HubError::Unavailable(Arc::new(e)),
+            e => HubError::Store(Arc::new(e)),
         }
     }
+}
+
+/// Why [`Hub::new_event`] refused its text.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NewEventError {
+    #[error(transparent)]
+    Subject(#[from] herald_core::SubjectError),
+    #[error(transparent)]
+    Payload(#[from] herald_core::PayloadTextError),
 }
 
 /// The outcome of publishing one event.
@@ -200,7 +215,7 @@ impl Hub {
             Some(settings) => {
                 let link = nats::NatsLink::connect(settings.clone(), &config.hub_id)
                     .await
-                    .map_err(|error| HubError::Config(error.to_string()))?;
+                    .map_err(|error| HubError::Config(Arc::new(error)))?;
                 // Give the first connection a moment, so that a hub started next to a
                 // running NATS reports it healthy from its first request; a NATS that
                 // is down does not hold the start-up back for longer.
@@ -360,8 +375,8 @@ impl Hub {
     }
 
     /// A new event on this hub from validated text: a convenience for library users.
-    pub fn new_event(&self, subject: &str, payload_json: &str) -> Result<NewEvent, String> {
-        let subject = Subject::new(subject).map_err(|e| e.to_string())?;
+    pub fn new_event(&self, subject: &str, payload_json: &str) -> Result<NewEvent, NewEventError> {
+        let subject = Subject::new(subject)?;
         let payload = Payload::from_json(payload_json.to_owned())?;
         Ok(NewEvent::new(
             subject,
@@ -572,5 +587,64 @@ impl Inner {
         self.stats
             .subscriber_overflows
             .fetch_add(overflowed, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_keep_their_kind_and_their_source() {
+        let error = HubError::from(StoreError::Unavailable("disk full".into()));
+        assert!(matches!(error, HubError::Unavailable(_)), "{error:?}");
+        // Said once, not "store unavailable: store unavailable: …".
+        assert_eq!(error.to_string(), "store unavailable: disk full");
+
+        let error = HubError::from(StoreError::Corrupt("bad row".into()));
+        assert!(matches!(error, HubError::Store(_)), "{error:?}");
+        assert_eq!(error.to_string(), "stored data is corrupt: bad row");
+
+        assert!(matches!(
+            HubError::from(StoreError::Closed),
+            HubError::ShuttingDown
+        ));
+    }
+
+    #[test]
+    fn new_event_says_which_part_is_wrong() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = herald_store::StoreConfig::parse(&format!(
+                "sqlite://{}",
+                dir.path().join("h.db").display()
+            ))
+            .unwrap()
+            .open(herald_store::EmbeddedOptions::default())
+            .await
+            .unwrap();
+            let hub = Hub::open(HubConfig::new("local"), store).await.unwrap();
+            assert!(matches!(
+                hub.new_event("hub..x", "{}"),
+                Err(NewEventError::Subject(_))
+            ));
+            let error = hub.new_event("hub.local.x", "[1]").unwrap_err();
+            assert!(matches!(error, NewEventError::Payload(_)), "{error:?}");
+            assert_eq!(
+                error.to_string(),
+                "payload must be a JSON object, not an array"
+            );
+            assert!(matches!(
+                hub.new_event("hub.local.x", "{"),
+                Err(NewEventError::Payload(herald_core::PayloadTextError::Json(
+                    _
+                )))
+            ));
+            hub.shutdown().await;
+        });
     }
 }

@@ -277,7 +277,9 @@ impl IntoResponse for ApiError {
 impl From<HubError> for ApiError {
     fn from(error: HubError) -> Self {
         match error {
-            HubError::Unavailable(message) => ApiError::new(ErrorCode::StoreUnavailable, message),
+            HubError::Unavailable(error) => {
+                ApiError::new(ErrorCode::StoreUnavailable, error.to_string())
+            }
             HubError::ShuttingDown => ApiError::new(
                 ErrorCode::ShuttingDown,
                 "the hub is shutting down; retry on another instance or later",
@@ -296,7 +298,10 @@ mod tests {
 
     #[tokio::test]
     async fn unavailable_store_is_a_503_with_retry_after() {
-        let response = ApiError::from(HubError::Unavailable("disk full".into())).into_response();
+        let response = ApiError::from(HubError::from(herald_store::StoreError::Unavailable(
+            "disk full".into(),
+        )))
+        .into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
         let body = axum::body::to_bytes(response.into_body(), 1024)

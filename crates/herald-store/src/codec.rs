@@ -35,14 +35,30 @@ pub fn encode_cloudevent(attributes: &CloudEventAttributes) -> String {
     .to_string()
 }
 
+/// Why stored CloudEvents attributes cannot be read back (the row is corrupt).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CloudEventCodecError {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("cloudevent attribute `{0}` is missing")]
+    Missing(String),
+    #[error("extension `{0}` is not an integer")]
+    ExtensionNotInteger(String),
+    #[error("extension `{0}` has an unsupported type")]
+    ExtensionType(String),
+    #[error("cloudevent `data_form` is missing or unknown")]
+    DataForm,
+}
+
 /// Decodes what [`encode_cloudevent`] wrote.
-pub fn decode_cloudevent(text: &str) -> Result<CloudEventAttributes, String> {
-    let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    let string = |name: &str| -> Result<String, String> {
+pub fn decode_cloudevent(text: &str) -> Result<CloudEventAttributes, CloudEventCodecError> {
+    let value: Value = serde_json::from_str(text)?;
+    let string = |name: &str| -> Result<String, CloudEventCodecError> {
         value[name]
             .as_str()
             .map(str::to_owned)
-            .ok_or_else(|| format!("cloudevent attribute `{name}` is missing"))
+            .ok_or_else(|| CloudEventCodecError::Missing(name.to_owned()))
     };
     let optional = |name: &str| value[name].as_str().map(str::to_owned);
     let mut extensions = BTreeMap::new();
@@ -53,9 +69,9 @@ pub fn decode_cloudevent(text: &str) -> Result<CloudEventAttributes, String> {
                 Value::Bool(b) => ExtensionValue::Boolean(*b),
                 Value::Number(n) => ExtensionValue::Integer(
                     n.as_i64()
-                        .ok_or_else(|| format!("extension `{name}` is not an integer"))?,
+                        .ok_or_else(|| CloudEventCodecError::ExtensionNotInteger(name.clone()))?,
                 ),
-                _ => return Err(format!("extension `{name}` has an unsupported type")),
+                _ => return Err(CloudEventCodecError::ExtensionType(name.clone())),
             };
             extensions.insert(name.clone(), v);
         }
@@ -73,6 +89,6 @@ pub fn decode_cloudevent(text: &str) -> Result<CloudEventAttributes, String> {
         data_form: value["data_form"]
             .as_str()
             .and_then(DataForm::parse)
-            .ok_or("cloudevent `data_form` is missing or unknown")?,
+            .ok_or(CloudEventCodecError::DataForm)?,
     })
 }

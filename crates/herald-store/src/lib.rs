@@ -296,12 +296,26 @@ pub enum StoreConfig {
     Postgres { url: String },
 }
 
+/// Why [`StoreConfig::parse`] refused a database location.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreConfigError {
+    #[error("the database location is empty")]
+    Empty,
+    #[error("`sqlite://` needs a file path, e.g. sqlite://./data/herald.db")]
+    NoPath,
+    #[error(
+        "unknown database scheme `{scheme}://`; use sqlite://PATH, a plain path, or postgres://…"
+    )]
+    UnknownScheme { scheme: String },
+}
+
 impl StoreConfig {
     /// Parses a database URL or path. Unknown schemes are an error that lists the known ones.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, StoreConfigError> {
         let text = text.trim();
         if text.is_empty() {
-            return Err("the database location is empty".into());
+            return Err(StoreConfigError::Empty);
         }
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
             return Ok(StoreConfig::Postgres { url: text.into() });
@@ -309,14 +323,14 @@ impl StoreConfig {
         if let Some(rest) = text.strip_prefix("sqlite:") {
             let path = rest.strip_prefix("//").unwrap_or(rest);
             if path.is_empty() {
-                return Err("`sqlite://` needs a file path, e.g. sqlite://./data/herald.db".into());
+                return Err(StoreConfigError::NoPath);
             }
             return Ok(StoreConfig::Embedded { path: path.into() });
         }
         if let Some((scheme, _)) = text.split_once("://") {
-            return Err(format!(
-                "unknown database scheme `{scheme}://`; use sqlite://PATH, a plain path, or postgres://…"
-            ));
+            return Err(StoreConfigError::UnknownScheme {
+                scheme: scheme.to_owned(),
+            });
         }
         Ok(StoreConfig::Embedded { path: text.into() })
     }

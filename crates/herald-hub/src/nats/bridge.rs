@@ -23,7 +23,7 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use base64::Engine as _;
 use futures_util::StreamExt;
 use herald_core::{correlation_id_from_text, NewEvent, Origin, Pattern, Payload, Subject};
-use herald_store::{NewDeadLetter, Store};
+use herald_store::{NewDeadLetter, Store, StoreError};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
@@ -38,6 +38,38 @@ pub const DEAD_LETTER_BODY_BYTES: usize = 64 * 1024;
 pub const EXTERNAL_HUB_ID: &str = "nats";
 /// Namespace of ids given to messages without a UUID `Nats-Msg-Id`.
 const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x7d1b_3e40_5a9c_4f6e_9b2d_18c4_a0e5_f312);
+
+/// Why a bridge run stopped: the hub shutting down ends the bridge; anything else is
+/// logged and retried with backoff (messages not yet acknowledged are redelivered).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BridgeError {
+    #[error("the hub is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Stream(#[from] super::StreamSetupError),
+    #[error("cannot look up the JetStream stream {stream}: {source}")]
+    Lookup {
+        stream: String,
+        #[source]
+        source: async_nats::jetstream::context::GetStreamError,
+    },
+    #[error("creating consumer {name}: {source}")]
+    Consumer {
+        name: String,
+        #[source]
+        source: async_nats::jetstream::stream::ConsumerError,
+    },
+    #[error("cannot pull from consumer {name}: {source}")]
+    Pull {
+        name: String,
+        #[source]
+        source: async_nats::jetstream::consumer::StreamError,
+    },
+    #[error("the consumer's message stream ended")]
+    StreamEnded,
+    #[error("storing bridge dead letters: {0}")]
+    DeadLetters(#[source] StoreError),
+}
 
 /// The durable consumer's name: stable for a hub and pattern, valid for JetStream.
 pub(crate) fn consumer_name(hub_id: &str, pattern: &Pattern) -> String {
@@ -77,7 +109,7 @@ pub(crate) async fn run(inner: Arc<Inner>, link: NatsLink, pattern: Pattern) {
             () = inner.shutdown.cancelled() => break,
         }
         match bridge(&hub, &link, &pattern, &name).await {
-            Ok(()) => break,
+            Ok(()) | Err(BridgeError::ShuttingDown) => break,
             Err(error) => {
                 tracing::warn!(%pattern, %error, "NATS bridge interrupted; resuming.");
                 metrics::counter!("herald_bridge_errors_total").increment(1);
@@ -93,13 +125,21 @@ pub(crate) async fn run(inner: Arc<Inner>, link: NatsLink, pattern: Pattern) {
     tracing::debug!(%pattern, "NATS bridge stopped.");
 }
 
-async fn bridge(hub: &Hub, link: &NatsLink, pattern: &Pattern, name: &str) -> Result<(), String> {
+async fn bridge(
+    hub: &Hub,
+    link: &NatsLink,
+    pattern: &Pattern,
+    name: &str,
+) -> Result<(), BridgeError> {
     link.ensure_stream().await?;
     let stream = link
         .jetstream
         .get_stream(&link.config.stream.name)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| BridgeError::Lookup {
+            stream: link.config.stream.name.clone(),
+            source,
+        })?;
     let consumer = stream
         .get_or_create_consumer(
             name,
@@ -115,14 +155,20 @@ async fn bridge(hub: &Hub, link: &NatsLink, pattern: &Pattern, name: &str) -> Re
             },
         )
         .await
-        .map_err(|e| format!("creating consumer {name}: {e}"))?;
+        .map_err(|source| BridgeError::Consumer {
+            name: name.to_owned(),
+            source,
+        })?;
     let messages = consumer
         .stream()
         .max_messages_per_batch(BATCH)
         .heartbeat(Duration::from_secs(5))
         .messages()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| BridgeError::Pull {
+            name: name.to_owned(),
+            source,
+        })?;
     let mut chunks = messages.ready_chunks(BATCH);
     let own_hub = hub.hub_id().to_owned();
     let stream_name = link.config.stream.name.clone();
@@ -136,7 +182,7 @@ async fn bridge(hub: &Hub, link: &NatsLink, pattern: &Pattern, name: &str) -> Re
             () = hub.inner.shutdown.cancelled() => return Ok(()),
         };
         let Some(chunk) = chunk else {
-            return Err("the consumer's message stream ended".into());
+            return Err(BridgeError::StreamEnded);
         };
         let mut events = Vec::with_capacity(chunk.len());
         let mut rejected = Vec::new();
@@ -184,7 +230,10 @@ pub(crate) struct Limits {
 /// unacknowledged meanwhile). When the store refuses the batch for another reason, each
 /// event is tried on its own, so that one bad event cannot hold the others back: the
 /// ones refused come back, by their index, with the reason.
-async fn ingest(hub: &Hub, events: Vec<(usize, NewEvent)>) -> Result<Vec<(usize, String)>, String> {
+async fn ingest(
+    hub: &Hub,
+    events: Vec<(usize, NewEvent)>,
+) -> Result<Vec<(usize, String)>, BridgeError> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
@@ -214,7 +263,7 @@ fn refused(error: &HubError) -> String {
 async fn publish_retrying(
     hub: &Hub,
     events: Vec<NewEvent>,
-) -> Result<Result<(), HubError>, String> {
+) -> Result<Result<(), HubError>, BridgeError> {
     let count = events.len() as u64;
     let mut failures = 0u32;
     loop {
@@ -229,19 +278,19 @@ async fn publish_retrying(
                 tracing::warn!(%error, "Cannot store bridged messages; retrying.");
                 backoff(hub, &mut failures).await?;
             }
-            Err(HubError::ShuttingDown) => return Err("the hub is shutting down".into()),
+            Err(HubError::ShuttingDown) => return Err(BridgeError::ShuttingDown),
             Err(error) => return Ok(Err(error)),
         }
     }
 }
 
 /// Waits before the next attempt (100 ms doubling to 3.2 s); an error at shutdown.
-async fn backoff(hub: &Hub, failures: &mut u32) -> Result<(), String> {
+async fn backoff(hub: &Hub, failures: &mut u32) -> Result<(), BridgeError> {
     let delay = Duration::from_millis(100u64 << (*failures).min(5));
     *failures += 1;
     tokio::select! {
         () = tokio::time::sleep(delay) => Ok(()),
-        () = hub.inner.shutdown.cancelled() => Err("the hub is shutting down".into()),
+        () = hub.inner.shutdown.cancelled() => Err(BridgeError::ShuttingDown),
     }
 }
 
@@ -251,7 +300,7 @@ async fn keep_dead_letters(
     hub: &Hub,
     letters: Vec<NewDeadLetter>,
     keep: usize,
-) -> Result<(), String> {
+) -> Result<(), BridgeError> {
     if letters.is_empty() {
         return Ok(());
     }
@@ -264,7 +313,7 @@ async fn keep_dead_letters(
                 backoff(hub, &mut failures).await?;
             }
             // The messages stay unacknowledged: JetStream redelivers them later.
-            Err(error) => return Err(format!("storing bridge dead letters: {error}")),
+            Err(error) => return Err(BridgeError::DeadLetters(error)),
         }
     };
     for letter in &letters {

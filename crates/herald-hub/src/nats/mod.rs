@@ -177,13 +177,76 @@ impl StreamSettings {
     }
 }
 
-/// What went wrong while connecting.
+/// What went wrong while connecting: the settings (fix them), or NATS itself.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NatsError {
-    #[error("bad NATS settings: {0}")]
-    Config(String),
+    #[error("bad NATS settings: no server URL")]
+    NoServer,
+    #[error("bad NATS settings: cannot read {}: {source}", path.display())]
+    Credentials {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `url` has its password redacted.
+    #[error("bad NATS settings: `{url}` is not a NATS URL: {source}")]
+    Url {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot reach NATS: {0}")]
-    Connect(String),
+    Connect(#[source] async_nats::ConnectError),
+}
+
+/// Why the JetStream stream could not be set up, in the style of async-nats' own errors:
+/// the kind to branch on, and the client's error as the source.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} stream {stream}: {source}")]
+pub struct StreamSetupError {
+    kind: StreamSetupErrorKind,
+    stream: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// The step of [`NatsLink::ensure_stream`] that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamSetupErrorKind {
+    Lookup,
+    Info,
+    Update,
+    Create,
+}
+
+impl std::fmt::Display for StreamSetupErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StreamSetupErrorKind::Lookup => "cannot look up the JetStream",
+            StreamSetupErrorKind::Info => "cannot read the settings of the JetStream",
+            StreamSetupErrorKind::Update => "cannot update the JetStream",
+            StreamSetupErrorKind::Create => "cannot create the JetStream",
+        })
+    }
+}
+
+impl StreamSetupError {
+    fn new(
+        kind: StreamSetupErrorKind,
+        stream: &str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StreamSetupError {
+            kind,
+            stream: stream.to_owned(),
+            source: Box::new(source),
+        }
+    }
+
+    pub fn kind(&self) -> StreamSetupErrorKind {
+        self.kind
+    }
 }
 
 /// A live link to NATS, shared by the relay, the bridge, presence and rules.
@@ -203,7 +266,7 @@ impl NatsLink {
     /// (re)connecting forever with backoff.
     pub async fn connect(config: NatsConfig, hub_id: &str) -> Result<Self, NatsError> {
         if config.servers.is_empty() {
-            return Err(NatsError::Config("no server URL".into()));
+            return Err(NatsError::NoServer);
         }
         let mut options = async_nats::ConnectOptions::new()
             .name(format!("herald {hub_id}"))
@@ -236,9 +299,14 @@ impl NatsLink {
             options = options.user_and_password(user.clone(), password.clone());
         }
         if let Some(path) = &config.credentials_file {
-            options = options.credentials_file(path).await.map_err(|error| {
-                NatsError::Config(format!("cannot read {}: {error}", path.display()))
-            })?;
+            options =
+                options
+                    .credentials_file(path)
+                    .await
+                    .map_err(|source| NatsError::Credentials {
+                        path: path.clone(),
+                        source,
+                    })?;
         }
         if let Some(ca) = &config.tls_ca {
             options = options.add_root_certificates(ca.clone());
@@ -253,18 +321,16 @@ impl NatsLink {
             .servers
             .iter()
             .map(|url| {
-                url.parse().map_err(|error| {
-                    NatsError::Config(format!(
-                        "`{}` is not a NATS URL: {error}",
-                        herald_store::redact_url(url)
-                    ))
+                url.parse().map_err(|source| NatsError::Url {
+                    url: herald_store::redact_url(url),
+                    source,
                 })
             })
             .collect::<Result<_, _>>()?;
         let client = options
             .connect(addresses)
             .await
-            .map_err(|error| NatsError::Connect(error.to_string()))?;
+            .map_err(NatsError::Connect)?;
         let jetstream = jetstream::new(client.clone());
         let uses_stream = config.relay || !config.bridge.is_empty();
         Ok(NatsLink {
@@ -295,18 +361,23 @@ impl NatsLink {
     }
 
     /// Creates the stream, or brings an existing one's settings in line with ours.
-    pub async fn ensure_stream(&self) -> Result<(), String> {
+    pub async fn ensure_stream(&self) -> Result<(), StreamSetupError> {
         let result = self.try_ensure_stream().await;
         self.stream_failing
             .store(result.is_err(), std::sync::atomic::Ordering::Relaxed);
         result
     }
 
-    async fn try_ensure_stream(&self) -> Result<(), String> {
+    async fn try_ensure_stream(&self) -> Result<(), StreamSetupError> {
+        use StreamSetupErrorKind::*;
         let wanted = self.config.stream.to_config();
+        let name = self.config.stream.name.as_str();
         match self.jetstream.get_stream(&wanted.name).await {
             Ok(mut stream) => {
-                let info = stream.info().await.map_err(|e| e.to_string())?;
+                let info = stream
+                    .info()
+                    .await
+                    .map_err(|e| StreamSetupError::new(Info, name, e))?;
                 let current = &info.config;
                 if current.subjects != wanted.subjects
                     || current.max_messages != wanted.max_messages
@@ -317,7 +388,7 @@ impl NatsLink {
                     self.jetstream
                         .update_stream(wanted)
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| StreamSetupError::new(Update, name, e))?;
                     tracing::info!(stream = %self.config.stream.name, "Updated the JetStream stream's settings.");
                 }
                 Ok(())
@@ -332,11 +403,11 @@ impl NatsLink {
                 self.jetstream
                     .create_stream(wanted)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| StreamSetupError::new(Create, name, e))?;
                 tracing::info!(stream = %self.config.stream.name, "Created the JetStream stream.");
                 Ok(())
             }
-            Err(error) => Err(error.to_string()),
+            Err(error) => Err(StreamSetupError::new(Lookup, name, error)),
         }
     }
 }

@@ -20,7 +20,7 @@ use async_nats::jetstream::publish::PublishAck;
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
 use herald_core::{Seq, Timestamp};
-use herald_store::{Query, Store};
+use herald_store::{Query, Store, StoreError};
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -36,6 +36,65 @@ const SAVE_EVERY: Duration = Duration::from_millis(200);
 /// Wake-up when no commit notification arrives (covers a missed one).
 const POLL: Duration = Duration::from_secs(1);
 
+/// Why a relay run stopped. The kind decides what comes next (see [`RelayError::next`]).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RelayError {
+    #[error(transparent)]
+    Stream(#[from] super::StreamSetupError),
+    #[error("{doing}: {source}")]
+    Store {
+        doing: &'static str,
+        #[source]
+        source: StoreError,
+    },
+    #[error("publishing seq {seq}: {source}")]
+    Publish {
+        seq: Seq,
+        #[source]
+        source: async_nats::jetstream::context::PublishError,
+    },
+    #[error("no PubAck for seq {seq}: {source}")]
+    NoAck {
+        seq: Seq,
+        #[source]
+        source: async_nats::jetstream::context::PublishError,
+    },
+    #[error("disconnected from NATS")]
+    Disconnected,
+    #[error("the log reader stopped")]
+    ReaderStopped,
+}
+
+/// What the relay does after a failed run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// A passing failure (NATS away, the store busy or down): back off and resume.
+    Retry,
+    /// A failure that a retry does not fix by itself (corrupt data, a bug, a store the
+    /// operator must repair): said loudly, then retried at the slowest pace, since
+    /// stopping would hold every later event back from JetStream for good.
+    Alert,
+    /// The store was closed: the hub is going away.
+    Stop,
+}
+
+impl RelayError {
+    fn store(doing: &'static str) -> impl FnOnce(StoreError) -> Self {
+        move |source| RelayError::Store { doing, source }
+    }
+
+    pub(crate) fn next(&self) -> Next {
+        match self {
+            RelayError::Store {
+                source: StoreError::Closed,
+                ..
+            } => Next::Stop,
+            RelayError::Store { source, .. } if !source.is_unavailable() => Next::Alert,
+            _ => Next::Retry,
+        }
+    }
+}
+
 /// Name of the relay's cursor in the store.
 pub(crate) fn cursor_name(stream: &str, hub_id: &str) -> String {
     format!("nats-relay:{stream}:{hub_id}")
@@ -50,31 +109,39 @@ pub(crate) async fn run(inner: Arc<Inner>, link: NatsLink) {
             () = link.wait_connected() => {}
             () = inner.shutdown.cancelled() => break,
         }
-        if let Err(error) = link.ensure_stream().await {
-            tracing::warn!(%error, "Cannot set up the JetStream stream; retrying.");
-            metrics::counter!("herald_relay_errors_total").increment(1);
-            if pause(&inner, &mut failures).await {
+        let result = match link.ensure_stream().await {
+            Ok(()) => relay(&inner, &link, &name, &mut acked).await,
+            Err(error) => Err(error.into()),
+        };
+        let Err(error) = result else { break };
+        metrics::counter!("herald_relay_errors_total").increment(1);
+        let acked = acked.unwrap_or(0);
+        match error.next() {
+            Next::Stop => {
+                tracing::info!(%error, acked, "The store is closed; the relay stops.");
                 break;
             }
-            continue;
-        }
-        match relay(&inner, &link, &name, &mut acked).await {
-            Ok(()) => break,
-            Err(error) => {
-                tracing::warn!(%error, acked = acked.unwrap_or(0), "Relay to JetStream interrupted; resuming after the last acknowledged event.");
-                metrics::counter!("herald_relay_errors_total").increment(1);
-                if pause(&inner, &mut failures).await {
-                    break;
-                }
+            Next::Alert => {
+                tracing::error!(%error, acked, "Relay to JetStream failed, and retrying may not help; retrying slowly.");
+                failures = failures.max(MAX_BACKOFF_STEP);
             }
+            Next::Retry => {
+                tracing::warn!(%error, acked, "Relay to JetStream interrupted; resuming after the last acknowledged event.");
+            }
+        }
+        if pause(&inner, &mut failures).await {
+            break;
         }
     }
     tracing::debug!("Relay stopped.");
 }
 
+/// The doubling of the back-off stops here (100 ms << 5 = 3.2 s).
+const MAX_BACKOFF_STEP: u32 = 5;
+
 /// Backs off after a failure; true when the hub is shutting down.
 async fn pause(inner: &Inner, failures: &mut u32) -> bool {
-    let delay = Duration::from_millis(100u64 << (*failures).min(5));
+    let delay = Duration::from_millis(100u64 << (*failures).min(MAX_BACKOFF_STEP));
     *failures += 1;
     tokio::select! {
         () = tokio::time::sleep(delay) => false,
@@ -126,12 +193,12 @@ async fn relay(
     link: &NatsLink,
     name: &str,
     acked: &mut Option<Seq>,
-) -> Result<(), String> {
+) -> Result<(), RelayError> {
     let stored = inner
         .store
         .load_cursor(name)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(RelayError::store("loading the relay cursor"))?;
     let mut done = acked.unwrap_or(0).max(stored);
     *acked = Some(done);
     let mut saved = stored;
@@ -164,7 +231,7 @@ async fn relay(
                 return Ok(());
             }
             Some((seq, committed, ack)) = acks.next(), if !acks.is_empty() => {
-                let ack: PublishAck = ack.map_err(|e| format!("no PubAck for seq {seq}: {e}"))?;
+                let ack: PublishAck = ack.map_err(|source| RelayError::NoAck { seq, source })?;
                 if !ack.duplicate {
                     metrics::counter!("herald_relay_published_total").increment(1);
                 }
@@ -174,16 +241,16 @@ async fn relay(
                 done = if acks.is_empty() { read_to } else { seq };
             }
             page = pages.recv(), if acks.len() <= WINDOW - PAGE => {
-                let page: Prepared = page.ok_or("the log reader stopped")??;
+                let page: Prepared = page.ok_or(RelayError::ReaderStopped)??;
                 for event in page.events {
                     if !link.is_connected() {
-                        return Err("disconnected from NATS".into());
+                        return Err(RelayError::Disconnected);
                     }
                     let ack = link
                         .jetstream
                         .publish_with_headers(event.subject, event.headers, event.body)
                         .await
-                        .map_err(|e| format!("publishing seq {}: {e}", event.seq))?;
+                        .map_err(|source| RelayError::Publish { seq: event.seq, source })?;
                     let (seq, committed) = (event.seq, event.committed);
                     acks.push_back(Box::pin(async move { (seq, committed, ack.await) }));
                 }
@@ -209,7 +276,7 @@ async fn read_ahead(
     inner: Arc<Inner>,
     link: NatsLink,
     from: Seq,
-    pages: mpsc::Sender<Result<Prepared, String>>,
+    pages: mpsc::Sender<Result<Prepared, RelayError>>,
 ) {
     let hub_id = inner.config.hub_id.as_str();
     let mut read_to = from;
@@ -228,7 +295,8 @@ async fn read_ahead(
             {
                 Ok(page) => page,
                 Err(error) => {
-                    let _ = pages.send(Err(error.to_string())).await;
+                    let error = RelayError::store("reading the log")(error);
+                    let _ = pages.send(Err(error)).await;
                     return;
                 }
             };
@@ -271,7 +339,8 @@ async fn read_ahead(
             match inner.store.head().await {
                 Ok(store_head) => head = head.max(store_head),
                 Err(error) => {
-                    let _ = pages.send(Err(error.to_string())).await;
+                    let error = RelayError::store("reading the log's head")(error);
+                    let _ = pages.send(Err(error)).await;
                     return;
                 }
             }
@@ -280,12 +349,50 @@ async fn read_ahead(
     }
 }
 
-async fn save(inner: &Inner, name: &str, seq: Seq, saved: &mut Seq) -> Result<(), String> {
+async fn save(inner: &Inner, name: &str, seq: Seq, saved: &mut Seq) -> Result<(), RelayError> {
     inner
         .store
         .save_cursor(name, seq)
         .await
-        .map_err(|e| format!("saving the relay cursor: {e}"))?;
+        .map_err(RelayError::store("saving the relay cursor"))?;
     *saved = seq;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_failure(source: StoreError) -> RelayError {
+        RelayError::store("saving the relay cursor")(source)
+    }
+
+    #[test]
+    fn an_unavailable_store_is_retried() {
+        let error = store_failure(StoreError::Unavailable("database down".into()));
+        assert_eq!(error.next(), Next::Retry);
+        assert_eq!(
+            error.to_string(),
+            "saving the relay cursor: store unavailable: database down"
+        );
+    }
+
+    #[test]
+    fn a_broken_store_is_said_loudly_and_a_closed_one_stops_the_relay() {
+        assert_eq!(
+            store_failure(StoreError::Corrupt("bad row".into())).next(),
+            Next::Alert
+        );
+        assert_eq!(
+            store_failure(StoreError::Internal("bug".into())).next(),
+            Next::Alert
+        );
+        assert_eq!(store_failure(StoreError::Closed).next(), Next::Stop);
+    }
+
+    #[test]
+    fn nats_failures_are_retried() {
+        assert_eq!(RelayError::Disconnected.next(), Next::Retry);
+        assert_eq!(RelayError::ReaderStopped.next(), Next::Retry);
+    }
 }

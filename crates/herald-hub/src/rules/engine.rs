@@ -94,7 +94,7 @@ pub(super) async fn run(hub: Hub, entry: Arc<Entry>, start: Start) {
                     pending.remove(&seq);
                     if let Err(error) = done {
                         if error.is_panic() {
-                            record(&entry, seq, None, Err("the handler panicked".into()));
+                            record(&entry, seq, None, Err(ActionError::HandlerPanicked));
                         }
                     }
                 }
@@ -156,7 +156,7 @@ async fn pump(
 async fn act(hub: Hub, entry: Arc<Entry>, event: Arc<Event>) {
     let started = std::time::Instant::now();
     let result = match &entry.target {
-        Target::Handler(handler) => handler(event.clone()).await,
+        Target::Handler(handler) => handler(event.clone()).await.map_err(ActionError::Handler),
         Target::Action(Action::Webhook(webhook)) => {
             let body = Bytes::from(envelope::to_json(&event));
             let lane = entry
@@ -168,6 +168,7 @@ async fn act(hub: Hub, entry: Arc<Entry>, event: Arc<Event>) {
                 .delivery
                 .deliver(&entry.id, webhook, lane, &event, body, &entry.counters)
                 .await
+                .map_err(ActionError::from)
         }
         Target::Action(Action::Republish { subject }) => {
             republish(&hub, &entry.id, subject, &event).await
@@ -178,7 +179,23 @@ async fn act(hub: Hub, entry: Arc<Entry>, event: Arc<Event>) {
         .record(started.elapsed().as_secs_f64());
 }
 
-fn record(entry: &Entry, seq: Seq, event: Option<&Event>, result: Result<(), String>) {
+/// Why a rule's action failed for one event (logged; the event is given up).
+#[derive(Debug, thiserror::Error)]
+enum ActionError {
+    /// A handler closure's own words.
+    #[error("{0}")]
+    Handler(String),
+    #[error("the handler panicked")]
+    HandlerPanicked,
+    #[error(transparent)]
+    Webhook(#[from] super::webhook::DeliveryError),
+    #[error("NATS is not configured on this hub")]
+    NoNats,
+    #[error("cannot publish to NATS: {0}")]
+    Republish(#[source] async_nats::PublishError),
+}
+
+fn record(entry: &Entry, seq: Seq, event: Option<&Event>, result: Result<(), ActionError>) {
     let outcome = match result {
         Ok(()) => {
             entry.counters.delivered.fetch_add(1, Ordering::Relaxed);
@@ -212,10 +229,8 @@ async fn republish(
     rule: &RuleId,
     subject: &Subject,
     event: &Event,
-) -> Result<(), String> {
-    let client = hub
-        .nats_client()
-        .ok_or_else(|| "NATS is not configured on this hub".to_owned())?;
+) -> Result<(), ActionError> {
+    let client = hub.nats_client().ok_or(ActionError::NoNats)?;
     let mut headers = crate::nats::event_headers(event, hub.hub_id());
     headers.insert("Nats-Msg-Id", format!("{rule}:{}", event.id).as_str());
     client
@@ -225,5 +240,5 @@ async fn republish(
             envelope::to_json(event).into(),
         )
         .await
-        .map_err(|error| format!("cannot publish to NATS: {error}"))
+        .map_err(ActionError::Republish)
 }

@@ -18,7 +18,7 @@ use herald_core::{Pattern, Subject, Timestamp};
 use herald_store::StoredRule;
 use serde::{Deserialize, Serialize};
 
-use super::{Action, CircuitBreaker, RuleId, RuleSpec, Webhook};
+use super::{Action, CircuitBreaker, RuleError, RuleId, RuleSpec, Webhook};
 
 #[derive(Serialize, Deserialize)]
 struct Body {
@@ -79,9 +79,22 @@ pub(super) fn encode(spec: &RuleSpec, created_at: Timestamp) -> String {
     serde_json::to_string(&body).expect("a rule serializes")
 }
 
+/// Why a stored rule cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum DecodeError {
+    #[error("the rule's body is not the expected JSON: {0}")]
+    Body(#[from] serde_json::Error),
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    #[error(transparent)]
+    Subject(#[from] herald_core::SubjectError),
+    #[error(transparent)]
+    Timestamp(#[from] herald_core::TimestampError),
+}
+
 /// The spec (with its id) and creation time of a stored rule.
-pub(super) fn decode(rule: &StoredRule) -> Result<(RuleSpec, Timestamp), String> {
-    let body: Body = serde_json::from_str(&rule.body).map_err(|e| e.to_string())?;
+pub(super) fn decode(rule: &StoredRule) -> Result<(RuleSpec, Timestamp), DecodeError> {
+    let body: Body = serde_json::from_str(&rule.body)?;
     let action = match body.action {
         ActionBody::Webhook {
             url,
@@ -95,32 +108,30 @@ pub(super) fn decode(rule: &StoredRule) -> Result<(RuleSpec, Timestamp), String>
                     b.failure_threshold,
                     Duration::from_millis(b.cool_down_ms),
                     Duration::from_millis(b.max_cool_down_ms),
-                )
-                .map_err(|e| e.to_string())?,
+                )?,
                 None => CircuitBreaker::default(),
             };
             let mut webhook = Webhook::new(&url)
                 .and_then(|w| w.with_timeout(Duration::from_millis(timeout_ms)))
-                .and_then(|w| w.with_max_attempts(max_attempts))
-                .map_err(|e| e.to_string())?
+                .and_then(|w| w.with_max_attempts(max_attempts))?
                 .with_circuit_breaker(breaker);
             if let Some(secret) = secret {
-                webhook = webhook.with_secret(&secret).map_err(|e| e.to_string())?;
+                webhook = webhook.with_secret(&secret)?;
             }
             Action::Webhook(webhook)
         }
         ActionBody::Republish { subject } => Action::Republish {
-            subject: Subject::new(subject).map_err(|e| e.to_string())?,
+            subject: Subject::new(subject)?,
         },
     };
     let spec = RuleSpec {
-        id: Some(RuleId::new(rule.id.clone()).map_err(|e| e.to_string())?),
-        subject_pattern: Pattern::parse(&body.subject_pattern).map_err(|e| e.to_string())?,
+        id: Some(RuleId::new(rule.id.clone())?),
+        subject_pattern: Pattern::parse(&body.subject_pattern)?,
         action,
         enabled: body.enabled,
         description: body.description,
     };
-    let created_at = Timestamp::parse(&body.created_at).map_err(|e| e.to_string())?;
+    let created_at = Timestamp::parse(&body.created_at)?;
     Ok((spec, created_at))
 }
 

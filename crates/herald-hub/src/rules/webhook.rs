@@ -316,9 +316,24 @@ fn sign(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
     )
 }
 
+/// Why a delivery was given up.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum DeliveryError {
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[source] Arc<reqwest::Error>),
+    #[error("the hub is shutting down")]
+    ShuttingDown,
+    /// The receiver answered with a status that says a retry will not help (3xx, 4xx).
+    #[error("answered {0}")]
+    Refused(StatusCode),
+    /// Every attempt failed in a way worth retrying; `last` says how the last one did.
+    #[error("{last}; gave up after {attempts} attempts")]
+    GaveUp { last: String, attempts: u32 },
+}
+
 /// The HTTP client and the hub-wide pool of request slots (see the module docs).
 pub(crate) struct Delivery {
-    client: OnceLock<Result<reqwest::Client, String>>,
+    client: OnceLock<Result<reqwest::Client, Arc<reqwest::Error>>>,
     shared: Arc<Semaphore>,
 }
 
@@ -343,8 +358,8 @@ enum Attempt {
     Delivered,
     /// Failed; worth trying again (after at least this long, if the receiver said).
     Retry(String, Option<Duration>),
-    /// Failed for good.
-    Fatal(String),
+    /// Refused for good.
+    Refused(StatusCode),
 }
 
 impl Delivery {
@@ -355,7 +370,7 @@ impl Delivery {
         }
     }
 
-    fn client(&self) -> Result<&reqwest::Client, String> {
+    fn client(&self) -> Result<&reqwest::Client, DeliveryError> {
         self.client
             .get_or_init(|| {
                 reqwest::Client::builder()
@@ -363,15 +378,15 @@ impl Delivery {
                     .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
                     .connect_timeout(Duration::from_secs(10))
                     .build()
-                    .map_err(|e| format!("cannot build the HTTP client: {e}"))
+                    .map_err(Arc::new)
             })
             .as_ref()
-            .map_err(Clone::clone)
+            .map_err(|error| DeliveryError::Client(error.clone()))
     }
 
     /// A request slot for `lane`'s rule: its own if free, else the first of its own or
     /// one of the pool.
-    async fn slot<'a>(&'a self, lane: &'a Lane) -> Result<SemaphorePermit<'a>, String> {
+    async fn slot<'a>(&'a self, lane: &'a Lane) -> Result<SemaphorePermit<'a>, DeliveryError> {
         if let Ok(permit) = lane.reserved.try_acquire() {
             return Ok(permit);
         }
@@ -380,7 +395,7 @@ impl Delivery {
             permit = lane.reserved.acquire() => permit,
             permit = self.shared.acquire() => permit,
         };
-        permit.map_err(|_| "the hub is shutting down".to_owned())
+        permit.map_err(|_| DeliveryError::ShuttingDown)
     }
 
     /// Delivers one event, retrying as the module docs say, each attempt once the rule's
@@ -393,7 +408,7 @@ impl Delivery {
         event: &Event,
         body: Bytes,
         counters: &Counters,
-    ) -> Result<(), String> {
+    ) -> Result<(), DeliveryError> {
         let client = self.client()?;
         let msg_id = message_id(rule, event.id);
         let mut attempt = 1;
@@ -405,13 +420,16 @@ impl Delivery {
             };
             pass.settle(match outcome {
                 Attempt::Retry(..) => Health::Down,
-                Attempt::Delivered | Attempt::Fatal(_) => Health::Up,
+                Attempt::Delivered | Attempt::Refused(_) => Health::Up,
             });
             match outcome {
                 Attempt::Delivered => return Ok(()),
-                Attempt::Fatal(reason) => return Err(reason),
-                Attempt::Retry(reason, _) if attempt >= webhook.max_attempts => {
-                    return Err(format!("{reason}; gave up after {attempt} attempts"));
+                Attempt::Refused(status) => return Err(DeliveryError::Refused(status)),
+                Attempt::Retry(last, _) if attempt >= webhook.max_attempts => {
+                    return Err(DeliveryError::GaveUp {
+                        last,
+                        attempts: attempt,
+                    });
                 }
                 Attempt::Retry(reason, retry_after) => {
                     counters
@@ -486,7 +504,7 @@ async fn send(client: &reqwest::Client, webhook: &Webhook, msg_id: &str, body: B
     {
         Attempt::Retry(format!("answered {status}"), retry_after)
     } else {
-        Attempt::Fatal(format!("answered {status}"))
+        Attempt::Refused(status)
     }
 }
 

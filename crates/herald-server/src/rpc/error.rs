@@ -139,7 +139,10 @@ mod tests {
 
     #[test]
     fn unavailable_store_is_retryable() {
-        let error = RpcError::from(HubError::Unavailable("disk full".into())).to_wire();
+        let error = RpcError::from(HubError::from(herald_store::StoreError::Unavailable(
+            "disk full".into(),
+        )))
+        .to_wire();
         assert_eq!(error.code, -32000);
         assert!(error.message.contains("disk full"), "{}", error.message);
         assert_eq!(error.data["code"], "store_unavailable");

@@ -643,12 +643,11 @@ pub(crate) fn get_by_id(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<
 
 /// Decodes a row selected with [`EVENT_COLUMNS`].
 pub(crate) fn row_to_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
-    fn corrupt(column: usize, message: String) -> rusqlite::Error {
-        rusqlite::Error::FromSqlConversionFailure(
-            column,
-            rusqlite::types::Type::Text,
-            message.into(),
-        )
+    fn corrupt(
+        column: usize,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> rusqlite::Error {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, error.into())
     }
     let uuid = |column: usize| -> rusqlite::Result<Uuid> {
         let bytes: [u8; 16] = row.get(column)?;

@@ -164,7 +164,7 @@ async fn write(
     let head_ts: i64 = head.get(1);
     let mut stored: HashMap<Uuid, Event> = HashMap::with_capacity(stored_rows.len());
     for row in &stored_rows {
-        let event = decode_row(row).map_err(StoreError::Corrupt)?;
+        let event = decode_row(row).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         stored.insert(event.id, event);
     }
 

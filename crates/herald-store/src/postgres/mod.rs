@@ -643,16 +643,33 @@ impl Store for PostgresStore {
 
 /// Decodes a row selected with [`EVENT_COLUMNS`]; a row that does not decode is corrupt.
 pub(crate) fn row_to_event(row: &tokio_postgres::Row) -> Result<Event> {
-    decode_row(row).map_err(StoreError::Corrupt)
+    decode_row(row).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-pub(crate) fn decode_row(row: &tokio_postgres::Row) -> Result<Event, String> {
+/// Why an event row cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RowError {
+    #[error("column {index} of an event row: {source}")]
+    Column {
+        index: usize,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("stored subject: {0}")]
+    Subject(#[source] herald_core::SubjectError),
+    #[error("stored payload: {0}")]
+    Payload(#[source] herald_core::PayloadTextError),
+    #[error("stored cloudevent: {0}")]
+    CloudEvent(#[source] crate::codec::CloudEventCodecError),
+}
+
+pub(crate) fn decode_row(row: &tokio_postgres::Row) -> Result<Event, RowError> {
     fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
         row: &'a tokio_postgres::Row,
         index: usize,
-    ) -> Result<T, String> {
+    ) -> Result<T, RowError> {
         row.try_get(index)
-            .map_err(|e| format!("column {index} of an event row: {e}"))
+            .map_err(|source| RowError::Column { index, source })
     }
     let seq: i64 = column(row, 0)?;
     let subject: String = column(row, 2)?;
@@ -660,7 +677,7 @@ pub(crate) fn decode_row(row: &tokio_postgres::Row) -> Result<Event, String> {
     Ok(Event {
         seq: seq as Seq,
         id: column(row, 1)?,
-        subject: Subject::from_stored(subject).map_err(|e| format!("stored subject: {e}"))?,
+        subject: Subject::from_stored(subject).map_err(RowError::Subject)?,
         correlation_id: column(row, 3)?,
         timestamp: Timestamp::from_micros(column(row, 4)?),
         origin: Origin {
@@ -668,12 +685,11 @@ pub(crate) fn decode_row(row: &tokio_postgres::Row) -> Result<Event, String> {
             service: column(row, 6)?,
             user: column(row, 7)?,
         },
-        payload: Payload::from_json(payload).map_err(|e| format!("stored payload: {e}"))?,
+        payload: Payload::from_json(payload).map_err(RowError::Payload)?,
         cloudevent: match column::<Option<String>>(row, 9)? {
             None => None,
             Some(text) => Some(Box::new(
-                crate::codec::decode_cloudevent(&text)
-                    .map_err(|e| format!("stored cloudevent: {e}"))?,
+                crate::codec::decode_cloudevent(&text).map_err(RowError::CloudEvent)?,
             )),
         },
     })

@@ -51,12 +51,55 @@ pub(crate) struct TlsSettings {
     pub root_cert: Option<Roots>,
 }
 
+/// Why the TLS settings of a URL cannot work (the operator must fix the URL or files).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TlsError {
+    #[error(transparent)]
+    Url(#[from] tokio_postgres::Error),
+    #[error(
+        "sslrootcert=system needs sslmode=verify-full (a weaker mode would trust any \
+         public certificate for any host)"
+    )]
+    SystemRootsNeedVerifyFull,
+    #[error(
+        "sslmode=allow is not supported; use prefer (TLS when the server offers it) or disable"
+    )]
+    AllowUnsupported,
+    #[error("invalid percent-encoding in `{0}`")]
+    PercentEncoding(String),
+    #[error("`{0}` does not decode to UTF-8")]
+    NotUtf8(String),
+    #[error("cannot read sslrootcert {}: {source}", path.display())]
+    ReadRoots {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("sslrootcert {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("sslrootcert {}: a certificate is unusable: {source}", path.display())]
+    UnusableCertificate {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error(
+        "no trusted root certificates in the system's store ({0}); install them \
+         (e.g. the ca-certificates package) or name a CA file with sslrootcert=/path/ca.pem"
+    )]
+    NoSystemRoots(String),
+    #[error("cannot set up certificate verification: {0}")]
+    Verifier(#[source] rustls::client::VerifierBuilderError),
+    #[error("cannot set up TLS: {0}")]
+    Protocols(#[source] rustls::Error),
+}
+
 /// Parses a connection string (a `postgres://` URL, or libpq's `key=value` form) into
 /// tokio-postgres's config and the TLS settings. Only the URL form may use
 /// `sslmode=verify-ca`/`verify-full` and `sslrootcert`.
-pub(crate) fn prepare(url: &str) -> Result<(tokio_postgres::Config, TlsSettings), String> {
+pub(crate) fn prepare(url: &str) -> Result<(tokio_postgres::Config, TlsSettings), TlsError> {
     let (cleaned, mode, root_cert) = split_url(url)?;
-    let config: tokio_postgres::Config = cleaned.parse().map_err(|e| format!("{e}"))?;
+    let config: tokio_postgres::Config = cleaned.parse()?;
     let root_cert = match root_cert.as_deref() {
         None | Some("") => None,
         Some("system") => Some(Roots::System),
@@ -74,11 +117,7 @@ pub(crate) fn prepare(url: &str) -> Result<(tokio_postgres::Config, TlsSettings)
         },
     };
     if root_cert == Some(Roots::System) && mode != SslMode::VerifyFull {
-        return Err(
-            "sslrootcert=system needs sslmode=verify-full (a weaker mode would trust any \
-             public certificate for any host)"
-                .into(),
-        );
+        return Err(TlsError::SystemRootsNeedVerifyFull);
     }
     let mut config = config;
     if mode != SslMode::Disable && mode != SslMode::Prefer {
@@ -90,7 +129,7 @@ pub(crate) fn prepare(url: &str) -> Result<(tokio_postgres::Config, TlsSettings)
 /// Takes `sslmode=verify-*` and `sslrootcert` out of a URL's query: the URL left for
 /// tokio-postgres (asking it for `sslmode=require` instead), the `sslmode` given (if
 /// any) and the `sslrootcert` given (if any), both percent-decoded.
-fn split_url(url: &str) -> Result<(String, Option<String>, Option<String>), String> {
+fn split_url(url: &str) -> Result<(String, Option<String>, Option<String>), TlsError> {
     let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
     let Some((base, query)) = url.split_once('?').filter(|_| is_url) else {
         return Ok((url.to_owned(), None, None));
@@ -104,11 +143,7 @@ fn split_url(url: &str) -> Result<(String, Option<String>, Option<String>), Stri
                 let value = percent_decode(value)?;
                 match value.as_str() {
                     "verify-ca" | "verify-full" => kept.push("sslmode=require".to_owned()),
-                    "allow" => {
-                        return Err("sslmode=allow is not supported; use prefer (TLS when the \
-                                    server offers it) or disable"
-                            .into())
-                    }
+                    "allow" => return Err(TlsError::AllowUnsupported),
                     _ => kept.push(pair.to_owned()),
                 }
                 mode = Some(value);
@@ -126,7 +161,7 @@ fn split_url(url: &str) -> Result<(String, Option<String>, Option<String>), Stri
 }
 
 /// `%XX` escapes to bytes (as tokio-postgres decodes URL parameters; `+` stays `+`).
-fn percent_decode(text: &str) -> Result<String, String> {
+fn percent_decode(text: &str) -> Result<String, TlsError> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -135,7 +170,7 @@ fn percent_decode(text: &str) -> Result<String, String> {
             let hex = text
                 .get(i + 1..i + 3)
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("invalid percent-encoding in `{text}`"))?;
+                .ok_or_else(|| TlsError::PercentEncoding(text.to_owned()))?;
             out.push(hex);
             i += 3;
         } else {
@@ -143,12 +178,12 @@ fn percent_decode(text: &str) -> Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| format!("`{text}` does not decode to UTF-8"))
+    String::from_utf8(out).map_err(|_| TlsError::NotUtf8(text.to_owned()))
 }
 
 /// The connector for these settings. Trusted roots are loaded here, once (a missing or
 /// unreadable `sslrootcert` fails now, not at the first connection).
-pub(crate) fn connector(settings: &TlsSettings) -> Result<Tls, String> {
+pub(crate) fn connector(settings: &TlsSettings) -> Result<Tls, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier: Arc<dyn ServerCertVerifier> = match (settings.mode, &settings.root_cert) {
         (SslMode::Disable, _) | (SslMode::Prefer | SslMode::Require, None) => {
@@ -171,35 +206,38 @@ pub(crate) fn connector(settings: &TlsSettings) -> Result<Tls, String> {
             let roots = load_roots(roots.as_ref().unwrap_or(&Roots::System))?;
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
-                .map_err(|e| format!("cannot set up certificate verification: {e}"))?
+                .map_err(TlsError::Verifier)?
         }
     };
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("cannot set up TLS: {e}"))?
+        .map_err(TlsError::Protocols)?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
-fn load_roots(roots: &Roots) -> Result<RootCertStore, String> {
+fn load_roots(roots: &Roots) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     match roots {
         Roots::File(path) => {
-            let shown = path.display();
             let certs = CertificateDer::pem_file_iter(path)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("cannot read sslrootcert {shown}: {e}"))?;
+                .map_err(|source| TlsError::ReadRoots {
+                    path: path.clone(),
+                    source,
+                })?;
             if certs.is_empty() {
-                return Err(format!(
-                    "sslrootcert {shown} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
-                ));
+                return Err(TlsError::NoCertificate { path: path.clone() });
             }
             for cert in certs {
                 store
                     .add(cert)
-                    .map_err(|e| format!("sslrootcert {shown}: a certificate is unusable: {e}"))?;
+                    .map_err(|source| TlsError::UnusableCertificate {
+                        path: path.clone(),
+                        source,
+                    })?;
             }
         }
         Roots::System => {
@@ -207,15 +245,11 @@ fn load_roots(roots: &Roots) -> Result<RootCertStore, String> {
             let (added, _) = store.add_parsable_certificates(found.certs);
             if added == 0 {
                 let errors: Vec<String> = found.errors.iter().map(|e| e.to_string()).collect();
-                return Err(format!(
-                    "no trusted root certificates in the system's store ({}); install them \
-                     (e.g. the ca-certificates package) or name a CA file with sslrootcert=/path/ca.pem",
-                    if errors.is_empty() {
-                        "none found".to_owned()
-                    } else {
-                        errors.join("; ")
-                    }
-                ));
+                return Err(TlsError::NoSystemRoots(if errors.is_empty() {
+                    "none found".to_owned()
+                } else {
+                    errors.join("; ")
+                }));
             }
         }
     }
@@ -318,7 +352,7 @@ impl ServerCertVerifier for CertVerifier {
 mod tests {
     use super::*;
 
-    fn settings(url: &str) -> Result<TlsSettings, String> {
+    fn settings(url: &str) -> Result<TlsSettings, TlsError> {
         prepare(url).map(|(_, settings)| settings)
     }
 
@@ -392,7 +426,11 @@ mod tests {
             root_cert: Some(Roots::File("/nonexistent/ca.pem".into())),
         };
         let error = connector(&settings).err().unwrap();
-        assert!(error.contains("/nonexistent/ca.pem"), "{error}");
+        assert!(
+            matches!(&error, TlsError::ReadRoots { path, .. } if path.ends_with("ca.pem")),
+            "{error}"
+        );
+        assert!(error.to_string().contains("/nonexistent/ca.pem"), "{error}");
         let disabled = TlsSettings {
             mode: SslMode::Disable,
             ..settings
