@@ -36,7 +36,9 @@ mod follower;
 pub mod log_throttle;
 pub mod nats;
 pub mod rules;
+mod services;
 mod subscription;
+mod tail;
 pub mod write_health;
 
 use std::collections::HashMap;
@@ -52,6 +54,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use nats::{HubPresence, NatsConfig, NatsStatus, StreamSettings};
+pub use services::{ServiceInfo, ServiceState};
 pub use subscription::{StartAt, Subscription};
 pub use write_health::WriteState;
 
@@ -167,7 +170,8 @@ struct Inner {
     writes: write_health::WriteHealth,
     next_subscriber: AtomicU64,
     shutdown: CancellationToken,
-    committer_done: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Every background task, started here and stopped in order by [`Hub::shutdown`].
+    services: services::Services,
     /// Set when other processes write to the store too: fan-out then follows the log
     /// (see [`follower`]) instead of local commits, and this wakes it after each one.
     follow_log: Option<tokio::sync::Notify>,
@@ -179,9 +183,6 @@ struct Inner {
     /// Tells this process apart from others with the same hub id.
     instance_id: Uuid,
     started_at: Timestamp,
-    /// Tasks that follow the log (relay, bridge, presence): awaited at shutdown so that
-    /// they save their cursors before the store closes.
-    followers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Routing rules and their consumers (see [`rules`]).
     rules: rules::Rules,
     /// Cursors of the rule consumers, saved together (see [`cursors`]).
@@ -193,8 +194,8 @@ struct Inner {
 struct RelayStatus {
     /// Every event of this hub up to here has a PubAck.
     cursor: AtomicU64,
-    /// The log's head as the relay last saw it.
-    head: AtomicU64,
+    /// The log's head as the relay last saw it (its tail's reader reports it).
+    head: Arc<AtomicU64>,
 }
 
 /// Live subscribers, and how far fan-out has got. One lock, so a subscriber that
@@ -248,7 +249,7 @@ impl Hub {
             writes: write_health::WriteHealth::default(),
             next_subscriber: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
-            committer_done: tokio::sync::Mutex::new(None),
+            services: services::Services::default(),
             follow_log: external_commits
                 .as_ref()
                 .map(|_| tokio::sync::Notify::new()),
@@ -258,40 +259,10 @@ impl Hub {
             presence: Default::default(),
             instance_id: Uuid::new_v4(),
             started_at: Timestamp::now(),
-            followers: Mutex::new(Vec::new()),
             cursors: cursors::CursorBook::default(),
             rules,
         });
-        if let Some(commits) = external_commits {
-            tokio::spawn(follower::run(inner.clone(), commits));
-        }
-        if let Some(link) = &inner.nats {
-            let mut tasks = Vec::new();
-            if link.config.relay {
-                tasks.push(tokio::spawn(nats::relay::run(inner.clone(), link.clone())));
-            }
-            for pattern in &link.config.bridge {
-                tasks.push(tokio::spawn(nats::bridge::run(
-                    inner.clone(),
-                    link.clone(),
-                    pattern.clone(),
-                )));
-            }
-            if let Some(interval) = link.config.presence_interval {
-                tasks.push(tokio::spawn(nats::presence::run(
-                    inner.clone(),
-                    link.clone(),
-                    interval,
-                )));
-            }
-            *inner.followers.lock().expect("followers lock") = tasks;
-        }
-        tokio::spawn(cursors::run(inner.clone()));
-        let handle = tokio::spawn(committer::run(inner.clone(), publish_rx));
-        *inner
-            .committer_done
-            .try_lock()
-            .expect("no one else has the hub yet") = Some(handle);
+        start_services(&inner, publish_rx, external_commits);
         let hub = Hub { inner };
         rules::Rules::start(&hub);
         Ok(hub)
@@ -496,34 +467,107 @@ impl Hub {
     /// subscription, and closes the store. Safe to call more than once.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
-        if let Some(handle) = self.inner.committer_done.lock().await.take() {
-            if let Err(error) = handle.await {
-                tracing::error!(%error, "Committer task failed.");
-            }
-            let followers =
-                std::mem::take(&mut *self.inner.followers.lock().expect("followers lock"));
-            for task in followers {
-                if tokio::time::timeout(std::time::Duration::from_secs(5), task)
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!("A NATS task did not stop within 5 s.");
-                }
-            }
-            self.inner.rules.stop().await;
-            if let Err(error) = self.inner.cursors.flush(&self.inner.store).await {
-                tracing::error!(%error, "Cannot save the rules' cursors at shutdown.");
-            }
-            {
-                let mut fanout = self.inner.fanout.lock().expect("fanout lock");
-                fanout.subscribers.clear();
-                fanout.tree = SubjectTree::new();
-            }
-            if let Err(error) = self.inner.store.close().await {
-                tracing::error!(%error, "Closing the store failed.");
-            }
+        self.inner.services.stop_all(&self.inner).await;
+    }
+
+    /// The hub's background services and their states, in the order shutdown stops them.
+    pub fn services(&self) -> Vec<ServiceInfo> {
+        self.inner.services.list()
+    }
+}
+
+/// How long a service that follows the log gets to save its cursor and stop.
+const STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Starts the hub's services (the rules' consumers start with [`rules::Rules::start`]).
+fn start_services(
+    inner: &Arc<Inner>,
+    publish_rx: mpsc::Receiver<committer::Request>,
+    external_commits: Option<watch::Receiver<Seq>>,
+) {
+    use services::{Ending, Stage};
+    let services = &inner.services;
+    let hub = inner.clone();
+    services.spawn("committer", Stage::Intake, Ending::Drain, |_| {
+        committer::run(hub, publish_rx)
+    });
+    if let Some(commits) = external_commits {
+        let hub = inner.clone();
+        services.spawn(
+            "fan-out follower",
+            Stage::Followers,
+            Ending::Within(STOP_WITHIN),
+            |_| follower::run(hub, commits),
+        );
+    }
+    if let Some(link) = &inner.nats {
+        if link.config.relay {
+            let (hub, link) = (inner.clone(), link.clone());
+            services.spawn(
+                "nats relay",
+                Stage::Followers,
+                Ending::Within(STOP_WITHIN),
+                |status| nats::relay::run(hub, link, status),
+            );
+        }
+        for pattern in &link.config.bridge {
+            let (hub, link, pattern) = (inner.clone(), link.clone(), pattern.clone());
+            services.spawn(
+                format!("nats bridge {pattern}"),
+                Stage::Followers,
+                Ending::Within(STOP_WITHIN),
+                |_| nats::bridge::run(hub, link, pattern),
+            );
+        }
+        if let Some(interval) = link.config.presence_interval {
+            let (hub, link) = (inner.clone(), link.clone());
+            services.spawn(
+                "nats presence",
+                Stage::Followers,
+                Ending::Within(STOP_WITHIN),
+                |_| nats::presence::run(hub, link, interval),
+            );
         }
     }
+    let hub = inner.clone();
+    services.spawn(
+        "cursor book",
+        Stage::Savers,
+        Ending::Within(STOP_WITHIN),
+        |_| cursors::run(hub),
+    );
+    services.then(
+        "cursor book",
+        Box::new(|inner| {
+            Box::pin(async move {
+                if let Err(error) = inner.cursors.flush(&inner.store).await {
+                    tracing::error!(%error, "Cannot save the rules' cursors at shutdown.");
+                }
+            })
+        }),
+    );
+    services.add(
+        "subscriptions",
+        Stage::Subscriptions,
+        Box::new(|inner| {
+            Box::pin(async move {
+                let mut fanout = inner.fanout.lock().expect("fanout lock");
+                fanout.subscribers.clear();
+                fanout.tree = SubjectTree::new();
+            })
+        }),
+    );
+    services.add(
+        "store",
+        Stage::Store,
+        Box::new(|inner| {
+            Box::pin(async move {
+                if let Err(error) = inner.store.close().await {
+                    tracing::error!(%error, "Closing the store failed.");
+                }
+            })
+        }),
+    );
 }
 
 impl Inner {

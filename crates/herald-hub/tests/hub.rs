@@ -209,3 +209,41 @@ async fn shutdown_ends_subscriptions_and_refuses_publishes() {
     ));
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn services_are_listed_in_stop_order_and_all_stop_at_shutdown() {
+    use herald_hub::ServiceState;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub_with(&dir, HubConfig::new("test")).await;
+    let services = hub.services();
+    let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    // The committer drains first, the cursors are saved after the rules stopped, and
+    // the store closes last.
+    assert_eq!(
+        names,
+        [
+            "committer",
+            "rules",
+            "cursor book",
+            "subscriptions",
+            "store"
+        ]
+    );
+    assert!(
+        services.iter().all(|s| s.state == ServiceState::Running),
+        "{services:?}"
+    );
+    hub.publish(event("hub.test.a", 1)).await.unwrap();
+    hub.shutdown().await;
+    let services = hub.services();
+    assert!(
+        services.iter().all(|s| s.state == ServiceState::Stopped),
+        "{services:?}"
+    );
+    // A second shutdown is harmless.
+    hub.shutdown().await;
+    assert!(matches!(
+        hub.publish(event("hub.test.a", 2)).await,
+        Err(HubError::ShuttingDown)
+    ));
+}

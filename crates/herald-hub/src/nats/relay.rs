@@ -14,17 +14,17 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::publish::PublishAck;
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
-use herald_core::{Seq, Timestamp};
-use herald_store::{Query, Store, StoreError};
-use tokio::sync::mpsc;
-use tokio_util::task::AbortOnDropHandle;
+use herald_core::{Event, Seq, Timestamp};
+use herald_store::StoreError;
 
 use super::NatsLink;
+use crate::services::Status;
+use crate::tail::{self, Backoff, LogTail, Saving, Source, Start, TailConfig, TailError};
 use crate::Inner;
 
 /// Most PubAcks awaited at once.
@@ -100,9 +100,9 @@ pub(crate) fn cursor_name(stream: &str, hub_id: &str) -> String {
     format!("nats-relay:{stream}:{hub_id}")
 }
 
-pub(crate) async fn run(inner: Arc<Inner>, link: NatsLink) {
+pub(crate) async fn run(inner: Arc<Inner>, link: NatsLink, status: Status) {
     let name = cursor_name(&link.config.stream.name, &inner.config.hub_id);
-    let mut failures = 0u32;
+    let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF_STEP);
     let mut acked: Option<Seq> = None;
     loop {
         tokio::select! {
@@ -110,11 +110,12 @@ pub(crate) async fn run(inner: Arc<Inner>, link: NatsLink) {
             () = inner.shutdown.cancelled() => break,
         }
         let result = match link.ensure_stream().await {
-            Ok(()) => relay(&inner, &link, &name, &mut acked).await,
+            Ok(()) => relay(&inner, &link, &name, &mut acked, &status).await,
             Err(error) => Err(error.into()),
         };
         let Err(error) = result else { break };
         metrics::counter!("herald_relay_errors_total").increment(1);
+        status.retrying(&error);
         let acked = acked.unwrap_or(0);
         match error.next() {
             Next::Stop => {
@@ -123,13 +124,13 @@ pub(crate) async fn run(inner: Arc<Inner>, link: NatsLink) {
             }
             Next::Alert => {
                 tracing::error!(%error, acked, "Relay to JetStream failed, and retrying may not help; retrying slowly.");
-                failures = failures.max(MAX_BACKOFF_STEP);
+                backoff.slowest();
             }
             Next::Retry => {
                 tracing::warn!(%error, acked, "Relay to JetStream interrupted; resuming after the last acknowledged event.");
             }
         }
-        if pause(&inner, &mut failures).await {
+        if backoff.pause(&inner.shutdown).await {
             break;
         }
     }
@@ -139,30 +140,12 @@ pub(crate) async fn run(inner: Arc<Inner>, link: NatsLink) {
 /// The doubling of the back-off stops here (100 ms << 5 = 3.2 s).
 const MAX_BACKOFF_STEP: u32 = 5;
 
-/// Backs off after a failure; true when the hub is shutting down.
-async fn pause(inner: &Inner, failures: &mut u32) -> bool {
-    let delay = Duration::from_millis(100u64 << (*failures).min(MAX_BACKOFF_STEP));
-    *failures += 1;
-    tokio::select! {
-        () = tokio::time::sleep(delay) => false,
-        () = inner.shutdown.cancelled() => true,
-    }
-}
-
-/// An event ready to send, prepared by the reader off the publishing path.
+/// An event ready to send, prepared by the tail's reader off the publishing path.
 struct Outgoing {
-    seq: Seq,
     committed: Timestamp,
     subject: String,
     headers: async_nats::HeaderMap,
     body: bytes::Bytes,
-}
-
-/// A page of the log, prepared.
-struct Prepared {
-    events: Vec<Outgoing>,
-    /// Every event up to here is in `events` or is not for the relay.
-    read_to: Seq,
 }
 
 /// A PubAck on its way back, with the seq and commit time of its event.
@@ -182,38 +165,65 @@ type AckFuture = std::pin::Pin<
 /// whenever half of its PubAcks have come back).
 const PAGE: usize = WINDOW / 2;
 
+/// What the relay sends of the log: events of this hub that the stream captures,
+/// prepared (headers, body) in the tail's reader.
+fn outgoing(hub_id: String, link: &NatsLink) -> impl FnMut(Event) -> Option<Outgoing> + Send {
+    let stream = link.config.stream.clone();
+    move |event| {
+        if event.origin.hub_id != hub_id {
+            return None;
+        }
+        if !stream.captures(event.subject.as_str()) {
+            metrics::counter!("herald_relay_skipped_total").increment(1);
+            return None;
+        }
+        Some(Outgoing {
+            committed: event.timestamp,
+            headers: super::event_headers(&event, &hub_id),
+            body: crate::envelope::to_json(&event).into(),
+            subject: event.subject.into_string(),
+        })
+    }
+}
+
 /// Relays until shutdown (`Ok`) or the first failure (`Err`). `acked` survives across
 /// calls, so a retry does not depend on the last save.
 ///
-/// Two tasks: a reader that follows the log and prepares pages (reads, filters, builds
-/// headers and bodies) a little ahead, and this one, which publishes them and collects
-/// PubAcks in order, so reading the store and publishing overlap.
+/// A [`LogTail`] follows the log and prepares pages a little ahead in its own task;
+/// this one publishes them in seq order and collects PubAcks in order, so reading the
+/// store and publishing overlap. Each PubAck finishes its seq in the tail, whose
+/// low-water mark is the cursor.
 async fn relay(
     inner: &Arc<Inner>,
     link: &NatsLink,
     name: &str,
     acked: &mut Option<Seq>,
+    status: &Status,
 ) -> Result<(), RelayError> {
-    let stored = inner
-        .store
-        .load_cursor(name)
+    let config = TailConfig {
+        label: name.to_owned(),
+        cursor: Some(name.to_owned()),
+        saving: Saving::Store,
+        save_every: SAVE_EVERY,
+        window: WINDOW,
+        page: PAGE,
+        poll: POLL,
+        stop: inner.shutdown.clone(),
+        head: Some(inner.relay_status.head.clone()),
+    };
+    let source = Source::Log(Box::new(outgoing(inner.config.hub_id.clone(), link)));
+    let start = Start::Saved {
+        at_least: acked.unwrap_or(0),
+    };
+    let mut tail = LogTail::open(inner, config, source, start)
         .await
-        .map_err(RelayError::store("loading the relay cursor"))?;
-    let mut done = acked.unwrap_or(0).max(stored);
-    *acked = Some(done);
-    let mut saved = stored;
-    let mut last_save = Instant::now();
-    let mut read_to = done;
-    let (pages_tx, mut pages) = mpsc::channel(2);
-    let _reader = AbortOnDropHandle::new(tokio::spawn(read_ahead(
-        inner.clone(),
-        link.clone(),
-        done,
-        pages_tx,
-    )));
+        .map_err(RelayError::from)?;
+    *acked = Some(tail.done());
+    status.running();
     let mut acks: FuturesOrdered<AckFuture> = FuturesOrdered::new();
-    let status = &inner.relay_status;
+    let position = &inner.relay_status;
     loop {
+        let save_at = tail.save_deadline();
         tokio::select! {
             biased;
             () = inner.shutdown.cancelled() => {
@@ -222,12 +232,10 @@ async fn relay(
                     if ack.is_err() {
                         break;
                     }
-                    done = if acks.is_empty() { read_to } else { seq };
+                    tail.finish(seq);
                 }
-                *acked = Some(done);
-                if done > saved {
-                    save(inner, name, done, &mut saved).await?;
-                }
+                *acked = Some(tail.done());
+                tail.save().await.map_err(RelayError::store("saving the relay cursor"))?;
                 return Ok(());
             }
             Some((seq, committed, ack)) = acks.next(), if !acks.is_empty() => {
@@ -238,11 +246,13 @@ async fn relay(
                 let delay = Timestamp::now().as_micros() - committed.as_micros();
                 metrics::histogram!("herald_relay_delay_seconds")
                     .record(delay.max(0) as f64 / 1e6);
-                done = if acks.is_empty() { read_to } else { seq };
+                tail.finish(seq);
             }
-            page = pages.recv(), if acks.len() <= WINDOW - PAGE => {
-                let page: Prepared = page.ok_or(RelayError::ReaderStopped)??;
-                for event in page.events {
+            page = tail.next(), if tail.has_room() => {
+                let page = page
+                    .ok_or(RelayError::ReaderStopped)?
+                    .map_err(RelayError::from)?;
+                for (seq, event) in page {
                     if !link.is_connected() {
                         return Err(RelayError::Disconnected);
                     }
@@ -250,113 +260,27 @@ async fn relay(
                         .jetstream
                         .publish_with_headers(event.subject, event.headers, event.body)
                         .await
-                        .map_err(|source| RelayError::Publish { seq: event.seq, source })?;
-                    let (seq, committed) = (event.seq, event.committed);
+                        .map_err(|source| RelayError::Publish { seq, source })?;
+                    let committed = event.committed;
                     acks.push_back(Box::pin(async move { (seq, committed, ack.await) }));
                 }
-                read_to = page.read_to;
-                if acks.is_empty() {
-                    done = read_to;
-                }
             }
-            () = tokio::time::sleep_until((last_save + SAVE_EVERY).into()), if done > saved => {}
+            () = tail::until(save_at) => {}
         }
-        *acked = Some(done);
-        status.cursor.store(done, Ordering::Relaxed);
-        if done > saved && last_save.elapsed() >= SAVE_EVERY {
-            save(inner, name, done, &mut saved).await?;
-            last_save = Instant::now();
-        }
+        *acked = Some(tail.done());
+        position.cursor.store(tail.done(), Ordering::Relaxed);
+        tail.save_if_due()
+            .await
+            .map_err(RelayError::store("saving the relay cursor"))?;
     }
 }
 
-/// Follows the log after `from` and hands the relay prepared pages, in seq order. Ends
-/// when the relay stops listening, at shutdown, or after sending an error.
-async fn read_ahead(
-    inner: Arc<Inner>,
-    link: NatsLink,
-    from: Seq,
-    pages: mpsc::Sender<Result<Prepared, RelayError>>,
-) {
-    let hub_id = inner.config.hub_id.as_str();
-    let mut read_to = from;
-    let mut commits = inner.committed.subscribe();
-    let mut head = (*commits.borrow_and_update()).max(read_to);
-    loop {
-        if read_to < head {
-            let page = match inner
-                .store
-                .query(Query {
-                    after_seq: read_to,
-                    limit: PAGE,
-                    ..Query::default()
-                })
-                .await
-            {
-                Ok(page) => page,
-                Err(error) => {
-                    let error = RelayError::store("reading the log")(error);
-                    let _ = pages.send(Err(error)).await;
-                    return;
-                }
-            };
-            let short = page.events.len() < PAGE;
-            let mut events = Vec::with_capacity(page.events.len());
-            for event in page.events {
-                if event.origin.hub_id != hub_id {
-                    continue;
-                }
-                if !link.config.stream.captures(event.subject.as_str()) {
-                    metrics::counter!("herald_relay_skipped_total").increment(1);
-                    continue;
-                }
-                events.push(Outgoing {
-                    seq: event.seq,
-                    committed: event.timestamp,
-                    headers: super::event_headers(&event, hub_id),
-                    body: crate::envelope::to_json(&event).into(),
-                    subject: event.subject.into_string(),
-                });
-            }
-            read_to = read_to.max(page.scanned_to);
-            if short {
-                head = head.max(read_to);
-            }
-            inner.relay_status.head.store(head, Ordering::Relaxed);
-            if pages.send(Ok(Prepared { events, read_to })).await.is_err() {
-                return;
-            }
-            continue;
+impl From<TailError> for RelayError {
+    fn from(error: TailError) -> Self {
+        match error {
+            TailError::Store { doing, source } => RelayError::Store { doing, source },
         }
-        let polled = tokio::select! {
-            changed = commits.changed() => changed.is_err(),
-            () = tokio::time::sleep(POLL) => true,
-            () = pages.closed() => return,
-            () = inner.shutdown.cancelled() => return,
-        };
-        head = head.max(*commits.borrow_and_update());
-        if polled {
-            match inner.store.head().await {
-                Ok(store_head) => head = head.max(store_head),
-                Err(error) => {
-                    let error = RelayError::store("reading the log's head")(error);
-                    let _ = pages.send(Err(error)).await;
-                    return;
-                }
-            }
-        }
-        inner.relay_status.head.store(head, Ordering::Relaxed);
     }
-}
-
-async fn save(inner: &Inner, name: &str, seq: Seq, saved: &mut Seq) -> Result<(), RelayError> {
-    inner
-        .store
-        .save_cursor(name, seq)
-        .await
-        .map_err(RelayError::store("saving the relay cursor"))?;
-    *saved = seq;
-    Ok(())
 }
 
 #[cfg(test)]

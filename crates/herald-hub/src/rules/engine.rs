@@ -1,21 +1,20 @@
-//! One rule's consumer: follows the log through a subscription of the rule's pattern,
-//! runs the action for each event (a few at once for webhooks), and saves the rule's
-//! cursor at the last seq whose deliveries have all finished.
+//! One rule's consumer: a [`LogTail`] over a subscription of the rule's pattern, with a
+//! window of one event (a few for webhooks) whose actions run as tasks; the rule's
+//! cursor is the tail's low-water mark, the last seq whose deliveries have all finished,
+//! noted in the hub's cursor book about once a second and at the end.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use herald_core::{Event, Seq, Subject};
-use herald_store::Store;
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 use super::{cursor_name, Action, Entry, RuleId, Target, WEBHOOK_IN_FLIGHT};
-use crate::{envelope, Hub, Subscription};
+use crate::tail::{self, Backoff, LogTail, Saving, Source, TailConfig};
+use crate::{envelope, Hub};
 
 /// How often a consumer saves its cursor (when it has moved).
 const SAVE_EVERY: Duration = Duration::from_secs(1);
@@ -37,51 +36,46 @@ pub(super) enum Start {
 pub(super) async fn run(hub: Hub, entry: Arc<Entry>, start: Start) {
     let stop = entry.stop.clone();
     let cursor = entry.persisted().then(|| cursor_name(&entry.id));
-    let start = match start {
-        Start::After(seq) => seq,
-        Start::Cursor => {
-            let name = cursor.as_deref().expect("durable rules have cursors");
-            loop {
-                match hub.inner.store.load_cursor(name).await {
-                    Ok(seq) => break seq,
-                    Err(error) => {
-                        tracing::warn!(rule = %entry.id, %error, "Cannot read a routing rule's cursor; retrying.");
-                        tokio::select! {
-                            () = stop.cancelled() => return,
-                            () = tokio::time::sleep(RETRY_STORE) => {}
-                        }
-                    }
-                }
-            }
-        }
-    };
     let limit = match &entry.target {
         Target::Action(Action::Webhook(_)) => WEBHOOK_IN_FLIGHT,
         _ => 1,
     };
-
-    // The subscription runs in its own task, so that waiting for the store never races
-    // the other branches below (a cancelled read would be read again).
-    let (events_tx, mut events) = mpsc::channel::<Arc<Event>>(limit);
-    let subscription =
-        Subscription::register(hub.inner.clone(), entry.pattern.clone(), Some(start), None);
-    let pump = tokio::spawn(pump(
-        subscription,
-        events_tx,
-        entry.id.clone(),
-        stop.clone(),
-    ));
+    let start = match start {
+        Start::After(seq) => tail::Start::After(seq),
+        Start::Cursor => tail::Start::Saved { at_least: 0 },
+    };
+    let mut retry = Backoff::new(RETRY_STORE, 0);
+    let mut tail = loop {
+        let config = TailConfig {
+            label: entry.id.to_string(),
+            cursor: cursor.clone(),
+            saving: Saving::Book,
+            save_every: SAVE_EVERY,
+            window: limit,
+            page: 1,
+            poll: SAVE_EVERY,
+            stop: stop.clone(),
+            head: None,
+        };
+        let source = Source::Subscription {
+            pattern: entry.pattern.clone(),
+            prepare: Box::new(Some),
+        };
+        match LogTail::open(&hub.inner, config, source, start).await {
+            Ok(tail) => break tail,
+            Err(error) => {
+                tracing::warn!(rule = %entry.id, %error, "Cannot read a routing rule's cursor; retrying.");
+                if retry.pause(&stop).await {
+                    return;
+                }
+            }
+        }
+    };
 
     let mut running: JoinSet<()> = JoinSet::new();
     let mut seq_of = HashMap::new();
-    // Seqs whose action has not finished, and the last seq taken.
-    let mut pending: BTreeSet<Seq> = BTreeSet::new();
-    let mut last = start;
-    let mut saved = start;
-    let mut tick = tokio::time::interval(SAVE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
     loop {
+        let save_at = tail.save_deadline();
         tokio::select! {
             biased;
             () = stop.cancelled() => break,
@@ -91,7 +85,7 @@ pub(super) async fn run(hub: Hub, entry: Arc<Entry>, start: Start) {
                     Err(error) => error.id(),
                 };
                 if let Some(seq) = seq_of.remove(&id) {
-                    pending.remove(&seq);
+                    tail.finish(seq);
                     if let Err(error) = done {
                         if error.is_panic() {
                             record(&entry, seq, None, Err(ActionError::HandlerPanicked));
@@ -99,57 +93,24 @@ pub(super) async fn run(hub: Hub, entry: Arc<Entry>, start: Start) {
                     }
                 }
             }
-            event = events.recv(), if running.len() < limit => {
-                let Some(event) = event else { break };
-                last = event.seq;
-                pending.insert(event.seq);
-                let handle = running.spawn(act(hub.clone(), entry.clone(), event.clone()));
-                seq_of.insert(handle.id(), event.seq);
-            }
-            _ = tick.tick(), if cursor.is_some() => {
-                let done = pending.first().map_or(last, |first| first - 1);
-                if done > saved {
-                    hub.inner.cursors.note(cursor.as_deref().unwrap_or_default(), done);
-                    saved = done;
+            page = tail.next(), if tail.has_room() => {
+                // The subscription ends only with the hub; store errors are retried
+                // inside the tail.
+                let Some(Ok(page)) = page else { break };
+                for (seq, event) in page {
+                    let handle = running.spawn(act(hub.clone(), entry.clone(), event));
+                    seq_of.insert(handle.id(), seq);
                 }
+            }
+            () = tail::until(save_at) => {
+                // Noting in the cursor book cannot fail.
+                let _ = tail.save().await;
             }
         }
     }
-    pump.abort();
     // Unfinished deliveries are dropped; they run again from the cursor next time.
     running.shutdown().await;
-    if let Some(name) = &cursor {
-        let done = pending.first().map_or(last, |first| first - 1);
-        if done > saved {
-            hub.inner.cursors.note(name, done);
-        }
-    }
-}
-
-/// Moves events from the subscription to the consumer; ends with the hub.
-async fn pump(
-    mut subscription: Subscription,
-    events: mpsc::Sender<Arc<Event>>,
-    rule: RuleId,
-    stop: CancellationToken,
-) {
-    loop {
-        match subscription.next().await {
-            None => return,
-            Some(Ok(event)) => {
-                if events.send(event).await.is_err() {
-                    return;
-                }
-            }
-            Some(Err(error)) => {
-                tracing::warn!(%rule, %error, "A routing rule cannot read the log; retrying.");
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(RETRY_STORE) => {}
-                }
-            }
-        }
-    }
+    let _ = tail.save().await;
 }
 
 /// Runs the rule's action for one event and records the outcome.

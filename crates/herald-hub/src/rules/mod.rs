@@ -339,8 +339,6 @@ pub(crate) struct Rules {
     changes: tokio::sync::Mutex<()>,
     /// Rules read from the store by `Hub::open`, started by [`Rules::start`].
     loaded: Mutex<Vec<(RuleSpec, Timestamp)>>,
-    /// Follows rule changes made by other instances (when the store is shared).
-    sync: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub(crate) delivery: webhook::Delivery,
 }
 
@@ -365,7 +363,6 @@ impl Rules {
             entries: Mutex::new(Vec::new()),
             changes: tokio::sync::Mutex::new(()),
             loaded: Mutex::new(loaded),
-            sync: Mutex::new(None),
             delivery: webhook::Delivery::new(),
         })
     }
@@ -384,17 +381,26 @@ impl Rules {
             spawn(hub, &entry, engine::Start::Cursor);
             entries.push(entry);
         }
+        drop(entries);
+        let services = &hub.inner.services;
         if hub.inner.follow_log.is_some() {
-            let task = tokio::spawn(follow_store(hub.clone()));
-            *hub.inner.rules.sync.lock().expect("rules lock") = Some(task);
+            let hub = hub.clone();
+            services.spawn(
+                "rule sync",
+                crate::services::Stage::Consumers,
+                crate::services::Ending::Abort,
+                |_| follow_store(hub),
+            );
         }
+        services.add(
+            "rules",
+            crate::services::Stage::Consumers,
+            Box::new(|inner| Box::pin(async move { inner.rules.stop().await })),
+        );
     }
 
     /// Stops every consumer (at shutdown), saving their cursors.
     pub(crate) async fn stop(&self) {
-        if let Some(task) = self.sync.lock().expect("rules lock").take() {
-            task.abort();
-        }
         let entries = std::mem::take(&mut *self.entries.lock().expect("rules lock"));
         futures_util::future::join_all(entries.iter().map(|entry| entry.stop())).await;
     }
