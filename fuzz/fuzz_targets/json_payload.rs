@@ -1,0 +1,132 @@
+//! The payload checks every way in runs (`herald_core::check_payload`), a hand-written
+//! scanner, against serde_json on any text. On text the server's JSON parser accepts:
+//! the check passes exactly when serde_json can read the text back into a `Value` and it
+//! has no duplicate member names; a refusal is never a syntax error; and a refusal names
+//! a problem the text has. On any other text it only must not panic.
+#![no_main]
+
+use std::collections::HashSet;
+use std::fmt;
+
+use herald_core::{check_payload, PayloadError};
+use libfuzzer_sys::fuzz_target;
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let checked = check_payload(text);
+    if serde_json::from_str::<&RawValue>(text).is_err() {
+        return;
+    }
+    let readable = serde_json::from_str::<Value>(text);
+    let duplicates = serde_json::from_str::<NoDuplicates>(text)
+        .is_err_and(|e| e.to_string().starts_with(DUPLICATE));
+    match &checked {
+        // Known and reported, not yet decided: `check_payload` accepts 128 levels
+        // (`MAX_JSON_DEPTH`) while serde_json reads at most 127.
+        Ok(()) if nesting(text) == SERDE_JSON_MAX_DEPTH + 1 => {}
+        Ok(()) => {
+            assert!(
+                readable.is_ok(),
+                "accepted, but serde_json cannot read it back: {:?}",
+                readable.err()
+            );
+            assert!(!duplicates, "accepted with a duplicate member name");
+        }
+        Err(PayloadError::Syntax { .. }) => panic!("valid JSON refused as a syntax error"),
+        Err(PayloadError::DuplicateName { .. }) => assert!(duplicates, "{checked:?}"),
+        Err(PayloadError::TooDeep { limit, .. }) => {
+            assert!(nesting(text) > *limit, "{checked:?}")
+        }
+        Err(PayloadError::NumberOutOfRange { .. } | PayloadError::LoneSurrogate { .. }) => {
+            assert!(readable.is_err(), "{checked:?}, yet serde_json reads it")
+        }
+    }
+    if (readable.is_err() && nesting(text) != SERDE_JSON_MAX_DEPTH + 1) || duplicates {
+        assert!(checked.is_err(), "not readable back, yet accepted");
+    }
+});
+
+const DUPLICATE: &str = "duplicate member name";
+
+/// The deepest nesting serde_json reads (its recursion limit).
+const SERDE_JSON_MAX_DEPTH: usize = 127;
+
+/// The deepest nesting of arrays and objects, counting brackets outside strings.
+fn nesting(text: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0, false, false);
+    for byte in text.bytes() {
+        match (in_string, escaped, byte) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (false, _, b'"') => in_string = true,
+            (false, _, b'[' | b'{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Reads any JSON, failing on an object with a member name twice (names compared after
+/// unescaping, as a consumer sees them).
+struct NoDuplicates;
+
+impl<'de> Deserialize<'de> for NoDuplicates {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NoDuplicatesVisitor)
+    }
+}
+
+struct NoDuplicatesVisitor;
+
+impl<'de> Visitor<'de> for NoDuplicatesVisitor {
+    type Value = NoDuplicates;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NoDuplicates, A::Error> {
+        let mut names = HashSet::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if !names.insert(name) {
+                return Err(serde::de::Error::custom(DUPLICATE));
+            }
+            map.next_value::<NoDuplicates>()?;
+        }
+        Ok(NoDuplicates)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NoDuplicates, A::Error> {
+        while seq.next_element::<NoDuplicates>()?.is_some() {}
+        Ok(NoDuplicates)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_unit<E>(self) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+}
