@@ -54,7 +54,7 @@ for target in "${targets[@]}"; do
     cargo +nightly fuzz run -s "$sanitizer" "$target" "$new_corpus" "corpus/$target" -- \
       -max_total_time="$seconds" -timeout=30 -dict="$dict" -print_final_stats=1 \
       -artifact_prefix="$artifacts/" 2>&1 | tee "target/fuzz-$target.log" |
-      grep --line-buffered -E '^(#[0-9]+ +(INITED|DONE)|stat::(number_of_executed_units|peak_rss_mb)|==[0-9]+== ERROR|thread .* panicked|SUMMARY|Test unit written|Done [0-9]+ runs)'
+      grep --line-buffered -E '^(#[0-9]+[[:space:]]+(INITED|DONE)|stat::(number_of_executed_units|peak_rss_mb)|==[0-9]+== ERROR|thread .* panicked|SUMMARY|Test unit written|Done [0-9]+ runs)'
     exit "${PIPESTATUS[0]}"
   ) || status=$?
   found=$(find "$artifacts" -type f -newer "$marker" | sort)

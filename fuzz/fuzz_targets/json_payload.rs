@@ -1,6 +1,6 @@
 //! The payload checks every way in runs (`herald_core::check_payload`), a hand-written
 //! scanner, against serde_json on any text. On text the server's JSON parser accepts:
-//! the check passes exactly when serde_json can read the text back into a `Value` and it
+//! the check passes only when serde_json can read the text back into a `Value` and it
 //! has no duplicate member names; a refusal is never a syntax error; and a refusal names
 //! a problem the text has. On any other text it only must not panic.
 #![no_main]
@@ -29,6 +29,16 @@ fuzz_target!(|data: &[u8]| {
         // Known and reported, not yet decided: `check_payload` accepts 128 levels
         // (`MAX_JSON_DEPTH`) while serde_json reads at most 127.
         Ok(()) if nesting(text) == SERDE_JSON_MAX_DEPTH + 1 => {}
+        // Known and reported: serde_json without its `float_roundtrip` feature may parse
+        // a number just below f64::MAX (`1.7976931348623158e308`) as out of range,
+        // where a correctly rounding parser, like `check_payload`'s, reads f64::MAX.
+        Ok(())
+            if readable
+                .as_ref()
+                .is_err_and(|e| e.to_string().starts_with("number out of range"))
+                && numbers(text)
+                    .iter()
+                    .all(|n| n.parse::<f64>().is_ok_and(f64::is_finite)) => {}
         Ok(()) => {
             assert!(
                 readable.is_ok(),
@@ -42,12 +52,18 @@ fuzz_target!(|data: &[u8]| {
         Err(PayloadError::TooDeep { limit, .. }) => {
             assert!(nesting(text) > *limit, "{checked:?}")
         }
-        Err(PayloadError::NumberOutOfRange { .. } | PayloadError::LoneSurrogate { .. }) => {
+        Err(PayloadError::NumberOutOfRange { .. }) => assert!(
+            numbers(text)
+                .iter()
+                .any(|n| !n.parse::<f64>().is_ok_and(f64::is_finite)),
+            "{checked:?}, yet every number fits"
+        ),
+        Err(PayloadError::LoneSurrogate { .. }) => {
             assert!(readable.is_err(), "{checked:?}, yet serde_json reads it")
         }
     }
-    if (readable.is_err() && nesting(text) != SERDE_JSON_MAX_DEPTH + 1) || duplicates {
-        assert!(checked.is_err(), "not readable back, yet accepted");
+    if duplicates {
+        assert!(checked.is_err(), "a duplicate member name, yet accepted");
     }
 });
 
@@ -74,6 +90,34 @@ fn nesting(text: &str) -> usize {
         }
     }
     deepest
+}
+
+/// The number tokens of JSON text: runs of number characters outside strings that
+/// start like a number.
+fn numbers(text: &str) -> Vec<String> {
+    let (mut in_string, mut escaped) = (false, false);
+    let mut tokens = Vec::new();
+    let mut current = String::new();
+    for c in text.chars() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        if matches!(c, '0'..='9' | '-' | '+' | '.' | 'e' | 'E') {
+            current.push(c);
+            continue;
+        }
+        tokens.push(std::mem::take(&mut current));
+        in_string = c == '"';
+    }
+    tokens.push(current);
+    tokens.retain(|t| t.starts_with(|c: char| c == '-' || c.is_ascii_digit()));
+    tokens
 }
 
 /// Reads any JSON, failing on an object with a member name twice (names compared after

@@ -187,13 +187,8 @@ fn check_within(inner: &Pattern, outer: &Pattern, subjects: &mut Vec<String>) {
         !escapes,
         "{inner} within {outer} (witnesses {witnesses:?})"
     );
-    if inner.is_within(outer) {
-        for subject in subjects.iter() {
-            assert!(!inner.matches(subject) || outer.matches(subject));
-        }
-    }
     // Keep a few valid witnesses as subjects for the tree.
-    if subjects.len() < 4 * MAX_LINES {
+    if subjects.len() < 2 * MAX_LINES {
         subjects.extend(
             witnesses
                 .into_iter()
