@@ -11,6 +11,11 @@
 # the repository as it was. Crashing inputs go to fuzz/artifacts/<target>/; replay one
 # with `cd fuzz && cargo +nightly fuzz run -s none <target> <file>`.
 #
+# The committed corpus is kept small (edge coverage only); to fold a run's finds into it:
+#   cd fuzz && B=target/x86_64-unknown-linux-gnu/release && mkdir merged &&
+#   $B/<target> -set_cover_merge=1 -use_counters=0 merged corpus/<target> \
+#     target/new-corpus/<target> && rm -r corpus/<target> && mv merged corpus/<target>
+#
 # FUZZ_SANITIZER (default `none`) picks cargo-fuzz's sanitizer: the project's own code
 # has no unsafe code, so AddressSanitizer mostly costs speed; `address` is there for
 # dependencies' sake.
