@@ -3,7 +3,7 @@
 //! all agree on it:
 //!
 //! - **depth**: more than [`MAX_JSON_DEPTH`] nested arrays and objects. Many parsers
-//!   recurse (serde_json stops at 128, others overflow their stack), so a deeper payload
+//!   recurse (serde_json stops at 127, others overflow their stack), so a deeper payload
 //!   could be stored but not read by the consumers it is for;
 //! - **numbers that overflow a 64-bit float** (`1e400`): most parsers turn them into
 //!   infinity, which no JSON serializer can write back, or fail;
@@ -22,9 +22,11 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The deepest nesting of arrays and objects a payload may have (the payload object
-/// itself is level 1), and the most [`set_max_depth`] allows: serde_json's own parser
-/// stops at the same depth, so a deeper payload could not be read back everywhere.
-pub const MAX_JSON_DEPTH: usize = 128;
+/// itself is level 1), and the most [`set_max_depth`] allows. serde_json reads at most
+/// 127 levels (a fuzz run found that 128 `[` fail there), and a payload is read inside
+/// what carries it — the event object, a query's array, a JSON-RPC result, a CloudEvent
+/// `data` wrapper — so 100 leaves every reader room.
+pub const MAX_JSON_DEPTH: usize = 100;
 
 /// The depth limit [`check_payload`] applies: [`MAX_JSON_DEPTH`] unless lowered.
 static MAX_DEPTH: AtomicUsize = AtomicUsize::new(MAX_JSON_DEPTH);
@@ -46,7 +48,7 @@ pub fn max_depth() -> usize {
 const LINEAR_KEY_SCAN: usize = 16;
 
 /// What is wrong with a payload. Messages complete a sentence that starts with the
-/// payload's name: "`payload` nests deeper than 128 levels (at byte 300)".
+/// payload's name: "`payload` nests deeper than 100 levels (at byte 300)".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayloadError {
     #[error("nests deeper than {limit} levels of arrays and objects (at byte {offset})")]
@@ -375,8 +377,8 @@ mod tests {
         assert!(matches!(
             check_payload(&nested(MAX_JSON_DEPTH + 1)),
             Err(PayloadError::TooDeep {
-                limit: 128,
-                offset: 128
+                limit: 100,
+                offset: 100
             })
         ));
         let deep = format!("{}{}", "{\"a\":".repeat(1_000_000), "}".repeat(1_000_000));

@@ -55,9 +55,9 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_BATCH_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_batch_body_bytes: usize,
 
-    /// Deepest nesting of arrays and objects accepted in a payload, at most 128 (the
-    /// depth every common JSON parser reads back).
-    #[arg(long, env = "HERALD_MAX_JSON_DEPTH", default_value_t = 128,
+    /// Deepest nesting of arrays and objects accepted in a payload, at most 100 (so that
+    /// the event carrying it stays within what common JSON parsers read back).
+    #[arg(long, env = "HERALD_MAX_JSON_DEPTH", default_value_t = herald_core::json::MAX_JSON_DEPTH as u64,
           value_parser = clap::value_parser!(u64).range(1..=herald_core::json::MAX_JSON_DEPTH as u64))]
     max_json_depth: u64,
 

@@ -318,7 +318,7 @@ mod tests {
             (r#"{"payload": {"n": 1e400}}"#, "1e400"),
             (r#"{"payload": {"s": "\udead"}}"#, "lone UTF-16 surrogate"),
             (r#"{"payload": {"a": 1, "a": 2}}"#, "twice"),
-            (deep.as_str(), "deeper than 128 levels"),
+            (deep.as_str(), "deeper than 100 levels"),
         ] {
             let raw = raw(text);
             let mut params = Params::parse("m", PAYLOAD, Some(&raw)).unwrap();

@@ -241,7 +241,7 @@ raw_schema! {
             subject). Its event id is derived from (`source`, `id`), so re-sending it is a \
             duplicate. `correlationid`, when a UUID, becomes the correlation id. The payload is \
             `data` when it is an object, else `{\"data\": …}` (`data: null` included) or \
-            `{\"data_base64\": …}`; `data` must nest at most 128 levels, hold no number beyond \
+            `{\"data_base64\": …}`; `data` must nest at most 100 levels, hold no number beyond \
             a 64-bit float, no lone surrogate escape and no repeated member name. \
             Extension attributes are named by lowercase letters or digits (at least one) and \
             hold a string, a boolean, a 32-bit integer, or null (ignored). Strings hold no \

@@ -468,7 +468,7 @@ async fn a_full_disk_turns_health_unhealthy_and_recovers() {
     assert_eq!(herald.event_count().await, stored + 1);
 }
 
-/// The payload depth limit is configurable (downwards from 128).
+/// The payload depth limit is configurable (downwards from 100).
 #[tokio::test]
 async fn the_json_depth_limit_is_configurable() {
     let herald = TestHerald::start_with(&["--max-json-depth", "4"]).await;
