@@ -108,19 +108,11 @@ async fn an_unread_stderr_pipe_cannot_freeze_the_hub() {
     // The dropped lines are counted (the counter is refreshed once a second).
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let metrics = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let dropped = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("herald_log_lines_dropped_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
+        let dropped = metric_value(
+            &metrics_text(&http, &base).await,
+            "herald_log_lines_dropped_total",
+        )
+        .unwrap_or(0.0);
         if dropped > 0.0 {
             break;
         }

@@ -212,6 +212,11 @@ impl TestHerald {
         }
     }
 
+    /// `GET /metrics`, as text.
+    pub async fn metrics(&self) -> String {
+        metrics_text(&self.http, &self.base_url).await
+    }
+
     /// `http://127.0.0.1:PORT` of the running server.
     pub fn base_url(&self) -> &str {
         &self.base_url
@@ -484,6 +489,28 @@ impl Drop for TestHerald {
             let _ = child.start_kill();
         }
     }
+}
+
+/// `GET /metrics` of the server at `base`, as text.
+pub async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
+    http.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// The value of the sample `name` without labels in Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// An HTTP client that never uses a proxy.

@@ -788,17 +788,7 @@ async fn the_bridge_keeps_ingesting_after_nats_restarts() {
 
 /// `GET /metrics`: the value of a sample without labels.
 async fn metric(h: &TestHerald, name: &str) -> Option<f64> {
-    let text = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    metric_value(&h.metrics().await, name)
 }
 
 /// The dead letters `GET /api/bridge/dead-letters` lists (all of them, oldest first).

@@ -326,16 +326,9 @@ async fn get_rule(h: &TestHerald, id: &str) -> Value {
 
 /// The value of the metric line that starts with `name{` and has every one of `labels`.
 async fn metric(h: &TestHerald, name: &str, labels: &[&str]) -> Option<f64> {
-    let text = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
+    h.metrics()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .filter(|line| line.starts_with(&format!("{name}{{")))
         .find(|line| labels.iter().all(|label| line.contains(label)))
         .and_then(|line| line.rsplit(' ').next()?.parse().ok())
