@@ -85,9 +85,15 @@ impl Default for Limits {
     }
 }
 
-/// What the handlers share.
+/// What the handlers share: one `Arc`, so that the clone every middleware and handler
+/// takes per request costs one atomic increment (a profile showed the clone of the
+/// separate fields — a cancellation token among them — at about 15% of the hub's
+/// request CPU).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The fields of [`AppState`].
+pub struct Shared {
     pub hub: Hub,
     pub limits: Arc<Limits>,
     /// Fires when the server begins shutting down; streams close on it.
@@ -100,11 +106,19 @@ pub struct AppState {
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
 impl AppState {
     pub fn new(hub: Hub, limits: Limits, shutdown: CancellationToken) -> Self {
         let stream_permits = Arc::new(Semaphore::new(limits.max_streams));
         let publish_permits = Arc::new(Semaphore::new(limits.max_inflight_publishes.max(1)));
-        AppState {
+        AppState(Arc::new(Shared {
             hub,
             limits: Arc::new(limits),
             shutdown,
@@ -112,7 +126,7 @@ impl AppState {
             stream_permits,
             publish_permits,
             metrics: metrics::install(),
-        }
+        }))
     }
 
     /// Publishes one event through the hub, noting it on the request's commit ticket
