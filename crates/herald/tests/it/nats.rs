@@ -435,9 +435,21 @@ async fn outage_longer_than_the_duplicate_window_loses_and_duplicates_nothing() 
     let client = nats.client().await;
     let seqs = relayed_seqs(&stream_messages(&client).await, "local-hub");
     let stored: Vec<u64> = h.all_events().await.iter().map(seq_of).collect();
+    let mut sorted = seqs.clone();
+    sorted.sort_unstable();
     assert_eq!(
-        seqs, stored,
-        "every event exactly once, in seq order ({n} during the outage)"
+        sorted, stored,
+        "every event exactly once ({n} during the outage)"
+    );
+    // Seq order, but for the one known edge (ARCHITECTURE.md, "NATS"): when the
+    // connection drops, what was written to the dead socket is lost while later
+    // messages still queued in the client go out after the reconnect, and the relay
+    // re-sends the lost ones behind them. Only messages of one in-flight window can
+    // move; readers that must reorder use `Herald-Seq`.
+    let displaced = seqs.iter().zip(&sorted).filter(|(a, b)| a != b).count();
+    assert!(
+        displaced <= 1024,
+        "{displaced} messages out of seq order, more than one window"
     );
 }
 
