@@ -41,6 +41,24 @@ mod subscription;
 mod tail;
 pub mod write_health;
 
+#[cfg(test)]
+mod testing {
+    use super::{Hub, HubConfig};
+
+    /// A hub on an embedded store in `dir`, for unit tests.
+    pub(crate) async fn open_hub(dir: &tempfile::TempDir) -> Hub {
+        let store = herald_store::StoreConfig::parse(&format!(
+            "sqlite://{}",
+            dir.path().join("h.db").display()
+        ))
+        .unwrap()
+        .open(herald_store::EmbeddedOptions::default())
+        .await
+        .unwrap();
+        Hub::open(HubConfig::new("local"), store).await.unwrap()
+    }
+}
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -663,15 +681,7 @@ mod tests {
             .unwrap();
         runtime.block_on(async {
             let dir = tempfile::tempdir().unwrap();
-            let store = herald_store::StoreConfig::parse(&format!(
-                "sqlite://{}",
-                dir.path().join("h.db").display()
-            ))
-            .unwrap()
-            .open(herald_store::EmbeddedOptions::default())
-            .await
-            .unwrap();
-            let hub = Hub::open(HubConfig::new("local"), store).await.unwrap();
+            let hub = crate::testing::open_hub(&dir).await;
             assert!(matches!(
                 hub.new_event("hub..x", "{}"),
                 Err(NewEventError::Subject(_))

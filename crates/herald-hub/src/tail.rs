@@ -470,7 +470,6 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Hub, HubConfig};
 
     #[test]
     fn the_low_water_mark_waits_for_the_oldest_unfinished_seq() {
@@ -527,18 +526,6 @@ mod tests {
         assert_eq!(backoff.delay(), Duration::from_millis(3200));
     }
 
-    async fn open_hub(dir: &tempfile::TempDir) -> Hub {
-        let store = herald_store::StoreConfig::parse(&format!(
-            "sqlite://{}",
-            dir.path().join("h.db").display()
-        ))
-        .unwrap()
-        .open(herald_store::EmbeddedOptions::default())
-        .await
-        .unwrap();
-        Hub::open(HubConfig::new("local"), store).await.unwrap()
-    }
-
     fn config(stop: &CancellationToken, window: usize, page: usize) -> TailConfig {
         TailConfig {
             label: "test".into(),
@@ -574,7 +561,7 @@ mod tests {
     #[tokio::test]
     async fn a_tail_resumes_from_its_saved_low_water_mark() {
         let dir = tempfile::tempdir().unwrap();
-        let hub = open_hub(&dir).await;
+        let hub = crate::testing::open_hub(&dir).await;
         let stop = CancellationToken::new();
         for n in 1..=6 {
             let subject = if n == 3 {
@@ -635,7 +622,7 @@ mod tests {
     #[tokio::test]
     async fn a_tail_takes_a_page_only_when_it_fits_the_window() {
         let dir = tempfile::tempdir().unwrap();
-        let hub = open_hub(&dir).await;
+        let hub = crate::testing::open_hub(&dir).await;
         let stop = CancellationToken::new();
         for _ in 0..10 {
             hub.publish(hub.new_event("hub.local.kept", "{}").unwrap())
