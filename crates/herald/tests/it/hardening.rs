@@ -490,3 +490,33 @@ async fn the_json_depth_limit_is_configurable() {
     );
     assert_eq!(herald.event_count().await, 1);
 }
+
+/// The new limits refuse values that cannot work, at start, with a message.
+#[tokio::test]
+async fn bad_limit_settings_stop_the_server_at_start() {
+    for (flag, value) in [
+        ("--max-json-depth", "0"),
+        ("--max-json-depth", "101"),
+        ("--header-read-timeout-secs", "0"),
+        ("--reserve-connections", "lots"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(HERALD);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join("herald.db"))
+            .args([flag, value])
+            .stdin(Stdio::null());
+        scrub_env(&mut cmd);
+        let output = tokio::time::timeout(Duration::from_secs(10), cmd.output())
+            .await
+            .expect("exits at once")
+            .unwrap();
+        assert!(!output.status.success(), "{flag} {value} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(flag.trim_start_matches("--")) || stderr.contains(flag),
+            "{flag} {value}: {stderr}"
+        );
+        assert!(!String::from_utf8_lossy(&output.stdout).contains("listening"));
+    }
+}
