@@ -13,7 +13,11 @@
 //! - keep delivery cursors ([`Store::save_cursor`], never moving backwards) and routing
 //!   rules ([`StoredRule`], in the order they were first added) durably beside the log;
 //! - keep the NATS bridge's dead letters ([`DeadLetter`]: messages it could not ingest),
-//!   numbered in the order added, at most a given number of them (the oldest go first).
+//!   numbered in the order added, at most a given number of them (the oldest go first);
+//! - keep durable consumers and their delivery state ([`consumer`]), changing it only
+//!   through [`Store::consumer_ops`]: one durable transaction per batch of operations,
+//!   each operation serialised with every other on the same consumer (across processes
+//!   too).
 //!
 //! [`conformance`] checks all of this against any backend.
 //!
@@ -29,12 +33,17 @@ use uuid::Uuid;
 
 pub mod codec;
 pub mod conformance;
+pub mod consumer;
 pub mod embedded;
 mod plan;
 pub mod postgres;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use consumer::{
+    AckId, Backoff, ConsumerCall, ConsumerDeadLetter, ConsumerOp, ConsumerOutcome, ConsumerRecord,
+    ConsumerState, CreateConsumer, DeadReason, Delivery, DeliveryPolicy, Fetched, NewConsumer,
+};
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use postgres::{PostgresOptions, PostgresStore};
 
@@ -260,6 +269,53 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many dead letters are kept.
     fn count_dead_letters(&self) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Creates a consumer unless one of that name exists (then returns it unchanged) or
+    /// `max_consumers` are kept already.
+    fn create_consumer(
+        &self,
+        consumer: NewConsumer,
+        max_consumers: usize,
+    ) -> impl Future<Output = Result<CreateConsumer>> + Send;
+
+    /// Replaces a consumer's policy and meta; `None` when there is no such consumer.
+    fn update_consumer(
+        &self,
+        name: &str,
+        policy: DeliveryPolicy,
+        meta: String,
+    ) -> impl Future<Output = Result<Option<ConsumerRecord>>> + Send;
+
+    fn consumer(&self, name: &str) -> impl Future<Output = Result<Option<ConsumerRecord>>> + Send;
+
+    /// Every consumer, by name.
+    fn consumers(&self) -> impl Future<Output = Result<Vec<ConsumerRecord>>> + Send;
+
+    /// Deletes a consumer with its pending messages and dead letters; false when absent.
+    fn delete_consumer(&self, name: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    /// A consumer's delivery state; `None` when absent.
+    fn consumer_state(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<ConsumerState>>> + Send;
+
+    /// Applies the calls in order, in one durable transaction (see [`consumer`]); answers
+    /// one outcome per call. `now` is the time every deadline is measured against.
+    fn consumer_ops(
+        &self,
+        now: Timestamp,
+        calls: Vec<ConsumerCall>,
+    ) -> impl Future<Output = Result<Vec<ConsumerOutcome>>> + Send;
+
+    /// At most `limit` of a consumer's dead letters with a seq above `after_seq`, in seq
+    /// order; `None` when there is no such consumer.
+    fn consumer_dead_letters(
+        &self,
+        name: &str,
+        after_seq: Seq,
+        limit: usize,
+    ) -> impl Future<Output = Result<Option<Vec<ConsumerDeadLetter>>>> + Send;
 }
 
 /// Headers as the stores keep them: a JSON array of `[name, value]` pairs.
@@ -513,6 +569,80 @@ impl Store for AnyStore {
         match self {
             AnyStore::Embedded(s) => s.count_dead_letters().await,
             AnyStore::Postgres(s) => s.count_dead_letters().await,
+        }
+    }
+
+    async fn create_consumer(
+        &self,
+        consumer: NewConsumer,
+        max_consumers: usize,
+    ) -> Result<CreateConsumer> {
+        match self {
+            AnyStore::Embedded(s) => s.create_consumer(consumer, max_consumers).await,
+            AnyStore::Postgres(s) => s.create_consumer(consumer, max_consumers).await,
+        }
+    }
+
+    async fn update_consumer(
+        &self,
+        name: &str,
+        policy: DeliveryPolicy,
+        meta: String,
+    ) -> Result<Option<ConsumerRecord>> {
+        match self {
+            AnyStore::Embedded(s) => s.update_consumer(name, policy, meta).await,
+            AnyStore::Postgres(s) => s.update_consumer(name, policy, meta).await,
+        }
+    }
+
+    async fn consumer(&self, name: &str) -> Result<Option<ConsumerRecord>> {
+        match self {
+            AnyStore::Embedded(s) => s.consumer(name).await,
+            AnyStore::Postgres(s) => s.consumer(name).await,
+        }
+    }
+
+    async fn consumers(&self) -> Result<Vec<ConsumerRecord>> {
+        match self {
+            AnyStore::Embedded(s) => s.consumers().await,
+            AnyStore::Postgres(s) => s.consumers().await,
+        }
+    }
+
+    async fn delete_consumer(&self, name: &str) -> Result<bool> {
+        match self {
+            AnyStore::Embedded(s) => s.delete_consumer(name).await,
+            AnyStore::Postgres(s) => s.delete_consumer(name).await,
+        }
+    }
+
+    async fn consumer_state(&self, name: &str) -> Result<Option<ConsumerState>> {
+        match self {
+            AnyStore::Embedded(s) => s.consumer_state(name).await,
+            AnyStore::Postgres(s) => s.consumer_state(name).await,
+        }
+    }
+
+    async fn consumer_ops(
+        &self,
+        now: Timestamp,
+        calls: Vec<ConsumerCall>,
+    ) -> Result<Vec<ConsumerOutcome>> {
+        match self {
+            AnyStore::Embedded(s) => s.consumer_ops(now, calls).await,
+            AnyStore::Postgres(s) => s.consumer_ops(now, calls).await,
+        }
+    }
+
+    async fn consumer_dead_letters(
+        &self,
+        name: &str,
+        after_seq: Seq,
+        limit: usize,
+    ) -> Result<Option<Vec<ConsumerDeadLetter>>> {
+        match self {
+            AnyStore::Embedded(s) => s.consumer_dead_letters(name, after_seq, limit).await,
+            AnyStore::Postgres(s) => s.consumer_dead_letters(name, after_seq, limit).await,
         }
     }
 }

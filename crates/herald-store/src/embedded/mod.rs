@@ -11,6 +11,7 @@
 //!   snapshot while the writer commits. Calls run on tokio's blocking threads.
 //! - **Checkpoints** run on a background thread, so commits never pay for them.
 
+mod consumers;
 mod query;
 mod schema;
 
@@ -27,6 +28,10 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
+use crate::consumer::{
+    ConsumerCall, ConsumerDeadLetter, ConsumerOutcome, ConsumerRecord, ConsumerState,
+    CreateConsumer, DeliveryPolicy, NewConsumer,
+};
 use crate::{
     Appended, DeadLetter, NewDeadLetter, Page, Query, Result, Store, StoreError, StoreHealth,
     StoredRule,
@@ -202,6 +207,38 @@ impl EmbeddedStore {
         .map_err(|e| StoreError::Internal(e.to_string()))?
     }
 
+    /// Runs `f` in one transaction on the writer connection, committing (and syncing) when
+    /// it succeeds and rolling back when it fails.
+    async fn in_write_transaction<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, consumers::Failure> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let guard = inner.writer.lock().expect("writer mutex");
+            let writer = guard.as_ref().ok_or(StoreError::Closed)?;
+            let tx = writer.conn.unchecked_transaction().map_err(map_error)?;
+            let value = f(&tx).map_err(consumers::Failure::into_store_error)?;
+            tx.commit().map_err(map_error)?;
+            Ok(value)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+
+    /// Runs `f` on one snapshot of a reader connection.
+    async fn in_read_snapshot<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, consumers::Failure> + Send + 'static,
+    ) -> Result<T> {
+        self.with_reader(move |conn| {
+            let tx = conn.unchecked_transaction()?;
+            Ok(f(&tx))
+        })
+        .await?
+        .map_err(consumers::Failure::into_store_error)
+    }
+
     fn append_blocking(inner: &Inner, batch: Vec<NewEvent>) -> Result<Vec<Appended>> {
         let mut guard = inner.writer.lock().expect("writer mutex");
         let writer = guard.as_mut().ok_or(StoreError::Closed)?;
@@ -285,6 +322,79 @@ impl EmbeddedStore {
 }
 
 impl Store for EmbeddedStore {
+    async fn create_consumer(
+        &self,
+        consumer: NewConsumer,
+        max_consumers: usize,
+    ) -> Result<CreateConsumer> {
+        let now = Timestamp::now();
+        self.in_write_transaction(move |conn| {
+            consumers::create(conn, &consumer, max_consumers, now)
+        })
+        .await
+    }
+
+    async fn update_consumer(
+        &self,
+        name: &str,
+        policy: DeliveryPolicy,
+        meta: String,
+    ) -> Result<Option<ConsumerRecord>> {
+        let name = name.to_owned();
+        self.in_write_transaction(move |conn| consumers::update(conn, &name, &policy, &meta))
+            .await
+    }
+
+    async fn consumer(&self, name: &str) -> Result<Option<ConsumerRecord>> {
+        let name = name.to_owned();
+        self.in_read_snapshot(move |conn| consumers::get(conn, &name))
+            .await
+    }
+
+    async fn consumers(&self) -> Result<Vec<ConsumerRecord>> {
+        self.in_read_snapshot(consumers::list).await
+    }
+
+    async fn delete_consumer(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.in_write_transaction(move |conn| consumers::delete(conn, &name))
+            .await
+    }
+
+    async fn consumer_state(&self, name: &str) -> Result<Option<ConsumerState>> {
+        let name = name.to_owned();
+        self.in_read_snapshot(move |conn| consumers::state(conn, &name))
+            .await
+    }
+
+    async fn consumer_ops(
+        &self,
+        now: Timestamp,
+        calls: Vec<ConsumerCall>,
+    ) -> Result<Vec<ConsumerOutcome>> {
+        if calls.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.in_write_transaction(move |conn| {
+            calls
+                .iter()
+                .map(|call| consumers::apply(conn, now, call))
+                .collect()
+        })
+        .await
+    }
+
+    async fn consumer_dead_letters(
+        &self,
+        name: &str,
+        after_seq: Seq,
+        limit: usize,
+    ) -> Result<Option<Vec<ConsumerDeadLetter>>> {
+        let name = name.to_owned();
+        self.in_read_snapshot(move |conn| consumers::dead_letters(conn, &name, after_seq, limit))
+            .await
+    }
+
     async fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<Appended>> {
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -725,6 +835,18 @@ mod tests {
                     .await
                     .unwrap()
             }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn consumer_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("consumers.db");
+        crate::conformance::run_consumers(|| async move {
+            EmbeddedStore::open(path, EmbeddedOptions::default())
+                .await
+                .unwrap()
         })
         .await;
     }

@@ -24,9 +24,14 @@ use crate::{Page, Query, MAX_QUERY_LIMIT};
 const SCAN_CHUNK: i64 = 512;
 
 pub(super) fn run(conn: &Connection, query: &Query) -> rusqlite::Result<Page> {
-    let limit = query.limit.clamp(1, MAX_QUERY_LIMIT);
     // One snapshot for every statement below.
     let tx = conn.unchecked_transaction()?;
+    read(&tx, query)
+}
+
+/// [`run`] inside a transaction the caller holds.
+pub(super) fn read(tx: &Connection, query: &Query) -> rusqlite::Result<Page> {
+    let limit = query.limit.clamp(1, MAX_QUERY_LIMIT);
     let head: Seq = tx.query_row("SELECT IFNULL(MAX(seq), 0) FROM events", [], |row| {
         row.get::<_, i64>(0).map(|s| s as Seq)
     })?;
@@ -64,11 +69,11 @@ pub(super) fn run(conn: &Connection, query: &Query) -> rusqlite::Result<Page> {
         return Ok(complete);
     }
 
-    let path = choose_path(&tx, query, head, limit)?;
+    let path = choose_path(tx, query, head, limit)?;
     let (events, exhausted) = match path {
-        Path::Correlation => by_correlation(&tx, query, lo, hi, limit)?,
-        Path::Subjects(subjects) => by_subjects(&tx, query, &subjects, lo, hi, limit)?,
-        Path::Scan => by_scan(&tx, query, lo, hi, limit)?,
+        Path::Correlation => by_correlation(tx, query, lo, hi, limit)?,
+        Path::Subjects(subjects) => by_subjects(tx, query, &subjects, lo, hi, limit)?,
+        Path::Scan => by_scan(tx, query, lo, hi, limit)?,
     };
     let scanned_to = if exhausted {
         complete.scanned_to

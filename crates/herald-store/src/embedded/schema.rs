@@ -65,6 +65,41 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         body_size   INTEGER NOT NULL,                   -- the body's size as received
         reason      TEXT    NOT NULL
     );",
+    // 5: durable consumers (see consumer.rs): the consumer, its delivered and not yet
+    // settled messages, and the messages it gave up on. Times are microseconds since the
+    // Unix epoch, UTC.
+    "CREATE TABLE consumers (
+        name          TEXT    PRIMARY KEY,
+        epoch         INTEGER NOT NULL,
+        filters       TEXT    NOT NULL,   -- JSON array of subject patterns
+        policy        TEXT    NOT NULL,   -- JSON: ack wait, max deliver, backoff, max ack pending
+        meta          TEXT    NOT NULL,   -- JSON kept as given by the hub
+        created_at    INTEGER NOT NULL,
+        delivered_seq INTEGER NOT NULL,   -- every matching event up to here was handed out
+        ack_pending   INTEGER NOT NULL    -- rows in consumer_pending
+    ) WITHOUT ROWID;
+    CREATE TABLE consumer_pending (
+        consumer           TEXT    NOT NULL,
+        seq                INTEGER NOT NULL,
+        deliveries         INTEGER NOT NULL,
+        held_until         INTEGER NOT NULL,  -- the current delivery's ack wait ends
+        due_at             INTEGER NOT NULL,  -- may be handed out again from here
+        first_delivered_at INTEGER,
+        last_error         TEXT,
+        PRIMARY KEY (consumer, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX consumer_pending_by_due ON consumer_pending (consumer, due_at);
+    CREATE INDEX consumer_pending_by_held ON consumer_pending (consumer, held_until);
+    CREATE TABLE consumer_dead_letters (
+        consumer           TEXT    NOT NULL,
+        seq                INTEGER NOT NULL,
+        deliveries         INTEGER NOT NULL,
+        reason             TEXT    NOT NULL,  -- max_deliver | term
+        last_error         TEXT,
+        first_delivered_at INTEGER NOT NULL,
+        dead_at            INTEGER NOT NULL,
+        PRIMARY KEY (consumer, seq)
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes.

@@ -127,6 +127,10 @@ use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
+use crate::consumer::{
+    ConsumerCall, ConsumerDeadLetter, ConsumerOutcome, ConsumerRecord, ConsumerState,
+    CreateConsumer, DeliveryPolicy, NewConsumer,
+};
 use crate::{
     redact_url, Appended, DeadLetter, NewDeadLetter, Page, Query, Result, Store, StoreError,
     StoreHealth, StoredRule,
@@ -324,6 +328,56 @@ impl PostgresStore {
 }
 
 impl Store for PostgresStore {
+    async fn create_consumer(
+        &self,
+        _consumer: NewConsumer,
+        _max_consumers: usize,
+    ) -> Result<CreateConsumer> {
+        Err(not_yet())
+    }
+
+    async fn update_consumer(
+        &self,
+        _name: &str,
+        _policy: DeliveryPolicy,
+        _meta: String,
+    ) -> Result<Option<ConsumerRecord>> {
+        Err(not_yet())
+    }
+
+    async fn consumer(&self, _name: &str) -> Result<Option<ConsumerRecord>> {
+        Err(not_yet())
+    }
+
+    async fn consumers(&self) -> Result<Vec<ConsumerRecord>> {
+        Err(not_yet())
+    }
+
+    async fn delete_consumer(&self, _name: &str) -> Result<bool> {
+        Err(not_yet())
+    }
+
+    async fn consumer_state(&self, _name: &str) -> Result<Option<ConsumerState>> {
+        Err(not_yet())
+    }
+
+    async fn consumer_ops(
+        &self,
+        _now: Timestamp,
+        _calls: Vec<ConsumerCall>,
+    ) -> Result<Vec<ConsumerOutcome>> {
+        Err(not_yet())
+    }
+
+    async fn consumer_dead_letters(
+        &self,
+        _name: &str,
+        _after_seq: Seq,
+        _limit: usize,
+    ) -> Result<Option<Vec<ConsumerDeadLetter>>> {
+        Err(not_yet())
+    }
+
     async fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<Appended>> {
         if batch.is_empty() {
             if self.inner.closed.load(Ordering::Acquire) {
@@ -796,4 +850,8 @@ impl From<StoreError> for Failure {
     fn from(error: StoreError) -> Self {
         Failure::Store(error)
     }
+}
+
+fn not_yet() -> StoreError {
+    StoreError::Internal("consumers are not implemented on PostgreSQL yet".into())
 }

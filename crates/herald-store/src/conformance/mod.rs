@@ -3,6 +3,8 @@
 //! A backend's tests call [`run`] with a function that opens a fresh, empty store. A
 //! feature of the store contract is done when this suite passes on every backend.
 
+mod consumers;
+
 use std::future::Future;
 
 use herald_core::{NewEvent, Origin, Pattern, Payload, Seq, Subject, Timestamp};
@@ -49,6 +51,11 @@ where
     rules_keep_their_order_and_text(&open().await).await;
     wildcard_characters_inside_tokens_are_literal(&open().await).await;
     dead_letters_keep_their_order_bytes_and_bound(&open().await).await;
+}
+
+/// The consumer checks alone, on one fresh store from `open`.
+pub async fn run_consumers<S: Store, Fut: Future<Output = S>>(open: impl FnOnce() -> Fut) {
+    consumers::run(&open().await).await;
 }
 
 /// `*`, `>` and `%` inside a token are ordinary characters (as in NATS), and so are SQL's

@@ -1,0 +1,745 @@
+//! Durable consumers in the embedded store (see [`crate::consumer`] for the model).
+//!
+//! Every function here runs on the writer connection inside a transaction its caller
+//! holds, except the read-only ones, which run on a reader's snapshot.
+
+use herald_core::{Event, Pattern, Seq, Timestamp};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{query, row_to_event, EVENT_COLUMNS};
+use crate::consumer::{
+    decode_filters, decode_policy, due_after_delivery, encode_filters, encode_policy, exhausted,
+    merge_pages, ms_to_micros, AckId, ConsumerCall, ConsumerDeadLetter, ConsumerOp,
+    ConsumerOutcome, ConsumerRecord, ConsumerState, CreateConsumer, DeadReason, Delivery,
+    DeliveryPolicy, Fetched, NewConsumer,
+};
+use crate::{plan, Query, Result, StoreError};
+
+type Sql<T> = std::result::Result<T, Failure>;
+
+/// A failure inside a consumer transaction: SQLite's, or data that does not decode.
+pub(super) enum Failure {
+    Sql(rusqlite::Error),
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(error: rusqlite::Error) -> Self {
+        Failure::Sql(error)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Self {
+        Failure::Store(error)
+    }
+}
+
+impl Failure {
+    pub(super) fn into_store_error(self) -> StoreError {
+        match self {
+            Failure::Sql(e) => super::map_error(e),
+            Failure::Store(e) => e,
+        }
+    }
+}
+
+const CONSUMER_COLUMNS: &str = "name, epoch, filters, policy, meta, created_at";
+
+fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<(ConsumerRecordRow, Seq)> {
+    Ok((
+        ConsumerRecordRow {
+            name: row.get(0)?,
+            epoch: row.get::<_, i64>(1)? as u32,
+            filters: row.get(2)?,
+            policy: row.get(3)?,
+            meta: row.get(4)?,
+            created_at: row.get(5)?,
+        },
+        row.get::<_, Option<i64>>(6)?.unwrap_or(0).max(0) as Seq,
+    ))
+}
+
+/// A consumer row before its JSON columns are decoded.
+struct ConsumerRecordRow {
+    name: String,
+    epoch: u32,
+    filters: String,
+    policy: String,
+    meta: String,
+    created_at: i64,
+}
+
+impl ConsumerRecordRow {
+    fn decode(self) -> Result<ConsumerRecord> {
+        Ok(ConsumerRecord {
+            filters: decode_filters(&self.filters)?,
+            policy: decode_policy(&self.policy)?,
+            name: self.name,
+            epoch: self.epoch,
+            meta: self.meta,
+            created_at: Timestamp::from_micros(self.created_at),
+        })
+    }
+}
+
+/// The consumer's record, its `delivered_seq` and its count of pending messages.
+struct Loaded {
+    record: ConsumerRecord,
+    delivered_seq: Seq,
+    ack_pending: u64,
+}
+
+fn load(conn: &Connection, name: &str) -> Sql<Option<Loaded>> {
+    let row = conn
+        .prepare_cached(&format!(
+            "SELECT {CONSUMER_COLUMNS}, delivered_seq, ack_pending FROM consumers WHERE name = ?1"
+        ))?
+        .query_row([name], |row| {
+            Ok((row_to_record(row)?, row.get::<_, i64>(7)?.max(0) as u64))
+        })
+        .optional()?;
+    let Some(((record, delivered_seq), ack_pending)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(Loaded {
+        record: record.decode()?,
+        delivered_seq,
+        ack_pending,
+    }))
+}
+
+pub(super) fn create(
+    conn: &Connection,
+    consumer: &NewConsumer,
+    max_consumers: usize,
+    now: Timestamp,
+) -> Sql<CreateConsumer> {
+    if let Some(loaded) = load(conn, &consumer.name)? {
+        return Ok(CreateConsumer::Exists(loaded.record));
+    }
+    let count: i64 = conn.query_row("SELECT count(*) FROM consumers", [], |row| row.get(0))?;
+    if count as usize >= max_consumers {
+        return Ok(CreateConsumer::LimitReached);
+    }
+    conn.prepare_cached(
+        "INSERT INTO consumers (name, epoch, filters, policy, meta, created_at, delivered_seq, ack_pending)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+    )?
+    .execute(params![
+        consumer.name,
+        i64::from(consumer.epoch),
+        encode_filters(&consumer.filters),
+        encode_policy(&consumer.policy),
+        consumer.meta,
+        now.as_micros(),
+        crate::seq_to_sql(consumer.start_after)?,
+    ])?;
+    Ok(CreateConsumer::Created(ConsumerRecord {
+        name: consumer.name.clone(),
+        epoch: consumer.epoch,
+        filters: consumer.filters.clone(),
+        policy: consumer.policy.clone(),
+        meta: consumer.meta.clone(),
+        created_at: now,
+    }))
+}
+
+pub(super) fn update(
+    conn: &Connection,
+    name: &str,
+    policy: &DeliveryPolicy,
+    meta: &str,
+) -> Sql<Option<ConsumerRecord>> {
+    let changed = conn
+        .prepare_cached("UPDATE consumers SET policy = ?2, meta = ?3 WHERE name = ?1")?
+        .execute(params![name, encode_policy(policy), meta])?;
+    if changed == 0 {
+        return Ok(None);
+    }
+    Ok(load(conn, name)?.map(|l| l.record))
+}
+
+pub(super) fn get(conn: &Connection, name: &str) -> Sql<Option<ConsumerRecord>> {
+    Ok(load(conn, name)?.map(|l| l.record))
+}
+
+pub(super) fn list(conn: &Connection) -> Sql<Vec<ConsumerRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CONSUMER_COLUMNS}, delivered_seq FROM consumers ORDER BY name"
+    ))?;
+    let rows = stmt
+        .query_map([], row_to_record)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows
+        .into_iter()
+        .map(|(row, _)| row.decode())
+        .collect::<Result<_>>()?)
+}
+
+pub(super) fn delete(conn: &Connection, name: &str) -> Sql<bool> {
+    conn.prepare_cached("DELETE FROM consumer_pending WHERE consumer = ?1")?
+        .execute([name])?;
+    conn.prepare_cached("DELETE FROM consumer_dead_letters WHERE consumer = ?1")?
+        .execute([name])?;
+    let deleted = conn
+        .prepare_cached("DELETE FROM consumers WHERE name = ?1")?
+        .execute([name])?;
+    Ok(deleted == 1)
+}
+
+pub(super) fn state(conn: &Connection, name: &str) -> Sql<Option<ConsumerState>> {
+    let Some(loaded) = load(conn, name)? else {
+        return Ok(None);
+    };
+    let lowest_pending: Option<i64> = conn
+        .prepare_cached("SELECT min(seq) FROM consumer_pending WHERE consumer = ?1")?
+        .query_row([name], |row| row.get(0))?;
+    let redelivered: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM consumer_pending WHERE consumer = ?1 AND deliveries > 1",
+        )?
+        .query_row([name], |row| row.get(0))?;
+    let dead: i64 = conn
+        .prepare_cached("SELECT count(*) FROM consumer_dead_letters WHERE consumer = ?1")?
+        .query_row([name], |row| row.get(0))?;
+    Ok(Some(ConsumerState {
+        ack_floor: lowest_pending.map_or(loaded.delivered_seq, |s| (s as Seq).saturating_sub(1)),
+        delivered_seq: loaded.delivered_seq,
+        num_pending: count_matching_after(conn, &loaded.record.filters, loaded.delivered_seq)?,
+        num_ack_pending: loaded.ack_pending,
+        num_redelivered: redelivered.max(0) as u64,
+        num_dead_letters: dead.max(0) as u64,
+    }))
+}
+
+/// Events after `after` that match any of `filters`, counted per matching subject through
+/// the subject index when there are not too many subjects, by a scan otherwise.
+fn count_matching_after(conn: &Connection, filters: &[Pattern], after: Seq) -> Sql<u64> {
+    let after = crate::seq_to_sql(after)?;
+    if filters.iter().any(Pattern::matches_everything) {
+        let count: i64 = conn
+            .prepare_cached("SELECT IFNULL(MAX(seq), 0) - ?1 FROM events")?
+            .query_row([after], |row| row.get(0))?;
+        return Ok(count.max(0) as u64);
+    }
+    let mut subjects = Vec::new();
+    {
+        let mut stmt = conn.prepare_cached("SELECT subject FROM subjects")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let subject: String = row.get(0)?;
+            if filters.iter().any(|f| f.matches(&subject)) {
+                subjects.push(subject);
+                if subjects.len() > plan::MAX_SUBJECTS_MERGED {
+                    break;
+                }
+            }
+        }
+    }
+    if subjects.len() <= plan::MAX_SUBJECTS_MERGED {
+        let mut stmt =
+            conn.prepare_cached("SELECT count(*) FROM events WHERE subject = ?1 AND seq > ?2")?;
+        let mut total = 0u64;
+        for subject in subjects {
+            total += stmt
+                .query_row(params![subject, after], |row| row.get::<_, i64>(0))?
+                .max(0) as u64;
+        }
+        return Ok(total);
+    }
+    let mut stmt = conn.prepare_cached("SELECT subject FROM events WHERE seq > ?1")?;
+    let mut rows = stmt.query([after])?;
+    let mut total = 0u64;
+    while let Some(row) = rows.next()? {
+        let subject: String = row.get(0)?;
+        if filters.iter().any(|f| f.matches(&subject)) {
+            total += 1;
+        }
+    }
+    Ok(total)
+}
+
+pub(super) fn dead_letters(
+    conn: &Connection,
+    name: &str,
+    after_seq: Seq,
+    limit: usize,
+) -> Sql<Option<Vec<ConsumerDeadLetter>>> {
+    if load(conn, name)?.is_none() {
+        return Ok(None);
+    }
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {}, d.deliveries, d.reason, d.last_error, d.first_delivered_at, d.dead_at
+         FROM consumer_dead_letters d JOIN events e ON e.seq = d.seq
+         WHERE d.consumer = ?1 AND d.seq > ?2 ORDER BY d.seq LIMIT ?3",
+        prefixed_event_columns()
+    ))?;
+    let rows = stmt
+        .query_map(
+            params![
+                name,
+                crate::seq_to_sql(after_seq)?,
+                limit.min(crate::MAX_QUERY_LIMIT) as i64
+            ],
+            |row| {
+                Ok((
+                    row_to_event(row)?,
+                    row.get::<_, i64>(10)?,
+                    row.get::<_, String>(11)?,
+                    row.get::<_, Option<String>>(12)?,
+                    row.get::<_, i64>(13)?,
+                    row.get::<_, i64>(14)?,
+                ))
+            },
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (event, deliveries, reason, last_error, first, dead) in rows {
+        out.push(ConsumerDeadLetter {
+            event,
+            deliveries: deliveries.max(0) as u32,
+            reason: DeadReason::parse(&reason)?,
+            last_error,
+            first_delivered_at: Timestamp::from_micros(first),
+            dead_at: Timestamp::from_micros(dead),
+        });
+    }
+    Ok(Some(out))
+}
+
+fn prefixed_event_columns() -> String {
+    EVENT_COLUMNS
+        .split(", ")
+        .map(|c| format!("e.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Applies one call, inside the caller's transaction.
+pub(super) fn apply(
+    conn: &Connection,
+    now: Timestamp,
+    call: &ConsumerCall,
+) -> Sql<ConsumerOutcome> {
+    let Some(mut consumer) = load(conn, &call.consumer)? else {
+        return Ok(ConsumerOutcome::NotFound);
+    };
+    let name = call.consumer.as_str();
+    let outcome = match &call.op {
+        ConsumerOp::Fetch { batch } => {
+            ConsumerOutcome::Fetched(fetch(conn, &mut consumer, *batch, now)?)
+        }
+        ConsumerOp::Ack(ids) => settle(conn, &mut consumer, ids, |conn, c, id, _| {
+            delete_pending(conn, name, c, id.seq)?;
+            Ok(true)
+        })?,
+        ConsumerOp::Nak {
+            ids,
+            delay_ms,
+            reason,
+        } => settle(conn, &mut consumer, ids, |conn, c, id, pending| {
+            if pending.deliveries != id.delivery {
+                return Ok(false);
+            }
+            if exhausted(&c.record.policy, pending.deliveries) {
+                bury(
+                    conn,
+                    name,
+                    c,
+                    id.seq,
+                    &pending,
+                    DeadReason::MaxDeliver,
+                    reason.as_deref(),
+                    now,
+                )?;
+                return Ok(true);
+            }
+            let delay = delay_ms
+                .unwrap_or_else(|| c.record.policy.backoff.delay_ms(id.seq, pending.deliveries));
+            conn.prepare_cached(
+                "UPDATE consumer_pending SET held_until = ?3, due_at = ?4, last_error = ?5
+                 WHERE consumer = ?1 AND seq = ?2",
+            )?
+            .execute(params![
+                name,
+                id.seq as i64,
+                now.as_micros(),
+                now.as_micros().saturating_add(ms_to_micros(delay)),
+                reason.as_deref().or(pending.last_error.as_deref()),
+            ])?;
+            Ok(true)
+        })?,
+        ConsumerOp::Progress(ids) => settle(conn, &mut consumer, ids, |conn, c, id, pending| {
+            if pending.deliveries != id.delivery {
+                return Ok(false);
+            }
+            let (held, due) = due_after_delivery(&c.record.policy, id.seq, pending.deliveries, now);
+            conn.prepare_cached(
+                "UPDATE consumer_pending SET held_until = ?3, due_at = ?4
+                 WHERE consumer = ?1 AND seq = ?2",
+            )?
+            .execute(params![name, id.seq as i64, held, due])?;
+            Ok(true)
+        })?,
+        ConsumerOp::Term { ids, reason } => {
+            settle(conn, &mut consumer, ids, |conn, c, id, pending| {
+                if pending.deliveries != id.delivery {
+                    return Ok(false);
+                }
+                bury(
+                    conn,
+                    name,
+                    c,
+                    id.seq,
+                    &pending,
+                    DeadReason::Term,
+                    reason.as_deref(),
+                    now,
+                )?;
+                Ok(true)
+            })?
+        }
+        ConsumerOp::Release(ids) => settle(conn, &mut consumer, ids, |conn, _, id, pending| {
+            if pending.deliveries != id.delivery || pending.held_until <= now.as_micros() {
+                return Ok(false);
+            }
+            conn.prepare_cached(
+                "UPDATE consumer_pending SET deliveries = deliveries - 1, held_until = ?3, due_at = ?3
+                 WHERE consumer = ?1 AND seq = ?2",
+            )?
+            .execute(params![name, id.seq as i64, now.as_micros()])?;
+            Ok(true)
+        })?,
+        ConsumerOp::Redrive { seqs } => {
+            ConsumerOutcome::Redriven(redrive(conn, &mut consumer, seqs.as_deref())?)
+        }
+        ConsumerOp::Discard { seq } => {
+            let deleted = conn
+                .prepare_cached(
+                    "DELETE FROM consumer_dead_letters WHERE consumer = ?1 AND seq = ?2",
+                )?
+                .execute(params![name, crate::seq_to_sql(*seq)?])?;
+            ConsumerOutcome::Discarded(deleted == 1)
+        }
+    };
+    conn.prepare_cached(
+        "UPDATE consumers SET delivered_seq = ?2, ack_pending = ?3 WHERE name = ?1",
+    )?
+    .execute(params![
+        name,
+        crate::seq_to_sql(consumer.delivered_seq)?,
+        consumer.ack_pending as i64
+    ])?;
+    Ok(outcome)
+}
+
+/// A pending message's row.
+struct Pending {
+    deliveries: u32,
+    held_until: i64,
+    first_delivered_at: i64,
+    last_error: Option<String>,
+}
+
+fn pending(conn: &Connection, name: &str, seq: Seq) -> Sql<Option<Pending>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT deliveries, held_until, first_delivered_at, last_error
+             FROM consumer_pending WHERE consumer = ?1 AND seq = ?2",
+        )?
+        .query_row(params![name, seq as i64], |row| {
+            Ok(Pending {
+                deliveries: row.get::<_, i64>(0)?.max(0) as u32,
+                held_until: row.get(1)?,
+                first_delivered_at: row.get(2)?,
+                last_error: row.get(3)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Runs `action` on each id that names a pending message of this consumer; counts what
+/// it settled and reports the rest as unknown.
+fn settle(
+    conn: &Connection,
+    consumer: &mut Loaded,
+    ids: &[AckId],
+    mut action: impl FnMut(&Connection, &mut Loaded, &AckId, Pending) -> Sql<bool>,
+) -> Sql<ConsumerOutcome> {
+    let mut done = 0;
+    let mut unknown = Vec::new();
+    for (index, id) in ids.iter().enumerate() {
+        let found = if id.epoch == consumer.record.epoch && id.seq <= i64::MAX as Seq {
+            pending(conn, &consumer.record.name, id.seq)?
+        } else {
+            None
+        };
+        let settled = match found {
+            Some(p) => action(conn, consumer, id, p)?,
+            None => false,
+        };
+        if settled {
+            done += 1;
+        } else {
+            unknown.push(index);
+        }
+    }
+    Ok(ConsumerOutcome::Settled { done, unknown })
+}
+
+/// Moves a pending message to the dead letters.
+#[allow(clippy::too_many_arguments)]
+fn bury(
+    conn: &Connection,
+    name: &str,
+    consumer: &mut Loaded,
+    seq: Seq,
+    pending: &Pending,
+    reason: DeadReason,
+    error: Option<&str>,
+    now: Timestamp,
+) -> Sql<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO consumer_dead_letters
+         (consumer, seq, deliveries, reason, last_error, first_delivered_at, dead_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        name,
+        seq as i64,
+        i64::from(pending.deliveries),
+        reason.as_str(),
+        error.or(pending.last_error.as_deref()),
+        pending.first_delivered_at,
+        now.as_micros(),
+    ])?;
+    delete_pending(conn, name, consumer, seq)
+}
+
+fn delete_pending(conn: &Connection, name: &str, consumer: &mut Loaded, seq: Seq) -> Sql<()> {
+    let deleted = conn
+        .prepare_cached("DELETE FROM consumer_pending WHERE consumer = ?1 AND seq = ?2")?
+        .execute(params![name, seq as i64])?;
+    if deleted == 1 {
+        consumer.ack_pending = consumer.ack_pending.saturating_sub(1);
+    }
+    Ok(())
+}
+
+fn fetch(conn: &Connection, consumer: &mut Loaded, batch: usize, now: Timestamp) -> Sql<Fetched> {
+    let name = consumer.record.name.clone();
+    let policy = consumer.record.policy.clone();
+    let epoch = consumer.record.epoch;
+    let mut fetched = Fetched::default();
+
+    // Last deliveries whose ack wait ran out: given up on.
+    if let Some(max) = policy.max_deliver {
+        let expired: Vec<(Seq, Pending)> = conn
+            .prepare_cached(
+                "SELECT seq, deliveries, held_until, first_delivered_at, last_error
+                 FROM consumer_pending
+                 WHERE consumer = ?1 AND held_until <= ?2 AND deliveries >= ?3",
+            )?
+            .query_map(params![name, now.as_micros(), i64::from(max)], |row| {
+                Ok((
+                    row.get::<_, i64>(0)? as Seq,
+                    Pending {
+                        deliveries: row.get::<_, i64>(1)?.max(0) as u32,
+                        held_until: row.get(2)?,
+                        first_delivered_at: row.get(3)?,
+                        last_error: row.get(4)?,
+                    },
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        for (seq, pending) in expired {
+            bury(
+                conn,
+                &name,
+                consumer,
+                seq,
+                &pending,
+                DeadReason::MaxDeliver,
+                None,
+                now,
+            )?;
+            fetched.dead_lettered += 1;
+        }
+    }
+    if batch == 0 {
+        fetched.next_due = next_due(conn, &name, now)?;
+        return Ok(fetched);
+    }
+
+    // Due redeliveries first, in seq order.
+    let due: Vec<(Seq, u32)> = conn
+        .prepare_cached(
+            "SELECT seq, deliveries FROM consumer_pending
+             WHERE consumer = ?1 AND due_at <= ?2 ORDER BY seq LIMIT ?3",
+        )?
+        .query_map(params![name, now.as_micros(), batch as i64], |row| {
+            Ok((
+                row.get::<_, i64>(0)? as Seq,
+                row.get::<_, i64>(1)?.max(0) as u32,
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    for (seq, deliveries) in due {
+        let delivery = deliveries + 1;
+        let Some(event) = event_at(conn, seq)? else {
+            // The event is gone from the log: nothing left to deliver.
+            delete_pending(conn, &name, consumer, seq)?;
+            continue;
+        };
+        let (held, due_at) = due_after_delivery(&policy, seq, delivery, now);
+        conn.prepare_cached(
+            "UPDATE consumer_pending
+             SET deliveries = ?3, held_until = ?4, due_at = ?5,
+                 first_delivered_at = IFNULL(first_delivered_at, ?6)
+             WHERE consumer = ?1 AND seq = ?2",
+        )?
+        .execute(params![
+            name,
+            seq as i64,
+            i64::from(delivery),
+            held,
+            due_at,
+            now.as_micros()
+        ])?;
+        fetched.messages.push(Delivery {
+            event,
+            ack_id: AckId {
+                seq,
+                delivery,
+                epoch,
+            },
+        });
+    }
+
+    // Then new events, as far as the pending set has room.
+    let room = (u64::from(policy.max_ack_pending)).saturating_sub(consumer.ack_pending) as usize;
+    let wanted = room.min(batch - fetched.messages.len());
+    if wanted > 0 {
+        let page = next_events(
+            conn,
+            &consumer.record.filters,
+            consumer.delivered_seq,
+            wanted,
+        )?;
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO consumer_pending
+             (consumer, seq, deliveries, held_until, due_at, first_delivered_at, last_error)
+             VALUES (?1, ?2, 1, ?3, ?4, ?5, NULL)",
+        )?;
+        for event in page.events {
+            let (held, due_at) = due_after_delivery(&policy, event.seq, 1, now);
+            insert.execute(params![
+                name,
+                event.seq as i64,
+                held,
+                due_at,
+                now.as_micros()
+            ])?;
+            consumer.ack_pending += 1;
+            fetched.messages.push(Delivery {
+                ack_id: AckId {
+                    seq: event.seq,
+                    delivery: 1,
+                    epoch,
+                },
+                event,
+            });
+        }
+        consumer.delivered_seq = consumer.delivered_seq.max(page.scanned_to);
+    }
+    fetched.at_max_ack_pending = consumer.ack_pending >= u64::from(policy.max_ack_pending);
+    fetched.next_due = next_due(conn, &name, now)?;
+    Ok(fetched)
+}
+
+fn next_due(conn: &Connection, name: &str, now: Timestamp) -> Sql<Option<Timestamp>> {
+    let due: Option<i64> = conn
+        .prepare_cached(
+            "SELECT min(due_at) FROM consumer_pending WHERE consumer = ?1 AND due_at > ?2",
+        )?
+        .query_row(params![name, now.as_micros()], |row| row.get(0))?;
+    Ok(due.map(Timestamp::from_micros))
+}
+
+fn event_at(conn: &Connection, seq: Seq) -> Sql<Option<Event>> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1"
+        ))?
+        .query_row([seq as i64], row_to_event)
+        .optional()?)
+}
+
+/// The next `limit` events after `after` matching any filter.
+fn next_events(
+    conn: &Connection,
+    filters: &[Pattern],
+    after: Seq,
+    limit: usize,
+) -> Sql<crate::Page> {
+    let mut pages = Vec::with_capacity(filters.len());
+    for filter in filters {
+        pages.push(query::read(
+            conn,
+            &Query {
+                subject: Some(filter.clone()),
+                after_seq: after,
+                limit,
+                ..Query::default()
+            },
+        )?);
+    }
+    Ok(merge_pages(pages, limit))
+}
+
+fn redrive(conn: &Connection, consumer: &mut Loaded, seqs: Option<&[Seq]>) -> Sql<u64> {
+    let name = consumer.record.name.clone();
+    let chosen: Vec<(Seq, i64)> = match seqs {
+        None => conn
+            .prepare_cached(
+                "SELECT seq, first_delivered_at FROM consumer_dead_letters WHERE consumer = ?1",
+            )?
+            .query_map([&name], |row| {
+                Ok((row.get::<_, i64>(0)? as Seq, row.get(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?,
+        Some(seqs) => {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, first_delivered_at FROM consumer_dead_letters
+                 WHERE consumer = ?1 AND seq = ?2",
+            )?;
+            let mut out = Vec::new();
+            for &seq in seqs {
+                if let Some(row) = stmt
+                    .query_row(params![name, crate::seq_to_sql(seq)?], |row| {
+                        Ok((row.get::<_, i64>(0)? as Seq, row.get(1)?))
+                    })
+                    .optional()?
+                {
+                    out.push(row);
+                }
+            }
+            out.sort_unstable();
+            out.dedup();
+            out
+        }
+    };
+    for (seq, first) in &chosen {
+        conn.prepare_cached("DELETE FROM consumer_dead_letters WHERE consumer = ?1 AND seq = ?2")?
+            .execute(params![name, *seq as i64])?;
+        conn.prepare_cached(
+            "INSERT INTO consumer_pending
+             (consumer, seq, deliveries, held_until, due_at, first_delivered_at, last_error)
+             VALUES (?1, ?2, 0, 0, 0, ?3, NULL)",
+        )?
+        .execute(params![name, *seq as i64, first])?;
+        consumer.ack_pending += 1;
+    }
+    Ok(chosen.len() as u64)
+}
