@@ -30,6 +30,7 @@
 //! ```
 
 mod committer;
+pub mod consumers;
 mod cursors;
 pub mod envelope;
 mod follower;
@@ -91,6 +92,8 @@ pub struct HubConfig {
     pub catch_up_page: usize,
     /// NATS: relay, bridge and presence. `None`: the hub runs standalone.
     pub nats: Option<NatsConfig>,
+    /// Bounds of durable consumers.
+    pub consumers: consumers::ConsumerLimits,
 }
 
 impl HubConfig {
@@ -102,6 +105,7 @@ impl HubConfig {
             subscriber_queue: 1024,
             catch_up_page: 256,
             nats: None,
+            consumers: consumers::ConsumerLimits::default(),
         }
     }
 }
@@ -203,6 +207,7 @@ struct Inner {
     started_at: Timestamp,
     /// Routing rules and their consumers (see [`rules`]).
     rules: rules::Rules,
+    consumers: consumers::Consumers,
     /// Cursors of the rule consumers, saved together (see [`cursors`]).
     cursors: cursors::CursorBook,
 }
@@ -254,6 +259,7 @@ impl Hub {
         };
         let rules = rules::Rules::load(&store).await?;
         let (publish_tx, publish_rx) = mpsc::channel(config.publish_queue.max(1));
+        let (consumers, consumer_ops) = consumers::Consumers::new(config.consumers.clone());
         let inner = Arc::new(Inner {
             config,
             store,
@@ -279,10 +285,18 @@ impl Hub {
             started_at: Timestamp::now(),
             cursors: cursors::CursorBook::default(),
             rules,
+            consumers,
         });
-        start_services(&inner, publish_rx, external_commits);
+        start_services(&inner, publish_rx, consumer_ops, external_commits);
         let hub = Hub { inner };
         rules::Rules::start(&hub);
+        let upkeep = hub.clone();
+        hub.inner.services.spawn(
+            "consumer upkeep",
+            services::Stage::Consumers,
+            services::Ending::Abort,
+            |_| consumers::run_upkeep(upkeep.clone(), upkeep.inner.shutdown.clone()),
+        );
         Ok(hub)
     }
 
@@ -501,6 +515,7 @@ const STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 fn start_services(
     inner: &Arc<Inner>,
     publish_rx: mpsc::Receiver<committer::Request>,
+    consumer_ops: mpsc::Receiver<consumers::Request>,
     external_commits: Option<watch::Receiver<Seq>>,
 ) {
     use services::{Ending, Stage};
@@ -508,6 +523,10 @@ fn start_services(
     let hub = inner.clone();
     services.spawn("committer", Stage::Intake, Ending::Drain, |_| {
         committer::run(hub, publish_rx)
+    });
+    let hub = inner.clone();
+    services.spawn("consumer ops", Stage::Intake, Ending::Drain, |_| {
+        consumers::run_ops(hub, consumer_ops)
     });
     if let Some(commits) = external_commits {
         let hub = inner.clone();
