@@ -992,6 +992,66 @@ async fn an_acked_message_stays_acked_after_reopen() {
     assert_eq!((state.ack_floor, state.num_ack_pending), (1, 2));
 }
 
+/// Fetch-and-ack figures (printed, not asserted): `HERALD_PG_BENCH_N` events (default
+/// 20,000), four clients each fetching batches of `HERALD_PG_BENCH_BATCH` (default 100)
+/// and acking each batch, until the consumer is drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand"]
+async fn consumer_figures() {
+    let n: usize = std::env::var("HERALD_PG_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let batch: usize = std::env::var("HERALD_PG_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let store = PostgresStore::open(
+        &fresh_url().await,
+        PostgresOptions {
+            pool_size: 8,
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    for chunk in 0..n.div_ceil(1000) {
+        let size = 1000.min(n - chunk * 1000);
+        store.append(events("hub.bench.c", size)).await.unwrap();
+    }
+    store
+        .create_consumer(consumer("bench", "hub.bench.>", 60_000), 10)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let clients = (0..4).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut got = 0usize;
+            loop {
+                let now = Timestamp::now();
+                let fetched = fetch(&store, now, "bench", batch).await;
+                if fetched.messages.is_empty() {
+                    return got;
+                }
+                got += fetched.messages.len();
+                let ids = fetched.messages.iter().map(|m| m.ack_id).collect();
+                ack(&store, now, "bench", ids).await;
+            }
+        })
+    });
+    let mut total = 0;
+    for client in clients.collect::<Vec<_>>() {
+        total += client.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(total, n);
+    println!(
+        "consumer: {n} messages fetched and acked in batches of {batch} by 4 clients in {elapsed:?}: {:.0} msg/s",
+        n as f64 / elapsed.as_secs_f64()
+    );
+}
+
 /// A database written by the first release (schema version 1: no cursors, no rules, no
 /// dead letters, no consumers) migrates at open and keeps its events.
 #[tokio::test]
