@@ -1,6 +1,6 @@
 //! The PostgreSQL backend against a real server (no mocks): the conformance suite,
-//! commit-ordered seqs with two stores writing at once, the durability check, outages,
-//! concurrent migrations, and ingest figures.
+//! commit-ordered seqs with two stores writing at once, a consumer shared by two stores,
+//! the durability check, outages, concurrent migrations, and ingest figures.
 //!
 //! A local server is started from Debian's `postgresql` binaries (shared by the tests of
 //! this file, one database per test), or `HERALD_TEST_PG_URL` names one. Tests that stop
@@ -11,11 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald_core::{NewEvent, Payload, Seq};
+use herald_core::{NewEvent, Pattern, Payload, Seq, Timestamp};
 use herald_store::conformance::{event, events};
 use herald_store::testing::TestPostgres;
 use herald_store::{
-    Appended, PostgresOptions, PostgresStore, Query, Store, StoreConfig, StoreError, StoredRule,
+    AckId, Appended, Backoff, ConsumerCall, ConsumerOp, ConsumerOutcome, CreateConsumer,
+    DeliveryPolicy, Fetched, NewConsumer, PostgresOptions, PostgresStore, Query, Store,
+    StoreConfig, StoreError, StoredRule,
 };
 use uuid::Uuid;
 
@@ -814,8 +816,244 @@ async fn cursors_and_rules_survive_reopen_and_are_shared() {
     assert_eq!(again.list_rules().await.unwrap(), vec![rule]);
 }
 
+fn consumer(name: &str, filter: &str, ack_wait_ms: u64) -> NewConsumer {
+    NewConsumer {
+        name: name.into(),
+        epoch: 7,
+        filters: vec![Pattern::parse_filter(filter).unwrap()],
+        policy: DeliveryPolicy {
+            ack_wait_ms,
+            max_deliver: None,
+            backoff: Backoff::Schedule(vec![0]),
+            max_ack_pending: 100_000,
+        },
+        meta: "{}".into(),
+        start_after: 0,
+    }
+}
+
+async fn fetch(store: &PostgresStore, now: Timestamp, name: &str, batch: usize) -> Fetched {
+    let call = ConsumerCall {
+        consumer: name.into(),
+        op: ConsumerOp::Fetch { batch },
+    };
+    match store.consumer_ops(now, vec![call]).await.unwrap().pop() {
+        Some(ConsumerOutcome::Fetched(fetched)) => fetched,
+        other => panic!("fetch answered {other:?}"),
+    }
+}
+
+async fn ack(store: &PostgresStore, now: Timestamp, name: &str, ids: Vec<AckId>) -> u64 {
+    let call = ConsumerCall {
+        consumer: name.into(),
+        op: ConsumerOp::Ack(ids),
+    };
+    match store.consumer_ops(now, vec![call]).await.unwrap().pop() {
+        Some(ConsumerOutcome::Settled { done, .. }) => done,
+        other => panic!("ack answered {other:?}"),
+    }
+}
+
+/// Two instances on one database, ten tasks fetching small batches through both at once
+/// (and some acking) while a writer appends: every matching seq is handed out exactly
+/// once, none of the others, and the consumer's counters agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_hand_out_each_message_once() {
+    let url = fresh_url().await;
+    let instances = [
+        PostgresStore::open(&url, options()).await.unwrap(),
+        PostgresStore::open(&url, options()).await.unwrap(),
+    ];
+    let (first, second) = (&instances[0], &instances[1]);
+    for i in 0..10 {
+        first.append(events("hub.cq.early", 10)).await.unwrap();
+        first
+            .append(events(&format!("hub.other.{i}"), 3))
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        first
+            .create_consumer(consumer("q", "hub.cq.>", 600_000), 10)
+            .await
+            .unwrap(),
+        CreateConsumer::Created(_)
+    ));
+    // Every delivery is held for ten minutes: nothing comes back during the test.
+    let now = Timestamp::now();
+
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let store = second.clone();
+        let writing = writing.clone();
+        tokio::spawn(async move {
+            for i in 0..30 {
+                store.append(events("hub.cq.late", 7)).await.unwrap();
+                store
+                    .append(events(&format!("hub.other.late{i}"), 2))
+                    .await
+                    .unwrap();
+            }
+            writing.store(false, Ordering::Release);
+        })
+    };
+    let mut fetchers = Vec::new();
+    for task in 0..10usize {
+        let store = instances[task % 2].clone();
+        let writing = writing.clone();
+        fetchers.push(tokio::spawn(async move {
+            let mut got: Vec<Seq> = Vec::new();
+            let mut acked = 0u64;
+            let mut round = 0usize;
+            loop {
+                // Read the flag first: an empty fetch after the writer finished means
+                // the log is drained.
+                let done_writing = !writing.load(Ordering::Acquire);
+                let fetched = fetch(&store, now, "q", 1 + (task + round) % 4).await;
+                round += 1;
+                if fetched.messages.is_empty() {
+                    if done_writing {
+                        return (got, acked);
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                got.extend(fetched.messages.iter().map(|m| m.event.seq));
+                if task % 3 == 0 {
+                    let ids = fetched.messages.iter().map(|m| m.ack_id).collect();
+                    acked += ack(&store, now, "q", ids).await;
+                }
+            }
+        }));
+    }
+    writer.await.unwrap();
+    let mut handed_out = Vec::new();
+    let mut acked = 0;
+    let mut busy_tasks = 0;
+    for fetcher in fetchers {
+        let (got, task_acked) = fetcher.await.unwrap();
+        busy_tasks += usize::from(!got.is_empty());
+        handed_out.extend(got);
+        acked += task_acked;
+    }
+
+    let head = first.head().await.unwrap();
+    let matching: Vec<Seq> = first
+        .query(Query {
+            subject: Some(Pattern::parse_filter("hub.cq.>").unwrap()),
+            limit: 1000,
+            ..Query::default()
+        })
+        .await
+        .unwrap()
+        .events
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(matching.len(), 100 + 30 * 7);
+    let total = handed_out.len();
+    handed_out.sort_unstable();
+    handed_out.dedup();
+    assert_eq!(handed_out.len(), total, "no seq handed out twice");
+    assert_eq!(handed_out, matching, "every matching seq handed out");
+    assert!(busy_tasks > 2, "the fetches ran side by side");
+    let state = second.consumer_state("q").await.unwrap().unwrap();
+    assert_eq!(state.delivered_seq, head);
+    assert_eq!(state.num_pending, 0);
+    assert_eq!(state.num_ack_pending, total as u64 - acked);
+    println!("{total} messages handed out by 10 tasks on 2 instances, {acked} acked");
+}
+
+/// An ack answered Ok is committed: after the store is closed and opened again, the
+/// acked messages never come back, even long after their ack wait; the others do.
+#[tokio::test]
+async fn an_acked_message_stays_acked_after_reopen() {
+    let url = fresh_url().await;
+    let store = PostgresStore::open(&url, options()).await.unwrap();
+    store.append(events("hub.durable", 5)).await.unwrap();
+    store
+        .create_consumer(consumer("d", "hub.durable", 1000), 10)
+        .await
+        .unwrap();
+    let t0 = Timestamp::from_micros(1_700_000_000_000_000);
+    let fetched = fetch(&store, t0, "d", 10).await;
+    assert_eq!(fetched.messages.len(), 5);
+    let ids: Vec<AckId> = fetched.messages.iter().map(|m| m.ack_id).collect();
+    assert_eq!(ack(&store, t0, "d", vec![ids[0], ids[2], ids[4]]).await, 3);
+    store.close().await.unwrap();
+
+    let store = PostgresStore::open(&url, options()).await.unwrap();
+    let an_hour_later = Timestamp::from_micros(t0.as_micros() + 3_600_000_000);
+    let again = fetch(&store, an_hour_later, "d", 10).await;
+    let seqs: Vec<Seq> = again.messages.iter().map(|m| m.event.seq).collect();
+    assert_eq!(seqs, [2, 4], "only the unacked ones come back");
+    assert!(again.messages.iter().all(|m| m.ack_id.delivery == 2));
+    let state = store.consumer_state("d").await.unwrap().unwrap();
+    assert_eq!((state.ack_floor, state.num_ack_pending), (1, 2));
+}
+
+/// Fetch-and-ack figures (printed, not asserted): `HERALD_PG_BENCH_N` events (default
+/// 20,000), four clients each fetching batches of `HERALD_PG_BENCH_BATCH` (default 100)
+/// and acking each batch, until the consumer is drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand"]
+async fn consumer_figures() {
+    let n: usize = std::env::var("HERALD_PG_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let batch: usize = std::env::var("HERALD_PG_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let store = PostgresStore::open(
+        &fresh_url().await,
+        PostgresOptions {
+            pool_size: 8,
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    for chunk in 0..n.div_ceil(1000) {
+        let size = 1000.min(n - chunk * 1000);
+        store.append(events("hub.bench.c", size)).await.unwrap();
+    }
+    store
+        .create_consumer(consumer("bench", "hub.bench.>", 60_000), 10)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let clients = (0..4).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut got = 0usize;
+            loop {
+                let now = Timestamp::now();
+                let fetched = fetch(&store, now, "bench", batch).await;
+                if fetched.messages.is_empty() {
+                    return got;
+                }
+                got += fetched.messages.len();
+                let ids = fetched.messages.iter().map(|m| m.ack_id).collect();
+                ack(&store, now, "bench", ids).await;
+            }
+        })
+    });
+    let mut total = 0;
+    for client in clients.collect::<Vec<_>>() {
+        total += client.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(total, n);
+    println!(
+        "consumer: {n} messages fetched and acked in batches of {batch} by 4 clients in {elapsed:?}: {:.0} msg/s",
+        n as f64 / elapsed.as_secs_f64()
+    );
+}
+
 /// A database written by the first release (schema version 1: no cursors, no rules, no
-/// dead letters) migrates at open and keeps its events.
+/// dead letters, no consumers) migrates at open and keeps its events.
 #[tokio::test]
 async fn a_version_1_schema_migrates_at_open() {
     let url = fresh_url().await;
@@ -823,14 +1061,15 @@ async fn a_version_1_schema_migrates_at_open() {
     store.append(events("hub.old", 3)).await.unwrap();
     store.close().await.unwrap();
 
-    // Back to version 1: migrations 2 and 3 only added these tables.
+    // Back to version 1: the later migrations only added these tables.
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(connection);
     client
         .batch_execute(
-            "DROP TABLE cursors, rules, bridge_dead_letters;
+            "DROP TABLE cursors, rules, bridge_dead_letters,
+                        consumers, consumer_pending, consumer_dead_letters;
              DELETE FROM herald_schema_migrations WHERE version > 1",
         )
         .await

@@ -51,10 +51,6 @@ where
     rules_keep_their_order_and_text(&open().await).await;
     wildcard_characters_inside_tokens_are_literal(&open().await).await;
     dead_letters_keep_their_order_bytes_and_bound(&open().await).await;
-}
-
-/// The consumer checks alone, on one fresh store from `open`.
-pub async fn run_consumers<S: Store, Fut: Future<Output = S>>(open: impl FnOnce() -> Fut) {
     consumers::run(&open().await).await;
 }
 

@@ -840,18 +840,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn consumer_conformance() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("consumers.db");
-        crate::conformance::run_consumers(|| async move {
-            EmbeddedStore::open(path, EmbeddedOptions::default())
-                .await
-                .unwrap()
-        })
-        .await;
-    }
-
-    #[tokio::test]
     async fn cursors_and_rules_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir).await;

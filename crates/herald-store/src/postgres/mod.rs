@@ -60,6 +60,28 @@
 //! collation is. Payloads are `TEXT`, not `jsonb`: the exact JSON text is kept (jsonb
 //! would reorder keys and drop duplicates).
 //!
+//! Tables: `events`, `subjects` and `log_head` (the log); `cursors` and `rules`;
+//! `bridge_dead_letters`; `consumers`, `consumer_pending` and `consumer_dead_letters`
+//! (durable consumers, below); and `herald_schema_migrations`.
+//!
+//! # Consumers
+//!
+//! A consumer is a row of `consumers` (its policy, `delivered_seq`, and the count of its
+//! pending messages), one row of `consumer_pending` per message handed out and not yet
+//! settled, and one row of `consumer_dead_letters` per message given up on (see
+//! [`crate::consumer`]). [`Store::consumer_ops`] runs each batch of calls in one READ
+//! COMMITTED transaction that first locks the rows of the consumers it names
+//! (`SELECT … FOR UPDATE`, in name order: no deadlock between batches), so every change to
+//! one consumer's delivery state — from any instance — waits for the previous one to
+//! commit and then sees all of it: a message goes to one client at a time, across
+//! instances. New events are read with the planner below inside that transaction (it
+//! reads `log_head` first and bounds its reads by it, which is consistent under READ
+//! COMMITTED too). Creating a consumer takes a transaction-scoped advisory lock, so
+//! instances creating consumers at once keep to the limit. The number of matching events
+//! not yet delivered is `log_head - delivered_seq` for a consumer that takes everything
+//! (seqs are gap-free), and counted through the subject index otherwise
+//! (`postgres/consumers.rs`).
+//!
 //! # Reads
 //!
 //! Every query runs in one `REPEATABLE READ READ ONLY` transaction (one snapshot) with the
@@ -110,6 +132,7 @@
 //!   certificate is signed with an RSA or ECDSA SHA-2 algorithm.
 
 mod append;
+mod consumers;
 mod listen;
 mod query;
 pub mod schema;
@@ -330,52 +353,88 @@ impl PostgresStore {
 impl Store for PostgresStore {
     async fn create_consumer(
         &self,
-        _consumer: NewConsumer,
-        _max_consumers: usize,
+        consumer: NewConsumer,
+        max_consumers: usize,
     ) -> Result<CreateConsumer> {
-        Err(not_yet())
+        let now = Timestamp::now();
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(consumers::create(client, consumer, max_consumers, now))
+        })
+        .await
     }
 
     async fn update_consumer(
         &self,
-        _name: &str,
-        _policy: DeliveryPolicy,
-        _meta: String,
+        name: &str,
+        policy: DeliveryPolicy,
+        meta: String,
     ) -> Result<Option<ConsumerRecord>> {
-        Err(not_yet())
+        let name = name.to_owned();
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move { consumers::update(client, &name, &policy, &meta).await })
+        })
+        .await
     }
 
-    async fn consumer(&self, _name: &str) -> Result<Option<ConsumerRecord>> {
-        Err(not_yet())
+    async fn consumer(&self, name: &str) -> Result<Option<ConsumerRecord>> {
+        let name = name.to_owned();
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move { consumers::get(client, &name).await })
+        })
+        .await
     }
 
     async fn consumers(&self) -> Result<Vec<ConsumerRecord>> {
-        Err(not_yet())
+        self.with_client(self.call_timeout(), |client| {
+            Box::pin(consumers::list(client))
+        })
+        .await
     }
 
-    async fn delete_consumer(&self, _name: &str) -> Result<bool> {
-        Err(not_yet())
+    async fn delete_consumer(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move { consumers::delete(client, &name).await })
+        })
+        .await
     }
 
-    async fn consumer_state(&self, _name: &str) -> Result<Option<ConsumerState>> {
-        Err(not_yet())
+    async fn consumer_state(&self, name: &str) -> Result<Option<ConsumerState>> {
+        let name = name.to_owned();
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move { consumers::state(client, &name).await })
+        })
+        .await
     }
 
     async fn consumer_ops(
         &self,
-        _now: Timestamp,
-        _calls: Vec<ConsumerCall>,
+        now: Timestamp,
+        calls: Vec<ConsumerCall>,
     ) -> Result<Vec<ConsumerOutcome>> {
-        Err(not_yet())
+        if calls.is_empty() {
+            if self.inner.closed.load(Ordering::Acquire) {
+                return Err(StoreError::Closed);
+            }
+            return Ok(Vec::new());
+        }
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(consumers::ops(client, now, calls))
+        })
+        .await
     }
 
     async fn consumer_dead_letters(
         &self,
-        _name: &str,
-        _after_seq: Seq,
-        _limit: usize,
+        name: &str,
+        after_seq: Seq,
+        limit: usize,
     ) -> Result<Option<Vec<ConsumerDeadLetter>>> {
-        Err(not_yet())
+        let name = name.to_owned();
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move { consumers::dead_letters(client, &name, after_seq, limit).await })
+        })
+        .await
     }
 
     async fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<Appended>> {
@@ -459,6 +518,9 @@ impl Store for PostgresStore {
                                + pg_total_relation_size('cursors')
                                + pg_total_relation_size('rules')
                                + pg_total_relation_size('bridge_dead_letters')
+                               + pg_total_relation_size('consumers')
+                               + pg_total_relation_size('consumer_pending')
+                               + pg_total_relation_size('consumer_dead_letters')
                                + pg_total_relation_size('herald_schema_migrations'))::bigint",
                     )
                     .await?;
@@ -850,8 +912,4 @@ impl From<StoreError> for Failure {
     fn from(error: StoreError) -> Self {
         Failure::Store(error)
     }
-}
-
-fn not_yet() -> StoreError {
-    StoreError::Internal("consumers are not implemented on PostgreSQL yet".into())
 }

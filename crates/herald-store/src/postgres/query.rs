@@ -25,22 +25,28 @@ use crate::{Page, Query, MAX_QUERY_LIMIT};
 /// Rows read per step of a scan (by seq or by correlation id).
 const SCAN_CHUNK: i64 = 512;
 
-type Tx<'a> = deadpool_postgres::Transaction<'a>;
+pub(super) type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
 pub(super) async fn run(client: &mut Object, query: Query) -> Result<Page, Failure> {
-    let limit = query.limit.clamp(1, MAX_QUERY_LIMIT);
     let tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()
         .await?;
-    let page = plan_and_read(&tx, &query, limit).await?;
+    let page = plan_and_read(&tx, &query).await?;
     tx.commit().await?;
     Ok(page)
 }
 
-async fn plan_and_read(tx: &Tx<'_>, query: &Query, limit: usize) -> Result<Page, Failure> {
+/// [`run`] inside a transaction the caller holds, READ COMMITTED included (the consumer
+/// transactions, which must see what the previous holder of a consumer's lock
+/// committed). That is consistent too: the head is read first, and every read after it
+/// is bounded by it; an append commits its events together with the head that covers
+/// them, so each later statement's snapshot holds every event up to that head, and
+/// events are never changed or removed.
+pub(super) async fn plan_and_read(tx: &Tx<'_>, query: &Query) -> Result<Page, Failure> {
+    let limit = query.limit.clamp(1, MAX_QUERY_LIMIT);
     let head_stmt = tx.prepare_cached("SELECT seq FROM log_head").await?;
     let head = tx.query_one(&head_stmt, &[]).await?.get::<_, i64>(0) as Seq;
     let complete = Page {

@@ -78,6 +78,45 @@ const MIGRATIONS: &[&str] = &[
         reason      TEXT   NOT NULL
     );
     "#,
+    // 4: durable consumers (see consumer.rs): the consumer, its delivered and not yet
+    // settled messages, and the messages it gave up on. Times are microseconds since the
+    // Unix epoch, UTC. Names sort bytewise (consumers are listed by name, and
+    // `consumer_ops` locks rows in that order). No foreign keys: the store deletes a
+    // consumer's rows itself, and a key check per delivered message would cost.
+    r#"
+    CREATE TABLE consumers (
+        name          TEXT   COLLATE "C" PRIMARY KEY,
+        epoch         BIGINT NOT NULL,  -- a u32
+        filters       TEXT   NOT NULL,  -- JSON array of subject patterns
+        policy        TEXT   NOT NULL,  -- JSON: ack wait, max deliver, backoff, max ack pending
+        meta          TEXT   NOT NULL,  -- JSON kept as given by the hub
+        created_at    BIGINT NOT NULL,
+        delivered_seq BIGINT NOT NULL,  -- every matching event up to here was handed out
+        ack_pending   BIGINT NOT NULL   -- rows in consumer_pending
+    );
+    CREATE TABLE consumer_pending (
+        consumer           TEXT    COLLATE "C" NOT NULL,
+        seq                BIGINT  NOT NULL,
+        deliveries         INTEGER NOT NULL,
+        held_until         BIGINT  NOT NULL,  -- the current delivery's ack wait ends
+        due_at             BIGINT  NOT NULL,  -- may be handed out again from here
+        first_delivered_at BIGINT,
+        last_error         TEXT,
+        PRIMARY KEY (consumer, seq)
+    );
+    CREATE INDEX consumer_pending_by_due ON consumer_pending (consumer, due_at);
+    CREATE INDEX consumer_pending_by_held ON consumer_pending (consumer, held_until);
+    CREATE TABLE consumer_dead_letters (
+        consumer           TEXT    COLLATE "C" NOT NULL,
+        seq                BIGINT  NOT NULL,
+        deliveries         INTEGER NOT NULL,
+        reason             TEXT    NOT NULL,  -- max_deliver | term
+        last_error         TEXT,
+        first_delivered_at BIGINT  NOT NULL,
+        dead_at            BIGINT  NOT NULL,
+        PRIMARY KEY (consumer, seq)
+    );
+    "#,
 ];
 
 /// The schema version this build writes.
