@@ -83,8 +83,18 @@ error_codes! {
     RuleExists = "rule_exists" => CONFLICT, InvalidParams,
     /// The hub already keeps the most routing rules it takes.
     TooManyRules = "too_many_rules" => CONFLICT, InvalidRequest,
-    /// No NATS bridge dead letter has that id.
+    /// No dead letter has that id (NATS bridge) or seq (consumer).
     DeadLetterNotFound = "dead_letter_not_found" => NOT_FOUND, InvalidParams,
+    /// No durable consumer has that name.
+    ConsumerNotFound = "consumer_not_found" => NOT_FOUND, InvalidParams,
+    /// A consumer's settings are malformed or out of range (the message names the
+    /// field); nothing was created or changed.
+    InvalidConsumer = "invalid_consumer" => UNPROCESSABLE_ENTITY, InvalidParams,
+    /// The consumer exists with another value of a field that cannot change
+    /// (`filter_subjects`, `deliver_policy`, `opt_start_seq`, `opt_start_time`).
+    ConsumerConflict = "consumer_conflict" => CONFLICT, InvalidParams,
+    /// The hub already keeps the most consumers it takes (`--max-consumers`).
+    TooManyConsumers = "too_many_consumers" => CONFLICT, InvalidRequest,
     MethodNotAllowed = "method_not_allowed" => METHOD_NOT_ALLOWED, InvalidRequest,
     TooManyStreams = "too_many_streams" => SERVICE_UNAVAILABLE, Unavailable,
     /// The server is at its connection cap (`HERALD_MAX_CONNECTIONS`); only health checks
@@ -271,6 +281,31 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+impl From<herald_hub::consumers::ConsumerError> for ApiError {
+    fn from(error: herald_hub::consumers::ConsumerError) -> Self {
+        use herald_hub::consumers::ConsumerError;
+        match error {
+            ConsumerError::NotFound(_) => {
+                ApiError::new(ErrorCode::ConsumerNotFound, error.to_string())
+            }
+            ConsumerError::Invalid(_) => {
+                ApiError::new(ErrorCode::InvalidConsumer, error.to_string())
+            }
+            ConsumerError::Conflict { .. } => {
+                ApiError::new(ErrorCode::ConsumerConflict, error.to_string())
+            }
+            ConsumerError::LimitReached(_) => {
+                ApiError::new(ErrorCode::TooManyConsumers, error.to_string())
+            }
+            ConsumerError::Hub(error) => error.into(),
+            other => {
+                tracing::error!(error = %other, "Internal error.");
+                ApiError::new(ErrorCode::Internal, "internal error")
+            }
+        }
     }
 }
 

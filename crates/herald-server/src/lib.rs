@@ -221,6 +221,33 @@ pub fn routes(state: &AppState) -> Vec<(&'static str, MethodRouter<AppState>)> {
             "/api/bridge/dead-letters/{id}",
             delete(http::bridge::delete_dead_letter),
         ),
+        ("/api/consumers", get(http::consumers::list_consumers)),
+        (
+            "/api/consumers/{name}",
+            get(http::consumers::get_consumer)
+                .put(http::consumers::put_consumer)
+                .delete(http::consumers::delete_consumer),
+        ),
+        ("/api/consumers/{name}/fetch", post(http::consumers::fetch)),
+        ("/api/consumers/{name}/ack", post(http::consumers::ack)),
+        ("/api/consumers/{name}/nak", post(http::consumers::nak)),
+        (
+            "/api/consumers/{name}/progress",
+            post(http::consumers::progress),
+        ),
+        ("/api/consumers/{name}/term", post(http::consumers::term)),
+        (
+            "/api/consumers/{name}/dead-letters",
+            get(http::consumers::list_dead_letters),
+        ),
+        (
+            "/api/consumers/{name}/dead-letters/redrive",
+            post(http::consumers::redrive),
+        ),
+        (
+            "/api/consumers/{name}/dead-letters/{seq}",
+            delete(http::consumers::discard_dead_letter),
+        ),
         ("/health", get(http::health)),
         ("/health/nats", get(http::nats_health)),
         ("/api/hubs", get(http::hubs)),

@@ -103,6 +103,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_SUBSCRIBER_QUEUE", default_value_t = 1024)]
     subscriber_queue: usize,
 
+    /// Most durable consumers the hub keeps (PUT /api/consumers/{name} past it is 409).
+    #[arg(long, env = "HERALD_MAX_CONSUMERS", default_value_t = 1000)]
+    max_consumers: usize,
+
     /// Most events committed in one transaction.
     #[arg(long, env = "HERALD_MAX_BATCH_EVENTS", default_value_t = 2048)]
     max_batch_events: usize,
@@ -414,6 +418,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut hub_config = HubConfig::new(args.hub_id.clone());
     hub_config.subscriber_queue = args.subscriber_queue.max(1);
     hub_config.max_batch_events = args.max_batch_events.max(1);
+    if args.max_consumers == 0 {
+        anyhow::bail!("--max-consumers must be at least 1");
+    }
+    hub_config.consumers.max_consumers = args.max_consumers;
     let nats_shown = nats.as_ref().map(|n| n.redacted_servers());
     hub_config.nats = nats;
     let hub = Hub::open(hub_config, store).await?;

@@ -5,6 +5,7 @@
 
 pub mod bridge;
 pub mod cloudevents;
+pub mod consumers;
 pub mod publish;
 pub mod rules;
 

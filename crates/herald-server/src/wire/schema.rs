@@ -585,6 +585,149 @@ fn error_body(status: StatusCode) -> Value {
     })
 }
 
+raw_schema! {
+    /// A durable consumer's name.
+    ConsumerName => json!({
+        "type": "string",
+        "pattern": "^[A-Za-z0-9_-]{1,128}$",
+        "examples": ["orders-worker"],
+    })
+}
+
+/// The schema of a consumer's ack ids (opaque strings).
+fn ack_ids_schema() -> Value {
+    json!({
+        "type": "array",
+        "maxItems": herald_hub::consumers::MAX_ACK_IDS,
+        "items": {"type": "string", "maxLength": 64},
+        "description": "The `ack_id`s of the deliveries, as fetched.",
+    })
+}
+
+fn reason_schema() -> Value {
+    json!({
+        "type": ["string", "null"],
+        "maxLength": super::consumers::MAX_REASON_CHARS,
+        "description": "Why, kept as the message's `last_error`.",
+    })
+}
+
+raw_schema! {
+    /// `PUT /api/consumers/{name}` body.
+    ConsumerRequest => json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["filter_subjects"],
+        "allOf": [
+            {
+                "if": {"required": ["opt_start_seq"]},
+                "then": {"required": ["deliver_policy"], "properties": {"deliver_policy": {"const": "by_start_seq"}}},
+            },
+            {
+                "if": {"required": ["opt_start_time"]},
+                "then": {"required": ["deliver_policy"], "properties": {"deliver_policy": {"const": "by_start_time"}}},
+            },
+            {
+                "if": {"required": ["deliver_policy"], "properties": {"deliver_policy": {"const": "by_start_seq"}}},
+                "then": {"required": ["opt_start_seq"]},
+            },
+            {
+                "if": {"required": ["deliver_policy"], "properties": {"deliver_policy": {"const": "by_start_time"}}},
+                "then": {"required": ["opt_start_time"]},
+            },
+        ],
+        "properties": {
+            "filter_subjects": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": herald_hub::consumers::MAX_FILTERS,
+                "items": reference("SubjectPattern"),
+            },
+            "deliver_policy": {
+                "type": "string",
+                "enum": ["all", "new", "by_start_seq", "by_start_time"],
+                "default": "all",
+                "description": "Where it starts: the first event (`all`), the first one committed after creation (`new`), `opt_start_seq`, or the first committed at or after `opt_start_time`.",
+            },
+            "opt_start_seq": {"type": "integer", "minimum": 1, "maximum": i64::MAX, "description": "With `by_start_seq` only (required then)."},
+            "opt_start_time": {"type": "string", "format": "date-time", "description": "With `by_start_time` only (required then)."},
+            "ack_wait_ms": {"type": "integer", "minimum": 10, "maximum": herald_hub::consumers::MAX_DELAY_MS, "default": 30000},
+            "max_deliver": {"type": "integer", "minimum": -1, "maximum": i32::MAX, "not": {"const": 0}, "default": 5, "description": "Deliveries before a message goes to the dead letters; -1: unlimited."},
+            "backoff_ms": {
+                "type": ["array", "null"],
+                "minItems": 1,
+                "maxItems": 64,
+                "items": {"type": "integer", "minimum": 0, "maximum": herald_hub::consumers::MAX_DELAY_MS},
+                "description": "The delay before the n-th retry of a failed delivery; the last repeats. Without it: 1 s doubling to 5 min, ±10 % jitter.",
+            },
+            "max_ack_pending": {"type": "integer", "minimum": 1, "maximum": herald_hub::consumers::MAX_ACK_PENDING, "default": 1000},
+            "description": {"type": ["string", "null"], "maxLength": 1024},
+        },
+    })
+}
+
+raw_schema! {
+    /// `POST /api/consumers/{name}/fetch` body.
+    FetchRequest => json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "batch": {"type": "integer", "minimum": 1, "maximum": herald_hub::consumers::MAX_FETCH_BATCH, "default": 1},
+            "wait_ms": {"type": "integer", "minimum": 0, "maximum": 60000, "default": 0},
+        },
+    })
+}
+
+raw_schema! {
+    /// `POST /api/consumers/{name}/ack` (and `/progress`) body.
+    AckRequest => json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["ack_ids"],
+        "properties": {"ack_ids": ack_ids_schema()},
+    })
+}
+
+raw_schema! {
+    /// `POST /api/consumers/{name}/nak` body.
+    NakRequest => json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["ack_ids"],
+        "properties": {
+            "ack_ids": ack_ids_schema(),
+            "delay_ms": {"type": ["integer", "null"], "minimum": 0, "maximum": herald_hub::consumers::MAX_DELAY_MS, "description": "Without it, the consumer's backoff applies."},
+            "reason": reason_schema(),
+        },
+    })
+}
+
+raw_schema! {
+    /// `POST /api/consumers/{name}/term` body.
+    TermRequest => json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["ack_ids"],
+        "properties": {"ack_ids": ack_ids_schema(), "reason": reason_schema()},
+    })
+}
+
+raw_schema! {
+    /// `POST /api/consumers/{name}/dead-letters/redrive` body (may be empty: all).
+    RedriveRequest => json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "seqs": {
+                "type": ["array", "null"],
+                "maxItems": herald_hub::consumers::MAX_ACK_IDS,
+                "items": {"type": "integer", "minimum": 1, "maximum": i64::MAX},
+                "description": "The dead letters' seqs; all of them when absent.",
+            },
+        },
+    })
+}
+
 /// Implements `ToResponse` for the error answers of one status.
 macro_rules! error_responses {
     ($($name:ident = $status:ident, $description:literal;)+) => {$(
