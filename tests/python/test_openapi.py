@@ -9,7 +9,8 @@ no schema-violating request accepted.
 
 What a JSON Schema cannot express, or a plain HTTP fuzzer cannot do, is configured
 below, nothing else:
-- `GET /api/events/stream` is a WebSocket upgrade: a plain HTTP fuzzer cannot upgrade,
+- `GET /api/events/stream` and `GET /api/consumers/{name}/stream` are WebSocket
+  upgrades: a plain HTTP fuzzer cannot upgrade,
   so its schema-valid requests get `400 websocket_required`. It is still run with every
   other check (its errors, statuses and headers must match the document).
 - `POST /rpc` is JSON-RPC 2.0, which answers malformed requests in-band with HTTP 200
@@ -39,6 +40,10 @@ MAX_EXAMPLES = 25
 CONFIG = """
 [[operations]]
 include-path = "/api/events/stream"
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+include-path = "/api/consumers/{name}/stream"
 checks.positive_data_acceptance.enabled = false
 
 [[operations]]

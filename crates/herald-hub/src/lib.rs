@@ -171,6 +171,8 @@ pub struct HubStats {
     pub live_deliveries: AtomicU64,
     /// Times a live subscriber overflowed its queue and went back to the store.
     pub subscriber_overflows: AtomicU64,
+    /// Live events a queue group dropped because every member's queue was full.
+    pub queue_group_drops: AtomicU64,
 }
 
 /// How long `Hub::health` waits for the store to answer a read.
@@ -460,6 +462,15 @@ impl Hub {
         ))
     }
 
+    /// Joins the live queue group `group` on `pattern` (NATS core queue semantics, within
+    /// this instance): each event committed from now on that matches goes to one member
+    /// of the group, at most once — a member whose queue is full is passed over, and an
+    /// event no member can take is dropped (counted in [`HubStats::queue_group_drops`]).
+    /// Members with the same group name and pattern form one group.
+    pub fn subscribe_queue(&self, pattern: Pattern, group: &str) -> Subscription {
+        Subscription::register_member(self.inner.clone(), pattern, group)
+    }
+
     /// Whether the store can be read and written: unhealthy when it cannot be read, when
     /// the last commit failed (see [`write_health::FAILURE_MEMORY`]), or when a commit has
     /// been running longer than [`write_health::STALL_AFTER`].
@@ -607,6 +618,30 @@ fn start_services(
     );
 }
 
+/// Gives `event` to one member of each queue group in `members` (group, subscriber id,
+/// slot): the members take turns by seq, and a full member is passed over. Answers how
+/// many groups got it and how many dropped it (every member full).
+fn offer_to_groups(
+    event: &Arc<Event>,
+    mut members: Vec<(&Arc<str>, u64, &subscription::LiveSlot)>,
+) -> (u64, u64) {
+    // Ids come from the tree in no fixed order: sort for a stable turn order.
+    members.sort_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
+    let (mut queued, mut dropped) = (0, 0);
+    for group in members.chunk_by(|a, b| a.0 == b.0) {
+        let first = (event.seq % group.len() as u64) as usize;
+        let taken = (0..group.len())
+            .map(|k| group[(first + k) % group.len()].2)
+            .any(|slot| slot.offer_once(event));
+        if taken {
+            queued += 1;
+        } else {
+            dropped += 1;
+        }
+    }
+    (queued, dropped)
+}
+
 impl Inner {
     /// Delivers committed events to matching live subscribers, in seq order. Events at
     /// or below the fan-out head were delivered already and are skipped.
@@ -644,8 +679,13 @@ impl Inner {
             if event.seq <= *head {
                 continue;
             }
+            let mut members: Vec<(&Arc<str>, u64, &subscription::LiveSlot)> = Vec::new();
             tree.for_each_match(event.subject.as_str(), |id| {
                 if let Some(slot) = subscribers.get(id) {
+                    if let Some(group) = &slot.group {
+                        members.push((group, *id, slot));
+                        return;
+                    }
                     match slot.offer(event) {
                         subscription::Offer::Queued => delivered += 1,
                         subscription::Offer::Overflowed => overflowed += 1,
@@ -653,6 +693,13 @@ impl Inner {
                     }
                 }
             });
+            if !members.is_empty() {
+                let (queued, dropped) = offer_to_groups(event, members);
+                delivered += queued;
+                self.stats
+                    .queue_group_drops
+                    .fetch_add(dropped, Ordering::Relaxed);
+            }
             *head = event.seq;
         }
         let head = *head;

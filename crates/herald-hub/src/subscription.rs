@@ -39,6 +39,9 @@ pub enum StartAt {
 pub(crate) struct LiveSlot {
     queue: mpsc::Sender<Arc<Event>>,
     overflowed: Arc<AtomicBool>,
+    /// For a member of a live queue group: the group (its name and pattern). Each event
+    /// goes to one member of a group, at most once; a full member is passed over.
+    pub(crate) group: Option<Arc<str>>,
 }
 
 pub(crate) enum Offer {
@@ -48,6 +51,12 @@ pub(crate) enum Offer {
 }
 
 impl LiveSlot {
+    /// Offers an event to a queue-group member: `false` when its queue is full or gone
+    /// (the event then goes to another member, or to none).
+    pub(crate) fn offer_once(&self, event: &Arc<Event>) -> bool {
+        self.queue.try_send(event.clone()).is_ok()
+    }
+
     /// Offers an event without ever waiting: a full queue flips the subscriber to catch-up.
     pub(crate) fn offer(&self, event: &Arc<Event>) -> Offer {
         if self.overflowed.load(Ordering::Acquire) {
@@ -91,6 +100,22 @@ impl Subscription {
         after: Option<Seq>,
         since: Option<Timestamp>,
     ) -> Self {
+        Self::register_in(hub, pattern, after, since, None)
+    }
+
+    /// A live member of the queue group `group` (see [`Hub::subscribe_queue`](crate::Hub::subscribe_queue)).
+    pub(crate) fn register_member(hub: Arc<Inner>, pattern: Pattern, group: &str) -> Self {
+        let key: Arc<str> = format!("{group} {}", pattern.as_str()).into();
+        Self::register_in(hub, pattern, None, None, Some(key))
+    }
+
+    fn register_in(
+        hub: Arc<Inner>,
+        pattern: Pattern,
+        after: Option<Seq>,
+        since: Option<Timestamp>,
+        group: Option<Arc<str>>,
+    ) -> Self {
         let (tx, queue) = mpsc::channel(hub.config.subscriber_queue.max(1));
         let overflowed = Arc::new(AtomicBool::new(false));
         let id = hub.next_subscriber.fetch_add(1, Ordering::Relaxed);
@@ -102,6 +127,7 @@ impl Subscription {
                 LiveSlot {
                     queue: tx,
                     overflowed: overflowed.clone(),
+                    group,
                 },
             );
             fanout.head

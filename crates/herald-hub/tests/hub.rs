@@ -223,7 +223,9 @@ async fn services_are_listed_in_stop_order_and_all_stop_at_shutdown() {
         names,
         [
             "committer",
+            "consumer ops",
             "rules",
+            "consumer upkeep",
             "cursor book",
             "subscriptions",
             "store"

@@ -6,6 +6,7 @@
 //! OpenAPI 3.1 document, generated from the handlers; every route is in [`routes`]).
 //! Only this crate knows about HTTP and JSON.
 
+pub mod consumer_stream;
 pub mod error;
 pub mod http;
 mod hyper_errors;
@@ -236,6 +237,7 @@ pub fn routes(state: &AppState) -> Vec<(&'static str, MethodRouter<AppState>)> {
             post(http::consumers::progress),
         ),
         ("/api/consumers/{name}/term", post(http::consumers::term)),
+        ("/api/consumers/{name}/stream", get(consumer_stream::stream)),
         (
             "/api/consumers/{name}/dead-letters",
             get(http::consumers::list_dead_letters),

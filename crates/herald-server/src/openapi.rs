@@ -68,6 +68,7 @@ use crate::wire::schema::{
         crate::http::consumers::nak,
         crate::http::consumers::progress,
         crate::http::consumers::term,
+        crate::consumer_stream::stream,
         crate::http::consumers::list_dead_letters,
         crate::http::consumers::redrive,
         crate::http::consumers::discard_dead_letter,

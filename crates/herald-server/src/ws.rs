@@ -37,12 +37,15 @@ const INTERNAL_ERROR: u16 = 1011;
 struct StreamParams {
     pattern: Pattern,
     start: StartAt,
+    /// A live queue group to join: each event goes to one member.
+    queue: Option<String>,
 }
 
 fn parse_params(raw: &str) -> Result<StreamParams, ApiError> {
     let mut pattern = None;
     let mut from_seq = None;
     let mut since = None;
+    let mut queue = None;
     let mut seen: Vec<String> = Vec::new();
     for (key, value) in form_pairs(raw)? {
         if seen.contains(&key) {
@@ -56,9 +59,18 @@ fn parse_params(raw: &str) -> Result<StreamParams, ApiError> {
             "subject" => pattern = Some(parse_subject_filter(&value)?),
             "from_seq" => from_seq = Some(parse_seq("from_seq", &value)?),
             "since" => since = Some(parse_timestamp("since", &value)?),
+            "queue" => {
+                if !herald_hub::consumers::valid_name(&value) {
+                    return Err(invalid_query(format!(
+                        "`queue` is 1 to 128 ASCII letters, digits, '-' or '_', got {:?}",
+                        truncate(&value)
+                    )));
+                }
+                queue = Some(value)
+            }
             other => {
                 return Err(invalid_query(format!(
-                    "unknown parameter `{}`; known: subject, from_seq, since",
+                    "unknown parameter `{}`; known: subject, from_seq, since, queue",
                     truncate(other)
                 )))
             }
@@ -70,9 +82,15 @@ fn parse_params(raw: &str) -> Result<StreamParams, ApiError> {
         (None, Some(ts)) => StartAt::Since(ts),
         (None, None) => StartAt::Live,
     };
+    if queue.is_some() && start != StartAt::Live {
+        return Err(invalid_query(
+            "a `queue` member is live only: leave out `from_seq` and `since`",
+        ));
+    }
     Ok(StreamParams {
         pattern: pattern.unwrap_or_else(|| Pattern::parse("hub.>").expect("valid pattern")),
         start,
+        queue,
     })
 }
 
@@ -90,7 +108,11 @@ fn parse_params(raw: &str) -> Result<StreamParams, ApiError> {
         with a larger seq are replayed first, with `since` those committed since then; \
         without either the stream is live from the moment of connecting. Give at most one of \
         them. To resume after a disconnect, reconnect with `from_seq` = the last seq \
-        received: every matching event after it comes exactly once, in order. Idle streams \
+        received: every matching event after it comes exactly once, in order. With \
+        `queue=NAME` the stream joins a live queue group (NATS core queue semantics, within \
+        this instance): streams with the same `queue` and `subject` share the events, each \
+        to one of them, at most once (no replay; for at-least-once sharing use a durable \
+        consumer). Idle streams \
         are pinged. A client that does not read for the send timeout is closed with code \
         1008, and at shutdown streams close with 1001; the close reason names the `from_seq` \
         to resume from. Every mistake is an ordinary HTTP error before the upgrade.",
@@ -98,6 +120,7 @@ fn parse_params(raw: &str) -> Result<StreamParams, ApiError> {
         ("subject" = Option<crate::wire::schema::SubjectPattern>, Query, description = "Which subjects; default `hub.>`."),
         ("from_seq" = Option<crate::wire::schema::SeqParam>, Query, description = "Replay stored events with a larger seq first."),
         ("since" = Option<crate::wire::schema::Instant>, Query, description = "Replay stored events committed since this instant first."),
+        ("queue" = Option<crate::wire::schema::ConsumerName>, Query, description = "Join this live queue group (not with `from_seq` or `since`)."),
     ),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol. Frames from the \
@@ -140,7 +163,10 @@ pub async fn stream(
                 ),
             )
         })?;
-    let subscription = state.hub.subscribe(params.pattern, params.start).await?;
+    let subscription = match &params.queue {
+        Some(group) => state.hub.subscribe_queue(params.pattern, group),
+        None => state.hub.subscribe(params.pattern, params.start).await?,
+    };
     let streams = state.streams.clone();
     Ok(upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)

@@ -456,6 +456,19 @@ impl Hub {
         batch: usize,
         wait: Duration,
     ) -> Result<Vec<Message>, ConsumerError> {
+        self.fetch_until(name, batch, wait, &CancellationToken::new())
+            .await
+    }
+
+    /// [`Hub::fetch`] whose wait also ends (empty) when `stop` is cancelled. Only the
+    /// wait is cut short: messages once taken from the store are always returned.
+    pub async fn fetch_until(
+        &self,
+        name: &str,
+        batch: usize,
+        wait: Duration,
+        stop: &CancellationToken,
+    ) -> Result<Vec<Message>, ConsumerError> {
         let batch = batch.clamp(1, MAX_FETCH_BATCH);
         let deadline = Instant::now() + wait.min(MAX_FETCH_WAIT);
         let shared_store = self.inner.store.external_commits().is_some();
@@ -497,6 +510,7 @@ impl Hub {
                 _ = committed.changed(), if watch_commits => {}
                 _ = tokio::time::sleep_until(until) => {}
                 _ = self.inner.shutdown.cancelled() => return Ok(Vec::new()),
+                _ = stop.cancelled() => return Ok(Vec::new()),
             }
         }
     }

@@ -374,9 +374,10 @@ async fn backoff_is_honoured_after_naks_and_after_ack_timeouts() {
     )
     .await;
     herald.publish("hub.local-hub.a", json!({})).await;
+    // The ack wait runs from when the fetch is applied: at or after this instant.
+    let delivered = Instant::now();
     let first = fetch(&herald, "b", 1, 0).await;
     // Timeout: ack wait (300) + first backoff (400).
-    let delivered = Instant::now();
     let second = fetch(&herald, "b", 1, 5000).await;
     let took = delivered.elapsed();
     assert_eq!(second[0].1, 2);
@@ -425,7 +426,6 @@ async fn acks_survive_kill9(herald: &mut TestHerald, total: u64, kills: usize) {
 
     let mut acked: BTreeMap<u64, Instant> = BTreeMap::new();
     let mut violations = Vec::new();
-    let mut round = 0usize;
     let mut killed = 0usize;
     let deadline = Instant::now() + Duration::from_secs(120);
     while (acked.len() as u64) < total {
@@ -434,8 +434,9 @@ async fn acks_survive_kill9(herald: &mut TestHerald, total: u64, kills: usize) {
             "acked {} of {total}",
             acked.len()
         );
-        round += 1;
-        if round.is_multiple_of(7) && round / 7 <= kills {
+        // Kill at even steps of progress: a quarter, half, three quarters acked.
+        let step = total as usize * (killed + 1) / (kills + 1);
+        if killed < kills && acked.len() >= step {
             // Kill while a fetch is in flight and acks are answered around it.
             let http = herald.http.clone();
             let url = herald.url("/api/consumers/k/fetch");
@@ -766,6 +767,183 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let response = herald
         .http
         .delete(herald.url("/api/consumers/one/dead-letters/abc"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}
+
+/// The next text frame of a consumer stream, as JSON; `None` when none came within `wait`.
+async fn next_json(ws: &mut Ws, wait: Duration) -> Option<Value> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Err(_) => return None,
+            Ok(Some(Ok(Message::Text(text)))) => {
+                return Some(serde_json::from_str(text.as_str()).unwrap())
+            }
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_consumer_is_pushed_messages_within_its_credit_and_released_on_close() {
+    let herald = TestHerald::start().await;
+    put(
+        &herald,
+        "push",
+        json!({"filter_subjects": ["hub.>"], "max_ack_pending": 50}),
+    )
+    .await;
+    publish_many(&herald, "hub.local-hub.p", 10).await;
+
+    let mut ws = herald
+        .ws_connect("/api/consumers/push/stream?max_in_flight=3")
+        .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let frame = next_json(&mut ws, Duration::from_secs(5))
+            .await
+            .expect("a message");
+        assert_keys(&frame, &["ack_id", "delivery", "event"], "pushed message");
+        held.push(frame);
+    }
+    assert!(
+        next_json(&mut ws, Duration::from_millis(400))
+            .await
+            .is_none(),
+        "credit is 3"
+    );
+    let seqs: Vec<u64> = held
+        .iter()
+        .map(|f| f["event"]["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3]);
+
+    // An ack is answered once durable, and frees credit for one more.
+    ws_send_text(&mut ws, &json!({"ack": [held[0]["ack_id"]]}).to_string()).await;
+    let mut answer = None;
+    let mut more = Vec::new();
+    while answer.is_none() || more.is_empty() {
+        let frame = next_json(&mut ws, Duration::from_secs(5))
+            .await
+            .expect("a frame");
+        if frame.get("result").is_some() {
+            answer = Some(frame);
+        } else {
+            more.push(frame);
+        }
+    }
+    assert_eq!(
+        answer.unwrap(),
+        json!({"result": "ack", "done": 1, "unknown": []})
+    );
+    assert_eq!(more[0]["event"]["seq"], 4);
+
+    // A bad frame gets an error frame; the stream goes on.
+    ws_send_text(&mut ws, "{\"ack\": 5}").await;
+    let error = next_json(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(error["error"]["code"], "invalid_body", "{error}");
+    ws_send_text(
+        &mut ws,
+        &json!({"nak": [held[1]["ack_id"]], "delay_ms": 60000}).to_string(),
+    )
+    .await;
+    let mut nak = None;
+    while nak.is_none() {
+        let frame = next_json(&mut ws, Duration::from_secs(5))
+            .await
+            .expect("a frame");
+        if frame.get("result").is_some() {
+            nak = Some(frame);
+        }
+    }
+    assert_eq!(nak.unwrap()["done"], 1);
+
+    // Closing releases what the socket held (seqs 3, 4, 5 and whatever came since): they
+    // are delivered again at once, while the NAKed one waits for its delay.
+    ws_close(ws).await;
+    let mut back = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while back.len() < 8 && Instant::now() < deadline {
+        for (seq, _, _) in fetch(&herald, "push", 20, 500).await {
+            back.insert(seq);
+        }
+    }
+    assert!(back.contains(&3) && back.contains(&4), "{back:?}");
+    assert!(!back.contains(&2), "NAKed for a minute");
+    assert!(!back.contains(&1), "acked");
+    assert_eq!(back.len(), 8, "{back:?}");
+}
+
+#[tokio::test]
+async fn a_stream_of_an_unknown_consumer_is_a_404_before_the_upgrade() {
+    let herald = TestHerald::start().await;
+    let response = herald
+        .http
+        .get(herald.url("/api/consumers/none/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
+
+#[tokio::test]
+async fn members_of_a_live_queue_group_share_the_events() {
+    let herald = TestHerald::start().await;
+    let mut a = herald
+        .ws_connect(&stream_path("hub.local-hub.>", "&queue=workers"))
+        .await;
+    let mut b = herald
+        .ws_connect(&stream_path("hub.local-hub.>", "&queue=workers"))
+        .await;
+    let mut all = herald.ws_connect(&stream_path("hub.local-hub.>", "")).await;
+    let marker = herald.sync_live(&mut all, "hub.local-hub.sync").await;
+    // The probe went to one member of the group; read it away.
+    let mut probe_seen = 0;
+    for ws in [&mut a, &mut b] {
+        while let Some(Frame::Event(_)) = next_frame(ws, Duration::from_millis(300)).await {
+            probe_seen += 1;
+        }
+    }
+    assert!(probe_seen >= 1);
+    for i in 0..20 {
+        herald.publish("hub.local-hub.job", json!({"i": i})).await;
+    }
+    let mut got = [Vec::new(), Vec::new()];
+    for (k, ws) in [&mut a, &mut b].into_iter().enumerate() {
+        while let Some(Frame::Event(frame)) = next_frame(ws, Duration::from_millis(500)).await {
+            got[k].push(frame["data"]["seq"].as_u64().unwrap());
+        }
+    }
+    let mut seen_all = Vec::new();
+    while let Some(Frame::Event(frame)) = next_frame(&mut all, Duration::from_millis(500)).await {
+        seen_all.push(frame["data"]["seq"].as_u64().unwrap());
+    }
+    let jobs: Vec<u64> = seen_all.iter().copied().filter(|s| *s > marker).collect();
+    assert_eq!(
+        jobs.len(),
+        20,
+        "a plain stream gets everything: {seen_all:?}"
+    );
+    assert!(
+        !got[0].is_empty() && !got[1].is_empty(),
+        "both members got some: {got:?}"
+    );
+    let mut union: Vec<u64> = got.concat();
+    union.sort_unstable();
+    let mut expected = jobs.clone();
+    expected.sort_unstable();
+    assert_eq!(union, expected, "each event to exactly one member");
+
+    let response = herald
+        .http
+        .get(herald.url(&stream_path("hub.>", "&queue=w&from_seq=1")))
         .send()
         .await
         .unwrap();
