@@ -133,7 +133,8 @@ pub async fn track_http(request: Request, next: Next) -> Response {
     description = "The Prometheus text exposition format (0.0.4): events published by result, \
         publish and commit latency, group-commit batch sizes, store size, head seq, live \
         subscribers, streams and frames, catch-ups, HTTP requests by route and status, \
-        JSON-RPC calls, and routing-rule actions and circuit breakers.",
+        JSON-RPC calls, routing-rule actions and circuit breakers, and durable consumers \
+        (pending, ack pending, dead letters, delivered, redelivered, acked, delivery latency).",
     responses((status = 200, description = "The metrics.", body = String, content_type = "text/plain")),
 )]
 pub async fn render(State(state): State<AppState>) -> Response {
@@ -150,6 +151,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
     metrics::counter!("herald_live_deliveries_total").absolute(load(&stats.live_deliveries));
     metrics::counter!("herald_subscriber_catchups_total")
         .absolute(load(&stats.subscriber_overflows));
+    metrics::counter!("herald_queue_group_drops_total").absolute(load(&stats.queue_group_drops));
     metrics::gauge!("herald_live_subscribers").set(state.hub.subscriber_count() as f64);
     metrics::gauge!("herald_ws_streams").set(state.open_streams() as f64);
     if let Ok(head) = state.hub.store().head().await {

@@ -288,6 +288,16 @@ async fn a_user_creates_fetches_acks_naks_and_redrives_with_curl_shapes() {
         .unwrap();
     assert_eq!(discard.status(), 404);
 
+    let metrics = herald.metrics().await;
+    for line in [
+        "herald_consumer_acked_total{consumer=\"orders\"} 1",
+        "herald_consumer_delivered_total{consumer=\"orders\"} 4",
+        "herald_consumer_redelivered_total{consumer=\"orders\"} 1",
+        "herald_consumer_delivery_latency_seconds_count{consumer=\"orders\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
+
     let list: Value = herald
         .http
         .get(herald.url("/api/consumers"))
