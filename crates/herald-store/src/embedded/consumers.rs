@@ -325,15 +325,28 @@ pub(super) fn apply(
     let Some(mut consumer) = load(conn, &call.consumer)? else {
         return Ok(ConsumerOutcome::NotFound);
     };
+    let before = (consumer.delivered_seq, consumer.ack_pending);
     let name = call.consumer.as_str();
     let outcome = match &call.op {
         ConsumerOp::Fetch { batch } => {
             ConsumerOutcome::Fetched(fetch(conn, &mut consumer, *batch, now)?)
         }
-        ConsumerOp::Ack(ids) => settle(conn, &mut consumer, ids, |conn, c, id, _| {
-            delete_pending(conn, name, c, id.seq)?;
-            Ok(true)
-        })?,
+        ConsumerOp::Ack(ids) => {
+            // Any delivery of the message may ack it: no need to read the row first.
+            let mut done = 0;
+            let mut unknown = Vec::new();
+            for (index, id) in ids.iter().enumerate() {
+                let acked = id.epoch == consumer.record.epoch
+                    && id.seq <= i64::MAX as Seq
+                    && delete_pending(conn, name, &mut consumer, id.seq)?;
+                if acked {
+                    done += 1;
+                } else {
+                    unknown.push(index);
+                }
+            }
+            ConsumerOutcome::Settled { done, unknown }
+        }
         ConsumerOp::Nak {
             ids,
             delay_ms,
@@ -423,14 +436,17 @@ pub(super) fn apply(
             ConsumerOutcome::Discarded(deleted == 1)
         }
     };
-    conn.prepare_cached(
-        "UPDATE consumers SET delivered_seq = ?2, ack_pending = ?3 WHERE name = ?1",
-    )?
-    .execute(params![
-        name,
-        crate::seq_to_sql(consumer.delivered_seq)?,
-        consumer.ack_pending as i64
-    ])?;
+    // An idle poll writes nothing (and so costs no sync).
+    if (consumer.delivered_seq, consumer.ack_pending) != before {
+        conn.prepare_cached(
+            "UPDATE consumers SET delivered_seq = ?2, ack_pending = ?3 WHERE name = ?1",
+        )?
+        .execute(params![
+            name,
+            crate::seq_to_sql(consumer.delivered_seq)?,
+            consumer.ack_pending as i64
+        ])?;
+    }
     Ok(outcome)
 }
 
@@ -514,17 +530,18 @@ fn bury(
         pending.first_delivered_at,
         now.as_micros(),
     ])?;
-    delete_pending(conn, name, consumer, seq)
+    delete_pending(conn, name, consumer, seq).map(drop)
 }
 
-fn delete_pending(conn: &Connection, name: &str, consumer: &mut Loaded, seq: Seq) -> Sql<()> {
+/// Removes a pending message; false when it was not pending.
+fn delete_pending(conn: &Connection, name: &str, consumer: &mut Loaded, seq: Seq) -> Sql<bool> {
     let deleted = conn
         .prepare_cached("DELETE FROM consumer_pending WHERE consumer = ?1 AND seq = ?2")?
         .execute(params![name, seq as i64])?;
     if deleted == 1 {
         consumer.ack_pending = consumer.ack_pending.saturating_sub(1);
     }
-    Ok(())
+    Ok(deleted == 1)
 }
 
 fn fetch(conn: &Connection, consumer: &mut Loaded, batch: usize, now: Timestamp) -> Sql<Fetched> {
