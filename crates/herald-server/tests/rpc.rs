@@ -21,6 +21,18 @@ const METHODS: &[&str] = &[
     "bus.get",
     "bus.query",
     "bus.publish_batch",
+    "consumer.put",
+    "consumer.get",
+    "consumer.list",
+    "consumer.delete",
+    "consumer.fetch",
+    "consumer.ack",
+    "consumer.nak",
+    "consumer.progress",
+    "consumer.term",
+    "consumer.dead_letters",
+    "consumer.redrive",
+    "consumer.discard",
 ];
 
 struct TestHub {

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 pub struct Connection {
     /// Base URL of the hub.
     #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:9001")]
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Connection {
@@ -87,7 +87,7 @@ struct SeqOnly {
     seq: u64,
 }
 
-fn http() -> anyhow::Result<reqwest::Client> {
+pub(crate) fn http() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?)

@@ -1,7 +1,8 @@
-//! The `herald` binary: `herald serve` runs the hub; `publish`, `query` and `tail` talk
-//! to a running hub over HTTP.
+//! The `herald` binary: `herald serve` runs the hub; `publish`, `query`, `tail` and
+//! `consumer` talk to a running hub over HTTP.
 
 mod client;
+mod consumer;
 mod serve;
 
 use std::process::ExitCode;
@@ -32,6 +33,8 @@ enum Command {
     Query(client::QueryArgs),
     /// Stream events from a running hub, one JSON object per line.
     Tail(client::TailArgs),
+    /// Manage and consume durable consumers of a running hub (JSON output).
+    Consumer(consumer::ConsumerArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
             Command::Publish(args) => client::publish(args).await,
             Command::Query(args) => client::query(args).await,
             Command::Tail(args) => client::tail(args).await,
+            Command::Consumer(args) => consumer::run(args).await,
         }
     });
     match result {

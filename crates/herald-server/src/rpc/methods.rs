@@ -1,60 +1,33 @@
 //! The methods of `POST /rpc`, in one typed table.
 //!
-//! Each method is a type implementing [`RpcMethod`]: its name, description, params and
+//! Each method is a type implementing [`RpcMethod`] (see [`crate::rpc::call`]): its name, description, params and
 //! result shape (what `GET /rpc/methods` publishes), how its params are read, and what
 //! it does. The [`methods!`] list below generates both [`METHODS`] (the published table)
 //! and [`dispatch`] from the same names, so the two cannot drift apart.
 
 use std::collections::VecDeque;
-use std::future::Future;
 
 use axum::http::HeaderMap;
 use herald_core::{Event, NewEvent, Pattern, Payload, Seq, Subject};
 use herald_hub::{Hub, HubError};
 use herald_store::{Query, Store, MAX_QUERY_LIMIT};
-use serde::Serialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::http::truncate;
+use crate::rpc::call::{field, param, to_result, DEFAULT_LIMIT};
+pub use crate::rpc::call::{Call, RpcMethod};
+use crate::rpc::consumers;
 use crate::rpc::error::{RpcCode, RpcError};
 use crate::rpc::params::{kind, Params};
 use crate::rpc::wire::{self, FieldSpec, MethodSpec, ParamSpec, ResultSpec};
-use crate::{AppState, CORRELATION_HEADER};
+use crate::CORRELATION_HEADER;
 
 /// The `origin.service` of events published through JSON-RPC.
 pub const ORIGIN_SERVICE: &str = "herald-rpc";
 /// Most events in one `bus.publish_batch` (as `POST /api/events:batch`).
 pub const MAX_BATCH_EVENTS: usize = crate::wire::MAX_BATCH_EVENTS;
-/// `limit` when a call gives none.
-const DEFAULT_LIMIT: u64 = 100;
-
-/// What a method sees of the HTTP request it arrived in.
-pub struct Call<'a> {
-    pub state: &'a AppState,
-    pub headers: &'a HeaderMap,
-}
-
-/// One JSON-RPC method.
-pub trait RpcMethod {
-    const NAME: &'static str;
-    const DESCRIPTION: &'static str;
-    /// In positional order.
-    const PARAMS: &'static [ParamSpec];
-    const RESULT: ResultSpec;
-    /// The params, read and validated.
-    type Params;
-
-    /// Reads the params (unknown and missing required ones are already rejected).
-    fn parse(params: Params<'_>) -> Result<Self::Params, RpcError>;
-
-    /// Runs the call and returns its `result`.
-    fn call(
-        call: &Call<'_>,
-        params: Self::Params,
-    ) -> impl Future<Output = Result<Box<RawValue>, RpcError>> + Send;
-}
 
 /// Generates [`METHODS`] and [`dispatch`] from one list of [`RpcMethod`] types.
 macro_rules! methods {
@@ -89,6 +62,18 @@ methods![
     BusGet,
     BusQuery,
     BusPublishBatch,
+    consumers::ConsumerPut,
+    consumers::ConsumerGet,
+    consumers::ConsumerList,
+    consumers::ConsumerDelete,
+    consumers::ConsumerFetch,
+    consumers::ConsumerAck,
+    consumers::ConsumerNak,
+    consumers::ConsumerProgress,
+    consumers::ConsumerTerm,
+    consumers::ConsumerDeadLetters,
+    consumers::ConsumerRedrive,
+    consumers::ConsumerDiscard,
 ];
 
 async fn run<M: RpcMethod>(
@@ -103,38 +88,6 @@ async fn run<M: RpcMethod>(
 /// The names of every method, for `-32601`'s `data.available_methods`.
 pub fn names() -> Vec<&'static str> {
     METHODS.iter().map(|m| m.name).collect()
-}
-
-fn to_result<T: Serialize>(value: &T) -> Result<Box<RawValue>, RpcError> {
-    serde_json::value::to_raw_value(value).map_err(|error| {
-        RpcError::from(HubError::Internal(format!(
-            "serializing a result failed: {error}"
-        )))
-    })
-}
-
-const fn param(
-    name: &'static str,
-    ty: &'static str,
-    required: bool,
-    error: ErrorCode,
-    description: &'static str,
-) -> ParamSpec {
-    ParamSpec {
-        name,
-        ty,
-        required,
-        description,
-        error,
-    }
-}
-
-const fn field(name: &'static str, ty: &'static str, description: &'static str) -> FieldSpec {
-    FieldSpec {
-        name,
-        ty,
-        description,
-    }
 }
 
 const EVENT_FIELDS: &[FieldSpec] = &[
@@ -765,9 +718,10 @@ pub fn errors() -> Vec<wire::ErrorSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Limits;
+    use crate::{AppState, Limits};
     use herald_hub::HubConfig;
     use herald_store::{AnyStore, EmbeddedOptions, EmbeddedStore};
+    use std::time::Instant;
     use tokio_util::sync::CancellationToken;
 
     const EXPECTED: &[&str] = &[
@@ -778,6 +732,18 @@ mod tests {
         "bus.get",
         "bus.query",
         "bus.publish_batch",
+        "consumer.put",
+        "consumer.get",
+        "consumer.list",
+        "consumer.delete",
+        "consumer.fetch",
+        "consumer.ack",
+        "consumer.nak",
+        "consumer.progress",
+        "consumer.term",
+        "consumer.dead_letters",
+        "consumer.redrive",
+        "consumer.discard",
     ];
 
     #[test]
@@ -808,6 +774,7 @@ mod tests {
         let call = Call {
             state: &state,
             headers: &headers,
+            received: Instant::now(),
         };
         let params = RawValue::from_string(r#"{"no_such_param": 1}"#.to_owned()).unwrap();
         for method in METHODS {

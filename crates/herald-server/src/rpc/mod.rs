@@ -2,7 +2,8 @@
 //! `GET /rpc/methods`, which lists every method, its params and result, and every error
 //! code, from the same table that dispatches.
 //!
-//! Layout: [`methods`] (the typed table of methods), [`params`] (reading `params`),
+//! Layout: [`methods`] (the typed table of methods; the durable consumers' methods are in
+//! [`consumers`], what a method is in [`call`]), [`params`] (reading `params`),
 //! [`error`] (the error codes, rendered in one place), [`wire`] (the JSON shapes). This
 //! module does the framing:
 //!
@@ -18,6 +19,8 @@
 //! - every response is HTTP 200 (errors included); when there is nothing to answer
 //!   (only notifications) the answer is 204 with no body.
 
+pub mod call;
+pub mod consumers;
 pub mod error;
 pub mod methods;
 pub mod params;
@@ -76,6 +79,7 @@ pub async fn handle(
     let call = Call {
         state: &state,
         headers: &headers,
+        received: std::time::Instant::now(),
     };
     if kind(top) != "an array" {
         return match answer(&call, top).await {

@@ -123,6 +123,26 @@ pub struct Services {
     pub database: &'static str,
 }
 
+/// `consumer.put`: what `PUT /api/consumers/{name}` tells by its status, in the result.
+#[derive(Debug, Serialize)]
+pub struct ConsumerPut {
+    /// `false`: it existed (updated where asked).
+    pub created: bool,
+    pub consumer: crate::wire::consumers::Consumer,
+}
+
+/// `consumer.delete`.
+#[derive(Debug, Serialize)]
+pub struct ConsumerDeleted {
+    pub deleted: bool,
+}
+
+/// `consumer.discard`.
+#[derive(Debug, Serialize)]
+pub struct DeadLetterDiscarded {
+    pub discarded: bool,
+}
+
 /// A method as `GET /rpc/methods` lists it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MethodSpec {

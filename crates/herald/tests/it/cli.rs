@@ -11,7 +11,7 @@ use tokio::process::Command;
 
 use crate::harness::*;
 
-fn herald_cmd(args: &[&str]) -> Command {
+pub(crate) fn herald_cmd(args: &[&str]) -> Command {
     let mut cmd = Command::new(HERALD);
     cmd.args(args)
         .stdin(Stdio::null())
@@ -22,7 +22,7 @@ fn herald_cmd(args: &[&str]) -> Command {
     cmd
 }
 
-async fn run(mut cmd: Command) -> Output {
+pub(crate) async fn run(mut cmd: Command) -> Output {
     tokio::time::timeout(Duration::from_secs(20), cmd.output())
         .await
         .expect("CLI finished within 20 s")
@@ -30,7 +30,7 @@ async fn run(mut cmd: Command) -> Output {
 }
 
 /// Runs the CLI, asserts success, parses stdout as one JSON document.
-async fn run_json(args: &[&str]) -> Value {
+pub(crate) async fn run_json(args: &[&str]) -> Value {
     let out = run(herald_cmd(args)).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -7,6 +7,7 @@ mod harness;
 mod api;
 mod bad_input;
 mod cli;
+mod consumer_cli;
 mod consumers;
 mod crash;
 mod hardening;
