@@ -335,8 +335,24 @@ async fn limit_publishes(
     request: Request,
     next: Next,
 ) -> Response {
-    let _permit = state.publish_permits.clone().acquire_owned().await;
+    let mut request = request;
+    let permit = state.publish_permits.clone().acquire_owned().await.ok();
+    request
+        .extensions_mut()
+        .insert(PublishSlot(Arc::new(std::sync::Mutex::new(permit))));
     next.run(request).await
+}
+
+/// The publish permit a request holds (see `limit_publishes`). A handler that finds,
+/// once the body is read, that it publishes nothing (a JSON-RPC `consumer.fetch` that
+/// may wait a minute) gives it back, so waiting calls never hold up publishers.
+#[derive(Clone)]
+pub struct PublishSlot(Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+
+impl PublishSlot {
+    pub fn release(&self) {
+        self.0.lock().expect("publish slot").take();
+    }
 }
 
 /// Answers `408 request_timeout` when a request (reading its body included) takes

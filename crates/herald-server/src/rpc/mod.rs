@@ -62,6 +62,7 @@ pub use crate::wire::MAX_BATCH_REQUESTS;
 )]
 pub async fn handle(
     State(state): State<AppState>,
+    slot: Option<axum::Extension<crate::PublishSlot>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -76,6 +77,11 @@ pub async fn handle(
             return answer_one(&failure(RawValue::NULL, error));
         }
     };
+    if let Some(axum::Extension(slot)) = slot {
+        if !may_publish(top) {
+            slot.release();
+        }
+    }
     let call = Call {
         state: &state,
         headers: &headers,
@@ -254,5 +260,25 @@ fn body_rejection(rejection: BytesRejection) -> RpcError {
         )
     } else {
         RpcError::invalid_request(rejection.body_text())
+    }
+}
+
+/// Whether a request (or batch) may publish: it calls a `bus.publish*` method, or its
+/// methods cannot be read cheaply (then it keeps its publish permit, to be safe).
+fn may_publish(top: &RawValue) -> bool {
+    #[derive(serde::Deserialize)]
+    struct MethodOnly {
+        method: Option<serde_json::Value>,
+    }
+    let publishes = |m: &MethodOnly| match &m.method {
+        Some(serde_json::Value::String(name)) => name.starts_with("bus.publish"),
+        _ => false,
+    };
+    if let Ok(one) = serde_json::from_str::<MethodOnly>(top.get()) {
+        return publishes(&one);
+    }
+    match serde_json::from_str::<Vec<MethodOnly>>(top.get()) {
+        Ok(many) => many.iter().any(publishes),
+        Err(_) => true,
     }
 }

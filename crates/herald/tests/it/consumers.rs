@@ -959,3 +959,40 @@ async fn members_of_a_live_queue_group_share_the_events() {
         .unwrap();
     assert_eq!(response.status(), 400);
 }
+
+#[tokio::test]
+async fn a_waiting_rpc_fetch_does_not_hold_up_publishers() {
+    let herald = TestHerald::start_with(&["--max-inflight-publishes", "1"]).await;
+    put(
+        &herald,
+        "idle",
+        json!({"filter_subjects": ["hub.nothing.>"]}),
+    )
+    .await;
+    let poll = {
+        let (http, url) = (herald.http.clone(), herald.url("/rpc"));
+        tokio::spawn(async move {
+            http.post(url)
+                .json(
+                    &json!({"jsonrpc": "2.0", "id": 1, "method": "consumer.fetch",
+                              "params": {"name": "idle", "wait_ms": 3000}}),
+                )
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    herald.publish("hub.local-hub.x", json!({})).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "publish waited {took:?} for the fetch's permit"
+    );
+    let answer = poll.await.unwrap();
+    assert_eq!(answer["result"]["messages"], json!([]), "{answer}");
+}
