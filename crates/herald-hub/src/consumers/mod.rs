@@ -268,7 +268,7 @@ pub(crate) async fn run_upkeep(hub: Hub, shutdown: CancellationToken) {
             if shutdown.is_cancelled() {
                 return;
             }
-            if let Ok(info) = hub.consumer_info(&record.name).await {
+            if let Ok(info) = hub.any_consumer_info(&record.name).await {
                 let label = [("consumer", info.name.clone())];
                 metrics::gauge!("herald_consumer_pending", &label)
                     .set(info.state.num_pending as f64);
@@ -348,10 +348,15 @@ impl Hub {
                     meta: config.to_stored(),
                     start_after,
                 };
-                match store
-                    .create_consumer(new, self.consumers().limits.max_consumers)
+                // Internal consumers (routing rules) do not count against the limit.
+                let internal = store
+                    .consumers()
                     .await?
-                {
+                    .iter()
+                    .filter(|c| !valid_name(&c.name))
+                    .count();
+                let limit = self.consumers().limits.max_consumers + internal;
+                match store.create_consumer(new, limit).await? {
                     CreateConsumer::Created(_) => PutOutcome::Created,
                     CreateConsumer::Exists(existing) => self.reconcile(existing, &config).await?,
                     CreateConsumer::LimitReached => {
@@ -395,8 +400,20 @@ impl Hub {
         }
     }
 
-    /// A consumer's settings and state.
+    /// A consumer's settings and state. Internal consumers (names that are not
+    /// [`valid_name`]s, such as the routing rules') are not found.
     pub async fn consumer_info(&self, name: &str) -> Result<ConsumerInfo, ConsumerError> {
+        if !valid_name(name) {
+            return Err(ConsumerError::NotFound(name.to_owned()));
+        }
+        self.any_consumer_info(name).await
+    }
+
+    /// [`Hub::consumer_info`], internal consumers included.
+    pub(crate) async fn any_consumer_info(
+        &self,
+        name: &str,
+    ) -> Result<ConsumerInfo, ConsumerError> {
         // Sweep first, so that expired last deliveries show as dead letters.
         self.consumer_call(name, ConsumerOp::Fetch { batch: 0 })
             .await?;
@@ -424,10 +441,13 @@ impl Hub {
         })
     }
 
-    /// Every consumer, by name.
+    /// Every consumer, by name (internal ones left out).
     pub async fn list_consumers(&self) -> Result<Vec<ConsumerInfo>, ConsumerError> {
         let mut out = Vec::new();
         for record in self.inner.store.consumers().await? {
+            if !valid_name(&record.name) {
+                continue;
+            }
             match self.consumer_info(&record.name).await {
                 Ok(info) => out.push(info),
                 // Deleted meanwhile.
@@ -455,6 +475,19 @@ impl Hub {
         name: &str,
         batch: usize,
         wait: Duration,
+    ) -> Result<Vec<Message>, ConsumerError> {
+        let stop = self.inner.shutdown.clone();
+        self.fetch_until(name, batch, wait, &stop).await
+    }
+
+    /// [`Hub::fetch`] whose wait also ends (answering nothing) when `stop` is cancelled.
+    /// Messages are never lost to it: it is only looked at while nothing was handed out.
+    pub(crate) async fn fetch_until(
+        &self,
+        name: &str,
+        batch: usize,
+        wait: Duration,
+        stop: &CancellationToken,
     ) -> Result<Vec<Message>, ConsumerError> {
         let batch = batch.clamp(1, MAX_FETCH_BATCH);
         let deadline = Instant::now() + wait.min(MAX_FETCH_WAIT);
@@ -496,7 +529,7 @@ impl Hub {
                 _ = async { notified.expect("set above").await } => {}
                 _ = committed.changed(), if watch_commits => {}
                 _ = tokio::time::sleep_until(until) => {}
-                _ = self.inner.shutdown.cancelled() => return Ok(Vec::new()),
+                _ = stop.cancelled() => return Ok(Vec::new()),
             }
         }
     }
