@@ -100,6 +100,8 @@ async fn naks_come_back_after_the_backoff_and_end_in_dead_letters() {
     let mut delays = Vec::new();
     let mut message = hub.fetch("w", 1, Duration::ZERO).await.unwrap().remove(0);
     for expected in [200u64, 400] {
+        // Measured from before the NAK: its delay runs from the moment it is applied.
+        let naked = Instant::now();
         let settled = hub
             .settle(
                 "w",
@@ -118,7 +120,6 @@ async fn naks_come_back_after_the_backoff_and_end_in_dead_letters() {
                 unknown: vec![]
             }
         );
-        let naked = Instant::now();
         message = hub
             .fetch("w", 1, Duration::from_secs(5))
             .await
