@@ -25,7 +25,7 @@
 //!
 //! **Request slots.** A rule has at most [`WEBHOOK_IN_FLIGHT`] deliveries in flight (its
 //! consumer hands out no more, retries waiting for their backoff included), so a
-//! receiver that hangs can hold at most that many requests (per instance). Each rule's first open request uses a slot of its own (its `Lane`); the
+//! receiver that hangs can hold at most that many requests. Each rule's first open request uses a slot of its own (its `Lane`); the
 //! others take slots from a hub-wide pool of [`SHARED_REQUESTS`], which bounds sockets
 //! and request bodies to `rules + SHARED_REQUESTS`. So a rule's first request never waits
 //! for a slot another rule holds: however many receivers hang, every rule keeps at least

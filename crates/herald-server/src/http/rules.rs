@@ -1,5 +1,6 @@
 //! Routing rules (seed 002): `GET /api/rules`, `POST /api/rules`,
-//! `GET /api/rules/{id}`, `DELETE /api/rules/{id}`, and the rules file of
+//! `GET /api/rules/{id}`, `DELETE /api/rules/{id}`, a rule's dead letters
+//! (`/api/rules/{id}/dead-letters`, shaped as a consumer's), and the rules file of
 //! `herald serve --rules` (a JSON array of `POST /api/rules` bodies, each with an `id`).
 //!
 //! Rules are validated completely before anything is stored: the request schema in the
@@ -133,14 +134,15 @@ impl From<CircuitBreaker> for CircuitBreakerConfig {
     }
 }
 
-/// What a rule did since the server started.
+/// What a rule did on this instance since it started.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RuleStats {
     /// Events whose action succeeded.
     pub delivered: u64,
-    /// Events given up on after every attempt.
+    /// Events given up on: after their last attempt, or refused (they are in the rule's
+    /// dead letters).
     pub failed: u64,
-    /// Attempts that failed and were retried.
+    /// Attempts that failed and are retried.
     pub retries: u64,
     /// A webhook rule's circuit breaker; `null` for other rules and disabled ones.
     pub breaker: Option<BreakerStats>,
@@ -257,11 +259,13 @@ pub async fn list_rules(State(state): State<AppState>) -> Json<RuleList> {
         same on every attempt), `webhook-timestamp` and, with a `secret`, \
         `webhook-signature` (`v1,` + base64 HMAC-SHA256 of `{id}.{timestamp}.{body}`), \
         retrying network errors, 408, 429 and 5xx with exponential backoff up to \
-        `max_attempts`; after `circuit_breaker.failure_threshold` such failures in a row \
+        `max_attempts`, then keeping the event in the rule's dead letters (as it does at \
+        once for other answers); after `circuit_breaker.failure_threshold` such failures in a row \
         the rule stops sending for a cool-down, then probes (events wait; none is \
         skipped); a `republish` publishes it to a NATS \
         subject (it fails, and is counted, while NATS is not configured). A failing rule \
-        never delays publishing or other rules.",
+        never delays publishing or other rules. With several instances on one database, \
+        each event is delivered once in the cluster.",
     request_body(content((RuleRequestSchema = "application/json"))),
     responses(
         (status = 201, description = "Stored and running.",
