@@ -731,6 +731,55 @@ async fn deliveries_resume_from_the_cursor_after_a_restart() {
     hub.shutdown().await;
 }
 
+/// A rule stored before rules had consumers (only its cursor `rule:<id>`) gets a consumer
+/// that starts after that cursor: nothing before it is sent again, nothing after it is
+/// skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_from_before_consumers_starts_after_its_old_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(Mode::Accept).await;
+    let hub = open_hub(&dir).await;
+    let mut ids = Vec::new();
+    for n in 1..=4 {
+        ids.push(hub.publish(event("hub.u.x", n)).await.unwrap().event.id);
+    }
+    hub.shutdown().await;
+    let store = EmbeddedStore::open(dir.path().join("herald.db"), EmbeddedOptions::default())
+        .await
+        .unwrap();
+    store
+        .put_rule(herald_store::StoredRule {
+            id: "old".into(),
+            body: serde_json::json!({
+                "subject_pattern": "hub.u.>", "enabled": true, "description": null,
+                "created_at": "2025-11-05T12:00:00.000000Z",
+                "action": {"type": "webhook", "url": receiver.url, "secret": null,
+                           "timeout_ms": 5000, "max_attempts": 5}})
+            .to_string(),
+        })
+        .await
+        .unwrap();
+    // The old engine had finished everything up to seq 2.
+    store.save_cursor("rule:old", 2).await.unwrap();
+    assert!(store.consumer("rule:old").await.unwrap().is_none());
+    store.close().await.unwrap();
+
+    let hub = open_hub(&dir).await;
+    ids.push(hub.publish(event("hub.u.x", 5)).await.unwrap().event.id);
+    let delivered = receiver.wait_delivered(3, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got: Vec<String> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = ids[2..].iter().map(|id| id.to_string()).collect();
+    want.sort();
+    assert_eq!(got, want, "seqs 3 to 5, once each: {delivered:?}");
+    hub.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_are_validated_and_ids_are_unique() {
     let dir = tempfile::tempdir().unwrap();
