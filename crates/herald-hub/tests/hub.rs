@@ -217,8 +217,8 @@ async fn services_are_listed_in_stop_order_and_all_stop_at_shutdown() {
     let hub = hub_with(&dir, HubConfig::new("test")).await;
     let services = hub.services();
     let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
-    // The committer drains first, the cursors are saved after the rules stopped, and
-    // the store closes last.
+    // The committer and the consumer calls drain first, the cursors are saved after the
+    // rules stopped, and the store closes last.
     assert_eq!(
         names,
         [

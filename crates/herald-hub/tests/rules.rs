@@ -1,7 +1,7 @@
 //! Routing rules against a real store and real HTTP receivers (axum on loopback):
 //! retries and signatures, isolation of a failing rule, the circuit breaker, several
-//! rules per event, handler closures, disabled rules, and resuming from the cursor after
-//! a restart.
+//! rules per event, handler closures, disabled rules, resuming after a restart, and
+//! instances sharing a store.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -446,14 +446,19 @@ async fn an_open_breaker_holds_events_back_without_skipping_any() {
     let store = EmbeddedStore::open(dir.path().join("herald.db"), EmbeddedOptions::default())
         .await
         .unwrap();
+    let state = store.consumer_state("rule:cb").await.unwrap().unwrap();
     assert_eq!(
-        store.load_cursor("rule:cb").await.unwrap(),
-        start_seq,
-        "the cursor stays before the events that wait"
+        (
+            state.ack_floor,
+            state.num_ack_pending,
+            state.num_dead_letters
+        ),
+        (start_seq, 4, 0),
+        "the rule's consumer holds the events that wait"
     );
     store.close().await.unwrap();
 
-    // Second run: the rule resumes from its cursor; the receiver recovers during the
+    // Second run: the rule resumes with its consumer; the receiver recovers during the
     // cool-down, the probe closes the breaker, and every event arrives.
     let hub = open_hub(&dir).await;
     assert!(
@@ -687,9 +692,14 @@ async fn deliveries_resume_from_the_cursor_after_a_restart() {
         .await
         .unwrap();
     assert_eq!(
-        store.load_cursor("rule:resume").await.unwrap(),
+        store
+            .consumer_state("rule:resume")
+            .await
+            .unwrap()
+            .unwrap()
+            .ack_floor,
         6,
-        "the cursor stops before the first unfinished delivery"
+        "the consumer's ack floor stops before the first unfinished delivery"
     );
     store.close().await.unwrap();
 
@@ -718,6 +728,55 @@ async fn deliveries_resume_from_the_cursor_after_a_restart() {
     hub.shutdown().await;
     let hub = open_hub(&dir).await;
     assert!(hub.routing_rules().is_empty());
+    hub.shutdown().await;
+}
+
+/// A rule stored before rules had consumers (only its cursor `rule:<id>`) gets a consumer
+/// that starts after that cursor: nothing before it is sent again, nothing after it is
+/// skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_from_before_consumers_starts_after_its_old_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(Mode::Accept).await;
+    let hub = open_hub(&dir).await;
+    let mut ids = Vec::new();
+    for n in 1..=4 {
+        ids.push(hub.publish(event("hub.u.x", n)).await.unwrap().event.id);
+    }
+    hub.shutdown().await;
+    let store = EmbeddedStore::open(dir.path().join("herald.db"), EmbeddedOptions::default())
+        .await
+        .unwrap();
+    store
+        .put_rule(herald_store::StoredRule {
+            id: "old".into(),
+            body: serde_json::json!({
+                "subject_pattern": "hub.u.>", "enabled": true, "description": null,
+                "created_at": "2025-11-05T12:00:00.000000Z",
+                "action": {"type": "webhook", "url": receiver.url, "secret": null,
+                           "timeout_ms": 5000, "max_attempts": 5}})
+            .to_string(),
+        })
+        .await
+        .unwrap();
+    // The old engine had finished everything up to seq 2.
+    store.save_cursor("rule:old", 2).await.unwrap();
+    assert!(store.consumer("rule:old").await.unwrap().is_none());
+    store.close().await.unwrap();
+
+    let hub = open_hub(&dir).await;
+    ids.push(hub.publish(event("hub.u.x", 5)).await.unwrap().event.id);
+    let delivered = receiver.wait_delivered(3, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got: Vec<String> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = ids[2..].iter().map(|id| id.to_string()).collect();
+    want.sort();
+    assert_eq!(got, want, "seqs 3 to 5, once each: {delivered:?}");
     hub.shutdown().await;
 }
 
@@ -796,18 +855,23 @@ async fn instances_sharing_a_store_take_in_each_others_rule_changes() {
         .await,
         "b takes in the rule a added"
     );
-    // Both instances run it: the receiver sees the event (twice, with one webhook-id).
-    let published = b.publish(event("hub.b.x", 1)).await.unwrap();
-    let delivered = receiver.wait_delivered(2, Duration::from_secs(10)).await;
-    for request in &delivered {
-        assert_eq!(
-            request.id,
-            herald_hub::rules::webhook::message_id(
-                &RuleId::new("shared").unwrap(),
-                published.event.id
-            )
-        );
+    // Both instances run it, on the rule's one consumer: the receiver gets each event
+    // once.
+    let mut expected = Vec::new();
+    for n in 0..6 {
+        let publisher = if n % 2 == 0 { &a } else { &b };
+        let published = publisher.publish(event("hub.b.x", n)).await.unwrap();
+        expected.push(herald_hub::rules::webhook::message_id(
+            &RuleId::new("shared").unwrap(),
+            published.event.id,
+        ));
     }
+    receiver.wait_delivered(6, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut got: Vec<String> = receiver.requests().into_iter().map(|r| r.id).collect();
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected, "each event once in the cluster");
     assert!(a.remove_rule("shared").await.unwrap());
     assert!(
         wait_until(Duration::from_secs(15), || b

@@ -215,6 +215,18 @@ pub fn routes(state: &AppState) -> Vec<(&'static str, MethodRouter<AppState>)> {
             get(http::rules::get_rule).delete(http::rules::delete_rule),
         ),
         (
+            "/api/rules/{id}/dead-letters",
+            get(http::rules::list_dead_letters),
+        ),
+        (
+            "/api/rules/{id}/dead-letters/redrive",
+            post(http::rules::redrive_dead_letters),
+        ),
+        (
+            "/api/rules/{id}/dead-letters/{seq}",
+            delete(http::rules::discard_dead_letter),
+        ),
+        (
             "/api/bridge/dead-letters",
             get(http::bridge::list_dead_letters),
         ),

@@ -268,7 +268,7 @@ pub(crate) async fn run_upkeep(hub: Hub, shutdown: CancellationToken) {
             if shutdown.is_cancelled() {
                 return;
             }
-            if let Ok(info) = hub.consumer_info(&record.name).await {
+            if let Ok(info) = hub.any_consumer_info(&record.name).await {
                 let label = [("consumer", info.name.clone())];
                 metrics::gauge!("herald_consumer_pending", &label)
                     .set(info.state.num_pending as f64);
@@ -348,10 +348,15 @@ impl Hub {
                     meta: config.to_stored(),
                     start_after,
                 };
-                match store
-                    .create_consumer(new, self.consumers().limits.max_consumers)
+                // Internal consumers (routing rules) do not count against the limit.
+                let internal = store
+                    .consumers()
                     .await?
-                {
+                    .iter()
+                    .filter(|c| !valid_name(&c.name))
+                    .count();
+                let limit = self.consumers().limits.max_consumers + internal;
+                match store.create_consumer(new, limit).await? {
                     CreateConsumer::Created(_) => PutOutcome::Created,
                     CreateConsumer::Exists(existing) => self.reconcile(existing, &config).await?,
                     CreateConsumer::LimitReached => {
@@ -395,8 +400,20 @@ impl Hub {
         }
     }
 
-    /// A consumer's settings and state.
+    /// A consumer's settings and state. Internal consumers (names that are not
+    /// [`valid_name`]s, such as the routing rules') are not found.
     pub async fn consumer_info(&self, name: &str) -> Result<ConsumerInfo, ConsumerError> {
+        if !valid_name(name) {
+            return Err(ConsumerError::NotFound(name.to_owned()));
+        }
+        self.any_consumer_info(name).await
+    }
+
+    /// [`Hub::consumer_info`], internal consumers included.
+    pub(crate) async fn any_consumer_info(
+        &self,
+        name: &str,
+    ) -> Result<ConsumerInfo, ConsumerError> {
         // Sweep first, so that expired last deliveries show as dead letters.
         self.consumer_call(name, ConsumerOp::Fetch { batch: 0 })
             .await?;
@@ -424,10 +441,13 @@ impl Hub {
         })
     }
 
-    /// Every consumer, by name.
+    /// Every consumer, by name (internal ones left out).
     pub async fn list_consumers(&self) -> Result<Vec<ConsumerInfo>, ConsumerError> {
         let mut out = Vec::new();
         for record in self.inner.store.consumers().await? {
+            if !valid_name(&record.name) {
+                continue;
+            }
             match self.consumer_info(&record.name).await {
                 Ok(info) => out.push(info),
                 // Deleted meanwhile.
@@ -440,6 +460,7 @@ impl Hub {
 
     /// Deletes a consumer with its pending messages and dead letters.
     pub async fn delete_consumer(&self, name: &str) -> Result<(), ConsumerError> {
+        user(name)?;
         if !self.inner.store.delete_consumer(name).await? {
             return Err(ConsumerError::NotFound(name.to_owned()));
         }
@@ -460,9 +481,8 @@ impl Hub {
             .await
     }
 
-    /// [`Hub::fetch`] whose wait also ends (empty) when `stop` is cancelled. Only the
-    /// wait is cut short: messages once taken from the store are always returned.
-    pub async fn fetch_until(
+    /// [`Hub::fetch_until`], internal consumers included.
+    pub(crate) async fn fetch_until_any(
         &self,
         name: &str,
         batch: usize,
@@ -517,7 +537,7 @@ impl Hub {
 
     /// Acks, NAKs, extends, terms or releases deliveries by their ack ids. Answers once
     /// the change is durable.
-    pub async fn settle(
+    pub(crate) async fn settle_any(
         &self,
         name: &str,
         ack_ids: &[String],
@@ -567,7 +587,7 @@ impl Hub {
     }
 
     /// A consumer's dead letters with a seq above `after_seq`, at most `limit`, in seq order.
-    pub async fn consumer_dead_letters(
+    pub(crate) async fn consumer_dead_letters_any(
         &self,
         name: &str,
         after_seq: Seq,
@@ -582,7 +602,11 @@ impl Hub {
 
     /// Sends dead letters (all when `seqs` is `None`) back for delivery, their count
     /// reset. Answers how many went back.
-    pub async fn redrive(&self, name: &str, seqs: Option<Vec<Seq>>) -> Result<u64, ConsumerError> {
+    pub(crate) async fn redrive_any(
+        &self,
+        name: &str,
+        seqs: Option<Vec<Seq>>,
+    ) -> Result<u64, ConsumerError> {
         let ConsumerOutcome::Redriven(n) = self
             .consumer_call(name, ConsumerOp::Redrive { seqs })
             .await?
@@ -596,7 +620,11 @@ impl Hub {
     }
 
     /// Deletes one dead letter; false when the consumer has none with that seq.
-    pub async fn discard_dead_letter(&self, name: &str, seq: Seq) -> Result<bool, ConsumerError> {
+    pub(crate) async fn discard_dead_letter_any(
+        &self,
+        name: &str,
+        seq: Seq,
+    ) -> Result<bool, ConsumerError> {
         match self
             .consumer_call(name, ConsumerOp::Discard { seq })
             .await?
@@ -640,6 +668,67 @@ impl Hub {
             }
         }
         Ok(())
+    }
+}
+
+/// The user-facing verbs: internal consumers (names that are not [`valid_name`]s, such
+/// as the routing rules') are not found through them.
+impl Hub {
+    /// [`Hub::fetch`] whose wait also ends (empty) when `stop` is cancelled. Only the
+    /// wait is cut short: messages once taken from the store are always returned.
+    pub async fn fetch_until(
+        &self,
+        name: &str,
+        batch: usize,
+        wait: Duration,
+        stop: &CancellationToken,
+    ) -> Result<Vec<Message>, ConsumerError> {
+        user(name)?;
+        self.fetch_until_any(name, batch, wait, stop).await
+    }
+
+    /// Acks, NAKs, extends, terms or releases deliveries by their ack ids. Answers once
+    /// the change is durable.
+    pub async fn settle(
+        &self,
+        name: &str,
+        ack_ids: &[String],
+        how: Settle,
+    ) -> Result<Settled, ConsumerError> {
+        user(name)?;
+        self.settle_any(name, ack_ids, how).await
+    }
+
+    /// A consumer's dead letters with a seq above `after_seq`, at most `limit`, in seq order.
+    pub async fn consumer_dead_letters(
+        &self,
+        name: &str,
+        after_seq: Seq,
+        limit: usize,
+    ) -> Result<Vec<ConsumerDeadLetter>, ConsumerError> {
+        user(name)?;
+        self.consumer_dead_letters_any(name, after_seq, limit).await
+    }
+
+    /// Sends dead letters (all when `seqs` is `None`) back for delivery, their count
+    /// reset. Answers how many went back.
+    pub async fn redrive(&self, name: &str, seqs: Option<Vec<Seq>>) -> Result<u64, ConsumerError> {
+        user(name)?;
+        self.redrive_any(name, seqs).await
+    }
+
+    /// Deletes one dead letter; false when the consumer has none with that seq.
+    pub async fn discard_dead_letter(&self, name: &str, seq: Seq) -> Result<bool, ConsumerError> {
+        user(name)?;
+        self.discard_dead_letter_any(name, seq).await
+    }
+}
+
+fn user(name: &str) -> Result<(), ConsumerError> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(ConsumerError::NotFound(name.to_owned()))
     }
 }
 

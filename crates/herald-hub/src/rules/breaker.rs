@@ -5,9 +5,9 @@
 //! `max_cool_down`). Any answer other than those (2xx, 3xx, 4xx) shows the receiver is up
 //! and resets the count.
 //!
-//! While the breaker is open, deliveries wait: they neither send nor use up attempts,
-//! and the rule's cursor stays before them, so no event is skipped (at least once holds
-//! across restarts too). Waiting holds no request slot, so an open breaker costs other
+//! While the breaker is open, the rule takes no messages from its consumer (one fetched
+//! just before it opened is given back unsent), so events wait: none is skipped and
+//! none uses up attempts. Waiting holds no request slot, so an open breaker costs other
 //! rules nothing.
 
 use std::sync::Mutex;
@@ -223,26 +223,50 @@ impl Breaker {
 
     /// Waits until an attempt may go out: at once while closed; after the cool-down
     /// while open (the first one through is the probe); after the probe while half-open.
+    #[cfg(test)]
     pub(super) async fn admit(&self) -> Pass<'_> {
+        loop {
+            self.ready().await;
+            if let Some(pass) = self.try_admit() {
+                return pass;
+            }
+        }
+    }
+
+    /// Leave for an attempt if one may go out now (see [`Breaker::ready`]); `None` while
+    /// open or while a probe is out.
+    pub(super) fn try_admit(&self) -> Option<Pass<'_>> {
+        let mut inner = self.inner.lock().expect("breaker lock");
+        match inner.mode {
+            Mode::Closed => Some(self.pass(false)),
+            Mode::Open { until } if Instant::now() >= until => {
+                inner.mode = Mode::HalfOpen { probing: true };
+                drop(inner);
+                self.set_gauge(BreakerState::HalfOpen);
+                tracing::info!(rule = %self.rule, "Webhook circuit breaker half-open: sending one probe.");
+                Some(self.pass(true))
+            }
+            Mode::HalfOpen { probing: false } => {
+                inner.mode = Mode::HalfOpen { probing: true };
+                Some(self.pass(true))
+            }
+            Mode::Open { .. } | Mode::HalfOpen { probing: true } => None,
+        }
+    }
+
+    /// Waits until [`Breaker::try_admit`] would let an attempt out; true when that
+    /// attempt is a probe (then it should go alone).
+    pub(super) async fn ready(&self) -> bool {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let open_until = {
-                let mut inner = self.inner.lock().expect("breaker lock");
+                let inner = self.inner.lock().expect("breaker lock");
                 match inner.mode {
-                    Mode::Closed => return self.pass(false),
-                    Mode::Open { until } if Instant::now() >= until => {
-                        inner.mode = Mode::HalfOpen { probing: true };
-                        drop(inner);
-                        self.set_gauge(BreakerState::HalfOpen);
-                        tracing::info!(rule = %self.rule, "Webhook circuit breaker half-open: sending one probe.");
-                        return self.pass(true);
-                    }
-                    Mode::HalfOpen { probing: false } => {
-                        inner.mode = Mode::HalfOpen { probing: true };
-                        return self.pass(true);
-                    }
+                    Mode::Closed => return false,
+                    Mode::Open { until } if Instant::now() >= until => return true,
+                    Mode::HalfOpen { probing: false } => return true,
                     Mode::Open { until } => Some(until),
                     Mode::HalfOpen { probing: true } => None,
                 }

@@ -7,28 +7,31 @@
 //! - **Several rules may match one event**; each runs on its own. A failing action is
 //!   logged and counted (`herald_rule_actions_total{rule, outcome}` and
 //!   [`RuleInfo::stats`]); it never blocks publishing or another rule.
-//! - **Webhook and republish rules are durable**: kept in the store, each follows the
-//!   log from its own cursor (`rule:<id>`), saved about once a second at the last seq
-//!   whose deliveries have all finished (delivered or given up). After a crash
-//!   deliveries resume from there: at least once; receivers dedupe with `webhook-id`. A
-//!   new rule (or a rule being enabled) starts with the next event committed.
+//! - **Webhook and republish rules are durable**: kept in the store, each on an internal
+//!   durable consumer (`rule:<id>`, see [`durable`]): at least once across crashes
+//!   (receivers dedupe with `webhook-id`), retried on the consumer's backoff, and an
+//!   event that used up its attempts (or was refused) goes to the rule's dead letters
+//!   ([`Hub::rule_dead_letters`], [`Hub::redrive_rule`]) instead of being dropped. A new
+//!   rule (or a rule being enabled) starts with the next event committed.
 //! - **Handler closures** live in memory only and start with the next event committed.
 //! - **Several instances on one store** (PostgreSQL) re-read the stored rules every few
-//!   seconds, so a rule added or removed on one reaches the others; each instance runs
-//!   every rule (receivers see each event once per instance, with the same `webhook-id`).
+//!   seconds, so a rule added or removed on one reaches the others. Every instance runs
+//!   a worker per rule, all on the rule's one consumer: each event is delivered once in
+//!   the cluster (twice only when an instance dies mid-delivery).
 //!
-//! Each rule is one consumer (a [`Subscription`](crate::Subscription) of its pattern):
-//! a rule whose receiver is down falls behind on its own, reading the store when it
-//! catches up, and the others go on. A webhook rule has at most
-//! [`WEBHOOK_IN_FLIGHT`] deliveries in flight (so they may arrive out of order; the body
-//! carries `seq`); the first of its requests never waits for a slot another rule holds,
-//! the rest share a hub-wide pool of [`SHARED_REQUESTS`] (see [`webhook`]), and a
-//! circuit breaker per rule ([`CircuitBreaker`]) stops sending to a receiver that keeps
-//! failing, without skipping events. Republish and handler rules run one event at a
-//! time, in seq order. Failures are logged at most once per rule every 10 s, with the
-//! number left out; the counters stay exact.
+//! A rule whose receiver is down falls behind on its own, and the others go on. A
+//! webhook rule has at most [`WEBHOOK_IN_FLIGHT`] deliveries in flight, retries waiting
+//! for their backoff included (so they may arrive out of order; the body carries
+//! `seq`); the first of its requests never waits for a slot another rule holds, the rest
+//! share a hub-wide pool of [`SHARED_REQUESTS`] (see [`webhook`]), and a circuit breaker
+//! per rule and instance ([`CircuitBreaker`]) stops sending to a receiver that keeps
+//! failing, without skipping events. Republish rules run one event at a time, in seq
+//! order (retries included), and so do handler rules (which are not retried). Failures
+//! are logged at most once per rule every 10 s, with the number left out; the counters
+//! stay exact.
 
 mod breaker;
+pub mod durable;
 mod engine;
 mod stored;
 pub mod webhook;
@@ -40,8 +43,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use herald_core::{Event, Pattern, Subject, Timestamp};
-use herald_store::{Store, StoredRule};
+use herald_core::{Event, Pattern, Seq, Subject, Timestamp};
+use herald_store::{ConsumerDeadLetter, Store, StoredRule};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Hub, HubError};
@@ -50,6 +53,7 @@ pub use breaker::{
     BreakerState, BreakerStatus, CircuitBreaker, DEFAULT_COOL_DOWN, DEFAULT_FAILURE_THRESHOLD,
     DEFAULT_MAX_COOL_DOWN, MAX_COOL_DOWN, MAX_FAILURE_THRESHOLD, MIN_COOL_DOWN,
 };
+pub use durable::REPUBLISH_ATTEMPTS;
 pub use webhook::Webhook;
 
 /// Most rules a hub keeps (handler closures included).
@@ -210,14 +214,16 @@ pub enum RuleError {
     Hub(#[from] HubError),
 }
 
-/// Counts of what a rule did since this process started.
+/// Counts of what a rule did in this process since it started (with several instances,
+/// each counts its own attempts).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RuleStats {
     /// Events whose action succeeded.
     pub delivered: u64,
-    /// Events given up on (after every attempt).
+    /// Events given up on: after their last attempt, or refused (durable rules: sent to
+    /// the dead letters).
     pub failed: u64,
-    /// Attempts that failed and were retried.
+    /// Attempts that failed and are retried.
     pub retries: u64,
 }
 
@@ -255,7 +261,7 @@ struct Counters {
     retries: AtomicU64,
 }
 
-/// One rule and its consumer.
+/// One rule and its worker.
 struct Entry {
     id: RuleId,
     pattern: Pattern,
@@ -268,7 +274,7 @@ struct Entry {
     lane: Option<webhook::Lane>,
     /// Keeps failures from flooding the log.
     failure_log: crate::log_throttle::LogThrottle,
-    /// Stops this rule's consumer (a child of the hub's shutdown token).
+    /// Stops this rule's worker (a child of the hub's shutdown token).
     stop: CancellationToken,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -313,7 +319,43 @@ impl Entry {
         }
     }
 
-    /// Stops the consumer and waits (a bounded time) for its last cursor save.
+    fn count_delivered(&self) {
+        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("herald_rule_actions_total", "rule" => self.id.to_string(), "outcome" => "delivered")
+            .increment(1);
+    }
+
+    fn count_retry(&self) {
+        self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("herald_rule_actions_total", "rule" => self.id.to_string(), "outcome" => "retried")
+            .increment(1);
+    }
+
+    /// Counts an event given up on, and logs it (at most once per
+    /// [`engine::LOG_FAILURES_EVERY`]).
+    fn count_failed(&self, event: &Event, reason: &dyn fmt::Display) {
+        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("herald_rule_actions_total", "rule" => self.id.to_string(), "outcome" => "failed")
+            .increment(1);
+        if let Some(suppressed) = self.failure_log.admit() {
+            tracing::warn!(
+                rule = %self.id,
+                event_id = %event.id,
+                seq = event.seq,
+                %reason,
+                // Failures of this rule not logged since its previous such line.
+                suppressed,
+                "{}",
+                if self.persisted() {
+                    "A routing rule's action failed; this event is given up (it is in the rule's dead letters)."
+                } else {
+                    "A routing rule's action failed; this event is given up."
+                }
+            );
+        }
+    }
+
+    /// Stops the worker and waits (a bounded time) for it to end.
     async fn stop(&self) {
         self.stop.cancel();
         let task = self.task.lock().expect("rule task lock").take();
@@ -321,11 +363,11 @@ impl Entry {
             match tokio::time::timeout(Duration::from_secs(5), task).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) if error.is_panic() => {
-                    tracing::error!(rule = %self.id, %error, "A routing rule's consumer panicked.")
+                    tracing::error!(rule = %self.id, %error, "A routing rule's worker panicked.")
                 }
                 Ok(Err(_)) => {}
                 Err(_) => {
-                    tracing::warn!(rule = %self.id, "A routing rule's consumer did not stop within 5 s.")
+                    tracing::warn!(rule = %self.id, "A routing rule's worker did not stop within 5 s.")
                 }
             }
         }
@@ -367,7 +409,7 @@ impl Rules {
         })
     }
 
-    /// Starts the consumers of the rules read by [`Rules::load`].
+    /// Starts the workers of the rules read by [`Rules::load`].
     pub(crate) fn start(hub: &Hub) {
         let loaded = std::mem::take(&mut *hub.inner.rules.loaded.lock().expect("rules lock"));
         let mut entries = hub.inner.rules.entries.lock().expect("rules lock");
@@ -378,11 +420,19 @@ impl Rules {
                 &spec,
                 created_at,
             );
-            spawn(hub, &entry, engine::Start::Cursor);
+            spawn(hub, &entry);
             entries.push(entry);
         }
         drop(entries);
         let services = &hub.inner.services;
+        {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                if let Err(error) = delete_orphan_consumers(&hub).await {
+                    tracing::warn!(%error, "Cannot look for consumers of deleted routing rules.");
+                }
+            });
+        }
         if hub.inner.follow_log.is_some() {
             let hub = hub.clone();
             services.spawn(
@@ -399,7 +449,7 @@ impl Rules {
         );
     }
 
-    /// Stops every consumer (at shutdown), saving their cursors.
+    /// Stops every worker (at shutdown).
     pub(crate) async fn stop(&self) {
         let entries = std::mem::take(&mut *self.entries.lock().expect("rules lock"));
         futures_util::future::join_all(entries.iter().map(|entry| entry.stop())).await;
@@ -431,7 +481,7 @@ async fn follow_store(hub: Hub) {
 }
 
 /// Makes the durable rules in memory those of the store. Every change was made by an
-/// instance that moved the rule's cursor first, so a rule taken in starts from it.
+/// instance that set up the rule's consumer first, so a rule taken in runs on it.
 async fn sync_from_store(hub: &Hub) -> Result<(), HubError> {
     let rules = &hub.inner.rules;
     let _changing = rules.changes.lock().await;
@@ -451,7 +501,7 @@ async fn sync_from_store(hub: &Hub) -> Result<(), HubError> {
         }
         tracing::info!(rule = %id, "Taking in a routing rule changed by another instance.");
         let entry = new_entry(hub, id, &spec, created_at);
-        spawn(hub, &entry, engine::Start::Cursor);
+        spawn(hub, &entry);
         let mut entries = rules.entries.lock().expect("rules lock");
         match entries.iter_mut().find(|e| e.id == entry.id) {
             Some(slot) => *slot = entry,
@@ -469,6 +519,38 @@ async fn sync_from_store(hub: &Hub) -> Result<(), HubError> {
     for entry in gone {
         tracing::info!(rule = %entry.id, "A routing rule was removed by another instance.");
         entry.stop().await;
+    }
+    drop(_changing);
+    delete_orphan_consumers(hub).await
+}
+
+/// How old the consumer of a rule not in the store must be to be deleted: an instance
+/// adding a rule makes its consumer a moment before it stores the rule.
+const ORPHAN_AGE: Duration = Duration::from_secs(60);
+
+/// Deletes the consumers of rules that no longer exist (their instance stopped between
+/// deleting the rule and its consumer, or a worker remade the consumer of a rule being
+/// deleted elsewhere).
+async fn delete_orphan_consumers(hub: &Hub) -> Result<(), HubError> {
+    let store = &hub.inner.store;
+    let consumers = store.consumers().await?;
+    let stored: std::collections::HashSet<String> = store
+        .list_rules()
+        .await?
+        .into_iter()
+        .map(|rule| durable::consumer_name(&RuleId(rule.id)))
+        .collect();
+    let old_enough = Timestamp::now().as_micros() - ORPHAN_AGE.as_micros() as i64;
+    for consumer in consumers {
+        let orphan = consumer.name.starts_with("rule:")
+            && !stored.contains(&consumer.name)
+            && consumer.created_at.as_micros() < old_enough;
+        if orphan {
+            tracing::info!(consumer = %consumer.name, "Deleting the consumer of a deleted routing rule.");
+            if let Err(error) = hub.delete_consumer(&consumer.name).await {
+                tracing::debug!(consumer = %consumer.name, %error, "Cannot delete a consumer.");
+            }
+        }
     }
     Ok(())
 }
@@ -493,17 +575,12 @@ fn new_entry(hub: &Hub, id: RuleId, spec: &RuleSpec, created_at: Timestamp) -> A
     })
 }
 
-/// Starts `entry`'s consumer if it is enabled.
-fn spawn(hub: &Hub, entry: &Arc<Entry>, start: engine::Start) {
+/// Starts the worker of a durable rule if it is enabled.
+fn spawn(hub: &Hub, entry: &Arc<Entry>) {
     if entry.enabled {
-        let task = tokio::spawn(engine::run(hub.clone(), entry.clone(), start));
+        let task = tokio::spawn(durable::run(hub.clone(), entry.clone()));
         *entry.task.lock().expect("rule task lock") = Some(task);
     }
-}
-
-/// The store cursor of a durable rule.
-fn cursor_name(id: &RuleId) -> String {
-    format!("rule:{id}")
 }
 
 impl Hub {
@@ -525,8 +602,9 @@ impl Hub {
         self.inner.rules.find(id).map(|e| e.info())
     }
 
-    /// Adds a durable rule: stored, then running from the next event committed. Fails with
-    /// [`RuleError::Exists`] when a rule has that id.
+    /// Adds a durable rule: its consumer made after the head of the log, the rule stored,
+    /// then running from the next event committed. Fails with [`RuleError::Exists`] when
+    /// a rule has that id.
     pub async fn add_rule(&self, spec: RuleSpec) -> Result<RuleInfo, RuleError> {
         spec.validate()?;
         let rules = &self.inner.rules;
@@ -542,10 +620,20 @@ impl Hub {
             }
         }
         let created_at = Timestamp::now();
-        let head = self.fanout_head();
-        self.put_stored(&id, &spec, created_at, Some(head)).await?;
+        if spec.enabled {
+            let head = self.fanout_head();
+            durable::ensure_consumer(
+                self,
+                &id,
+                &spec.subject_pattern,
+                &spec.action,
+                durable::Start::Fresh(head),
+            )
+            .await?;
+        }
+        self.put_stored(&id, &spec, created_at).await?;
         let entry = new_entry(self, id, &spec, created_at);
-        spawn(self, &entry, engine::Start::After(head));
+        spawn(self, &entry);
         rules
             .entries
             .lock()
@@ -555,9 +643,10 @@ impl Hub {
     }
 
     /// Adds or replaces durable rules by id (the rules of a configuration file): a new
-    /// rule starts with the next event committed; a changed one goes on from its cursor
-    /// (from the next event if it was disabled); an unchanged one is left as it is. Every
-    /// spec needs an id.
+    /// rule starts with the next event committed; a changed one goes on with its consumer
+    /// (from the next event if it was disabled; remade after its first unsettled event,
+    /// without its dead letters, if its pattern changed); an unchanged one is left as it
+    /// is. Every spec needs an id.
     pub async fn load_rules(&self, specs: Vec<RuleSpec>) -> Result<Vec<RuleInfo>, RuleError> {
         for (i, spec) in specs.iter().enumerate() {
             spec.validate()?;
@@ -589,18 +678,22 @@ impl Hub {
                 return Err(RuleError::TooMany);
             }
             let fresh_start = old.as_ref().is_none_or(|old| !old.enabled);
-            let head = fresh_start.then(|| self.fanout_head());
             let created_at = old.as_ref().map_or_else(Timestamp::now, |o| o.created_at);
             if let Some(old) = &old {
                 old.stop().await;
             }
-            self.put_stored(&id, &spec, created_at, head).await?;
+            if spec.enabled {
+                let start = if fresh_start {
+                    durable::Start::Fresh(self.fanout_head())
+                } else {
+                    durable::Start::Keep
+                };
+                durable::ensure_consumer(self, &id, &spec.subject_pattern, &spec.action, start)
+                    .await?;
+            }
+            self.put_stored(&id, &spec, created_at).await?;
             let entry = new_entry(self, id, &spec, created_at);
-            spawn(
-                self,
-                &entry,
-                head.map_or(engine::Start::Cursor, engine::Start::After),
-            );
+            spawn(self, &entry);
             {
                 let mut entries = rules.entries.lock().expect("rules lock");
                 match entries.iter_mut().find(|e| e.id == entry.id) {
@@ -613,8 +706,9 @@ impl Hub {
         Ok(infos)
     }
 
-    /// Removes a rule of any kind (a durable one from the store too); false when there
-    /// is none with that id. When this returns, the rule runs no more actions.
+    /// Removes a rule of any kind (a durable one from the store too, with its consumer and
+    /// dead letters); false when there is none with that id. When this returns, the rule
+    /// runs no more actions on this instance (others stop within a few seconds).
     pub async fn remove_rule(&self, id: &str) -> Result<bool, HubError> {
         let rules = &self.inner.rules;
         let _changing = rules.changes.lock().await;
@@ -630,6 +724,16 @@ impl Hub {
             .expect("rules lock")
             .retain(|e| !Arc::ptr_eq(e, &entry));
         entry.stop().await;
+        if entry.persisted() {
+            // Should the consumer be remade from the old cursor (a worker of another
+            // instance starting meanwhile), it starts here; see `delete_orphan_consumers`.
+            let name = durable::consumer_name(&entry.id);
+            self.inner
+                .store
+                .save_cursor(&name, self.fanout_head())
+                .await?;
+            durable::delete_consumer(self, &entry.id).await?;
+        }
         Ok(true)
     }
 
@@ -678,7 +782,10 @@ impl Hub {
         if entries.len() >= MAX_RULES {
             return Err(RuleError::TooMany);
         }
-        spawn(self, &entry, engine::Start::After(self.fanout_head()));
+        if entry.enabled {
+            let task = tokio::spawn(engine::run(self.clone(), entry.clone(), self.fanout_head()));
+            *entry.task.lock().expect("rule task lock") = Some(task);
+        }
         entries.push(entry);
         Ok(id)
     }
@@ -696,24 +803,94 @@ impl Hub {
         true
     }
 
-    fn fanout_head(&self) -> herald_core::Seq {
+    /// A durable rule's dead letters with a seq above `after_seq`, at most `limit`, in
+    /// seq order (the events it gave up on: reason `max_deliver` after its last attempt,
+    /// `term` when refused, with the last error). `None` when there is no rule with that
+    /// id; a handler rule has none.
+    pub async fn rule_dead_letters(
+        &self,
+        id: &str,
+        after_seq: Seq,
+        limit: usize,
+    ) -> Result<Option<Vec<ConsumerDeadLetter>>, HubError> {
+        let Some(name) = self.rule_consumer(id) else {
+            return Ok(None);
+        };
+        let Some(name) = name else {
+            return Ok(Some(Vec::new()));
+        };
+        match self
+            .consumer_dead_letters_any(&name, after_seq, limit)
+            .await
+        {
+            Ok(dead) => Ok(Some(dead)),
+            // A rule never enabled has no consumer.
+            Err(crate::consumers::ConsumerError::NotFound(_)) => Ok(Some(Vec::new())),
+            Err(error) => Err(durable::hub_error(error)),
+        }
+    }
+
+    /// Sends a durable rule's dead letters (all when `seqs` is `None`) back for delivery,
+    /// each with its attempts anew. Answers how many went back; `None` when there is no
+    /// rule with that id.
+    pub async fn redrive_rule(
+        &self,
+        id: &str,
+        seqs: Option<Vec<Seq>>,
+    ) -> Result<Option<u64>, HubError> {
+        let Some(name) = self.rule_consumer(id) else {
+            return Ok(None);
+        };
+        let Some(name) = name else {
+            return Ok(Some(0));
+        };
+        match self.redrive_any(&name, seqs).await {
+            Ok(n) => Ok(Some(n)),
+            Err(crate::consumers::ConsumerError::NotFound(_)) => Ok(Some(0)),
+            Err(error) => Err(durable::hub_error(error)),
+        }
+    }
+
+    /// Deletes one of a durable rule's dead letters: whether it was there; `None` when
+    /// there is no rule with that id.
+    pub async fn discard_rule_dead_letter(
+        &self,
+        id: &str,
+        seq: Seq,
+    ) -> Result<Option<bool>, HubError> {
+        let Some(name) = self.rule_consumer(id) else {
+            return Ok(None);
+        };
+        let Some(name) = name else {
+            return Ok(Some(false));
+        };
+        match self.discard_dead_letter_any(&name, seq).await {
+            Ok(found) => Ok(Some(found)),
+            Err(crate::consumers::ConsumerError::NotFound(_)) => Ok(Some(false)),
+            Err(error) => Err(durable::hub_error(error)),
+        }
+    }
+
+    /// The consumer of rule `id`: `None` when there is no such rule, `Some(None)` for a
+    /// handler rule.
+    fn rule_consumer(&self, id: &str) -> Option<Option<String>> {
+        let entry = self.inner.rules.find(id)?;
+        Some(entry.persisted().then(|| durable::consumer_name(&entry.id)))
+    }
+
+    fn fanout_head(&self) -> Seq {
         self.inner.fanout.lock().expect("fanout lock").head
     }
 
-    /// Stores a durable rule; with `start`, first moves its cursor there (a cursor
-    /// never moves back, so a re-created id does not replay what it saw before).
+    /// Stores a durable rule.
     async fn put_stored(
         &self,
         id: &RuleId,
         spec: &RuleSpec,
         created_at: Timestamp,
-        start: Option<herald_core::Seq>,
     ) -> Result<(), HubError> {
-        let store = &self.inner.store;
-        if let Some(seq) = start {
-            store.save_cursor(&cursor_name(id), seq).await?;
-        }
-        store
+        self.inner
+            .store
             .put_rule(StoredRule {
                 id: id.to_string(),
                 body: stored::encode(spec, created_at),

@@ -15,15 +15,17 @@
 //!   when the rule has a secret. The key is the base64-decoded part after `whsec_` for a
 //!   secret of that form, else the secret's bytes.
 //!
-//! A 2xx answer is a delivery. Network errors, timeouts, 408, 429 and 5xx are retried
-//! after 0.5 s, 1 s, 2 s, … (doubling up to 30 s, ±25 % jitter; a `Retry-After` in
-//! seconds is honoured up to 60 s) until `max_attempts`; other answers (3xx, 4xx) fail
-//! at once. Redirects are not followed. Each rule has a circuit breaker
-//! ([`CircuitBreaker`]): while it is open, deliveries wait without sending.
+//! A 2xx answer is a delivery (the rule acks the message). Network errors, timeouts,
+//! 408, 429 and 5xx are retried after 0.5 s, 1 s, 2 s, … (doubling up to 30 s, ±25 %
+//! jitter; a `Retry-After` in seconds is honoured up to 60 s): the rule NAKs the message
+//! with that delay and the error, and its consumer sends the event to the rule's dead
+//! letters once `max_attempts` attempts failed. Other answers (3xx, 4xx) send it there
+//! at once (a term). Redirects are not followed. Each rule has a circuit breaker
+//! ([`CircuitBreaker`]): while it is open, events wait without being sent.
 //!
 //! **Request slots.** A rule has at most [`WEBHOOK_IN_FLIGHT`] deliveries in flight (its
-//! consumer takes no more events), so a receiver that hangs can hold at most that many
-//! requests. Each rule's first open request uses a slot of its own (its `Lane`); the
+//! consumer hands out no more, retries waiting for their backoff included), so a
+//! receiver that hangs can hold at most that many requests. Each rule's first open request uses a slot of its own (its `Lane`); the
 //! others take slots from a hub-wide pool of [`SHARED_REQUESTS`], which bounds sockets
 //! and request bodies to `rules + SHARED_REQUESTS`. So a rule's first request never waits
 //! for a slot another rule holds: however many receivers hang, every rule keeps at least
@@ -45,7 +47,7 @@ use reqwest::StatusCode;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::breaker::{Breaker, CircuitBreaker, Health};
-use super::{Counters, RuleError, RuleId, SHARED_REQUESTS, WEBHOOK_IN_FLIGHT};
+use super::{RuleError, RuleId, SHARED_REQUESTS, WEBHOOK_IN_FLIGHT};
 
 /// Longest webhook URL, in bytes.
 pub const MAX_URL_BYTES: usize = 2048;
@@ -316,19 +318,13 @@ fn sign(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
     )
 }
 
-/// Why a delivery was given up.
+/// Why an attempt could not be sent at all.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum DeliveryError {
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] Arc<reqwest::Error>),
     #[error("the hub is shutting down")]
     ShuttingDown,
-    /// The receiver answered with a status that says a retry will not help (3xx, 4xx).
-    #[error("answered {0}")]
-    Refused(StatusCode),
-    /// Every attempt failed in a way worth retrying; `last` says how the last one did.
-    #[error("{last}; gave up after {attempts} attempts")]
-    GaveUp { last: String, attempts: u32 },
 }
 
 /// The HTTP client and the hub-wide pool of request slots (see the module docs).
@@ -354,12 +350,23 @@ impl Lane {
 
 const _: () = assert!(WEBHOOK_IN_FLIGHT >= 1 && SHARED_REQUESTS >= WEBHOOK_IN_FLIGHT);
 
-enum Attempt {
+/// How one attempt went.
+pub(super) enum Attempt {
     Delivered,
     /// Failed; worth trying again (after at least this long, if the receiver said).
     Retry(String, Option<Duration>),
-    /// Refused for good.
+    /// Refused for good (3xx, 4xx other than 408 and 429).
     Refused(StatusCode),
+}
+
+impl Attempt {
+    /// What the attempt said about the receiver (for the breaker).
+    pub(super) fn health(&self) -> Health {
+        match self {
+            Attempt::Retry(..) => Health::Down,
+            Attempt::Delivered | Attempt::Refused(_) => Health::Up,
+        }
+    }
 }
 
 impl Delivery {
@@ -398,60 +405,20 @@ impl Delivery {
         permit.map_err(|_| DeliveryError::ShuttingDown)
     }
 
-    /// Delivers one event, retrying as the module docs say, each attempt once the rule's
-    /// breaker lets it out. `Err` says why it gave up.
-    pub(super) async fn deliver(
+    /// Sends one attempt of one event on a request slot of `lane`'s rule. The caller
+    /// holds the breaker's pass and settles it with [`Attempt::health`].
+    pub(super) async fn attempt(
         &self,
         rule: &RuleId,
         webhook: &Webhook,
         lane: &Lane,
         event: &Event,
-        body: Bytes,
-        counters: &Counters,
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<Attempt, DeliveryError> {
         let client = self.client()?;
         let msg_id = message_id(rule, event.id);
-        let mut attempt = 1;
-        loop {
-            let pass = lane.breaker.admit().await;
-            let outcome = {
-                let _slot = self.slot(lane).await?;
-                send(client, webhook, &msg_id, body.clone()).await
-            };
-            pass.settle(match outcome {
-                Attempt::Retry(..) => Health::Down,
-                Attempt::Delivered | Attempt::Refused(_) => Health::Up,
-            });
-            match outcome {
-                Attempt::Delivered => return Ok(()),
-                Attempt::Refused(status) => return Err(DeliveryError::Refused(status)),
-                Attempt::Retry(last, _) if attempt >= webhook.max_attempts => {
-                    return Err(DeliveryError::GaveUp {
-                        last,
-                        attempts: attempt,
-                    });
-                }
-                Attempt::Retry(reason, retry_after) => {
-                    counters
-                        .retries
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    metrics::counter!("herald_rule_actions_total", "rule" => rule.to_string(), "outcome" => "retried")
-                        .increment(1);
-                    let wait =
-                        backoff(attempt).max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER));
-                    tracing::debug!(
-                        %rule,
-                        event_id = %event.id,
-                        attempt,
-                        reason = %reason,
-                        wait_ms = wait.as_millis() as u64,
-                        "Webhook attempt failed; retrying."
-                    );
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
-            }
-        }
+        let body = Bytes::from(crate::envelope::to_json(event));
+        let _slot = self.slot(lane).await?;
+        Ok(send(client, webhook, &msg_id, body).await)
     }
 }
 
@@ -535,13 +502,33 @@ fn describe(error: reqwest::Error) -> String {
     text
 }
 
-/// The wait before attempt `attempt + 1`: 0.5 s doubling per attempt up to 30 s, ±25 %.
+/// The wait before attempt `attempt + 1` without jitter: 0.5 s doubling per attempt up
+/// to 30 s.
+fn base_backoff(attempt: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1u32 << attempt.max(1).saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
+}
+
+/// The wait before attempt `attempt + 1`: [`base_backoff`] ±25 %.
 fn backoff(attempt: u32) -> Duration {
-    let base = FIRST_BACKOFF
-        .saturating_mul(1u32 << (attempt - 1).min(16))
-        .min(MAX_BACKOFF);
     let jitter = (uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0; // 0 ≤ j < 1
-    base.mul_f64(0.75 + 0.5 * jitter)
+    base_backoff(attempt).mul_f64(0.75 + 0.5 * jitter)
+}
+
+/// The wait before retrying after the `attempt`-th attempt failed: the backoff, or the
+/// receiver's `Retry-After` (up to 60 s) when longer.
+pub(super) fn retry_delay(attempt: u32, retry_after: Option<Duration>) -> Duration {
+    backoff(attempt).max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER))
+}
+
+/// The backoff without jitter, one delay (ms) per retry of `attempts` (at least one):
+/// the schedule of a rule's consumer, used when a delivery's ack wait runs out (its
+/// instance stopped) rather than when the rule NAKs it.
+pub(super) fn backoff_schedule_ms(attempts: u32) -> Vec<u64> {
+    (1..attempts.max(2))
+        .map(|attempt| base_backoff(attempt).as_millis() as u64)
+        .collect()
 }
 
 #[cfg(test)]
@@ -683,6 +670,16 @@ mod tests {
                 assert_eq!(accepted, (24..=64).contains(&bytes), "{bytes} bytes");
             }
         }
+    }
+
+    #[test]
+    fn the_consumer_schedule_is_the_backoff_without_jitter() {
+        assert_eq!(backoff_schedule_ms(1), [500]);
+        assert_eq!(backoff_schedule_ms(4), [500, 1000, 2000]);
+        let long = backoff_schedule_ms(MAX_ATTEMPTS);
+        assert_eq!(long.len(), MAX_ATTEMPTS as usize - 1);
+        assert_eq!(long[5], 16_000);
+        assert!(long[6..].iter().all(|&ms| ms == 30_000), "{long:?}");
     }
 
     #[test]

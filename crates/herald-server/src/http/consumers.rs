@@ -12,7 +12,10 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use herald_hub::consumers::{PutOutcome, Settle, MAX_ACK_IDS, MAX_FETCH_BATCH};
+use herald_core::Seq;
+use herald_hub::consumers::{
+    valid_name, ConsumerError, PutOutcome, Settle, MAX_ACK_IDS, MAX_FETCH_BATCH,
+};
 use herald_store::MAX_QUERY_LIMIT;
 use serde_json::{Map, Value};
 
@@ -39,6 +42,16 @@ fn invalid_body(error: FieldError) -> ApiError {
 fn object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
     let body = body.map_err(body_rejection)?;
     parse_json_object(&body)
+}
+
+/// Refuses the names of internal consumers (a routing rule's `rule:<id>`): over this API
+/// they do not exist.
+fn user_consumer(name: &str) -> Result<(), ApiError> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(ConsumerError::NotFound(name.to_owned()).into())
+    }
 }
 
 /// `GET /api/consumers`.
@@ -129,6 +142,7 @@ pub async fn get_consumer(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Consumer>, ApiError> {
+    user_consumer(&name)?;
     Ok(Json(Consumer::from(state.hub.consumer_info(&name).await?)))
 }
 
@@ -151,6 +165,7 @@ pub async fn delete_consumer(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    user_consumer(&name)?;
     state.hub.delete_consumer(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -199,6 +214,7 @@ pub async fn fetch(
         .request_timeout
         .saturating_sub(Duration::from_secs(1));
     let wait = Duration::from_millis(wait_ms).min(longest);
+    user_consumer(&name)?;
     let messages = state.hub.fetch(&name, batch, wait).await?;
     Ok(Json(FetchResponse {
         messages: messages.iter().map(Message::from).collect(),
@@ -225,6 +241,7 @@ async fn settle(
     ids: Vec<String>,
     how: Settle,
 ) -> Result<Json<SettleResponse>, ApiError> {
+    user_consumer(name)?;
     Ok(Json(state.hub.settle(name, &ids, how).await?.into()))
 }
 
@@ -387,10 +404,27 @@ pub async fn list_dead_letters(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    user_consumer(&name)?;
+    let (limit, after_seq) = dead_letter_query(raw.as_deref())?;
+    let dead = state
+        .hub
+        .consumer_dead_letters(&name, after_seq, limit)
+        .await?;
+    let dead_letters: Vec<ConsumerDeadLetterJson> =
+        dead.iter().map(ConsumerDeadLetterJson::from).collect();
+    Ok(Json(ConsumerDeadLetterList {
+        count: dead_letters.len(),
+        dead_letters,
+    })
+    .into_response())
+}
+
+/// The `limit` and `after_seq` of a dead-letter listing.
+pub(super) fn dead_letter_query(raw: Option<&str>) -> Result<(usize, Seq), ApiError> {
     let mut limit = DEFAULT_DEAD_LETTER_LIMIT;
     let mut after_seq = 0;
     let mut seen: Vec<String> = Vec::new();
-    for (key, value) in form_pairs(raw.as_deref().unwrap_or(""))? {
+    for (key, value) in form_pairs(raw.unwrap_or(""))? {
         if seen.contains(&key) {
             return Err(invalid_query(format!("`{key}` is given more than once")));
         }
@@ -417,17 +451,7 @@ pub async fn list_dead_letters(
             }
         }
     }
-    let dead = state
-        .hub
-        .consumer_dead_letters(&name, after_seq, limit)
-        .await?;
-    let dead_letters: Vec<ConsumerDeadLetterJson> =
-        dead.iter().map(ConsumerDeadLetterJson::from).collect();
-    Ok(Json(ConsumerDeadLetterList {
-        count: dead_letters.len(),
-        dead_letters,
-    })
-    .into_response())
+    Ok((limit, after_seq))
 }
 
 /// `POST /api/consumers/{name}/dead-letters/redrive`.
@@ -455,6 +479,16 @@ pub async fn redrive(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RedriveResponse>, ApiError> {
+    user_consumer(&name)?;
+    let seqs = redrive_seqs(body)?;
+    let redriven = state.hub.redrive(&name, seqs).await?;
+    Ok(Json(RedriveResponse { redriven }))
+}
+
+/// The `seqs` of a redrive body (`None`: all).
+pub(super) fn redrive_seqs(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Option<Vec<Seq>>, ApiError> {
     let body = body.map_err(body_rejection)?;
     let seqs = if body.iter().all(u8::is_ascii_whitespace) {
         None
@@ -465,8 +499,7 @@ pub async fn redrive(
             .integers("seqs", MAX_ACK_IDS, 1..=i64::MAX as u64)
             .map_err(invalid_body)?
     };
-    let redriven = state.hub.redrive(&name, seqs).await?;
-    Ok(Json(RedriveResponse { redriven }))
+    Ok(seqs)
 }
 
 /// `DELETE /api/consumers/{name}/dead-letters/{seq}`.
@@ -491,6 +524,7 @@ pub async fn discard_dead_letter(
     Path((name, seq)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let seq = parse_seq("seq", &seq)?;
+    user_consumer(&name)?;
     if state.hub.discard_dead_letter(&name, seq).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -1,5 +1,6 @@
 //! Routing rules (seed 002): `GET /api/rules`, `POST /api/rules`,
-//! `GET /api/rules/{id}`, `DELETE /api/rules/{id}`, and the rules file of
+//! `GET /api/rules/{id}`, `DELETE /api/rules/{id}`, a rule's dead letters
+//! (`/api/rules/{id}/dead-letters`, shaped as a consumer's), and the rules file of
 //! `herald serve --rules` (a JSON array of `POST /api/rules` bodies, each with an `id`).
 //!
 //! Rules are validated completely before anything is stored: the request schema in the
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -27,8 +28,10 @@ use utoipa::openapi::schema::{Object, Schema, SchemaType};
 use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
 
-use super::{body_rejection, parse_json_object, truncate};
+use super::consumers::{dead_letter_query, redrive_seqs};
+use super::{body_rejection, parse_json_object, parse_seq, truncate};
 use crate::error::{ApiError, ErrorCode};
+use crate::wire::consumers::{ConsumerDeadLetterJson, ConsumerDeadLetterList, RedriveResponse};
 use crate::AppState;
 
 // ---- wire shapes -------------------------------------------------------------------------
@@ -131,14 +134,15 @@ impl From<CircuitBreaker> for CircuitBreakerConfig {
     }
 }
 
-/// What a rule did since the server started.
+/// What a rule did on this instance since it started.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RuleStats {
     /// Events whose action succeeded.
     pub delivered: u64,
-    /// Events given up on after every attempt.
+    /// Events given up on: after their last attempt, or refused (they are in the rule's
+    /// dead letters).
     pub failed: u64,
-    /// Attempts that failed and were retried.
+    /// Attempts that failed and are retried.
     pub retries: u64,
     /// A webhook rule's circuit breaker; `null` for other rules and disabled ones.
     pub breaker: Option<BreakerStats>,
@@ -255,11 +259,13 @@ pub async fn list_rules(State(state): State<AppState>) -> Json<RuleList> {
         same on every attempt), `webhook-timestamp` and, with a `secret`, \
         `webhook-signature` (`v1,` + base64 HMAC-SHA256 of `{id}.{timestamp}.{body}`), \
         retrying network errors, 408, 429 and 5xx with exponential backoff up to \
-        `max_attempts`; after `circuit_breaker.failure_threshold` such failures in a row \
+        `max_attempts`, then keeping the event in the rule's dead letters (as it does at \
+        once for other answers); after `circuit_breaker.failure_threshold` such failures in a row \
         the rule stops sending for a cool-down, then probes (events wait; none is \
         skipped); a `republish` publishes it to a NATS \
         subject (it fails, and is counted, while NATS is not configured). A failing rule \
-        never delays publishing or other rules.",
+        never delays publishing or other rules. With several instances on one database, \
+        each event is delivered once in the cluster.",
     request_body(content((RuleRequestSchema = "application/json"))),
     responses(
         (status = 201, description = "Stored and running.",
@@ -334,6 +340,115 @@ pub async fn delete_rule(
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(not_found(&id))
+    }
+}
+
+/// `GET /api/rules/{id}/dead-letters`.
+#[utoipa::path(
+    get,
+    path = "/api/rules/{id}/dead-letters",
+    tag = "rules",
+    summary = "List a rule's dead letters",
+    description = "The events a webhook or republish rule gave up on, in seq order: reason \
+        `max_deliver` after `max_attempts` failed attempts (5 for a republish), `term` when \
+        the receiver refused the event (3xx, 4xx other than 408 and 429); `last_error` says \
+        how the last attempt failed. Page with `after_seq` = the last `event.seq` seen. \
+        Unknown or repeated parameters are `400 invalid_query`.",
+    params(
+        ("id" = RuleIdSchema, Path, description = "The rule's id."),
+        ("limit" = Option<crate::wire::schema::Limit>, Query, description = "Most dead letters to answer (default 100)."),
+        ("after_seq" = Option<crate::wire::schema::SeqParam>, Query, description = "Only dead letters with a larger seq."),
+    ),
+    responses(
+        (status = 200, description = "The dead letters.", body = ConsumerDeadLetterList),
+        (status = 400, response = crate::wire::schema::BadRequest),
+        (status = 404, response = crate::wire::schema::NotFound),
+        (status = 503, response = crate::wire::schema::ServiceUnavailable),
+    ),
+)]
+pub async fn list_dead_letters(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let (limit, after_seq) = dead_letter_query(raw.as_deref())?;
+    let dead = state
+        .hub
+        .rule_dead_letters(&id, after_seq, limit)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    let dead_letters: Vec<ConsumerDeadLetterJson> =
+        dead.iter().map(ConsumerDeadLetterJson::from).collect();
+    Ok(Json(ConsumerDeadLetterList {
+        count: dead_letters.len(),
+        dead_letters,
+    })
+    .into_response())
+}
+
+/// `POST /api/rules/{id}/dead-letters/redrive`.
+#[utoipa::path(
+    post,
+    path = "/api/rules/{id}/dead-letters/redrive",
+    tag = "rules",
+    summary = "Redrive a rule's dead letters",
+    description = "Sends the rule's dead letters with these `seqs` (all of them when `seqs` is \
+        absent or the body is empty) back for delivery, each with `max_attempts` attempts \
+        anew (and the same `webhook-id`). Seqs that are not dead letters are skipped.",
+    params(("id" = RuleIdSchema, Path, description = "The rule's id.")),
+    request_body(content((crate::wire::schema::RedriveRequest = "application/json"))),
+    responses(
+        (status = 200, description = "How many went back.", body = RedriveResponse),
+        (status = 400, response = crate::wire::schema::BadRequest),
+        (status = 404, response = crate::wire::schema::NotFound),
+        (status = 413, response = crate::wire::schema::PayloadTooLarge),
+        (status = 422, response = crate::wire::schema::UnprocessableEntity),
+        (status = 503, response = crate::wire::schema::ServiceUnavailable),
+    ),
+)]
+pub async fn redrive_dead_letters(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<RedriveResponse>, ApiError> {
+    let seqs = redrive_seqs(body)?;
+    let redriven = state
+        .hub
+        .redrive_rule(&id, seqs)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    Ok(Json(RedriveResponse { redriven }))
+}
+
+/// `DELETE /api/rules/{id}/dead-letters/{seq}`.
+#[utoipa::path(
+    delete,
+    path = "/api/rules/{id}/dead-letters/{seq}",
+    tag = "rules",
+    summary = "Discard a rule's dead letter",
+    params(
+        ("id" = RuleIdSchema, Path, description = "The rule's id."),
+        ("seq" = u64, Path, description = "The dead letter's event seq."),
+    ),
+    responses(
+        (status = 204, description = "Discarded."),
+        (status = 400, response = crate::wire::schema::BadRequest),
+        (status = 404, response = crate::wire::schema::NotFound),
+        (status = 503, response = crate::wire::schema::ServiceUnavailable),
+    ),
+)]
+pub async fn discard_dead_letter(
+    State(state): State<AppState>,
+    Path((id, seq)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let seq = parse_seq("seq", &seq)?;
+    match state.hub.discard_rule_dead_letter(&id, seq).await? {
+        None => Err(not_found(&id)),
+        Some(true) => Ok(StatusCode::NO_CONTENT),
+        Some(false) => Err(ApiError::new(
+            ErrorCode::DeadLetterNotFound,
+            format!("rule {:?} has no dead letter with seq {seq}", truncate(&id)),
+        )),
     }
 }
 

@@ -2,8 +2,9 @@
 //! /api/rules/{id}`, bad input, secrets never shown, webhook deliveries of events
 //! published over HTTP (to a small HTTP/1.1 receiver written here on a loopback port),
 //! the `--rules` file, delivery resuming after a restart and after `kill -9`, rules that
-//! hang not delaying a healthy one, the circuit breaker, and failures not flooding the
-//! log.
+//! hang not delaying a healthy one, the circuit breaker, failures not flooding the log,
+//! a rule's dead letters (`/api/rules/{id}/dead-letters`), and several instances on one
+//! PostgreSQL database delivering each event once.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -990,4 +991,352 @@ async fn repeated_delivery_failures_do_not_flood_the_log() {
         "{} lines; the last names the {left_out} failures left out: {last}",
         lines.len()
     );
+}
+
+/// The receiver's requests per `webhook-id`.
+fn attempts_by_id(receiver: &Receiver) -> HashMap<String, Vec<Received>> {
+    let mut by_id: HashMap<String, Vec<Received>> = HashMap::new();
+    for request in receiver.all() {
+        by_id
+            .entry(request.headers["webhook-id"].clone())
+            .or_default()
+            .push(request);
+    }
+    by_id
+}
+
+async fn rule_dead_letters(h: &TestHerald, id: &str, query: &str) -> Value {
+    let resp = h
+        .http
+        .get(h.url(&format!("/api/rules/{id}/dead-letters{query}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_keys(&body, &["dead_letters", "count"], "dead letter list");
+    assert_eq!(
+        body["count"],
+        body["dead_letters"].as_array().unwrap().len()
+    );
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_a_receiver_keeps_failing_go_to_the_rules_dead_letters_and_can_be_redriven() {
+    let h = TestHerald::start().await;
+    let receiver = Receiver::start(0).await;
+    receiver.shared.fail_all.store(true, Ordering::SeqCst);
+    add_rule(
+        &h,
+        &json!({"id": "dl.hook", "subject_pattern": "hub.dl.>", "action": {
+            "type": "webhook", "url": receiver.url, "max_attempts": 3,
+            "circuit_breaker": {"failure_threshold": 1000}}}),
+    )
+    .await;
+    let mut events = Vec::new();
+    for i in 0..2 {
+        events.push(h.publish("hub.dl.x", json!({"i": i})).await);
+    }
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+
+    // Three attempts each (0.5 s and 1 s apart), then the dead letters.
+    let dead = poll_until(
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || async { rule_dead_letters(&h, "dl.hook", "").await["count"] == 2 },
+    )
+    .await;
+    assert!(dead, "{}", rule_dead_letters(&h, "dl.hook", "").await);
+    let listed = rule_dead_letters(&h, "dl.hook", "").await;
+    for (letter, event) in listed["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&events)
+    {
+        assert_keys(
+            letter,
+            &[
+                "event",
+                "deliveries",
+                "reason",
+                "last_error",
+                "first_delivered_at",
+                "dead_at",
+            ],
+            "dead letter",
+        );
+        assert_event_shape(&letter["event"]);
+        assert_eq!(letter["event"]["id"], event["event_id"]);
+        assert_eq!(letter["deliveries"], 3);
+        assert_eq!(letter["reason"], "max_deliver");
+        let last_error = letter["last_error"].as_str().unwrap();
+        assert!(last_error.contains("500"), "{last_error}");
+        let first = assert_rfc3339(&letter["first_delivered_at"], "first_delivered_at");
+        let dead_at = assert_rfc3339(&letter["dead_at"], "dead_at");
+        assert!(
+            dead_at - first >= chrono::Duration::milliseconds(1000),
+            "the backoff was waited"
+        );
+    }
+    let by_id = attempts_by_id(&receiver);
+    assert_eq!(by_id.len(), 2);
+    assert!(
+        by_id.values().all(|attempts| attempts.len() == 3),
+        "{by_id:?}"
+    );
+    let stats = get_rule(&h, "dl.hook").await["stats"].clone();
+    assert_eq!(
+        (&stats["delivered"], &stats["failed"], &stats["retries"]),
+        (&json!(0), &json!(2), &json!(4))
+    );
+    // Paging.
+    let page = rule_dead_letters(&h, "dl.hook", &format!("?limit=1&after_seq={}", seqs[0])).await;
+    assert_eq!(page["count"], 1);
+    assert_eq!(page["dead_letters"][0]["event"]["seq"], seqs[1]);
+
+    // The receiver recovers; the first event is redriven and delivered, with the same
+    // webhook-id; the second is discarded.
+    receiver.shared.fail_all.store(false, Ordering::SeqCst);
+    let resp = h
+        .http
+        .post(h.url("/api/rules/dl.hook/dead-letters/redrive"))
+        .json(&json!({"seqs": [seqs[0]]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap(), json!({"redriven": 1}));
+    let first_id = events[0]["event_id"].as_str().unwrap().to_owned();
+    receiver
+        .wait_for_ids(&BTreeSet::from([first_id]), Duration::from_secs(10))
+        .await;
+    let by_id = attempts_by_id(&receiver);
+    assert!(
+        by_id.values().any(|attempts| attempts.len() == 4),
+        "the redriven event came again under its webhook-id: {by_id:?}"
+    );
+    let listed = rule_dead_letters(&h, "dl.hook", "").await;
+    assert_eq!(listed["count"], 1);
+    assert_eq!(listed["dead_letters"][0]["event"]["seq"], seqs[1]);
+    let discard = format!("/api/rules/dl.hook/dead-letters/{}", seqs[1]);
+    let resp = h.http.delete(h.url(&discard)).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+    let resp = h.http.delete(h.url(&discard)).send().await.unwrap();
+    check_error(resp, &[404], &["dead_letter_not_found"])
+        .await
+        .unwrap();
+    assert_eq!(rule_dead_letters(&h, "dl.hook", "").await["count"], 0);
+    // Redriving nothing is not an error.
+    let resp = h
+        .http
+        .post(h.url("/api/rules/dl.hook/dead-letters/redrive"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.json::<Value>().await.unwrap(), json!({"redriven": 0}));
+
+    // Unknown rules and bad input.
+    for request in [
+        h.http.get(h.url("/api/rules/nope/dead-letters")),
+        h.http.post(h.url("/api/rules/nope/dead-letters/redrive")),
+        h.http.delete(h.url("/api/rules/nope/dead-letters/1")),
+    ] {
+        let resp = request.send().await.unwrap();
+        check_error(resp, &[404], &["rule_not_found"])
+            .await
+            .unwrap();
+    }
+    let resp = h
+        .http
+        .get(h.url("/api/rules/dl.hook/dead-letters?limit=0"))
+        .send()
+        .await
+        .unwrap();
+    check_error(resp, &[400], &["invalid_query"]).await.unwrap();
+
+    // The rule's consumer is internal: not listed, not found, not creatable by users.
+    let resp = h.http.get(h.url("/api/consumers")).send().await.unwrap();
+    assert_eq!(resp.json::<Value>().await.unwrap()["count"], 0);
+    for request in [
+        h.http.get(h.url("/api/consumers/rule:dl.hook")),
+        h.http
+            .get(h.url("/api/consumers/rule:dl.hook/dead-letters")),
+        h.http
+            .post(h.url("/api/consumers/rule:dl.hook/fetch"))
+            .json(&json!({})),
+        h.http.delete(h.url("/api/consumers/rule:dl.hook")),
+    ] {
+        let resp = request.send().await.unwrap();
+        check_error(resp, &[404], &["consumer_not_found"])
+            .await
+            .unwrap();
+    }
+    let resp = h
+        .http
+        .put(h.url("/api/consumers/rule:dl.hook"))
+        .json(&json!({"filter_subjects": ["hub.>"]}))
+        .send()
+        .await
+        .unwrap();
+    check_error(resp, &[422], &["invalid_consumer"])
+        .await
+        .unwrap();
+
+    // Deleting the rule deletes its dead letters.
+    let resp = h
+        .http
+        .delete(h.url("/api/rules/dl.hook"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let resp = h
+        .http
+        .get(h.url("/api/rules/dl.hook/dead-letters"))
+        .send()
+        .await
+        .unwrap();
+    check_error(resp, &[404], &["rule_not_found"])
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_event_goes_to_the_dead_letters_at_once() {
+    let h = TestHerald::start().await;
+    // A receiver that answers 404 to everything.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counting = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counting = counting.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 64 * 1024];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                counting.fetch_add(1, Ordering::SeqCst);
+                let _ = socket
+                    .write_all(
+                        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    )
+                    .await;
+            });
+        }
+    });
+    add_rule(
+        &h,
+        &json!({"id": "refused", "subject_pattern": "hub.r.>", "action": webhook(&url)}),
+    )
+    .await;
+    let event = h.publish("hub.r.x", json!({})).await;
+    let dead = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { rule_dead_letters(&h, "refused", "").await["count"] == 1 },
+    )
+    .await;
+    assert!(dead);
+    let letter = rule_dead_letters(&h, "refused", "").await["dead_letters"][0].clone();
+    assert_eq!(letter["event"]["id"], event["event_id"]);
+    assert_eq!(letter["reason"], "term");
+    assert_eq!(letter["deliveries"], 1);
+    assert!(
+        letter["last_error"].as_str().unwrap().contains("404"),
+        "{letter}"
+    );
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "a 4xx is not retried");
+}
+
+/// Two instances on one PostgreSQL database with one webhook rule: every event reaches
+/// the receiver once (the instances share the rule's consumer), whichever instance it
+/// was published on and whichever added the rule; then one instance is killed while
+/// deliveries hang, and the other delivers what it held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_on_one_database_deliver_each_event_once_and_take_over_after_kill_9() {
+    let url = herald_store::testing::TestPostgres::shared()
+        .create_database()
+        .await
+        .unwrap();
+    let mut a = TestHerald::start_on(Some(&url), &["--hub-id", "a"]).await;
+    let b = TestHerald::start_on(Some(&url), &["--hub-id", "b"]).await;
+    let receiver = Receiver::start(0).await;
+    add_rule(
+        &a,
+        &json!({"id": "once", "subject_pattern": "hub.once.>", "action": {
+            "type": "webhook", "url": receiver.url, "secret": SECRET, "timeout_ms": 1000,
+            "max_attempts": 20, "circuit_breaker": {"failure_threshold": 1000}}}),
+    )
+    .await;
+    // b takes the rule in within a few seconds.
+    let taken_in = poll_until(
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || async {
+            b.http
+                .get(b.url("/api/rules/once"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
+    assert!(taken_in, "b takes in the rule a added");
+
+    const EVENTS: usize = 40;
+    let mut expected = BTreeSet::new();
+    for i in 0..EVENTS {
+        let instance = if i % 2 == 0 { &a } else { &b };
+        let published = instance.publish("hub.once.x", json!({"i": i})).await;
+        expected.insert(published["event_id"].as_str().unwrap().to_owned());
+    }
+    receiver
+        .wait_for_ids(&expected, Duration::from_secs(20))
+        .await;
+    // Give a second delivery time to show.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let by_id = attempts_by_id(&receiver);
+    assert_eq!(by_id.len(), EVENTS);
+    let twice: Vec<_> = by_id.iter().filter(|(_, r)| r.len() > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "each event once in the cluster: {twice:?}"
+    );
+    let labels = ["rule=\"once\"", "outcome=\"delivered\""];
+    let by_a = metric(&a, "herald_rule_actions_total", &labels)
+        .await
+        .unwrap_or(0.0);
+    let by_b = metric(&b, "herald_rule_actions_total", &labels)
+        .await
+        .unwrap_or(0.0);
+    eprintln!("delivered by a: {by_a}, by b: {by_b}");
+    assert_eq!(by_a + by_b, EVENTS as f64);
+
+    // The receiver hangs; a is killed with deliveries in flight; b delivers them all
+    // (those a held come back after their ack wait).
+    receiver.shared.hang.store(true, Ordering::SeqCst);
+    let before = receiver.all().len();
+    let mut held = BTreeSet::new();
+    for i in 0..6 {
+        let published = a.publish("hub.once.x", json!({"held": i})).await;
+        held.insert(published["event_id"].as_str().unwrap().to_owned());
+    }
+    let hung = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { receiver.all().len() >= before + 6 },
+    )
+    .await;
+    assert!(hung, "the deliveries are in flight");
+    a.kill9().await;
+    receiver.shared.hang.store(false, Ordering::SeqCst);
+    receiver.wait_for_ids(&held, Duration::from_secs(20)).await;
 }
