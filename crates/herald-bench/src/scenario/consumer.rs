@@ -184,7 +184,8 @@ struct ConsumerState {
     num_ack_pending: Option<u64>,
     num_redelivered: Option<u64>,
     num_dead_letters: Option<u64>,
-    stalled: Option<bool>,
+    /// `null`, or why delivery waits (a reason string or a flag): shown as written.
+    stalled: Option<serde_json::Value>,
 }
 
 impl ConsumerState {
@@ -212,7 +213,9 @@ impl ConsumerState {
             n(self.num_ack_pending),
             n(self.num_redelivered),
             n(self.num_dead_letters),
-            self.stalled.map_or("—".to_string(), |s| s.to_string()),
+            self.stalled
+                .as_ref()
+                .map_or("null".to_string(), |s| s.to_string()),
         )
     }
 }
@@ -2008,6 +2011,9 @@ mod tests {
         assert_eq!(info.state.ack_floor_seq(), Some(10));
         assert_eq!(info.state.num_pending, Some(1_000_000));
         assert!(info.state.describe().contains("num_pending 1,000,000"));
+        let stalled: ConsumerState =
+            serde_json::from_str(r#"{"ack_floor": 0, "stalled": "max_ack_pending"}"#).unwrap();
+        assert!(stalled.describe().contains("stalled \"max_ack_pending\""));
         let object: ConsumerState =
             serde_json::from_str(r#"{"ack_floor": {"stream_seq": 4, "consumer_seq": 2}}"#).unwrap();
         assert_eq!(object.ack_floor_seq(), Some(4));
