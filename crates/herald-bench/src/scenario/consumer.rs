@@ -26,6 +26,7 @@
 //!    without a consumer filled the same way.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,7 +41,6 @@ use tokio::sync::mpsc;
 
 use super::{batch_fill, describe_errors, settle, settle_pids, FillResult, Options};
 use crate::client::Connection;
-use crate::herald_metrics;
 use crate::nats::{self, NatsServer, Outgoing, Span};
 use crate::process::{ProcSample, ServerProcess};
 use crate::report::Table;
@@ -205,9 +205,10 @@ impl ConsumerState {
         format!(
             "ack_floor {}, last_delivered_seq {}, num_pending {}, num_ack_pending {}, \
              num_redelivered {}, num_dead_letters {}, stalled {}",
-            self.ack_floor
-                .as_ref()
-                .map_or("—".to_string(), |v| v.to_string()),
+            match &self.ack_floor {
+                None => "—".to_string(),
+                Some(floor) => floor.as_u64().map_or_else(|| floor.to_string(), thousands),
+            },
             n(self.last_delivered_seq),
             n(self.num_pending),
             n(self.num_ack_pending),
@@ -263,12 +264,12 @@ fn excerpt(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()
 }
 
+// The control calls below open a connection each: herald closes keep-alive connections
+// left idle for its header read timeout (10 s), as one would be during a fill or a drain.
+
 /// `PUT /api/consumers/{name}`; 201 (created) or 200 (same configuration).
-async fn put_consumer(
-    connection: &mut Connection,
-    name: &str,
-    config: &ConsumerConfig<'_>,
-) -> Result<()> {
+async fn put_consumer(addr: SocketAddr, name: &str, config: &ConsumerConfig<'_>) -> Result<()> {
+    let mut connection = Connection::open(addr).await?;
     let body = Bytes::from(serde_json::to_vec(config)?);
     let response = connection.put_json(&consumer_path(name), body).await?;
     if !matches!(response.status, 200 | 201) {
@@ -282,7 +283,8 @@ async fn put_consumer(
     Ok(())
 }
 
-async fn consumer_state(connection: &mut Connection, name: &str) -> Result<ConsumerState> {
+async fn consumer_state(addr: SocketAddr, name: &str) -> Result<ConsumerState> {
+    let mut connection = Connection::open(addr).await?;
     let response = connection.get(&consumer_path(name)).await?;
     if response.status != 200 {
         bail!(
@@ -302,7 +304,8 @@ async fn consumer_state(connection: &mut Connection, name: &str) -> Result<Consu
     Ok(info.state)
 }
 
-async fn delete_consumer(connection: &mut Connection, name: &str) -> Result<()> {
+async fn delete_consumer(addr: SocketAddr, name: &str) -> Result<()> {
+    let mut connection = Connection::open(addr).await?;
     let response = connection.delete(&consumer_path(name)).await?;
     if response.status != 204 {
         bail!(
@@ -355,7 +358,8 @@ async fn settle_ids(
 }
 
 /// `GET /`'s `head_seq`.
-async fn head_seq(connection: &mut Connection) -> Result<u64> {
+async fn head_seq(addr: SocketAddr) -> Result<u64> {
+    let mut connection = Connection::open(addr).await?;
     #[derive(Deserialize)]
     struct Index {
         head_seq: u64,
@@ -414,8 +418,8 @@ struct DrainRun {
     generator_cores: f64,
     /// Bytes of fetch answers per message (herald).
     answer_bytes_per_message: Option<f64>,
-    /// Herald's commits over the run (`herald_commits_total`), when it counts them.
-    commits: Option<f64>,
+    /// Bytes the server wrote to storage over the run (/proc/PID/io).
+    written: Option<u64>,
     /// The consumer's state after the run, described.
     end_state: String,
     /// Whether the end state says every message was acked.
@@ -502,8 +506,7 @@ async fn measure(options: &Options, plan: &Plan, nats: Option<&NatsServer>) -> R
         plan.fill_limit,
     )
     .await?;
-    let mut connection = Connection::open(herald.addr).await?;
-    let events = head_seq(&mut connection).await?;
+    let events = head_seq(herald.addr).await?;
     if events == 0 {
         bail!(
             "the fill stored nothing: {}",
@@ -512,7 +515,7 @@ async fn measure(options: &Options, plan: &Plan, nats: Option<&NatsServer>) -> R
     }
 
     let mut jetstream = match nats {
-        Some(server) => match JetStreamSide::prepare(server, &mut connection, events).await {
+        Some(server) => match JetStreamSide::prepare(server, herald.addr, events).await {
             Ok(side) => Ok(side),
             Err(error) => {
                 progress!("consumer: JetStream setup failed: {error:#}");
@@ -635,9 +638,8 @@ async fn herald_drain(
     round: usize,
 ) -> Result<DrainRun> {
     let name = format!("drain-{round}");
-    let mut control = Connection::open(herald.addr).await?;
     put_consumer(
-        &mut control,
+        herald.addr,
         &name,
         &ConsumerConfig {
             filter_subjects: &[FILTER],
@@ -657,7 +659,6 @@ async fn herald_drain(
     let ack_path: Arc<str> = format!("{}/ack", consumer_path(&name)).into();
     let body = fetch_body(FETCH_BATCH, 0);
     let acked = Arc::new(AtomicU64::new(0));
-    let commits_before = herald_metrics::read_value(herald.addr, "herald_commits_total").await;
     let server_before = herald.sample()?;
     let self_before = ProcSample::of("self")?;
     let start = Instant::now();
@@ -747,13 +748,10 @@ async fn herald_drain(
     }
     let server_after = herald.sample()?;
     let self_after = ProcSample::of("self")?;
-    let commits_after = herald_metrics::read_value(herald.addr, "herald_commits_total").await;
     let mut run = ClientTally::merge(tallies, start);
     run.server_cores = server_after.cores_used_since(&server_before);
     run.generator_cores = self_after.cores_used_since(&self_before);
-    run.commits = commits_after
-        .zip(commits_before)
-        .map(|(after, before)| after - before);
+    run.written = server_after.written_since(&server_before);
     if run.acked < events {
         run.note = Some(format!(
             "{} of {} acked when the clients stopped (limit {:?})",
@@ -762,7 +760,7 @@ async fn herald_drain(
             plan.drain_limit
         ));
     }
-    match consumer_state(&mut control, &name).await {
+    match consumer_state(herald.addr, &name).await {
         Ok(state) => {
             run.complete = state.num_pending == Some(0)
                 && state.num_ack_pending == Some(0)
@@ -771,7 +769,7 @@ async fn herald_drain(
         }
         Err(error) => run.end_state = format!("unreadable: {error:#}"),
     }
-    delete_consumer(&mut control, &name).await?;
+    delete_consumer(herald.addr, &name).await?;
     Ok(run)
 }
 
@@ -788,8 +786,9 @@ struct JetStreamSide {
 impl JetStreamSide {
     /// Creates the stream `CONS` and fills it with `events` messages whose bodies are
     /// the JSON of herald's first stored events (as a fetch delivers them).
-    async fn prepare(server: &NatsServer, herald: &mut Connection, events: u64) -> Result<Self> {
-        let response = herald
+    async fn prepare(server: &NatsServer, herald: SocketAddr, events: u64) -> Result<Self> {
+        let response = Connection::open(herald)
+            .await?
             .get(&format!("/api/events?limit={TEMPLATES}"))
             .await?;
         if response.status != 200 {
@@ -1016,6 +1015,7 @@ impl JetStreamSide {
         let self_after = ProcSample::of("self")?;
         run.server_cores = server_after.cores_used_since(&server_before);
         run.generator_cores = self_after.cores_used_since(&self_before);
+        run.written = server_after.written_since(&server_before);
         run.complete = info.ack_floor.stream_sequence >= events
             && info.num_ack_pending == 0
             && info.num_pending == 0;
@@ -1073,9 +1073,8 @@ struct Handed {
 
 async fn redelivery(herald: &ServerProcess, plan: &Plan) -> Result<Redelivery> {
     let name = "redelivery";
-    let mut control = Connection::open(herald.addr).await?;
     put_consumer(
-        &mut control,
+        herald.addr,
         name,
         &ConsumerConfig {
             filter_subjects: &[REDELIVERY_FILTER],
@@ -1248,11 +1247,11 @@ async fn redelivery(herald: &ServerProcess, plan: &Plan) -> Result<Redelivery> {
     if first_error.is_none() {
         first_error = settle_error;
     }
-    let end_state = match consumer_state(&mut control, name).await {
+    let end_state = match consumer_state(addr, name).await {
         Ok(state) => state.describe(),
         Err(error) => format!("unreadable: {error:#}"),
     };
-    delete_consumer(&mut control, name).await?;
+    delete_consumer(addr, name).await?;
     Ok(Redelivery {
         samples,
         published,
@@ -1349,7 +1348,6 @@ async fn fill_sampling(
 async fn behind(options: &Options, plan: &Plan) -> Result<Behind> {
     let name = "behind";
     let herald = ServerProcess::herald(&options.herald_bin, &options.data_parent).await?;
-    let mut connection = Connection::open(herald.addr).await?;
     let mut moments = Vec::new();
     tokio::time::sleep(Duration::from_secs(1)).await;
     moments.push(Moment {
@@ -1359,7 +1357,7 @@ async fn behind(options: &Options, plan: &Plan) -> Result<Behind> {
         sample: herald.sample()?,
     });
     put_consumer(
-        &mut connection,
+        herald.addr,
         name,
         &ConsumerConfig {
             filter_subjects: &[FILTER],
@@ -1372,7 +1370,7 @@ async fn behind(options: &Options, plan: &Plan) -> Result<Behind> {
     )
     .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let state = consumer_state(&mut connection, name).await?;
+    let state = consumer_state(herald.addr, name).await?;
     moments.push(Moment {
         label: "consumer created on the empty store".into(),
         stored: 0,
@@ -1387,8 +1385,8 @@ async fn behind(options: &Options, plan: &Plan) -> Result<Behind> {
     )
     .await?;
     settle(&[&herald], Duration::from_secs(60)).await;
-    let stored = head_seq(&mut connection).await?;
-    let state_after_fill = consumer_state(&mut connection, name).await?;
+    let stored = head_seq(herald.addr).await?;
+    let state_after_fill = consumer_state(herald.addr, name).await?;
     moments.push(Moment {
         label: "after the fill, once idle (nothing delivered)".into(),
         stored,
@@ -1406,6 +1404,7 @@ async fn behind(options: &Options, plan: &Plan) -> Result<Behind> {
     let ack_path = format!("{}/ack", consumer_path(name));
     let body = fetch_body(FETCH_BATCH, 0);
     let (mut first_fetch, mut first_ack, mut acked) = (Duration::ZERO, Duration::ZERO, 0);
+    let mut connection = Connection::open(herald.addr).await?;
     for batch in 0..BEHIND_BATCHES {
         let sent = Instant::now();
         let messages = fetch(&mut connection, &fetch_path, body.clone()).await?;
@@ -1420,7 +1419,7 @@ async fn behind(options: &Options, plan: &Plan) -> Result<Behind> {
         acked += done;
     }
     settle(&[&herald], SETTLE_LIMIT).await;
-    let state_after_batches = consumer_state(&mut connection, name).await?;
+    let state_after_batches = consumer_state(herald.addr, name).await?;
     moments.push(Moment {
         label: format!(
             "after {} fetched + acked ({BEHIND_BATCHES} batches of {FETCH_BATCH})",
@@ -1434,7 +1433,6 @@ async fn behind(options: &Options, plan: &Plan) -> Result<Behind> {
 
     // The control: the same fill without a consumer.
     let control = ServerProcess::herald(&options.herald_bin, &options.data_parent).await?;
-    let mut connection = Connection::open(control.addr).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut control_moments = vec![Moment {
         label: "control (no consumer): idle, 1 s after start".into(),
@@ -1452,7 +1450,7 @@ async fn behind(options: &Options, plan: &Plan) -> Result<Behind> {
     settle(&[&control], Duration::from_secs(60)).await;
     control_moments.push(Moment {
         label: "control (no consumer): after the fill, once idle".into(),
-        stored: head_seq(&mut connection).await?,
+        stored: head_seq(control.addr).await?,
         pending: None,
         sample: control.sample()?,
     });
@@ -1499,10 +1497,13 @@ fn drain_row(label: String, run: &DrainRun, herald: bool) -> Vec<String> {
             thousands(run.fetches),
             thousands(run.empty_fetches)
         ),
-        match (herald, run.commits) {
-            (true, Some(commits)) => format!("{commits:.0}"),
-            _ => "—".into(),
-        },
+        run.written.map_or("—".into(), |bytes| {
+            format!(
+                "{} ({:.0} B/msg)",
+                mib(bytes),
+                bytes as f64 / run.acked.max(1) as f64
+            )
+        }),
         format!("{:.2} cores", run.server_cores),
         format!("{:.2} cores", run.generator_cores),
         format!(
@@ -1537,7 +1538,8 @@ fn render(plan: &Plan, m: &Measured) -> String {
          all`, `max_ack_pending: {max_ack}`) is created, and {CLIENTS} clients, each on its own \
          keep-alive connection, loop: `POST …/fetch {{\"batch\": {FETCH_BATCH}, \"wait_ms\": 0}}`, then \
          one `POST …/ack` with every `ack_id` of the batch; msgs/s = N / (first fetch → last ack \
-         answer). Herald answers an ack after its commit (durable). A fetch answer carries \
+         answer). Herald records a fetch's deliveries and an ack in a store transaction (group \
+         commit of the consumer calls) and answers once it is synced. A fetch answer carries \
          {answer_bytes:.0} bytes per message.\n\n\
          The ceiling: a local `{version}` `-js` (file storage, temporary directory), a \
          stream `{STREAM}` holding N messages whose bodies are the JSON of herald's first \
@@ -1574,7 +1576,7 @@ fn render(plan: &Plan, m: &Measured) -> String {
         "fetch p50 / p99",
         "ack p50 / p99 (per batch)",
         "fetches",
-        "herald commits",
+        "server writes (/proc io)",
         "server CPU",
         "client CPU",
         "messages",
@@ -1695,7 +1697,7 @@ fn render(plan: &Plan, m: &Measured) -> String {
                 "error p50",
                 "error p99",
                 "error min / max",
-                "|error| p99",
+                "abs(error) p99",
             ]);
             let mut steps: Vec<Option<u64>> = BACKOFF_MS.iter().map(|&b| Some(b)).collect();
             steps.push(None);
@@ -1746,7 +1748,7 @@ fn render(plan: &Plan, m: &Measured) -> String {
             }
             let expected = r.published * BACKOFF_MS.len() as u64;
             checks.row(vec![
-                "redelivery delay: |actual − scheduled| p99".into(),
+                "redelivery delay: abs(actual − scheduled) p99".into(),
                 format!(
                     "{} over {} redeliveries",
                     ms(overall_abs_p99),
