@@ -70,6 +70,27 @@ impl Connection {
         self.send(request).await
     }
 
+    /// PUTs a JSON body.
+    pub async fn put_json(&mut self, path: &str, body: Bytes) -> Result<Response> {
+        let request = Request::builder()
+            .method(Method::PUT)
+            .uri(path)
+            .header(HOST, self.host.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(RequestBody::Left(Full::new(body)))?;
+        self.send(request).await
+    }
+
+    /// DELETEs `path`.
+    pub async fn delete(&mut self, path: &str) -> Result<Response> {
+        let request = Request::builder()
+            .method(Method::DELETE)
+            .uri(path)
+            .header(HOST, self.host.clone())
+            .body(RequestBody::Right(Empty::new()))?;
+        self.send(request).await
+    }
+
     /// GETs `path_and_query`.
     pub async fn get(&mut self, path_and_query: &str) -> Result<Response> {
         let request = Request::builder()

@@ -13,7 +13,10 @@
 //! - `postgres` (not part of `all`): herald on its PostgreSQL store (a throwaway local
 //!   server), next to a raw binary `COPY` of the same rows as the ceiling;
 //! - `relay`: herald's NATS JetStream relay against a raw JetStream publisher on the same
-//!   local `nats-server -js`, and the relay's lag at 5,000 events/s.
+//!   local `nats-server -js`, and the relay's lag at 5,000 events/s;
+//! - `consumer`: durable pull consumers (fetch + ack) against JetStream pull consumers on
+//!   the same local `nats-server -js`, redelivery delays on NAK, and RSS with a consumer
+//!   far behind.
 //!
 //! Results are Markdown tables on stdout (pasteable into BENCHMARKS.md); progress goes
 //! to stderr. Build with `cargo build --release -p herald -p herald-bench`, then run
@@ -50,7 +53,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Every scenario, (a) to (d), then `interop` and `relay`, with one machine description.
+    /// Every scenario, (a) to (d), then `interop`, `relay` and `consumer`, with one machine
+    /// description.
     All(RunArgs),
     /// (a) Publish throughput with concurrent keep-alive connections, vs. the ceiling.
     Throughput(RunArgs),
@@ -66,6 +70,9 @@ enum Command {
     Postgres(RunArgs),
     /// NATS relay: relay throughput vs. raw JetStream publish, and relay lag at --rate.
     Relay(RunArgs),
+    /// Durable consumers: fetch + ack vs. JetStream pull consumers, redelivery delays,
+    /// and RSS with a consumer far behind.
+    Consumer(RunArgs),
     /// The no-op ceiling server (started by the other subcommands).
     CeilingServer {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -105,6 +112,13 @@ struct RunArgs {
     /// Requests per query pattern of (c) [default: 1,000, quick 200].
     #[arg(long)]
     queries: Option<usize>,
+    /// Events fetched and acked per round of `consumer` [default: 200,000, quick 20,000].
+    #[arg(long)]
+    consumer_events: Option<u64>,
+    /// Events stored while a consumer waits, for `consumer`'s RSS part; 0 skips it
+    /// [default: 1,000,000, quick 100,000].
+    #[arg(long)]
+    consumer_pending: Option<u64>,
     /// Worker threads of the load generator's runtime [default: number of cores].
     #[arg(long)]
     client_threads: Option<usize>,
@@ -151,6 +165,18 @@ impl RunArgs {
                 .queries
                 .unwrap_or(if quick { 200 } else { 1_000 })
                 .clamp(10, 100_000),
+            consumer_events: self
+                .consumer_events
+                .unwrap_or(if quick { 20_000 } else { 200_000 })
+                .clamp(1_000, 10_000_000),
+            consumer_pending: match self.consumer_pending.unwrap_or(if quick {
+                100_000
+            } else {
+                1_000_000
+            }) {
+                0 => 0,
+                pending => pending.clamp(1_000, 20_000_000),
+            },
         })
     }
 }
@@ -175,6 +201,7 @@ fn main() -> Result<()> {
                 Scenario::Query,
                 Scenario::Interop,
                 Scenario::Relay,
+                Scenario::Consumer,
             ],
         ),
         Command::Throughput(args) => run(&args, &[Scenario::Throughput]),
@@ -184,6 +211,7 @@ fn main() -> Result<()> {
         Command::Interop(args) => run(&args, &[Scenario::Interop]),
         Command::Postgres(args) => run(&args, &[Scenario::Postgres]),
         Command::Relay(args) => run(&args, &[Scenario::Relay]),
+        Command::Consumer(args) => run(&args, &[Scenario::Consumer]),
     }
 }
 
@@ -196,6 +224,7 @@ enum Scenario {
     Interop,
     Postgres,
     Relay,
+    Consumer,
 }
 
 fn run(args: &RunArgs, scenarios: &[Scenario]) -> Result<()> {
@@ -243,6 +272,7 @@ fn run(args: &RunArgs, scenarios: &[Scenario]) -> Result<()> {
                 Scenario::Interop => scenario::interop::run(&options).await?,
                 Scenario::Postgres => scenario::postgres::run(&options).await?,
                 Scenario::Relay => scenario::relay::run(&options).await?,
+                Scenario::Consumer => scenario::consumer::run(&options).await?,
             };
             println!("{markdown}");
         }

@@ -7,8 +7,11 @@
 //!   NATS JetStream as the ceiling of durable ingest;
 //! - [`postgres`]: herald on a throwaway PostgreSQL vs. a raw binary `COPY` ceiling;
 //! - [`relay`]: herald's NATS JetStream relay vs. a raw JetStream publisher, and its lag
-//!   under a steady publish rate.
+//!   under a steady publish rate;
+//! - [`consumer`]: durable pull consumers (fetch + ack) vs. JetStream pull consumers,
+//!   redelivery delays on NAK, and RSS with a consumer far behind.
 
+pub mod consumer;
 pub mod interop;
 pub mod latency;
 pub mod postgres;
@@ -56,6 +59,10 @@ pub struct Options {
     pub fill_events: u64,
     /// Requests per query pattern of (c).
     pub queries: usize,
+    /// Events fetched and acked per round of `consumer`.
+    pub consumer_events: u64,
+    /// Events pending for `consumer`'s RSS part (0: skipped).
+    pub consumer_pending: u64,
 }
 
 /// Most reconnections one load task makes before giving up.
