@@ -215,9 +215,15 @@ impl EmbeddedStore {
     ) -> Result<T> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let guard = inner.writer.lock().expect("writer mutex");
-            let writer = guard.as_ref().ok_or(StoreError::Closed)?;
-            let tx = writer.conn.unchecked_transaction().map_err(map_error)?;
+            let mut guard = inner.writer.lock().expect("writer mutex");
+            let writer = guard.as_mut().ok_or(StoreError::Closed)?;
+            // Take the write lock first (waiting out a checkpoint), as appends do: a
+            // deferred transaction that reads and then writes fails at once with
+            // "database is locked" instead of waiting.
+            let tx = writer
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_error)?;
             let value = f(&tx).map_err(consumers::Failure::into_store_error)?;
             tx.commit().map_err(map_error)?;
             Ok(value)
