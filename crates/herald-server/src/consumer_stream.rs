@@ -114,19 +114,7 @@ pub async fn stream(
             ),
         )
     })?;
-    let permit = state
-        .stream_permits
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| {
-            ApiError::new(
-                ErrorCode::TooManyStreams,
-                format!(
-                    "the server has {} streams open, its limit (HERALD_MAX_STREAMS)",
-                    state.limits.max_streams
-                ),
-            )
-        })?;
+    let permit = state.stream_permit()?;
     let streams = state.streams.clone();
     Ok(upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)

@@ -149,6 +149,22 @@ impl AppState {
         self.hub.publish_batch(events).await
     }
 
+    /// A slot for one more WebSocket stream, or `503 too_many_streams` at the limit.
+    pub fn stream_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.stream_permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::TooManyStreams,
+                    format!(
+                        "the server has {} streams open, its limit (HERALD_MAX_STREAMS)",
+                        self.limits.max_streams
+                    ),
+                )
+            })
+    }
+
     /// WebSocket streams open now.
     pub fn open_streams(&self) -> usize {
         self.limits.max_streams - self.stream_permits.available_permits()

@@ -150,19 +150,7 @@ pub async fn stream(
             ),
         )
     })?;
-    let permit = state
-        .stream_permits
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| {
-            ApiError::new(
-                ErrorCode::TooManyStreams,
-                format!(
-                    "the server has {} streams open, its limit (HERALD_MAX_STREAMS)",
-                    state.limits.max_streams
-                ),
-            )
-        })?;
+    let permit = state.stream_permit()?;
     let subscription = match &params.queue {
         Some(group) => state.hub.subscribe_queue(params.pattern, group),
         None => state.hub.subscribe(params.pattern, params.start).await?,

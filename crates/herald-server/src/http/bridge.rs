@@ -9,11 +9,11 @@ use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine as _;
 use herald_hub::HubError;
-use herald_store::{Store, MAX_QUERY_LIMIT};
+use herald_store::Store;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{form_pairs, invalid_query, parse_seq, truncate};
+use super::truncate;
 use crate::error::{ApiError, ErrorCode};
 use crate::AppState;
 
@@ -122,36 +122,7 @@ pub async fn list_dead_letters(
     State(state): State<AppState>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<DeadLetterList>, ApiError> {
-    let mut limit = DEFAULT_LIMIT;
-    let mut after_id = 0;
-    let mut seen: Vec<String> = Vec::new();
-    for (key, value) in form_pairs(raw.as_deref().unwrap_or(""))? {
-        if seen.contains(&key) {
-            return Err(invalid_query(format!("`{key}` is given more than once")));
-        }
-        seen.push(key.clone());
-        match key.as_str() {
-            "limit" => {
-                limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_QUERY_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        invalid_query(format!(
-                            "`limit` must be a whole number from 1 to {MAX_QUERY_LIMIT}, got {:?}",
-                            truncate(&value)
-                        ))
-                    })?
-            }
-            "after_id" => after_id = parse_seq("after_id", &value)?,
-            other => {
-                return Err(invalid_query(format!(
-                    "unknown parameter `{}`; known: limit, after_id",
-                    truncate(other)
-                )))
-            }
-        }
-    }
+    let (limit, after_id) = super::page_params(raw.as_deref(), DEFAULT_LIMIT, "after_id")?;
     let kept = state
         .hub
         .store()

@@ -16,10 +16,9 @@ use herald_core::Seq;
 use herald_hub::consumers::{
     valid_name, ConsumerError, PutOutcome, Settle, MAX_ACK_IDS, MAX_FETCH_BATCH,
 };
-use herald_store::MAX_QUERY_LIMIT;
 use serde_json::{Map, Value};
 
-use super::{body_rejection, form_pairs, invalid_query, parse_json_object, parse_seq, truncate};
+use super::{body_rejection, parse_json_object, parse_seq};
 use crate::error::{ApiError, ErrorCode};
 use crate::wire::consumers::{
     consumer_config, Consumer, ConsumerDeadLetterJson, ConsumerDeadLetterList, ConsumerList,
@@ -421,37 +420,7 @@ pub async fn list_dead_letters(
 
 /// The `limit` and `after_seq` of a dead-letter listing.
 pub(super) fn dead_letter_query(raw: Option<&str>) -> Result<(usize, Seq), ApiError> {
-    let mut limit = DEFAULT_DEAD_LETTER_LIMIT;
-    let mut after_seq = 0;
-    let mut seen: Vec<String> = Vec::new();
-    for (key, value) in form_pairs(raw.unwrap_or(""))? {
-        if seen.contains(&key) {
-            return Err(invalid_query(format!("`{key}` is given more than once")));
-        }
-        seen.push(key.clone());
-        match key.as_str() {
-            "limit" => {
-                limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_QUERY_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        invalid_query(format!(
-                            "`limit` must be a whole number from 1 to {MAX_QUERY_LIMIT}, got {:?}",
-                            truncate(&value)
-                        ))
-                    })?
-            }
-            "after_seq" => after_seq = parse_seq("after_seq", &value)?,
-            other => {
-                return Err(invalid_query(format!(
-                    "unknown parameter `{}`; known: limit, after_seq",
-                    truncate(other)
-                )))
-            }
-        }
-    }
-    Ok((limit, after_seq))
+    super::page_params(raw, DEFAULT_DEAD_LETTER_LIMIT, "after_seq")
 }
 
 /// `POST /api/consumers/{name}/dead-letters/redrive`.

@@ -402,6 +402,45 @@ pub(crate) fn parse_seq(name: &str, value: &str) -> Result<Seq, ApiError> {
         })
 }
 
+/// The paging parameters of a listing: `limit` (1 to [`MAX_QUERY_LIMIT`], else
+/// `default_limit`) and the position to list after (named `after`). Unknown or repeated
+/// parameters are errors.
+pub(crate) fn page_params(
+    raw: Option<&str>,
+    default_limit: usize,
+    after: &str,
+) -> Result<(usize, Seq), ApiError> {
+    let mut limit = default_limit;
+    let mut after_value = 0;
+    let mut seen: Vec<String> = Vec::new();
+    for (key, value) in form_pairs(raw.unwrap_or(""))? {
+        if seen.contains(&key) {
+            return Err(invalid_query(format!("`{key}` is given more than once")));
+        }
+        seen.push(key.clone());
+        if key == "limit" {
+            limit = value
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_QUERY_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    invalid_query(format!(
+                        "`limit` must be a whole number from 1 to {MAX_QUERY_LIMIT}, got {:?}",
+                        truncate(&value)
+                    ))
+                })?;
+        } else if key == after {
+            after_value = parse_seq(after, &value)?;
+        } else {
+            return Err(invalid_query(format!(
+                "unknown parameter `{}`; known: limit, {after}",
+                truncate(&key)
+            )));
+        }
+    }
+    Ok((limit, after_value))
+}
+
 pub(crate) fn parse_uuid(text: &str) -> Option<Uuid> {
     Uuid::try_parse(text.trim()).ok()
 }
