@@ -13,6 +13,10 @@ below, nothing else:
   upgrades: a plain HTTP fuzzer cannot upgrade,
   so its schema-valid requests get `400 websocket_required`. It is still run with every
   other check (its errors, statuses and headers must match the document).
+- Stateful links come from the tool's dependency analysis only: its `Location`-header
+  inference takes `POST /api/rules` (Location `/api/rules/{id}`) to
+  `/api/consumers/{name}/dead-letters` — the same shape as `/api/rules/{id}/dead-letters`
+  — and then rejects its own link, as `id` is not a parameter there.
 - `POST /rpc` is JSON-RPC 2.0, which answers malformed requests in-band with HTTP 200
   (`-32600`, `-32700`): negative_data_rejection does not apply to it.
 - `since` later than `until` is `400 invalid_query` (a cross-parameter rule), so such
@@ -38,6 +42,9 @@ SEED = 20261122
 MAX_EXAMPLES = 25
 
 CONFIG = """
+[phases.stateful.inference]
+algorithms = ["dependency-analysis"]
+
 [[operations]]
 include-path = "/api/events/stream"
 checks.positive_data_acceptance.enabled = false
