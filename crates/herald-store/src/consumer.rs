@@ -340,8 +340,9 @@ pub(crate) fn merge_pages(pages: Vec<Page>, limit: usize) -> Page {
     }
 }
 
-/// The due time of a message after a delivery at `now`: when its ack wait ends, plus the
-/// backoff of a failure.
+/// The ack wait's end and the due time of a message after a delivery at `now`: when its
+/// ack wait ends, plus the backoff of a failure — or, for its last allowed delivery, when
+/// the ack wait ends (it is then due to be given up on; one index finds both).
 pub(crate) fn due_after_delivery(
     policy: &DeliveryPolicy,
     seq: Seq,
@@ -349,6 +350,9 @@ pub(crate) fn due_after_delivery(
     now: Timestamp,
 ) -> (i64, i64) {
     let held_until = now.as_micros() + ms_to_micros(policy.ack_wait_ms);
+    if exhausted(policy, delivery) {
+        return (held_until, held_until);
+    }
     let due_at = held_until + ms_to_micros(policy.backoff.delay_ms(seq, delivery));
     (held_until, due_at)
 }

@@ -17,6 +17,10 @@ use crate::{plan, Query, Result, StoreError};
 
 type Sql<T> = std::result::Result<T, Failure>;
 
+/// Given-up messages a fetch moves to the dead letters at most, beyond its batch (the
+/// rest follow with the next fetches and the upkeep sweeps).
+const SWEEP_CHUNK: usize = 1000;
+
 /// A failure inside a consumer transaction: SQLite's, or data that does not decode.
 pub(super) enum Failure {
     Sql(rusqlite::Error),
@@ -550,15 +554,17 @@ fn fetch(conn: &Connection, consumer: &mut Loaded, batch: usize, now: Timestamp)
     let epoch = consumer.record.epoch;
     let mut fetched = Fetched::default();
 
-    // Last deliveries whose ack wait ran out: given up on.
-    if let Some(max) = policy.max_deliver {
-        let expired: Vec<(Seq, Pending)> = conn
-            .prepare_cached(
-                "SELECT seq, deliveries, held_until, first_delivered_at, last_error
-                 FROM consumer_pending
-                 WHERE consumer = ?1 AND held_until <= ?2 AND deliveries >= ?3",
-            )?
-            .query_map(params![name, now.as_micros(), i64::from(max)], |row| {
+    // Due messages in seq order. A last delivery is due when its ack wait ends (see
+    // `due_after_delivery`): it is given up on; the others go out again, up to `batch`.
+    let due: Vec<(Seq, Pending)> = conn
+        .prepare_cached(
+            "SELECT seq, deliveries, held_until, first_delivered_at, last_error
+             FROM consumer_pending
+             WHERE consumer = ?1 AND due_at <= ?2 ORDER BY seq LIMIT ?3",
+        )?
+        .query_map(
+            params![name, now.as_micros(), (batch + SWEEP_CHUNK) as i64],
+            |row| {
                 Ok((
                     row.get::<_, i64>(0)? as Seq,
                     Pending {
@@ -568,9 +574,12 @@ fn fetch(conn: &Connection, consumer: &mut Loaded, batch: usize, now: Timestamp)
                         last_error: row.get(4)?,
                     },
                 ))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        for (seq, pending) in expired {
+            },
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut redeliveries = Vec::new();
+    for (seq, pending) in due {
+        if exhausted(&policy, pending.deliveries) {
             bury(
                 conn,
                 &name,
@@ -582,6 +591,8 @@ fn fetch(conn: &Connection, consumer: &mut Loaded, batch: usize, now: Timestamp)
                 now,
             )?;
             fetched.dead_lettered += 1;
+        } else if redeliveries.len() < batch {
+            redeliveries.push((seq, pending.deliveries));
         }
     }
     if batch == 0 {
@@ -589,20 +600,7 @@ fn fetch(conn: &Connection, consumer: &mut Loaded, batch: usize, now: Timestamp)
         return Ok(fetched);
     }
 
-    // Due redeliveries first, in seq order.
-    let due: Vec<(Seq, u32)> = conn
-        .prepare_cached(
-            "SELECT seq, deliveries FROM consumer_pending
-             WHERE consumer = ?1 AND due_at <= ?2 ORDER BY seq LIMIT ?3",
-        )?
-        .query_map(params![name, now.as_micros(), batch as i64], |row| {
-            Ok((
-                row.get::<_, i64>(0)? as Seq,
-                row.get::<_, i64>(1)?.max(0) as u32,
-            ))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    for (seq, deliveries) in due {
+    for (seq, deliveries) in redeliveries {
         let delivery = deliveries + 1;
         let Some(event) = event_at(conn, seq)? else {
             // The event is gone from the log: nothing left to deliver.

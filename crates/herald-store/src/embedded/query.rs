@@ -32,9 +32,9 @@ pub(super) fn run(conn: &Connection, query: &Query) -> rusqlite::Result<Page> {
 /// [`run`] inside a transaction the caller holds.
 pub(super) fn read(tx: &Connection, query: &Query) -> rusqlite::Result<Page> {
     let limit = query.limit.clamp(1, MAX_QUERY_LIMIT);
-    let head: Seq = tx.query_row("SELECT IFNULL(MAX(seq), 0) FROM events", [], |row| {
-        row.get::<_, i64>(0).map(|s| s as Seq)
-    })?;
+    let head: Seq = tx
+        .prepare_cached("SELECT IFNULL(MAX(seq), 0) FROM events")?
+        .query_row([], |row| row.get::<_, i64>(0).map(|s| s as Seq))?;
     let complete = Page {
         events: Vec::new(),
         scanned_to: head.max(query.after_seq),
