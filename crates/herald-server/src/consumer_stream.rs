@@ -350,9 +350,7 @@ async fn settle_frame(
     };
     let parsed = (|| {
         let fields = Fields::with_nullable(object, known, &["delay_ms", "reason"])?;
-        let ids = fields
-            .strings(verb_field(verb), MAX_ACK_IDS)?
-            .unwrap_or_default();
+        let ids = fields.strings(verb, MAX_ACK_IDS)?.unwrap_or_default();
         let how = match verb {
             "ack" => Settle::Ack,
             "progress" => Settle::Progress,
@@ -395,14 +393,5 @@ async fn settle_frame(
             let error = ApiError::from(error);
             error_frame(error.code, &error.message)
         }
-    }
-}
-
-fn verb_field(verb: &str) -> &'static str {
-    match verb {
-        "ack" => "ack",
-        "nak" => "nak",
-        "term" => "term",
-        _ => "progress",
     }
 }
