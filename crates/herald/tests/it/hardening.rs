@@ -499,6 +499,8 @@ async fn bad_limit_settings_stop_the_server_at_start() {
         ("--max-json-depth", "101"),
         ("--header-read-timeout-secs", "0"),
         ("--reserve-connections", "lots"),
+        ("--max-consumers", "0"),
+        ("--max-consumers", "many"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(HERALD);
