@@ -4,8 +4,9 @@
 //!
 //! - **One writer of delivery state**: every fetch, ack, NAK, progress, term, release and
 //!   redrive becomes a [`ConsumerCall`] queued to the *consumer-ops* service, which drains
-//!   the queue into one store transaction (group commit, like publishes). An answer comes
-//!   back only once its transaction is durable: an ack answered is never redelivered.
+//!   the queue into store transactions (group commit, like publishes; two at once, so one
+//!   works while the other syncs). An answer comes back only once its transaction is
+//!   durable: an ack answered is never redelivered.
 //! - **Long polls** wait on the consumer's waker (acks, NAKs and redrives here), on new
 //!   commits (unless the pending set is full), and on the next due redelivery; with other
 //!   instances on the store they also look again every second, for what those did.
@@ -25,7 +26,8 @@ use herald_store::{
     AckId, ConsumerCall, ConsumerDeadLetter, ConsumerOp, ConsumerOutcome, ConsumerRecord,
     CreateConsumer, Fetched, NewConsumer, Store,
 };
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +46,10 @@ pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(60);
 pub const MAX_ACK_IDS: usize = 10_000;
 /// Calls drained into one store transaction.
 const MAX_CALLS_PER_TRANSACTION: usize = 512;
+/// Store transactions of consumer calls under way at once: one works while the one
+/// before it syncs (the embedded store syncs outside its writer; PostgreSQL overlaps
+/// them on two connections).
+const TRANSACTIONS_IN_FLIGHT: usize = 2;
 /// How often a long poll looks again when other instances may change the same consumer.
 const SHARED_STORE_POLL: Duration = Duration::from_secs(1);
 /// How often consumers are swept and their gauges refreshed.
@@ -217,9 +223,12 @@ impl Consumers {
     }
 }
 
-/// The consumer-ops service: drains queued calls into one store transaction at a time.
+/// The consumer-ops service: drains queued calls into store transactions, up to
+/// [`TRANSACTIONS_IN_FLIGHT`] at once.
 pub(crate) async fn run_ops(inner: Arc<Inner>, mut queue: mpsc::Receiver<Request>) {
     let shutdown = inner.shutdown.clone();
+    let in_flight = Arc::new(Semaphore::new(TRANSACTIONS_IN_FLIGHT));
+    let mut transactions = JoinSet::new();
     loop {
         let first = tokio::select! {
             request = queue.recv() => request,
@@ -228,7 +237,14 @@ pub(crate) async fn run_ops(inner: Arc<Inner>, mut queue: mpsc::Receiver<Request
                 queue.recv().await
             }
         };
-        let Some(first) = first else { return };
+        let Some(first) = first else {
+            while transactions.join_next().await.is_some() {}
+            return;
+        };
+        // Wait for a free slot before draining, so the batch takes in what queued meanwhile.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_CALLS_PER_TRANSACTION {
             match queue.try_recv() {
@@ -238,19 +254,24 @@ pub(crate) async fn run_ops(inner: Arc<Inner>, mut queue: mpsc::Receiver<Request
         }
         let (calls, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|r| (r.call, r.reply)).unzip();
-        match inner.store.consumer_ops(Timestamp::now(), calls).await {
-            Ok(outcomes) => {
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
+        let inner = inner.clone();
+        transactions.spawn(async move {
+            let _permit = permit;
+            match inner.store.consumer_ops(Timestamp::now(), calls).await {
+                Ok(outcomes) => {
+                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                }
+                Err(error) => {
+                    let error = HubError::from(error);
+                    for reply in replies {
+                        let _ = reply.send(Err(error.clone()));
+                    }
                 }
             }
-            Err(error) => {
-                let error = HubError::from(error);
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
-            }
-        }
+        });
+        while transactions.try_join_next().is_some() {}
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! - **Durability**: `synchronous=FULL`, so a commit returns only after the WAL is
 //!   synced. The hub hands over whole batches (group commit), so one sync covers many
-//!   events.
+//!   events. Consumer transactions commit without the sync and are synced just after,
+//!   outside the writer lock ([`WalSync`]), so the next transaction works meanwhile.
 //! - **One writer**: a single connection behind a mutex writes; the process holds an
 //!   exclusive lock file beside the database so a second Herald cannot write to it too.
 //!   The writer keeps the next seq and the last timestamp in memory, which is what makes
@@ -71,6 +72,82 @@ struct Inner {
     checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
     /// The exclusive lock on `<db>.lock`, held until the store is closed.
     lock: Mutex<Option<File>>,
+    /// Syncs consumer transactions, which commit without SQLite's own sync.
+    wal: WalSync,
+}
+
+/// Syncs the WAL outside the writer lock, for transactions committed without SQLite's
+/// own sync: the writer goes on with the next transaction while this one's frames reach
+/// the disk, and one `fdatasync` covers every commit written before it.
+///
+/// A failed sync is final (fail-stop): the kernel may have dropped the unsynced pages, so
+/// a later sync that succeeds proves nothing, and no later commit may be answered.
+struct WalSync {
+    path: PathBuf,
+    /// The WAL, opened at the first sync; its lock also serialises syncs.
+    file: Mutex<Option<File>>,
+    /// Commits written to the WAL without a sync, counted.
+    written: AtomicU64,
+    /// Every commit up to this count is on disk.
+    synced: AtomicU64,
+    failed: AtomicBool,
+}
+
+impl WalSync {
+    fn new(db: &Path) -> Self {
+        let mut path = db.as_os_str().to_owned();
+        path.push("-wal");
+        WalSync {
+            path: PathBuf::from(path),
+            file: Mutex::new(None),
+            written: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts a commit just written (call it under the writer lock, after the commit).
+    fn written(&self) -> u64 {
+        self.written.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Returns once commit number `commit` is on disk.
+    fn sync_through(&self, commit: u64) -> Result<()> {
+        let broken =
+            || StoreError::Unavailable("an earlier sync of the WAL failed; restart Herald".into());
+        if self.failed.load(Ordering::Acquire) {
+            return Err(broken());
+        }
+        if self.synced.load(Ordering::Acquire) >= commit {
+            return Ok(());
+        }
+        let mut file = self.file.lock().expect("WAL sync");
+        if self.failed.load(Ordering::Acquire) {
+            return Err(broken());
+        }
+        if self.synced.load(Ordering::Acquire) >= commit {
+            return Ok(());
+        }
+        // Commits counted so far are written: this sync covers them all.
+        let target = self.written.load(Ordering::Acquire);
+        let result = match &*file {
+            Some(file) => file.sync_data(),
+            None => File::open(&self.path).and_then(|opened| {
+                let synced = opened.sync_data();
+                *file = Some(opened);
+                synced
+            }),
+        };
+        if let Err(error) = result {
+            self.failed.store(true, Ordering::Release);
+            tracing::error!(%error, "Syncing the WAL failed; refusing further consumer writes.");
+            return Err(StoreError::Unavailable(format!(
+                "cannot sync the WAL: {error}"
+            )));
+        }
+        self.synced.fetch_max(target, Ordering::AcqRel);
+        Ok(())
+    }
 }
 
 struct Writer {
@@ -140,7 +217,7 @@ impl EmbeddedStore {
         tracing::info!(path = %path.display(), head = last_seq, "Embedded store opened.");
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
-                path,
+                path: path.clone(),
                 writer: Mutex::new(Some(Writer {
                     conn,
                     next_seq: last_seq + 1,
@@ -152,6 +229,7 @@ impl EmbeddedStore {
                 closed: AtomicBool::new(false),
                 checkpointer: Mutex::new(Some(checkpointer)),
                 lock: Mutex::new(Some(lock)),
+                wal: WalSync::new(&path),
             }),
         })
     }
@@ -226,6 +304,43 @@ impl EmbeddedStore {
                 .map_err(map_error)?;
             let value = f(&tx).map_err(consumers::Failure::into_store_error)?;
             tx.commit().map_err(map_error)?;
+            Ok(value)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+
+    /// Like [`Self::in_write_transaction`], but the commit does not wait for the disk
+    /// while holding the writer: it is synced afterwards, together with whatever else was
+    /// committed meanwhile (see [`WalSync`]). Returns only once the commit is durable.
+    async fn in_group_synced_transaction<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, consumers::Failure> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let (value, commit) = {
+                let mut guard = inner.writer.lock().expect("writer mutex");
+                let writer = guard.as_mut().ok_or(StoreError::Closed)?;
+                writer
+                    .conn
+                    .execute_batch("PRAGMA synchronous = NORMAL")
+                    .map_err(map_error)?;
+                let result = (|| {
+                    let tx = writer
+                        .conn
+                        .transaction_with_behavior(TransactionBehavior::Immediate)
+                        .map_err(map_error)?;
+                    let value = f(&tx).map_err(consumers::Failure::into_store_error)?;
+                    tx.commit().map_err(map_error)?;
+                    Ok(value)
+                })();
+                let restored = writer.conn.execute_batch("PRAGMA synchronous = FULL");
+                let value = result?;
+                restored.map_err(map_error)?;
+                (value, inner.wal.written())
+            };
+            inner.wal.sync_through(commit)?;
             Ok(value)
         })
         .await
@@ -381,7 +496,7 @@ impl Store for EmbeddedStore {
         if calls.is_empty() {
             return Ok(Vec::new());
         }
-        self.in_write_transaction(move |conn| {
+        self.in_group_synced_transaction(move |conn| {
             calls
                 .iter()
                 .map(|call| consumers::apply(conn, now, call))
