@@ -447,14 +447,16 @@ async fn an_open_breaker_holds_events_back_without_skipping_any() {
         .await
         .unwrap();
     let state = store.consumer_state("rule:cb").await.unwrap().unwrap();
+    // The breaker may open before the rule fetched the last event: it then waits
+    // undelivered instead of delivered and unacked.
     assert_eq!(
         (
             state.ack_floor,
-            state.num_ack_pending,
+            state.num_ack_pending + state.num_pending,
             state.num_dead_letters
         ),
         (start_seq, 4, 0),
-        "the rule's consumer holds the events that wait"
+        "the rule's consumer holds the events that wait: {state:?}"
     );
     store.close().await.unwrap();
 

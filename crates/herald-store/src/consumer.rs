@@ -350,11 +350,21 @@ pub(crate) fn due_after_delivery(
     now: Timestamp,
 ) -> (i64, i64) {
     let held_until = now.as_micros() + ms_to_micros(policy.ack_wait_ms);
+    (held_until, due_once_held(policy, seq, delivery, held_until))
+}
+
+/// The due time of a delivery whose ack wait ends at `held_until` (see
+/// [`due_after_delivery`]).
+pub(crate) fn due_once_held(
+    policy: &DeliveryPolicy,
+    seq: Seq,
+    delivery: u32,
+    held_until: i64,
+) -> i64 {
     if exhausted(policy, delivery) {
-        return (held_until, held_until);
+        return held_until;
     }
-    let due_at = held_until + ms_to_micros(policy.backoff.delay_ms(seq, delivery));
-    (held_until, due_at)
+    held_until + ms_to_micros(policy.backoff.delay_ms(seq, delivery))
 }
 
 pub(crate) fn ms_to_micros(ms: u64) -> i64 {

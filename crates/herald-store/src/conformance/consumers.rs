@@ -16,6 +16,7 @@ pub(super) async fn run<S: Store>(store: &S) {
     redelivery_backoff_and_dead_letters(store).await;
     max_ack_pending_and_redrive(store).await;
     concurrent_fetches_hand_out_each_message_once(store).await;
+    fetches_settled_in_parts(store).await;
 }
 
 const T0: i64 = 1_700_000_000_000_000;
@@ -580,4 +581,111 @@ async fn concurrent_fetches_hand_out_each_message_once<S: Store>(store: &S) {
     let expected: Vec<Seq> = (head + 1..=head + 200).collect();
     assert_eq!(all, expected, "every message handed out exactly once");
     assert!(store.delete_consumer("q").await.unwrap());
+}
+
+/// Messages of one fetch settled in different ways: some acked (in a call spanning two
+/// fetches), one NAKed, one extended, one termed, the rest redelivered when the ack wait
+/// ends, and a last delivery given up on.
+async fn fetches_settled_in_parts<S: Store>(store: &S) {
+    let appended = store.append(events("parts.x", 10)).await.unwrap();
+    let first = appended[0].event().seq;
+    let mut consumer = new_consumer("parts", &["parts.>"], policy(1000, Some(3), &[100]));
+    consumer.start_after = first - 1;
+    store.create_consumer(consumer, 100).await.unwrap();
+    let state =
+        |ack_floor, ack_pending, redelivered, dead| (ack_floor, ack_pending, redelivered, dead);
+    let now_state = || async {
+        let s = store.consumer_state("parts").await.unwrap().unwrap();
+        (
+            s.ack_floor,
+            s.num_ack_pending,
+            s.num_redelivered,
+            s.num_dead_letters,
+        )
+    };
+
+    let a = ids(&fetch(store, at_ms(0), "parts", 5).await);
+    let b = ids(&fetch(store, at_ms(10), "parts", 5).await);
+    assert_eq!(
+        a.iter().chain(&b).map(|id| id.seq).collect::<Vec<_>>(),
+        (first..first + 10).collect::<Vec<_>>()
+    );
+    let (done, unknown) = settled(
+        op(
+            store,
+            at_ms(20),
+            "parts",
+            ConsumerOp::Ack(vec![a[1], b[0], a[3], b[0]]),
+        )
+        .await,
+    );
+    assert_eq!(
+        (done, unknown),
+        (3, vec![3]),
+        "the second b[0] is no longer pending"
+    );
+    let nak = ConsumerOp::Nak {
+        ids: vec![a[2]],
+        delay_ms: Some(50),
+        reason: Some("busy".into()),
+    };
+    assert_eq!(settled(op(store, at_ms(30), "parts", nak).await).0, 1);
+    let term = ConsumerOp::Term {
+        ids: vec![b[1]],
+        reason: None,
+    };
+    assert_eq!(settled(op(store, at_ms(40), "parts", term).await).0, 1);
+    assert_eq!(now_state().await, state(first - 1, 6, 0, 1));
+
+    let again = fetch(store, at_ms(100), "parts", 10).await;
+    assert_eq!(seqs(&again), [a[2].seq], "only the NAKed message is due");
+    assert_eq!(again.messages[0].ack_id.delivery, 2);
+    let progress = ConsumerOp::Progress(vec![a[4]]);
+    assert_eq!(settled(op(store, at_ms(500), "parts", progress).await).0, 1);
+    assert_eq!(
+        settled(op(store, at_ms(600), "parts", ConsumerOp::Ack(vec![a[0]])).await).0,
+        1
+    );
+    assert_eq!(now_state().await, state(a[2].seq - 1, 5, 1, 1));
+
+    // At 1200 ms: the ack wait of b (1010) plus its backoff (100) ended, and so did the
+    // NAKed message's second delivery; the extended one waits until 1600.
+    let timed_out = fetch(store, at_ms(1200), "parts", 10).await;
+    assert_eq!(seqs(&timed_out), [a[2].seq, b[2].seq, b[3].seq, b[4].seq]);
+    let deliveries: Vec<u32> = timed_out
+        .messages
+        .iter()
+        .map(|m| m.ack_id.delivery)
+        .collect();
+    assert_eq!(deliveries, [3, 2, 2, 2]);
+    assert_eq!(now_state().await, state(a[2].seq - 1, 5, 4, 1));
+
+    // Any delivery's id acks: b[2]'s first one too.
+    let acks = ConsumerOp::Ack(vec![a[4], b[2]]);
+    assert_eq!(
+        settled(op(store, at_ms(1300), "parts", acks).await),
+        (2, vec![])
+    );
+    // a[2]'s third delivery was its last: given up on when its ack wait ends.
+    let last = fetch(store, at_ms(2200), "parts", 10).await;
+    assert!(last.messages.is_empty());
+    assert_eq!(last.dead_lettered, 1);
+    assert_eq!(now_state().await, state(b[3].seq - 1, 2, 2, 2));
+    let dead = store
+        .consumer_dead_letters("parts", 0, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    let dead: Vec<(Seq, DeadReason, u32)> = dead
+        .iter()
+        .map(|d| (d.event.seq, d.reason, d.deliveries))
+        .collect();
+    assert_eq!(
+        dead,
+        [
+            (a[2].seq, DeadReason::MaxDeliver, 3),
+            (b[1].seq, DeadReason::Term, 1)
+        ]
+    );
+    assert!(store.delete_consumer("parts").await.unwrap());
 }

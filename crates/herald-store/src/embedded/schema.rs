@@ -103,6 +103,20 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // 6: a last delivery is due when its ack wait ends, so the due index finds the
     // messages to give up on too: one index fewer to write per delivery.
     "DROP INDEX consumer_pending_by_held;",
+    // 7: the first deliveries of one fetch as one row (see consumers/batch.rs): a fetch
+    // writes one row instead of one per message, and acking it rewrites or deletes it.
+    "CREATE TABLE consumer_batches (
+        consumer     TEXT    NOT NULL,
+        first_seq    INTEGER NOT NULL,
+        members      BLOB    NOT NULL,  -- the members' seqs after first_seq, as varint gaps
+        open         BLOB    NOT NULL,  -- one bit per member, first_seq first: still pending
+        open_count   INTEGER NOT NULL,
+        held_until   INTEGER NOT NULL,  -- the ack wait of the delivery ends
+        due_at       INTEGER NOT NULL,  -- the earliest due time of a member
+        delivered_at INTEGER NOT NULL,
+        PRIMARY KEY (consumer, first_seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX consumer_batches_by_due ON consumer_batches (consumer, due_at);",
 ];
 
 /// The schema version this build writes.

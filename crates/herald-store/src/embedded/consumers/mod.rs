@@ -1,17 +1,22 @@
 //! Durable consumers in the embedded store (see [`crate::consumer`] for the model).
 //!
 //! Every function here runs on the writer connection inside a transaction its caller
-//! holds, except the read-only ones, which run on a reader's snapshot.
+//! holds, except the read-only ones, which run on a reader's snapshot. First deliveries
+//! are kept per fetch ([`batch`]); everything else is a row per message in
+//! `consumer_pending`.
+
+mod batch;
 
 use herald_core::{Event, Pattern, Seq, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension};
 
+use self::batch::Batch;
 use super::{query, row_to_event, EVENT_COLUMNS};
 use crate::consumer::{
-    decode_filters, decode_policy, due_after_delivery, encode_filters, encode_policy, exhausted,
-    merge_pages, ms_to_micros, AckId, ConsumerCall, ConsumerDeadLetter, ConsumerOp,
-    ConsumerOutcome, ConsumerRecord, ConsumerState, CreateConsumer, DeadReason, Delivery,
-    DeliveryPolicy, Fetched, NewConsumer,
+    decode_filters, decode_policy, due_after_delivery, due_once_held, encode_filters,
+    encode_policy, exhausted, merge_pages, ms_to_micros, AckId, ConsumerCall, ConsumerDeadLetter,
+    ConsumerOp, ConsumerOutcome, ConsumerRecord, ConsumerState, CreateConsumer, DeadReason,
+    Delivery, DeliveryPolicy, Fetched, NewConsumer,
 };
 use crate::{plan, Query, Result, StoreError};
 
@@ -184,6 +189,7 @@ pub(super) fn list(conn: &Connection) -> Sql<Vec<ConsumerRecord>> {
 pub(super) fn delete(conn: &Connection, name: &str) -> Sql<bool> {
     conn.prepare_cached("DELETE FROM consumer_pending WHERE consumer = ?1")?
         .execute([name])?;
+    batch::delete_all(conn, name)?;
     conn.prepare_cached("DELETE FROM consumer_dead_letters WHERE consumer = ?1")?
         .execute([name])?;
     let deleted = conn
@@ -196,9 +202,14 @@ pub(super) fn state(conn: &Connection, name: &str) -> Sql<Option<ConsumerState>>
     let Some(loaded) = load(conn, name)? else {
         return Ok(None);
     };
-    let lowest_pending: Option<i64> = conn
+    let lowest_row: Option<i64> = conn
         .prepare_cached("SELECT min(seq) FROM consumer_pending WHERE consumer = ?1")?
         .query_row([name], |row| row.get(0))?;
+    let lowest_batched = batch::lowest(conn, name)?.and_then(|b| b.open_seqs().next());
+    let lowest_pending = [lowest_row.map(|s| s as Seq), lowest_batched]
+        .into_iter()
+        .flatten()
+        .min();
     let redelivered: i64 = conn
         .prepare_cached(
             "SELECT count(*) FROM consumer_pending WHERE consumer = ?1 AND deliveries > 1",
@@ -208,7 +219,7 @@ pub(super) fn state(conn: &Connection, name: &str) -> Sql<Option<ConsumerState>>
         .prepare_cached("SELECT count(*) FROM consumer_dead_letters WHERE consumer = ?1")?
         .query_row([name], |row| row.get(0))?;
     Ok(Some(ConsumerState {
-        ack_floor: lowest_pending.map_or(loaded.delivered_seq, |s| (s as Seq).saturating_sub(1)),
+        ack_floor: lowest_pending.map_or(loaded.delivered_seq, |s| s.saturating_sub(1)),
         delivered_seq: loaded.delivered_seq,
         num_pending: count_matching_after(conn, &loaded.record.filters, loaded.delivered_seq)?,
         num_ack_pending: loaded.ack_pending,
@@ -337,17 +348,22 @@ pub(super) fn apply(
         }
         ConsumerOp::Ack(ids) => {
             // Any delivery of the message may ack it: no need to read the row first.
+            // Acks usually come a fetch at a time, so the last batch read stays at hand.
             let mut done = 0;
             let mut unknown = Vec::new();
+            let mut at_hand: Option<Batch> = None;
             for (index, id) in ids.iter().enumerate() {
                 let acked = id.epoch == consumer.record.epoch
                     && id.seq <= i64::MAX as Seq
-                    && delete_pending(conn, name, &mut consumer, id.seq)?;
+                    && ack(conn, &mut consumer, &mut at_hand, id.seq)?;
                 if acked {
                     done += 1;
                 } else {
                     unknown.push(index);
                 }
+            }
+            if let Some(batch) = at_hand {
+                batch::save(conn, name, &batch)?;
             }
             ConsumerOutcome::Settled { done, unknown }
         }
@@ -458,6 +474,7 @@ pub(super) fn apply(
 struct Pending {
     deliveries: u32,
     held_until: i64,
+    due_at: i64,
     first_delivered_at: i64,
     last_error: Option<String>,
 }
@@ -465,18 +482,127 @@ struct Pending {
 fn pending(conn: &Connection, name: &str, seq: Seq) -> Sql<Option<Pending>> {
     Ok(conn
         .prepare_cached(
-            "SELECT deliveries, held_until, first_delivered_at, last_error
+            "SELECT deliveries, held_until, due_at, first_delivered_at, last_error
              FROM consumer_pending WHERE consumer = ?1 AND seq = ?2",
         )?
         .query_row(params![name, seq as i64], |row| {
             Ok(Pending {
                 deliveries: row.get::<_, i64>(0)?.max(0) as u32,
                 held_until: row.get(1)?,
-                first_delivered_at: row.get(2)?,
-                last_error: row.get(3)?,
+                due_at: row.get(2)?,
+                first_delivered_at: row.get(3)?,
+                last_error: row.get(4)?,
             })
         })
         .optional()?)
+}
+
+/// Acks `seq` wherever it is pending: in the batch at hand, as a row, or in another
+/// batch (which becomes the one at hand). False when it is not pending.
+fn ack(
+    conn: &Connection,
+    consumer: &mut Loaded,
+    at_hand: &mut Option<Batch>,
+    seq: Seq,
+) -> Sql<bool> {
+    if let Some(batch) = at_hand.as_mut() {
+        if let Some(index) = batch.open_index(seq) {
+            batch.close(index);
+            consumer.ack_pending = consumer.ack_pending.saturating_sub(1);
+            return Ok(true);
+        }
+    }
+    // Not pending at hand: what is there goes back first, so the reads below see it.
+    let name = consumer.record.name.clone();
+    if let Some(previous) = at_hand.take() {
+        batch::save(conn, &name, &previous)?;
+    }
+    if delete_pending(conn, &name, consumer, seq)? {
+        return Ok(true);
+    }
+    let Some(mut batch) = batch::containing(conn, &name, seq)? else {
+        return Ok(false);
+    };
+    let index = batch.open_index(seq).expect("containing() checked it");
+    batch.close(index);
+    consumer.ack_pending = consumer.ack_pending.saturating_sub(1);
+    *at_hand = Some(batch);
+    Ok(true)
+}
+
+/// The pending row of `seq`, moving the message out of its batch first when it is
+/// pending there (see [`batch`]).
+fn materialize(conn: &Connection, consumer: &Loaded, seq: Seq) -> Sql<Option<Pending>> {
+    let name = consumer.record.name.as_str();
+    if let Some(found) = pending(conn, name, seq)? {
+        return Ok(Some(found));
+    }
+    let Some(mut batch) = batch::containing(conn, name, seq)? else {
+        return Ok(None);
+    };
+    let index = batch.open_index(seq).expect("containing() checked it");
+    batch.close(index);
+    batch::save(conn, name, &batch)?;
+    let row = first_delivery_row(&consumer.record.policy, &batch, seq);
+    insert_pending(conn, name, seq, &row)?;
+    Ok(Some(row))
+}
+
+/// A batch member's state as a pending row.
+fn first_delivery_row(policy: &DeliveryPolicy, batch: &Batch, seq: Seq) -> Pending {
+    Pending {
+        deliveries: 1,
+        held_until: batch.held_until,
+        due_at: due_once_held(policy, seq, 1, batch.held_until),
+        first_delivered_at: batch.delivered_at,
+        last_error: None,
+    }
+}
+
+fn insert_pending(conn: &Connection, name: &str, seq: Seq, row: &Pending) -> Sql<()> {
+    conn.prepare_cached(
+        "INSERT INTO consumer_pending
+         (consumer, seq, deliveries, held_until, due_at, first_delivered_at, last_error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        name,
+        crate::seq_to_sql(seq)?,
+        i64::from(row.deliveries),
+        row.held_until,
+        row.due_at,
+        row.first_delivered_at,
+        row.last_error,
+    ])?;
+    Ok(())
+}
+
+/// Moves the members of batches whose ack wait (plus backoff) ended to pending rows, so
+/// that the row-by-row logic redelivers them or gives up on them; up to about `limit`.
+fn materialize_due_batches(
+    conn: &Connection,
+    consumer: &Loaded,
+    now: Timestamp,
+    limit: usize,
+) -> Sql<()> {
+    let name = consumer.record.name.as_str();
+    let mut moved = 0;
+    while moved < limit {
+        let due = batch::due(conn, name, now.as_micros(), 16)?;
+        if due.is_empty() {
+            break;
+        }
+        for mut batch in due {
+            for seq in batch.open_seqs().collect::<Vec<_>>() {
+                let row = first_delivery_row(&consumer.record.policy, &batch, seq);
+                insert_pending(conn, name, seq, &row)?;
+                moved += 1;
+            }
+            batch.open_count = 0;
+            batch::save(conn, name, &batch)?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs `action` on each id that names a pending message of this consumer; counts what
@@ -491,7 +617,7 @@ fn settle(
     let mut unknown = Vec::new();
     for (index, id) in ids.iter().enumerate() {
         let found = if id.epoch == consumer.record.epoch && id.seq <= i64::MAX as Seq {
-            pending(conn, &consumer.record.name, id.seq)?
+            materialize(conn, consumer, id.seq)?
         } else {
             None
         };
@@ -554,11 +680,12 @@ fn fetch(conn: &Connection, consumer: &mut Loaded, batch: usize, now: Timestamp)
     let epoch = consumer.record.epoch;
     let mut fetched = Fetched::default();
 
+    materialize_due_batches(conn, consumer, now, batch + SWEEP_CHUNK)?;
     // Due messages in seq order. A last delivery is due when its ack wait ends (see
     // `due_after_delivery`): it is given up on; the others go out again, up to `batch`.
     let due: Vec<(Seq, Pending)> = conn
         .prepare_cached(
-            "SELECT seq, deliveries, held_until, first_delivered_at, last_error
+            "SELECT seq, deliveries, held_until, due_at, first_delivered_at, last_error
              FROM consumer_pending
              WHERE consumer = ?1 AND due_at <= ?2 ORDER BY seq LIMIT ?3",
         )?
@@ -570,8 +697,9 @@ fn fetch(conn: &Connection, consumer: &mut Loaded, batch: usize, now: Timestamp)
                     Pending {
                         deliveries: row.get::<_, i64>(1)?.max(0) as u32,
                         held_until: row.get(2)?,
-                        first_delivered_at: row.get(3)?,
-                        last_error: row.get(4)?,
+                        due_at: row.get(3)?,
+                        first_delivered_at: row.get(4)?,
+                        last_error: row.get(5)?,
                     },
                 ))
             },
@@ -642,20 +770,21 @@ fn fetch(conn: &Connection, consumer: &mut Loaded, batch: usize, now: Timestamp)
             consumer.delivered_seq,
             wanted,
         )?;
-        let mut insert = conn.prepare_cached(
-            "INSERT INTO consumer_pending
-             (consumer, seq, deliveries, held_until, due_at, first_delivered_at, last_error)
-             VALUES (?1, ?2, 1, ?3, ?4, ?5, NULL)",
-        )?;
+        if !page.events.is_empty() {
+            let seqs: Vec<Seq> = page.events.iter().map(|e| e.seq).collect();
+            let (held, _) = due_after_delivery(&policy, seqs[0], 1, now);
+            let due_at = seqs
+                .iter()
+                .map(|&seq| due_once_held(&policy, seq, 1, held))
+                .min()
+                .unwrap_or(held);
+            batch::insert(
+                conn,
+                &name,
+                &Batch::new(seqs, held, due_at, now.as_micros()),
+            )?;
+        }
         for event in page.events {
-            let (held, due_at) = due_after_delivery(&policy, event.seq, 1, now);
-            insert.execute(params![
-                name,
-                event.seq as i64,
-                held,
-                due_at,
-                now.as_micros()
-            ])?;
             consumer.ack_pending += 1;
             fetched.messages.push(Delivery {
                 ack_id: AckId {
@@ -674,12 +803,17 @@ fn fetch(conn: &Connection, consumer: &mut Loaded, batch: usize, now: Timestamp)
 }
 
 fn next_due(conn: &Connection, name: &str, now: Timestamp) -> Sql<Option<Timestamp>> {
-    let due: Option<i64> = conn
+    let row: Option<i64> = conn
         .prepare_cached(
             "SELECT min(due_at) FROM consumer_pending WHERE consumer = ?1 AND due_at > ?2",
         )?
         .query_row(params![name, now.as_micros()], |row| row.get(0))?;
-    Ok(due.map(Timestamp::from_micros))
+    let batched = batch::next_due(conn, name, now.as_micros())?;
+    Ok([row, batched]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(Timestamp::from_micros))
 }
 
 fn event_at(conn: &Connection, seq: Seq) -> Sql<Option<Event>> {
