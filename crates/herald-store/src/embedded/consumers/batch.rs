@@ -33,7 +33,7 @@ impl Batch {
     /// A batch of `seqs` (ascending, not empty), all pending.
     pub fn new(seqs: Vec<Seq>, held_until: i64, due_at: i64, delivered_at: i64) -> Batch {
         let mut open = vec![0xFFu8; seqs.len().div_ceil(8)];
-        if seqs.len() % 8 != 0 {
+        if !seqs.len().is_multiple_of(8) {
             *open.last_mut().expect("not empty") = (1u8 << (seqs.len() % 8)) - 1;
         }
         Batch {
