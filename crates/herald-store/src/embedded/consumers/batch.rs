@@ -258,7 +258,6 @@ mod tests {
             i64::from(batch.open_count),
             (10, 20, 1),
         )
-        .ok()
         .expect("decodes");
         assert_eq!(decoded.seqs, seqs);
         assert_eq!(
