@@ -19,6 +19,13 @@
 //! transaction, in the order given. Each operation reads and locks its consumer's row
 //! first, so operations on one consumer are serialised — also across instances sharing a
 //! PostgreSQL database, which is what keeps a message with one client at a time.
+//!
+//! **What is durable when answered.** Acks, NAKs, progress, terms, releases and redrives
+//! are on disk before their answer: an ack answered is never undone. A batch of only
+//! fetches may be answered once written and synced with the next commit that needs it
+//! (the embedded store does so: it halves the syncs of fetch + ack). A killed process
+//! loses nothing written; only an OS crash or power loss may forget deliveries made since
+//! the last sync, and their messages then go out again — still at least once.
 
 use herald_core::{Event, Pattern, Seq, Timestamp};
 use serde::{Deserialize, Serialize};

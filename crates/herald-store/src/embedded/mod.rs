@@ -3,7 +3,8 @@
 //! - **Durability**: `synchronous=FULL`, so a commit returns only after the WAL is
 //!   synced. The hub hands over whole batches (group commit), so one sync covers many
 //!   events. Consumer transactions commit without the sync and are synced just after,
-//!   outside the writer lock ([`WalSync`]), so the next transaction works meanwhile.
+//!   outside the writer lock ([`WalSync`]), so the next transaction works meanwhile;
+//!   fetches are not synced at all before their answer (see [`crate::consumer`]).
 //! - **One writer**: a single connection behind a mutex writes; the process holds an
 //!   exclusive lock file beside the database so a second Herald cannot write to it too.
 //!   The writer keeps the next seq and the last timestamp in memory, which is what makes
@@ -30,7 +31,7 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::consumer::{
-    ConsumerCall, ConsumerDeadLetter, ConsumerOutcome, ConsumerRecord, ConsumerState,
+    ConsumerCall, ConsumerDeadLetter, ConsumerOp, ConsumerOutcome, ConsumerRecord, ConsumerState,
     CreateConsumer, DeliveryPolicy, NewConsumer,
 };
 use crate::{
@@ -311,10 +312,12 @@ impl EmbeddedStore {
     }
 
     /// Like [`Self::in_write_transaction`], but the commit does not wait for the disk
-    /// while holding the writer: it is synced afterwards, together with whatever else was
-    /// committed meanwhile (see [`WalSync`]). Returns only once the commit is durable.
+    /// while holding the writer: with `sync`, it is synced afterwards, together with
+    /// whatever else was committed meanwhile (see [`WalSync`]), and this returns once it
+    /// is durable; without, it is synced with the next commit that is.
     async fn in_group_synced_transaction<T: Send + 'static>(
         &self,
+        sync: bool,
         f: impl FnOnce(&Connection) -> Result<T, consumers::Failure> + Send + 'static,
     ) -> Result<T> {
         let inner = self.inner.clone();
@@ -340,7 +343,9 @@ impl EmbeddedStore {
                 restored.map_err(map_error)?;
                 (value, inner.wal.written())
             };
-            inner.wal.sync_through(commit)?;
+            if sync {
+                inner.wal.sync_through(commit)?;
+            }
             Ok(value)
         })
         .await
@@ -496,7 +501,11 @@ impl Store for EmbeddedStore {
         if calls.is_empty() {
             return Ok(Vec::new());
         }
-        self.in_group_synced_transaction(move |conn| {
+        // A fetch-only batch is answered once written, not synced (see `crate::consumer`).
+        let sync = calls
+            .iter()
+            .any(|call| !matches!(call.op, ConsumerOp::Fetch { .. }));
+        self.in_group_synced_transaction(sync, move |conn| {
             calls
                 .iter()
                 .map(|call| consumers::apply(conn, now, call))
