@@ -9,6 +9,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// glibc's allocator took about 13% of the server's CPU in the fetch + ack profile
+/// (BENCHMARKS.md); mimalloc's thread-local free lists cost a fraction of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Herald: a durable event hub in one binary.
 ///
 /// Start a hub with `herald serve` (events are stored in ./data/herald.db; nothing else
