@@ -1562,7 +1562,8 @@ fn render(plan: &Plan, m: &Measured) -> String {
          keep-alive connection, loop: `POST …/fetch {{\"batch\": {FETCH_BATCH}, \"wait_ms\": 0}}`, then \
          one `POST …/ack` with every `ack_id` of the batch; msgs/s = N / (first fetch → last ack \
          answer). Herald records a fetch's deliveries and an ack in a store transaction (group \
-         commit of the consumer calls) and answers once it is synced. A fetch answer carries \
+         commit of the consumer calls); an ack is answered once it is synced, a fetch once \
+         written (synced with the next ack). A fetch answer carries \
          {answer_bytes:.0} bytes per message.\n\n\
          The ceiling: a local `{version}` `-js` (file storage, temporary directory), a \
          stream `{STREAM}` holding N messages whose bodies are the JSON of herald's first \
