@@ -112,20 +112,24 @@ impl WalSync {
         self.written.fetch_add(1, Ordering::AcqRel) + 1
     }
 
+    /// Fails once a sync has failed.
+    fn check(&self) -> Result<()> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(
+                "an earlier sync of the WAL failed; restart Herald".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Returns once commit number `commit` is on disk.
     fn sync_through(&self, commit: u64) -> Result<()> {
-        let broken =
-            || StoreError::Unavailable("an earlier sync of the WAL failed; restart Herald".into());
-        if self.failed.load(Ordering::Acquire) {
-            return Err(broken());
-        }
+        self.check()?;
         if self.synced.load(Ordering::Acquire) >= commit {
             return Ok(());
         }
         let mut file = self.file.lock().expect("WAL sync");
-        if self.failed.load(Ordering::Acquire) {
-            return Err(broken());
-        }
+        self.check()?;
         if self.synced.load(Ordering::Acquire) >= commit {
             return Ok(());
         }
@@ -296,16 +300,7 @@ impl EmbeddedStore {
         tokio::task::spawn_blocking(move || {
             let mut guard = inner.writer.lock().expect("writer mutex");
             let writer = guard.as_mut().ok_or(StoreError::Closed)?;
-            // Take the write lock first (waiting out a checkpoint), as appends do: a
-            // deferred transaction that reads and then writes fails at once with
-            // "database is locked" instead of waiting.
-            let tx = writer
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(map_error)?;
-            let value = f(&tx).map_err(consumers::Failure::into_store_error)?;
-            tx.commit().map_err(map_error)?;
-            Ok(value)
+            transact(&mut writer.conn, f)
         })
         .await
         .map_err(|e| StoreError::Internal(e.to_string()))?
@@ -322,6 +317,8 @@ impl EmbeddedStore {
     ) -> Result<T> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
+            // After a failed sync nothing more is written, synced or not.
+            inner.wal.check()?;
             let (value, commit) = {
                 let mut guard = inner.writer.lock().expect("writer mutex");
                 let writer = guard.as_mut().ok_or(StoreError::Closed)?;
@@ -329,15 +326,7 @@ impl EmbeddedStore {
                     .conn
                     .execute_batch("PRAGMA synchronous = NORMAL")
                     .map_err(map_error)?;
-                let result = (|| {
-                    let tx = writer
-                        .conn
-                        .transaction_with_behavior(TransactionBehavior::Immediate)
-                        .map_err(map_error)?;
-                    let value = f(&tx).map_err(consumers::Failure::into_store_error)?;
-                    tx.commit().map_err(map_error)?;
-                    Ok(value)
-                })();
+                let result = transact(&mut writer.conn, f);
                 let restored = writer.conn.execute_batch("PRAGMA synchronous = FULL");
                 let value = result?;
                 restored.map_err(map_error)?;
@@ -798,6 +787,23 @@ fn lock_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".lock");
     path.with_file_name(name)
+}
+
+/// Runs `f` in one transaction on the writer connection: committed when it succeeds,
+/// rolled back when it fails.
+fn transact<T>(
+    conn: &mut Connection,
+    f: impl FnOnce(&Connection) -> Result<T, consumers::Failure>,
+) -> Result<T> {
+    // Take the write lock first (waiting out a checkpoint), as appends do: a deferred
+    // transaction that reads and then writes fails at once with "database is locked"
+    // instead of waiting.
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_error)?;
+    let value = f(&tx).map_err(consumers::Failure::into_store_error)?;
+    tx.commit().map_err(map_error)?;
+    Ok(value)
 }
 
 fn open_reader(path: &Path) -> rusqlite::Result<Connection> {

@@ -214,12 +214,18 @@ pub(super) fn insert(conn: &Connection, consumer: &str, batch: &Batch) -> Sql<()
     Ok(())
 }
 
+/// Deletes the batch's row.
+pub(super) fn remove(conn: &Connection, consumer: &str, batch: &Batch) -> Sql<()> {
+    conn.prepare_cached("DELETE FROM consumer_batches WHERE consumer = ?1 AND first_seq = ?2")?
+        .execute(params![consumer, crate::seq_to_sql(batch.first_seq())?])?;
+    Ok(())
+}
+
 /// Writes back which members are still pending; deletes the row when none is.
 pub(super) fn save(conn: &Connection, consumer: &str, batch: &Batch) -> Sql<()> {
     let first_seq = crate::seq_to_sql(batch.first_seq())?;
     if batch.open_count == 0 {
-        conn.prepare_cached("DELETE FROM consumer_batches WHERE consumer = ?1 AND first_seq = ?2")?
-            .execute(params![consumer, first_seq])?;
+        remove(conn, consumer, batch)?;
     } else {
         conn.prepare_cached(
             "UPDATE consumer_batches SET open = ?3, open_count = ?4

@@ -26,6 +26,9 @@ type Sql<T> = std::result::Result<T, Failure>;
 /// rest follow with the next fetches and the upkeep sweeps).
 const SWEEP_CHUNK: usize = 1000;
 
+/// Due batches read at a time while moving their members to pending rows.
+const BATCHES_PER_READ: usize = 16;
+
 /// A failure inside a consumer transaction: SQLite's, or data that does not decode.
 pub(super) enum Failure {
     Sql(rusqlite::Error),
@@ -588,18 +591,17 @@ fn materialize_due_batches(
     let name = consumer.record.name.as_str();
     let mut moved = 0;
     while moved < limit {
-        let due = batch::due(conn, name, now.as_micros(), 16)?;
+        let due = batch::due(conn, name, now.as_micros(), BATCHES_PER_READ)?;
         if due.is_empty() {
             break;
         }
-        for mut batch in due {
+        for batch in due {
             for seq in batch.open_seqs().collect::<Vec<_>>() {
                 let row = first_delivery_row(&consumer.record.policy, &batch, seq);
                 insert_pending(conn, name, seq, &row)?;
                 moved += 1;
             }
-            batch.open_count = 0;
-            batch::save(conn, name, &batch)?;
+            batch::remove(conn, name, &batch)?;
         }
     }
     Ok(())
