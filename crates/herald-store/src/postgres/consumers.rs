@@ -791,7 +791,7 @@ async fn fetch(tx: &Tx<'_>, consumer: &mut Loaded, batch: usize, now: Timestamp)
         .prepare_cached(
             "WITH gone AS (
                  DELETE FROM consumer_pending
-                 WHERE consumer = $1 AND held_until <= $2 AND deliveries >= $3
+                 WHERE consumer = $1 AND due_at <= $2 AND deliveries >= $3
                  RETURNING seq, deliveries, first_delivered_at, last_error
              )
              INSERT INTO consumer_dead_letters
@@ -819,8 +819,9 @@ async fn fetch(tx: &Tx<'_>, consumer: &mut Loaded, batch: usize, now: Timestamp)
         )
         .await?;
 
-    // Last deliveries whose ack wait ran out are given up on; then the due redeliveries,
-    // in seq order (pipelined: the second runs after the first).
+    // Last deliveries whose ack wait ran out are given up on (a last delivery is due when
+    // its ack wait ends: see `due_after_delivery`); then the due redeliveries, in seq
+    // order (pipelined: the second runs after the first).
     let max = policy.max_deliver.map(deliveries_param);
     let limit = i64::try_from(batch).unwrap_or(i64::MAX);
     let (buried, due_rows) = tokio::try_join!(
