@@ -23,7 +23,7 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUp
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
-use herald_hub::consumers::{Message, Settle, MAX_ACK_IDS, MAX_DELAY_MS};
+use herald_hub::consumers::{Message, Settle, MAX_ACK_IDS};
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tokio::time::{interval_at, timeout, Instant};
@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::http::{form_pairs, invalid_query, truncate};
-use crate::wire::consumers::{Fields, MAX_REASON_CHARS};
+use crate::wire::consumers::{Fields, SettleVerb};
 use crate::AppState;
 
 /// Largest frame a client may send (ack ids of a full credit fit easily).
@@ -343,28 +343,13 @@ async fn settle_frame(
             "a frame has exactly one of `ack`, `nak`, `term` or `progress`",
         );
     };
-    let known: &[&str] = match verb {
-        "nak" => &["nak", "delay_ms", "reason"],
-        "term" => &["term", "reason"],
-        _ => &[verb],
-    };
+    let how = SettleVerb::parse(verb).expect("one of the four verbs");
+    let mut known = vec![verb];
+    known.extend(how.options());
     let parsed = (|| {
-        let fields = Fields::with_nullable(object, known, &["delay_ms", "reason"])?;
+        let fields = Fields::with_nullable(object, &known, how.options())?;
         let ids = fields.strings(verb, MAX_ACK_IDS)?.unwrap_or_default();
-        let how = match verb {
-            "ack" => Settle::Ack,
-            "progress" => Settle::Progress,
-            "nak" => Settle::Nak {
-                delay_ms: fields
-                    .integer("delay_ms", 0..=MAX_DELAY_MS as i64)?
-                    .map(|d| d as u64),
-                reason: fields.string("reason", MAX_REASON_CHARS)?,
-            },
-            _ => Settle::Term {
-                reason: fields.string("reason", MAX_REASON_CHARS)?,
-            },
-        };
-        Ok::<_, crate::wire::consumers::FieldError>((ids, how))
+        Ok::<_, crate::wire::consumers::FieldError>((ids, how.settle(&fields)?))
     })();
     let (ids, how) = match parsed {
         Ok(parsed) => parsed,

@@ -13,16 +13,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_core::Seq;
-use herald_hub::consumers::{
-    valid_name, ConsumerError, PutOutcome, Settle, MAX_ACK_IDS, MAX_FETCH_BATCH,
-};
+use herald_hub::consumers::{valid_name, ConsumerError, PutOutcome, MAX_ACK_IDS, MAX_FETCH_BATCH};
 use serde_json::{Map, Value};
 
 use super::{body_rejection, parse_json_object, parse_seq};
 use crate::error::{ApiError, ErrorCode};
 use crate::wire::consumers::{
     consumer_config, Consumer, ConsumerDeadLetterJson, ConsumerDeadLetterList, ConsumerList,
-    FetchResponse, FieldError, Fields, Message, RedriveResponse, SettleResponse, MAX_REASON_CHARS,
+    FetchResponse, FieldError, Fields, Message, RedriveResponse, SettleResponse, SettleVerb,
 };
 use crate::AppState;
 
@@ -234,12 +232,19 @@ fn ack_ids(fields: &Fields) -> Result<Vec<String>, ApiError> {
         })
 }
 
+/// The settle routes: `ack_ids` and the verb's options from the body, then the hub.
 async fn settle(
     state: &AppState,
     name: &str,
-    ids: Vec<String>,
-    how: Settle,
+    body: Result<Bytes, BytesRejection>,
+    verb: SettleVerb,
 ) -> Result<Json<SettleResponse>, ApiError> {
+    let mut known = vec!["ack_ids"];
+    known.extend(verb.options());
+    let fields =
+        Fields::with_nullable(object(body)?, &known, verb.options()).map_err(invalid_body)?;
+    let ids = ack_ids(&fields)?;
+    let how = verb.settle(&fields).map_err(invalid_body)?;
     user_consumer(name)?;
     Ok(Json(state.hub.settle(name, &ids, how).await?.into()))
 }
@@ -270,8 +275,7 @@ pub async fn ack(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SettleResponse>, ApiError> {
-    let fields = Fields::new(object(body)?, &["ack_ids"]).map_err(invalid_body)?;
-    settle(&state, &name, ack_ids(&fields)?, Settle::Ack).await
+    settle(&state, &name, body, SettleVerb::Ack).await
 }
 
 /// `POST /api/consumers/{name}/nak`.
@@ -300,21 +304,7 @@ pub async fn nak(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SettleResponse>, ApiError> {
-    let fields = Fields::with_nullable(
-        object(body)?,
-        &["ack_ids", "delay_ms", "reason"],
-        &["delay_ms", "reason"],
-    )
-    .map_err(invalid_body)?;
-    let ids = ack_ids(&fields)?;
-    let delay_ms = fields
-        .integer("delay_ms", 0..=herald_hub::consumers::MAX_DELAY_MS as i64)
-        .map_err(invalid_body)?
-        .map(|d| d as u64);
-    let reason = fields
-        .string("reason", MAX_REASON_CHARS)
-        .map_err(invalid_body)?;
-    settle(&state, &name, ids, Settle::Nak { delay_ms, reason }).await
+    settle(&state, &name, body, SettleVerb::Nak).await
 }
 
 /// `POST /api/consumers/{name}/progress`.
@@ -340,8 +330,7 @@ pub async fn progress(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SettleResponse>, ApiError> {
-    let fields = Fields::new(object(body)?, &["ack_ids"]).map_err(invalid_body)?;
-    settle(&state, &name, ack_ids(&fields)?, Settle::Progress).await
+    settle(&state, &name, body, SettleVerb::Progress).await
 }
 
 /// `POST /api/consumers/{name}/term`.
@@ -368,13 +357,7 @@ pub async fn term(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SettleResponse>, ApiError> {
-    let fields = Fields::with_nullable(object(body)?, &["ack_ids", "reason"], &["reason"])
-        .map_err(invalid_body)?;
-    let ids = ack_ids(&fields)?;
-    let reason = fields
-        .string("reason", MAX_REASON_CHARS)
-        .map_err(invalid_body)?;
-    settle(&state, &name, ids, Settle::Term { reason }).await
+    settle(&state, &name, body, SettleVerb::Term).await
 }
 
 /// `GET /api/consumers/{name}/dead-letters`.

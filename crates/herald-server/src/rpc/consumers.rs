@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use herald_hub::consumers::{
-    ConsumerError, PutOutcome, Settle, MAX_ACK_IDS, MAX_DELAY_MS, MAX_FETCH_BATCH, MAX_FETCH_WAIT,
+    ConsumerError, PutOutcome, Settle, MAX_ACK_IDS, MAX_FETCH_BATCH, MAX_FETCH_WAIT,
 };
 use herald_store::MAX_QUERY_LIMIT;
 use serde_json::value::RawValue;
@@ -27,7 +27,7 @@ use crate::rpc::wire::{self, FieldSpec, ParamSpec, ResultSpec};
 use crate::wire::consumers::{
     consumer_config, Consumer, ConsumerDeadLetterJson, ConsumerDeadLetterList,
     ConsumerList as ConsumerListJson, FetchResponse, FieldError, Fields, Message, RedriveResponse,
-    SettleResponse, MAX_REASON_CHARS,
+    SettleResponse, SettleVerb,
 };
 
 /// The config fields of `consumer.put`, as `PUT /api/consumers/{name}` takes them.
@@ -479,27 +479,19 @@ pub struct SettleParams {
     how: Settle,
 }
 
-/// Reads `name`, `ack_ids` and the optional `delay_ms` and `reason` of a settle call
-/// (only those in `known` may be given: the spec has already refused the others).
-fn settle_params(
-    params: &mut Params<'_>,
-    known: &[&'static str],
-    how: impl FnOnce(&Fields, &Params<'_>) -> Result<Settle, RpcError>,
-) -> Result<SettleParams, RpcError> {
+/// Reads `name`, `ack_ids` and the verb's options of a settle call (the spec has already
+/// refused any other parameter).
+fn settle_params(params: &mut Params<'_>, verb: SettleVerb) -> Result<SettleParams, RpcError> {
     let name = name(params)?;
-    let fields = Fields::new(body(params, known)?, known).map_err(|e| field_error(params, e))?;
+    let mut known = vec!["ack_ids"];
+    known.extend(verb.options());
+    let fields = Fields::new(body(params, &known)?, &known).map_err(|e| field_error(params, e))?;
     let ack_ids = fields
         .strings("ack_ids", MAX_ACK_IDS)
         .map_err(|e| field_error(params, e))?
         .ok_or_else(|| params.invalid("ack_ids", "is required"))?;
-    let how = how(&fields, params)?;
+    let how = verb.settle(&fields).map_err(|e| field_error(params, e))?;
     Ok(SettleParams { name, ack_ids, how })
-}
-
-fn reason(fields: &Fields, params: &Params<'_>) -> Result<Option<String>, RpcError> {
-    fields
-        .string("reason", MAX_REASON_CHARS)
-        .map_err(|e| field_error(params, e))
 }
 
 async fn settle(call: &Call<'_>, params: SettleParams) -> Result<Box<RawValue>, RpcError> {
@@ -529,7 +521,7 @@ impl RpcMethod for ConsumerAck {
     type Params = SettleParams;
 
     fn parse(mut params: Params<'_>) -> Result<SettleParams, RpcError> {
-        settle_params(&mut params, &["ack_ids"], |_, _| Ok(Settle::Ack))
+        settle_params(&mut params, SettleVerb::Ack)
     }
 
     async fn call(call: &Call<'_>, params: SettleParams) -> Result<Box<RawValue>, RpcError> {
@@ -566,20 +558,7 @@ impl RpcMethod for ConsumerNak {
     type Params = SettleParams;
 
     fn parse(mut params: Params<'_>) -> Result<SettleParams, RpcError> {
-        settle_params(
-            &mut params,
-            &["ack_ids", "delay_ms", "reason"],
-            |fields, params| {
-                let delay_ms = fields
-                    .integer("delay_ms", 0..=MAX_DELAY_MS as i64)
-                    .map_err(|e| field_error(params, e))?
-                    .map(|d| d as u64);
-                Ok(Settle::Nak {
-                    delay_ms,
-                    reason: reason(fields, params)?,
-                })
-            },
-        )
+        settle_params(&mut params, SettleVerb::Nak)
     }
 
     async fn call(call: &Call<'_>, params: SettleParams) -> Result<Box<RawValue>, RpcError> {
@@ -602,7 +581,7 @@ impl RpcMethod for ConsumerProgress {
     type Params = SettleParams;
 
     fn parse(mut params: Params<'_>) -> Result<SettleParams, RpcError> {
-        settle_params(&mut params, &["ack_ids"], |_, _| Ok(Settle::Progress))
+        settle_params(&mut params, SettleVerb::Progress)
     }
 
     async fn call(call: &Call<'_>, params: SettleParams) -> Result<Box<RawValue>, RpcError> {
@@ -626,11 +605,7 @@ impl RpcMethod for ConsumerTerm {
     type Params = SettleParams;
 
     fn parse(mut params: Params<'_>) -> Result<SettleParams, RpcError> {
-        settle_params(&mut params, &["ack_ids", "reason"], |fields, params| {
-            Ok(Settle::Term {
-                reason: reason(fields, params)?,
-            })
-        })
+        settle_params(&mut params, SettleVerb::Term)
     }
 
     async fn call(call: &Call<'_>, params: SettleParams) -> Result<Box<RawValue>, RpcError> {

@@ -3,7 +3,8 @@
 
 use herald_core::{Pattern, Seq, Timestamp};
 use herald_hub::consumers::{
-    ConsumerConfig, ConsumerInfo, DeliverPolicy, Message as HubMessage, Settled as HubSettled,
+    ConsumerConfig, ConsumerInfo, DeliverPolicy, Message as HubMessage, Settle,
+    Settled as HubSettled, MAX_DELAY_MS,
 };
 use herald_store::ConsumerDeadLetter;
 use serde::Serialize;
@@ -385,9 +386,57 @@ fn whole_number(value: &Value) -> Option<u64> {
     })
 }
 
+/// A way a client settles deliveries, with the optional fields each takes: the HTTP
+/// routes, the WebSocket frames and the JSON-RPC methods read them alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleVerb {
+    Ack,
+    Nak,
+    Progress,
+    Term,
+}
+
+impl SettleVerb {
+    pub fn parse(verb: &str) -> Option<Self> {
+        Some(match verb {
+            "ack" => SettleVerb::Ack,
+            "nak" => SettleVerb::Nak,
+            "progress" => SettleVerb::Progress,
+            "term" => SettleVerb::Term,
+            _ => return None,
+        })
+    }
+
+    /// The optional fields beside the ack ids (each may be `null`).
+    pub fn options(self) -> &'static [&'static str] {
+        match self {
+            SettleVerb::Nak => &["delay_ms", "reason"],
+            SettleVerb::Term => &["reason"],
+            SettleVerb::Ack | SettleVerb::Progress => &[],
+        }
+    }
+
+    /// How to settle, with the verb's options read from `fields`.
+    pub fn settle(self, fields: &Fields) -> Result<Settle, FieldError> {
+        Ok(match self {
+            SettleVerb::Ack => Settle::Ack,
+            SettleVerb::Progress => Settle::Progress,
+            SettleVerb::Nak => Settle::Nak {
+                delay_ms: fields
+                    .integer("delay_ms", 0..=MAX_DELAY_MS as i64)?
+                    .map(|d| d as u64),
+                reason: fields.string("reason", MAX_REASON_CHARS)?,
+            },
+            SettleVerb::Term => Settle::Term {
+                reason: fields.string("reason", MAX_REASON_CHARS)?,
+            },
+        })
+    }
+}
+
 /// The body of `PUT /api/consumers/{name}` as a consumer's settings, defaults filled in.
 pub fn consumer_config(object: Map<String, Value>) -> Result<ConsumerConfig, FieldError> {
-    use herald_hub::consumers::{MAX_ACK_PENDING, MAX_DELAY_MS, MAX_FILTERS};
+    use herald_hub::consumers::{MAX_ACK_PENDING, MAX_FILTERS};
     let fields = Fields::with_nullable(
         object,
         &[
