@@ -18,7 +18,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn endpoint(&self, path: &str) -> String {
+    pub(crate) fn endpoint(&self, path: &str) -> String {
         format!("{}{path}", self.url.trim_end_matches('/'))
     }
 }

@@ -4,6 +4,7 @@
 mod client;
 mod consumer;
 mod serve;
+mod transfer;
 
 use std::process::ExitCode;
 
@@ -40,6 +41,10 @@ enum Command {
     Tail(client::TailArgs),
     /// Manage and consume durable consumers of a running hub (JSON output).
     Consumer(consumer::ConsumerArgs),
+    /// Write a hub's events as NDJSON, one event per line, in seq order.
+    Export(transfer::ExportArgs),
+    /// Publish the events of an NDJSON export into a hub (idempotent by event id).
+    Import(transfer::ImportArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +67,8 @@ fn main() -> ExitCode {
             Command::Query(args) => client::query(args).await,
             Command::Tail(args) => client::tail(args).await,
             Command::Consumer(args) => consumer::run(args).await,
+            Command::Export(args) => transfer::export(args).await,
+            Command::Import(args) => transfer::import(args).await,
         }
     });
     match result {

@@ -16,3 +16,4 @@ mod nats;
 mod postgres;
 mod rules;
 mod stream;
+mod transfer;
