@@ -8,12 +8,20 @@ mod transfer;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// glibc's allocator took about 13% of the server's CPU in the fetch + ack profile
 /// (BENCHMARKS.md); mimalloc's thread-local free lists cost a fraction of that.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `herald --version`: the release and the git commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("HERALD_GIT_COMMIT"),
+    ")"
+);
 
 /// Herald: a durable event hub in one binary.
 ///
@@ -21,7 +29,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// to install), then publish, query and stream events over HTTP and WebSocket, or with
 /// the client commands below.
 #[derive(Debug, Parser)]
-#[command(name = "herald", version, about, long_about)]
+#[command(name = "herald", version = VERSION, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,6 +53,11 @@ enum Command {
     Export(transfer::ExportArgs),
     /// Publish the events of an NDJSON export into a hub (idempotent by event id).
     Import(transfer::ImportArgs),
+    /// Print a shell completion script: `herald completions bash > /etc/bash_completion.d/herald`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,6 +82,11 @@ fn main() -> ExitCode {
             Command::Consumer(args) => consumer::run(args).await,
             Command::Export(args) => transfer::export(args).await,
             Command::Import(args) => transfer::import(args).await,
+            Command::Completions { shell } => {
+                let mut command = Cli::command();
+                clap_complete::generate(shell, &mut command, "herald", &mut std::io::stdout());
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {

@@ -207,3 +207,32 @@ async fn publish_prefix_puts_the_subject_under_the_hub() {
     let stored = h.get_event(full["event_id"].as_str().unwrap()).await;
     assert_eq!(stored["subject"], "hub.other.x", "a hub. subject is kept");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_names_the_commit_and_completions_cover_the_commands() {
+    let out = run(herald_cmd(&["--version"])).await;
+    assert!(out.status.success());
+    let version = String::from_utf8_lossy(&out.stdout);
+    let commit = version
+        .trim()
+        .strip_prefix(concat!("herald ", env!("CARGO_PKG_VERSION"), " (commit "))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("unexpected --version: {version:?}"));
+    let hash = commit.trim_end_matches("-modified");
+    assert!(
+        hash == "unknown" || (hash.len() == 12 && hash.chars().all(|c| c.is_ascii_hexdigit())),
+        "{commit:?}"
+    );
+
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(herald_cmd(&["completions", shell])).await;
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for command in ["serve", "export", "import", "consumer"] {
+            assert!(script.contains(command), "{shell} completes {command}");
+        }
+    }
+    let out = run(herald_cmd(&["completions", "cmd.exe"])).await;
+    assert!(!out.status.success(), "an unknown shell is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cmd.exe"));
+}
