@@ -294,7 +294,7 @@ impl From<herald_hub::consumers::ConsumerError> for ApiError {
             ConsumerError::Invalid(_) => {
                 ApiError::new(ErrorCode::InvalidConsumer, error.to_string())
             }
-            ConsumerError::Conflict { .. } => {
+            ConsumerError::Conflict { .. } | ConsumerError::Contended(_) => {
                 ApiError::new(ErrorCode::ConsumerConflict, error.to_string())
             }
             ConsumerError::LimitReached(_) => {

@@ -81,6 +81,9 @@ pub enum ConsumerError {
     /// The consumer exists with another value of a field that cannot change.
     #[error("consumer {name:?} exists with another {field}; {field} cannot change (delete and create it again)")]
     Conflict { name: String, field: &'static str },
+    /// Concurrent deletes kept removing the consumer while a put applied its settings.
+    #[error("consumer {0:?} was deleted concurrently while its settings were applied; retry")]
+    Contended(String),
     #[error("the hub already keeps the most consumers it takes ({0})")]
     LimitReached(usize),
     #[error(transparent)]
@@ -334,7 +337,29 @@ impl Hub {
 
     /// Creates a consumer, or updates the changeable settings of the one of that name.
     /// Filters and start position cannot change ([`ConsumerError::Conflict`]).
+    ///
+    /// A PUT is never answered "not found": when a concurrent delete removes the consumer
+    /// between the steps of a put, the put starts over (and creates it again), a few
+    /// times, then gives up with [`ConsumerError::Contended`].
     pub async fn put_consumer(
+        &self,
+        name: &str,
+        config: ConsumerConfig,
+    ) -> Result<(PutOutcome, ConsumerInfo), ConsumerError> {
+        const ATTEMPTS: usize = 4;
+        for _ in 1..ATTEMPTS {
+            match self.put_consumer_once(name, config.clone()).await {
+                Err(ConsumerError::NotFound(_)) => continue,
+                other => return other,
+            }
+        }
+        match self.put_consumer_once(name, config).await {
+            Err(ConsumerError::NotFound(_)) => Err(ConsumerError::Contended(name.to_owned())),
+            other => other,
+        }
+    }
+
+    async fn put_consumer_once(
         &self,
         name: &str,
         config: ConsumerConfig,

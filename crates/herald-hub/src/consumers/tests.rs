@@ -55,6 +55,37 @@ async fn put_is_idempotent_updates_what_may_change_and_refuses_the_rest() {
     hub.shutdown().await;
 }
 
+/// A PUT racing a DELETE of the same name is answered as a put (created or updated),
+/// never "not found": the seeds' clients treat PUT as create-or-update.
+#[tokio::test]
+async fn a_put_racing_deletes_is_never_answered_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = open_hub(&dir).await;
+    let deleter = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            for _ in 0..300 {
+                let _ = hub.delete_consumer("w").await;
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let mut answered = 0;
+    for i in 0..300u64 {
+        let config = ConsumerConfig {
+            ack_wait_ms: 1000 + i % 2,
+            ..config("hub.>")
+        };
+        match hub.put_consumer("w", config).await {
+            Ok(_) | Err(ConsumerError::Contended(_)) => answered += 1,
+            other => panic!("put {i}: {other:?}"),
+        }
+    }
+    deleter.await.unwrap();
+    assert_eq!(answered, 300);
+    hub.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_long_poll_answers_as_soon_as_an_event_is_committed() {
     let dir = tempfile::tempdir().unwrap();
