@@ -5,11 +5,13 @@
 //! - [`subject_tree`]: many patterns matched against one subject at once.
 //! - [`event`]: [`NewEvent`] (what a publisher hands in) and [`Event`] (what the log holds).
 //! - [`cloudevent`]: CloudEvents v1.0 attributes and their mapping to Herald events.
+//! - [`permissions`]: allow/deny subject rights (NATS semantics: deny wins).
 //! - [`json`]: the checks every client payload passes (depth, numbers, Unicode, names).
 
 pub mod cloudevent;
 pub mod event;
 pub mod json;
+pub mod permissions;
 pub mod subject;
 pub mod subject_tree;
 
@@ -19,6 +21,7 @@ pub use event::{
     Seq, Timestamp, TimestampError,
 };
 pub use json::{check_payload, PayloadError, MAX_JSON_DEPTH};
+pub use permissions::Permissions;
 pub use subject::{
     qualify_subject, Pattern, Subject, SubjectError, Token, MAX_SUBJECT_BYTES, MAX_SUBJECT_TOKENS,
 };

@@ -260,6 +260,57 @@ impl Pattern {
     }
 }
 
+impl Pattern {
+    /// The pattern matching exactly the subjects both patterns match, or `None` when no
+    /// subject matches both (`hub.*.x` ∩ `hub.acme.>` = `hub.acme.x`; `>` ∩ `p` = `p`).
+    /// Used to narrow a caller's filter to what it may see.
+    pub fn intersect(&self, other: &Pattern) -> Option<Pattern> {
+        fn go(a: &[Token], b: &[Token], out: &mut Vec<Token>) -> bool {
+            match (a.first(), b.first()) {
+                (None, None) => true,
+                (None, Some(_)) | (Some(_), None) => false,
+                // `>` takes one or more tokens: the rest of the other side, if it has any.
+                (Some(Token::Rest), _) => {
+                    out.extend_from_slice(b);
+                    true
+                }
+                (_, Some(Token::Rest)) => {
+                    out.extend_from_slice(a);
+                    true
+                }
+                (Some(x), Some(y)) => {
+                    let token = match (x, y) {
+                        (Token::One, t) | (t, Token::One) => t.clone(),
+                        (Token::Literal(p), Token::Literal(q)) if p == q => x.clone(),
+                        _ => return false,
+                    };
+                    out.push(token);
+                    go(&a[1..], &b[1..], out)
+                }
+            }
+        }
+        let mut tokens = Vec::with_capacity(self.tokens.len().max(other.tokens.len()));
+        if !go(&self.tokens, &other.tokens, &mut tokens) {
+            return None;
+        }
+        let text = tokens
+            .iter()
+            .map(|t| match t {
+                Token::Literal(s) => s.as_str(),
+                Token::One => "*",
+                Token::Rest => ">",
+            })
+            .collect::<Vec<_>>()
+            .join(".");
+        Some(Pattern { text, tokens })
+    }
+
+    /// Whether some subject matches both patterns.
+    pub fn overlaps(&self, other: &Pattern) -> bool {
+        self.intersect(other).is_some()
+    }
+}
+
 impl fmt::Display for Pattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
