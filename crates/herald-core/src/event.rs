@@ -199,6 +199,9 @@ pub struct NewEvent {
     /// Set when the event arrived as a CloudEvent: its attributes, kept for reading it
     /// back as one.
     pub cloudevent: Option<Box<CloudEventAttributes>>,
+    /// The tenant the event belongs to: the publishing key's tenant, or the tenant whose
+    /// subject space holds the subject. Set by the hub, never taken from a client.
+    pub tenant: Option<String>,
 }
 
 impl NewEvent {
@@ -217,6 +220,7 @@ impl NewEvent {
             correlation_id: correlation_id.unwrap_or_else(Uuid::now_v7),
             payload,
             cloudevent: None,
+            tenant: None,
         }
     }
 
@@ -231,6 +235,7 @@ impl NewEvent {
             payload: self.payload,
             timestamp,
             cloudevent: self.cloudevent,
+            tenant: self.tenant,
         }
     }
 }
@@ -248,6 +253,8 @@ pub struct Event {
     /// order on a single store.
     pub timestamp: Timestamp,
     pub cloudevent: Option<Box<CloudEventAttributes>>,
+    /// See [`NewEvent::tenant`].
+    pub tenant: Option<String>,
 }
 
 #[cfg(test)]

@@ -41,6 +41,9 @@ pub struct EventJson<'a> {
     /// `absent`), for events that arrived as CloudEvents.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cloudevent_data_form: Option<&'static str>,
+    /// The tenant the event belongs to, when the hub has tenants.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<&'a str>,
 }
 
 /// Who published an event.
@@ -70,6 +73,7 @@ impl<'a> From<&'a Event> for EventJson<'a> {
             timestamp: event.timestamp.to_rfc3339(),
             cloudevent: event.cloudevent.as_deref().map(cloudevent_attributes),
             cloudevent_data_form: event.cloudevent.as_deref().map(|a| a.data_form.as_str()),
+            tenant_id: event.tenant.as_deref(),
         }
     }
 }
@@ -152,6 +156,8 @@ pub fn from_json(body: &[u8], subject: &Subject) -> Option<NewEvent> {
         correlation_id: incoming.correlation_id,
         payload,
         cloudevent,
+        // A message's claim to a tenant is not trusted: the importing hub stamps it.
+        tenant: None,
     })
 }
 

@@ -164,6 +164,30 @@ pub struct StoreHealth {
     pub detail: String,
 }
 
+/// What an [`AccessRecord`] describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AccessKind {
+    Tenant,
+    Key,
+}
+
+impl AccessKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessKind::Tenant => "tenant",
+            AccessKind::Key => "key",
+        }
+    }
+}
+
+/// A tenant or an API key as the store keeps it: an id and an opaque JSON document (the
+/// hub owns its shape; a key's document holds a hash of its secret, never the secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRecord {
+    pub id: String,
+    pub body: String,
+}
+
 /// A routing rule as the store keeps it: an id and an opaque JSON document (the hub owns its shape).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRule {
@@ -248,6 +272,33 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes a rule; false when there was none with that id.
     fn delete_rule(&self, id: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Every record of `kind`, by id.
+    fn list_access(
+        &self,
+        kind: AccessKind,
+    ) -> impl Future<Output = Result<Vec<AccessRecord>>> + Send;
+
+    /// Adds a record; false (and nothing written) when one of that kind and id exists.
+    fn insert_access(
+        &self,
+        kind: AccessKind,
+        record: AccessRecord,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Replaces the body of a record; false when there is none of that kind and id.
+    fn replace_access(
+        &self,
+        kind: AccessKind,
+        record: AccessRecord,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Deletes a record; false when there was none.
+    fn delete_access(
+        &self,
+        kind: AccessKind,
+        id: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
 
     /// Stores dead letters in one durable transaction, then drops the oldest ones beyond
     /// the newest `keep` (at least 1). Returns how many were dropped.
@@ -527,6 +578,34 @@ impl Store for AnyStore {
         match self {
             AnyStore::Embedded(s) => s.list_rules().await,
             AnyStore::Postgres(s) => s.list_rules().await,
+        }
+    }
+
+    async fn list_access(&self, kind: AccessKind) -> Result<Vec<AccessRecord>> {
+        match self {
+            AnyStore::Embedded(s) => s.list_access(kind).await,
+            AnyStore::Postgres(s) => s.list_access(kind).await,
+        }
+    }
+
+    async fn insert_access(&self, kind: AccessKind, record: AccessRecord) -> Result<bool> {
+        match self {
+            AnyStore::Embedded(s) => s.insert_access(kind, record).await,
+            AnyStore::Postgres(s) => s.insert_access(kind, record).await,
+        }
+    }
+
+    async fn replace_access(&self, kind: AccessKind, record: AccessRecord) -> Result<bool> {
+        match self {
+            AnyStore::Embedded(s) => s.replace_access(kind, record).await,
+            AnyStore::Postgres(s) => s.replace_access(kind, record).await,
+        }
+    }
+
+    async fn delete_access(&self, kind: AccessKind, id: &str) -> Result<bool> {
+        match self {
+            AnyStore::Embedded(s) => s.delete_access(kind, id).await,
+            AnyStore::Postgres(s) => s.delete_access(kind, id).await,
         }
     }
 

@@ -10,7 +10,7 @@ use std::future::Future;
 use herald_core::{NewEvent, Origin, Pattern, Payload, Seq, Subject, Timestamp};
 use uuid::Uuid;
 
-use crate::{Appended, NewDeadLetter, Query, Store, StoredRule};
+use crate::{AccessKind, AccessRecord, Appended, NewDeadLetter, Query, Store, StoredRule};
 
 /// `n` new events on `subject`, with payloads `{"n": 0..n}`.
 pub fn events(subject: &str, n: usize) -> Vec<NewEvent> {
@@ -49,6 +49,8 @@ where
     cloudevent_attributes_round_trip(&open().await).await;
     cursors_start_at_zero_and_never_go_back(&open().await).await;
     rules_keep_their_order_and_text(&open().await).await;
+    tenants_and_keys_are_kept_by_kind_and_id(&open().await).await;
+    an_events_tenant_round_trips(&open().await).await;
     wildcard_characters_inside_tokens_are_literal(&open().await).await;
     dead_letters_keep_their_order_bytes_and_bound(&open().await).await;
     consumers::run(&open().await).await;
@@ -321,6 +323,76 @@ async fn rules_keep_their_order_and_text<S: Store>(store: &S) {
 
     // Rules and cursors live beside the log, not in it.
     assert_eq!(store.head().await.unwrap(), 0);
+}
+
+/// Tenants and keys: insert refuses an existing id, replace needs one, kinds are apart.
+async fn tenants_and_keys_are_kept_by_kind_and_id<S: Store>(store: &S) {
+    let record = |id: &str, body: &str| AccessRecord {
+        id: id.into(),
+        body: body.into(),
+    };
+    assert!(store.list_access(AccessKind::Key).await.unwrap().is_empty());
+    assert!(store
+        .insert_access(AccessKind::Tenant, record("acme", r#"{"v":1}"#))
+        .await
+        .unwrap());
+    assert!(!store
+        .insert_access(AccessKind::Tenant, record("acme", r#"{"v":2}"#))
+        .await
+        .unwrap());
+    assert!(store
+        .insert_access(AccessKind::Key, record("acme", "key body"))
+        .await
+        .unwrap());
+    assert!(store
+        .insert_access(AccessKind::Tenant, record("beta", "{}"))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.list_access(AccessKind::Tenant).await.unwrap(),
+        vec![record("acme", r#"{"v":1}"#), record("beta", "{}")]
+    );
+    assert!(store
+        .replace_access(AccessKind::Tenant, record("acme", r#"{"v":3}"#))
+        .await
+        .unwrap());
+    assert!(!store
+        .replace_access(AccessKind::Tenant, record("gamma", "{}"))
+        .await
+        .unwrap());
+    assert!(store
+        .delete_access(AccessKind::Tenant, "acme")
+        .await
+        .unwrap());
+    assert!(!store
+        .delete_access(AccessKind::Tenant, "acme")
+        .await
+        .unwrap());
+    assert_eq!(
+        store.list_access(AccessKind::Key).await.unwrap(),
+        vec![record("acme", "key body")]
+    );
+    assert_eq!(
+        store.list_access(AccessKind::Tenant).await.unwrap(),
+        vec![record("beta", "{}")]
+    );
+}
+
+/// The tenant stamped on an event is read back by get, query and seq.
+async fn an_events_tenant_round_trips<S: Store>(store: &S) {
+    let mut tenanted = event("hub.acme.x", 0, None);
+    tenanted.tenant = Some("acme".into());
+    let plain = event("hub.open.x", 1, None);
+    store
+        .append(vec![tenanted.clone(), plain.clone()])
+        .await
+        .unwrap();
+    let got = store.get(tenanted.id).await.unwrap().unwrap();
+    assert_eq!(got.tenant.as_deref(), Some("acme"));
+    assert_eq!(store.get(plain.id).await.unwrap().unwrap().tenant, None);
+    let page = store.query(Query::default()).await.unwrap();
+    let tenants: Vec<Option<&str>> = page.events.iter().map(|e| e.tenant.as_deref()).collect();
+    assert_eq!(tenants, vec![Some("acme"), None]);
 }
 
 async fn cloudevent_attributes_round_trip<S: Store>(store: &S) {

@@ -35,8 +35,8 @@ use crate::consumer::{
     CreateConsumer, DeliveryPolicy, NewConsumer,
 };
 use crate::{
-    Appended, DeadLetter, NewDeadLetter, Page, Query, Result, Store, StoreError, StoreHealth,
-    StoredRule,
+    AccessKind, AccessRecord, Appended, DeadLetter, NewDeadLetter, Page, Query, Result, Store,
+    StoreError, StoreHealth, StoredRule,
 };
 
 /// Tuning for the embedded store.
@@ -162,8 +162,11 @@ struct Writer {
 }
 
 /// Columns read back for an event, in the order [`row_to_event`] expects.
+/// How many columns [`EVENT_COLUMNS`] names: where a query's own columns start.
+pub(crate) const EVENT_COLUMN_COUNT: usize = 11;
+
 pub(crate) const EVENT_COLUMNS: &str =
-    "seq, id, subject, correlation_id, ts, hub_id, service, user, payload, cloudevent";
+    "seq, id, subject, correlation_id, ts, hub_id, service, user, payload, cloudevent, tenant";
 
 impl EmbeddedStore {
     /// Opens (creating if needed) the store at `path`, applies migrations and recovers
@@ -369,8 +372,8 @@ impl EmbeddedStore {
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO events (seq, id, subject, correlation_id, ts, hub_id, service, user, payload, cloudevent)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                    "INSERT INTO events (seq, id, subject, correlation_id, ts, hub_id, service, user, payload, cloudevent, tenant)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                      ON CONFLICT (id) DO NOTHING",
                 )
                 .map_err(map_error)?;
@@ -391,6 +394,7 @@ impl EmbeddedStore {
                             .cloudevent
                             .as_deref()
                             .map(crate::codec::encode_cloudevent),
+                        event.tenant,
                     ])
                     .map_err(map_error)?;
                 if inserted == 1 {
@@ -687,6 +691,51 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn list_access(&self, kind: AccessKind) -> Result<Vec<AccessRecord>> {
+        self.with_reader(move |conn| {
+            conn.prepare_cached("SELECT id, body FROM access WHERE kind = ?1 ORDER BY id")?
+                .query_map([kind.as_str()], |row| {
+                    Ok(AccessRecord {
+                        id: row.get(0)?,
+                        body: row.get(1)?,
+                    })
+                })?
+                .collect()
+        })
+        .await
+    }
+
+    async fn insert_access(&self, kind: AccessKind, record: AccessRecord) -> Result<bool> {
+        self.with_writer(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO access (kind, id, body) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (kind, id) DO NOTHING",
+            )?
+            .execute(params![kind.as_str(), record.id, record.body])
+            .map(|inserted| inserted > 0)
+        })
+        .await
+    }
+
+    async fn replace_access(&self, kind: AccessKind, record: AccessRecord) -> Result<bool> {
+        self.with_writer(move |conn| {
+            conn.prepare_cached("UPDATE access SET body = ?3 WHERE kind = ?1 AND id = ?2")?
+                .execute(params![kind.as_str(), record.id, record.body])
+                .map(|updated| updated > 0)
+        })
+        .await
+    }
+
+    async fn delete_access(&self, kind: AccessKind, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.with_writer(move |conn| {
+            conn.prepare_cached("DELETE FROM access WHERE kind = ?1 AND id = ?2")?
+                .execute(params![kind.as_str(), id])
+                .map(|deleted| deleted > 0)
+        })
+        .await
+    }
+
     async fn add_dead_letters(&self, letters: Vec<NewDeadLetter>, keep: usize) -> Result<u64> {
         if letters.is_empty() {
             return Ok(0);
@@ -919,6 +968,7 @@ pub(crate) fn row_to_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
                 crate::codec::decode_cloudevent(&text).map_err(|e| corrupt(9, e))?,
             )),
         },
+        tenant: row.get(10)?,
     })
 }
 
@@ -973,6 +1023,15 @@ mod tests {
             }
         })
         .await;
+    }
+
+    #[test]
+    fn the_event_column_count_matches_the_list() {
+        assert_eq!(EVENT_COLUMNS.split(", ").count(), EVENT_COLUMN_COUNT);
+        assert_eq!(
+            crate::postgres::EVENT_COLUMNS.split(", ").count(),
+            crate::postgres::EVENT_COLUMN_COUNT
+        );
     }
 
     #[tokio::test]

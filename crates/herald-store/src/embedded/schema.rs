@@ -117,6 +117,15 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (consumer, first_seq)
     ) WITHOUT ROWID;
     CREATE INDEX consumer_batches_by_due ON consumer_batches (consumer, due_at);",
+    // 8: the tenant an event belongs to; tenants and API keys (opaque JSON documents the
+    // hub owns, by kind and id).
+    "ALTER TABLE events ADD COLUMN tenant TEXT;
+    CREATE TABLE access (
+        kind TEXT NOT NULL,  -- 'tenant' or 'key'
+        id   TEXT NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (kind, id)
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes.

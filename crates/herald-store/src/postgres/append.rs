@@ -35,16 +35,17 @@ const LOCK_HEAD: &str = "SELECT seq, ts FROM log_head FOR UPDATE";
 /// The new events of a batch, streamed in PostgreSQL's binary COPY format: measured
 /// 5–15 % faster than one multi-row `INSERT … SELECT FROM UNNEST(…)` for batches of
 /// 100–1,000 (no `ON CONFLICT` is needed: duplicates were found under the lock).
-const COPY_EVENTS: &str = r#"COPY events (seq, id, subject, correlation_id, ts, hub_id, service, "user", payload, cloudevent)
+const COPY_EVENTS: &str = r#"COPY events (seq, id, subject, correlation_id, ts, hub_id, service, "user", payload, cloudevent, tenant)
 FROM STDIN (FORMAT binary)"#;
 
 /// The column types of [`COPY_EVENTS`], in order.
-const COPY_TYPES: [Type; 10] = [
+const COPY_TYPES: [Type; 11] = [
     Type::INT8,
     Type::UUID,
     Type::TEXT,
     Type::UUID,
     Type::INT8,
+    Type::TEXT,
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
@@ -236,6 +237,7 @@ async fn write(
                     &event.origin.user,
                     &event.payload.get(),
                     &cloudevent,
+                    &event.tenant,
                 ])
                 .await?;
         }

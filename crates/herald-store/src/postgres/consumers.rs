@@ -32,7 +32,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{IsolationLevel, Row};
 
 use super::query::{plan_and_read, Tx};
-use super::{row_to_event, Failure, EVENT_COLUMNS};
+use super::{row_to_event, Failure, EVENT_COLUMNS, EVENT_COLUMN_COUNT};
 use crate::consumer::{
     decode_filters, decode_policy, due_after_delivery, encode_filters, encode_policy, exhausted,
     merge_pages, ms_to_micros, AckId, ConsumerCall, ConsumerDeadLetter, ConsumerOp,
@@ -375,14 +375,14 @@ pub(super) async fn dead_letters(
     }
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
-        let reason: String = row.get(11);
+        let reason: String = row.get(EVENT_COLUMN_COUNT + 1);
         out.push(ConsumerDeadLetter {
             event: row_to_event(row)?,
-            deliveries: row.get::<_, i32>(10).max(0) as u32,
+            deliveries: row.get::<_, i32>(EVENT_COLUMN_COUNT).max(0) as u32,
             reason: DeadReason::parse(&reason)?,
-            last_error: row.get(12),
-            first_delivered_at: Timestamp::from_micros(row.get(13)),
-            dead_at: Timestamp::from_micros(row.get(14)),
+            last_error: row.get(EVENT_COLUMN_COUNT + 2),
+            first_delivered_at: Timestamp::from_micros(row.get(EVENT_COLUMN_COUNT + 3)),
+            dead_at: Timestamp::from_micros(row.get(EVENT_COLUMN_COUNT + 4)),
         });
     }
     Ok(Some(out))
@@ -850,8 +850,8 @@ async fn fetch(tx: &Tx<'_>, consumer: &mut Loaded, batch: usize, now: Timestamp)
     let mut redelivered = PendingColumns::default();
     let mut gone: Vec<i64> = Vec::new();
     for row in &due_rows {
-        let seq = row.get::<_, i64>(10) as Seq;
-        let deliveries = row.get::<_, i32>(11).max(0) as u32;
+        let seq = row.get::<_, i64>(EVENT_COLUMN_COUNT) as Seq;
+        let deliveries = row.get::<_, i32>(EVENT_COLUMN_COUNT + 1).max(0) as u32;
         if row.get::<_, Option<i64>>(0).is_none() {
             // The event is not in the log: nothing left to deliver.
             gone.push(seq as i64);

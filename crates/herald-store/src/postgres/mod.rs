@@ -155,8 +155,8 @@ use crate::consumer::{
     CreateConsumer, DeliveryPolicy, NewConsumer,
 };
 use crate::{
-    redact_url, Appended, DeadLetter, NewDeadLetter, Page, Query, Result, Store, StoreError,
-    StoreHealth, StoredRule,
+    redact_url, AccessKind, AccessRecord, Appended, DeadLetter, NewDeadLetter, Page, Query, Result,
+    Store, StoreError, StoreHealth, StoredRule,
 };
 
 /// Tuning and safety switches for the PostgreSQL store.
@@ -204,8 +204,11 @@ struct Inner {
 }
 
 /// Columns read back for an event, in the order [`row_to_event`] expects.
+/// How many columns [`EVENT_COLUMNS`] names: where a query's own columns start.
+pub(crate) const EVENT_COLUMN_COUNT: usize = 11;
+
 pub(crate) const EVENT_COLUMNS: &str =
-    r#"seq, id, subject, correlation_id, ts, hub_id, service, "user", payload, cloudevent"#;
+    r#"seq, id, subject, correlation_id, ts, hub_id, service, "user", payload, cloudevent, tenant"#;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -646,6 +649,71 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn list_access(&self, kind: AccessKind) -> Result<Vec<AccessRecord>> {
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached("SELECT id, body FROM access WHERE kind = $1 ORDER BY id")
+                    .await?;
+                let rows = client.query(&stmt, &[&kind.as_str()]).await?;
+                Ok(rows
+                    .iter()
+                    .map(|row| AccessRecord {
+                        id: row.get(0),
+                        body: row.get(1),
+                    })
+                    .collect())
+            })
+        })
+        .await
+    }
+
+    async fn insert_access(&self, kind: AccessKind, record: AccessRecord) -> Result<bool> {
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached(
+                        "INSERT INTO access (kind, id, body) VALUES ($1, $2, $3)
+                         ON CONFLICT (kind, id) DO NOTHING",
+                    )
+                    .await?;
+                let inserted = client
+                    .execute(&stmt, &[&kind.as_str(), &record.id, &record.body])
+                    .await?;
+                Ok(inserted > 0)
+            })
+        })
+        .await
+    }
+
+    async fn replace_access(&self, kind: AccessKind, record: AccessRecord) -> Result<bool> {
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached("UPDATE access SET body = $3 WHERE kind = $1 AND id = $2")
+                    .await?;
+                let updated = client
+                    .execute(&stmt, &[&kind.as_str(), &record.id, &record.body])
+                    .await?;
+                Ok(updated > 0)
+            })
+        })
+        .await
+    }
+
+    async fn delete_access(&self, kind: AccessKind, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached("DELETE FROM access WHERE kind = $1 AND id = $2")
+                    .await?;
+                Ok(client.execute(&stmt, &[&kind.as_str(), &id]).await? > 0)
+            })
+        })
+        .await
+    }
+
     async fn add_dead_letters(&self, letters: Vec<NewDeadLetter>, keep: usize) -> Result<u64> {
         if letters.is_empty() {
             return Ok(0);
@@ -808,6 +876,7 @@ pub(crate) fn decode_row(row: &tokio_postgres::Row) -> Result<Event, RowError> {
                 crate::codec::decode_cloudevent(&text).map_err(RowError::CloudEvent)?,
             )),
         },
+        tenant: column(row, 10)?,
     })
 }
 

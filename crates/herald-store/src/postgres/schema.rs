@@ -120,6 +120,17 @@ const MIGRATIONS: &[&str] = &[
     // 5: a last delivery is due when its ack wait ends, so the due index finds the
     // messages to give up on too: one index fewer to write per delivery.
     "DROP INDEX IF EXISTS consumer_pending_by_held;",
+    // 6: the tenant an event belongs to; tenants and API keys (opaque JSON documents the
+    // hub owns, by kind and id).
+    r#"
+    ALTER TABLE events ADD COLUMN tenant TEXT;
+    CREATE TABLE access (
+        kind TEXT NOT NULL,
+        id   TEXT NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (kind, id)
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -11,7 +11,7 @@ use herald_core::{Event, Pattern, Seq, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use self::batch::Batch;
-use super::{query, row_to_event, EVENT_COLUMNS};
+use super::{query, row_to_event, EVENT_COLUMNS, EVENT_COLUMN_COUNT};
 use crate::consumer::{
     decode_filters, decode_policy, due_after_delivery, due_once_held, encode_filters,
     encode_policy, exhausted, merge_pages, ms_to_micros, AckId, ConsumerCall, ConsumerDeadLetter,
@@ -303,11 +303,11 @@ pub(super) fn dead_letters(
             |row| {
                 Ok((
                     row_to_event(row)?,
-                    row.get::<_, i64>(10)?,
-                    row.get::<_, String>(11)?,
-                    row.get::<_, Option<String>>(12)?,
-                    row.get::<_, i64>(13)?,
-                    row.get::<_, i64>(14)?,
+                    row.get::<_, i64>(EVENT_COLUMN_COUNT)?,
+                    row.get::<_, String>(EVENT_COLUMN_COUNT + 1)?,
+                    row.get::<_, Option<String>>(EVENT_COLUMN_COUNT + 2)?,
+                    row.get::<_, i64>(EVENT_COLUMN_COUNT + 3)?,
+                    row.get::<_, i64>(EVENT_COLUMN_COUNT + 4)?,
                 ))
             },
         )?
