@@ -29,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access;
 mod committer;
 pub mod consumers;
 mod cursors;
@@ -94,6 +95,8 @@ pub struct HubConfig {
     pub nats: Option<NatsConfig>,
     /// Bounds of durable consumers.
     pub consumers: consumers::ConsumerLimits,
+    /// Authentication mode and the environment's admin key.
+    pub access: access::AccessConfig,
 }
 
 impl HubConfig {
@@ -106,6 +109,7 @@ impl HubConfig {
             catch_up_page: 256,
             nats: None,
             consumers: consumers::ConsumerLimits::default(),
+            access: access::AccessConfig::default(),
         }
     }
 }
@@ -130,6 +134,12 @@ pub enum HubError {
     Store(Arc<StoreError>),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The caller lacks the right (see [`access`]); the message names what was refused.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request clashes with what is stored (an event id already taken).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl From<StoreError> for HubError {
@@ -212,6 +222,8 @@ struct Inner {
     consumers: consumers::Consumers,
     /// Cursors of the rule consumers, saved together (see [`cursors`]).
     cursors: cursors::CursorBook,
+    /// Tenants and keys (see [`access`]).
+    access: access::Registry,
 }
 
 /// How far the NATS relay has got.
@@ -260,6 +272,12 @@ impl Hub {
             None => None,
         };
         let rules = rules::Rules::load(&store).await?;
+        let access = access::Registry::open(config.access.clone(), &store)
+            .await
+            .map_err(|error| match error {
+                access::AccessError::Hub(error) => error,
+                other => HubError::Internal(other.to_string()),
+            })?;
         let (publish_tx, publish_rx) = mpsc::channel(config.publish_queue.max(1));
         let (consumers, consumer_ops) = consumers::Consumers::new(config.consumers.clone());
         let inner = Arc::new(Inner {
@@ -288,6 +306,7 @@ impl Hub {
             cursors: cursors::CursorBook::default(),
             rules,
             consumers,
+            access,
         });
         start_services(&inner, publish_rx, consumer_ops, external_commits);
         let hub = Hub { inner };
@@ -299,11 +318,39 @@ impl Hub {
             services::Ending::Abort,
             |_| consumers::run_upkeep(upkeep.clone(), upkeep.inner.shutdown.clone()),
         );
+        let reloader = hub.clone();
+        hub.inner.services.spawn(
+            "access reload",
+            services::Stage::Consumers,
+            services::Ending::Abort,
+            |_| async move {
+                let inner = &reloader.inner;
+                loop {
+                    tokio::select! {
+                        _ = inner.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(access::RELOAD_EVERY) => {}
+                    }
+                    if let Err(error) = inner.access.reload(&inner.store).await {
+                        tracing::warn!(%error, "Cannot reload tenants and keys; keeping the last ones read.");
+                    }
+                }
+            },
+        );
         Ok(hub)
     }
 
     pub fn hub_id(&self) -> &str {
         &self.inner.config.hub_id
+    }
+
+    /// The caller a request's key stands for (`None`: no key was given). With
+    /// authentication off, no key means every right.
+    pub fn authenticate(&self, key: Option<&str>) -> Result<access::Caller, access::AccessError> {
+        self.inner.access.authenticate(key)
+    }
+
+    pub fn auth_mode(&self) -> access::AuthMode {
+        self.inner.access.mode()
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -398,9 +445,17 @@ impl Hub {
     }
 
     /// Stores several events in one transaction: all of them or none.
-    pub async fn publish_batch(&self, events: Vec<NewEvent>) -> Result<Vec<Published>, HubError> {
+    pub async fn publish_batch(
+        &self,
+        mut events: Vec<NewEvent>,
+    ) -> Result<Vec<Published>, HubError> {
         if events.is_empty() {
             return Ok(Vec::new());
+        }
+        if self.inner.access.has_tenants() {
+            for event in events.iter_mut().filter(|e| e.tenant.is_none()) {
+                event.tenant = self.inner.access.owner_of(event.subject.as_str());
+            }
         }
         if self.inner.shutdown.is_cancelled() {
             return Err(HubError::ShuttingDown);

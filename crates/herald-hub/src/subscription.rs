@@ -91,6 +91,8 @@ pub struct Subscription {
     position: Seq,
     mode: Mode,
     backlog: VecDeque<Arc<Event>>,
+    /// When set, events this caller may not see are passed over.
+    visible_to: Option<crate::access::Caller>,
 }
 
 impl Subscription {
@@ -147,6 +149,29 @@ impl Subscription {
             position,
             mode,
             backlog: VecDeque::new(),
+            visible_to: None,
+        }
+    }
+
+    /// Passes over the events `caller` may not see.
+    pub(crate) fn visible_to(mut self, caller: crate::access::Caller) -> Self {
+        self.visible_to = Some(caller);
+        self
+    }
+
+    /// The next event (that the caller may see, when the subscription has one). `None`
+    /// when the hub shuts down. An error (the store failed during catch-up) leaves the
+    /// subscription usable: calling again retries from the same place.
+    pub async fn next(&mut self) -> Option<Result<Arc<Event>, HubError>> {
+        loop {
+            let event = match self.next_any().await? {
+                Ok(event) => event,
+                Err(error) => return Some(Err(error)),
+            };
+            match &self.visible_to {
+                Some(caller) if !caller.may_see(&event) => continue,
+                _ => return Some(Ok(event)),
+            }
         }
     }
 
@@ -159,9 +184,8 @@ impl Subscription {
         self.position
     }
 
-    /// The next event. `None` when the hub shuts down. An error (the store failed during
-    /// catch-up) leaves the subscription usable: calling again retries from the same place.
-    pub async fn next(&mut self) -> Option<Result<Arc<Event>, HubError>> {
+    /// The next event of the pattern, whoever may see it.
+    async fn next_any(&mut self) -> Option<Result<Arc<Event>, HubError>> {
         loop {
             if let Some(event) = self.backlog.pop_front() {
                 self.position = event.seq;

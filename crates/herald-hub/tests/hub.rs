@@ -226,6 +226,7 @@ async fn services_are_listed_in_stop_order_and_all_stop_at_shutdown() {
             "consumer ops",
             "rules",
             "consumer upkeep",
+            "access reload",
             "cursor book",
             "subscriptions",
             "store"

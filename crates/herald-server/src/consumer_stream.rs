@@ -13,6 +13,8 @@
 //! the socket's loop; it is stopped only between fetches, so no message taken from the
 //! store is left behind unsent and unreleased.
 
+use crate::auth::Authenticated;
+use herald_hub::access::Caller;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -73,6 +75,7 @@ const INTERNAL_ERROR: u16 = 1011;
 )]
 pub async fn stream(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -93,6 +96,8 @@ pub async fn stream(
             "max_in_flight" => {
                 return Err(invalid_query("`max_in_flight` is given more than once"))
             }
+            // The key of a browser WebSocket (see `auth`), already used.
+            "access_token" => {}
             other => {
                 return Err(invalid_query(format!(
                     "unknown parameter `{}`; known: max_in_flight",
@@ -101,7 +106,7 @@ pub async fn stream(
             }
         }
     }
-    let info = state.hub.consumer_info(&name).await?;
+    let info = state.hub.as_caller(&caller).consumer_info(&name).await?;
     let credit = max_in_flight
         .unwrap_or(usize::MAX)
         .min(info.config.max_ack_pending as usize);
@@ -118,7 +123,9 @@ pub async fn stream(
     let streams = state.streams.clone();
     Ok(upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| streams.track_future(run(socket, name, credit, state, permit))))
+        .on_upgrade(move |socket| {
+            streams.track_future(run(socket, name, credit, state, caller, permit))
+        }))
 }
 
 /// The socket's credit, shared with its fetcher.
@@ -147,6 +154,7 @@ enum FetcherEvent {
 /// Fetches while there is credit, until `stop`.
 async fn fetcher(
     state: AppState,
+    caller: Caller,
     name: String,
     credit: Arc<Credit>,
     stop: CancellationToken,
@@ -163,6 +171,7 @@ async fn fetcher(
         }
         match state
             .hub
+            .as_caller(&caller)
             .fetch_until(&name, free.min(FETCH_BATCH), FETCH_WAIT, &stop)
             .await
         {
@@ -192,6 +201,7 @@ async fn run(
     name: String,
     limit: usize,
     state: AppState,
+    caller: Caller,
     _permit: OwnedSemaphorePermit,
 ) {
     let limits = state.limits.clone();
@@ -205,6 +215,7 @@ async fn run(
     let (tx, mut from_fetcher) = mpsc::channel(1);
     let fetch_task = tokio::spawn(fetcher(
         state.clone(),
+        caller.clone(),
         name.clone(),
         credit.clone(),
         stop.clone(),
@@ -222,7 +233,7 @@ async fn run(
             message = incoming.next() => match message {
                 None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => break Ending::ClientGone,
                 Some(Ok(WsMessage::Text(text))) => {
-                    let answer = settle_frame(&state, &name, text.as_str(), &mut held, &credit).await;
+                    let answer = settle_frame(&state, &caller, &name, text.as_str(), &mut held, &credit).await;
                     let sent = timeout(limits.ws_send_timeout, sink.send(WsMessage::Text(answer.to_string().into()))).await;
                     if !matches!(sent, Ok(Ok(()))) {
                         break Ending::ClientGone;
@@ -282,7 +293,12 @@ async fn run(
     let _ = fetch_task.await;
     if !held.is_empty() {
         let ids: Vec<String> = held.into_iter().collect();
-        if let Err(error) = state.hub.settle(&name, &ids, Settle::Release).await {
+        if let Err(error) = state
+            .hub
+            .as_caller(&caller)
+            .settle(&name, &ids, Settle::Release)
+            .await
+        {
             tracing::warn!(%error, consumer = %name, "Cannot release a closed stream's messages; they come back after their ack wait.");
         }
     }
@@ -318,6 +334,7 @@ fn error_frame(code: ErrorCode, message: &str) -> Value {
 /// Applies one client frame; answers the frame to send back.
 async fn settle_frame(
     state: &AppState,
+    caller: &Caller,
     name: &str,
     text: &str,
     held: &mut HashSet<String>,
@@ -360,7 +377,12 @@ async fn settle_frame(
             )
         }
     };
-    match state.hub.settle(name, &ids, how.clone()).await {
+    match state
+        .hub
+        .as_caller(caller)
+        .settle(name, &ids, how.clone())
+        .await
+    {
         Ok(settled) => {
             if how != Settle::Progress {
                 let before = held.len();

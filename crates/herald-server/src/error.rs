@@ -96,6 +96,18 @@ error_codes! {
     /// The hub already keeps the most consumers it takes (`--max-consumers`).
     TooManyConsumers = "too_many_consumers" => CONFLICT, InvalidRequest,
     MethodNotAllowed = "method_not_allowed" => METHOD_NOT_ALLOWED, InvalidRequest,
+    /// No API key, or one that is malformed, unknown, revoked or expired
+    /// (`HERALD_AUTH=required`).
+    Unauthenticated = "unauthenticated" => UNAUTHORIZED, Unauthenticated,
+    /// The API key lacks the right (publish or subscribe on a subject, admin).
+    Forbidden = "forbidden" => FORBIDDEN, Forbidden,
+    /// A tenant or key is malformed; nothing was stored.
+    InvalidAccess = "invalid_access" => UNPROCESSABLE_ENTITY, InvalidParams,
+    /// A tenant with that id exists, its subject space overlaps another's, or an event
+    /// id is taken by an event the key may not see.
+    Conflict = "conflict" => CONFLICT, InvalidParams,
+    TenantNotFound = "tenant_not_found" => NOT_FOUND, InvalidParams,
+    KeyNotFound = "key_not_found" => NOT_FOUND, InvalidParams,
     TooManyStreams = "too_many_streams" => SERVICE_UNAVAILABLE, Unavailable,
     /// The server is at its connection cap (`HERALD_MAX_CONNECTIONS`); only health checks
     /// are answered on the reserve above it.
@@ -118,11 +130,13 @@ pub enum RpcCode {
     Internal,
     Unavailable,
     EventNotFound,
+    Unauthenticated,
+    Forbidden,
 }
 
 impl RpcCode {
     /// Every code, in the order `GET /rpc/methods` lists them.
-    pub const ALL: [RpcCode; 7] = [
+    pub const ALL: [RpcCode; 9] = [
         RpcCode::ParseError,
         RpcCode::InvalidRequest,
         RpcCode::MethodNotFound,
@@ -130,6 +144,8 @@ impl RpcCode {
         RpcCode::Internal,
         RpcCode::Unavailable,
         RpcCode::EventNotFound,
+        RpcCode::Unauthenticated,
+        RpcCode::Forbidden,
     ];
 
     pub fn number(self) -> i64 {
@@ -141,6 +157,8 @@ impl RpcCode {
             RpcCode::Internal => -32603,
             RpcCode::Unavailable => -32000,
             RpcCode::EventNotFound => -32004,
+            RpcCode::Unauthenticated => -32001,
+            RpcCode::Forbidden => -32003,
         }
     }
 
@@ -154,6 +172,8 @@ impl RpcCode {
             RpcCode::Internal => "Internal error",
             RpcCode::Unavailable => "Unavailable",
             RpcCode::EventNotFound => "Event not found",
+            RpcCode::Unauthenticated => "Unauthenticated",
+            RpcCode::Forbidden => "Forbidden",
         }
     }
 
@@ -176,6 +196,10 @@ impl RpcCode {
                  call was stored. Retry after `data.retry_after_secs`"
             }
             RpcCode::EventNotFound => "`bus.get`: no event has this id",
+            RpcCode::Unauthenticated => {
+                "the hub requires an API key and none valid came with the request                  (`Authorization: Bearer <key>` on `POST /rpc`)"
+            }
+            RpcCode::Forbidden => "the API key lacks the right to this call's subject or operation",
         }
     }
 }
@@ -309,6 +333,28 @@ impl From<herald_hub::consumers::ConsumerError> for ApiError {
     }
 }
 
+impl From<herald_hub::access::AccessError> for ApiError {
+    fn from(error: herald_hub::access::AccessError) -> Self {
+        use herald_hub::access::AccessError;
+        match error {
+            AccessError::Unauthenticated => {
+                ApiError::new(ErrorCode::Unauthenticated, error.to_string())
+            }
+            AccessError::Forbidden(message) => ApiError::new(ErrorCode::Forbidden, message),
+            AccessError::Invalid { .. } => {
+                ApiError::new(ErrorCode::InvalidAccess, error.to_string())
+            }
+            AccessError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
+            AccessError::NotFound(message) => ApiError::new(ErrorCode::NotFound, message),
+            AccessError::Hub(error) => error.into(),
+            other => {
+                tracing::error!(error = %other, "Internal error.");
+                ApiError::new(ErrorCode::Internal, "internal error")
+            }
+        }
+    }
+}
+
 impl From<HubError> for ApiError {
     fn from(error: HubError) -> Self {
         match error {
@@ -319,6 +365,8 @@ impl From<HubError> for ApiError {
                 ErrorCode::ShuttingDown,
                 "the hub is shutting down; retry on another instance or later",
             ),
+            HubError::Forbidden(message) => ApiError::new(ErrorCode::Forbidden, message),
+            HubError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
             other => {
                 tracing::error!(error = %other, "Internal error.");
                 ApiError::new(ErrorCode::Internal, "internal error")

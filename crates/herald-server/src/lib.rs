@@ -6,6 +6,7 @@
 //! OpenAPI 3.1 document, generated from the handlers; every route is in [`routes`]).
 //! Only this crate knows about HTTP and JSON.
 
+pub mod auth;
 pub mod consumer_stream;
 pub mod error;
 pub mod http;
@@ -130,23 +131,28 @@ impl AppState {
         }))
     }
 
-    /// Publishes one event through the hub, noting it on the request's commit ticket
-    /// first (see `limit_duration`).
+    /// Publishes one event as `caller`, noting it on the request's commit ticket first
+    /// (see `limit_duration`).
     pub async fn publish(
         &self,
+        caller: &herald_hub::access::Caller,
         event: herald_core::NewEvent,
     ) -> Result<herald_hub::Published, herald_hub::HubError> {
-        commit_ticket::note(std::iter::once(event.id));
-        self.hub.publish(event).await
+        let mut results = self.publish_batch(caller, vec![event]).await?;
+        Ok(results.pop().expect("one result per event"))
     }
 
-    /// Publishes events in one transaction, noting them on the request's commit ticket.
+    /// Publishes events in one transaction as `caller`, noting them on the request's
+    /// commit ticket once admitted (a refused batch never reaches the commit queue).
     pub async fn publish_batch(
         &self,
-        events: Vec<herald_core::NewEvent>,
+        caller: &herald_hub::access::Caller,
+        mut events: Vec<herald_core::NewEvent>,
     ) -> Result<Vec<herald_hub::Published>, herald_hub::HubError> {
+        let hub = self.hub.as_caller(caller);
+        hub.admit(&mut events)?;
         commit_ticket::note(events.iter().map(|e| e.id));
-        self.hub.publish_batch(events).await
+        hub.publish_admitted(events).await
     }
 
     /// A slot for one more WebSocket stream, or `503 too_many_streams` at the limit.
@@ -176,6 +182,19 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
     let mut app = Router::new();
     for (path, methods) in routes(&state) {
+        let methods = if PUBLIC_PATHS.contains(&path) {
+            methods
+        } else if path == "/rpc" {
+            methods.route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                rpc::authenticate,
+            ))
+        } else {
+            methods.route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                auth::authenticate,
+            ))
+        };
         app = app.route(path, methods);
     }
     app.fallback(http::not_found)
@@ -197,6 +216,10 @@ pub fn router(state: AppState) -> Router {
         ))
         .with_state(state)
 }
+
+/// Routes answered without an API key, also when one is required: the health checks
+/// of load balancers and orchestrators.
+pub const PUBLIC_PATHS: &[&str] = &["/health", "/health/nats"];
 
 /// Every route, path and handlers: the one list [`router`] registers, and the one the
 /// OpenAPI tests compare with the document ([`openapi`]).
@@ -277,6 +300,22 @@ pub fn routes(state: &AppState) -> Vec<(&'static str, MethodRouter<AppState>)> {
         (
             "/api/consumers/{name}/dead-letters/{seq}",
             delete(http::consumers::discard_dead_letter),
+        ),
+        (
+            "/api/tenants",
+            get(http::access::list_tenants).post(http::access::create_tenant),
+        ),
+        (
+            "/api/tenants/{id}",
+            get(http::access::get_tenant).delete(http::access::delete_tenant),
+        ),
+        (
+            "/api/keys",
+            get(http::access::list_keys).post(http::access::create_key),
+        ),
+        (
+            "/api/keys/{id}",
+            get(http::access::get_key).delete(http::access::delete_key),
         ),
         ("/health", get(http::health)),
         ("/health/nats", get(http::nats_health)),

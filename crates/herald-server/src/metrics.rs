@@ -137,7 +137,13 @@ pub async fn track_http(request: Request, next: Next) -> Response {
         (pending, ack pending, dead letters, delivered, redelivered, acked, delivery latency).",
     responses((status = 200, description = "The metrics.", body = String, content_type = "text/plain")),
 )]
-pub async fn render(State(state): State<AppState>) -> Response {
+pub async fn render(
+    State(state): State<AppState>,
+    crate::auth::Authenticated(caller): crate::auth::Authenticated,
+) -> Response {
+    if let Err(error) = caller.require_admin() {
+        return crate::ApiError::from(error).into_response();
+    }
     let stats = state.hub.stats();
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     for (result, value) in [

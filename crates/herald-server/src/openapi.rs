@@ -22,11 +22,11 @@ use utoipa::{Modify, OpenApi};
 
 use crate::wire::schema::{
     raw, AckRequest, BadRequest, CloudEvent, CloudEventBatch, CloudEventSource, Conflict,
-    ConsumerName, ConsumerRequest, CorrelationId, ErrorItem, EventId, FetchRequest,
+    ConsumerName, ConsumerRequest, CorrelationId, ErrorItem, EventId, FetchRequest, Forbidden,
     HeadersTooLarge, Instant, Limit, MethodNotAllowed, NakRequest, NotFound, OriginText,
     PayloadTooLarge, PublishAnswer, PublishBatchRequest, RedriveRequest, RequestTimeout, RpcAnswer,
     RpcBody, RpcRequest, RpcResponse, SeqParam, ServiceUnavailable, StoredCloudEvent, Subject,
-    SubjectPattern, TermRequest, UnprocessableEntity, UriTooLong,
+    SubjectPattern, TermRequest, Unauthorized, UnprocessableEntity, UriTooLong,
 };
 
 /// The document, generated from the handlers' annotations.
@@ -52,6 +52,14 @@ use crate::wire::schema::{
         crate::http::publish::publish_batch,
         crate::ws::stream,
         crate::http::get_event,
+        crate::http::access::create_tenant,
+        crate::http::access::list_tenants,
+        crate::http::access::get_tenant,
+        crate::http::access::delete_tenant,
+        crate::http::access::create_key,
+        crate::http::access::list_keys,
+        crate::http::access::get_key,
+        crate::http::access::delete_key,
         crate::http::rules::list_rules,
         crate::http::rules::add_rule,
         crate::http::rules::get_rule,
@@ -99,6 +107,15 @@ use crate::wire::schema::{
             crate::http::bridge::DeadLetter,
             crate::http::bridge::DeadLetterHeader,
             crate::http::bridge::DeadLetterList,
+            crate::wire::access::Limits,
+            crate::wire::access::TenantRequest,
+            crate::wire::access::Tenant,
+            crate::wire::access::TenantList,
+            crate::wire::access::Rights,
+            crate::wire::access::KeyRequest,
+            crate::wire::access::Key,
+            crate::wire::access::CreatedKey,
+            crate::wire::access::KeyList,
             crate::wire::consumers::Consumer,
             crate::wire::consumers::ConsumerState,
             crate::wire::consumers::ConsumerList,
@@ -137,6 +154,8 @@ use crate::wire::schema::{
         ),
         responses(
             BadRequest,
+            Unauthorized,
+            Forbidden,
             NotFound,
             MethodNotAllowed,
             Conflict,
@@ -154,6 +173,7 @@ use crate::wire::schema::{
         (name = "rules", description = "Routing rules: act on every event matching a subject pattern (webhooks, NATS republish)."),
         (name = "consumers", description = "Durable consumers: fetch events, ack, NAK with backoff, dead letters you can list and redrive; any number of clients per consumer."),
         (name = "rpc", description = "JSON-RPC 2.0."),
+        (name = "access", description = "Tenants and API keys (admin keys only): who may publish and read which subjects."),
         (name = "operations", description = "Health, metrics and this document."),
     ),
     modifiers(&Everywhere),
@@ -253,8 +273,20 @@ impl Modify for Everywhere {
                 }
             }
         }
-        for item in openapi.paths.paths.values_mut() {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let public = crate::PUBLIC_PATHS.contains(&path.as_str());
             for (method, operation) in operations(item) {
+                if !public {
+                    for (status, name) in [("401", "Unauthorized"), ("403", "Forbidden")] {
+                        operation
+                            .responses
+                            .responses
+                            .entry(status.to_owned())
+                            .or_insert_with(|| {
+                                RefOr::Ref(utoipa::openapi::Ref::from_response_name(name))
+                            });
+                    }
+                }
                 // One handler serving two methods gets one id per method.
                 if let Some(id) = operation.operation_id.as_mut() {
                     if seen[id.as_str()] > 1 {

@@ -7,6 +7,7 @@
 //! write blocked longer than the send timeout closes the stream with a frame naming
 //! the seq to resume from.
 
+use crate::auth::Authenticated;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
@@ -59,6 +60,8 @@ fn parse_params(raw: &str) -> Result<StreamParams, ApiError> {
             "subject" => pattern = Some(parse_subject_filter(&value)?),
             "from_seq" => from_seq = Some(parse_seq("from_seq", &value)?),
             "since" => since = Some(parse_timestamp("since", &value)?),
+            // The key of a browser WebSocket (see `auth`), already used.
+            "access_token" => {}
             "queue" => {
                 if !herald_hub::consumers::valid_name(&value) {
                     return Err(invalid_query(format!(
@@ -137,6 +140,7 @@ fn parse_params(raw: &str) -> Result<StreamParams, ApiError> {
 )]
 pub async fn stream(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     RawQuery(raw): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -152,8 +156,17 @@ pub async fn stream(
     })?;
     let permit = state.stream_permit()?;
     let subscription = match &params.queue {
-        Some(group) => state.hub.subscribe_queue(params.pattern, group),
-        None => state.hub.subscribe(params.pattern, params.start).await?,
+        Some(group) => state
+            .hub
+            .as_caller(&caller)
+            .subscribe_queue(params.pattern, group)?,
+        None => {
+            state
+                .hub
+                .as_caller(&caller)
+                .subscribe(params.pattern, params.start)
+                .await?
+        }
     };
     let streams = state.streams.clone();
     Ok(upgrade

@@ -1191,7 +1191,7 @@ async fn methods_are_listed_from_the_dispatch_table() {
         .collect();
     assert_eq!(
         codes,
-        [-32700, -32600, -32601, -32602, -32603, -32000, -32004]
+        [-32700, -32600, -32601, -32602, -32603, -32000, -32004, -32001, -32003]
     );
     t.stop().await;
 }

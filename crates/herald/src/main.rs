@@ -53,6 +53,8 @@ enum Command {
     Export(transfer::ExportArgs),
     /// Publish the events of an NDJSON export into a hub (idempotent by event id).
     Import(transfer::ImportArgs),
+    /// Manage API keys in the store (`herald keys create --admin`).
+    Keys(serve::KeysArgs),
     /// Print a shell completion script: `herald completions bash > /etc/bash_completion.d/herald`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(*args).await,
             Command::Migrate(args) => serve::migrate(args).await,
+            Command::Keys(args) => serve::keys(args).await,
             Command::Publish(args) => client::publish(args).await,
             Command::Query(args) => client::query(args).await,
             Command::Tail(args) => client::tail(args).await,

@@ -103,6 +103,16 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_SUBSCRIBER_QUEUE", default_value_t = 1024)]
     subscriber_queue: usize,
 
+    /// `off`: requests without an API key act with every right (a laptop, the seeds'
+    /// examples); `required`: every route but the health checks needs a key.
+    #[arg(long, env = "HERALD_AUTH", value_enum, default_value = "off")]
+    auth: AuthArg,
+
+    /// A secret that acts as an admin key (only its hash is kept). Or create keys with
+    /// `herald keys create --admin`.
+    #[arg(long, env = "HERALD_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<Secret>,
+
     /// Most durable consumers the hub keeps (PUT /api/consumers/{name} past it is 409).
     #[arg(long, env = "HERALD_MAX_CONSUMERS", default_value_t = 1000)]
     max_consumers: usize,
@@ -364,6 +374,90 @@ pub struct MigrateArgs {
     postgres: PostgresArgs,
 }
 
+/// Whether requests need an API key (`HERALD_AUTH`).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AuthArg {
+    Off,
+    Required,
+}
+
+/// A secret from the command line or environment: never shown by `Debug`.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text.trim().len() < 16 {
+            return Err("an admin key must be at least 16 characters".into());
+        }
+        Ok(Secret(text.trim().to_owned()))
+    }
+}
+
+/// `herald keys`.
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    command: KeysCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum KeysCommand {
+    /// Create an API key directly in the store and print it as JSON; the secret is shown
+    /// this once. On the embedded store, run it while the hub is stopped; on PostgreSQL,
+    /// any time (running instances pick the key up within 2 s).
+    Create {
+        /// An admin key: manages tenants and keys. (Tenant keys: `POST /api/keys`.)
+        #[arg(long, required = true)]
+        admin: bool,
+        /// What the key is for.
+        #[arg(long)]
+        description: Option<String>,
+        /// The store: a file path, sqlite://PATH or postgres://…
+        #[arg(
+            long = "data",
+            alias = "database-url",
+            env = "DATABASE_URL",
+            default_value = "./data/herald.db"
+        )]
+        data: String,
+        #[command(flatten)]
+        postgres: PostgresArgs,
+    },
+}
+
+/// `herald keys create --admin`.
+pub async fn keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
+    let _log = init_logging("text");
+    let KeysCommand::Create {
+        admin: _,
+        description,
+        data,
+        postgres,
+    } = args.command;
+    let store_config = StoreConfig::parse(&data).map_err(anyhow::Error::msg)?;
+    let store = store_config
+        .open_with(EmbeddedOptions::default(), postgres.options())
+        .await
+        .with_context(|| format!("opening the store at {}", store_config.redacted()))?;
+    let made = herald_hub::access::create_admin_key(&store, description)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create the key: {e}"))?;
+    store.close().await?;
+    println!(
+        "{}",
+        serde_json::json!({"id": made.info.id, "admin": true, "key": made.secret})
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `herald migrate`: applies the schema migrations this build knows, then exits. (`serve`
 /// applies them too at start; this lets an operator do it ahead of a rolling upgrade.)
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
@@ -422,6 +516,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--max-consumers must be at least 1");
     }
     hub_config.consumers.max_consumers = args.max_consumers;
+    hub_config.access = herald_hub::access::AccessConfig {
+        mode: match args.auth {
+            AuthArg::Off => herald_hub::access::AuthMode::Off,
+            AuthArg::Required => herald_hub::access::AuthMode::Required,
+        },
+        admin_key_hash: args
+            .admin_key
+            .as_ref()
+            .map(|secret| herald_hub::access::secret::hash(&secret.0)),
+    };
     let nats_shown = nats.as_ref().map(|n| n.redacted_servers());
     hub_config.nats = nats;
     let hub = Hub::open(hub_config, store).await?;

@@ -245,6 +245,16 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Whether `name` is a consumer clients may reach as stored: a [`valid_name`], or a
+/// tenant's `<tenant>:<name>` (see [`crate::access`]). The hub's own consumers
+/// (`rule:<id>`) are not.
+pub fn is_user_name(name: &str) -> bool {
+    match name.split_once(':') {
+        None => valid_name(name),
+        Some((tenant, own)) => crate::access::valid_tenant_id(tenant) && valid_name(own),
+    }
+}
+
 /// A setting out of bounds.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]

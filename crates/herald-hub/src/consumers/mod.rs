@@ -32,8 +32,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{
-    valid_name, ConsumerConfig, DeliverPolicy, InvalidConsumer, MAX_ACK_PENDING, MAX_DELAY_MS,
-    MAX_FILTERS, MAX_NAME_LEN,
+    is_user_name, valid_name, ConsumerConfig, DeliverPolicy, InvalidConsumer, MAX_ACK_PENDING,
+    MAX_DELAY_MS, MAX_FILTERS, MAX_NAME_LEN,
 };
 
 use crate::{Hub, HubError, Inner};
@@ -364,7 +364,7 @@ impl Hub {
         name: &str,
         config: ConsumerConfig,
     ) -> Result<(PutOutcome, ConsumerInfo), ConsumerError> {
-        if !valid_name(name) {
+        if !is_user_name(name) {
             return Err(InvalidConsumer {
                 field: "name",
                 message: format!(
@@ -399,7 +399,7 @@ impl Hub {
                     .consumers()
                     .await?
                     .iter()
-                    .filter(|c| !valid_name(&c.name))
+                    .filter(|c| !is_user_name(&c.name))
                     .count();
                 let limit = self.consumers().limits.max_consumers + internal;
                 match store.create_consumer(new, limit).await? {
@@ -447,9 +447,9 @@ impl Hub {
     }
 
     /// A consumer's settings and state. Internal consumers (names that are not
-    /// [`valid_name`]s, such as the routing rules') are not found.
+    /// [`is_user_name`]s, such as the routing rules') are not found.
     pub async fn consumer_info(&self, name: &str) -> Result<ConsumerInfo, ConsumerError> {
-        if !valid_name(name) {
+        if !is_user_name(name) {
             return Err(ConsumerError::NotFound(name.to_owned()));
         }
         self.any_consumer_info(name).await
@@ -491,7 +491,7 @@ impl Hub {
     pub async fn list_consumers(&self) -> Result<Vec<ConsumerInfo>, ConsumerError> {
         let mut out = Vec::new();
         for record in self.inner.store.consumers().await? {
-            if !valid_name(&record.name) {
+            if !is_user_name(&record.name) {
                 continue;
             }
             match self.consumer_info(&record.name).await {
@@ -717,7 +717,7 @@ impl Hub {
     }
 }
 
-/// The user-facing verbs: internal consumers (names that are not [`valid_name`]s, such
+/// The user-facing verbs: internal consumers (names that are not [`is_user_name`]s, such
 /// as the routing rules') are not found through them.
 impl Hub {
     /// [`Hub::fetch`] whose wait also ends (empty) when `stop` is cancelled. Only the
@@ -770,8 +770,23 @@ impl Hub {
     }
 }
 
-fn user(name: &str) -> Result<(), ConsumerError> {
+/// Refuses a name clients may not give a consumer (see [`valid_name`]).
+pub fn check_name(name: &str) -> Result<(), ConsumerError> {
     if valid_name(name) {
+        Ok(())
+    } else {
+        Err(InvalidConsumer {
+            field: "name",
+            message: format!(
+                "a consumer name is 1 to {MAX_NAME_LEN} ASCII letters, digits, '-' or '_'"
+            ),
+        }
+        .into())
+    }
+}
+
+fn user(name: &str) -> Result<(), ConsumerError> {
+    if is_user_name(name) {
         Ok(())
     } else {
         Err(ConsumerError::NotFound(name.to_owned()))

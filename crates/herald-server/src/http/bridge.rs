@@ -4,6 +4,7 @@
 //! operators list them with `GET /api/bridge/dead-letters` and discard them with
 //! `DELETE /api/bridge/dead-letters/{id}`.
 
+use crate::auth::Authenticated;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -120,8 +121,10 @@ impl From<herald_store::DeadLetter> for DeadLetter {
 )]
 pub async fn list_dead_letters(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<DeadLetterList>, ApiError> {
+    caller.require_admin()?;
     let (limit, after_id) = super::page_params(raw.as_deref(), DEFAULT_LIMIT, "after_id")?;
     let kept = state
         .hub
@@ -153,8 +156,10 @@ pub async fn list_dead_letters(
 )]
 pub async fn delete_dead_letter(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    caller.require_admin()?;
     let not_found = || {
         ApiError::new(
             ErrorCode::DeadLetterNotFound,

@@ -4,6 +4,7 @@
 //! Every change of delivery state is answered only once it is durable (see
 //! `herald_hub::consumers`).
 
+use crate::auth::Authenticated;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -63,9 +64,13 @@ fn user_consumer(name: &str) -> Result<(), ApiError> {
         (status = 503, response = crate::wire::schema::ServiceUnavailable),
     ),
 )]
-pub async fn list_consumers(State(state): State<AppState>) -> Result<Json<ConsumerList>, ApiError> {
+pub async fn list_consumers(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<ConsumerList>, ApiError> {
     let consumers: Vec<Consumer> = state
         .hub
+        .as_caller(&caller)
         .list_consumers()
         .await?
         .into_iter()
@@ -105,6 +110,7 @@ pub async fn list_consumers(State(state): State<AppState>) -> Result<Json<Consum
 )]
 pub async fn put_consumer(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -114,7 +120,11 @@ pub async fn put_consumer(
             format!("{}: {}", e.field, e.message),
         )
     })?;
-    let (outcome, info) = state.hub.put_consumer(&name, config).await?;
+    let (outcome, info) = state
+        .hub
+        .as_caller(&caller)
+        .put_consumer(&name, config)
+        .await?;
     let status = match outcome {
         PutOutcome::Created => StatusCode::CREATED,
         PutOutcome::Updated | PutOutcome::Unchanged => StatusCode::OK,
@@ -137,10 +147,13 @@ pub async fn put_consumer(
 )]
 pub async fn get_consumer(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Path(name): Path<String>,
 ) -> Result<Json<Consumer>, ApiError> {
     user_consumer(&name)?;
-    Ok(Json(Consumer::from(state.hub.consumer_info(&name).await?)))
+    Ok(Json(Consumer::from(
+        state.hub.as_caller(&caller).consumer_info(&name).await?,
+    )))
 }
 
 /// `DELETE /api/consumers/{name}`.
@@ -160,10 +173,11 @@ pub async fn get_consumer(
 )]
 pub async fn delete_consumer(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     user_consumer(&name)?;
-    state.hub.delete_consumer(&name).await?;
+    state.hub.as_caller(&caller).delete_consumer(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -193,6 +207,7 @@ pub async fn delete_consumer(
 )]
 pub async fn fetch(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -212,7 +227,11 @@ pub async fn fetch(
         .saturating_sub(Duration::from_secs(1));
     let wait = Duration::from_millis(wait_ms).min(longest);
     user_consumer(&name)?;
-    let messages = state.hub.fetch(&name, batch, wait).await?;
+    let messages = state
+        .hub
+        .as_caller(&caller)
+        .fetch(&name, batch, wait)
+        .await?;
     Ok(Json(FetchResponse {
         messages: messages.iter().map(Message::from).collect(),
     })
@@ -235,6 +254,7 @@ fn ack_ids(fields: &Fields) -> Result<Vec<String>, ApiError> {
 /// The settle routes: `ack_ids` and the verb's options from the body, then the hub.
 async fn settle(
     state: &AppState,
+    caller: &herald_hub::access::Caller,
     name: &str,
     body: Result<Bytes, BytesRejection>,
     verb: SettleVerb,
@@ -246,7 +266,14 @@ async fn settle(
     let ids = ack_ids(&fields)?;
     let how = verb.settle(&fields).map_err(invalid_body)?;
     user_consumer(name)?;
-    Ok(Json(state.hub.settle(name, &ids, how).await?.into()))
+    Ok(Json(
+        state
+            .hub
+            .as_caller(caller)
+            .settle(name, &ids, how)
+            .await?
+            .into(),
+    ))
 }
 
 /// `POST /api/consumers/{name}/ack`.
@@ -272,10 +299,11 @@ async fn settle(
 )]
 pub async fn ack(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SettleResponse>, ApiError> {
-    settle(&state, &name, body, SettleVerb::Ack).await
+    settle(&state, &caller, &name, body, SettleVerb::Ack).await
 }
 
 /// `POST /api/consumers/{name}/nak`.
@@ -301,10 +329,11 @@ pub async fn ack(
 )]
 pub async fn nak(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SettleResponse>, ApiError> {
-    settle(&state, &name, body, SettleVerb::Nak).await
+    settle(&state, &caller, &name, body, SettleVerb::Nak).await
 }
 
 /// `POST /api/consumers/{name}/progress`.
@@ -327,10 +356,11 @@ pub async fn nak(
 )]
 pub async fn progress(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SettleResponse>, ApiError> {
-    settle(&state, &name, body, SettleVerb::Progress).await
+    settle(&state, &caller, &name, body, SettleVerb::Progress).await
 }
 
 /// `POST /api/consumers/{name}/term`.
@@ -354,10 +384,11 @@ pub async fn progress(
 )]
 pub async fn term(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SettleResponse>, ApiError> {
-    settle(&state, &name, body, SettleVerb::Term).await
+    settle(&state, &caller, &name, body, SettleVerb::Term).await
 }
 
 /// `GET /api/consumers/{name}/dead-letters`.
@@ -383,6 +414,7 @@ pub async fn term(
 )]
 pub async fn list_dead_letters(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -390,6 +422,7 @@ pub async fn list_dead_letters(
     let (limit, after_seq) = dead_letter_query(raw.as_deref())?;
     let dead = state
         .hub
+        .as_caller(&caller)
         .consumer_dead_letters(&name, after_seq, limit)
         .await?;
     let dead_letters: Vec<ConsumerDeadLetterJson> =
@@ -428,12 +461,13 @@ pub(super) fn dead_letter_query(raw: Option<&str>) -> Result<(usize, Seq), ApiEr
 )]
 pub async fn redrive(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RedriveResponse>, ApiError> {
     user_consumer(&name)?;
     let seqs = redrive_seqs(body)?;
-    let redriven = state.hub.redrive(&name, seqs).await?;
+    let redriven = state.hub.as_caller(&caller).redrive(&name, seqs).await?;
     Ok(Json(RedriveResponse { redriven }))
 }
 
@@ -473,11 +507,17 @@ pub(super) fn redrive_seqs(
 )]
 pub async fn discard_dead_letter(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Path((name, seq)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let seq = parse_seq("seq", &seq)?;
     user_consumer(&name)?;
-    if state.hub.discard_dead_letter(&name, seq).await? {
+    if state
+        .hub
+        .as_caller(&caller)
+        .discard_dead_letter(&name, seq)
+        .await?
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::new(

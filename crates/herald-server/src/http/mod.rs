@@ -3,6 +3,7 @@
 //! Request parsing is done by hand from the raw body and query pairs, so every mistake a
 //! client can make gets its own error code and a message naming the field.
 
+pub mod access;
 pub mod bridge;
 pub mod cloudevents;
 pub mod consumers;
@@ -11,6 +12,7 @@ pub mod rules;
 
 pub use publish::{publish_batch, publish_event, publish_legacy};
 
+use crate::auth::Authenticated;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -80,12 +82,13 @@ pub async fn index(State(state): State<AppState>) -> Result<Json<wire::Index>, A
 )]
 pub async fn query_events(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = parse_query(raw.as_deref().unwrap_or(""))?;
     let limit = query.limit;
-    let page = state.hub.query(query).await?;
+    let page = state.hub.as_caller(&caller).query(query).await?;
     let mut response = if cloudevents::accepts(&headers, cloudevents::BATCH) {
         let batch: Vec<_> = page.events.iter().map(cloudevents::to_structured).collect();
         cloudevents::respond(StatusCode::OK, cloudevents::BATCH, batch)
@@ -177,6 +180,7 @@ pub fn parse_query(raw: &str) -> Result<Query, ApiError> {
 )]
 pub async fn get_event(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -186,7 +190,7 @@ pub async fn get_event(
             format!("event ids are UUIDs, got {:?}", truncate(&id)),
         )
     })?;
-    match state.hub.get(id).await? {
+    match state.hub.as_caller(&caller).get(id).await? {
         Some(event) if cloudevents::accepts(&headers, cloudevents::STRUCTURED) => {
             let mut response = cloudevents::respond(
                 StatusCode::OK,

@@ -13,6 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_core::{NewEvent, Payload, Subject};
+use herald_hub::access::Caller;
 use herald_hub::Published;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -20,6 +21,7 @@ use uuid::Uuid;
 
 use super::cloudevents::{self, Mode};
 use super::{body_rejection, json_error, parse_all, parse_json_object, parse_uuid, truncate};
+use crate::auth::Authenticated;
 use crate::error::{ApiError, ErrorCode};
 use crate::wire;
 use crate::{AppState, CORRELATION_HEADER};
@@ -61,6 +63,7 @@ pub use crate::wire::{MAX_BATCH_EVENTS, MAX_ORIGIN_FIELD};
 )]
 pub async fn publish_event(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -80,10 +83,10 @@ pub async fn publish_event(
         Mode::Batch => {
             ensure_not_empty(&body)?;
             let events = cloudevents::parse_batch(&state, &body, header_correlation)?;
-            return publish_many(&state, events).await;
+            return publish_many(&state, &caller, events).await;
         }
     };
-    let published = state.publish(event).await?;
+    let published = state.publish(&caller, event).await?;
     let event = &published.event;
     let status = if published.duplicate {
         StatusCode::OK
@@ -137,6 +140,7 @@ struct BatchBody {
 )]
 pub async fn publish_batch(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -145,7 +149,7 @@ pub async fn publish_batch(
     let header_correlation = header_correlation_id(&headers)?;
     if cloudevents::mode(&headers) == Mode::Batch {
         let events = cloudevents::parse_batch(&state, &body, header_correlation)?;
-        return publish_many(&state, events).await;
+        return publish_many(&state, &caller, events).await;
     }
     let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
     let items: Vec<Box<RawValue>> = if first == Some(b'[') {
@@ -172,16 +176,20 @@ pub async fn publish_batch(
         parse_json_object::<wire::PublishRequest>(item.get().as_bytes())
             .and_then(|request| new_event(&state, request, header_correlation))
     })?;
-    publish_many(&state, events).await
+    publish_many(&state, &caller, events).await
 }
 
 /// Commits validated events in one transaction and answers with a result per event.
-async fn publish_many(state: &AppState, events: Vec<NewEvent>) -> Result<Response, ApiError> {
+async fn publish_many(
+    state: &AppState,
+    caller: &Caller,
+    events: Vec<NewEvent>,
+) -> Result<Response, ApiError> {
     // An empty CloudEvents batch is valid (JSON format §4.3): nothing to store.
     let published = if events.is_empty() {
         Vec::new()
     } else {
-        state.publish_batch(events).await?
+        state.publish_batch(caller, events).await?
     };
     let status = if published.iter().all(|p| p.duplicate) {
         StatusCode::OK
@@ -337,6 +345,7 @@ impl From<&Published> for wire::PublishResponse {
 )]
 pub async fn publish_legacy(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     headers: HeaderMap,
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
     body: Result<Bytes, BytesRejection>,
@@ -362,7 +371,7 @@ pub async fn publish_legacy(
     let structured = cloudevents::legacy_to_structured(source, request)?;
     let event =
         cloudevents::parse_structured(&state, structured, header_correlation_id(&headers)?)?;
-    let published = state.publish(event).await?;
+    let published = state.publish(&caller, event).await?;
     let status = if published.duplicate {
         StatusCode::OK
     } else {

@@ -8,6 +8,7 @@
 //! the ones `herald_hub` checks with). A webhook's secret is never shown: answers carry
 //! `secret_set` instead.
 
+use crate::auth::Authenticated;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -232,9 +233,13 @@ impl From<RuleInfo> for Rule {
         Secrets are never shown.",
     responses((status = 200, description = "The rules.", body = RuleList)),
 )]
-pub async fn list_rules(State(state): State<AppState>) -> Json<RuleList> {
+pub async fn list_rules(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Json<RuleList> {
     let rules: Vec<Rule> = state
         .hub
+        .as_caller(&caller)
         .routing_rules()
         .into_iter()
         .map(Rule::from)
@@ -280,12 +285,18 @@ pub async fn list_rules(State(state): State<AppState>) -> Json<RuleList> {
 )]
 pub async fn add_rule(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(body_rejection)?;
     let request: RuleRequest = parse_json_object(&body)?;
     let spec = parse_rule(request)?;
-    let info = state.hub.add_rule(spec).await.map_err(rule_error)?;
+    let info = state
+        .hub
+        .as_caller(&caller)
+        .add_rule(spec)
+        .await
+        .map_err(rule_error)?;
     let location = format!("/api/rules/{}", info.id);
     let mut response = (StatusCode::CREATED, Json(Rule::from(info))).into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
@@ -308,10 +319,12 @@ pub async fn add_rule(
 )]
 pub async fn get_rule(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Path(id): Path<String>,
 ) -> Result<Json<Rule>, ApiError> {
     state
         .hub
+        .as_caller(&caller)
         .routing_rule(&id)
         .map(|info| Json(Rule::from(info)))
         .ok_or_else(|| not_found(&id))
@@ -334,9 +347,10 @@ pub async fn get_rule(
 )]
 pub async fn delete_rule(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if state.hub.remove_rule(&id).await? {
+    if state.hub.as_caller(&caller).remove_rule(&id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(not_found(&id))
@@ -368,12 +382,14 @@ pub async fn delete_rule(
 )]
 pub async fn list_dead_letters(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let (limit, after_seq) = dead_letter_query(raw.as_deref())?;
     let dead = state
         .hub
+        .as_caller(&caller)
         .rule_dead_letters(&id, after_seq, limit)
         .await?
         .ok_or_else(|| not_found(&id))?;
@@ -408,12 +424,14 @@ pub async fn list_dead_letters(
 )]
 pub async fn redrive_dead_letters(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RedriveResponse>, ApiError> {
     let seqs = redrive_seqs(body)?;
     let redriven = state
         .hub
+        .as_caller(&caller)
         .redrive_rule(&id, seqs)
         .await?
         .ok_or_else(|| not_found(&id))?;
@@ -439,10 +457,16 @@ pub async fn redrive_dead_letters(
 )]
 pub async fn discard_dead_letter(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Path((id, seq)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let seq = parse_seq("seq", &seq)?;
-    match state.hub.discard_rule_dead_letter(&id, seq).await? {
+    match state
+        .hub
+        .as_caller(&caller)
+        .discard_rule_dead_letter(&id, seq)
+        .await?
+    {
         None => Err(not_found(&id)),
         Some(true) => Ok(StatusCode::NO_CONTENT),
         Some(false) => Err(ApiError::new(

@@ -23,6 +23,8 @@ pub(crate) const DEFAULT_LIMIT: u64 = 100;
 /// What a method sees of the HTTP request it arrived in.
 pub struct Call<'a> {
     pub state: &'a AppState,
+    /// Who is asking: every hub call goes through `state.hub.as_caller(caller)`.
+    pub caller: &'a herald_hub::access::Caller,
     pub headers: &'a HeaderMap,
     /// When the request's body had been read. Its answer is due within the server's
     /// request timeout, counted from (a little before) this instant; long polls end

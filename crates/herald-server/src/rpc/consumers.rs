@@ -273,6 +273,7 @@ impl RpcMethod for ConsumerPut {
         let (outcome, info) = call
             .state
             .hub
+            .as_caller(call.caller)
             .put_consumer(&params.name, params.config)
             .await
             .map_err(refused)?;
@@ -303,7 +304,13 @@ impl RpcMethod for ConsumerGet {
     }
 
     async fn call(call: &Call<'_>, name: String) -> Result<Box<RawValue>, RpcError> {
-        let info = call.state.hub.consumer_info(&name).await.map_err(refused)?;
+        let info = call
+            .state
+            .hub
+            .as_caller(call.caller)
+            .consumer_info(&name)
+            .await
+            .map_err(refused)?;
         to_result(&Consumer::from(info))
     }
 }
@@ -333,6 +340,7 @@ impl RpcMethod for ConsumerList {
         let consumers: Vec<Consumer> = call
             .state
             .hub
+            .as_caller(call.caller)
             .list_consumers()
             .await
             .map_err(refused)?
@@ -367,6 +375,7 @@ impl RpcMethod for ConsumerDelete {
     async fn call(call: &Call<'_>, name: String) -> Result<Box<RawValue>, RpcError> {
         call.state
             .hub
+            .as_caller(call.caller)
             .delete_consumer(&name)
             .await
             .map_err(refused)?;
@@ -463,6 +472,7 @@ impl RpcMethod for ConsumerFetch {
         let messages = call
             .state
             .hub
+            .as_caller(call.caller)
             .fetch(&params.name, params.batch, params.wait.min(left))
             .await
             .map_err(refused)?;
@@ -498,6 +508,7 @@ async fn settle(call: &Call<'_>, params: SettleParams) -> Result<Box<RawValue>, 
     let settled = call
         .state
         .hub
+        .as_caller(call.caller)
         .settle(&params.name, &params.ack_ids, params.how)
         .await
         .map_err(refused)?;
@@ -677,6 +688,7 @@ impl RpcMethod for ConsumerDeadLetters {
         let dead = call
             .state
             .hub
+            .as_caller(call.caller)
             .consumer_dead_letters(&page.name, page.after_seq, page.limit)
             .await
             .map_err(refused)?;
@@ -732,7 +744,13 @@ impl RpcMethod for ConsumerRedrive {
         call: &Call<'_>,
         (name, seqs): (String, Option<Vec<u64>>),
     ) -> Result<Box<RawValue>, RpcError> {
-        let redriven = call.state.hub.redrive(&name, seqs).await.map_err(refused)?;
+        let redriven = call
+            .state
+            .hub
+            .as_caller(call.caller)
+            .redrive(&name, seqs)
+            .await
+            .map_err(refused)?;
         to_result(&RedriveResponse { redriven })
     }
 }
@@ -772,6 +790,7 @@ impl RpcMethod for ConsumerDiscard {
         if call
             .state
             .hub
+            .as_caller(call.caller)
             .discard_dead_letter(&name, seq)
             .await
             .map_err(refused)?

@@ -9,8 +9,9 @@ use std::collections::VecDeque;
 
 use axum::http::HeaderMap;
 use herald_core::{Event, NewEvent, Pattern, Payload, Seq, Subject};
-use herald_hub::{Hub, HubError};
-use herald_store::{Query, Store, MAX_QUERY_LIMIT};
+use herald_hub::access::Scoped;
+use herald_hub::HubError;
+use herald_store::{Query, MAX_QUERY_LIMIT};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
@@ -239,7 +240,7 @@ impl RpcMethod for BusPublish {
 
     async fn call(call: &Call<'_>, params: EventParams) -> Result<Box<RawValue>, RpcError> {
         let event = params.into_new_event(call)?;
-        let published = call.state.publish(event).await?;
+        let published = call.state.publish(call.caller, event).await?;
         to_result(&wire::Published::from(&published))
     }
 }
@@ -355,7 +356,7 @@ impl RpcMethod for BusPublishBatch {
             .into_iter()
             .map(|event| event.into_new_event(call))
             .collect::<Result<Vec<_>, _>>()?;
-        let published = call.state.publish_batch(events).await?;
+        let published = call.state.publish_batch(call.caller, events).await?;
         let results: Vec<wire::Published<'_>> = published.iter().map(Into::into).collect();
         to_result(&wire::PublishedBatch {
             count: results.len(),
@@ -415,7 +416,12 @@ impl RpcMethod for BusSubscribe {
     }
 
     async fn call(call: &Call<'_>, params: RecentParams) -> Result<Box<RawValue>, RpcError> {
-        let events = newest(&call.state.hub, params.pattern, params.limit).await?;
+        let events = newest(
+            &call.state.hub.as_caller(call.caller),
+            params.pattern,
+            params.limit,
+        )
+        .await?;
         to_result(&wire::Events {
             count: events.len(),
             events: events.iter().map(Into::into).collect(),
@@ -429,8 +435,12 @@ impl RpcMethod for BusSubscribe {
 /// twice as long as the one before (starting at `n`), taking the newest events still
 /// needed from each, until it has `n` or has reached the start of the log. Events
 /// committed meanwhile (after the head seen at the start) are left out.
-async fn newest(hub: &Hub, pattern: Option<Pattern>, n: usize) -> Result<Vec<Event>, HubError> {
-    let head = hub.store().head().await?;
+async fn newest(
+    hub: &Scoped<'_>,
+    pattern: Option<Pattern>,
+    n: usize,
+) -> Result<Vec<Event>, HubError> {
+    let head = hub.head().await?;
     let mut newest: VecDeque<Event> = VecDeque::with_capacity(n);
     let mut hi = head;
     let mut length = (n as Seq).max(128);
@@ -448,7 +458,7 @@ async fn newest(hub: &Hub, pattern: Option<Pattern>, n: usize) -> Result<Vec<Eve
 
 /// The newest `n` events matching `pattern` with `lo < seq <= hi`, in seq order.
 async fn newest_in(
-    hub: &Hub,
+    hub: &Scoped<'_>,
     pattern: &Option<Pattern>,
     lo: Seq,
     hi: Seq,
@@ -566,7 +576,7 @@ impl RpcMethod for BusQuery {
 
     async fn call(call: &Call<'_>, query: Query) -> Result<Box<RawValue>, RpcError> {
         let limit = query.limit;
-        let page = call.state.hub.query(query).await?;
+        let page = call.state.hub.as_caller(call.caller).query(query).await?;
         // As `GET /api/events`'s X-Next-After-Seq.
         let next_after_seq = if page.events.len() < limit {
             page.scanned_to
@@ -607,7 +617,7 @@ impl RpcMethod for BusGet {
     }
 
     async fn call(call: &Call<'_>, id: Uuid) -> Result<Box<RawValue>, RpcError> {
-        match call.state.hub.get(id).await? {
+        match call.state.hub.as_caller(call.caller).get(id).await? {
             Some(event) => to_result(&crate::wire::Event::from(&event)),
             None => Err(RpcError::from(ApiError::new(
                 ErrorCode::EventNotFound,
@@ -771,8 +781,10 @@ mod tests {
             .unwrap();
         let state = AppState::new(hub.clone(), Limits::default(), CancellationToken::new());
         let headers = HeaderMap::new();
+        let caller = herald_hub::access::Caller::trusted();
         let call = Call {
             state: &state,
+            caller: &caller,
             headers: &headers,
             received: Instant::now(),
         };

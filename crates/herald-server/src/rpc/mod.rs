@@ -62,6 +62,7 @@ pub use crate::wire::MAX_BATCH_REQUESTS;
 )]
 pub async fn handle(
     State(state): State<AppState>,
+    crate::auth::Authenticated(caller): crate::auth::Authenticated,
     slot: Option<axum::Extension<crate::PublishSlot>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -84,6 +85,7 @@ pub async fn handle(
     }
     let call = Call {
         state: &state,
+        caller: &caller,
         headers: &headers,
         received: std::time::Instant::now(),
     };
@@ -231,6 +233,28 @@ fn failure(id: &RawValue, error: RpcError) -> wire::Response<'_> {
 
 fn answer_one(response: &wire::Response<'_>) -> Response {
     Json(response).into_response()
+}
+
+/// [`crate::auth::authenticate`] for `/rpc`: a refusal is a JSON-RPC error object (with
+/// the HTTP status of the condition), so that JSON-RPC clients read it as one.
+pub(crate) async fn authenticate(
+    State(state): State<AppState>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match crate::auth::caller_of(&state, &request) {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(error) => {
+            let status = error.code.status();
+            let mut response = answer_one(&failure(RawValue::NULL, RpcError::from(error)));
+            *response.status_mut() = status;
+            crate::auth::challenge(&mut response);
+            response
+        }
+    }
 }
 
 /// The answer to a request whose declared body is over the limit, sent before reading it.

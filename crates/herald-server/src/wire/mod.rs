@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+pub mod access;
 pub mod consumers;
 pub mod schema;
 

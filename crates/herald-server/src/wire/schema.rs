@@ -769,6 +769,8 @@ macro_rules! error_responses {
 
 error_responses! {
     BadRequest = BAD_REQUEST, "The request is malformed.";
+    Unauthorized = UNAUTHORIZED, "No valid API key came with the request (`HERALD_AUTH=required`): send `Authorization: Bearer <key>`, `X-API-Key`, or on a WebSocket `?access_token=`.";
+    Forbidden = FORBIDDEN, "The API key lacks the right: publish or subscribe on this subject, or admin.";
     NotFound = NOT_FOUND, "Nothing there.";
     MethodNotAllowed = METHOD_NOT_ALLOWED, "The route does not take this method (see `Allow`).";
     Conflict = CONFLICT, "The request conflicts with what exists; nothing was changed.";

@@ -39,6 +39,8 @@ const SCRUBBED_ENV: &[&str] = &[
     "HERALD_LISTEN",
     "DATABASE_URL",
     "HUB_ID",
+    "HERALD_AUTH",
+    "HERALD_ADMIN_KEY",
     "STREAM_NAME",
     "MAX_MSGS",
     "MAX_BYTES",
@@ -705,19 +707,24 @@ pub fn assert_publish_response(value: &Value) {
 
 /// Asserts the event shape of the contract, exactly.
 pub fn assert_event_shape(event: &Value) {
-    assert_keys(
-        event,
-        &[
-            "id",
-            "seq",
-            "subject",
-            "origin",
-            "correlation_id",
-            "payload",
-            "timestamp",
-        ],
-        "event",
-    );
+    let mut keys = vec![
+        "id",
+        "seq",
+        "subject",
+        "origin",
+        "correlation_id",
+        "payload",
+        "timestamp",
+    ];
+    // Present when the hub has tenants: the tenant the event belongs to.
+    if event.get("tenant_id").is_some() {
+        assert!(
+            event["tenant_id"].is_string(),
+            "tenant_id is a string: {event}"
+        );
+        keys.push("tenant_id");
+    }
+    assert_keys(event, &keys, "event");
     assert_uuid(&event["id"], "event id");
     assert!(
         event["seq"].as_u64().is_some_and(|s| s >= 1),

@@ -1,0 +1,496 @@
+//! The hub as one caller sees it: every client-facing call, with that caller's rights
+//! checked here and nowhere else.
+//!
+//! - Publishing needs the publish right on every subject; the event is stamped with the
+//!   caller's tenant (or, for callers without one, the tenant owning the subject).
+//! - Reading (get, query, streams) sees only what [`Caller::may_see`]: a filter wider
+//!   than the rights is narrowed, an event out of reach is "not found".
+//! - Consumers and rules live in the caller's tenant namespace; another tenant's are
+//!   absent. Their filters must lie within the subscribe rights, a republish target
+//!   within the publish rights.
+
+use std::time::Duration;
+
+use herald_core::{Event, NewEvent, Pattern, Seq};
+use herald_store::{Page, Query, Store};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{AccessError, Caller, CreatedKey, KeyInfo, NewKey, NewTenant, Tenant};
+use herald_store::consumer::ConsumerDeadLetter;
+
+use crate::consumers::{
+    ConsumerConfig, ConsumerError, ConsumerInfo, Message, PutOutcome, Settle, Settled,
+};
+use crate::rules::{Action, RuleError, RuleId, RuleInfo, RuleSpec};
+use crate::{Hub, HubError, Published, StartAt, Subscription};
+
+/// Store pages a narrowed query reads at most before answering with what it found (the
+/// page's `scanned_to` tells the client where to go on).
+const QUERY_SCAN_PAGES: usize = 8;
+
+/// The hub as `caller` sees it ([`Hub::as_caller`]).
+pub struct Scoped<'a> {
+    hub: &'a Hub,
+    caller: &'a Caller,
+}
+
+impl Hub {
+    /// The hub as `caller` sees it: the calls of clients, checked against its rights.
+    pub fn as_caller<'a>(&'a self, caller: &'a Caller) -> Scoped<'a> {
+        Scoped { hub: self, caller }
+    }
+}
+
+fn forbidden(message: String) -> HubError {
+    HubError::Forbidden(message)
+}
+
+impl Scoped<'_> {
+    pub fn caller(&self) -> &Caller {
+        self.caller
+    }
+
+    // ---- events ----
+
+    /// Checks the publish right on every subject (all or nothing) and stamps the tenant.
+    pub fn admit(&self, events: &mut [NewEvent]) -> Result<(), HubError> {
+        for event in events.iter() {
+            if !self.caller.may_publish(event.subject.as_str()) {
+                return Err(forbidden(format!(
+                    "this key may not publish to {}",
+                    event.subject
+                )));
+            }
+        }
+        // Callers without a tenant: the hub stamps the subject's owner at publish.
+        if let Some(tenant) = self.caller.tenant() {
+            for event in events.iter_mut() {
+                event.tenant = Some(tenant.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn publish(&self, event: NewEvent) -> Result<Published, HubError> {
+        let mut results = self.publish_batch(vec![event]).await?;
+        Ok(results.pop().expect("one result per event"))
+    }
+
+    pub async fn publish_batch(
+        &self,
+        mut events: Vec<NewEvent>,
+    ) -> Result<Vec<Published>, HubError> {
+        self.admit(&mut events)?;
+        self.publish_admitted(events).await
+    }
+
+    /// Publishes events that passed [`Scoped::admit`].
+    pub async fn publish_admitted(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Published>, HubError> {
+        let published = self.hub.publish_batch(events).await?;
+        // A duplicate id answers with the stored event: never one the caller may not see.
+        if published
+            .iter()
+            .any(|p| p.duplicate && !self.caller.may_see(&p.event))
+        {
+            return Err(HubError::Conflict(
+                "an event with this id already exists".into(),
+            ));
+        }
+        Ok(published)
+    }
+
+    /// An event by id; `None` also when the caller may not see it.
+    pub async fn get(&self, id: Uuid) -> Result<Option<Event>, HubError> {
+        Ok(self.hub.get(id).await?.filter(|e| self.caller.may_see(e)))
+    }
+
+    /// A query narrowed to what the caller may see.
+    pub async fn query(&self, query: Query) -> Result<Page, HubError> {
+        let wanted = query.subject.clone().unwrap_or_else(Pattern::all);
+        let narrowed = self.caller.subscribe_rights().narrow(&wanted);
+        let mut query = query;
+        match narrowed.as_slice() {
+            [] => {
+                return Ok(Page {
+                    events: Vec::new(),
+                    scanned_to: self.hub.inner.store.head().await?,
+                })
+            }
+            // One pattern (a tenant's usual case): the store filters by it.
+            [one] => query.subject = Some(one.clone()),
+            // Several: the store filters by the wanted pattern, the rest here.
+            _ => {}
+        }
+        let limit = query.limit.max(1);
+        let mut events = Vec::new();
+        let mut scanned_to = query.after_seq;
+        for _ in 0..QUERY_SCAN_PAGES {
+            let page = self.hub.query(query.clone()).await?;
+            let full = page.events.len() >= limit;
+            for event in page.events {
+                scanned_to = event.seq;
+                if self.caller.may_see(&event) {
+                    events.push(event);
+                    if events.len() == limit {
+                        return Ok(Page { events, scanned_to });
+                    }
+                }
+            }
+            scanned_to = scanned_to.max(page.scanned_to);
+            if !full {
+                break;
+            }
+            query.after_seq = scanned_to;
+        }
+        Ok(Page { events, scanned_to })
+    }
+
+    /// The log's head (the seq of the newest event, seen or not).
+    pub async fn head(&self) -> Result<Seq, HubError> {
+        Ok(self.hub.inner.store.head().await?)
+    }
+
+    pub async fn seq_before(&self, since: herald_core::Timestamp) -> Result<Seq, HubError> {
+        self.hub.seq_before(since).await
+    }
+
+    /// A subscription narrowed to what the caller may see. A pattern that can match
+    /// nothing allowed is refused rather than left silent.
+    pub async fn subscribe(
+        &self,
+        pattern: Pattern,
+        start: StartAt,
+    ) -> Result<Subscription, HubError> {
+        let pattern = self.narrow_stream(pattern)?;
+        Ok(self
+            .hub
+            .subscribe(pattern, start)
+            .await?
+            .visible_to(self.caller.clone()))
+    }
+
+    /// A live queue group, named in the caller's namespace.
+    pub fn subscribe_queue(&self, pattern: Pattern, group: &str) -> Result<Subscription, HubError> {
+        let pattern = self.narrow_stream(pattern)?;
+        Ok(self
+            .hub
+            .subscribe_queue(pattern, &self.caller.scoped_name(group))
+            .visible_to(self.caller.clone()))
+    }
+
+    fn narrow_stream(&self, pattern: Pattern) -> Result<Pattern, HubError> {
+        let narrowed = self.caller.subscribe_rights().narrow(&pattern);
+        match narrowed.as_slice() {
+            [] => Err(forbidden(format!(
+                "this key may not subscribe to {pattern}"
+            ))),
+            [one] => Ok(one.clone()),
+            _ => Ok(pattern),
+        }
+    }
+
+    // ---- consumers ----
+
+    fn check_filters(&self, config: &ConsumerConfig) -> Result<(), ConsumerError> {
+        for filter in &config.filter_subjects {
+            if !self.caller.subscribe_rights().allows_all_of(filter) {
+                return Err(forbidden(format!(
+                    "filter {filter} reaches beyond this key's subscribe rights"
+                ))
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    fn own_info(&self, mut info: ConsumerInfo) -> ConsumerInfo {
+        if let Some(name) = self.caller.unscoped_name(&info.name) {
+            info.name = name.to_owned();
+        }
+        info
+    }
+
+    fn not_found(&self, error: ConsumerError, name: &str) -> ConsumerError {
+        match error {
+            ConsumerError::NotFound(_) => ConsumerError::NotFound(name.to_owned()),
+            ConsumerError::Conflict { field, .. } => ConsumerError::Conflict {
+                name: name.to_owned(),
+                field,
+            },
+            ConsumerError::Contended(_) => ConsumerError::Contended(name.to_owned()),
+            other => other,
+        }
+    }
+
+    pub async fn put_consumer(
+        &self,
+        name: &str,
+        config: ConsumerConfig,
+    ) -> Result<(PutOutcome, ConsumerInfo), ConsumerError> {
+        crate::consumers::check_name(name)?;
+        self.check_filters(&config)?;
+        let scoped = self.caller.scoped_name(name);
+        match self.hub.put_consumer(&scoped, config).await {
+            Ok((outcome, info)) => Ok((outcome, self.own_info(info))),
+            Err(error) => Err(self.not_found(error, name)),
+        }
+    }
+
+    pub async fn consumer_info(&self, name: &str) -> Result<ConsumerInfo, ConsumerError> {
+        let scoped = self.caller.scoped_name(name);
+        match self.hub.consumer_info(&scoped).await {
+            Ok(info) => Ok(self.own_info(info)),
+            Err(error) => Err(self.not_found(error, name)),
+        }
+    }
+
+    pub async fn list_consumers(&self) -> Result<Vec<ConsumerInfo>, ConsumerError> {
+        Ok(self
+            .hub
+            .list_consumers()
+            .await?
+            .into_iter()
+            .filter(|info| self.caller.unscoped_name(&info.name).is_some())
+            .map(|info| self.own_info(info))
+            .collect())
+    }
+
+    pub async fn delete_consumer(&self, name: &str) -> Result<(), ConsumerError> {
+        let scoped = self.caller.scoped_name(name);
+        self.hub
+            .delete_consumer(&scoped)
+            .await
+            .map_err(|e| self.not_found(e, name))
+    }
+
+    pub async fn fetch_until(
+        &self,
+        name: &str,
+        batch: usize,
+        wait: Duration,
+        stop: &CancellationToken,
+    ) -> Result<Vec<Message>, ConsumerError> {
+        let scoped = self.caller.scoped_name(name);
+        self.hub
+            .fetch_until(&scoped, batch, wait, stop)
+            .await
+            .map_err(|e| self.not_found(e, name))
+    }
+
+    pub async fn fetch(
+        &self,
+        name: &str,
+        batch: usize,
+        wait: Duration,
+    ) -> Result<Vec<Message>, ConsumerError> {
+        self.fetch_until(name, batch, wait, &CancellationToken::new())
+            .await
+    }
+
+    pub async fn settle(
+        &self,
+        name: &str,
+        ack_ids: &[String],
+        how: Settle,
+    ) -> Result<Settled, ConsumerError> {
+        let scoped = self.caller.scoped_name(name);
+        self.hub
+            .settle(&scoped, ack_ids, how)
+            .await
+            .map_err(|e| self.not_found(e, name))
+    }
+
+    pub async fn consumer_dead_letters(
+        &self,
+        name: &str,
+        after_seq: Seq,
+        limit: usize,
+    ) -> Result<Vec<ConsumerDeadLetter>, ConsumerError> {
+        let scoped = self.caller.scoped_name(name);
+        self.hub
+            .consumer_dead_letters(&scoped, after_seq, limit)
+            .await
+            .map_err(|e| self.not_found(e, name))
+    }
+
+    pub async fn redrive(&self, name: &str, seqs: Option<Vec<Seq>>) -> Result<u64, ConsumerError> {
+        let scoped = self.caller.scoped_name(name);
+        self.hub
+            .redrive(&scoped, seqs)
+            .await
+            .map_err(|e| self.not_found(e, name))
+    }
+
+    pub async fn discard_dead_letter(&self, name: &str, seq: Seq) -> Result<bool, ConsumerError> {
+        let scoped = self.caller.scoped_name(name);
+        self.hub
+            .discard_dead_letter(&scoped, seq)
+            .await
+            .map_err(|e| self.not_found(e, name))
+    }
+
+    // ---- rules ----
+
+    fn scoped_rule_id(&self, id: &str) -> Result<RuleId, RuleError> {
+        RuleId::new(self.caller.scoped_name(id))
+    }
+
+    fn own_rule(&self, mut info: RuleInfo) -> Option<RuleInfo> {
+        let own = self.caller.unscoped_name(info.id.as_str())?.to_owned();
+        if self.caller.tenant().is_some() {
+            info.id = RuleId::new(own).ok()?;
+        }
+        Some(info)
+    }
+
+    pub fn routing_rules(&self) -> Vec<RuleInfo> {
+        self.hub
+            .routing_rules()
+            .into_iter()
+            .filter_map(|info| self.own_rule(info))
+            .collect()
+    }
+
+    pub fn routing_rule(&self, id: &str) -> Option<RuleInfo> {
+        let scoped = self.caller.scoped_name(id);
+        self.hub
+            .routing_rule(&scoped)
+            .and_then(|info| self.own_rule(info))
+    }
+
+    pub async fn add_rule(&self, mut spec: RuleSpec) -> Result<RuleInfo, RuleError> {
+        if !self
+            .caller
+            .subscribe_rights()
+            .allows_all_of(&spec.subject_pattern)
+        {
+            return Err(forbidden(format!(
+                "subject pattern {} reaches beyond this key's subscribe rights",
+                spec.subject_pattern
+            ))
+            .into());
+        }
+        if let Action::Republish { subject } = &spec.action {
+            if !self.caller.may_publish(subject.as_str()) {
+                return Err(forbidden(format!("this key may not publish to {subject}")).into());
+            }
+        }
+        if self.caller.tenant().is_some() {
+            let id = match &spec.id {
+                Some(id) => id.as_str().to_owned(),
+                None => RuleId::generate().as_str().to_owned(),
+            };
+            spec.id = Some(self.scoped_rule_id(&id)?);
+        }
+        match self.hub.add_rule(spec).await {
+            Ok(info) => self
+                .own_rule(info)
+                .ok_or_else(|| HubError::Internal("a rule outside its namespace".into()).into()),
+            Err(RuleError::Exists(id)) => {
+                let own = self
+                    .caller
+                    .unscoped_name(id.as_str())
+                    .and_then(|own| RuleId::new(own).ok());
+                Err(RuleError::Exists(own.unwrap_or(id)))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    pub async fn remove_rule(&self, id: &str) -> Result<bool, HubError> {
+        self.hub.remove_rule(&self.caller.scoped_name(id)).await
+    }
+
+    pub async fn rule_dead_letters(
+        &self,
+        id: &str,
+        after_seq: Seq,
+        limit: usize,
+    ) -> Result<Option<Vec<ConsumerDeadLetter>>, HubError> {
+        self.hub
+            .rule_dead_letters(&self.caller.scoped_name(id), after_seq, limit)
+            .await
+    }
+
+    pub async fn redrive_rule(
+        &self,
+        id: &str,
+        seqs: Option<Vec<Seq>>,
+    ) -> Result<Option<u64>, HubError> {
+        self.hub
+            .redrive_rule(&self.caller.scoped_name(id), seqs)
+            .await
+    }
+
+    pub async fn discard_rule_dead_letter(
+        &self,
+        id: &str,
+        seq: Seq,
+    ) -> Result<Option<bool>, HubError> {
+        self.hub
+            .discard_rule_dead_letter(&self.caller.scoped_name(id), seq)
+            .await
+    }
+
+    // ---- tenants and keys (admin only) ----
+
+    pub fn tenants(&self) -> Result<Vec<Tenant>, AccessError> {
+        self.caller.require_admin()?;
+        Ok(self.hub.inner.access.tenants())
+    }
+
+    pub fn tenant(&self, id: &str) -> Result<Option<Tenant>, AccessError> {
+        self.caller.require_admin()?;
+        Ok(self.hub.inner.access.tenant(id))
+    }
+
+    pub async fn create_tenant(&self, new: NewTenant) -> Result<Tenant, AccessError> {
+        self.caller.require_admin()?;
+        self.hub
+            .inner
+            .access
+            .create_tenant(&self.hub.inner.store, new)
+            .await
+    }
+
+    pub async fn delete_tenant(&self, id: &str) -> Result<bool, AccessError> {
+        self.caller.require_admin()?;
+        self.hub
+            .inner
+            .access
+            .delete_tenant(&self.hub.inner.store, id)
+            .await
+    }
+
+    pub fn keys(&self) -> Result<Vec<KeyInfo>, AccessError> {
+        self.caller.require_admin()?;
+        Ok(self.hub.inner.access.keys())
+    }
+
+    pub fn key(&self, id: &str) -> Result<Option<KeyInfo>, AccessError> {
+        self.caller.require_admin()?;
+        Ok(self.hub.inner.access.key(id))
+    }
+
+    pub async fn create_key(&self, new: NewKey) -> Result<CreatedKey, AccessError> {
+        self.caller.require_admin()?;
+        self.hub
+            .inner
+            .access
+            .create_key(&self.hub.inner.store, new)
+            .await
+    }
+
+    pub async fn delete_key(&self, id: &str) -> Result<bool, AccessError> {
+        self.caller.require_admin()?;
+        self.hub
+            .inner
+            .access
+            .delete_key(&self.hub.inner.store, id)
+            .await
+    }
+}

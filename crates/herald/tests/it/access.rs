@@ -1,0 +1,562 @@
+//! Authentication and tenants through the binary: with `HERALD_AUTH=required`, two
+//! tenants share one hub and neither can read, write, list or confirm the existence of
+//! the other's events, consumers or rules — over REST, JSON-RPC, WebSocket and
+//! CloudEvents.
+
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::*;
+
+const ADMIN: &str = "admin-secret-for-tests-0123456789";
+
+/// A request helper bound to one key.
+struct As<'a> {
+    herald: &'a TestHerald,
+    key: Option<String>,
+}
+
+impl As<'_> {
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let builder = self.herald.http.request(method, self.herald.url(path));
+        match &self.key {
+            Some(key) => builder.bearer_auth(key),
+            None => builder,
+        }
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut builder = self.request(method, path);
+        if let Some(body) = body {
+            builder = builder.json(&body);
+        }
+        let response = builder.send().await.expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    async fn delete(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
+
+    async fn rpc(&self, method: &str, params: Value) -> Value {
+        let (status, body) = self
+            .post(
+                "/rpc",
+                json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}),
+            )
+            .await;
+        assert!(status == 200 || status == 401, "{status} {body}");
+        body
+    }
+}
+
+/// A WebSocket to `path`, with the key as a bearer token when given.
+async fn ws_with(
+    herald: &TestHerald,
+    path: &str,
+    bearer: Option<&str>,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut request = herald.ws_url(path).into_client_request().unwrap();
+    if let Some(key) = bearer {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    }
+    let tcp = tokio::net::TcpStream::connect(herald.addr()).await.unwrap();
+    tokio_tungstenite::client_async(request, tcp)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+async fn start_required() -> TestHerald {
+    TestHerald::start_with_env(
+        None,
+        &[],
+        &[("HERALD_AUTH", "required"), ("HERALD_ADMIN_KEY", ADMIN)],
+    )
+    .await
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_default()
+}
+
+/// Creates tenant `id` owning `hub.<id>.>` and a key of it; returns the key's secret.
+async fn tenant_with_key(admin: &As<'_>, id: &str) -> (String, String) {
+    let (status, body) = admin
+        .post(
+            "/api/tenants",
+            json!({"id": id, "subjects": [format!("hub.{id}.>")]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = admin
+        .post(
+            "/api/keys",
+            json!({"tenant": id, "description": format!("{id} service")}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let secret = body["key"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("hrld_"), "{secret}");
+    (body["id"].as_str().unwrap().to_owned(), secret)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_valid_key_only_health_answers() {
+    let herald = start_required().await;
+    let nobody = As {
+        herald: &herald,
+        key: None,
+    };
+    assert_eq!(nobody.get("/health").await.0, 200);
+    assert_eq!(nobody.get("/health/nats").await.0, 200);
+    for path in [
+        "/api/events",
+        "/api/consumers",
+        "/api/rules",
+        "/metrics",
+        "/api/tenants",
+        "/",
+    ] {
+        let (status, body) = nobody.get(path).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        assert_eq!(error_code(&body), "unauthenticated", "{path}");
+    }
+    let response = herald
+        .http
+        .get(herald.url("/api/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        "Bearer realm=\"herald\""
+    );
+    // Publishing without a key stores nothing.
+    let (status, _) = nobody
+        .post("/api/events", json!({"subject": "hub.x.y", "payload": {}}))
+        .await;
+    assert_eq!(status, 401);
+    // Wrong, malformed and mistyped keys are all simply "unauthenticated".
+    for key in [
+        "nope",
+        "hrld_0123456789abcdef_00",
+        ADMIN.trim_end_matches('9'),
+        "",
+    ] {
+        let other = As {
+            herald: &herald,
+            key: Some(key.to_owned()),
+        };
+        let (status, body) = other.get("/api/events").await;
+        assert_eq!(status, 401, "{key:?}: {body}");
+    }
+    let x_api_key = herald
+        .http
+        .get(herald.url("/api/events"))
+        .header("X-API-Key", ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(x_api_key.status(), 200);
+    // JSON-RPC answers in its own shape: an error object with a server-defined code.
+    let body = nobody.rpc("hub.info", json!({})).await;
+    assert_eq!(body["jsonrpc"], "2.0");
+    assert_eq!(body["error"]["code"], -32001, "{body}");
+    let admin = As {
+        herald: &herald,
+        key: Some(ADMIN.to_owned()),
+    };
+    assert_eq!(admin.get("/api/events").await.0, 200);
+    assert_eq!(admin.get("/metrics").await.0, 200);
+    assert_eq!(
+        admin.get("/api/events").await.1.as_array().map(Vec::len),
+        Some(0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_share_a_hub_and_nothing_leaks() {
+    let herald = start_required().await;
+    let admin = As {
+        herald: &herald,
+        key: Some(ADMIN.to_owned()),
+    };
+    let (acme_id, acme_secret) = tenant_with_key(&admin, "acme").await;
+    let (_, beta_secret) = tenant_with_key(&admin, "beta").await;
+    let acme = As {
+        herald: &herald,
+        key: Some(acme_secret.clone()),
+    };
+    let beta = As {
+        herald: &herald,
+        key: Some(beta_secret.clone()),
+    };
+
+    // Tenants' spaces must be apart; ids are unique; only admins manage them.
+    let (status, body) = admin
+        .post("/api/tenants", json!({"id": "wide", "subjects": ["hub.>"]}))
+        .await;
+    assert_eq!((status, error_code(&body)), (409, "conflict"), "{body}");
+    for (path, body) in [
+        ("/api/tenants", json!({"id": "x", "subjects": ["hub.x.>"]})),
+        ("/api/keys", json!({"tenant": "acme", "admin": true})),
+    ] {
+        let (status, answer) = acme.post(path, body).await;
+        assert_eq!((status, error_code(&answer)), (403, "forbidden"), "{path}");
+    }
+    for path in [
+        "/api/tenants",
+        "/api/keys",
+        "/metrics",
+        "/api/bridge/dead-letters",
+    ] {
+        assert_eq!(acme.get(path).await.0, 403, "{path}");
+    }
+    // The key list never shows a secret.
+    let (_, keys) = admin.get("/api/keys").await;
+    let text = keys.to_string();
+    assert!(
+        !text.contains(&acme_secret) && !text.contains("hash"),
+        "{text}"
+    );
+    assert_eq!(keys["count"], 2);
+
+    // Publishing: within the tenant's space only; nothing of a refused request is stored.
+    let (status, acme_event) = acme
+        .post(
+            "/api/events",
+            json!({"subject": "hub.acme.orders.created", "payload": {"n": 1}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{acme_event}");
+    let acme_event_id = acme_event["event_id"].as_str().unwrap().to_owned();
+    let (status, body) = acme
+        .post(
+            "/api/events",
+            json!({"subject": "hub.beta.orders.created", "payload": {}}),
+        )
+        .await;
+    assert_eq!((status, error_code(&body)), (403, "forbidden"), "{body}");
+    let (status, _) = acme
+        .post(
+            "/api/events:batch",
+            json!({"events": [
+                {"subject": "hub.acme.ok", "payload": {}},
+                {"subject": "hub.beta.not-mine", "payload": {}},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 403, "a batch is all or nothing");
+    let structured = herald
+        .http
+        .post(herald.url("/api/events"))
+        .bearer_auth(&beta_secret)
+        .header("content-type", "application/cloudevents+json")
+        .body(
+            json!({"specversion": "1.0", "id": "ce-1", "source": "/t", "type": "t",
+                   "subject": "hub.acme.forged"})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        structured.status(),
+        403,
+        "a CloudEvent on another tenant's subject"
+    );
+    let body = beta
+        .rpc(
+            "bus.publish",
+            json!({"topic": "hub.acme.forged", "payload": {}}),
+        )
+        .await;
+    assert_eq!(body["error"]["code"], -32003, "{body}");
+    let (status, _) = beta
+        .post(
+            "/api/events",
+            json!({"subject": "hub.beta.x", "payload": {"n": 2}}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, all) = admin.get("/api/events?subject=>").await;
+    let subjects: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(subjects, ["hub.acme.orders.created", "hub.beta.x"]);
+    let tenants: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["tenant_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tenants,
+        ["acme", "beta"],
+        "every event is stamped with its tenant"
+    );
+
+    // Reading: another tenant's event is absent, never forbidden.
+    assert_eq!(
+        acme.get(&format!("/api/events/{acme_event_id}")).await.0,
+        200
+    );
+    let (status, body) = beta.get(&format!("/api/events/{acme_event_id}")).await;
+    assert_eq!((status, error_code(&body)), (404, "event_not_found"));
+    for query in [
+        "subject=>",
+        "subject=hub.acme.>",
+        "",
+        "subject=hub.*.orders.created",
+    ] {
+        let (status, events) = beta.get(&format!("/api/events?{query}")).await;
+        assert_eq!(status, 200, "{query}");
+        for event in events.as_array().unwrap() {
+            assert_eq!(event["tenant_id"], "beta", "{query}: {event}");
+        }
+    }
+    let body = beta
+        .rpc("bus.get", json!({"event_id": acme_event_id}))
+        .await;
+    assert!(body["error"].is_object(), "{body}");
+    let body = beta.rpc("bus.subscribe", json!({"subject": ">"})).await;
+    let events = body["result"]["events"].as_array().unwrap();
+    assert!(events.iter().all(|e| e["tenant_id"] == "beta"), "{body}");
+    assert_eq!(events.len(), 1);
+
+    // Live streams: beta asks for everything and gets its own events only.
+    let mut ws = ws_with(
+        &herald,
+        "/api/events/stream?subject=%3E",
+        Some(&beta_secret),
+    )
+    .await
+    .unwrap();
+    // A browser's way: the key in the query.
+    let mut browser_ws = ws_with(
+        &herald,
+        &format!("/api/events/stream?subject=hub.%3E&access_token={beta_secret}"),
+        None,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    acme.post(
+        "/api/events",
+        json!({"subject": "hub.acme.live", "payload": {}}),
+    )
+    .await;
+    beta.post(
+        "/api/events",
+        json!({"subject": "hub.beta.live", "payload": {}}),
+    )
+    .await;
+    for socket in [&mut ws, &mut browser_ws] {
+        let frame = next_frame(socket, Duration::from_secs(5))
+            .await
+            .expect("a frame");
+        let text = format!("{frame:?}");
+        assert!(
+            text.contains("hub.beta.live") && !text.contains("hub.acme"),
+            "{text}"
+        );
+    }
+    let _ = ws.send(Message::Close(None)).await;
+    let unauthenticated = ws_with(&herald, "/api/events/stream", None).await;
+    assert!(
+        unauthenticated.is_err(),
+        "a stream without a key is refused before upgrading"
+    );
+
+    // Consumers live in their tenant's namespace.
+    let (status, body) = acme
+        .put(
+            "/api/consumers/worker",
+            json!({"filter_subjects": ["hub.acme.>"], "deliver_policy": "all"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["name"], "worker");
+    assert_eq!(beta.get("/api/consumers/worker").await.0, 404);
+    assert_eq!(
+        beta.post("/api/consumers/worker/fetch", json!({"batch": 10}))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(beta.delete("/api/consumers/worker").await.0, 404);
+    assert_eq!(beta.get("/api/consumers").await.1["count"], 0);
+    let (status, body) = beta
+        .put(
+            "/api/consumers/worker",
+            json!({"filter_subjects": ["hub.acme.>"]}),
+        )
+        .await;
+    assert_eq!((status, error_code(&body)), (403, "forbidden"), "{body}");
+    let (status, _) = beta
+        .put(
+            "/api/consumers/worker",
+            json!({"filter_subjects": ["hub.beta.>"], "deliver_policy": "all"}),
+        )
+        .await;
+    assert_eq!(status, 201, "the same name in another namespace");
+    let (_, fetched) = acme
+        .post("/api/consumers/worker/fetch", json!({"batch": 10}))
+        .await;
+    let subjects: Vec<&str> = fetched["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["event"]["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(subjects, ["hub.acme.orders.created", "hub.acme.live"]);
+    let body = beta.rpc("consumer.get", json!({"name": "worker"})).await;
+    assert!(
+        body["result"]["filter_subjects"][0] == "hub.beta.>",
+        "{body}"
+    );
+
+    // Rules too.
+    let (status, body) = acme
+        .post(
+            "/api/rules",
+            json!({"id": "r1", "subject_pattern": "hub.acme.>",
+                   "action": {"type": "republish", "subject": "hub.acme.copy"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["id"], "r1");
+    assert_eq!(beta.get("/api/rules/r1").await.0, 404);
+    assert_eq!(beta.delete("/api/rules/r1").await.0, 404);
+    assert_eq!(beta.get("/api/rules").await.1["count"], 0);
+    assert_eq!(acme.get("/api/rules").await.1["count"], 1);
+    let (status, _) = beta
+        .post(
+            "/api/rules",
+            json!({"subject_pattern": ">", "action": {"type": "republish", "subject": "hub.beta.copy"}}),
+        )
+        .await;
+    assert_eq!(status, 403, "a rule beyond the key's subscribe rights");
+
+    // An id taken by another tenant's event is a conflict, never that event.
+    let (status, body) = beta
+        .post(
+            "/api/events",
+            json!({"id": acme_event_id, "subject": "hub.beta.y", "payload": {}}),
+        )
+        .await;
+    assert_eq!((status, error_code(&body)), (409, "conflict"), "{body}");
+
+    // Revocation is immediate.
+    assert_eq!(admin.delete(&format!("/api/keys/{acme_id}")).await.0, 204);
+    assert_eq!(acme.get("/api/events").await.0, 401);
+    // Deleting a tenant revokes its keys.
+    assert_eq!(admin.delete("/api/tenants/beta").await.0, 204);
+    assert_eq!(beta.get("/api/events").await.0, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_admin_key_comes_from_the_cli() {
+    let mut herald = TestHerald::start_with_env(None, &[], &[("HERALD_AUTH", "required")]).await;
+    // The embedded store is one process's: the key is made while the hub is stopped.
+    herald.terminate().await;
+    let output = tokio::process::Command::new(HERALD)
+        .args([
+            "keys",
+            "create",
+            "--admin",
+            "--description",
+            "ops",
+            "--data",
+        ])
+        .arg(herald.data_path())
+        .env_remove("DATABASE_URL")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let made: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let key = made["key"].as_str().unwrap().to_owned();
+    herald.restart().await;
+    let admin = As {
+        herald: &herald,
+        key: Some(key),
+    };
+    assert_eq!(admin.get("/api/keys").await.0, 200);
+    let (_, keys) = admin.get("/api/keys").await;
+    assert_eq!(keys["keys"][0]["description"], "ops");
+    assert!(!keys.to_string().contains(made["key"].as_str().unwrap()));
+}
+
+/// Two instances on one PostgreSQL database: a key made on one works on the other, and
+/// a key revoked on one is refused by the other within 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_is_refused_by_every_instance_within_5_seconds() {
+    let url = herald_store::testing::TestPostgres::shared()
+        .create_database()
+        .await
+        .unwrap();
+    let env = [("HERALD_AUTH", "required"), ("HERALD_ADMIN_KEY", ADMIN)];
+    let a = TestHerald::start_with_env(Some(&url), &["--hub-id", "a"], &env).await;
+    let b = TestHerald::start_with_env(Some(&url), &["--hub-id", "b"], &env).await;
+    let admin_a = As {
+        herald: &a,
+        key: Some(ADMIN.to_owned()),
+    };
+    let (key_id, secret) = tenant_with_key(&admin_a, "acme").await;
+    let on_b = As {
+        herald: &b,
+        key: Some(secret),
+    };
+    let until = |want: u16| {
+        let on_b = &on_b;
+        async move {
+            let started = std::time::Instant::now();
+            loop {
+                let (status, _) = on_b.get("/api/events").await;
+                if status == want {
+                    return started.elapsed();
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "instance b still answers {status}, not {want}, after 5 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    until(200).await;
+    assert_eq!(admin_a.delete(&format!("/api/keys/{key_id}")).await.0, 204);
+    let took = until(401).await;
+    eprintln!("revocation reached the other instance in {took:?}");
+}
