@@ -94,6 +94,9 @@ pub struct HubConfig {
     pub nats: Option<NatsConfig>,
     /// Bounds of durable consumers.
     pub consumers: consumers::ConsumerLimits,
+    /// Let webhooks reach loopback, private, link-local and metadata addresses, which
+    /// [`rules::guard`] refuses by default (against server-side request forgery).
+    pub webhook_allow_private: bool,
 }
 
 impl HubConfig {
@@ -106,6 +109,7 @@ impl HubConfig {
             catch_up_page: 256,
             nats: None,
             consumers: consumers::ConsumerLimits::default(),
+            webhook_allow_private: false,
         }
     }
 }
@@ -259,7 +263,7 @@ impl Hub {
             }
             None => None,
         };
-        let rules = rules::Rules::load(&store).await?;
+        let rules = rules::Rules::load(&store, config.webhook_allow_private).await?;
         let (publish_tx, publish_rx) = mpsc::channel(config.publish_queue.max(1));
         let (consumers, consumer_ops) = consumers::Consumers::new(config.consumers.clone());
         let inner = Arc::new(Inner {

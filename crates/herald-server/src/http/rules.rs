@@ -474,6 +474,11 @@ pub fn rule_error(error: RuleError) -> ApiError {
                 hub_rules::MAX_RULES
             ),
         ),
+        // A policy refusal rather than a malformed rule, but the same answer: the
+        // message names the field, the address and the flag that allows it.
+        error @ RuleError::ForbiddenTarget(_) => {
+            ApiError::new(ErrorCode::InvalidRule, error.to_string())
+        }
         RuleError::Hub(error) => error.into(),
         other => ApiError::new(ErrorCode::InvalidRule, other.to_string()),
     }
