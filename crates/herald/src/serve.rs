@@ -121,6 +121,11 @@ pub struct ServeArgs {
     #[arg(long = "rules", env = "HERALD_RULES_FILE")]
     rules_file: Option<std::path::PathBuf>,
 
+    /// Let webhook rules reach loopback, private (RFC 1918, fc00::/7), link-local,
+    /// carrier-grade NAT and cloud metadata addresses, which are refused by default.
+    #[arg(long, env = "HERALD_WEBHOOK_ALLOW_PRIVATE")]
+    webhook_allow_private: bool,
+
     /// Log format: text or json. The level comes from RUST_LOG (default info).
     #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -422,6 +427,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--max-consumers must be at least 1");
     }
     hub_config.consumers.max_consumers = args.max_consumers;
+    hub_config.webhook_allow_private = args.webhook_allow_private;
     let nats_shown = nats.as_ref().map(|n| n.redacted_servers());
     hub_config.nats = nats;
     let hub = Hub::open(hub_config, store).await?;

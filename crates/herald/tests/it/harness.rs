@@ -167,6 +167,9 @@ impl TestHerald {
             .stderr(Stdio::from(stderr))
             .kill_on_drop(true);
         scrub_env(&mut cmd);
+        // Test receivers listen on 127.0.0.1, which the webhook guard refuses; tests of
+        // the guard pass HERALD_WEBHOOK_ALLOW_PRIVATE=false.
+        cmd.env("HERALD_WEBHOOK_ALLOW_PRIVATE", "true");
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().expect("spawn herald serve");
         self.pid = child.id().expect("child pid");
