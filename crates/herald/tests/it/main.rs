@@ -16,4 +16,5 @@ mod nats;
 mod postgres;
 mod rules;
 mod stream;
+mod tls;
 mod transfer;
