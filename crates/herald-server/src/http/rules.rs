@@ -263,8 +263,11 @@ pub async fn list_rules(State(state): State<AppState>) -> Json<RuleList> {
         once for other answers); after `circuit_breaker.failure_threshold` such failures in a row \
         the rule stops sending for a cool-down, then probes (events wait; none is \
         skipped); a `republish` publishes it to a NATS \
-        subject (it fails, and is counted, while NATS is not configured). A failing rule \
-        never delays publishing or other rules. With several instances on one database, \
+        subject (it fails, and is counted, while NATS is not configured). Webhook targets \
+        on loopback, private, link-local or metadata addresses are refused unless the \
+        server runs with `--webhook-allow-private`: a literal address with `422 \
+        invalid_rule`, a name resolving to one at delivery (the event goes to the dead \
+        letters). A failing rule never delays publishing or other rules. With several instances on one database, \
         each event is delivered once in the cluster.",
     request_body(content((RuleRequestSchema = "application/json"))),
     responses(
