@@ -954,3 +954,47 @@ async fn the_webhook_guard_refuses_private_targets_unless_allowed() {
     assert_eq!(stats(&hub, "to-localhost").failed, 1);
     hub.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_rule_to_a_literal_private_address_is_refused_at_send_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(Mode::Accept).await;
+    let mut spec = webhook_rule("hub.>", &receiver.url);
+    spec.id = Some(RuleId::new("stored-loopback").unwrap());
+    let hub = open_hub(&dir).await; // allows private targets
+    hub.add_rule(spec).await.unwrap();
+    hub.shutdown().await;
+
+    // Reopened without the allowance: the stored rule is kept, but refused per attempt.
+    let store = EmbeddedStore::open(dir.path().join("herald.db"), EmbeddedOptions::default())
+        .await
+        .unwrap();
+    let hub = Hub::open(HubConfig::new("test"), AnyStore::Embedded(store))
+        .await
+        .unwrap();
+    assert!(hub.routing_rule("stored-loopback").is_some());
+    hub.publish(event("hub.guard.y", 1)).await.unwrap();
+    let mut dead = Vec::new();
+    for _ in 0..100 {
+        dead = hub
+            .rule_dead_letters("stored-loopback", 0, 10)
+            .await
+            .unwrap()
+            .unwrap();
+        if !dead.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dead.len(), 1, "the event is a dead letter");
+    let reason = dead[0].last_error.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("127.0.0.1 is a loopback address"),
+        "{reason}"
+    );
+    assert!(
+        receiver.requests().is_empty(),
+        "nothing reached the receiver"
+    );
+    hub.shutdown().await;
+}
