@@ -24,7 +24,10 @@ class Herald:
         self.stderr_path = pathlib.Path(self.dir.name) / "stderr.log"
         self.stderr_file = open(self.stderr_path, "wb")
         self.process = subprocess.Popen(
-            [BINARY, "serve", "--listen", "127.0.0.1:0", "--data", f"{self.dir.name}/herald.db", *args],
+            # Webhook rules made by these tests point at loopback, which the webhook
+            # guard refuses by default.
+            [BINARY, "serve", "--listen", "127.0.0.1:0", "--data", f"{self.dir.name}/herald.db",
+             "--webhook-allow-private", *args],
             stdout=subprocess.PIPE,
             stderr=self.stderr_file,
             text=True,

@@ -97,6 +97,9 @@ pub struct HubConfig {
     pub consumers: consumers::ConsumerLimits,
     /// Authentication mode and the environment's admin key.
     pub access: access::AccessConfig,
+    /// Let webhooks reach loopback, private, link-local and metadata addresses, which
+    /// [`rules::guard`] refuses by default (against server-side request forgery).
+    pub webhook_allow_private: bool,
 }
 
 impl HubConfig {
@@ -110,6 +113,7 @@ impl HubConfig {
             nats: None,
             consumers: consumers::ConsumerLimits::default(),
             access: access::AccessConfig::default(),
+            webhook_allow_private: false,
         }
     }
 }
@@ -271,7 +275,7 @@ impl Hub {
             }
             None => None,
         };
-        let rules = rules::Rules::load(&store).await?;
+        let rules = rules::Rules::load(&store, config.webhook_allow_private).await?;
         let access = access::Registry::open(config.access.clone(), &store)
             .await
             .map_err(|error| match error {

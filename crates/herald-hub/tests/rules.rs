@@ -27,9 +27,16 @@ async fn open_hub(dir: &tempfile::TempDir) -> Hub {
     let store = EmbeddedStore::open(dir.path().join("herald.db"), EmbeddedOptions::default())
         .await
         .unwrap();
-    Hub::open(HubConfig::new("test"), AnyStore::Embedded(store))
+    Hub::open(config("test"), AnyStore::Embedded(store))
         .await
         .unwrap()
+}
+
+/// The receivers here listen on 127.0.0.1, which the webhook guard refuses by default.
+fn config(hub_id: &str) -> HubConfig {
+    let mut config = HubConfig::new(hub_id);
+    config.webhook_allow_private = true;
+    config
 }
 
 fn event(subject: &str, n: usize) -> NewEvent {
@@ -839,7 +846,7 @@ async fn instances_sharing_a_store_take_in_each_others_rule_changes() {
         let store = PostgresStore::open(url, PostgresOptions::default())
             .await
             .unwrap();
-        Hub::open(HubConfig::new(hub_id), AnyStore::Postgres(store))
+        Hub::open(config(hub_id), AnyStore::Postgres(store))
             .await
             .unwrap()
     }
@@ -884,4 +891,110 @@ async fn instances_sharing_a_store_take_in_each_others_rule_changes() {
     );
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_guard_refuses_private_targets_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path().join("herald.db"), EmbeddedOptions::default())
+        .await
+        .unwrap();
+    let hub = Hub::open(HubConfig::new("test"), AnyStore::Embedded(store))
+        .await
+        .unwrap();
+    // Literal addresses: refused when the rule is made.
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://10.0.0.1/",
+        "http://169.254.169.254/latest/meta-data",
+    ] {
+        match hub.add_rule(webhook_rule("hub.>", url)).await {
+            Err(error @ herald_hub::rules::RuleError::ForbiddenTarget(_)) => {
+                assert!(
+                    error.to_string().contains("--webhook-allow-private"),
+                    "{error}"
+                );
+            }
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+    assert!(hub.routing_rules().is_empty(), "nothing was stored");
+
+    // A name that resolves to loopback: refused when connecting, and the event goes to
+    // the rule's dead letters at once with the guard's reason.
+    let receiver = Receiver::start(Mode::Accept).await;
+    let mut spec = webhook_rule("hub.>", &receiver.url.replace("127.0.0.1", "localhost"));
+    spec.id = Some(RuleId::new("to-localhost").unwrap());
+    hub.add_rule(spec).await.unwrap();
+    let published = hub.publish(event("hub.guard.x", 1)).await.unwrap();
+    let mut dead = Vec::new();
+    for _ in 0..100 {
+        dead = hub
+            .rule_dead_letters("to-localhost", 0, 10)
+            .await
+            .unwrap()
+            .unwrap();
+        if !dead.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dead.len(), 1, "the event is a dead letter");
+    assert_eq!(dead[0].event.id, published.event.id);
+    assert_eq!(dead[0].deliveries, 1, "not retried");
+    let reason = dead[0].last_error.clone().unwrap_or_default();
+    assert!(
+        reason.contains("localhost resolves only to forbidden addresses"),
+        "{reason}"
+    );
+    assert!(
+        receiver.requests().is_empty(),
+        "nothing reached the receiver"
+    );
+    assert_eq!(stats(&hub, "to-localhost").failed, 1);
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_rule_to_a_literal_private_address_is_refused_at_send_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(Mode::Accept).await;
+    let mut spec = webhook_rule("hub.>", &receiver.url);
+    spec.id = Some(RuleId::new("stored-loopback").unwrap());
+    let hub = open_hub(&dir).await; // allows private targets
+    hub.add_rule(spec).await.unwrap();
+    hub.shutdown().await;
+
+    // Reopened without the allowance: the stored rule is kept, but refused per attempt.
+    let store = EmbeddedStore::open(dir.path().join("herald.db"), EmbeddedOptions::default())
+        .await
+        .unwrap();
+    let hub = Hub::open(HubConfig::new("test"), AnyStore::Embedded(store))
+        .await
+        .unwrap();
+    assert!(hub.routing_rule("stored-loopback").is_some());
+    hub.publish(event("hub.guard.y", 1)).await.unwrap();
+    let mut dead = Vec::new();
+    for _ in 0..100 {
+        dead = hub
+            .rule_dead_letters("stored-loopback", 0, 10)
+            .await
+            .unwrap()
+            .unwrap();
+        if !dead.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dead.len(), 1, "the event is a dead letter");
+    let reason = dead[0].last_error.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("127.0.0.1 is a loopback address"),
+        "{reason}"
+    );
+    assert!(
+        receiver.requests().is_empty(),
+        "nothing reached the receiver"
+    );
+    hub.shutdown().await;
 }

@@ -15,6 +15,7 @@ pub mod listener;
 pub mod metrics;
 pub mod openapi;
 pub mod rpc;
+pub mod tls;
 pub mod wire;
 pub mod ws;
 
@@ -529,6 +530,16 @@ mod commit_ticket {
 /// Serves `state` on `listener` until `state.shutdown` fires, then stops accepting,
 /// lets in-flight requests finish, closes streams, and waits for them up to `grace`.
 pub async fn serve(listener: TcpListener, state: AppState, grace: Duration) -> std::io::Result<()> {
+    serve_with_tls(listener, state, grace, None).await
+}
+
+/// [`serve`], over TLS when `tls` is set (HTTPS and WSS; the same limits apply).
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    state: AppState,
+    grace: Duration,
+    tls: Option<Arc<tls::Tls>>,
+) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
     let streams = state.streams.clone();
     let limits = listener::ConnectionLimits {
@@ -537,7 +548,7 @@ pub async fn serve(listener: TcpListener, state: AppState, grace: Duration) -> s
         header_read_timeout: state.limits.header_read_timeout,
     };
     let app = router(state);
-    let result = listener::serve_connections(listener, app, limits, shutdown).await;
+    let result = listener::serve_connections(listener, app, limits, tls, shutdown).await;
     streams.close();
     if tokio::time::timeout(grace, streams.wait()).await.is_err() {
         tracing::warn!(

@@ -11,6 +11,10 @@
 //!   the moment the server waits for it: a socket that sends nothing, or drips header
 //!   lines, is closed, and so is a keep-alive connection left idle that long.
 //!
+//! - With TLS, the handshake happens on the connection's slot and must finish within the
+//!   same timeout (a client that connects and sends nothing is closed); the settings in
+//!   force when a connection is accepted are the ones it uses (see [`Tls`]).
+//!
 //! Accepted sockets get `TCP_NODELAY`: events are small and latency matters.
 
 use std::io;
@@ -23,12 +27,15 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::hyper_errors::JsonErrorIo;
+use crate::tls::Tls;
 
 /// How the connections of a server are limited.
 #[derive(Debug, Clone)]
@@ -54,13 +61,15 @@ pub enum Admission {
 /// How long a reserve connection may take to send its one request's head.
 const RESERVE_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Accepts connections on `listener` and serves `app` on them until `shutdown` fires;
-/// then stops accepting, lets each connection finish its request, and returns once
-/// every connection is closed (upgraded WebSockets are tracked by their handler).
+/// Accepts connections on `listener` and serves `app` on them (over TLS with `tls`)
+/// until `shutdown` fires; then stops accepting, lets each connection finish its
+/// request, and returns once every connection is closed (upgraded WebSockets are
+/// tracked by their handler).
 pub async fn serve_connections(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    tls: Option<Arc<Tls>>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let normal = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -104,7 +113,8 @@ pub async fn serve_connections(
             _permit: permit,
             _open: open_rx.clone(),
         };
-        tokio::spawn(connection.serve(stream));
+        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
+        tokio::spawn(connection.run(stream, acceptor));
     }
     drop(open_rx);
     open_tx.closed().await;
@@ -112,7 +122,7 @@ pub async fn serve_connections(
 }
 
 /// Waits for the next connection, riding out errors that concern one client only.
-async fn accept(listener: &TcpListener) -> tokio::net::TcpStream {
+async fn accept(listener: &TcpListener) -> TcpStream {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => return stream,
@@ -146,7 +156,38 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(self, stream: tokio::net::TcpStream) {
+    /// Serves the connection, after a TLS handshake when `tls` is set.
+    async fn run(self, stream: TcpStream, tls: Option<TlsAcceptor>) {
+        let Some(acceptor) = tls else {
+            return self.serve(stream).await;
+        };
+        let handshake = tokio::time::timeout(self.header_read_timeout, acceptor.accept(stream));
+        let stream = tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => return,
+            result = handshake => match result {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "TLS handshake failed.");
+                    metrics::counter!("herald_tls_handshake_failures_total", "reason" => "error")
+                        .increment(1);
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("TLS handshake timed out.");
+                    metrics::counter!("herald_tls_handshake_failures_total", "reason" => "timeout")
+                        .increment(1);
+                    return;
+                }
+            },
+        };
+        self.serve(stream).await
+    }
+
+    async fn serve<S>(self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let admission = self.admission;
         let service = self.app.map_request(move |request: Request<Incoming>| {
             let mut request = request.map(axum::body::Body::new);

@@ -2,6 +2,7 @@
 //!
 //! Shutdown (SIGTERM or Ctrl-C): stop accepting connections and let in-flight requests
 //! finish → close streams with 1001 going away → commit what is queued → close the store.
+//! With TLS, SIGHUP reloads the certificate, key and client CA.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -39,6 +40,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     postgres: PostgresArgs,
+
+    #[command(flatten)]
+    tls: TlsArgs,
 
     /// This hub's id, the `origin.hub_id` of the events published here.
     #[arg(long, env = "HUB_ID", default_value = "local-hub")]
@@ -130,6 +134,11 @@ pub struct ServeArgs {
     /// GET /api/rules; rules added over the API are kept.
     #[arg(long = "rules", env = "HERALD_RULES_FILE")]
     rules_file: Option<std::path::PathBuf>,
+
+    /// Let webhook rules reach loopback, private (RFC 1918, fc00::/7), link-local,
+    /// carrier-grade NAT and cloud metadata addresses, which are refused by default.
+    #[arg(long, env = "HERALD_WEBHOOK_ALLOW_PRIVATE")]
+    webhook_allow_private: bool,
 
     /// Log format: text or json. The level comes from RUST_LOG (default info).
     #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -325,6 +334,56 @@ fn seed_number<T: std::str::FromStr + Default>(flag: Option<T>, name: &str) -> a
     }
 }
 
+/// HTTPS and WSS on the listener. Without them, plain HTTP.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// Certificate chain (PEM, leaf first) to serve HTTPS and WSS with (with --tls-key).
+    /// Read again, with the key and client CA, on SIGHUP.
+    #[arg(
+        long,
+        env = "HERALD_TLS_CERT",
+        value_name = "PEM_FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(
+        long,
+        env = "HERALD_TLS_KEY",
+        value_name = "PEM_FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<std::path::PathBuf>,
+
+    /// CA certificates (PEM): require client certificates signed by one of them.
+    #[arg(
+        long,
+        env = "HERALD_TLS_CLIENT_CA",
+        value_name = "PEM_FILE",
+        requires = "tls_cert"
+    )]
+    tls_client_ca: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The listener's TLS settings, read and checked; `None` for plain HTTP.
+    pub fn load(&self) -> anyhow::Result<Option<std::sync::Arc<herald_server::tls::Tls>>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            // clap requires both or neither.
+            return Ok(None);
+        };
+        let files = herald_server::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: self.tls_client_ca.clone(),
+        };
+        Ok(Some(std::sync::Arc::new(herald_server::tls::Tls::load(
+            files,
+        )?)))
+    }
+}
+
 /// Settings of the PostgreSQL store (used when `DATABASE_URL` is `postgres://…`).
 #[derive(Debug, Args)]
 pub struct PostgresArgs {
@@ -491,6 +550,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     herald_core::json::set_max_depth(args.max_json_depth as usize);
     let store_config = StoreConfig::parse(&args.data).map_err(anyhow::Error::msg)?;
     let nats = args.nats.config()?;
+    let tls = args.tls.load()?;
     let rules = match &args.rules_file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -526,6 +586,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .as_ref()
             .map(|secret| herald_hub::access::secret::hash(&secret.0)),
     };
+    hub_config.webhook_allow_private = args.webhook_allow_private;
     let nats_shown = nats.as_ref().map(|n| n.redacted_servers());
     hub_config.nats = nats;
     let hub = Hub::open(hub_config, store).await?;
@@ -560,8 +621,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let state = AppState::new(hub.clone(), limits, shutdown.clone());
     let grace = Duration::from_secs(args.shutdown_timeout_secs);
 
+    // Before the listening line: a SIGHUP sent once it is out must not end the process.
+    #[cfg(unix)]
+    if let Some(tls) = &tls {
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("listening for SIGHUP (TLS reloads)")?;
+        tokio::spawn(reload_tls_on_hangup(hangup, tls.clone()));
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
         %bound,
+        tls = tls.is_some(),
+        client_certificates = tls.as_ref().is_some_and(|t| t.requires_client_certificates()),
         hub_id = %args.hub_id,
         store = %store_config.redacted(),
         nats = nats_shown.as_deref().unwrap_or("off"),
@@ -570,12 +641,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // The one line on stdout: scripts and tests read the bound address from it.
     let mut stdout = tokio::io::stdout();
     stdout
-        .write_all(format!("herald listening on http://{bound}\n").as_bytes())
+        .write_all(format!("herald listening on {scheme}://{bound}\n").as_bytes())
         .await?;
     stdout.flush().await?;
 
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let server = tokio::spawn(herald_server::serve(listener, state, grace));
+    let server = tokio::spawn(herald_server::serve_with_tls(listener, state, grace, tls));
     shutdown.cancelled().await;
     tracing::info!("Shutting down: no new connections; finishing requests and streams.");
     match tokio::time::timeout(grace + Duration::from_secs(1), server).await {
@@ -587,6 +658,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     hub.shutdown().await;
     tracing::info!("Herald stopped.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reloads the TLS files on every SIGHUP; a failed reload keeps the settings in force.
+#[cfg(unix)]
+async fn reload_tls_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    tls: std::sync::Arc<herald_server::tls::Tls>,
+) {
+    while hangup.recv().await.is_some() {
+        let reloading = tls.clone();
+        match tokio::task::spawn_blocking(move || reloading.reload()).await {
+            Ok(Ok(())) => tracing::info!("TLS settings reloaded; new connections use them."),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "TLS reload failed; keeping the previous settings.")
+            }
+            Err(error) => {
+                tracing::error!(%error, "TLS reload failed; keeping the previous settings.")
+            }
+        }
+    }
 }
 
 async fn cancel_on_signal(token: CancellationToken) {

@@ -343,6 +343,7 @@ async fn deliver(hub: Hub, entry: Arc<Entry>, message: Message) {
                         Attempt::Delivered => Outcome::Done,
                         Attempt::Retry(reason, retry_after) => Outcome::Retry(reason, retry_after),
                         Attempt::Refused(status) => Outcome::Refused(format!("answered {status}")),
+                        Attempt::Forbidden(reason) => Outcome::Refused(reason),
                     }
                 }
                 Err(webhook::DeliveryError::ShuttingDown) => return,

@@ -33,6 +33,7 @@
 mod breaker;
 pub mod durable;
 mod engine;
+pub mod guard;
 mod stored;
 pub mod webhook;
 
@@ -210,6 +211,9 @@ pub enum RuleError {
     Exists(RuleId),
     #[error("this hub already has {MAX_RULES} rules, the most it keeps")]
     TooMany,
+    /// A webhook's URL is a literal address the [`guard`] forbids.
+    #[error("`action.url`: {0}")]
+    ForbiddenTarget(#[from] guard::ForbiddenTarget),
     #[error(transparent)]
     Hub(#[from] HubError),
 }
@@ -389,7 +393,10 @@ const SYNC_EVERY: Duration = Duration::from_secs(5);
 
 impl Rules {
     /// Reads the stored rules (a rule that cannot be read is logged and skipped).
-    pub(crate) async fn load(store: &herald_store::AnyStore) -> Result<Self, HubError> {
+    pub(crate) async fn load(
+        store: &herald_store::AnyStore,
+        webhook_allow_private: bool,
+    ) -> Result<Self, HubError> {
         let mut loaded = Vec::new();
         for rule in store.list_rules().await? {
             match stored::decode(&rule) {
@@ -405,7 +412,7 @@ impl Rules {
             entries: Mutex::new(Vec::new()),
             changes: tokio::sync::Mutex::new(()),
             loaded: Mutex::new(loaded),
-            delivery: webhook::Delivery::new(),
+            delivery: webhook::Delivery::new(webhook_allow_private),
         })
     }
 
@@ -575,6 +582,20 @@ fn new_entry(hub: &Hub, id: RuleId, spec: &RuleSpec, created_at: Timestamp) -> A
     })
 }
 
+impl Hub {
+    /// Refuses a webhook to a literal address the [`guard`] forbids, unless the hub
+    /// allows private targets (names are checked when connecting).
+    fn check_target(&self, spec: &RuleSpec) -> Result<(), RuleError> {
+        match &spec.action {
+            Action::Webhook(webhook) => match self.inner.rules.delivery.literal_refusal(webhook) {
+                Some(refusal) => Err(refusal.into()),
+                None => Ok(()),
+            },
+            Action::Republish { .. } => Ok(()),
+        }
+    }
+}
+
 /// Starts the worker of a durable rule if it is enabled.
 fn spawn(hub: &Hub, entry: &Arc<Entry>) {
     if entry.enabled {
@@ -607,6 +628,7 @@ impl Hub {
     /// a rule has that id.
     pub async fn add_rule(&self, spec: RuleSpec) -> Result<RuleInfo, RuleError> {
         spec.validate()?;
+        self.check_target(&spec)?;
         let rules = &self.inner.rules;
         let _changing = rules.changes.lock().await;
         let id = spec.id.clone().unwrap_or_else(RuleId::generate);
@@ -650,6 +672,7 @@ impl Hub {
     pub async fn load_rules(&self, specs: Vec<RuleSpec>) -> Result<Vec<RuleInfo>, RuleError> {
         for (i, spec) in specs.iter().enumerate() {
             spec.validate()?;
+            self.check_target(spec)?;
             let Some(id) = &spec.id else {
                 return Err(RuleError::Invalid(format!(
                     "rule {} has no `id`; rules loaded from a file need one",

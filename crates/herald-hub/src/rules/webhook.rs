@@ -23,6 +23,10 @@
 //! at once (a term). Redirects are not followed. Each rule has a circuit breaker
 //! ([`CircuitBreaker`]): while it is open, events wait without being sent.
 //!
+//! **Targets.** Unless the hub allows private targets, the [`guard`](super::guard)
+//! refuses addresses on the hub's own machine and networks at connect time; such an
+//! attempt goes straight to the dead letters (a term) with the guard's reason.
+//!
 //! **Request slots.** A rule has at most [`WEBHOOK_IN_FLIGHT`] deliveries in flight (its
 //! consumer hands out no more, retries waiting for their backoff included), so a
 //! receiver that hangs can hold at most that many requests. Each rule's first open request uses a slot of its own (its `Lane`); the
@@ -47,6 +51,7 @@ use reqwest::StatusCode;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::breaker::{Breaker, CircuitBreaker, Health};
+use super::guard::{self, ForbiddenTarget, GuardedResolver};
 use super::{RuleError, RuleId, SHARED_REQUESTS, WEBHOOK_IN_FLIGHT};
 
 /// Longest webhook URL, in bytes.
@@ -331,6 +336,8 @@ pub(super) enum DeliveryError {
 pub(crate) struct Delivery {
     client: OnceLock<Result<reqwest::Client, Arc<reqwest::Error>>>,
     shared: Arc<Semaphore>,
+    /// Whether webhooks may reach what the [`guard`](super::guard) forbids.
+    allow_private: bool,
 }
 
 /// One webhook rule's own delivery budget: its reserved request slot and its breaker.
@@ -357,6 +364,8 @@ pub(super) enum Attempt {
     Retry(String, Option<Duration>),
     /// Refused for good (3xx, 4xx other than 408 and 429).
     Refused(StatusCode),
+    /// Not sent: the guard forbids the target's address (the reason says which).
+    Forbidden(String),
 }
 
 impl Attempt {
@@ -364,28 +373,47 @@ impl Attempt {
     pub(super) fn health(&self) -> Health {
         match self {
             Attempt::Retry(..) => Health::Down,
-            Attempt::Delivered | Attempt::Refused(_) => Health::Up,
+            // A forbidden target says nothing about a receiver; it must not hold up the
+            // rule's other events behind an open breaker.
+            Attempt::Delivered | Attempt::Refused(_) | Attempt::Forbidden(_) => Health::Up,
         }
     }
 }
 
 impl Delivery {
-    pub(crate) fn new() -> Self {
+    /// `allow_private`: let webhooks reach what the [`guard`](super::guard) forbids.
+    pub(crate) fn new(allow_private: bool) -> Self {
         Delivery {
             client: OnceLock::new(),
             shared: Arc::new(Semaphore::new(SHARED_REQUESTS)),
+            allow_private,
         }
+    }
+
+    /// The guard's refusal of `webhook`'s URL when its host is a forbidden literal
+    /// address (names are checked by the resolver when connecting).
+    pub(crate) fn literal_refusal(&self, webhook: &Webhook) -> Option<ForbiddenTarget> {
+        if self.allow_private {
+            return None;
+        }
+        guard::literal_refusal(&webhook.url)
     }
 
     fn client(&self) -> Result<&reqwest::Client, DeliveryError> {
         self.client
             .get_or_init(|| {
-                reqwest::Client::builder()
+                // No redirects: besides being the documented behaviour, following one
+                // to a literal address would bypass the guard's resolver.
+                let builder = reqwest::Client::builder()
                     .redirect(reqwest::redirect::Policy::none())
                     .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
-                    .connect_timeout(Duration::from_secs(10))
-                    .build()
-                    .map_err(Arc::new)
+                    .connect_timeout(Duration::from_secs(10));
+                let builder = if self.allow_private {
+                    builder
+                } else {
+                    builder.dns_resolver(Arc::new(GuardedResolver))
+                };
+                builder.build().map_err(Arc::new)
             })
             .as_ref()
             .map_err(|error| DeliveryError::Client(error.clone()))
@@ -414,6 +442,9 @@ impl Delivery {
         lane: &Lane,
         event: &Event,
     ) -> Result<Attempt, DeliveryError> {
+        if let Some(refusal) = self.literal_refusal(webhook) {
+            return Ok(Attempt::Forbidden(refusal.to_string()));
+        }
         let client = self.client()?;
         let msg_id = message_id(rule, event.id);
         let body = Bytes::from(crate::envelope::to_json(event));
@@ -440,7 +471,12 @@ async fn send(client: &reqwest::Client, webhook: &Webhook, msg_id: &str, body: B
     }
     let mut response = match request.body(body).send().await {
         Ok(response) => response,
-        Err(error) => return Attempt::Retry(describe(error), None),
+        Err(error) => {
+            return match guard::find_refusal(&error) {
+                Some(refusal) => Attempt::Forbidden(refusal.to_string()),
+                None => Attempt::Retry(describe(error), None),
+            }
+        }
     };
     let status = response.status();
     let retry_after = response

@@ -268,8 +268,11 @@ pub async fn list_rules(
         once for other answers); after `circuit_breaker.failure_threshold` such failures in a row \
         the rule stops sending for a cool-down, then probes (events wait; none is \
         skipped); a `republish` publishes it to a NATS \
-        subject (it fails, and is counted, while NATS is not configured). A failing rule \
-        never delays publishing or other rules. With several instances on one database, \
+        subject (it fails, and is counted, while NATS is not configured). Webhook targets \
+        on loopback, private, link-local or metadata addresses are refused unless the \
+        server runs with `--webhook-allow-private`: a literal address with `422 \
+        invalid_rule`, a name resolving to one at delivery (the event goes to the dead \
+        letters). A failing rule never delays publishing or other rules. With several instances on one database, \
         each event is delivered once in the cluster.",
     request_body(content((RuleRequestSchema = "application/json"))),
     responses(
@@ -498,6 +501,11 @@ pub fn rule_error(error: RuleError) -> ApiError {
                 hub_rules::MAX_RULES
             ),
         ),
+        // A policy refusal rather than a malformed rule, but the same answer: the
+        // message names the field, the address and the flag that allows it.
+        error @ RuleError::ForbiddenTarget(_) => {
+            ApiError::new(ErrorCode::InvalidRule, error.to_string())
+        }
         RuleError::Hub(error) => error.into(),
         other => ApiError::new(ErrorCode::InvalidRule, other.to_string()),
     }

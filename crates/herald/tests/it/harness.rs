@@ -169,6 +169,9 @@ impl TestHerald {
             .stderr(Stdio::from(stderr))
             .kill_on_drop(true);
         scrub_env(&mut cmd);
+        // Test receivers listen on 127.0.0.1, which the webhook guard refuses; tests of
+        // the guard pass HERALD_WEBHOOK_ALLOW_PRIVATE=false.
+        cmd.env("HERALD_WEBHOOK_ALLOW_PRIVATE", "true");
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().expect("spawn herald serve");
         self.pid = child.id().expect("child pid");
@@ -219,7 +222,7 @@ impl TestHerald {
         metrics_text(&self.http, &self.base_url).await
     }
 
-    /// `http://127.0.0.1:PORT` of the running server.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS) of the running server.
     pub fn base_url(&self) -> &str {
         &self.base_url
     }
@@ -229,18 +232,22 @@ impl TestHerald {
         format!("{}{}", self.base_url, path)
     }
 
-    /// `ws://127.0.0.1:PORT` + `path`.
+    /// `ws://127.0.0.1:PORT` (`wss://` with TLS) + `path`.
     pub fn ws_url(&self, path: &str) -> String {
-        format!(
-            "ws://{}{}",
-            self.base_url.trim_start_matches("http://"),
-            path
-        )
+        let scheme = if self.base_url.starts_with("https://") {
+            "wss"
+        } else {
+            "ws"
+        };
+        format!("{scheme}://{}{path}", self.addr())
     }
 
     /// `127.0.0.1:PORT`.
     pub fn addr(&self) -> String {
-        self.base_url.trim_start_matches("http://").to_owned()
+        self.base_url
+            .split_once("://")
+            .map_or(self.base_url.as_str(), |(_, addr)| addr)
+            .to_owned()
     }
 
     /// The pid of the running process.
@@ -534,12 +541,16 @@ pub fn send_signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
-/// `herald listening on http://127.0.0.1:PORT` → `http://127.0.0.1:PORT`.
+/// `herald listening on http://127.0.0.1:PORT` → `http://127.0.0.1:PORT` (or
+/// `https://` with TLS).
 pub fn parse_listening_line(line: &str) -> Option<String> {
     let url = line.trim_end().strip_prefix("herald listening on ")?;
-    let port = url.strip_prefix("http://127.0.0.1:")?;
-    let port: u16 = port.parse().ok()?;
-    (port != 0).then(|| format!("http://127.0.0.1:{port}"))
+    let (scheme, rest) = url.split_once("://")?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let port: u16 = rest.strip_prefix("127.0.0.1:")?.parse().ok()?;
+    (port != 0).then(|| format!("{scheme}://127.0.0.1:{port}"))
 }
 
 /// `/api/events/stream?subject=...` plus extra query text (`&from_seq=3`); the subject

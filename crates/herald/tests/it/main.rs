@@ -17,4 +17,5 @@ mod nats;
 mod postgres;
 mod rules;
 mod stream;
+mod tls;
 mod transfer;

@@ -1340,3 +1340,154 @@ async fn instances_on_one_database_deliver_each_event_once_and_take_over_after_k
     receiver.shared.hang.store(false, Ordering::SeqCst);
     receiver.wait_for_ids(&held, Duration::from_secs(20)).await;
 }
+
+// ---- the webhook guard -----------------------------------------------------------------------
+
+/// The guard on (the harness turns it off for the other tests).
+const GUARD_ON: &[(&str, &str)] = &[("HERALD_WEBHOOK_ALLOW_PRIVATE", "false")];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_to_private_literal_addresses_are_refused_when_the_rule_is_made() {
+    let h = TestHerald::start_with_env(None, &[], GUARD_ON).await;
+    for (url, expected) in [
+        ("http://127.0.0.1:9/hook", "127.0.0.1 is a loopback address"),
+        ("http://10.0.0.1/hook", "10.0.0.1 is a private address"),
+        (
+            "http://169.254.169.254/latest/meta-data",
+            "169.254.169.254 is a cloud metadata address",
+        ),
+        (
+            "http://192.168.1.10:8080/",
+            "192.168.1.10 is a private address",
+        ),
+        (
+            "http://100.64.0.1/",
+            "100.64.0.1 is a carrier-grade NAT address",
+        ),
+        ("http://0.0.0.0:9/", "0.0.0.0 is an unspecified address"),
+    ] {
+        let body = json!({"subject_pattern": "hub.>", "action": webhook(url)});
+        let resp = post_rule(&h, &body).await;
+        let text = resp.text().await.unwrap();
+        let answer: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(answer["error"]["code"], "invalid_rule", "{url}: {text}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!("`action.url`: {expected}"))
+                && message.contains("--webhook-allow-private"),
+            "{url}: {message}"
+        );
+        check_error(post_rule(&h, &body).await, &[422], &["invalid_rule"])
+            .await
+            .unwrap();
+    }
+    // IPv6 literals are not webhook URLs at all (the guard would refuse [::1] too).
+    check_error(
+        post_rule(
+            &h,
+            &json!({"subject_pattern": "hub.>", "action": webhook("http://[::1]:9/")}),
+        )
+        .await,
+        &[422],
+        &["invalid_rule"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(get_rules(&h).await["count"], 0, "nothing was stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rules_file_with_a_private_literal_target_stops_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.json");
+    std::fs::write(
+        &path,
+        r#"[{"id": "x", "subject_pattern": "hub.>", "action": {"type": "webhook", "url": "http://169.254.169.254/"}}]"#,
+    )
+    .unwrap();
+    let mut cmd = tokio::process::Command::new(HERALD);
+    cmd.arg("serve")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data")
+        .arg(dir.path().join("herald.db"))
+        .arg("--rules")
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    scrub_env(&mut cmd);
+    cmd.env_remove("HERALD_WEBHOOK_ALLOW_PRIVATE");
+    let output = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+        .await
+        .expect("herald exits")
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("169.254.169.254 is a cloud metadata address"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "never listened");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_resolving_to_loopback_is_refused_when_connecting_and_dead_lettered() {
+    let h = TestHerald::start_with_env(None, &[], GUARD_ON).await;
+    let receiver = Receiver::start(0).await;
+    let url = receiver.url.replace("127.0.0.1", "localhost");
+    add_rule(
+        &h,
+        &json!({"id": "to-localhost", "subject_pattern": "hub.g.>", "action": webhook(&url)}),
+    )
+    .await;
+    let event = h.publish("hub.g.x", json!({"n": 1})).await;
+    let dead = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { rule_dead_letters(&h, "to-localhost", "").await["count"] == 1 },
+    )
+    .await;
+    assert!(dead, "the event went to the rule's dead letters");
+    let letter = rule_dead_letters(&h, "to-localhost", "").await["dead_letters"][0].clone();
+    assert_eq!(letter["event"]["id"], event["event_id"]);
+    assert_eq!(letter["reason"], "term", "not retried: {letter}");
+    assert_eq!(letter["deliveries"], 1);
+    let reason = letter["last_error"].as_str().unwrap();
+    assert!(
+        reason.starts_with("localhost resolves only to forbidden addresses")
+            && reason.contains("--webhook-allow-private"),
+        "{reason}"
+    );
+    assert!(receiver.all().is_empty(), "nothing reached the receiver");
+    let rule = get_rule(&h, "to-localhost").await;
+    assert_eq!(rule["stats"]["failed"], 1, "{rule}");
+    h.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_webhook_allow_private_loopback_deliveries_work() {
+    let h = TestHerald::start_with_env(None, &["--webhook-allow-private"], GUARD_ON).await;
+    let receiver = Receiver::start(0).await;
+    for (id, url) in [
+        ("literal", receiver.url.clone()),
+        ("name", receiver.url.replace("127.0.0.1", "localhost")),
+    ] {
+        add_rule(
+            &h,
+            &json!({"id": id, "subject_pattern": "hub.a.>", "action": webhook(&url)}),
+        )
+        .await;
+    }
+    let event = h.publish("hub.a.x", json!({})).await;
+    let ok = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { receiver.delivered().len() == 2 },
+    )
+    .await;
+    assert!(ok, "both rules delivered: {:?}", receiver.all().len());
+    assert!(receiver
+        .delivered()
+        .iter()
+        .all(|r| r.json()["id"] == event["event_id"]));
+}
