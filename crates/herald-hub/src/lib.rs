@@ -144,6 +144,12 @@ pub enum HubError {
     /// The request clashes with what is stored (an event id already taken).
     #[error("{0}")]
     Conflict(String),
+    /// Over a publish rate of the caller's key or tenant; nothing was stored.
+    #[error("{0}")]
+    RateLimited(access::RateLimited),
+    /// A count limit of the caller's key or tenant (streams, consumers, rules) is reached.
+    #[error("{0}")]
+    LimitReached(String),
 }
 
 impl From<StoreError> for HubError {

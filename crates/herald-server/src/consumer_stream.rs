@@ -120,11 +120,16 @@ pub async fn stream(
         )
     })?;
     let permit = state.stream_permit()?;
+    let slot = caller.open_stream()?;
     let streams = state.streams.clone();
     Ok(upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| {
-            streams.track_future(run(socket, name, credit, state, caller, permit))
+            streams.track_future(async move {
+                // Counted against the key's and tenant's streams while open.
+                let _slot = slot;
+                run(socket, name, credit, state, caller, permit).await
+            })
         }))
 }
 

@@ -101,6 +101,9 @@ error_codes! {
     Unauthenticated = "unauthenticated" => UNAUTHORIZED, Unauthenticated,
     /// The API key lacks the right (publish or subscribe on a subject, admin).
     Forbidden = "forbidden" => FORBIDDEN, Forbidden,
+    /// Over a publish rate, or at a count limit (streams, consumers, rules), of the key or
+    /// its tenant; nothing was stored. `Retry-After` and `RateLimit-*` say when to retry.
+    RateLimited = "rate_limited" => TOO_MANY_REQUESTS, Unavailable,
     /// A tenant or key is malformed; nothing was stored.
     InvalidAccess = "invalid_access" => UNPROCESSABLE_ENTITY, InvalidParams,
     /// A tenant with that id exists, its subject space overlaps another's, or an event
@@ -213,6 +216,18 @@ pub struct ApiError {
     pub items: Vec<ItemError>,
     /// For `outcome_unknown`: the ids to publish again.
     pub event_ids: Vec<uuid::Uuid>,
+    /// For `rate_limited`: the `Retry-After` and `RateLimit-*` headers' values.
+    pub rate_limit: Option<RateLimitHeaders>,
+}
+
+/// What a `429` tells a client about the limit it hit (the IETF RateLimit header fields,
+/// draft-ietf-httpapi-ratelimit-headers).
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitHeaders {
+    /// Events per window (`RateLimit-Limit`).
+    pub limit: u32,
+    /// Whole seconds until a retry can succeed (`Retry-After`, `RateLimit-Reset`).
+    pub reset_secs: u64,
 }
 
 /// Why one item of a batch was rejected.
@@ -230,6 +245,7 @@ impl ApiError {
             message: message.into(),
             items: Vec::new(),
             event_ids: Vec::new(),
+            rate_limit: None,
         }
     }
 
@@ -299,6 +315,21 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        if let Some(limit) = self.rate_limit {
+            let headers = response.headers_mut();
+            for (name, value) in [
+                ("retry-after", limit.reset_secs),
+                ("ratelimit-limit", u64::from(limit.limit)),
+                ("ratelimit-remaining", 0),
+                ("ratelimit-reset", limit.reset_secs),
+            ] {
+                headers.insert(name, HeaderValue::from(value));
+            }
+        } else if status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
@@ -366,6 +397,15 @@ impl From<HubError> for ApiError {
                 "the hub is shutting down; retry on another instance or later",
             ),
             HubError::Forbidden(message) => ApiError::new(ErrorCode::Forbidden, message),
+            HubError::RateLimited(limited) => {
+                let mut error = ApiError::new(ErrorCode::RateLimited, limited.to_string());
+                error.rate_limit = Some(RateLimitHeaders {
+                    limit: limited.per_second,
+                    reset_secs: limited.retry_after.as_secs_f64().ceil().max(1.0) as u64,
+                });
+                error
+            }
+            HubError::LimitReached(message) => ApiError::new(ErrorCode::RateLimited, message),
             HubError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
             other => {
                 tracing::error!(error = %other, "Internal error.");

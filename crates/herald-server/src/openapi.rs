@@ -26,7 +26,7 @@ use crate::wire::schema::{
     HeadersTooLarge, Instant, Limit, MethodNotAllowed, NakRequest, NotFound, OriginText,
     PayloadTooLarge, PublishAnswer, PublishBatchRequest, RedriveRequest, RequestTimeout, RpcAnswer,
     RpcBody, RpcRequest, RpcResponse, SeqParam, ServiceUnavailable, StoredCloudEvent, Subject,
-    SubjectPattern, TermRequest, Unauthorized, UnprocessableEntity, UriTooLong,
+    SubjectPattern, TermRequest, TooManyRequests, Unauthorized, UnprocessableEntity, UriTooLong,
 };
 
 /// The document, generated from the handlers' annotations.
@@ -156,6 +156,7 @@ use crate::wire::schema::{
             BadRequest,
             Unauthorized,
             Forbidden,
+            TooManyRequests,
             NotFound,
             MethodNotAllowed,
             Conflict,
@@ -277,7 +278,11 @@ impl Modify for Everywhere {
             let public = crate::PUBLIC_PATHS.contains(&path.as_str());
             for (method, operation) in operations(item) {
                 if !public {
-                    for (status, name) in [("401", "Unauthorized"), ("403", "Forbidden")] {
+                    for (status, name) in [
+                        ("401", "Unauthorized"),
+                        ("403", "Forbidden"),
+                        ("429", "TooManyRequests"),
+                    ] {
                         operation
                             .responses
                             .responses

@@ -155,6 +155,7 @@ pub async fn stream(
         )
     })?;
     let permit = state.stream_permit()?;
+    let slot = caller.open_stream()?;
     let subscription = match &params.queue {
         Some(group) => state
             .hub
@@ -171,7 +172,13 @@ pub async fn stream(
     let streams = state.streams.clone();
     Ok(upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| streams.track_future(run(socket, subscription, state, permit))))
+        .on_upgrade(move |socket| {
+            streams.track_future(async move {
+                // Counted against the key's and tenant's streams while open.
+                let _slot = slot;
+                run(socket, subscription, state, permit).await
+            })
+        }))
 }
 
 enum Ending {

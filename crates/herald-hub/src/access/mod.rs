@@ -12,6 +12,7 @@
 //! reloads it every [`RELOAD_EVERY`], so a key revoked on one instance is refused by
 //! every instance sharing the store within that time.
 
+mod limits;
 mod registry;
 mod scoped;
 pub mod secret;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use herald_core::{Event, Pattern, Permissions, Timestamp};
 
+pub use limits::{RateLimited, StreamSlot};
 pub use registry::create_admin_key;
 pub(crate) use registry::Registry;
 pub use scoped::Scoped;
@@ -185,6 +187,8 @@ struct CallerInner {
     publish: Permissions,
     subscribe: Permissions,
     limits: Limits,
+    tenant_limits: Option<Limits>,
+    enforcer: limits::Enforcer,
 }
 
 impl Caller {
@@ -197,6 +201,8 @@ impl Caller {
             publish: Permissions::all(),
             subscribe: Permissions::all(),
             limits: Limits::default(),
+            tenant_limits: None,
+            enforcer: limits::Enforcer::default(),
         }))
     }
 
@@ -209,10 +215,12 @@ impl Caller {
             publish: Permissions::none(),
             subscribe: Permissions::none(),
             limits: Limits::default(),
+            tenant_limits: None,
+            enforcer: limits::Enforcer::default(),
         }))
     }
 
-    fn for_key(info: &KeyInfo, tenant: Option<&Tenant>) -> Caller {
+    fn for_key(info: &KeyInfo, tenant: Option<&Tenant>, enforcer: limits::Enforcer) -> Caller {
         let narrow = |rights: &Permissions| match tenant {
             Some(tenant) => rights.within(&tenant.subjects),
             None => rights.clone(),
@@ -224,7 +232,36 @@ impl Caller {
             publish: narrow(&info.publish),
             subscribe: narrow(&info.subscribe),
             limits: info.limits.clone(),
+            tenant_limits: tenant.map(|t| t.limits.clone()),
+            enforcer,
         }))
+    }
+
+    /// Takes `n` events' worth of the key's and tenant's publish rates.
+    pub fn take_publish(&self, n: usize) -> Result<(), RateLimited> {
+        self.0
+            .enforcer
+            .take_publish(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// Counts one more open stream against the key's and tenant's `max_streams`; the
+    /// slot gives it back when dropped.
+    pub fn open_stream(&self) -> Result<StreamSlot, crate::HubError> {
+        self.0.enforcer.open_stream().map_err(|(scope, max)| {
+            crate::HubError::LimitReached(format!(
+                "this {scope} already has {max} streams open, the most it may"
+            ))
+        })
+    }
+
+    /// The smaller of the key's and the tenant's value of a count limit.
+    pub fn count_limit(&self, limit: impl Fn(&Limits) -> Option<u32>) -> Option<u32> {
+        let key = limit(&self.0.limits);
+        let tenant = self.0.tenant_limits.as_ref().and_then(&limit);
+        match (key, tenant) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The id of the key, `None` when no key was used.

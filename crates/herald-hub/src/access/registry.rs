@@ -18,6 +18,8 @@ const LAST_USED_EVERY_MICROS: i64 = 60_000_000;
 
 pub(crate) struct Registry {
     config: AccessConfig,
+    /// Rate buckets and stream counts, kept across reloads.
+    meters: super::limits::Meters,
     snapshot: RwLock<Arc<Snapshot>>,
     /// Keys used since the last write-back, with when.
     used: Mutex<HashMap<String, Timestamp>>,
@@ -41,6 +43,7 @@ impl Registry {
     pub(crate) async fn open(config: AccessConfig, store: &AnyStore) -> Result<Self, AccessError> {
         let registry = Registry {
             config,
+            meters: Default::default(),
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             used: Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
@@ -146,7 +149,12 @@ impl Registry {
                 continue;
             };
             let tenant = info.tenant.as_ref().and_then(|t| tenants.get(t));
-            let caller = Caller::for_key(&info, tenant);
+            let enforcer = self.meters.enforcer(
+                &info.id,
+                &info.limits,
+                tenant.map(|t: &Tenant| (t.id.as_str(), &t.limits)),
+            );
+            let caller = Caller::for_key(&info, tenant, enforcer);
             keys.insert(info.id.clone(), KeyEntry { info, hash, caller });
         }
         *self.snapshot.write().expect("access snapshot lock") =
@@ -401,7 +409,7 @@ impl Caller {
             created_at: Timestamp::from_micros(0),
             last_used_at: None,
         };
-        Caller::for_key(&info, None)
+        Caller::for_key(&info, None, Default::default())
     }
 }
 

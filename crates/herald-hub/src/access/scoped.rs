@@ -63,6 +63,9 @@ impl Scoped<'_> {
                 )));
             }
         }
+        self.caller
+            .take_publish(events.len())
+            .map_err(HubError::RateLimited)?;
         // Callers without a tenant: the hub stamps the subject's owner at publish.
         if let Some(tenant) = self.caller.tenant() {
             for event in events.iter_mut() {
@@ -234,6 +237,23 @@ impl Scoped<'_> {
         crate::consumers::check_name(name)?;
         self.check_filters(&config)?;
         let scoped = self.caller.scoped_name(name);
+        if let Some(max) = self.caller.count_limit(|l| l.max_consumers) {
+            let store = &self.hub.inner.store;
+            if store.consumer(&scoped).await?.is_none() {
+                let own = store
+                    .consumers()
+                    .await?
+                    .iter()
+                    .filter(|c| self.caller.unscoped_name(&c.name).is_some())
+                    .count();
+                if own >= max as usize {
+                    return Err(HubError::LimitReached(format!(
+                        "this tenant already has {max} consumers, the most it may"
+                    ))
+                    .into());
+                }
+            }
+        }
         match self.hub.put_consumer(&scoped, config).await {
             Ok((outcome, info)) => Ok((outcome, self.own_info(info))),
             Err(error) => Err(self.not_found(error, name)),
@@ -377,6 +397,14 @@ impl Scoped<'_> {
         if let Action::Republish { subject } = &spec.action {
             if !self.caller.may_publish(subject.as_str()) {
                 return Err(forbidden(format!("this key may not publish to {subject}")).into());
+            }
+        }
+        if let Some(max) = self.caller.count_limit(|l| l.max_rules) {
+            if self.routing_rules().len() >= max as usize {
+                return Err(HubError::LimitReached(format!(
+                    "this tenant already has {max} rules, the most it may"
+                ))
+                .into());
             }
         }
         if self.caller.tenant().is_some() {

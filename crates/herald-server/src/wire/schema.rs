@@ -752,7 +752,22 @@ macro_rules! error_responses {
                         "application/json",
                         ContentBuilder::new().schema(Some(raw(error_body(status)))).build(),
                     );
-                if status == StatusCode::SERVICE_UNAVAILABLE {
+                if status == StatusCode::TOO_MANY_REQUESTS {
+                    for (name, description) in [
+                        ("RateLimit-Limit", "Events per second the limit allows."),
+                        ("RateLimit-Remaining", "Events left now (0)."),
+                        ("RateLimit-Reset", "Seconds until a retry can succeed."),
+                    ] {
+                        response = response.header(
+                            name,
+                            HeaderBuilder::new()
+                                .schema(raw(json!({"type": "string", "pattern": "^[0-9]+$"})))
+                                .description(Some(description))
+                                .build(),
+                        );
+                    }
+                }
+                if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
                     response = response.header(
                         "Retry-After",
                         HeaderBuilder::new()
@@ -771,6 +786,7 @@ error_responses! {
     BadRequest = BAD_REQUEST, "The request is malformed.";
     Unauthorized = UNAUTHORIZED, "No valid API key came with the request (`HERALD_AUTH=required`): send `Authorization: Bearer <key>`, `X-API-Key`, or on a WebSocket `?access_token=`.";
     Forbidden = FORBIDDEN, "The API key lacks the right: publish or subscribe on this subject, or admin.";
+    TooManyRequests = TOO_MANY_REQUESTS, "Over a publish rate or a count limit of the key or its tenant; nothing was stored. Retry after `Retry-After` seconds (`RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` say more).";
     NotFound = NOT_FOUND, "Nothing there.";
     MethodNotAllowed = METHOD_NOT_ALLOWED, "The route does not take this method (see `Allow`).";
     Conflict = CONFLICT, "The request conflicts with what exists; nothing was changed.";

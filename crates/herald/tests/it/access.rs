@@ -560,3 +560,118 @@ async fn a_revoked_key_is_refused_by_every_instance_within_5_seconds() {
     let took = until(401).await;
     eprintln!("revocation reached the other instance in {took:?}");
 }
+
+/// Publish rates are token buckets per key and per tenant, with real timing: the burst
+/// passes, the next event is `429 rate_limited` with `Retry-After` and the `RateLimit-*`
+/// fields and is not stored, and after the wait it passes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_rates_and_stream_counts_are_cut_at_their_limits() {
+    let herald = start_required().await;
+    let admin = As {
+        herald: &herald,
+        key: Some(ADMIN.to_owned()),
+    };
+    let (status, body) = admin
+        .post(
+            "/api/tenants",
+            json!({"id": "acme", "subjects": ["hub.acme.>"],
+                   "limits": {"publish_per_second": 5, "publish_burst": 3, "max_consumers": 1}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, body) = admin
+        .post(
+            "/api/keys",
+            json!({"tenant": "acme", "limits": {"max_streams": 1}}),
+        )
+        .await;
+    let acme = As {
+        herald: &herald,
+        key: Some(body["key"].as_str().unwrap().to_owned()),
+    };
+    let publish = |n: usize| {
+        acme.request(reqwest::Method::POST, "/api/events")
+            .json(&json!({"subject": "hub.acme.x", "payload": {"n": n}}))
+            .send()
+    };
+    for n in 0..3 {
+        assert_eq!(publish(n).await.unwrap().status(), 201, "within the burst");
+    }
+    let refused = publish(3).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let headers = refused.headers().clone();
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(error_code(&body), "rate_limited", "{body}");
+    assert_eq!(headers["ratelimit-limit"], "5");
+    assert_eq!(headers["ratelimit-remaining"], "0");
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    // A batch larger than the bucket is refused whole.
+    let (status, _) = acme
+        .post(
+            "/api/events:batch",
+            json!({"events": (0..4).map(|n| json!({"subject": "hub.acme.b", "payload": {"n": n}})).collect::<Vec<_>>()}),
+        )
+        .await;
+    assert_eq!(status, 429);
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    assert_eq!(publish(4).await.unwrap().status(), 201, "after Retry-After");
+    let (_, events) = admin.get("/api/events?subject=hub.acme.>").await;
+    let ns: Vec<u64> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["payload"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, [0, 1, 2, 4], "nothing refused was stored");
+
+    // Streams: one open per key.
+    let key = acme.key.clone().unwrap();
+    let first = ws_with(
+        &herald,
+        "/api/events/stream?subject=hub.acme.%3E",
+        Some(&key),
+    )
+    .await
+    .unwrap();
+    let second = ws_with(
+        &herald,
+        "/api/events/stream?subject=hub.acme.%3E",
+        Some(&key),
+    )
+    .await;
+    match second {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429)
+        }
+        other => panic!("a second stream: {:?}", other.map(|_| "opened")),
+    }
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ws_with(
+        &herald,
+        "/api/events/stream?subject=hub.acme.%3E",
+        Some(&key),
+    )
+    .await
+    .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a closed stream gives its slot back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Consumers: one for the tenant.
+    let put = |name: &'static str| {
+        acme.put(
+            Box::leak(format!("/api/consumers/{name}").into_boxed_str()),
+            json!({"filter_subjects": ["hub.acme.>"]}),
+        )
+    };
+    assert_eq!(put("one").await.0, 201);
+    assert_eq!(put("one").await.0, 200, "updating is not creating");
+    let (status, body) = put("two").await;
+    assert_eq!((status, error_code(&body)), (429, "rate_limited"), "{body}");
+}

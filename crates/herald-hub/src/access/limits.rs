@@ -1,0 +1,251 @@
+//! Enforcing the [`Limits`] of tenants and keys: publish rates as token buckets (GCRA,
+//! from `governor`), and open streams as counters. A caller carries the buckets and
+//! counters of its key and of its tenant; both must allow.
+//!
+//! Buckets live as long as their quota does: reloading tenants and keys every few
+//! seconds keeps each one (and what it has counted) unless its quota changed.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::Clock;
+use governor::{DefaultDirectRateLimiter, Quota};
+
+use super::Limits;
+
+/// A publish was refused for its rate: the details a client needs to back off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimited {
+    /// Whose limit: `key` or `tenant`.
+    pub scope: &'static str,
+    /// Events per second allowed.
+    pub per_second: u32,
+    /// Events allowed at once (the bucket's size).
+    pub burst: u32,
+    /// When a retry of the same request can succeed.
+    pub retry_after: Duration,
+}
+
+impl std::fmt::Display for RateLimited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "over this {}'s publish rate ({} events per second, bursts of {}); retry in {} ms",
+            self.scope,
+            self.per_second,
+            self.burst,
+            self.retry_after.as_millis()
+        )
+    }
+}
+
+/// One publish-rate token bucket.
+pub(crate) struct Bucket {
+    per_second: u32,
+    burst: u32,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl Bucket {
+    fn new(per_second: u32, burst: u32) -> Option<Bucket> {
+        let rate = NonZeroU32::new(per_second)?;
+        let size = NonZeroU32::new(burst.max(1))?;
+        Some(Bucket {
+            per_second,
+            burst: size.get(),
+            limiter: DefaultDirectRateLimiter::direct(Quota::per_second(rate).allow_burst(size)),
+        })
+    }
+
+    /// Takes `n` tokens, or says when they will be there (all or nothing).
+    fn take(&self, n: u32, scope: &'static str) -> Result<(), RateLimited> {
+        let refused = |retry_after| RateLimited {
+            scope,
+            per_second: self.per_second,
+            burst: self.burst,
+            retry_after,
+        };
+        let Some(n) = NonZeroU32::new(n) else {
+            return Ok(());
+        };
+        match self.limiter.check_n(n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(refused(
+                not_until.wait_time_from(self.limiter.clock().now()),
+            )),
+            // More than a full bucket: never in one request (the wait says how long a
+            // full bucket takes, for the client's information).
+            Err(_) => Err(refused(Duration::from_secs_f64(
+                f64::from(self.burst) / f64::from(self.per_second),
+            ))),
+        }
+    }
+}
+
+/// Open streams of one key or tenant.
+#[derive(Default)]
+pub(crate) struct StreamCount(AtomicU32);
+
+/// The limits one caller is held to: its key's and its tenant's.
+#[derive(Default)]
+pub(crate) struct Enforcer {
+    pub(crate) key_rate: Option<Arc<Bucket>>,
+    pub(crate) tenant_rate: Option<Arc<Bucket>>,
+    pub(crate) key_streams: Option<(u32, Arc<StreamCount>)>,
+    pub(crate) tenant_streams: Option<(u32, Arc<StreamCount>)>,
+}
+
+impl std::fmt::Debug for Enforcer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enforcer").finish_non_exhaustive()
+    }
+}
+
+impl Enforcer {
+    /// Takes `n` events' worth of publish rate from the key and the tenant.
+    pub(crate) fn take_publish(&self, n: u32) -> Result<(), RateLimited> {
+        if let Some(bucket) = &self.key_rate {
+            bucket.take(n, "key")?;
+        }
+        if let Some(bucket) = &self.tenant_rate {
+            bucket.take(n, "tenant")?;
+        }
+        Ok(())
+    }
+
+    /// A slot for one more open stream, or which limit is reached.
+    pub(crate) fn open_stream(&self) -> Result<StreamSlot, (&'static str, u32)> {
+        let mut taken: Vec<Arc<StreamCount>> = Vec::new();
+        for (scope, limit) in [("key", &self.key_streams), ("tenant", &self.tenant_streams)] {
+            let Some((max, count)) = limit else { continue };
+            let claimed = count
+                .0
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                    (open < *max).then_some(open + 1)
+                })
+                .is_ok();
+            if !claimed {
+                drop(StreamSlot(taken));
+                return Err((scope, *max));
+            }
+            taken.push(count.clone());
+        }
+        Ok(StreamSlot(taken))
+    }
+}
+
+/// An open stream counted against its key's and tenant's limits, until dropped.
+pub struct StreamSlot(Vec<Arc<StreamCount>>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        for count in &self.0 {
+            count.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A bucket with the quota it was made for (events per second, burst).
+type QuotaBucket = (u32, u32, Arc<Bucket>);
+
+/// The buckets and counters of every key and tenant, kept across reloads.
+#[derive(Default)]
+pub(crate) struct Meters {
+    rates: Mutex<HashMap<String, QuotaBucket>>,
+    streams: Mutex<HashMap<String, Arc<StreamCount>>>,
+}
+
+impl Meters {
+    fn rate(&self, id: String, limits: &Limits) -> Option<Arc<Bucket>> {
+        let per_second = limits.publish_per_second?;
+        let burst = limits.publish_burst.unwrap_or(per_second);
+        let mut rates = self.rates.lock().expect("rate meters lock");
+        if let Some((p, b, bucket)) = rates.get(&id) {
+            if (*p, *b) == (per_second, burst) {
+                return Some(bucket.clone());
+            }
+        }
+        let bucket = Arc::new(Bucket::new(per_second, burst)?);
+        rates.insert(id, (per_second, burst, bucket.clone()));
+        Some(bucket)
+    }
+
+    fn streams(&self, id: String, limits: &Limits) -> Option<(u32, Arc<StreamCount>)> {
+        let max = limits.max_streams?;
+        let mut streams = self.streams.lock().expect("stream meters lock");
+        Some((max, streams.entry(id).or_default().clone()))
+    }
+
+    /// The enforcer of a key (`key_id`, `key_limits`) of a tenant (if any).
+    pub(crate) fn enforcer(
+        &self,
+        key_id: &str,
+        key_limits: &Limits,
+        tenant: Option<(&str, &Limits)>,
+    ) -> Enforcer {
+        Enforcer {
+            key_rate: self.rate(format!("key:{key_id}"), key_limits),
+            tenant_rate: tenant.and_then(|(id, l)| self.rate(format!("tenant:{id}"), l)),
+            key_streams: self.streams(format!("key:{key_id}"), key_limits),
+            tenant_streams: tenant.and_then(|(id, l)| self.streams(format!("tenant:{id}"), l)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_refuses_with_a_wait() {
+        let bucket = Bucket::new(10, 5).unwrap();
+        for _ in 0..5 {
+            bucket.take(1, "key").unwrap();
+        }
+        let refused = bucket.take(1, "key").unwrap_err();
+        assert_eq!(refused.scope, "key");
+        assert!(refused.retry_after > Duration::ZERO);
+        assert!(refused.retry_after <= Duration::from_millis(100));
+        // A request larger than the bucket can never pass.
+        assert!(Bucket::new(10, 5).unwrap().take(6, "key").is_err());
+        assert!(Bucket::new(0, 5).is_none());
+    }
+
+    #[test]
+    fn stream_slots_count_against_key_and_tenant_and_free_on_drop() {
+        let meters = Meters::default();
+        let limits = Limits {
+            max_streams: Some(2),
+            ..Limits::default()
+        };
+        let tenant = Limits {
+            max_streams: Some(3),
+            ..Limits::default()
+        };
+        let one = meters.enforcer("k1", &limits, Some(("t", &tenant)));
+        let two = meters.enforcer("k2", &limits, Some(("t", &tenant)));
+        let a = one.open_stream().unwrap();
+        let _b = one.open_stream().unwrap();
+        assert_eq!(one.open_stream().err(), Some(("key", 2)));
+        let _c = two.open_stream().unwrap();
+        assert_eq!(two.open_stream().err(), Some(("tenant", 3)));
+        drop(a);
+        assert!(two.open_stream().is_ok());
+    }
+
+    #[test]
+    fn buckets_survive_a_reload_with_the_same_quota() {
+        let meters = Meters::default();
+        let limits = Limits {
+            publish_per_second: Some(1),
+            publish_burst: Some(1),
+            ..Limits::default()
+        };
+        meters.enforcer("k", &limits, None).take_publish(1).unwrap();
+        let again = meters.enforcer("k", &limits, None);
+        assert!(again.take_publish(1).is_err(), "the reload kept the count");
+    }
+}
