@@ -51,6 +51,37 @@ impl Scoped<'_> {
         self.caller
     }
 
+    /// Records an administrative action of a caller with a key as an event on
+    /// `hub.<hub_id>.audit.<action>` (seed 004's compliance logging): who (key id and
+    /// tenant), what, on what. It belongs to no tenant, so only admins read it; it never
+    /// holds a secret. Actions without a key (authentication off) are not recorded.
+    async fn audit(&self, action: &str, target: serde_json::Value) {
+        let Some(key_id) = self.caller.key_id() else {
+            return;
+        };
+        let subject = format!("hub.{}.audit.{action}", self.hub.hub_id());
+        let payload = serde_json::json!({
+            "action": action,
+            "actor": {"key_id": key_id, "tenant": self.caller.tenant()},
+            "target": target,
+        });
+        let event = herald_core::Subject::new(subject).map(|subject| {
+            NewEvent::new(
+                subject,
+                herald_core::Payload::from_value(payload.as_object().expect("an object")),
+                self.hub.origin(Some("herald-audit".into()), None),
+                None,
+            )
+        });
+        let result = match event {
+            Ok(event) => self.hub.publish(event).await.map(|_| ()),
+            Err(error) => Err(HubError::Internal(error.to_string())),
+        };
+        if let Err(error) = result {
+            tracing::error!(%error, action, key_id, "Cannot record an audit event.");
+        }
+    }
+
     // ---- events ----
 
     /// Checks the publish right on every subject (all or nothing) and stamps the tenant.
@@ -255,7 +286,18 @@ impl Scoped<'_> {
             }
         }
         match self.hub.put_consumer(&scoped, config).await {
-            Ok((outcome, info)) => Ok((outcome, self.own_info(info))),
+            Ok((outcome, info)) => {
+                if outcome != PutOutcome::Unchanged {
+                    let action = if outcome == PutOutcome::Created {
+                        "consumer.created"
+                    } else {
+                        "consumer.updated"
+                    };
+                    self.audit(action, serde_json::json!({"consumer": scoped}))
+                        .await;
+                }
+                Ok((outcome, self.own_info(info)))
+            }
             Err(error) => Err(self.not_found(error, name)),
         }
     }
@@ -284,7 +326,10 @@ impl Scoped<'_> {
         self.hub
             .delete_consumer(&scoped)
             .await
-            .map_err(|e| self.not_found(e, name))
+            .map_err(|e| self.not_found(e, name))?;
+        self.audit("consumer.deleted", serde_json::json!({"consumer": scoped}))
+            .await;
+        Ok(())
     }
 
     pub async fn fetch_until(
@@ -339,10 +384,17 @@ impl Scoped<'_> {
 
     pub async fn redrive(&self, name: &str, seqs: Option<Vec<Seq>>) -> Result<u64, ConsumerError> {
         let scoped = self.caller.scoped_name(name);
-        self.hub
+        let redriven = self
+            .hub
             .redrive(&scoped, seqs)
             .await
-            .map_err(|e| self.not_found(e, name))
+            .map_err(|e| self.not_found(e, name))?;
+        self.audit(
+            "consumer.redriven",
+            serde_json::json!({"consumer": scoped, "count": redriven}),
+        )
+        .await;
+        Ok(redriven)
     }
 
     pub async fn discard_dead_letter(&self, name: &str, seq: Seq) -> Result<bool, ConsumerError> {
@@ -415,9 +467,15 @@ impl Scoped<'_> {
             spec.id = Some(self.scoped_rule_id(&id)?);
         }
         match self.hub.add_rule(spec).await {
-            Ok(info) => self
-                .own_rule(info)
-                .ok_or_else(|| HubError::Internal("a rule outside its namespace".into()).into()),
+            Ok(info) => {
+                self.audit(
+                    "rule.created",
+                    serde_json::json!({"rule": info.id.as_str()}),
+                )
+                .await;
+                self.own_rule(info)
+                    .ok_or_else(|| HubError::Internal("a rule outside its namespace".into()).into())
+            }
             Err(RuleError::Exists(id)) => {
                 let own = self
                     .caller
@@ -430,7 +488,13 @@ impl Scoped<'_> {
     }
 
     pub async fn remove_rule(&self, id: &str) -> Result<bool, HubError> {
-        self.hub.remove_rule(&self.caller.scoped_name(id)).await
+        let scoped = self.caller.scoped_name(id);
+        let removed = self.hub.remove_rule(&scoped).await?;
+        if removed {
+            self.audit("rule.deleted", serde_json::json!({"rule": scoped}))
+                .await;
+        }
+        Ok(removed)
     }
 
     pub async fn rule_dead_letters(
@@ -449,9 +513,16 @@ impl Scoped<'_> {
         id: &str,
         seqs: Option<Vec<Seq>>,
     ) -> Result<Option<u64>, HubError> {
-        self.hub
-            .redrive_rule(&self.caller.scoped_name(id), seqs)
-            .await
+        let scoped = self.caller.scoped_name(id);
+        let redriven = self.hub.redrive_rule(&scoped, seqs).await?;
+        if let Some(count) = redriven {
+            self.audit(
+                "rule.redriven",
+                serde_json::json!({"rule": scoped, "count": count}),
+            )
+            .await;
+        }
+        Ok(redriven)
     }
 
     pub async fn discard_rule_dead_letter(
@@ -478,20 +549,42 @@ impl Scoped<'_> {
 
     pub async fn create_tenant(&self, new: NewTenant) -> Result<Tenant, AccessError> {
         self.caller.require_admin()?;
-        self.hub
+        let audit_space = Pattern::parse(&format!("hub.{}.audit.>", self.hub.hub_id()))
+            .map_err(|e| HubError::Internal(e.to_string()))?;
+        if let Some(clash) = new.subjects.iter().find(|p| p.overlaps(&audit_space)) {
+            return Err(AccessError::Invalid {
+                field: "subjects",
+                message: format!("{clash} overlaps {audit_space}, the hub's audit log"),
+            });
+        }
+        let tenant = self
+            .hub
             .inner
             .access
             .create_tenant(&self.hub.inner.store, new)
-            .await
+            .await?;
+        let subjects: Vec<&str> = tenant.subjects.iter().map(Pattern::as_str).collect();
+        self.audit(
+            "tenant.created",
+            serde_json::json!({"tenant": tenant.id, "subjects": subjects}),
+        )
+        .await;
+        Ok(tenant)
     }
 
     pub async fn delete_tenant(&self, id: &str) -> Result<bool, AccessError> {
         self.caller.require_admin()?;
-        self.hub
+        let deleted = self
+            .hub
             .inner
             .access
             .delete_tenant(&self.hub.inner.store, id)
-            .await
+            .await?;
+        if deleted {
+            self.audit("tenant.deleted", serde_json::json!({"tenant": id}))
+                .await;
+        }
+        Ok(deleted)
     }
 
     pub fn keys(&self) -> Result<Vec<KeyInfo>, AccessError> {
@@ -506,19 +599,33 @@ impl Scoped<'_> {
 
     pub async fn create_key(&self, new: NewKey) -> Result<CreatedKey, AccessError> {
         self.caller.require_admin()?;
-        self.hub
+        let made = self
+            .hub
             .inner
             .access
             .create_key(&self.hub.inner.store, new)
-            .await
+            .await?;
+        self.audit(
+            "key.created",
+            serde_json::json!({"key_id": made.info.id, "tenant": made.info.tenant,
+                               "admin": made.info.admin}),
+        )
+        .await;
+        Ok(made)
     }
 
     pub async fn delete_key(&self, id: &str) -> Result<bool, AccessError> {
         self.caller.require_admin()?;
-        self.hub
+        let deleted = self
+            .hub
             .inner
             .access
             .delete_key(&self.hub.inner.store, id)
-            .await
+            .await?;
+        if deleted {
+            self.audit("key.revoked", serde_json::json!({"key_id": id}))
+                .await;
+        }
+        Ok(deleted)
     }
 }

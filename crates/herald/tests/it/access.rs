@@ -217,7 +217,10 @@ async fn two_tenants_share_a_hub_and_nothing_leaks() {
 
     // Tenants' spaces must be apart; ids are unique; only admins manage them.
     let (status, body) = admin
-        .post("/api/tenants", json!({"id": "wide", "subjects": ["hub.>"]}))
+        .post(
+            "/api/tenants",
+            json!({"id": "wide", "subjects": ["hub.*.orders.>"]}),
+        )
         .await;
     assert_eq!((status, error_code(&body)), (409, "conflict"), "{body}");
     for (path, body) in [
@@ -303,16 +306,16 @@ async fn two_tenants_share_a_hub_and_nothing_leaks() {
         .await;
     assert_eq!(status, 201);
     let (_, all) = admin.get("/api/events?subject=>").await;
-    let subjects: Vec<&str> = all
+    let all: Vec<Value> = all
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["subject"].as_str().unwrap())
+        .filter(|e| !e["subject"].as_str().unwrap().contains(".audit."))
+        .cloned()
         .collect();
+    let subjects: Vec<&str> = all.iter().map(|e| e["subject"].as_str().unwrap()).collect();
     assert_eq!(subjects, ["hub.acme.orders.created", "hub.beta.x"]);
     let tenants: Vec<&str> = all
-        .as_array()
-        .unwrap()
         .iter()
         .map(|e| e["tenant_id"].as_str().unwrap())
         .collect();
@@ -472,6 +475,47 @@ async fn two_tenants_share_a_hub_and_nothing_leaks() {
         )
         .await;
     assert_eq!((status, error_code(&body)), (409, "conflict"), "{body}");
+
+    // Every administrative action is on the audit log, which only admins read.
+    let (status, body) = admin
+        .post(
+            "/api/tenants",
+            json!({"id": "greedy", "subjects": ["hub.local-hub.>"]}),
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (422, "invalid_access"),
+        "{body}"
+    );
+    let (_, audit) = admin.get("/api/events?subject=hub.local-hub.audit.>").await;
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["payload"]["action"].as_str().unwrap())
+        .collect();
+    for action in [
+        "tenant.created",
+        "key.created",
+        "consumer.created",
+        "rule.created",
+    ] {
+        assert!(actions.contains(&action), "{action} in {actions:?}");
+    }
+    let consumer_by_acme = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["payload"]["action"] == "consumer.created")
+        .unwrap();
+    assert_eq!(consumer_by_acme["payload"]["actor"]["tenant"], "acme");
+    assert!(
+        !audit.to_string().contains("hrld_"),
+        "no secret in the audit log"
+    );
+    let (_, seen) = acme.get("/api/events?subject=hub.local-hub.audit.>").await;
+    assert_eq!(seen.as_array().map(Vec::len), Some(0));
 
     // Revocation is immediate.
     assert_eq!(admin.delete(&format!("/api/keys/{acme_id}")).await.0, 204);
