@@ -15,11 +15,55 @@ pub struct Connection {
     /// Base URL of the hub.
     #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:9001")]
     pub(crate) url: String,
+    /// API key (`hrld_…`) for a hub that requires one, sent as a bearer token.
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    pub(crate) key: Option<ApiKey>,
+}
+
+/// An API key given on the command line or in the environment: never shown by `Debug`.
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<key>")
+    }
+}
+
+impl std::str::FromStr for ApiKey {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("an API key is printable ASCII without spaces".into());
+        }
+        Ok(ApiKey(text.to_owned()))
+    }
 }
 
 impl Connection {
     pub(crate) fn endpoint(&self, path: &str) -> String {
         format!("{}{path}", self.url.trim_end_matches('/'))
+    }
+
+    /// An HTTP client for this hub, sending the key with every request.
+    pub(crate) fn client(&self) -> anyhow::Result<reqwest::Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = &self.key {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.0))
+                .context("the API key cannot be sent in a header")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        Ok(reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .default_headers(headers)
+            .build()?)
+    }
+
+    /// The key, for a WebSocket handshake's `Authorization` header.
+    pub(crate) fn bearer(&self) -> Option<String> {
+        self.key.as_ref().map(|key| format!("Bearer {}", key.0))
     }
 }
 
@@ -87,12 +131,6 @@ struct SeqOnly {
     seq: u64,
 }
 
-pub(crate) fn http() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?)
-}
-
 /// Prints a response body; a non-2xx status becomes a failing exit code.
 async fn finish(response: reqwest::Response) -> anyhow::Result<ExitCode> {
     let status = response.status();
@@ -120,7 +158,9 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     };
     let payload: Value = serde_json::from_str(&text).context("the payload is not valid JSON")?;
     let subject = if args.prefix {
-        let index: Value = http()?
+        let index: Value = args
+            .connection
+            .client()?
             .get(args.connection.endpoint("/"))
             .send()
             .await
@@ -139,7 +179,9 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     if let Some(id) = args.correlation_id {
         body["correlation_id"] = Value::String(id);
     }
-    let response = http()?
+    let response = args
+        .connection
+        .client()?
         .post(args.connection.endpoint("/api/events"))
         .json(&body)
         .send()
@@ -163,7 +205,9 @@ pub async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
             params.push((name, value));
         }
     }
-    let response = http()?
+    let response = args
+        .connection
+        .client()?
         .get(args.connection.endpoint("/api/events"))
         .query(&params)
         .send()
@@ -193,7 +237,20 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
             url.query_pairs_mut()
                 .append_pair("from_seq", &seq.to_string());
         }
-        let socket = match tokio_tungstenite::connect_async(url.as_str()).await {
+        let mut request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                url.as_str(),
+            )
+            .context("the --url is not a valid WebSocket URL")?;
+        if let Some(bearer) = args.connection.bearer() {
+            request.headers_mut().insert(
+                "authorization",
+                bearer
+                    .parse()
+                    .context("the API key cannot be sent in a header")?,
+            );
+        }
+        let socket = match tokio_tungstenite::connect_async(request).await {
             Ok((socket, _)) => {
                 failures = 0;
                 socket

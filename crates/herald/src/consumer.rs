@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use crate::client::{http, Connection};
+use crate::client::Connection;
 
 #[derive(Debug, Args)]
 pub struct ConsumerArgs {
@@ -383,7 +383,7 @@ impl Hub {
             anyhow::bail!("the --url {:?} is not an http(s) URL", connection.url);
         }
         Ok(Hub {
-            client: http()?,
+            client: connection.client()?,
             base,
         })
     }

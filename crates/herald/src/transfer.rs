@@ -25,7 +25,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
 
-use crate::client::{http, Connection};
+use crate::client::Connection;
 
 /// Events per `GET /api/events` page (the API's largest).
 const PAGE: u32 = 1000;
@@ -128,7 +128,7 @@ impl Progress {
 }
 
 pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let client = http()?;
+    let client = args.connection.client()?;
     let index: Value = client
         .get(args.connection.endpoint("/"))
         .send()
@@ -322,7 +322,7 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     } else {
         Some(count_lines(&args.file)?)
     };
-    let client = http()?;
+    let client = args.connection.client()?;
     let mut progress = Progress::new("import", total);
     let mut pending: Vec<Value> = Vec::new();
     // Every line before this one is stored.

@@ -719,3 +719,63 @@ async fn publish_rates_and_stream_counts_are_cut_at_their_limits() {
     let (status, body) = put("two").await;
     assert_eq!((status, error_code(&body)), (429, "rate_limited"), "{body}");
 }
+
+/// The client commands take the key from `--key` or `HERALD_API_KEY`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_its_key() {
+    let herald = start_required().await;
+    let cli = |args: &[&str], key: Option<&str>| {
+        let mut command = tokio::process::Command::new(HERALD);
+        command
+            .args(args)
+            .args(["--url", herald.base_url()])
+            .env_remove("HERALD_API_KEY");
+        if let Some(key) = key {
+            command.env("HERALD_API_KEY", key);
+        }
+        command.output()
+    };
+    let refused = cli(&["publish", "hub.cli.x", r#"{"n":1}"#], None)
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("unauthenticated")
+            || String::from_utf8_lossy(&refused.stdout).contains("unauthenticated"),
+        "{refused:?}"
+    );
+    let published = cli(&["publish", "hub.cli.x", r#"{"n":1}"#], Some(ADMIN))
+        .await
+        .unwrap();
+    assert!(published.status.success(), "{published:?}");
+    let queried = cli(&["query", "--subject", "hub.cli.>"], Some(ADMIN))
+        .await
+        .unwrap();
+    assert!(queried.status.success(), "{queried:?}");
+    let events: Value = serde_json::from_slice(&queried.stdout).unwrap();
+    assert_eq!(events.as_array().map(Vec::len), Some(1));
+    // tail: the key goes on the WebSocket handshake.
+    let mut tail = tokio::process::Command::new(HERALD)
+        .args([
+            "tail",
+            "hub.cli.>",
+            "--from-seq",
+            "0",
+            "--url",
+            herald.base_url(),
+        ])
+        .env("HERALD_API_KEY", ADMIN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tail.stdout.take().unwrap()));
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("tail printed within 10 s")
+        .unwrap()
+        .unwrap();
+    assert!(line.contains("hub.cli.x"), "{line}");
+}
