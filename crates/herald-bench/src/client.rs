@@ -35,6 +35,8 @@ pub struct Connection {
     sender: http1::SendRequest<RequestBody>,
     driver: JoinHandle<()>,
     host: HeaderValue,
+    /// `Authorization` sent with every request, for a hub that requires a key.
+    authorization: Option<HeaderValue>,
 }
 
 impl Connection {
@@ -56,7 +58,14 @@ impl Connection {
             sender,
             driver,
             host: HeaderValue::from_str(&addr.to_string())?,
+            authorization: None,
         })
+    }
+
+    /// Sends `Authorization: Bearer <key>` with every request from now on.
+    pub fn with_bearer(mut self, key: Option<&str>) -> Self {
+        self.authorization = key.and_then(|k| HeaderValue::from_str(&format!("Bearer {k}")).ok());
+        self
     }
 
     /// POSTs a JSON body.
@@ -101,7 +110,12 @@ impl Connection {
         self.send(request).await
     }
 
-    async fn send(&mut self, request: Request<RequestBody>) -> Result<Response> {
+    async fn send(&mut self, mut request: Request<RequestBody>) -> Result<Response> {
+        if let Some(authorization) = &self.authorization {
+            request
+                .headers_mut()
+                .insert(hyper::header::AUTHORIZATION, authorization.clone());
+        }
         let exchange = async {
             self.sender.ready().await?;
             let response = self.sender.send_request(request).await?;

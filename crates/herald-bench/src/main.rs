@@ -73,6 +73,9 @@ enum Command {
     /// Durable consumers: fetch + ack vs. JetStream pull consumers, redelivery delays,
     /// and RSS with a consumer far behind.
     Consumer(RunArgs),
+    /// Publish throughput with API keys required (a tenant key with a few patterns)
+    /// against authentication off, same run: the cost of access control.
+    Auth(RunArgs),
     /// The no-op ceiling server (started by the other subcommands).
     CeilingServer {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -212,6 +215,7 @@ fn main() -> Result<()> {
         Command::Postgres(args) => run(&args, &[Scenario::Postgres]),
         Command::Relay(args) => run(&args, &[Scenario::Relay]),
         Command::Consumer(args) => run(&args, &[Scenario::Consumer]),
+        Command::Auth(args) => run(&args, &[Scenario::Auth]),
     }
 }
 
@@ -225,6 +229,7 @@ enum Scenario {
     Postgres,
     Relay,
     Consumer,
+    Auth,
 }
 
 fn run(args: &RunArgs, scenarios: &[Scenario]) -> Result<()> {
@@ -273,6 +278,7 @@ fn run(args: &RunArgs, scenarios: &[Scenario]) -> Result<()> {
                 Scenario::Postgres => scenario::postgres::run(&options).await?,
                 Scenario::Relay => scenario::relay::run(&options).await?,
                 Scenario::Consumer => scenario::consumer::run(&options).await?,
+                Scenario::Auth => scenario::auth::run(&options).await?,
             };
             println!("{markdown}");
         }

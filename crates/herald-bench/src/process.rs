@@ -44,6 +44,8 @@ pub struct ServerProcess {
     pub kind: ServerKind,
     pub addr: SocketAddr,
     pub pid: u32,
+    /// The API key clients send (a herald that requires one).
+    pub bearer: Option<String>,
     child: Child,
     /// Kept open so the server never writes to a closed pipe.
     _stdout: BufReader<ChildStdout>,
@@ -84,6 +86,24 @@ impl ServerProcess {
             .tempdir_in(data_parent)
             .with_context(|| format!("cannot create a directory in {}", data_parent.display()))?;
         Self::herald_reopen(herald_bin, dir, extra_args).await
+    }
+
+    /// [`ServerProcess::herald`] with extra environment variables (e.g. `HERALD_AUTH`).
+    pub async fn herald_with_env(
+        herald_bin: &Path,
+        data_parent: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("herald-bench-")
+            .tempdir_in(data_parent)
+            .with_context(|| format!("cannot create a directory in {}", data_parent.display()))?;
+        let db = dir.path().join("herald.db");
+        let mut command = herald_command(herald_bin, db.as_os_str());
+        command.envs(env.iter().copied());
+        Self::start(ServerKind::Herald, command, dir)
+            .await
+            .with_context(|| format!("starting {}", herald_bin.display()))
     }
 
     /// Starts `herald serve` on the store `herald.db` in `dir` (one a stopped herald left
@@ -166,6 +186,7 @@ impl ServerProcess {
             kind,
             addr,
             pid,
+            bearer: None,
             child,
             _stdout: stdout,
             dir,

@@ -11,6 +11,7 @@
 //! - [`consumer`]: durable pull consumers (fetch + ack) vs. JetStream pull consumers,
 //!   redelivery delays on NAK, and RSS with a consumer far behind.
 
+pub mod auth;
 pub mod consumer;
 pub mod interop;
 pub mod latency;
@@ -192,10 +193,12 @@ pub async fn closed_loop(
     let window_start = start + warmup;
     let window_end = window_start + window;
     let addr = server.addr;
+    let bearer = server.bearer.clone();
 
     let mut tasks = Vec::with_capacity(connections);
     for task_index in 0..connections {
         let bodies = bodies.clone();
+        let bearer = bearer.clone();
         tasks.push(tokio::spawn(async move {
             let mut tally = TaskTally {
                 latencies: Vec::with_capacity(1 << 16),
@@ -212,7 +215,7 @@ pub async fn closed_loop(
                 let conn = match &mut connection {
                     Some(conn) => conn,
                     None => match Connection::open(addr).await {
-                        Ok(conn) => connection.insert(conn),
+                        Ok(conn) => connection.insert(conn.with_bearer(bearer.as_deref())),
                         Err(error) => {
                             reconnects += 1;
                             tally.transport_errors += 1;
