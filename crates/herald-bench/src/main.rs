@@ -76,6 +76,9 @@ enum Command {
     /// Publish throughput with API keys required (a tenant key with a few patterns)
     /// against authentication off, same run: the cost of access control.
     Auth(RunArgs),
+    /// One tenant floods past its publish rate limit while another publishes: the calm
+    /// tenant's p99 with and without the flood.
+    Isolation(RunArgs),
     /// The no-op ceiling server (started by the other subcommands).
     CeilingServer {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -216,6 +219,7 @@ fn main() -> Result<()> {
         Command::Relay(args) => run(&args, &[Scenario::Relay]),
         Command::Consumer(args) => run(&args, &[Scenario::Consumer]),
         Command::Auth(args) => run(&args, &[Scenario::Auth]),
+        Command::Isolation(args) => run(&args, &[Scenario::Isolation]),
     }
 }
 
@@ -230,6 +234,7 @@ enum Scenario {
     Relay,
     Consumer,
     Auth,
+    Isolation,
 }
 
 fn run(args: &RunArgs, scenarios: &[Scenario]) -> Result<()> {
@@ -279,6 +284,7 @@ fn run(args: &RunArgs, scenarios: &[Scenario]) -> Result<()> {
                 Scenario::Relay => scenario::relay::run(&options).await?,
                 Scenario::Consumer => scenario::consumer::run(&options).await?,
                 Scenario::Auth => scenario::auth::run(&options).await?,
+                Scenario::Isolation => scenario::isolation::run(&options).await?,
             };
             println!("{markdown}");
         }

@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod consumer;
 pub mod interop;
+pub mod isolation;
 pub mod latency;
 pub mod postgres;
 pub mod relay;

@@ -779,3 +779,88 @@ async fn the_cli_sends_its_key() {
         .unwrap();
     assert!(line.contains("hub.cli.x"), "{line}");
 }
+
+/// A tenant flooding past its rate is cut at the limit — about `burst + rate × time`
+/// events stored, the rest `429` — while another tenant publishing at the same time is
+/// never refused. (How much the flood costs the other tenant's latency is measured by
+/// `herald-bench isolation`, not timed here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_tenant_is_cut_at_its_limit_and_the_other_is_not_refused() {
+    let herald = start_required().await;
+    let admin = As {
+        herald: &herald,
+        key: Some(ADMIN.to_owned()),
+    };
+    let (status, _) = admin
+        .post(
+            "/api/tenants",
+            json!({"id": "flood", "subjects": ["hub.flood.>"],
+                   "limits": {"publish_per_second": 20, "publish_burst": 10}}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let flood_key = admin.post("/api/keys", json!({"tenant": "flood"})).await.1["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, calm_key) = tenant_with_key(&admin, "calm").await;
+    let started = std::time::Instant::now();
+    let flooders: Vec<_> = (0..6)
+        .map(|task| {
+            let http = http_client();
+            let url = herald.url("/api/events");
+            let key = flood_key.clone();
+            tokio::spawn(async move {
+                let (mut stored, mut refused) = (0u32, 0u32);
+                for n in 0.. {
+                    if started.elapsed() > Duration::from_secs(2) {
+                        break;
+                    }
+                    let response = http
+                        .post(&url)
+                        .bearer_auth(&key)
+                        .json(&json!({"subject": "hub.flood.x", "payload": {"task": task, "n": n}}))
+                        .send()
+                        .await
+                        .unwrap();
+                    match response.status().as_u16() {
+                        201 => stored += 1,
+                        429 => refused += 1,
+                        other => panic!("flood answered {other}"),
+                    }
+                }
+                (stored, refused)
+            })
+        })
+        .collect();
+    let calm = As {
+        herald: &herald,
+        key: Some(calm_key),
+    };
+    for n in 0..100 {
+        let (status, body) = calm
+            .post(
+                "/api/events",
+                json!({"subject": "hub.calm.x", "payload": {"n": n}}),
+            )
+            .await;
+        assert_eq!(status, 201, "the calm tenant, #{n}: {body}");
+    }
+    let (mut stored, mut refused) = (0, 0);
+    for flooder in flooders {
+        let (s, r) = flooder.await.unwrap();
+        stored += s;
+        refused += r;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let most = 10.0 + 20.0 * seconds + 2.0;
+    assert!(
+        f64::from(stored) <= most,
+        "{stored} flood events stored in {seconds:.1} s; the limit allows {most:.0}"
+    );
+    assert!(refused > stored, "{refused} refused, {stored} stored");
+    let (_, events) = admin
+        .get("/api/events?subject=hub.flood.>&limit=1000")
+        .await;
+    assert_eq!(events.as_array().unwrap().len() as u32, stored);
+}
