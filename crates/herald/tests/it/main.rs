@@ -5,6 +5,7 @@
 mod harness;
 
 mod access;
+mod access_fuzz;
 mod api;
 mod bad_input;
 mod cli;

@@ -252,6 +252,36 @@ async fn https_serves_the_api_and_wss_streams() {
     assert!(h.terminate().await.success());
 }
 
+/// Over TLS too, a body refused from its `Content-Length` gets its 413, not a reset:
+/// the server sends `close_notify` and its FIN, then reads what the client still sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_gets_its_413_over_tls() {
+    let ca = Ca::new("Herald test CA");
+    let files = Files::new();
+    files.put_server(&ca.server());
+    let mut h = start_tls(&files, false, &[]).await;
+    h.http = https_client(&ca, None);
+    let body = vec![b'a'; 8 * 1024 * 1024];
+    for round in 0..5 {
+        let resp = h
+            .http
+            .post(h.url("/api/events"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: no answer: {}", chain(&e)));
+        check_error(resp, &[413], &["payload_too_large"])
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+    }
+    // The WSS stream is an upgrade: it is not held up by lingering either.
+    let mut ws = wss_connect(&h, &ca, &stream_path("hub.tls.>", "")).await;
+    let _ = ws.close(None).await;
+    assert_eq!(h.event_count().await, 0);
+    assert!(h.terminate().await.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_finishes_the_handshake_is_closed() {
     let ca = Ca::new("Herald test CA");
