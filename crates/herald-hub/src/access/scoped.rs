@@ -101,6 +101,14 @@ impl Scoped<'_> {
         if let Some(tenant) = self.caller.tenant() {
             for event in events.iter_mut() {
                 event.tenant = Some(tenant.to_owned());
+                // A CloudEvent's id derives from its `(source, id)`; within a tenant, so
+                // that two tenants' producers never collide (nor learn of each other).
+                if let Some(attributes) = &event.cloudevent {
+                    let derived = attributes.herald_id();
+                    if event.id == derived {
+                        event.id = Uuid::new_v5(&derived, tenant.as_bytes());
+                    }
+                }
             }
         }
         Ok(())

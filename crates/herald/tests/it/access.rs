@@ -279,9 +279,8 @@ async fn two_tenants_share_a_hub_and_nothing_leaks() {
         .bearer_auth(&beta_secret)
         .header("content-type", "application/cloudevents+json")
         .body(
-            json!({"specversion": "1.0", "id": "ce-1", "source": "/t", "type": "t",
-                   "subject": "hub.acme.forged"})
-            .to_string(),
+            json!({"specversion": "1.0", "id": "ce-1", "source": "/t", "type": "hub.acme.forged"})
+                .to_string(),
         )
         .send()
         .await
@@ -466,6 +465,29 @@ async fn two_tenants_share_a_hub_and_nothing_leaks() {
         )
         .await;
     assert_eq!(status, 403, "a rule beyond the key's subscribe rights");
+
+    // CloudEvents are deduplicated by (source, id) within a tenant: two tenants' producers
+    // with the same pair do not collide; the same tenant sending it again is a duplicate.
+    for (key, subject, want) in [
+        (&acme_secret, "hub.acme.ce", 201),
+        (&beta_secret, "hub.beta.ce", 201),
+        (&beta_secret, "hub.beta.ce", 200),
+    ] {
+        let response = herald
+            .http
+            .post(herald.url("/api/events"))
+            .bearer_auth(key)
+            .header("content-type", "application/cloudevents+json")
+            .body(
+                json!({"specversion": "1.0", "id": "order-1", "source": "/orders",
+                       "type": subject, "data": {"n": 1}})
+                .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), want, "{subject}");
+    }
 
     // An id taken by another tenant's event is a conflict, never that event.
     let (status, body) = beta
