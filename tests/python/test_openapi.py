@@ -116,7 +116,7 @@ def before_call(ctx, case, **kwargs):
     body = getattr(case, "body", None)
     if not isinstance(body, dict):
         return
-    if isinstance(body.get("wait_ms"), int) and body["wait_ms"] > 500:
+    if isinstance(body.get("wait_ms"), (int, float)) and body["wait_ms"] > 500:
         body["wait_ms"] = 500
     action = body.get("action")
     if isinstance(action, dict) and isinstance(action.get("url"), str):

@@ -376,7 +376,7 @@ impl From<herald_hub::access::AccessError> for ApiError {
                 ApiError::new(ErrorCode::InvalidAccess, error.to_string())
             }
             AccessError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
-            AccessError::NotFound(message) => ApiError::new(ErrorCode::NotFound, message),
+            AccessError::NotFound(message) => ApiError::new(ErrorCode::TenantNotFound, message),
             AccessError::Hub(error) => error.into(),
             other => {
                 tracing::error!(error = %other, "Internal error.");

@@ -21,12 +21,13 @@ use utoipa::openapi::{OpenApi as Document, RefOr, Required};
 use utoipa::{Modify, OpenApi};
 
 use crate::wire::schema::{
-    raw, AckRequest, BadRequest, CloudEvent, CloudEventBatch, CloudEventSource, Conflict,
-    ConsumerName, ConsumerRequest, CorrelationId, ErrorItem, EventId, FetchRequest, Forbidden,
-    HeadersTooLarge, Instant, Limit, MethodNotAllowed, NakRequest, NotFound, OriginText,
-    PayloadTooLarge, PublishAnswer, PublishBatchRequest, RedriveRequest, RequestTimeout, RpcAnswer,
-    RpcBody, RpcRequest, RpcResponse, SeqParam, ServiceUnavailable, StoredCloudEvent, Subject,
-    SubjectPattern, TermRequest, TooManyRequests, Unauthorized, UnprocessableEntity, UriTooLong,
+    raw, AckRequest, AsciiSubjectPattern, BadRequest, CloudEvent, CloudEventBatch,
+    CloudEventSource, Conflict, ConsumerName, ConsumerRequest, CorrelationId, ErrorItem, EventId,
+    FetchRequest, Forbidden, HeadersTooLarge, Instant, Limit, MethodNotAllowed, NakRequest,
+    NotFound, OriginText, PayloadTooLarge, PublishAnswer, PublishBatchRequest, RedriveRequest,
+    RequestTimeout, RpcAnswer, RpcBody, RpcRequest, RpcResponse, SeqParam, ServiceUnavailable,
+    StoredCloudEvent, Subject, SubjectPattern, TermRequest, TooManyRequests, Unauthorized,
+    UnprocessableEntity, UriTooLong,
 };
 
 /// The document, generated from the handlers' annotations.
@@ -134,6 +135,7 @@ use crate::wire::schema::{
             RedriveRequest,
             Subject,
             SubjectPattern,
+            AsciiSubjectPattern,
             OriginText,
             SeqParam,
             Limit,

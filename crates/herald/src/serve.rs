@@ -590,6 +590,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let nats_shown = nats.as_ref().map(|n| n.redacted_servers());
     hub_config.nats = nats;
     let hub = Hub::open(hub_config, store).await?;
+    if matches!(args.auth, AuthArg::Required) && args.admin_key.is_none() {
+        let admin = herald_hub::access::Caller::trusted();
+        let no_admin_key = hub
+            .as_caller(&admin)
+            .keys()
+            .map(|keys| !keys.iter().any(|k| k.admin))
+            .unwrap_or(true);
+        if no_admin_key {
+            tracing::warn!(
+                "HERALD_AUTH=required, but there is no admin key: set HERALD_ADMIN_KEY, or \
+                 stop the hub and run `herald keys create --admin`."
+            );
+        }
+    }
     if let Some(rules) = rules {
         let count = rules.len();
         if let Err(error) = hub.load_rules(rules).await {

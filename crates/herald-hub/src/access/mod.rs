@@ -124,8 +124,8 @@ pub struct KeyInfo {
     pub last_used_at: Option<Timestamp>,
 }
 
-/// A key to create. Rights left out are the tenant's whole subject spaces (for an admin
-/// key without a tenant: every subject).
+/// A key to create. Rights left out are the tenant's whole subject spaces (for a key
+/// without a tenant: every subject).
 #[derive(Debug, Clone, Default)]
 pub struct NewKey {
     pub tenant: Option<String>,

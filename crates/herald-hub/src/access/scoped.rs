@@ -560,10 +560,9 @@ impl Scoped<'_> {
         let audit_space = Pattern::parse(&format!("hub.{}.audit.>", self.hub.hub_id()))
             .map_err(|e| HubError::Internal(e.to_string()))?;
         if let Some(clash) = new.subjects.iter().find(|p| p.overlaps(&audit_space)) {
-            return Err(AccessError::Invalid {
-                field: "subjects",
-                message: format!("{clash} overlaps {audit_space}, the hub's audit log"),
-            });
+            return Err(AccessError::Conflict(format!(
+                "subject space {clash} overlaps {audit_space}, the hub's audit log"
+            )));
         }
         let tenant = self
             .hub

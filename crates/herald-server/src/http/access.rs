@@ -25,7 +25,16 @@ fn patterns(field: &'static str, texts: &[String]) -> Result<Vec<Pattern>, ApiEr
     texts
         .iter()
         .map(|text| {
-            Pattern::parse(text).map_err(|e| {
+            if !text.is_ascii() {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{:?}: subject spaces and rights are ASCII patterns",
+                        truncate(text)
+                    ),
+                ));
+            }
+            Pattern::parse_filter(text).map_err(|e| {
                 invalid(
                     field,
                     format!("{:?} is not a subject pattern: {e}", truncate(text)),
@@ -44,6 +53,19 @@ fn rights(field: &'static str, rights: Option<Rights>) -> Result<Option<Permissi
             })
         })
         .transpose()
+}
+
+/// Publish rates of 0 would refuse everything: at least 1, as the schema says.
+fn check_limits(limits: &crate::wire::access::Limits) -> Result<(), ApiError> {
+    for (field, value) in [
+        ("limits.publish_per_second", limits.publish_per_second),
+        ("limits.publish_burst", limits.publish_burst),
+    ] {
+        if value == Some(0) {
+            return Err(invalid(field, "must be at least 1".into()));
+        }
+    }
+    Ok(())
 }
 
 fn created(location: String, body: impl serde::Serialize) -> Response {
@@ -79,6 +101,7 @@ pub async fn create_tenant(
     caller.require_admin()?;
     let body = body.map_err(body_rejection)?;
     let request: TenantRequest = parse_json_object(&body)?;
+    check_limits(&request.limits)?;
     let new = access::NewTenant {
         subjects: patterns("subjects", &request.subjects)?,
         id: request.id,
@@ -186,6 +209,7 @@ pub async fn delete_tenant(
     request_body(content((KeyRequest = "application/json"))),
     responses(
         (status = 201, description = "Created; `key` is the secret.", body = CreatedKey),
+        (status = 404, response = crate::wire::schema::NotFound),
         (status = 409, response = crate::wire::schema::Conflict),
         (status = 413, response = crate::wire::schema::PayloadTooLarge),
         (status = 422, response = crate::wire::schema::UnprocessableEntity),
@@ -199,6 +223,7 @@ pub async fn create_key(
     caller.require_admin()?;
     let body = body.map_err(body_rejection)?;
     let request: KeyRequest = parse_json_object(&body)?;
+    check_limits(&request.limits)?;
     let expires_at = request
         .expires_at
         .as_deref()

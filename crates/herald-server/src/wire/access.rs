@@ -11,22 +11,76 @@ use utoipa::ToSchema;
 #[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "whole",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(minimum = 1)]
     pub publish_per_second: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "whole",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(minimum = 1)]
     pub publish_burst: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "whole",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_connections: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "whole",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_streams: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "whole",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_consumers: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "whole",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_rules: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "whole",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_stored_bytes: Option<u64>,
+}
+
+/// A whole number of the field's type; JSON Schema's `integer` includes `5.0`, so a
+/// number with a zero fraction is taken too.
+fn whole<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let value = match number.as_u64() {
+        Some(value) => value,
+        None => number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9.0e15)
+            .map(|f| f as u64)
+            .ok_or_else(|| {
+                D::Error::custom(format!("{number} is not a whole number of 0 or more"))
+            })?,
+    };
+    T::try_from(value)
+        .map(Some)
+        .map_err(|_| D::Error::custom(format!("{value} is too large")))
 }
 
 impl From<Limits> for access::Limits {
@@ -65,7 +119,9 @@ pub struct TenantRequest {
     /// 1 to 63 lowercase letters, digits, `-` or `_` (not `rule`).
     #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub id: String,
-    /// The subject spaces the tenant owns (patterns, apart from every other tenant's).
+    /// The subject spaces the tenant owns (patterns, apart from every other tenant's
+    /// and from the hub's audit log `hub.<hub_id>.audit.>`).
+    #[schema(value_type = Vec<crate::wire::schema::AsciiSubjectPattern>, min_items = 1, max_items = 64)]
     pub subjects: Vec<String>,
     #[serde(default)]
     pub limits: Limits,
@@ -104,8 +160,10 @@ pub struct TenantList {
 #[serde(deny_unknown_fields)]
 pub struct Rights {
     #[serde(default)]
+    #[schema(value_type = Vec<crate::wire::schema::AsciiSubjectPattern>, max_items = 32)]
     pub allow: Vec<String>,
     #[serde(default)]
+    #[schema(value_type = Vec<crate::wire::schema::AsciiSubjectPattern>, max_items = 32)]
     pub deny: Vec<String>,
 }
 
@@ -129,10 +187,12 @@ impl From<&Permissions> for Rights {
     "subscribe": {"allow": ["hub.acme.>"], "deny": ["hub.acme.audit.>"]}
 }))]
 pub struct KeyRequest {
-    /// The tenant the key belongs to; required unless `admin`.
+    /// The tenant the key belongs to: its rights are narrowed to the tenant's subject
+    /// spaces and its events stamped with it. Without one, the key's rights alone apply.
     #[serde(default)]
     pub tenant: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub description: Option<String>,
     /// Absent: the tenant's whole subject spaces (an admin key without tenant: all).
     #[serde(default)]
@@ -146,6 +206,7 @@ pub struct KeyRequest {
     pub limits: Limits,
     /// RFC 3339; the key is refused from then on.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
 }
 

@@ -192,6 +192,21 @@ raw_schema! {
 }
 
 raw_schema! {
+    /// A subject pattern of ASCII characters: a tenant's subject space, or a key's right.
+    AsciiSubjectPattern => json!({
+        "type": "string",
+        "description": format!(
+            "A subject pattern (see SubjectPattern) of printable ASCII characters only, at most \
+             {MAX_SUBJECT_BYTES} bytes: tenants' subject spaces and keys' rights."
+        ),
+        "minLength": 1,
+        "maxLength": MAX_SUBJECT_BYTES,
+        "pattern": pattern_regex(true, false),
+        "examples": ["hub.acme.>"],
+    })
+}
+
+raw_schema! {
     /// `origin.service` or `origin.user`: at most 256 bytes of UTF-8.
     OriginText => byte_bounded(json!({}), MAX_ORIGIN_FIELD, |ascii| {
         if ascii { "^[\\u0000-\\u007F]*$".to_owned() } else { String::new() }

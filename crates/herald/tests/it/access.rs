@@ -505,11 +505,7 @@ async fn two_tenants_share_a_hub_and_nothing_leaks() {
             json!({"id": "greedy", "subjects": ["hub.local-hub.>"]}),
         )
         .await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (422, "invalid_access"),
-        "{body}"
-    );
+    assert_eq!((status, error_code(&body)), (409, "conflict"), "{body}");
     let (_, audit) = admin.get("/api/events?subject=hub.local-hub.audit.>").await;
     let actions: Vec<&str> = audit
         .as_array()
