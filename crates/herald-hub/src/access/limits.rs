@@ -7,9 +7,9 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota};
@@ -47,6 +47,10 @@ pub(crate) struct Bucket {
     per_second: u32,
     burst: u32,
     limiter: DefaultDirectRateLimiter,
+    /// Until when (nanoseconds after `since`) the last refusal said the bucket is empty:
+    /// lets a flood be refused before its body is parsed, without touching the bucket.
+    refused_until: AtomicU64,
+    since: Instant,
 }
 
 impl Bucket {
@@ -57,7 +61,28 @@ impl Bucket {
             per_second,
             burst: size.get(),
             limiter: DefaultDirectRateLimiter::direct(Quota::per_second(rate).allow_burst(size)),
+            refused_until: AtomicU64::new(0),
+            since: Instant::now(),
         })
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.since.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Refused for the wait a recent refusal announced, if it has not passed yet.
+    fn still_refused(&self, scope: &'static str) -> Result<(), RateLimited> {
+        let until = self.refused_until.load(Ordering::Acquire);
+        let now = self.now();
+        if now < until {
+            return Err(RateLimited {
+                scope,
+                per_second: self.per_second,
+                burst: self.burst,
+                retry_after: Duration::from_nanos(until - now),
+            });
+        }
+        Ok(())
     }
 
     /// Takes `n` tokens, or says when they will be there (all or nothing).
@@ -73,9 +98,16 @@ impl Bucket {
         };
         match self.limiter.check_n(n) {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(not_until)) => Err(refused(
-                not_until.wait_time_from(self.limiter.clock().now()),
-            )),
+            Ok(Err(not_until)) => {
+                let wait = not_until.wait_time_from(self.limiter.clock().now());
+                // Empty until one token is back, whatever this request's size.
+                let one_token = Duration::from_secs_f64(1.0 / f64::from(self.per_second));
+                let until = self.now().saturating_add(
+                    u64::try_from(wait.min(one_token).as_nanos()).unwrap_or(u64::MAX),
+                );
+                self.refused_until.fetch_max(until, Ordering::AcqRel);
+                Err(refused(wait))
+            }
             // More than a full bucket: never in one request (the wait says how long a
             // full bucket takes, for the client's information).
             Err(_) => Err(refused(Duration::from_secs_f64(
@@ -112,6 +144,19 @@ impl Enforcer {
         }
         if let Some(bucket) = &self.tenant_rate {
             bucket.take(n, "tenant")?;
+        }
+        Ok(())
+    }
+
+    /// Refuses at once while a recent refusal of the key's or tenant's bucket still holds
+    /// (a cheap check before a publish's body is parsed; [`Enforcer::take_publish`] is
+    /// the real one).
+    pub(crate) fn publish_refused(&self) -> Result<(), RateLimited> {
+        if let Some(bucket) = &self.key_rate {
+            bucket.still_refused("key")?;
+        }
+        if let Some(bucket) = &self.tenant_rate {
+            bucket.still_refused("tenant")?;
         }
         Ok(())
     }

@@ -244,6 +244,12 @@ impl Caller {
             .take_publish(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
+    /// Refuses a publish at once while the key's or tenant's bucket is known to be empty
+    /// (before its body is parsed); the real check is at admission.
+    pub fn publish_refused(&self) -> Result<(), RateLimited> {
+        self.0.enforcer.publish_refused()
+    }
+
     /// Counts one more open stream against the key's and tenant's `max_streams`; the
     /// slot gives it back when dropped.
     pub fn open_stream(&self) -> Result<StreamSlot, crate::HubError> {

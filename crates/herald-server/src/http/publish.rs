@@ -68,6 +68,10 @@ pub async fn publish_event(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // A flood past its rate is refused before its body is parsed.
+    caller
+        .publish_refused()
+        .map_err(|limited| ApiError::from(herald_hub::HubError::RateLimited(limited)))?;
     let body = body.map_err(body_rejection)?;
     let header_correlation = header_correlation_id(&headers)?;
     let event = match cloudevents::mode(&headers) {
@@ -146,6 +150,10 @@ pub async fn publish_batch(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // A flood past its rate is refused before its body is parsed.
+    caller
+        .publish_refused()
+        .map_err(|limited| ApiError::from(herald_hub::HubError::RateLimited(limited)))?;
     let body = body.map_err(body_rejection)?;
     ensure_not_empty(&body)?;
     let header_correlation = header_correlation_id(&headers)?;
@@ -353,6 +361,10 @@ pub async fn publish_legacy(
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // A flood past its rate is refused before its body is parsed.
+    caller
+        .publish_refused()
+        .map_err(|limited| ApiError::from(herald_hub::HubError::RateLimited(limited)))?;
     let body = body.map_err(body_rejection)?;
     ensure_not_empty(&body)?;
     let mut source = None;
