@@ -199,7 +199,26 @@ async fn without_a_valid_key_only_health_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tenants_share_a_hub_and_nothing_leaks() {
-    let herald = start_required().await;
+    two_tenants_share(None).await;
+}
+
+/// The same on PostgreSQL: tenants, keys, stamps and namespaces in the other backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_share_a_hub_on_postgres_and_nothing_leaks() {
+    let url = herald_store::testing::TestPostgres::shared()
+        .create_database()
+        .await
+        .unwrap();
+    two_tenants_share(Some(&url)).await;
+}
+
+async fn two_tenants_share(data: Option<&str>) {
+    let herald = TestHerald::start_with_env(
+        data,
+        &[],
+        &[("HERALD_AUTH", "required"), ("HERALD_ADMIN_KEY", ADMIN)],
+    )
+    .await;
     let admin = As {
         herald: &herald,
         key: Some(ADMIN.to_owned()),
