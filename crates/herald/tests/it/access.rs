@@ -901,3 +901,44 @@ async fn a_flooding_tenant_is_cut_at_its_limit_and_the_other_is_not_refused() {
         .await;
     assert_eq!(events.as_array().unwrap().len() as u32, stored);
 }
+
+/// A key with `expires_at` works until then and is refused after; `last_used_at` shows
+/// that a key was used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_key_is_refused_and_use_is_recorded() {
+    let herald = start_required().await;
+    let admin = As {
+        herald: &herald,
+        key: Some(ADMIN.to_owned()),
+    };
+    let expires = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let (status, made) = admin
+        .post(
+            "/api/keys",
+            json!({"admin": true, "expires_at": expires.to_rfc3339()}),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let key = As {
+        herald: &herald,
+        key: Some(made["key"].as_str().unwrap().to_owned()),
+    };
+    assert_eq!(key.get("/api/keys").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let (status, body) = key.get("/api/keys").await;
+    assert_eq!((status, error_code(&body)), (401, "unauthenticated"));
+    // Use is written back within a reload (2 s).
+    let id = made["id"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, listed) = admin.get(&format!("/api/keys/{id}")).await;
+        if listed["last_used_at"].is_string() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "last_used_at not recorded: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
