@@ -246,6 +246,10 @@ pub trait Store: Send + Sync + 'static {
     /// Bytes the store takes on disk (for metrics).
     fn size_bytes(&self) -> impl Future<Output = Result<u64>> + Send;
 
+    /// Bytes of payload each tenant's events hold (for storage quotas). Reads the
+    /// whole log: call it rarely.
+    fn tenant_payload_bytes(&self) -> impl Future<Output = Result<Vec<(String, u64)>>> + Send;
+
     /// Flushes and releases the store. Calls after this fail with [`StoreError::Closed`].
     fn close(&self) -> impl Future<Output = Result<()>> + Send;
 
@@ -536,6 +540,13 @@ impl Store for AnyStore {
         match self {
             AnyStore::Embedded(s) => s.external_commits(),
             AnyStore::Postgres(s) => s.external_commits(),
+        }
+    }
+
+    async fn tenant_payload_bytes(&self) -> Result<Vec<(String, u64)>> {
+        match self {
+            AnyStore::Embedded(s) => s.tenant_payload_bytes().await,
+            AnyStore::Postgres(s) => s.tenant_payload_bytes().await,
         }
     }
 

@@ -260,6 +260,20 @@ impl Caller {
         })
     }
 
+    /// The smaller of the key's and the tenant's `max_stored_bytes`.
+    pub fn stored_bytes_limit(&self) -> Option<u64> {
+        let key = self.0.limits.max_stored_bytes;
+        let tenant = self
+            .0
+            .tenant_limits
+            .as_ref()
+            .and_then(|l| l.max_stored_bytes);
+        match (key, tenant) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// The smaller of the key's and the tenant's value of a count limit.
     pub fn count_limit(&self, limit: impl Fn(&Limits) -> Option<u32>) -> Option<u32> {
         let key = limit(&self.0.limits);

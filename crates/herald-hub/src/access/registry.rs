@@ -15,6 +15,9 @@ use super::{
 
 /// A key's `last_used_at` is written back at most this often (it is a hint, not a log).
 const LAST_USED_EVERY_MICROS: i64 = 60_000_000;
+/// How often the bytes each tenant stores are read from the store again (other
+/// instances' publishes), while some storage quota exists.
+const USAGE_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub(crate) struct Registry {
     config: AccessConfig,
@@ -25,6 +28,15 @@ pub(crate) struct Registry {
     used: Mutex<HashMap<String, Timestamp>>,
     /// Serializes changes on this instance (create, delete, reload).
     changes: tokio::sync::Mutex<()>,
+    /// Payload bytes per tenant, for `max_stored_bytes`: read from the store when a quota
+    /// exists (and every [`USAGE_REFRESH`]), counted up by this instance's publishes.
+    usage: Mutex<Usage>,
+}
+
+#[derive(Default)]
+struct Usage {
+    bytes: HashMap<String, u64>,
+    read_at: Option<std::time::Instant>,
 }
 
 #[derive(Default)]
@@ -47,6 +59,7 @@ impl Registry {
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             used: Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
+            usage: Mutex::new(Usage::default()),
         };
         registry.reload(store).await?;
         Ok(registry)
@@ -117,7 +130,55 @@ impl Registry {
     pub(crate) async fn reload(&self, store: &AnyStore) -> Result<(), AccessError> {
         let _changing = self.changes.lock().await;
         self.write_back_usage(store).await?;
-        self.reload_locked(store).await
+        self.reload_locked(store).await?;
+        let stale = self
+            .usage
+            .lock()
+            .expect("usage lock")
+            .read_at
+            .is_some_and(|at| at.elapsed() >= USAGE_REFRESH);
+        if stale {
+            self.read_usage(store).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the bytes each tenant stores from the store.
+    async fn read_usage(&self, store: &AnyStore) -> Result<(), AccessError> {
+        let bytes: HashMap<String, u64> = store.tenant_payload_bytes().await?.into_iter().collect();
+        let mut usage = self.usage.lock().expect("usage lock");
+        usage.bytes = bytes;
+        usage.read_at = Some(std::time::Instant::now());
+        Ok(())
+    }
+
+    /// The payload bytes `tenant` stores (read from the store the first time a quota is
+    /// checked).
+    pub(crate) async fn stored_bytes(
+        &self,
+        store: &AnyStore,
+        tenant: &str,
+    ) -> Result<u64, AccessError> {
+        let known = self.usage.lock().expect("usage lock").read_at.is_some();
+        if !known {
+            self.read_usage(store).await?;
+        }
+        Ok(self
+            .usage
+            .lock()
+            .expect("usage lock")
+            .bytes
+            .get(tenant)
+            .copied()
+            .unwrap_or(0))
+    }
+
+    /// Counts bytes this instance stored for `tenant`.
+    pub(crate) fn add_stored_bytes(&self, tenant: &str, bytes: u64) {
+        let mut usage = self.usage.lock().expect("usage lock");
+        if usage.read_at.is_some() {
+            *usage.bytes.entry(tenant.to_owned()).or_default() += bytes;
+        }
     }
 
     async fn reload_locked(&self, store: &AnyStore) -> Result<(), AccessError> {

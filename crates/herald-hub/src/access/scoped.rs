@@ -127,12 +127,43 @@ impl Scoped<'_> {
         self.publish_admitted(events).await
     }
 
-    /// Publishes events that passed [`Scoped::admit`].
+    /// Publishes events that passed [`Scoped::admit`]. A tenant's storage quota
+    /// (`max_stored_bytes`) is checked here, against the payload bytes its events hold.
+    /// (Publishes in flight at once may pass it together by their own size.)
     pub async fn publish_admitted(
         &self,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Published>, HubError> {
+        let quota = self
+            .caller
+            .tenant()
+            .and_then(|tenant| Some((tenant, self.caller.stored_bytes_limit()?)));
+        if let Some((tenant, quota)) = quota {
+            let registry = &self.hub.inner.access;
+            let used = registry
+                .stored_bytes(&self.hub.inner.store, tenant)
+                .await
+                .map_err(|error| match error {
+                    AccessError::Hub(error) => error,
+                    other => HubError::Internal(other.to_string()),
+                })?;
+            let adding: u64 = events.iter().map(|e| e.payload.get().len() as u64).sum();
+            if used.saturating_add(adding) > quota {
+                return Err(HubError::LimitReached(format!(
+                    "this tenant's events hold {used} bytes of payload; its quota is {quota} \
+                     (max_stored_bytes)"
+                )));
+            }
+        }
         let published = self.hub.publish_batch(events).await?;
+        if let Some((tenant, _)) = quota {
+            let added: u64 = published
+                .iter()
+                .filter(|p| !p.duplicate)
+                .map(|p| p.event.payload.get().len() as u64)
+                .sum();
+            self.hub.inner.access.add_stored_bytes(tenant, added);
+        }
         // A duplicate id answers with the stored event: never one the caller may not see.
         if published
             .iter()

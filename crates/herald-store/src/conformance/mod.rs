@@ -393,6 +393,16 @@ async fn an_events_tenant_round_trips<S: Store>(store: &S) {
     let page = store.query(Query::default()).await.unwrap();
     let tenants: Vec<Option<&str>> = page.events.iter().map(|e| e.tenant.as_deref()).collect();
     assert_eq!(tenants, vec![Some("acme"), None]);
+    // Payload bytes per tenant (`{"n":0}` is 7 bytes; a multi-byte payload counts bytes).
+    let mut more = event("hub.acme.y", 0, None);
+    more.payload = Payload::from_json(r#"{"é":"€"}"#.to_owned()).unwrap();
+    more.tenant = Some("acme".into());
+    store.append(vec![more]).await.unwrap();
+    let bytes = store.tenant_payload_bytes().await.unwrap();
+    assert_eq!(
+        bytes,
+        vec![("acme".to_owned(), 7 + r#"{"é":"€"}"#.len() as u64)]
+    );
 }
 
 async fn cloudevent_attributes_round_trip<S: Store>(store: &S) {

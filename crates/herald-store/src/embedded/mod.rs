@@ -564,6 +564,20 @@ impl Store for EmbeddedStore {
         None
     }
 
+    async fn tenant_payload_bytes(&self) -> Result<Vec<(String, u64)>> {
+        self.with_reader(|conn| {
+            conn.prepare_cached(
+                "SELECT tenant, SUM(length(CAST(payload AS BLOB))) FROM events
+                 WHERE tenant IS NOT NULL GROUP BY tenant",
+            )?
+            .query_map([], |row| {
+                Ok((row.get(0)?, crate::u64_from_sql(row.get::<_, i64>(1)?)))
+            })?
+            .collect()
+        })
+        .await
+    }
+
     async fn size_bytes(&self) -> Result<u64> {
         let mut total = 0;
         for suffix in ["", "-wal"] {

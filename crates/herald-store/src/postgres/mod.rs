@@ -511,6 +511,25 @@ impl Store for PostgresStore {
         }
     }
 
+    async fn tenant_payload_bytes(&self) -> Result<Vec<(String, u64)>> {
+        self.with_client(self.call_timeout(), |client| {
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached(
+                        "SELECT tenant, SUM(octet_length(payload))::bigint FROM events
+                         WHERE tenant IS NOT NULL GROUP BY tenant",
+                    )
+                    .await?;
+                let rows = client.query(&stmt, &[]).await?;
+                Ok(rows
+                    .iter()
+                    .map(|row| (row.get(0), crate::u64_from_sql(row.get::<_, i64>(1))))
+                    .collect())
+            })
+        })
+        .await
+    }
+
     async fn size_bytes(&self) -> Result<u64> {
         self.with_client(self.call_timeout(), |client| {
             Box::pin(async move {

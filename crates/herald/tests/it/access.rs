@@ -942,3 +942,51 @@ async fn an_expired_key_is_refused_and_use_is_recorded() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `max_stored_bytes` is a quota on the payload bytes a tenant's events hold: a publish
+/// that would pass it is `429 rate_limited`, and nothing of it is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_is_held_to_its_storage_quota() {
+    let herald = start_required().await;
+    let admin = As {
+        herald: &herald,
+        key: Some(ADMIN.to_owned()),
+    };
+    let (status, _) = admin
+        .post(
+            "/api/tenants",
+            json!({"id": "small", "subjects": ["hub.small.>"], "limits": {"max_stored_bytes": 100}}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let secret = admin.post("/api/keys", json!({"tenant": "small"})).await.1["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let small = As {
+        herald: &herald,
+        key: Some(secret),
+    };
+    let payload = json!({"text": "x".repeat(40)}); // 51 bytes as JSON
+    let (status, _) = small
+        .post(
+            "/api/events",
+            json!({"subject": "hub.small.a", "payload": payload}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, body) = small
+        .post(
+            "/api/events",
+            json!({"subject": "hub.small.b", "payload": payload}),
+        )
+        .await;
+    assert_eq!((status, error_code(&body)), (429, "rate_limited"), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("quota"));
+    let (_, events) = admin.get("/api/events?subject=hub.small.>").await;
+    assert_eq!(
+        events.as_array().unwrap().len(),
+        1,
+        "nothing over the quota stored"
+    );
+}
