@@ -35,13 +35,21 @@ pub(crate) async fn authenticate(
     }
 }
 
-/// The caller the request's key stands for.
+/// The caller the request's key stands for, its connection counted against the key's
+/// `max_connections`.
 pub(crate) fn caller_of(state: &AppState, request: &Request) -> Result<Caller, ApiError> {
     let key = key_of(request);
-    state
+    let caller = state
         .hub
         .authenticate(key.as_deref())
-        .map_err(ApiError::from)
+        .map_err(ApiError::from)?;
+    if let Some(seat) = request
+        .extensions()
+        .get::<crate::listener::ConnectionSeat>()
+    {
+        seat.claim(&caller)?;
+    }
+    Ok(caller)
 }
 
 /// Adds the `WWW-Authenticate` challenge to a `401` (RFC 6750 §3).

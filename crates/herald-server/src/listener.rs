@@ -68,6 +68,27 @@ pub enum Admission {
     Reserve,
 }
 
+/// What one connection counts against the `max_connections` of the key it uses: taken
+/// by its first authenticated request ([`crate::auth`]), given back when it closes.
+#[derive(Clone, Default)]
+pub struct ConnectionSeat(Arc<std::sync::Mutex<Option<(String, herald_hub::access::StreamSlot)>>>);
+
+impl ConnectionSeat {
+    /// Counts this connection against `caller`'s key (once per key it uses).
+    pub fn claim(&self, caller: &herald_hub::access::Caller) -> Result<(), herald_hub::HubError> {
+        let Some(key) = caller.key_id() else {
+            return Ok(());
+        };
+        let mut seat = self.0.lock().expect("connection seat lock");
+        if seat.as_ref().is_some_and(|(held, _)| held == key) {
+            return Ok(());
+        }
+        let slot = caller.open_connection()?;
+        *seat = Some((key.to_owned(), slot));
+        Ok(())
+    }
+}
+
 /// How long a reserve connection may take to send its one request's head.
 const RESERVE_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -206,9 +227,11 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let admission = self.admission;
+        let seat = ConnectionSeat::default();
         let service = self.app.map_request(move |request: Request<Incoming>| {
             let mut request = request.map(axum::body::Body::new);
             request.extensions_mut().insert(admission);
+            request.extensions_mut().insert(seat.clone());
             request
         });
         let mut builder = hyper::server::conn::http1::Builder::new();

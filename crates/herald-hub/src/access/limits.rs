@@ -128,6 +128,8 @@ pub(crate) struct Enforcer {
     pub(crate) tenant_rate: Option<Arc<Bucket>>,
     pub(crate) key_streams: Option<(u32, Arc<StreamCount>)>,
     pub(crate) tenant_streams: Option<(u32, Arc<StreamCount>)>,
+    pub(crate) key_connections: Option<(u32, Arc<StreamCount>)>,
+    pub(crate) tenant_connections: Option<(u32, Arc<StreamCount>)>,
 }
 
 impl std::fmt::Debug for Enforcer {
@@ -163,26 +165,42 @@ impl Enforcer {
 
     /// A slot for one more open stream, or which limit is reached.
     pub(crate) fn open_stream(&self) -> Result<StreamSlot, (&'static str, u32)> {
-        let mut taken: Vec<Arc<StreamCount>> = Vec::new();
-        for (scope, limit) in [("key", &self.key_streams), ("tenant", &self.tenant_streams)] {
-            let Some((max, count)) = limit else { continue };
-            let claimed = count
-                .0
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                    (open < *max).then_some(open + 1)
-                })
-                .is_ok();
-            if !claimed {
-                drop(StreamSlot(taken));
-                return Err((scope, *max));
-            }
-            taken.push(count.clone());
-        }
-        Ok(StreamSlot(taken))
+        claim([("key", &self.key_streams), ("tenant", &self.tenant_streams)])
+    }
+
+    /// A slot for one more connection using this key, or which limit is reached.
+    pub(crate) fn open_connection(&self) -> Result<StreamSlot, (&'static str, u32)> {
+        claim([
+            ("key", &self.key_connections),
+            ("tenant", &self.tenant_connections),
+        ])
     }
 }
 
-/// An open stream counted against its key's and tenant's limits, until dropped.
+/// Claims one unit of each count, or none (and which limit is reached).
+fn claim(
+    limits: [(&'static str, &Option<(u32, Arc<StreamCount>)>); 2],
+) -> Result<StreamSlot, (&'static str, u32)> {
+    let mut taken: Vec<Arc<StreamCount>> = Vec::new();
+    for (scope, limit) in limits {
+        let Some((max, count)) = limit else { continue };
+        let claimed = count
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < *max).then_some(open + 1)
+            })
+            .is_ok();
+        if !claimed {
+            drop(StreamSlot(taken));
+            return Err((scope, *max));
+        }
+        taken.push(count.clone());
+    }
+    Ok(StreamSlot(taken))
+}
+
+/// An open stream or connection counted against its key's and tenant's limits, until
+/// dropped.
 pub struct StreamSlot(Vec<Arc<StreamCount>>);
 
 impl Drop for StreamSlot {
@@ -218,10 +236,10 @@ impl Meters {
         Some(bucket)
     }
 
-    fn streams(&self, id: String, limits: &Limits) -> Option<(u32, Arc<StreamCount>)> {
-        let max = limits.max_streams?;
-        let mut streams = self.streams.lock().expect("stream meters lock");
-        Some((max, streams.entry(id).or_default().clone()))
+    fn count(&self, id: String, max: Option<u32>) -> Option<(u32, Arc<StreamCount>)> {
+        let max = max?;
+        let mut counts = self.streams.lock().expect("count meters lock");
+        Some((max, counts.entry(id).or_default().clone()))
     }
 
     /// The enforcer of a key (`key_id`, `key_limits`) of a tenant (if any).
@@ -234,8 +252,16 @@ impl Meters {
         Enforcer {
             key_rate: self.rate(format!("key:{key_id}"), key_limits),
             tenant_rate: tenant.and_then(|(id, l)| self.rate(format!("tenant:{id}"), l)),
-            key_streams: self.streams(format!("key:{key_id}"), key_limits),
-            tenant_streams: tenant.and_then(|(id, l)| self.streams(format!("tenant:{id}"), l)),
+            key_streams: self.count(format!("streams:key:{key_id}"), key_limits.max_streams),
+            tenant_streams: tenant
+                .and_then(|(id, l)| self.count(format!("streams:tenant:{id}"), l.max_streams)),
+            key_connections: self.count(
+                format!("connections:key:{key_id}"),
+                key_limits.max_connections,
+            ),
+            tenant_connections: tenant.and_then(|(id, l)| {
+                self.count(format!("connections:tenant:{id}"), l.max_connections)
+            }),
         }
     }
 }

@@ -244,6 +244,16 @@ impl Caller {
             .take_publish(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
+    /// Counts one more connection using this key against the key's and tenant's
+    /// `max_connections`; the slot gives it back when dropped (with the connection).
+    pub fn open_connection(&self) -> Result<StreamSlot, crate::HubError> {
+        self.0.enforcer.open_connection().map_err(|(scope, max)| {
+            crate::HubError::LimitReached(format!(
+                "this {scope} already has {max} connections open, the most it may"
+            ))
+        })
+    }
+
     /// Refuses a publish at once while the key's or tenant's bucket is known to be empty
     /// (before its body is parsed); the real check is at admission.
     pub fn publish_refused(&self) -> Result<(), RateLimited> {

@@ -990,3 +990,50 @@ async fn a_tenant_is_held_to_its_storage_quota() {
         "nothing over the quota stored"
     );
 }
+
+/// `max_connections` counts the connections a key is used on: another connection with
+/// the same key is `429` while the first is open, and fine once it closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_is_held_to_its_connection_count() {
+    let herald = start_required().await;
+    let admin = As {
+        herald: &herald,
+        key: Some(ADMIN.to_owned()),
+    };
+    let secret = admin
+        .post(
+            "/api/keys",
+            json!({"admin": true, "limits": {"max_connections": 1}}),
+        )
+        .await
+        .1["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let get = |client: &reqwest::Client| {
+        client
+            .get(herald.url("/api/keys"))
+            .bearer_auth(&secret)
+            .send()
+    };
+    let first = http_client();
+    assert_eq!(get(&first).await.unwrap().status(), 200);
+    assert_eq!(
+        get(&first).await.unwrap().status(),
+        200,
+        "the same connection again"
+    );
+    let second = http_client();
+    let refused = get(&second).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while get(&second).await.unwrap().status() != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a closed connection gives its count back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
