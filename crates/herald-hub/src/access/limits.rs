@@ -117,19 +117,22 @@ impl Bucket {
     }
 }
 
-/// Open streams of one key or tenant.
+/// Open streams (or connections) of one key or tenant.
 #[derive(Default)]
 pub(crate) struct StreamCount(AtomicU32);
+
+/// A count limit: its most and the shared count.
+pub(crate) type Count = Option<(u32, Arc<StreamCount>)>;
 
 /// The limits one caller is held to: its key's and its tenant's.
 #[derive(Default)]
 pub(crate) struct Enforcer {
     pub(crate) key_rate: Option<Arc<Bucket>>,
     pub(crate) tenant_rate: Option<Arc<Bucket>>,
-    pub(crate) key_streams: Option<(u32, Arc<StreamCount>)>,
-    pub(crate) tenant_streams: Option<(u32, Arc<StreamCount>)>,
-    pub(crate) key_connections: Option<(u32, Arc<StreamCount>)>,
-    pub(crate) tenant_connections: Option<(u32, Arc<StreamCount>)>,
+    pub(crate) key_streams: Count,
+    pub(crate) tenant_streams: Count,
+    pub(crate) key_connections: Count,
+    pub(crate) tenant_connections: Count,
 }
 
 impl std::fmt::Debug for Enforcer {
@@ -178,9 +181,7 @@ impl Enforcer {
 }
 
 /// Claims one unit of each count, or none (and which limit is reached).
-fn claim(
-    limits: [(&'static str, &Option<(u32, Arc<StreamCount>)>); 2],
-) -> Result<StreamSlot, (&'static str, u32)> {
+fn claim(limits: [(&'static str, &Count); 2]) -> Result<StreamSlot, (&'static str, u32)> {
     let mut taken: Vec<Arc<StreamCount>> = Vec::new();
     for (scope, limit) in limits {
         let Some((max, count)) = limit else { continue };
@@ -236,7 +237,7 @@ impl Meters {
         Some(bucket)
     }
 
-    fn count(&self, id: String, max: Option<u32>) -> Option<(u32, Arc<StreamCount>)> {
+    fn count(&self, id: String, max: Option<u32>) -> Count {
         let max = max?;
         let mut counts = self.streams.lock().expect("count meters lock");
         Some((max, counts.entry(id).or_default().clone()))
