@@ -266,6 +266,18 @@ impl Scoped<'_> {
         }
     }
 
+    /// Hubs heard on the bus: presence is an event stream like any other, so it needs the
+    /// subscribe right on its subject.
+    pub fn hubs(&self) -> Result<Vec<crate::HubPresence>, HubError> {
+        let subject = crate::nats::PRESENCE_SUBJECT;
+        if !self.caller.subscribe_rights().allows(subject) {
+            return Err(forbidden(format!(
+                "this key may not subscribe to {subject}, where hubs announce themselves"
+            )));
+        }
+        Ok(self.hub.hubs())
+    }
+
     // ---- consumers ----
 
     fn check_filters(&self, config: &ConsumerConfig) -> Result<(), ConsumerError> {

@@ -290,12 +290,21 @@ pub async fn nats_health(State(state): State<AppState>) -> Json<wire::NatsHealth
     summary = "Hubs seen on the bus",
     responses((status = 200, description = "Hubs whose last announcement is within three of their intervals; empty without NATS.", body = wire::HubList)),
 )]
-pub async fn hubs(State(state): State<AppState>) -> Json<wire::HubList> {
-    let hubs: Vec<wire::HubInfo> = state.hub.hubs().into_iter().map(Into::into).collect();
-    Json(wire::HubList {
+pub async fn hubs(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<wire::HubList>, ApiError> {
+    let hubs: Vec<wire::HubInfo> = state
+        .hub
+        .as_caller(&caller)
+        .hubs()?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    Ok(Json(wire::HubList {
         count: hubs.len(),
         hubs,
-    })
+    }))
 }
 
 pub async fn not_found() -> ApiError {

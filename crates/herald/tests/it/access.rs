@@ -254,6 +254,7 @@ async fn two_tenants_share(data: Option<&str>) {
         "/api/keys",
         "/metrics",
         "/api/bridge/dead-letters",
+        "/api/hubs",
     ] {
         assert_eq!(acme.get(path).await.0, 403, "{path}");
     }
