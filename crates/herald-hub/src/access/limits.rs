@@ -21,9 +21,11 @@ use super::Limits;
 pub struct RateLimited {
     /// Whose limit: `key` or `tenant`.
     pub scope: &'static str,
-    /// Events per second allowed.
+    /// What is counted: `events` or `bytes` (of payload).
+    pub unit: &'static str,
+    /// Units per second allowed.
     pub per_second: u32,
-    /// Events allowed at once (the bucket's size).
+    /// Units allowed at once (the bucket's size).
     pub burst: u32,
     /// When a retry of the same request can succeed.
     pub retry_after: Duration,
@@ -33,9 +35,10 @@ impl std::fmt::Display for RateLimited {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "over this {}'s publish rate ({} events per second, bursts of {}); retry in {} ms",
+            "over this {}'s publish rate ({} {} per second, bursts of {}); retry in {} ms",
             self.scope,
             self.per_second,
+            self.unit,
             self.burst,
             self.retry_after.as_millis()
         )
@@ -44,6 +47,7 @@ impl std::fmt::Display for RateLimited {
 
 /// One publish-rate token bucket.
 pub(crate) struct Bucket {
+    unit: &'static str,
     per_second: u32,
     burst: u32,
     limiter: DefaultDirectRateLimiter,
@@ -54,10 +58,11 @@ pub(crate) struct Bucket {
 }
 
 impl Bucket {
-    fn new(per_second: u32, burst: u32) -> Option<Bucket> {
+    fn new(unit: &'static str, per_second: u32, burst: u32) -> Option<Bucket> {
         let rate = NonZeroU32::new(per_second)?;
         let size = NonZeroU32::new(burst.max(1))?;
         Some(Bucket {
+            unit,
             per_second,
             burst: size.get(),
             limiter: DefaultDirectRateLimiter::direct(Quota::per_second(rate).allow_burst(size)),
@@ -77,6 +82,7 @@ impl Bucket {
         if now < until {
             return Err(RateLimited {
                 scope,
+                unit: self.unit,
                 per_second: self.per_second,
                 burst: self.burst,
                 retry_after: Duration::from_nanos(until - now),
@@ -89,6 +95,7 @@ impl Bucket {
     fn take(&self, n: u32, scope: &'static str) -> Result<(), RateLimited> {
         let refused = |retry_after| RateLimited {
             scope,
+            unit: self.unit,
             per_second: self.per_second,
             burst: self.burst,
             retry_after,
@@ -129,6 +136,8 @@ pub(crate) type Count = Option<(u32, Arc<StreamCount>)>;
 pub(crate) struct Enforcer {
     pub(crate) key_rate: Option<Arc<Bucket>>,
     pub(crate) tenant_rate: Option<Arc<Bucket>>,
+    pub(crate) key_bytes: Option<Arc<Bucket>>,
+    pub(crate) tenant_bytes: Option<Arc<Bucket>>,
     pub(crate) key_streams: Count,
     pub(crate) tenant_streams: Count,
     pub(crate) key_connections: Count,
@@ -142,13 +151,18 @@ impl std::fmt::Debug for Enforcer {
 }
 
 impl Enforcer {
-    /// Takes `n` events' worth of publish rate from the key and the tenant.
-    pub(crate) fn take_publish(&self, n: u32) -> Result<(), RateLimited> {
-        if let Some(bucket) = &self.key_rate {
-            bucket.take(n, "key")?;
-        }
-        if let Some(bucket) = &self.tenant_rate {
-            bucket.take(n, "tenant")?;
+    /// Takes `n` events' and `bytes` payload bytes' worth of publish rate from the key
+    /// and the tenant.
+    pub(crate) fn take_publish(&self, n: u32, bytes: u32) -> Result<(), RateLimited> {
+        for (bucket, amount, scope) in [
+            (&self.key_rate, n, "key"),
+            (&self.tenant_rate, n, "tenant"),
+            (&self.key_bytes, bytes, "key"),
+            (&self.tenant_bytes, bytes, "tenant"),
+        ] {
+            if let Some(bucket) = bucket {
+                bucket.take(amount, scope)?;
+            }
         }
         Ok(())
     }
@@ -157,11 +171,15 @@ impl Enforcer {
     /// (a cheap check before a publish's body is parsed; [`Enforcer::take_publish`] is
     /// the real one).
     pub(crate) fn publish_refused(&self) -> Result<(), RateLimited> {
-        if let Some(bucket) = &self.key_rate {
-            bucket.still_refused("key")?;
-        }
-        if let Some(bucket) = &self.tenant_rate {
-            bucket.still_refused("tenant")?;
+        for (bucket, scope) in [
+            (&self.key_rate, "key"),
+            (&self.tenant_rate, "tenant"),
+            (&self.key_bytes, "key"),
+            (&self.tenant_bytes, "tenant"),
+        ] {
+            if let Some(bucket) = bucket {
+                bucket.still_refused(scope)?;
+            }
         }
         Ok(())
     }
@@ -226,13 +244,28 @@ impl Meters {
     fn rate(&self, id: String, limits: &Limits) -> Option<Arc<Bucket>> {
         let per_second = limits.publish_per_second?;
         let burst = limits.publish_burst.unwrap_or(per_second);
+        self.bucket(id, "events", per_second, burst)
+    }
+
+    fn bytes(&self, id: String, limits: &Limits) -> Option<Arc<Bucket>> {
+        let per_second = limits.publish_bytes_per_second?;
+        self.bucket(id, "bytes", per_second, per_second)
+    }
+
+    fn bucket(
+        &self,
+        id: String,
+        unit: &'static str,
+        per_second: u32,
+        burst: u32,
+    ) -> Option<Arc<Bucket>> {
         let mut rates = self.rates.lock().expect("rate meters lock");
         if let Some((p, b, bucket)) = rates.get(&id) {
             if (*p, *b) == (per_second, burst) {
                 return Some(bucket.clone());
             }
         }
-        let bucket = Arc::new(Bucket::new(per_second, burst)?);
+        let bucket = Arc::new(Bucket::new(unit, per_second, burst)?);
         rates.insert(id, (per_second, burst, bucket.clone()));
         Some(bucket)
     }
@@ -253,6 +286,8 @@ impl Meters {
         Enforcer {
             key_rate: self.rate(format!("key:{key_id}"), key_limits),
             tenant_rate: tenant.and_then(|(id, l)| self.rate(format!("tenant:{id}"), l)),
+            key_bytes: self.bytes(format!("bytes:key:{key_id}"), key_limits),
+            tenant_bytes: tenant.and_then(|(id, l)| self.bytes(format!("bytes:tenant:{id}"), l)),
             key_streams: self.count(format!("streams:key:{key_id}"), key_limits.max_streams),
             tenant_streams: tenant
                 .and_then(|(id, l)| self.count(format!("streams:tenant:{id}"), l.max_streams)),
@@ -273,7 +308,7 @@ mod tests {
 
     #[test]
     fn a_bucket_allows_its_burst_then_refuses_with_a_wait() {
-        let bucket = Bucket::new(10, 5).unwrap();
+        let bucket = Bucket::new("events", 10, 5).unwrap();
         for _ in 0..5 {
             bucket.take(1, "key").unwrap();
         }
@@ -282,8 +317,11 @@ mod tests {
         assert!(refused.retry_after > Duration::ZERO);
         assert!(refused.retry_after <= Duration::from_millis(100));
         // A request larger than the bucket can never pass.
-        assert!(Bucket::new(10, 5).unwrap().take(6, "key").is_err());
-        assert!(Bucket::new(0, 5).is_none());
+        assert!(Bucket::new("events", 10, 5)
+            .unwrap()
+            .take(6, "key")
+            .is_err());
+        assert!(Bucket::new("events", 0, 5).is_none());
     }
 
     #[test]
@@ -316,8 +354,14 @@ mod tests {
             publish_burst: Some(1),
             ..Limits::default()
         };
-        meters.enforcer("k", &limits, None).take_publish(1).unwrap();
+        meters
+            .enforcer("k", &limits, None)
+            .take_publish(1, 10)
+            .unwrap();
         let again = meters.enforcer("k", &limits, None);
-        assert!(again.take_publish(1).is_err(), "the reload kept the count");
+        assert!(
+            again.take_publish(1, 10).is_err(),
+            "the reload kept the count"
+        );
     }
 }

@@ -85,6 +85,8 @@ impl std::fmt::Debug for AccessConfig {
 pub struct Limits {
     pub publish_per_second: Option<u32>,
     pub publish_burst: Option<u32>,
+    /// Payload bytes per second (a bucket holding one second's worth).
+    pub publish_bytes_per_second: Option<u32>,
     pub max_connections: Option<u32>,
     pub max_streams: Option<u32>,
     pub max_consumers: Option<u32>,
@@ -237,11 +239,13 @@ impl Caller {
         }))
     }
 
-    /// Takes `n` events' worth of the key's and tenant's publish rates.
-    pub fn take_publish(&self, n: usize) -> Result<(), RateLimited> {
-        self.0
-            .enforcer
-            .take_publish(u32::try_from(n).unwrap_or(u32::MAX))
+    /// Takes `n` events and `bytes` payload bytes from the key's and tenant's publish
+    /// rates.
+    pub fn take_publish(&self, n: usize, bytes: usize) -> Result<(), RateLimited> {
+        self.0.enforcer.take_publish(
+            u32::try_from(n).unwrap_or(u32::MAX),
+            u32::try_from(bytes).unwrap_or(u32::MAX),
+        )
     }
 
     /// Counts one more connection using this key against the key's and tenant's

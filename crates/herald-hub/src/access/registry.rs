@@ -473,6 +473,8 @@ struct LimitsDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     publish_burst: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    publish_bytes_per_second: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     max_connections: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max_streams: Option<u32>,
@@ -489,6 +491,7 @@ impl From<&Limits> for LimitsDoc {
         LimitsDoc {
             publish_per_second: l.publish_per_second,
             publish_burst: l.publish_burst,
+            publish_bytes_per_second: l.publish_bytes_per_second,
             max_connections: l.max_connections,
             max_streams: l.max_streams,
             max_consumers: l.max_consumers,
@@ -503,6 +506,7 @@ impl From<LimitsDoc> for Limits {
         Limits {
             publish_per_second: l.publish_per_second,
             publish_burst: l.publish_burst,
+            publish_bytes_per_second: l.publish_bytes_per_second,
             max_connections: l.max_connections,
             max_streams: l.max_streams,
             max_consumers: l.max_consumers,

@@ -94,8 +94,9 @@ impl Scoped<'_> {
                 )));
             }
         }
+        let bytes: usize = events.iter().map(|e| e.payload.get().len()).sum();
         self.caller
-            .take_publish(events.len())
+            .take_publish(events.len(), bytes)
             .map_err(HubError::RateLimited)?;
         // Callers without a tenant: the hub stamps the subject's owner at publish.
         if let Some(tenant) = self.caller.tenant() {

@@ -60,6 +60,10 @@ fn check_limits(limits: &crate::wire::access::Limits) -> Result<(), ApiError> {
     for (field, value) in [
         ("limits.publish_per_second", limits.publish_per_second),
         ("limits.publish_burst", limits.publish_burst),
+        (
+            "limits.publish_bytes_per_second",
+            limits.publish_bytes_per_second,
+        ),
     ] {
         if value == Some(0) {
             return Err(invalid(field, "must be at least 1".into()));

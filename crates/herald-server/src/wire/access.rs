@@ -25,6 +25,14 @@ pub struct Limits {
     )]
     #[schema(minimum = 1)]
     pub publish_burst: Option<u32>,
+    /// Payload bytes per second (up to one second's worth at once).
+    #[serde(
+        default,
+        deserialize_with = "whole",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(minimum = 1)]
+    pub publish_bytes_per_second: Option<u32>,
     #[serde(
         default,
         deserialize_with = "whole",
@@ -88,6 +96,7 @@ impl From<Limits> for access::Limits {
         access::Limits {
             publish_per_second: l.publish_per_second,
             publish_burst: l.publish_burst,
+            publish_bytes_per_second: l.publish_bytes_per_second,
             max_connections: l.max_connections,
             max_streams: l.max_streams,
             max_consumers: l.max_consumers,
@@ -102,6 +111,7 @@ impl From<&access::Limits> for Limits {
         Limits {
             publish_per_second: l.publish_per_second,
             publish_burst: l.publish_burst,
+            publish_bytes_per_second: l.publish_bytes_per_second,
             max_connections: l.max_connections,
             max_streams: l.max_streams,
             max_consumers: l.max_consumers,

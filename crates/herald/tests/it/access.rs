@@ -1038,3 +1038,51 @@ async fn a_key_is_held_to_its_connection_count() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `publish_bytes_per_second` limits payload bytes as `publish_per_second` limits events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_bytes_per_second_are_limited() {
+    let herald = start_required().await;
+    let admin = As {
+        herald: &herald,
+        key: Some(ADMIN.to_owned()),
+    };
+    let (status, made) = admin
+        .post(
+            "/api/keys",
+            json!({"admin": true, "limits": {"publish_bytes_per_second": 100}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let key = As {
+        herald: &herald,
+        key: Some(made["key"].as_str().unwrap().to_owned()),
+    };
+    let payload = json!({"text": "x".repeat(40)}); // 51 bytes as JSON
+    let (status, _) = key
+        .post(
+            "/api/events",
+            json!({"subject": "hub.bytes.a", "payload": payload}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, body) = key
+        .post(
+            "/api/events",
+            json!({"subject": "hub.bytes.b", "payload": payload}),
+        )
+        .await;
+    assert_eq!((status, error_code(&body)), (429, "rate_limited"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("bytes"),
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (status, _) = key
+        .post(
+            "/api/events",
+            json!({"subject": "hub.bytes.c", "payload": payload}),
+        )
+        .await;
+    assert_eq!(status, 201, "after the bucket refilled");
+}
