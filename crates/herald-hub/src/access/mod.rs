@@ -80,17 +80,27 @@ impl std::fmt::Debug for AccessConfig {
 }
 
 /// Limits of a tenant or a key (a key's apply on top of its tenant's). `None`: no limit
-/// beyond the hub's own.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// beyond the hub's own. Stored as is in tenants' and keys' documents: field names are
+/// part of the on-disk format.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Limits {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub publish_per_second: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub publish_burst: Option<u32>,
     /// Payload bytes per second (a bucket holding one second's worth).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub publish_bytes_per_second: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_streams: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_consumers: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_rules: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_stored_bytes: Option<u64>,
 }
 

@@ -466,62 +466,12 @@ impl Caller {
 
 // The stored documents. Field names are part of the on-disk format: add, never rename.
 
-#[derive(Serialize, Deserialize, Default)]
-struct LimitsDoc {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    publish_per_second: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    publish_burst: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    publish_bytes_per_second: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    max_connections: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    max_streams: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    max_consumers: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    max_rules: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    max_stored_bytes: Option<u64>,
-}
-
-impl From<&Limits> for LimitsDoc {
-    fn from(l: &Limits) -> Self {
-        LimitsDoc {
-            publish_per_second: l.publish_per_second,
-            publish_burst: l.publish_burst,
-            publish_bytes_per_second: l.publish_bytes_per_second,
-            max_connections: l.max_connections,
-            max_streams: l.max_streams,
-            max_consumers: l.max_consumers,
-            max_rules: l.max_rules,
-            max_stored_bytes: l.max_stored_bytes,
-        }
-    }
-}
-
-impl From<LimitsDoc> for Limits {
-    fn from(l: LimitsDoc) -> Self {
-        Limits {
-            publish_per_second: l.publish_per_second,
-            publish_burst: l.publish_burst,
-            publish_bytes_per_second: l.publish_bytes_per_second,
-            max_connections: l.max_connections,
-            max_streams: l.max_streams,
-            max_consumers: l.max_consumers,
-            max_rules: l.max_rules,
-            max_stored_bytes: l.max_stored_bytes,
-        }
-    }
-}
-
 #[derive(Serialize, Deserialize)]
 struct TenantDoc {
     id: String,
     subjects: Vec<String>,
     #[serde(default)]
-    limits: LimitsDoc,
+    limits: Limits,
     created_at: i64,
 }
 
@@ -530,7 +480,7 @@ impl From<&Tenant> for TenantDoc {
         TenantDoc {
             id: t.id.clone(),
             subjects: t.subjects.iter().map(|p| p.as_str().to_owned()).collect(),
-            limits: (&t.limits).into(),
+            limits: t.limits.clone(),
             created_at: t.created_at.as_micros(),
         }
     }
@@ -545,7 +495,7 @@ impl TenantDoc {
         Some(Tenant {
             subjects: patterns(&self.subjects)?,
             id: self.id,
-            limits: self.limits.into(),
+            limits: self.limits,
             created_at: Timestamp::from_micros(self.created_at),
         })
     }
@@ -589,7 +539,7 @@ struct KeyDoc {
     #[serde(default)]
     admin: bool,
     #[serde(default)]
-    limits: LimitsDoc,
+    limits: Limits,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_at: Option<i64>,
     created_at: i64,
@@ -608,7 +558,7 @@ impl KeyDoc {
             publish: (&info.publish).into(),
             subscribe: (&info.subscribe).into(),
             admin: info.admin,
-            limits: (&info.limits).into(),
+            limits: info.limits.clone(),
             expires_at: info.expires_at.map(Timestamp::as_micros),
             created_at: info.created_at.as_micros(),
             last_used_at: info.last_used_at.map(Timestamp::as_micros),
@@ -628,7 +578,7 @@ impl KeyDoc {
             publish: self.publish.into_permissions()?,
             subscribe: self.subscribe.into_permissions()?,
             admin: self.admin,
-            limits: self.limits.into(),
+            limits: self.limits,
             expires_at: self.expires_at.map(Timestamp::from_micros),
             created_at: Timestamp::from_micros(self.created_at),
             last_used_at: self.last_used_at.map(Timestamp::from_micros),
