@@ -7,6 +7,7 @@ use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::aggregate::AggregateEvent;
 use crate::cloudevent::CloudEventAttributes;
 use crate::subject::Subject;
 
@@ -202,6 +203,8 @@ pub struct NewEvent {
     /// The tenant the event belongs to: the publishing key's tenant, or the tenant whose
     /// subject space holds the subject. Set by the hub, never taken from a client.
     pub tenant: Option<String>,
+    /// Set when the event is one of an aggregate's (its version is given at commit).
+    pub aggregate: Option<Box<AggregateEvent>>,
 }
 
 impl NewEvent {
@@ -221,6 +224,7 @@ impl NewEvent {
             payload,
             cloudevent: None,
             tenant: None,
+            aggregate: None,
         }
     }
 
@@ -236,6 +240,7 @@ impl NewEvent {
             timestamp,
             cloudevent: self.cloudevent,
             tenant: self.tenant,
+            aggregate: self.aggregate,
         }
     }
 }
@@ -255,6 +260,8 @@ pub struct Event {
     pub cloudevent: Option<Box<CloudEventAttributes>>,
     /// See [`NewEvent::tenant`].
     pub tenant: Option<String>,
+    /// See [`NewEvent::aggregate`].
+    pub aggregate: Option<Box<AggregateEvent>>,
 }
 
 #[cfg(test)]

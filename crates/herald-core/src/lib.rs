@@ -3,11 +3,13 @@
 //!
 //! - [`subject`]: literal subjects and wildcard patterns (NATS grammar).
 //! - [`subject_tree`]: many patterns matched against one subject at once.
+//! - [`aggregate`]: an aggregate's events, versions and the expected-version condition.
 //! - [`event`]: [`NewEvent`] (what a publisher hands in) and [`Event`] (what the log holds).
 //! - [`cloudevent`]: CloudEvents v1.0 attributes and their mapping to Herald events.
 //! - [`permissions`]: allow/deny subject rights (NATS semantics: deny wins).
 //! - [`json`]: the checks every client payload passes (depth, numbers, Unicode, names).
 
+pub mod aggregate;
 pub mod cloudevent;
 pub mod event;
 pub mod json;
@@ -15,6 +17,7 @@ pub mod permissions;
 pub mod subject;
 pub mod subject_tree;
 
+pub use aggregate::{AggregateEvent, AggregateNameError, ExpectedVersion};
 pub use cloudevent::{CloudEventAttributes, CloudEventError, DataForm, ExtensionValue};
 pub use event::{
     correlation_id_from_text, Event, NewEvent, Origin, Payload, PayloadNotObject, PayloadTextError,

@@ -14,6 +14,10 @@
 //!   rules ([`StoredRule`], in the order they were first added) durably beside the log;
 //! - keep the NATS bridge's dead letters ([`DeadLetter`]: messages it could not ingest),
 //!   numbered in the order added, at most a given number of them (the oldest go first);
+//! - keep aggregates ([`aggregate`]): append to one only if its version meets the
+//!   expected version, giving the events the versions that follow, serialised with
+//!   every other append (across processes too); load an aggregate's events by version;
+//!   keep its newest snapshots;
 //! - keep durable consumers and their delivery state ([`consumer`]), changing it only
 //!   through [`Store::consumer_ops`]: one durable transaction per batch of operations,
 //!   each operation serialised with every other on the same consumer (across processes
@@ -28,9 +32,10 @@
 use std::future::Future;
 use std::path::PathBuf;
 
-use herald_core::{Event, NewEvent, Pattern, Seq, Timestamp};
+use herald_core::{Event, NewEvent, Pattern, Payload, Seq, Timestamp};
 use uuid::Uuid;
 
+pub mod aggregate;
 pub mod codec;
 pub mod conformance;
 pub mod consumer;
@@ -40,6 +45,9 @@ pub mod postgres;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use aggregate::{
+    AggregateAppend, AggregateAppended, AggregateKey, AggregatePage, Snapshot, SnapshotSaved,
+};
 pub use consumer::{
     AckId, Backoff, ConsumerCall, ConsumerDeadLetter, ConsumerOp, ConsumerOutcome, ConsumerRecord,
     ConsumerState, CreateConsumer, DeadReason, Delivery, DeliveryPolicy, Fetched, NewConsumer,
@@ -129,6 +137,10 @@ pub struct Query {
     /// Only events committed at or before this instant.
     pub until: Option<Timestamp>,
     pub correlation_id: Option<Uuid>,
+    /// Only events of aggregates of this type.
+    pub aggregate_type: Option<String>,
+    /// Only events of aggregates with this id.
+    pub aggregate_id: Option<String>,
     /// At most this many events (1..=[`MAX_QUERY_LIMIT`]; larger values are clamped).
     pub limit: usize,
 }
@@ -141,6 +153,8 @@ impl Default for Query {
             since: None,
             until: None,
             correlation_id: None,
+            aggregate_type: None,
+            aggregate_id: None,
             limit: 100,
         }
     }
@@ -229,6 +243,38 @@ pub trait Store: Send + Sync + 'static {
     fn append(&self, batch: Vec<NewEvent>) -> impl Future<Output = Result<Vec<Appended>>> + Send;
 
     fn get(&self, id: Uuid) -> impl Future<Output = Result<Option<Event>>> + Send;
+
+    /// Appends events to one aggregate in one durable transaction, if its version meets
+    /// the append's condition (see [`AggregateAppended`]).
+    fn append_aggregate(
+        &self,
+        append: AggregateAppend,
+    ) -> impl Future<Output = Result<AggregateAppended>> + Send;
+
+    /// At most `limit` of an aggregate's events from `from_version` on, in version
+    /// order; `None` when the aggregate has no events.
+    fn load_aggregate(
+        &self,
+        key: AggregateKey,
+        from_version: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Option<AggregatePage>>> + Send;
+
+    /// Keeps a snapshot of an aggregate at `version` (at most its current version), and
+    /// drops all but the newest [`aggregate::SNAPSHOTS_KEPT`]. A snapshot saved again
+    /// at the same version replaces the earlier one.
+    fn save_snapshot(
+        &self,
+        key: AggregateKey,
+        version: u64,
+        state: Payload,
+    ) -> impl Future<Output = Result<SnapshotSaved>> + Send;
+
+    /// The snapshot with the highest version, if any.
+    fn load_snapshot(
+        &self,
+        key: AggregateKey,
+    ) -> impl Future<Output = Result<Option<Snapshot>>> + Send;
 
     fn query(&self, query: Query) -> impl Future<Output = Result<Page>> + Send;
 
@@ -512,6 +558,44 @@ impl Store for AnyStore {
         match self {
             AnyStore::Embedded(s) => s.get(id).await,
             AnyStore::Postgres(s) => s.get(id).await,
+        }
+    }
+
+    async fn append_aggregate(&self, append: AggregateAppend) -> Result<AggregateAppended> {
+        match self {
+            AnyStore::Embedded(s) => s.append_aggregate(append).await,
+            AnyStore::Postgres(s) => s.append_aggregate(append).await,
+        }
+    }
+
+    async fn load_aggregate(
+        &self,
+        key: AggregateKey,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Option<AggregatePage>> {
+        match self {
+            AnyStore::Embedded(s) => s.load_aggregate(key, from_version, limit).await,
+            AnyStore::Postgres(s) => s.load_aggregate(key, from_version, limit).await,
+        }
+    }
+
+    async fn save_snapshot(
+        &self,
+        key: AggregateKey,
+        version: u64,
+        state: Payload,
+    ) -> Result<SnapshotSaved> {
+        match self {
+            AnyStore::Embedded(s) => s.save_snapshot(key, version, state).await,
+            AnyStore::Postgres(s) => s.save_snapshot(key, version, state).await,
+        }
+    }
+
+    async fn load_snapshot(&self, key: AggregateKey) -> Result<Option<Snapshot>> {
+        match self {
+            AnyStore::Embedded(s) => s.load_snapshot(key).await,
+            AnyStore::Postgres(s) => s.load_snapshot(key).await,
         }
     }
 

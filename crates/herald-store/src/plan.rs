@@ -21,6 +21,8 @@ pub(crate) const MAX_SUBJECTS_MERGED: usize = 1_000;
 pub(crate) enum Path {
     /// Through the correlation-id index.
     Correlation,
+    /// Through the aggregate index (type and id).
+    Aggregate,
     /// The first seqs of each of these subjects, merged (empty: nothing can match).
     Subjects(Vec<String>),
     /// The log in seq order, filtering as it goes.
@@ -32,6 +34,9 @@ pub(crate) enum Path {
 pub(crate) fn first_step(query: &Query) -> Result<Path, &Pattern> {
     if query.correlation_id.is_some() {
         return Ok(Path::Correlation);
+    }
+    if query.aggregate_type.is_some() && query.aggregate_id.is_some() {
+        return Ok(Path::Aggregate);
     }
     let Some(pattern) = query.subject.as_ref().filter(|p| !p.matches_everything()) else {
         return Ok(Path::Scan);
@@ -106,6 +111,17 @@ pub(crate) fn accepts(query: &Query, event: &Event) -> bool {
         && query
             .correlation_id
             .is_none_or(|c| event.correlation_id == c)
+        && (query.aggregate_type.is_none() && query.aggregate_id.is_none()
+            || event.aggregate.as_deref().is_some_and(|a| {
+                query
+                    .aggregate_type
+                    .as_ref()
+                    .is_none_or(|t| *t == a.aggregate_type)
+                    && query
+                        .aggregate_id
+                        .as_ref()
+                        .is_none_or(|id| *id == a.aggregate_id)
+            }))
 }
 
 #[cfg(test)]

@@ -1069,8 +1069,11 @@ async fn a_version_1_schema_migrates_at_open() {
     client
         .batch_execute(
             "DROP TABLE cursors, rules, bridge_dead_letters,
-                        consumers, consumer_pending, consumer_dead_letters, access;
-             ALTER TABLE events DROP COLUMN tenant;
+                        consumers, consumer_pending, consumer_dead_letters, access,
+                        aggregates, snapshots;
+             ALTER TABLE events DROP COLUMN tenant, DROP COLUMN aggregate_type,
+                 DROP COLUMN aggregate_id, DROP COLUMN aggregate_version,
+                 DROP COLUMN event_type, DROP COLUMN metadata;
              DELETE FROM herald_schema_migrations WHERE version > 1",
         )
         .await

@@ -3,6 +3,7 @@
 //! A backend's tests call [`run`] with a function that opens a fresh, empty store. A
 //! feature of the store contract is done when this suite passes on every backend.
 
+mod aggregates;
 mod consumers;
 
 use std::future::Future;
@@ -53,6 +54,7 @@ where
     an_events_tenant_round_trips(&open().await).await;
     wildcard_characters_inside_tokens_are_literal(&open().await).await;
     dead_letters_keep_their_order_bytes_and_bound(&open().await).await;
+    aggregates::run(&open().await).await;
     consumers::run(&open().await).await;
 }
 

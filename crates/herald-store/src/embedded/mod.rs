@@ -13,6 +13,7 @@
 //!   snapshot while the writer commits. Calls run on tokio's blocking threads.
 //! - **Checkpoints** run on a background thread, so commits never pay for them.
 
+mod aggregates;
 mod consumers;
 mod query;
 mod schema;
@@ -25,11 +26,15 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use herald_core::{Event, NewEvent, Origin, Payload, Seq, Subject, Timestamp};
+use herald_core::{AggregateEvent, Event, NewEvent, Origin, Payload, Seq, Subject, Timestamp};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
+use crate::aggregate::{
+    AggregateAppend, AggregateAppended, AggregateKey, AggregatePage, Decision, Snapshot,
+    SnapshotSaved,
+};
 use crate::consumer::{
     ConsumerCall, ConsumerDeadLetter, ConsumerOp, ConsumerOutcome, ConsumerRecord, ConsumerState,
     CreateConsumer, DeliveryPolicy, NewConsumer,
@@ -163,10 +168,11 @@ struct Writer {
 
 /// Columns read back for an event, in the order [`row_to_event`] expects.
 /// How many columns [`EVENT_COLUMNS`] names: where a query's own columns start.
-pub(crate) const EVENT_COLUMN_COUNT: usize = 11;
+pub(crate) const EVENT_COLUMN_COUNT: usize = 16;
 
 pub(crate) const EVENT_COLUMNS: &str =
-    "seq, id, subject, correlation_id, ts, hub_id, service, user, payload, cloudevent, tenant";
+    "seq, id, subject, correlation_id, ts, hub_id, service, user, payload, cloudevent, tenant, \
+     aggregate_type, aggregate_id, aggregate_version, event_type, metadata";
 
 impl EmbeddedStore {
     /// Opens (creating if needed) the store at `path`, applies migrations and recovers
@@ -370,39 +376,13 @@ impl EmbeddedStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(map_error)?;
         {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO events (seq, id, subject, correlation_id, ts, hub_id, service, user, payload, cloudevent, tenant)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                     ON CONFLICT (id) DO NOTHING",
-                )
-                .map_err(map_error)?;
-            let mut per_subject: HashMap<String, (i64, Seq)> = HashMap::new();
+            let mut insert = tx.prepare_cached(INSERT_EVENT).map_err(map_error)?;
+            let mut subjects = SubjectCounts::default();
             for event in batch {
-                let inserted = insert
-                    .execute(params![
-                        next_seq as i64,
-                        event.id.as_bytes(),
-                        event.subject.as_str(),
-                        event.correlation_id.as_bytes(),
-                        ts,
-                        event.origin.hub_id,
-                        event.origin.service,
-                        event.origin.user,
-                        event.payload.get(),
-                        event
-                            .cloudevent
-                            .as_deref()
-                            .map(crate::codec::encode_cloudevent),
-                        event.tenant,
-                    ])
-                    .map_err(map_error)?;
+                let inserted =
+                    insert_event(&mut insert, &event, next_seq, ts).map_err(map_error)?;
                 if inserted == 1 {
-                    let entry = per_subject
-                        .entry(event.subject.as_str().to_owned())
-                        .or_insert((0, 0));
-                    entry.0 += 1;
-                    entry.1 = next_seq;
+                    subjects.add(event.subject.as_str(), next_seq);
                     out.push(Appended::Stored(event.commit(next_seq, timestamp)));
                     next_seq += 1;
                 } else {
@@ -418,18 +398,7 @@ impl EmbeddedStore {
                     out.push(Appended::Duplicate(existing));
                 }
             }
-            let mut upsert = tx
-                .prepare_cached(
-                    "INSERT INTO subjects (subject, events, last_seq) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (subject) DO UPDATE
-                     SET events = events + excluded.events, last_seq = excluded.last_seq",
-                )
-                .map_err(map_error)?;
-            for (subject, (count, last_seq)) in per_subject {
-                upsert
-                    .execute(params![subject, count, last_seq as i64])
-                    .map_err(map_error)?;
-            }
+            subjects.write(&tx).map_err(map_error)?;
         }
         tx.commit().map_err(map_error)?;
 
@@ -437,6 +406,158 @@ impl EmbeddedStore {
         writer.last_ts = ts;
         inner.head.store(next_seq - 1, Ordering::Release);
         Ok(out)
+    }
+
+    fn append_aggregate_blocking(
+        inner: &Inner,
+        append: AggregateAppend,
+    ) -> Result<AggregateAppended> {
+        let mut guard = inner.writer.lock().expect("writer mutex");
+        let writer = guard.as_mut().ok_or(StoreError::Closed)?;
+        let ts = Timestamp::now().as_micros().max(writer.last_ts);
+        let first_seq = writer.next_seq;
+        let tx = writer
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(map_error)?;
+        let current = aggregates::version(&tx, &append.key).map_err(map_error)?;
+        let stored = append
+            .events
+            .iter()
+            .map(|e| get_by_id(&tx, e.id))
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(map_error)?;
+        match crate::aggregate::decide(&append, current, &stored) {
+            Decision::Answer(answer) => return Ok(answer),
+            Decision::Write => {}
+        }
+        let count = append.events.len() as u64;
+        let events = crate::aggregate::commit_events(
+            append.events,
+            first_seq,
+            current,
+            Timestamp::from_micros(ts),
+        );
+        {
+            let mut insert = tx.prepare_cached(INSERT_EVENT).map_err(map_error)?;
+            let mut subjects = SubjectCounts::default();
+            for appended in &events {
+                let event = appended.event();
+                let inserted = insert_committed(&mut insert, event).map_err(map_error)?;
+                if inserted != 1 {
+                    return Err(StoreError::Internal(format!(
+                        "id {} conflicted after it was looked up",
+                        event.id
+                    )));
+                }
+                subjects.add(event.subject.as_str(), event.seq);
+            }
+            subjects.write(&tx).map_err(map_error)?;
+            aggregates::set_version(&tx, &append.key, current + count).map_err(map_error)?;
+        }
+        tx.commit().map_err(map_error)?;
+        writer.next_seq = first_seq + count;
+        writer.last_ts = ts;
+        inner.head.store(first_seq + count - 1, Ordering::Release);
+        Ok(AggregateAppended::Written {
+            version: current + count,
+            events,
+        })
+    }
+}
+
+/// Writes an event (new, or committed by [`insert_committed`]); 0 when its id is stored.
+const INSERT_EVENT: &str = "INSERT INTO events (seq, id, subject, correlation_id, ts, hub_id, service, user, payload, cloudevent, tenant,
+                                        aggregate_type, aggregate_id, aggregate_version, event_type, metadata)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+     ON CONFLICT (id) DO NOTHING";
+
+fn insert_event(
+    insert: &mut rusqlite::CachedStatement<'_>,
+    event: &NewEvent,
+    seq: Seq,
+    ts: i64,
+) -> rusqlite::Result<usize> {
+    let aggregate = event.aggregate.as_deref();
+    insert.execute(params![
+        seq as i64,
+        event.id.as_bytes(),
+        event.subject.as_str(),
+        event.correlation_id.as_bytes(),
+        ts,
+        event.origin.hub_id,
+        event.origin.service,
+        event.origin.user,
+        event.payload.get(),
+        event
+            .cloudevent
+            .as_deref()
+            .map(crate::codec::encode_cloudevent),
+        event.tenant,
+        aggregate.map(|a| a.aggregate_type.as_str()),
+        aggregate.map(|a| a.aggregate_id.as_str()),
+        aggregate.map(|a| crate::u64_to_sql(a.version)),
+        aggregate.map(|a| a.event_type.as_str()),
+        aggregate
+            .and_then(|a| a.metadata.as_ref())
+            .map(Payload::get),
+    ])
+}
+
+fn insert_committed(
+    insert: &mut rusqlite::CachedStatement<'_>,
+    event: &Event,
+) -> rusqlite::Result<usize> {
+    let aggregate = event.aggregate.as_deref();
+    insert.execute(params![
+        event.seq as i64,
+        event.id.as_bytes(),
+        event.subject.as_str(),
+        event.correlation_id.as_bytes(),
+        event.timestamp.as_micros(),
+        event.origin.hub_id,
+        event.origin.service,
+        event.origin.user,
+        event.payload.get(),
+        event
+            .cloudevent
+            .as_deref()
+            .map(crate::codec::encode_cloudevent),
+        event.tenant,
+        aggregate.map(|a| a.aggregate_type.as_str()),
+        aggregate.map(|a| a.aggregate_id.as_str()),
+        aggregate.map(|a| crate::u64_to_sql(a.version)),
+        aggregate.map(|a| a.event_type.as_str()),
+        aggregate
+            .and_then(|a| a.metadata.as_ref())
+            .map(Payload::get),
+    ])
+}
+
+/// Per subject, the events a transaction adds and its last seq, for the `subjects` table.
+#[derive(Default)]
+struct SubjectCounts(HashMap<String, (i64, Seq)>);
+
+impl SubjectCounts {
+    fn add(&mut self, subject: &str, seq: Seq) {
+        let entry = match self.0.get_mut(subject) {
+            Some(entry) => entry,
+            None => self.0.entry(subject.to_owned()).or_insert((0, 0)),
+        };
+        entry.0 += 1;
+        entry.1 = seq;
+    }
+
+    fn write(self, tx: &Connection) -> rusqlite::Result<()> {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO subjects (subject, events, last_seq) VALUES (?1, ?2, ?3)
+             ON CONFLICT (subject) DO UPDATE
+             SET events = events + excluded.events, last_seq = excluded.last_seq",
+        )?;
+        for (subject, (count, last_seq)) in self.0 {
+            upsert.execute(params![subject, count, last_seq as i64])?;
+        }
+        Ok(())
     }
 }
 
@@ -530,6 +651,50 @@ impl Store for EmbeddedStore {
 
     async fn get(&self, id: Uuid) -> Result<Option<Event>> {
         self.with_reader(move |conn| get_by_id(conn, id)).await
+    }
+
+    async fn append_aggregate(&self, append: AggregateAppend) -> Result<AggregateAppended> {
+        if append.events.is_empty() {
+            return Err(StoreError::Internal(
+                "an aggregate append needs events".into(),
+            ));
+        }
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || Self::append_aggregate_blocking(&inner, append))
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+
+    async fn load_aggregate(
+        &self,
+        key: AggregateKey,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Option<AggregatePage>> {
+        let limit = limit.clamp(1, crate::MAX_QUERY_LIMIT);
+        self.with_reader(move |conn| {
+            let tx = conn.unchecked_transaction()?;
+            aggregates::load(&tx, &key, from_version, limit)
+        })
+        .await
+    }
+
+    async fn save_snapshot(
+        &self,
+        key: AggregateKey,
+        version: u64,
+        state: Payload,
+    ) -> Result<SnapshotSaved> {
+        let now = Timestamp::now();
+        self.in_write_transaction(move |conn| {
+            Ok(aggregates::save_snapshot(conn, &key, version, &state, now)?)
+        })
+        .await
+    }
+
+    async fn load_snapshot(&self, key: AggregateKey) -> Result<Option<Snapshot>> {
+        self.with_reader(move |conn| aggregates::load_snapshot(conn, &key))
+            .await
     }
 
     async fn query(&self, query: Query) -> Result<Page> {
@@ -983,6 +1148,19 @@ pub(crate) fn row_to_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
             )),
         },
         tenant: row.get(10)?,
+        aggregate: match row.get::<_, Option<String>>(11)? {
+            None => None,
+            Some(aggregate_type) => Some(Box::new(AggregateEvent {
+                aggregate_type,
+                aggregate_id: row.get(12)?,
+                version: crate::u64_from_sql(row.get(13)?),
+                event_type: row.get(14)?,
+                metadata: match row.get::<_, Option<String>>(15)? {
+                    None => None,
+                    Some(text) => Some(Payload::from_json(text).map_err(|e| corrupt(15, e))?),
+                },
+            })),
+        },
     })
 }
 

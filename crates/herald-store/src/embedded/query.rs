@@ -5,6 +5,7 @@
 //! read, through one of three paths:
 //!
 //! - **by correlation id**, through its index;
+//! - **by aggregate** (type and id), through its index;
 //! - **by subject**: the distinct subjects that can match are looked up in the
 //!   `subjects` table (a range scan on the pattern's literal prefix), each one's first
 //!   seqs are read from the subject index, and the lists are merged;
@@ -72,6 +73,7 @@ pub(super) fn read(tx: &Connection, query: &Query) -> rusqlite::Result<Page> {
     let path = choose_path(tx, query, head, limit)?;
     let (events, exhausted) = match path {
         Path::Correlation => by_correlation(tx, query, lo, hi, limit)?,
+        Path::Aggregate => by_aggregate(tx, query, lo, hi, limit)?,
         Path::Subjects(subjects) => by_subjects(tx, query, &subjects, lo, hi, limit)?,
         Path::Scan => by_scan(tx, query, lo, hi, limit)?,
     };
@@ -179,6 +181,28 @@ fn by_correlation(
              WHERE correlation_id = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq"
         ),
         params![id.as_bytes(), lo as i64, hi as i64],
+        query,
+        limit,
+        &mut out,
+    )?;
+    Ok((out, collected.exhausted))
+}
+
+fn by_aggregate(
+    conn: &Connection,
+    query: &Query,
+    lo: Seq,
+    hi: Seq,
+    limit: usize,
+) -> rusqlite::Result<(Vec<Event>, bool)> {
+    let mut out = Vec::new();
+    let collected = collect(
+        conn,
+        &format!(
+            "SELECT {EVENT_COLUMNS} FROM events
+             WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND seq > ?3 AND seq <= ?4 ORDER BY seq"
+        ),
+        params![query.aggregate_type, query.aggregate_id, lo as i64, hi as i64],
         query,
         limit,
         &mut out,

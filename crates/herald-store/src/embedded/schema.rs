@@ -126,6 +126,32 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL,
         PRIMARY KEY (kind, id)
     ) WITHOUT ROWID;",
+    // 9: aggregates: an event's aggregate and version in it, each aggregate's current
+    // version (what an append checks under the write lock), and its newest snapshots.
+    // `tenant` is '' outside every tenant.
+    "ALTER TABLE events ADD COLUMN aggregate_type TEXT;
+    ALTER TABLE events ADD COLUMN aggregate_id TEXT;
+    ALTER TABLE events ADD COLUMN aggregate_version INTEGER;
+    ALTER TABLE events ADD COLUMN event_type TEXT;
+    ALTER TABLE events ADD COLUMN metadata TEXT;
+    CREATE INDEX events_by_aggregate ON events (aggregate_type, aggregate_id, seq)
+        WHERE aggregate_type IS NOT NULL;
+    CREATE TABLE aggregates (
+        tenant         TEXT    NOT NULL,
+        aggregate_type TEXT    NOT NULL,
+        aggregate_id   TEXT    NOT NULL,
+        version        INTEGER NOT NULL,
+        PRIMARY KEY (tenant, aggregate_type, aggregate_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE snapshots (
+        tenant         TEXT    NOT NULL,
+        aggregate_type TEXT    NOT NULL,
+        aggregate_id   TEXT    NOT NULL,
+        version        INTEGER NOT NULL,
+        state          TEXT    NOT NULL,
+        created_at     INTEGER NOT NULL,
+        PRIMARY KEY (tenant, aggregate_type, aggregate_id, version)
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes.

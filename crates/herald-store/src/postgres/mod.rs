@@ -60,7 +60,8 @@
 //! collation is. Payloads are `TEXT`, not `jsonb`: the exact JSON text is kept (jsonb
 //! would reorder keys and drop duplicates).
 //!
-//! Tables: `events`, `subjects` and `log_head` (the log); `cursors` and `rules`;
+//! Tables: `events`, `subjects` and `log_head` (the log); `aggregates` and `snapshots`;
+//! `cursors` and `rules`;
 //! `bridge_dead_letters`; `consumers`, `consumer_pending` and `consumer_dead_letters`
 //! (durable consumers, below); and `herald_schema_migrations`.
 //!
@@ -131,6 +132,7 @@
 //! - SCRAM authentication binds to the TLS channel (`tls-server-end-point`) when the
 //!   certificate is signed with an RSA or ECDSA SHA-2 algorithm.
 
+mod aggregates;
 mod append;
 mod consumers;
 mod listen;
@@ -145,11 +147,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
-use herald_core::{Event, NewEvent, Origin, Payload, Seq, Subject, Timestamp};
+use herald_core::{AggregateEvent, Event, NewEvent, Origin, Payload, Seq, Subject, Timestamp};
 use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
+use crate::aggregate::{
+    AggregateAppend, AggregateAppended, AggregateKey, AggregatePage, Snapshot, SnapshotSaved,
+};
 use crate::consumer::{
     ConsumerCall, ConsumerDeadLetter, ConsumerOutcome, ConsumerRecord, ConsumerState,
     CreateConsumer, DeliveryPolicy, NewConsumer,
@@ -205,10 +210,9 @@ struct Inner {
 
 /// Columns read back for an event, in the order [`row_to_event`] expects.
 /// How many columns [`EVENT_COLUMNS`] names: where a query's own columns start.
-pub(crate) const EVENT_COLUMN_COUNT: usize = 11;
+pub(crate) const EVENT_COLUMN_COUNT: usize = 16;
 
-pub(crate) const EVENT_COLUMNS: &str =
-    r#"seq, id, subject, correlation_id, ts, hub_id, service, "user", payload, cloudevent, tenant"#;
+pub(crate) const EVENT_COLUMNS: &str = r#"seq, id, subject, correlation_id, ts, hub_id, service, "user", payload, cloudevent, tenant, aggregate_type, aggregate_id, aggregate_version, event_type, metadata"#;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -450,6 +454,53 @@ impl Store for PostgresStore {
         let inner = Arc::clone(&self.inner);
         self.with_client(self.call_timeout(), move |client| {
             Box::pin(async move { append::run(client, batch, &inner.careful).await })
+        })
+        .await
+    }
+
+    async fn append_aggregate(&self, append: AggregateAppend) -> Result<AggregateAppended> {
+        if append.events.is_empty() {
+            return Err(StoreError::Internal(
+                "an aggregate append needs events".into(),
+            ));
+        }
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move { aggregates::append(client, append).await })
+        })
+        .await
+    }
+
+    async fn load_aggregate(
+        &self,
+        key: AggregateKey,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Option<AggregatePage>> {
+        let limit = limit.clamp(1, crate::MAX_QUERY_LIMIT);
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move { aggregates::load(client, &key, from_version, limit).await })
+        })
+        .await
+    }
+
+    async fn save_snapshot(
+        &self,
+        key: AggregateKey,
+        version: u64,
+        state: Payload,
+    ) -> Result<SnapshotSaved> {
+        let now = Timestamp::now();
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(
+                async move { aggregates::save_snapshot(client, &key, version, &state, now).await },
+            )
+        })
+        .await
+    }
+
+    async fn load_snapshot(&self, key: AggregateKey) -> Result<Option<Snapshot>> {
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move { aggregates::load_snapshot(client, &key).await })
         })
         .await
     }
@@ -896,6 +947,19 @@ pub(crate) fn decode_row(row: &tokio_postgres::Row) -> Result<Event, RowError> {
             )),
         },
         tenant: column(row, 10)?,
+        aggregate: match column::<Option<String>>(row, 11)? {
+            None => None,
+            Some(aggregate_type) => Some(Box::new(AggregateEvent {
+                aggregate_type,
+                aggregate_id: column(row, 12)?,
+                version: crate::u64_from_sql(column(row, 13)?),
+                event_type: column(row, 14)?,
+                metadata: match column::<Option<String>>(row, 15)? {
+                    None => None,
+                    Some(text) => Some(Payload::from_json(text).map_err(RowError::Payload)?),
+                },
+            })),
+        },
     })
 }
 

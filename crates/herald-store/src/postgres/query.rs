@@ -80,6 +80,7 @@ pub(super) async fn plan_and_read(tx: &Tx<'_>, query: &Query) -> Result<Page, Fa
 
     let (events, exhausted) = match choose_path(tx, query, head, limit).await? {
         Path::Correlation => by_correlation(tx, query, lo, hi, limit).await?,
+        Path::Aggregate => by_aggregate(tx, query, lo, hi, limit).await?,
         Path::Subjects(subjects) => by_subjects(tx, query, &subjects, lo, hi, limit).await?,
         Path::Scan => by_scan(tx, query, lo, hi, limit).await?,
     };
@@ -180,6 +181,27 @@ async fn chunked(
         from = last_read;
     }
     Ok((out, true))
+}
+
+async fn by_aggregate(
+    tx: &Tx<'_>,
+    query: &Query,
+    lo: Seq,
+    hi: Seq,
+    limit: usize,
+) -> Result<(Vec<Event>, bool), Failure> {
+    let aggregate: Vec<&str> = [&query.aggregate_type, &query.aggregate_id]
+        .into_iter()
+        .map(|v| v.as_deref().expect("aggregate path needs a type and an id"))
+        .collect();
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events
+         WHERE aggregate_type = ($1::text[])[1] AND aggregate_id = ($1::text[])[2]
+           AND seq > $2 AND seq <= $3
+         ORDER BY aggregate_type, aggregate_id, seq LIMIT $4"
+    );
+    let exact = query.subject.is_none() && query.correlation_id.is_none();
+    chunked(tx, &sql, Some(&aggregate), query, (lo, hi), limit, exact).await
 }
 
 async fn by_correlation(

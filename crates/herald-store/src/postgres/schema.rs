@@ -131,6 +131,35 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (kind, id)
     );
     "#,
+    // 7: aggregates: an event's aggregate and version in it, each aggregate's current
+    // version (what an append checks under the head lock), and its newest snapshots.
+    // `tenant` is '' outside every tenant.
+    r#"
+    ALTER TABLE events
+        ADD COLUMN aggregate_type    TEXT COLLATE "C",
+        ADD COLUMN aggregate_id      TEXT COLLATE "C",
+        ADD COLUMN aggregate_version BIGINT,
+        ADD COLUMN event_type        TEXT,
+        ADD COLUMN metadata          TEXT;
+    CREATE INDEX events_by_aggregate ON events (aggregate_type, aggregate_id, seq)
+        WHERE aggregate_type IS NOT NULL;
+    CREATE TABLE aggregates (
+        tenant         TEXT   COLLATE "C" NOT NULL,
+        aggregate_type TEXT   COLLATE "C" NOT NULL,
+        aggregate_id   TEXT   COLLATE "C" NOT NULL,
+        version        BIGINT NOT NULL,
+        PRIMARY KEY (tenant, aggregate_type, aggregate_id)
+    );
+    CREATE TABLE snapshots (
+        tenant         TEXT   COLLATE "C" NOT NULL,
+        aggregate_type TEXT   COLLATE "C" NOT NULL,
+        aggregate_id   TEXT   COLLATE "C" NOT NULL,
+        version        BIGINT NOT NULL,
+        state          TEXT   NOT NULL,
+        created_at     BIGINT NOT NULL,
+        PRIMARY KEY (tenant, aggregate_type, aggregate_id, version)
+    );
+    "#,
 ];
 
 /// The schema version this build writes.
