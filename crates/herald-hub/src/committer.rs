@@ -10,37 +10,61 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::NewEvent;
-use herald_store::{Appended, Store};
+use herald_store::{AggregateAppend, AggregateAppended, Appended, Store};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::log_throttle::LogThrottle;
 use crate::{HubError, Inner, Published};
 
-pub(crate) struct Request {
-    pub events: Vec<NewEvent>,
-    pub reply: oneshot::Sender<Result<Vec<Published>, HubError>>,
+pub(crate) enum Request {
+    /// Events to store (a batch: all or none).
+    Publish {
+        events: Vec<NewEvent>,
+        reply: oneshot::Sender<Result<Vec<Published>, HubError>>,
+    },
+    /// Events to append to one aggregate, on a condition: committed on their own, in
+    /// turn with the publishes, so that fan-out stays in seq order.
+    Aggregate {
+        append: AggregateAppend,
+        reply: oneshot::Sender<Result<AggregateAppended, HubError>>,
+    },
 }
 
 pub(crate) async fn run(inner: Arc<Inner>, mut requests: mpsc::Receiver<Request>) {
     let max_batch = inner.config.max_batch_events.max(1);
+    let mut held: Option<Request> = None;
     loop {
-        let first = tokio::select! {
-            biased;
-            request = requests.recv() => request,
-            () = inner.shutdown.cancelled() => {
-                // Refuse new requests, then finish the ones already queued.
-                requests.close();
-                requests.recv().await
-            }
+        let first = match held.take() {
+            Some(request) => Some(request),
+            None => tokio::select! {
+                biased;
+                request = requests.recv() => request,
+                () = inner.shutdown.cancelled() => {
+                    // Refuse new requests, then finish the ones already queued.
+                    requests.close();
+                    requests.recv().await
+                }
+            },
         };
         let Some(first) = first else { break };
-        let mut batch = vec![first];
-        let mut n_events = batch[0].events.len();
+        let (events, reply) = match first {
+            Request::Aggregate { append, reply } => {
+                commit_aggregate(&inner, append, reply).await;
+                continue;
+            }
+            Request::Publish { events, reply } => (events, reply),
+        };
+        let mut n_events = events.len();
+        let mut batch = vec![(events, reply)];
         while n_events < max_batch {
             match requests.try_recv() {
-                Ok(request) => {
-                    n_events += request.events.len();
-                    batch.push(request);
+                Ok(Request::Publish { events, reply }) => {
+                    n_events += events.len();
+                    batch.push((events, reply));
+                }
+                Ok(aggregate) => {
+                    held = Some(aggregate);
+                    break;
                 }
                 Err(_) => break,
             }
@@ -50,12 +74,14 @@ pub(crate) async fn run(inner: Arc<Inner>, mut requests: mpsc::Receiver<Request>
     tracing::debug!("Committer stopped.");
 }
 
-async fn commit(inner: &Inner, batch: Vec<Request>, n_events: usize) {
+type Reply = oneshot::Sender<Result<Vec<Published>, HubError>>;
+
+async fn commit(inner: &Inner, batch: Vec<(Vec<NewEvent>, Reply)>, n_events: usize) {
     let mut events = Vec::with_capacity(n_events);
     let mut replies = Vec::with_capacity(batch.len());
-    for request in batch {
-        replies.push((request.events.len(), request.reply));
-        events.extend(request.events);
+    for (request_events, reply) in batch {
+        replies.push((request_events.len(), reply));
+        events.extend(request_events);
     }
     let started = std::time::Instant::now();
     inner.writes.begin();
@@ -65,63 +91,110 @@ async fn commit(inner: &Inner, batch: Vec<Request>, n_events: usize) {
     match result {
         Ok(appended) => {
             inner.writes.succeeded();
-            let published: Vec<Published> = appended
-                .into_iter()
-                .map(|a| {
-                    let duplicate = a.is_duplicate();
-                    Published {
-                        event: Arc::new(match a {
-                            Appended::Stored(e) | Appended::Duplicate(e) => e,
-                        }),
-                        duplicate,
-                    }
-                })
-                .collect();
-            let stored: Vec<_> = published
-                .iter()
-                .filter(|p| !p.duplicate)
-                .map(|p| p.event.clone())
-                .collect();
-            let stats = &inner.stats;
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-            stats
-                .events_stored
-                .fetch_add(stored.len() as u64, Ordering::Relaxed);
-            stats
-                .events_duplicate
-                .fetch_add((published.len() - stored.len()) as u64, Ordering::Relaxed);
-            match &inner.follow_log {
-                // Other writers interleave with us. Commit order is seq order on a shared
-                // store, so when the fan-out head is just below our first seq, everything
-                // before ours is fanned out already and ours can follow directly.
-                // Otherwise another instance's events come in between: the follower
-                // reads them (and ours) from the log.
-                Some(wake) => {
-                    if !inner.fan_out_if_next(&stored) {
-                        wake.notify_one();
-                    }
-                }
-                None => inner.fan_out(&stored),
-            }
+            let published = publish_all(inner, appended);
             let mut rest = published.into_iter();
             for (n, reply) in replies {
                 let _ = reply.send(Ok(rest.by_ref().take(n).collect()));
             }
         }
         Err(error) => {
-            inner.writes.failed(&error.to_string());
-            static THROTTLE: LogThrottle = LogThrottle::new(Duration::from_secs(10));
-            if let Some(suppressed) = THROTTLE.admit() {
-                tracing::warn!(%error, events = n_events, suppressed, "Commit failed; nothing of the batch was stored.");
-            }
-            inner
-                .stats
-                .events_failed
-                .fetch_add(n_events as u64, Ordering::Relaxed);
-            let error = HubError::from(error);
+            let error = failed(inner, error, n_events);
             for (_, reply) in replies {
                 let _ = reply.send(Err(error.clone()));
             }
         }
     }
+}
+
+async fn commit_aggregate(
+    inner: &Inner,
+    append: AggregateAppend,
+    reply: oneshot::Sender<Result<AggregateAppended, HubError>>,
+) {
+    let n_events = append.events.len();
+    let started = std::time::Instant::now();
+    inner.writes.begin();
+    let result = inner.store.append_aggregate(append).await;
+    metrics::histogram!("herald_commit_duration_seconds").record(started.elapsed().as_secs_f64());
+    let answer = match result {
+        Ok(AggregateAppended::Written { version, events }) => {
+            inner.writes.succeeded();
+            let published = publish_all(inner, events);
+            Ok(AggregateAppended::Written {
+                version,
+                events: published
+                    .into_iter()
+                    .map(|p| {
+                        let event = Arc::unwrap_or_clone(p.event);
+                        if p.duplicate {
+                            Appended::Duplicate(event)
+                        } else {
+                            Appended::Stored(event)
+                        }
+                    })
+                    .collect(),
+            })
+        }
+        Ok(refused) => {
+            inner.writes.succeeded();
+            Ok(refused)
+        }
+        Err(error) => Err(failed(inner, error, n_events)),
+    };
+    let _ = reply.send(answer);
+}
+
+/// Counts a committed batch and fans its new events out; the answer for each event.
+fn publish_all(inner: &Inner, appended: Vec<Appended>) -> Vec<Published> {
+    let published: Vec<Published> = appended
+        .into_iter()
+        .map(|a| {
+            let duplicate = a.is_duplicate();
+            Published {
+                event: Arc::new(a.into_event()),
+                duplicate,
+            }
+        })
+        .collect();
+    let stored: Vec<_> = published
+        .iter()
+        .filter(|p| !p.duplicate)
+        .map(|p| p.event.clone())
+        .collect();
+    let stats = &inner.stats;
+    stats.commits.fetch_add(1, Ordering::Relaxed);
+    stats
+        .events_stored
+        .fetch_add(stored.len() as u64, Ordering::Relaxed);
+    stats
+        .events_duplicate
+        .fetch_add((published.len() - stored.len()) as u64, Ordering::Relaxed);
+    match &inner.follow_log {
+        // Other writers interleave with us. Commit order is seq order on a shared
+        // store, so when the fan-out head is just below our first seq, everything
+        // before ours is fanned out already and ours can follow directly.
+        // Otherwise another instance's events come in between: the follower
+        // reads them (and ours) from the log.
+        Some(wake) => {
+            if !inner.fan_out_if_next(&stored) {
+                wake.notify_one();
+            }
+        }
+        None => inner.fan_out(&stored),
+    }
+    published
+}
+
+/// Records a failed commit; the error to answer with.
+fn failed(inner: &Inner, error: herald_store::StoreError, n_events: usize) -> HubError {
+    inner.writes.failed(&error.to_string());
+    static THROTTLE: LogThrottle = LogThrottle::new(Duration::from_secs(10));
+    if let Some(suppressed) = THROTTLE.admit() {
+        tracing::warn!(%error, events = n_events, suppressed, "Commit failed; nothing of the batch was stored.");
+    }
+    inner
+        .stats
+        .events_failed
+        .fetch_add(n_events as u64, Ordering::Relaxed);
+    HubError::from(error)
 }

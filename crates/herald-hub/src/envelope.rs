@@ -44,6 +44,24 @@ pub struct EventJson<'a> {
     /// The tenant the event belongs to, when the hub has tenants.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<&'a str>,
+    /// For an aggregate's event: which aggregate, and the event's version in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<AggregateJson<'a>>,
+    /// For an aggregate's event: what happened (`context.created`).
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<&'a str>,
+    /// For an aggregate's event: the writer's metadata.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<&'a RawValue>,
+}
+
+/// Which aggregate an event belongs to, and its version there.
+#[derive(Debug, Serialize)]
+pub struct AggregateJson<'a> {
+    #[serde(rename = "type")]
+    pub aggregate_type: &'a str,
+    pub id: &'a str,
+    pub version: u64,
 }
 
 /// Who published an event.
@@ -74,6 +92,17 @@ impl<'a> From<&'a Event> for EventJson<'a> {
             cloudevent: event.cloudevent.as_deref().map(cloudevent_attributes),
             cloudevent_data_form: event.cloudevent.as_deref().map(|a| a.data_form.as_str()),
             tenant_id: event.tenant.as_deref(),
+            aggregate: event.aggregate.as_deref().map(|a| AggregateJson {
+                aggregate_type: &a.aggregate_type,
+                id: &a.aggregate_id,
+                version: a.version,
+            }),
+            event_type: event.aggregate.as_deref().map(|a| a.event_type.as_str()),
+            metadata: event
+                .aggregate
+                .as_deref()
+                .and_then(|a| a.metadata.as_ref())
+                .map(|m| m.as_raw()),
         }
     }
 }
@@ -158,6 +187,8 @@ pub fn from_json(body: &[u8], subject: &Subject) -> Option<NewEvent> {
         cloudevent,
         // A message's claim to a tenant is not trusted: the importing hub stamps it.
         tenant: None,
+        // An aggregate's versions are its home hub's; here the event is an ordinary one.
+        aggregate: None,
     })
 }
 

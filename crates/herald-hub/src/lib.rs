@@ -30,6 +30,7 @@
 //! ```
 
 pub mod access;
+pub mod aggregates;
 mod committer;
 pub mod consumers;
 mod cursors;
@@ -474,7 +475,7 @@ impl Hub {
         let (reply, answer) = oneshot::channel();
         self.inner
             .publish_tx
-            .send(committer::Request { events, reply })
+            .send(committer::Request::Publish { events, reply })
             .await
             .map_err(|_| HubError::ShuttingDown)?;
         let result = answer.await.map_err(|_| HubError::ShuttingDown)?;

@@ -95,6 +95,15 @@ error_codes! {
     ConsumerConflict = "consumer_conflict" => CONFLICT, InvalidParams,
     /// The hub already keeps the most consumers it takes (`--max-consumers`).
     TooManyConsumers = "too_many_consumers" => CONFLICT, InvalidRequest,
+    /// An aggregate request names a bad type or id, or its body is malformed.
+    InvalidAggregate = "invalid_aggregate" => UNPROCESSABLE_ENTITY, InvalidParams,
+    /// The aggregate has no events.
+    AggregateNotFound = "aggregate_not_found" => NOT_FOUND, InvalidParams,
+    /// The aggregate has no snapshot.
+    SnapshotNotFound = "snapshot_not_found" => NOT_FOUND, InvalidParams,
+    /// The aggregate is not at the expected version (`current_version` says where it
+    /// is); nothing was written.
+    VersionConflict = "version_conflict" => CONFLICT, InvalidParams,
     MethodNotAllowed = "method_not_allowed" => METHOD_NOT_ALLOWED, InvalidRequest,
     /// No API key, or one that is malformed, unknown, revoked or expired
     /// (`HERALD_AUTH=required`).
@@ -218,6 +227,8 @@ pub struct ApiError {
     pub event_ids: Vec<uuid::Uuid>,
     /// For `rate_limited`: the `Retry-After` and `RateLimit-*` headers' values.
     pub rate_limit: Option<RateLimitHeaders>,
+    /// For `version_conflict`: the aggregate's version.
+    pub current_version: Option<u64>,
 }
 
 /// What a `429` tells a client about the limit it hit (the IETF RateLimit header fields,
@@ -246,6 +257,7 @@ impl ApiError {
             items: Vec::new(),
             event_ids: Vec::new(),
             rate_limit: None,
+            current_version: None,
         }
     }
 
@@ -273,6 +285,8 @@ struct Detail<'a> {
     items: Vec<ItemDetail<'a>>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     event_ids: &'a [uuid::Uuid],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current_version: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -302,6 +316,7 @@ impl IntoResponse for ApiError {
                     })
                     .collect(),
                 event_ids: &self.event_ids,
+                current_version: self.current_version,
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
@@ -378,6 +393,44 @@ impl From<herald_hub::access::AccessError> for ApiError {
             AccessError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
             AccessError::NotFound(message) => ApiError::new(ErrorCode::TenantNotFound, message),
             AccessError::Hub(error) => error.into(),
+            other => {
+                tracing::error!(error = %other, "Internal error.");
+                ApiError::new(ErrorCode::Internal, "internal error")
+            }
+        }
+    }
+}
+
+impl From<herald_hub::aggregates::AggregateError> for ApiError {
+    fn from(error: herald_hub::aggregates::AggregateError) -> Self {
+        use herald_hub::aggregates::AggregateError;
+        match error {
+            AggregateError::Hub(error) => error.into(),
+            AggregateError::Invalid(message) => ApiError::new(ErrorCode::InvalidAggregate, message),
+            AggregateError::VersionConflict { current_version } => {
+                let mut error = ApiError::new(
+                    ErrorCode::VersionConflict,
+                    format!(
+                        "the aggregate is at version {current_version}, not at the expected one; nothing was written"
+                    ),
+                );
+                error.current_version = Some(current_version);
+                error
+            }
+            AggregateError::SnapshotAhead {
+                current_version, ..
+            } => {
+                let mut api = ApiError::new(ErrorCode::VersionConflict, error.to_string());
+                api.current_version = Some(current_version);
+                api
+            }
+            AggregateError::IdTaken(id) => ApiError::new(
+                ErrorCode::Conflict,
+                format!("event id {id} is already used by another event; nothing was written"),
+            ),
+            AggregateError::NotFound => {
+                ApiError::new(ErrorCode::AggregateNotFound, "no such aggregate")
+            }
             other => {
                 tracing::error!(error = %other, "Internal error.");
                 ApiError::new(ErrorCode::Internal, "internal error")

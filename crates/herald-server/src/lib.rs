@@ -274,6 +274,16 @@ pub fn routes(state: &AppState) -> Vec<(&'static str, MethodRouter<AppState>)> {
             "/api/bridge/dead-letters/{id}",
             delete(http::bridge::delete_dead_letter),
         ),
+        (
+            "/api/aggregates/{aggregate_type}/{aggregate_id}/events",
+            post(http::aggregates::append)
+                .layer(limit_publishes())
+                .merge(get(http::aggregates::load)),
+        ),
+        (
+            "/api/aggregates/{aggregate_type}/{aggregate_id}/snapshot",
+            get(http::aggregates::load_snapshot).put(http::aggregates::save_snapshot),
+        ),
         ("/api/consumers", get(http::consumers::list_consumers)),
         (
             "/api/consumers/{name}",

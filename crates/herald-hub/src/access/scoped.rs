@@ -11,14 +11,15 @@
 
 use std::time::Duration;
 
-use herald_core::{Event, NewEvent, Pattern, Seq};
-use herald_store::{Page, Query, Store};
+use herald_core::{Event, ExpectedVersion, NewEvent, Pattern, Seq};
+use herald_store::{AggregateKey, AggregatePage, Page, Query, Store};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{AccessError, Caller, CreatedKey, KeyInfo, NewKey, NewTenant, Tenant};
 use herald_store::consumer::ConsumerDeadLetter;
 
+use crate::aggregates::{AggregateError, AggregateWritten, DomainEvent};
 use crate::consumers::{
     ConsumerConfig, ConsumerError, ConsumerInfo, Message, PutOutcome, Settle, Settled,
 };
@@ -135,29 +136,9 @@ impl Scoped<'_> {
         &self,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Published>, HubError> {
-        let quota = self
-            .caller
-            .tenant()
-            .and_then(|tenant| Some((tenant, self.caller.stored_bytes_limit()?)));
-        if let Some((tenant, quota)) = quota {
-            let registry = &self.hub.inner.access;
-            let used = registry
-                .stored_bytes(&self.hub.inner.store, tenant)
-                .await
-                .map_err(|error| match error {
-                    AccessError::Hub(error) => error,
-                    other => HubError::Internal(other.to_string()),
-                })?;
-            let adding: u64 = events.iter().map(|e| e.payload.get().len() as u64).sum();
-            if used.saturating_add(adding) > quota {
-                return Err(HubError::LimitReached(format!(
-                    "this tenant's events hold {used} bytes of payload; its quota is {quota} \
-                     (max_stored_bytes)"
-                )));
-            }
-        }
+        let quota = self.check_quota(&events).await?;
         let published = self.hub.publish_batch(events).await?;
-        if let Some((tenant, _)) = quota {
+        if let Some(tenant) = quota {
             let added: u64 = published
                 .iter()
                 .filter(|p| !p.duplicate)
@@ -175,6 +156,161 @@ impl Scoped<'_> {
             ));
         }
         Ok(published)
+    }
+
+    /// Checks a tenant's storage quota (`max_stored_bytes`) for `events`, against the
+    /// payload bytes its events hold. (Publishes in flight at once may pass it together
+    /// by their own size.) The tenant whose usage to add to once stored, if it has one.
+    async fn check_quota(&self, events: &[NewEvent]) -> Result<Option<&str>, HubError> {
+        let Some((tenant, quota)) = self
+            .caller
+            .tenant()
+            .and_then(|tenant| Some((tenant, self.caller.stored_bytes_limit()?)))
+        else {
+            return Ok(None);
+        };
+        let registry = &self.hub.inner.access;
+        let used = registry
+            .stored_bytes(&self.hub.inner.store, tenant)
+            .await
+            .map_err(|error| match error {
+                AccessError::Hub(error) => error,
+                other => HubError::Internal(other.to_string()),
+            })?;
+        let adding: u64 = events.iter().map(|e| e.payload.get().len() as u64).sum();
+        if used.saturating_add(adding) > quota {
+            return Err(HubError::LimitReached(format!(
+                "this tenant's events hold {used} bytes of payload; its quota is {quota} \
+                 (max_stored_bytes)"
+            )));
+        }
+        Ok(Some(tenant))
+    }
+
+    // ---- aggregates ----
+
+    /// The caller's aggregate of that type and id: in its tenant's namespace.
+    fn aggregate_key(&self, aggregate_type: &str, aggregate_id: &str) -> AggregateKey {
+        AggregateKey {
+            tenant: self.caller.tenant().map(str::to_owned),
+            aggregate_type: aggregate_type.to_owned(),
+            aggregate_id: aggregate_id.to_owned(),
+        }
+    }
+
+    /// The subjects of an aggregate's events without a subject of their own.
+    fn aggregate_subjects(&self, aggregate_type: &str) -> Pattern {
+        Pattern::parse(&format!("hub.{}.{aggregate_type}.>", self.hub.hub_id()))
+            .unwrap_or_else(|_| Pattern::all())
+    }
+
+    /// Appends to one of the caller's aggregates. Needs the publish right on every
+    /// event's subject, and counts against the publish rates and the storage quota as a
+    /// publish does. A caller without a tenant may not write into a tenant's subjects:
+    /// the aggregate would be outside that tenant's namespace.
+    pub async fn append_to_aggregate(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<DomainEvent>,
+        service: Option<String>,
+    ) -> Result<AggregateWritten, AggregateError> {
+        let key = self.aggregate_key(aggregate_type, aggregate_id);
+        let mut events = self.hub.aggregate_events(&key, events, service)?;
+        if self.caller.tenant().is_none() && self.hub.inner.access.has_tenants() {
+            for event in &events {
+                if let Some(owner) = self.hub.inner.access.owner_of(event.subject.as_str()) {
+                    return Err(forbidden(format!(
+                        "{} is in tenant {owner}'s subjects: append to its aggregates with one of its keys",
+                        event.subject
+                    ))
+                    .into());
+                }
+            }
+        }
+        self.admit(&mut events)?;
+        let quota = self.check_quota(&events).await?;
+        let written = self.hub.append_to_aggregate(key, expected, events).await?;
+        if let Some(tenant) = quota {
+            let added: u64 = written
+                .events
+                .iter()
+                .filter(|a| !a.is_duplicate())
+                .map(|a| a.event().payload.get().len() as u64)
+                .sum();
+            self.hub.inner.access.add_stored_bytes(tenant, added);
+        }
+        Ok(written)
+    }
+
+    /// One of the caller's aggregates, its events narrowed to what the caller may see.
+    pub async fn load_aggregate(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<AggregatePage, AggregateError> {
+        let mut page = self
+            .hub
+            .load_aggregate(
+                self.aggregate_key(aggregate_type, aggregate_id),
+                from_version,
+                limit,
+            )
+            .await?;
+        page.events.retain(|e| self.caller.may_see(e));
+        Ok(page)
+    }
+
+    /// Saves a snapshot of one of the caller's aggregates: needs a publish right on
+    /// some subject of `hub.<hub_id>.<type>.>`.
+    pub async fn save_snapshot(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        version: u64,
+        state: herald_core::Payload,
+    ) -> Result<(), AggregateError> {
+        if self
+            .caller
+            .publish_rights()
+            .narrow(&self.aggregate_subjects(aggregate_type))
+            .is_empty()
+        {
+            return Err(forbidden(format!(
+                "this key may not publish {aggregate_type} events, so not save their snapshots"
+            ))
+            .into());
+        }
+        self.hub
+            .save_snapshot(
+                self.aggregate_key(aggregate_type, aggregate_id),
+                version,
+                state,
+            )
+            .await
+    }
+
+    /// The latest snapshot of one of the caller's aggregates: needs a subscribe right on
+    /// some subject of `hub.<hub_id>.<type>.>`.
+    pub async fn load_snapshot(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<Option<herald_store::Snapshot>, AggregateError> {
+        if self
+            .caller
+            .subscribe_rights()
+            .narrow(&self.aggregate_subjects(aggregate_type))
+            .is_empty()
+        {
+            return Ok(None);
+        }
+        self.hub
+            .load_snapshot(self.aggregate_key(aggregate_type, aggregate_id))
+            .await
     }
 
     /// An event by id; `None` also when the caller may not see it.

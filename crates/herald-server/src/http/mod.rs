@@ -4,6 +4,7 @@
 //! client can make gets its own error code and a message naming the field.
 
 pub mod access;
+pub mod aggregates;
 pub mod bridge;
 pub mod cloudevents;
 pub mod consumers;
@@ -68,6 +69,8 @@ pub async fn index(State(state): State<AppState>) -> Result<Json<wire::Index>, A
         ("until" = Option<crate::wire::schema::Instant>, Query, description = "Only events committed at or before this instant (not before `since`)."),
         ("correlation_id" = Option<uuid::Uuid>, Query, description = "Only events with this correlation id."),
         ("after_seq" = Option<crate::wire::schema::SeqParam>, Query, description = "Only events with a larger seq."),
+        ("aggregate_type" = Option<crate::wire::schema::AggregateType>, Query, description = "Only events of aggregates of this type."),
+        ("aggregate_id" = Option<crate::wire::schema::AggregateId>, Query, description = "Only events of aggregates with this id."),
         ("limit" = Option<crate::wire::schema::Limit>, Query, description = "Most events to answer."),
     ),
     responses(
@@ -127,6 +130,16 @@ pub fn parse_query(raw: &str) -> Result<Query, ApiError> {
                     invalid_query(format!("`correlation_id` must be a UUID, got {:?}", truncate(&value)))
                 })?)
             }
+            "aggregate_type" => {
+                herald_core::aggregate::check_aggregate_type(&value)
+                    .map_err(|e| invalid_query(format!("`aggregate_type`: {e}")))?;
+                query.aggregate_type = Some(value);
+            }
+            "aggregate_id" => {
+                herald_core::aggregate::check_aggregate_id(&value)
+                    .map_err(|e| invalid_query(format!("`aggregate_id`: {e}")))?;
+                query.aggregate_id = Some(value);
+            }
             "limit" => {
                 query.limit = match value.parse::<usize>() {
                     Ok(n) if (1..=MAX_QUERY_LIMIT).contains(&n) => n,
@@ -141,7 +154,7 @@ pub fn parse_query(raw: &str) -> Result<Query, ApiError> {
             "after_seq" => query.after_seq = parse_seq("after_seq", &value)?,
             other => {
                 return Err(invalid_query(format!(
-                    "unknown parameter `{}`; known: subject, since, until, correlation_id, limit, after_seq",
+                    "unknown parameter `{}`; known: subject, since, until, correlation_id, limit, after_seq, aggregate_type, aggregate_id",
                     truncate(other)
                 )))
             }

@@ -223,7 +223,7 @@ fn ensure_not_empty(body: &[u8]) -> Result<(), ApiError> {
 }
 
 /// The `X-Correlation-ID` header as a UUID, when present.
-fn header_correlation_id(headers: &HeaderMap) -> Result<Option<Uuid>, ApiError> {
+pub(crate) fn header_correlation_id(headers: &HeaderMap) -> Result<Option<Uuid>, ApiError> {
     let Some(value) = headers.get(&CORRELATION_HEADER) else {
         return Ok(None);
     };

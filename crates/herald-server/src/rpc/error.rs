@@ -99,8 +99,11 @@ impl RpcError {
 impl From<ApiError> for RpcError {
     fn from(error: ApiError) -> Self {
         let rpc = error.code.rpc();
-        let rpc_error =
+        let mut rpc_error =
             RpcError::new(rpc, error.code, error.message).with_event_ids(&error.event_ids);
+        if let Some(version) = error.current_version {
+            rpc_error = rpc_error.with("current_version", version);
+        }
         match rpc {
             RpcCode::Unavailable => {
                 tracing::warn!(code = error.code.as_str(), message = %rpc_error.detail, "RPC call failed.");

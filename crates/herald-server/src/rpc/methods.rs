@@ -22,6 +22,7 @@ pub use crate::rpc::call::{Call, RpcMethod};
 use crate::rpc::consumers;
 use crate::rpc::error::{RpcCode, RpcError};
 use crate::rpc::params::{kind, Params};
+use crate::rpc::store;
 use crate::rpc::wire::{self, FieldSpec, MethodSpec, ParamSpec, ResultSpec};
 use crate::CORRELATION_HEADER;
 
@@ -63,6 +64,11 @@ methods![
     BusGet,
     BusQuery,
     BusPublishBatch,
+    store::StoreAppend,
+    store::StoreLoad,
+    store::StoreLoadSnapshot,
+    store::StoreSaveSnapshot,
+    store::StoreQuery,
     consumers::ConsumerPut,
     consumers::ConsumerGet,
     consumers::ConsumerList,
@@ -546,6 +552,20 @@ impl RpcMethod for BusQuery {
             ErrorCode::InvalidQuery,
             "only events with a larger seq; default 0",
         ),
+        param(
+            "aggregate_type",
+            "string",
+            false,
+            ErrorCode::InvalidQuery,
+            "only events of aggregates of this type",
+        ),
+        param(
+            "aggregate_id",
+            "string",
+            false,
+            ErrorCode::InvalidQuery,
+            "only events of aggregates with this id",
+        ),
     ];
     const RESULT: ResultSpec = ResultSpec {
         description: "{events, count, next_after_seq}: matching events in seq order (fields \
@@ -565,6 +585,8 @@ impl RpcMethod for BusQuery {
                 .integer("limit", 1, MAX_QUERY_LIMIT as u64)?
                 .unwrap_or(DEFAULT_LIMIT) as usize,
             after_seq: params.seq("after_seq")?.unwrap_or(0),
+            aggregate_type: params.string("aggregate_type")?,
+            aggregate_id: params.string("aggregate_id")?,
         };
         if let (Some(since), Some(until)) = (query.since, query.until) {
             if since > until {
@@ -742,6 +764,11 @@ mod tests {
         "bus.get",
         "bus.query",
         "bus.publish_batch",
+        "store.append",
+        "store.load",
+        "store.load_snapshot",
+        "store.save_snapshot",
+        "store.query",
         "consumer.put",
         "consumer.get",
         "consumer.list",

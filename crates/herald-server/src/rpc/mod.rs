@@ -24,6 +24,7 @@ pub mod consumers;
 pub mod error;
 pub mod methods;
 pub mod params;
+pub mod store;
 pub mod wire;
 
 use axum::body::Bytes;

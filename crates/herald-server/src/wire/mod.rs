@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 pub mod access;
+pub mod aggregates;
 pub mod consumers;
 pub mod schema;
 
@@ -125,6 +126,18 @@ pub struct EventSchema {
     /// `base64` (`{"data_base64": …}`) or `absent` (`{}`).
     #[schema(value_type = String, required = false, pattern = "^(?:object|wrapped|base64|absent)$")]
     cloudevent_data_form: (),
+    /// The tenant the event belongs to, when the hub has tenants.
+    #[schema(value_type = String, required = false)]
+    tenant_id: (),
+    /// For an aggregate's event: `{type, id, version}`.
+    #[schema(value_type = Object, required = false)]
+    aggregate: (),
+    /// For an aggregate's event: what happened (`context.created`).
+    #[schema(value_type = String, required = false)]
+    r#type: (),
+    /// For an aggregate's event: the writer's metadata.
+    #[schema(value_type = Object, required = false)]
+    metadata: (),
 }
 
 /// Who published an event.

@@ -586,6 +586,13 @@ fn error_body(status: StatusCode) -> Value {
             "items": {"type": "string", "format": "uuid"},
         });
     }
+    if status == StatusCode::CONFLICT {
+        detail["properties"]["current_version"] = json!({
+            "type": "integer",
+            "minimum": 0,
+            "description": "For `version_conflict`: the version the aggregate is at.",
+        });
+    }
     if status == StatusCode::UNPROCESSABLE_ENTITY {
         detail["properties"]["items"] = json!({
             "type": "array",
@@ -597,6 +604,25 @@ fn error_body(status: StatusCode) -> Value {
         "type": "object",
         "required": ["error"],
         "properties": {"error": detail},
+    })
+}
+
+raw_schema! {
+    /// An aggregate's type: a token of its events' default subject.
+    AggregateType => json!({
+        "type": "string",
+        "pattern": "^[A-Za-z0-9_-]{1,64}$",
+        "examples": ["context"],
+    })
+}
+
+raw_schema! {
+    /// An aggregate's id: 1 to 256 bytes without whitespace, control or format characters
+    /// (any such string is accepted; this pattern describes the usual ones).
+    AggregateId => json!({
+        "type": "string",
+        "pattern": "^[A-Za-z0-9_:@-][A-Za-z0-9._:@-]{0,255}$",
+        "examples": ["c-42"],
     })
 }
 
