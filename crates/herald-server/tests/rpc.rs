@@ -21,6 +21,11 @@ const METHODS: &[&str] = &[
     "bus.get",
     "bus.query",
     "bus.publish_batch",
+    "store.append",
+    "store.load",
+    "store.load_snapshot",
+    "store.save_snapshot",
+    "store.query",
     "consumer.put",
     "consumer.get",
     "consumer.list",
@@ -1193,5 +1198,119 @@ async fn methods_are_listed_from_the_dispatch_table() {
         codes,
         [-32700, -32600, -32601, -32602, -32603, -32000, -32004, -32001, -32003]
     );
+    t.stop().await;
+}
+
+/// Seed 003's event store verbs: `store.append` on an expected version, `store.load`
+/// from a version, `store.save_snapshot` / `store.load_snapshot`, `store.query`.
+#[tokio::test]
+async fn store_methods_append_load_and_snapshot() {
+    let t = TestHub::start().await;
+    let call = |id: u64, method: &str, params: Value| {
+        json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string()
+    };
+    let append = |expected: Value, n: usize| {
+        json!({
+            "aggregate_type": "context",
+            "aggregate_id": "c-7",
+            "expected_version": expected,
+            "events": (0..n).map(|i| json!({"type": "context.updated", "payload": {"i": i}})).collect::<Vec<_>>(),
+        })
+    };
+    let first = t
+        .post(&call(1, "store.append", append(json!("no_stream"), 2)))
+        .await;
+    assert_eq!(first["result"]["version"], 2, "{first}");
+    assert_eq!(first["result"]["duplicate"], false);
+    assert_eq!(first["result"]["events"][1]["version"], 2);
+
+    // The wrong expected version: -32602 with the REST code and the current version.
+    let conflict = t.post(&call(2, "store.append", append(json!(1), 1))).await;
+    assert_eq!(conflict["error"]["code"], -32602, "{conflict}");
+    assert_eq!(conflict["error"]["data"]["code"], "version_conflict");
+    assert_eq!(conflict["error"]["data"]["current_version"], 2);
+
+    // A bad event names its field.
+    let bad = t
+        .post(&call(
+            3,
+            "store.append",
+            json!({"aggregate_type": "context", "aggregate_id": "c-7",
+                   "events": [{"type": "context.*", "payload": {}}]}),
+        ))
+        .await;
+    assert_eq!(bad["error"]["data"]["code"], "invalid_aggregate", "{bad}");
+    assert_eq!(bad["error"]["data"]["param"], "events");
+    assert_eq!(bad["error"]["data"]["field"], "events[0].type");
+
+    let loaded = t
+        .post(&call(
+            4,
+            "store.load",
+            json!({"aggregate_type": "context", "aggregate_id": "c-7", "from_version": 2}),
+        ))
+        .await;
+    assert_eq!(loaded["result"]["version"], 2, "{loaded}");
+    let events = loaded["result"]["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["aggregate"]["version"], 2);
+    assert_eq!(events[0]["type"], "context.updated");
+    assert_eq!(
+        events[0]["subject"],
+        "hub.local-hub.context.context.updated"
+    );
+
+    let missing = t
+        .post(&call(
+            5,
+            "store.load_snapshot",
+            json!({"aggregate_type": "context", "aggregate_id": "c-7"}),
+        ))
+        .await;
+    assert_eq!(missing["error"]["data"]["code"], "snapshot_not_found");
+    let saved = t
+        .post(&call(
+            6,
+            "store.save_snapshot",
+            json!({"aggregate_type": "context", "aggregate_id": "c-7", "version": 2, "state": {"name": "x"}}),
+        ))
+        .await;
+    assert_eq!(saved["result"]["version"], 2, "{saved}");
+    let ahead = t
+        .post(&call(
+            7,
+            "store.save_snapshot",
+            json!({"aggregate_type": "context", "aggregate_id": "c-7", "version": 3, "state": {}}),
+        ))
+        .await;
+    assert_eq!(
+        ahead["error"]["data"]["code"], "version_conflict",
+        "{ahead}"
+    );
+    let snapshot = t
+        .post(&call(8, "store.load_snapshot", json!(["context", "c-7"])))
+        .await;
+    assert_eq!(
+        snapshot["result"]["state"],
+        json!({"name": "x"}),
+        "{snapshot}"
+    );
+
+    let query = t
+        .post(&call(
+            9,
+            "store.query",
+            json!({"aggregate_type": "context", "aggregate_id": "c-7"}),
+        ))
+        .await;
+    assert_eq!(query["result"]["count"], 2, "{query}");
+    let unknown = t
+        .post(&call(
+            10,
+            "store.load",
+            json!({"aggregate_type": "context", "aggregate_id": "nope"}),
+        ))
+        .await;
+    assert_eq!(unknown["error"]["data"]["code"], "aggregate_not_found");
     t.stop().await;
 }

@@ -68,7 +68,7 @@ methods![
     store::StoreLoad,
     store::StoreLoadSnapshot,
     store::StoreSaveSnapshot,
-    store::StoreQuery,
+    StoreQuery,
     consumers::ConsumerPut,
     consumers::ConsumerGet,
     consumers::ConsumerList,
@@ -610,6 +610,27 @@ impl RpcMethod for BusQuery {
             events: page.events.iter().map(Into::into).collect(),
             next_after_seq,
         })
+    }
+}
+
+/// `store.query`: `bus.query` under seed 003's name.
+pub struct StoreQuery;
+
+impl RpcMethod for StoreQuery {
+    const NAME: &'static str = "store.query";
+    const DESCRIPTION: &'static str = "Events matching every filter given, oldest first (as \
+        bus.query, with the same params; `aggregate_type` and `aggregate_id` select an \
+        aggregate's events).";
+    const PARAMS: &'static [ParamSpec] = BusQuery::PARAMS;
+    const RESULT: ResultSpec = BusQuery::RESULT;
+    type Params = Query;
+
+    fn parse(params: Params<'_>) -> Result<Query, RpcError> {
+        BusQuery::parse(params)
+    }
+
+    async fn call(call: &Call<'_>, query: Query) -> Result<Box<RawValue>, RpcError> {
+        BusQuery::call(call, query).await
     }
 }
 

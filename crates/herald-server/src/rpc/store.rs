@@ -10,7 +10,6 @@ use serde_json::{Map, Value};
 use crate::error::{ApiError, ErrorCode};
 use crate::rpc::call::{field, param, to_result, Call, RpcMethod, DEFAULT_LIMIT};
 use crate::rpc::error::RpcError;
-use crate::rpc::methods::BusQuery;
 use crate::rpc::params::Params;
 use crate::rpc::wire::{FieldSpec, ParamSpec, ResultSpec};
 use crate::wire::aggregates::{
@@ -18,7 +17,7 @@ use crate::wire::aggregates::{
 };
 
 /// The `origin.service` of events appended through JSON-RPC.
-const ORIGIN_SERVICE: &str = super::methods::ORIGIN_SERVICE;
+const ORIGIN_SERVICE: &str = "herald-rpc";
 
 const TYPE: ParamSpec = param(
     "aggregate_type",
@@ -364,26 +363,5 @@ impl RpcMethod for StoreLoadSnapshot {
 
     async fn call(call: &Call<'_>, (t, id): (String, String)) -> Result<Box<RawValue>, RpcError> {
         latest(&call.state.hub.as_caller(call.caller), &t, &id).await
-    }
-}
-
-/// `store.query`: `bus.query` under seed 003's name.
-pub struct StoreQuery;
-
-impl RpcMethod for StoreQuery {
-    const NAME: &'static str = "store.query";
-    const DESCRIPTION: &'static str = "Events matching every filter given, oldest first (as \
-        bus.query, with the same params; `aggregate_type` and `aggregate_id` select an \
-        aggregate's events).";
-    const PARAMS: &'static [ParamSpec] = BusQuery::PARAMS;
-    const RESULT: ResultSpec = BusQuery::RESULT;
-    type Params = herald_store::Query;
-
-    fn parse(params: Params<'_>) -> Result<herald_store::Query, RpcError> {
-        BusQuery::parse(params)
-    }
-
-    async fn call(call: &Call<'_>, query: herald_store::Query) -> Result<Box<RawValue>, RpcError> {
-        BusQuery::call(call, query).await
     }
 }

@@ -129,7 +129,11 @@ pub fn append_request(
             ));
         }
         let event_type = match item.get("type") {
-            Some(Value::String(t)) => t.clone(),
+            Some(Value::String(t)) => {
+                herald_core::aggregate::check_event_type(t)
+                    .map_err(|e| field_error(at("type"), e.to_string()))?;
+                t.clone()
+            }
             Some(_) => return Err(field_error(at("type"), "must be a string")),
             None => return Err(field_error(at("type"), "is required")),
         };

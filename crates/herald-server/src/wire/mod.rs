@@ -306,6 +306,15 @@ mod tests {
             extensions: Default::default(),
             data_form: DataForm::Absent,
         }));
+        // Every optional member set, so that every documented one is written.
+        event.tenant = Some("acme".into());
+        event.aggregate = Some(Box::new(herald_core::AggregateEvent {
+            aggregate_type: "order".into(),
+            aggregate_id: "o-1".into(),
+            version: 1,
+            event_type: "order.placed".into(),
+            metadata: Some(Payload::from_json("{}".into()).unwrap()),
+        }));
         let event = event.commit(1, Timestamp::from_micros(0));
         let written = serde_json::to_value(Event::from(&event)).unwrap();
         let documented = serde_json::to_value(EventSchema::schema()).unwrap();

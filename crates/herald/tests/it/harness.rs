@@ -735,6 +735,23 @@ pub fn assert_event_shape(event: &Value) {
         );
         keys.push("tenant_id");
     }
+    // Present for an aggregate's event: which aggregate and version, the event type, and
+    // the writer's metadata when it gave some.
+    if event.get("aggregate").is_some() {
+        assert_keys(&event["aggregate"], &["type", "id", "version"], "aggregate");
+        assert!(
+            event["type"].is_string(),
+            "an aggregate event has a type: {event}"
+        );
+        keys.extend(["aggregate", "type"]);
+        if event.get("metadata").is_some() {
+            assert!(
+                event["metadata"].is_object(),
+                "metadata is an object: {event}"
+            );
+            keys.push("metadata");
+        }
+    }
     assert_keys(event, &keys, "event");
     assert_uuid(&event["id"], "event id");
     assert!(

@@ -6,6 +6,7 @@ mod harness;
 
 mod access;
 mod access_fuzz;
+mod aggregates;
 mod api;
 mod bad_input;
 mod cli;
