@@ -1069,7 +1069,8 @@ async fn a_version_1_schema_migrates_at_open() {
     client
         .batch_execute(
             "DROP TABLE cursors, rules, bridge_dead_letters,
-                        consumers, consumer_pending, consumer_dead_letters, access;
+                        consumers, consumer_pending, consumer_dead_letters, access,
+                        schemas;
              ALTER TABLE events DROP COLUMN tenant;
              DELETE FROM herald_schema_migrations WHERE version > 1",
         )

@@ -126,6 +126,12 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL,
         PRIMARY KEY (kind, id)
     ) WITHOUT ROWID;",
+    // schemas (renumber at merge; keep it last): event schemas, by name (opaque JSON
+    // documents the hub owns: the subject pattern and the JSON Schema).
+    "CREATE TABLE schemas (
+        name TEXT PRIMARY KEY,
+        body TEXT NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes.

@@ -131,6 +131,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (kind, id)
     );
     "#,
+    // schemas (renumber at merge; keep it last): event schemas, by name (opaque JSON
+    // documents the hub owns: the subject pattern and the JSON Schema).
+    r#"
+    CREATE TABLE schemas (
+        name TEXT COLLATE "C" PRIMARY KEY,
+        body TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.
