@@ -7,6 +7,7 @@ pub mod access;
 pub mod bridge;
 pub mod cloudevents;
 pub mod consumers;
+pub mod event_schemas;
 pub mod publish;
 pub mod rules;
 

@@ -592,11 +592,63 @@ fn error_body(status: StatusCode) -> Value {
             "description": "For `invalid_batch`: what is wrong with each bad item.",
             "items": reference("ErrorItem"),
         });
+        detail["properties"]["schema"] = json!({
+            "type": "string",
+            "description": "For `schema_violation`: the event schema the payload fails.",
+        });
+        detail["properties"]["index"] = json!({
+            "type": "integer",
+            "minimum": 0,
+            "description": "For `schema_violation`: the event's position in the request (0 for one event).",
+        });
+        detail["properties"]["violations"] = json!({
+            "type": "array",
+            "description": format!(
+                "For `schema_violation`: where the payload fails (at most {}).",
+                herald_hub::schemas::MAX_VIOLATIONS
+            ),
+            "items": {
+                "type": "object",
+                "required": ["path", "message"],
+                "properties": {
+                    "path": {"type": "string", "description": "A JSON Pointer into the payload; empty for the payload itself."},
+                    "message": {"type": "string"},
+                },
+            },
+        });
     }
     json!({
         "type": "object",
         "required": ["error"],
         "properties": {"error": detail},
+    })
+}
+
+raw_schema! {
+    /// An event schema's name.
+    SchemaName => json!({
+        "type": "string",
+        "pattern": "^[A-Za-z0-9_-]{1,128}$",
+        "examples": ["orders"],
+    })
+}
+
+raw_schema! {
+    /// `PUT /api/schemas/{name}` body.
+    SchemaRequest => json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["subject_pattern", "schema"],
+        "properties": {
+            "subject_pattern": reference("SubjectPattern"),
+            "schema": {
+                "type": ["object", "boolean"],
+                "description": "A JSON Schema (2020-12 unless its `$schema` names 2019-09 or \
+                    draft 7; no `$ref` to other documents; `pattern`s without look-around or \
+                    back-references) that the payload of every event whose subject matches \
+                    `subject_pattern` must satisfy.",
+            },
+        },
     })
 }
 
