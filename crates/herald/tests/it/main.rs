@@ -17,6 +17,7 @@ mod lifecycle;
 mod nats;
 mod postgres;
 mod rules;
+mod schemas;
 mod stream;
 mod tls;
 mod transfer;
