@@ -128,6 +128,10 @@ struct RunArgs {
     /// Worker threads of the load generator's runtime [default: number of cores].
     #[arg(long)]
     client_threads: Option<usize>,
+    /// (a) also runs a herald with a 10-property event schema that every published event
+    /// is validated against, and compares it with the plain herald.
+    #[arg(long)]
+    schema: bool,
 }
 
 impl RunArgs {
@@ -155,6 +159,7 @@ impl RunArgs {
             herald_bin,
             data_parent,
             quick,
+            schema: self.schema,
             connections: self.connections,
             rounds: self.rounds.unwrap_or(3).clamp(1, 20),
             warmup: seconds(None, 2.0, 1.0)?,

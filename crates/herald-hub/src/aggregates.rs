@@ -146,6 +146,7 @@ impl Hub {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AggregateWritten, AggregateError> {
+        self.validate_schemas(&events)?;
         if self.inner.shutdown.is_cancelled() {
             return Err(HubError::ShuttingDown.into());
         }

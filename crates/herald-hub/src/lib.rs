@@ -39,6 +39,7 @@ mod follower;
 pub mod log_throttle;
 pub mod nats;
 pub mod rules;
+pub mod schemas;
 mod services;
 mod subscription;
 mod tail;
@@ -98,6 +99,8 @@ pub struct HubConfig {
     pub consumers: consumers::ConsumerLimits,
     /// Authentication mode and the environment's admin key.
     pub access: access::AccessConfig,
+    /// Bounds of event schemas.
+    pub schemas: schemas::SchemaLimits,
     /// Let webhooks reach loopback, private, link-local and metadata addresses, which
     /// [`rules::guard`] refuses by default (against server-side request forgery).
     pub webhook_allow_private: bool,
@@ -114,6 +117,7 @@ impl HubConfig {
             nats: None,
             consumers: consumers::ConsumerLimits::default(),
             access: access::AccessConfig::default(),
+            schemas: schemas::SchemaLimits::default(),
             webhook_allow_private: false,
         }
     }
@@ -151,6 +155,10 @@ pub enum HubError {
     /// A count limit of the caller's key or tenant (streams, consumers, rules) is reached.
     #[error("{0}")]
     LimitReached(String),
+    /// An event's payload fails a schema whose pattern matches its subject (see
+    /// [`schemas`]); nothing of the batch was stored.
+    #[error("{0}")]
+    SchemaViolation(Arc<schemas::SchemaViolation>),
 }
 
 impl From<StoreError> for HubError {
@@ -235,6 +243,8 @@ struct Inner {
     cursors: cursors::CursorBook,
     /// Tenants and keys (see [`access`]).
     access: access::Registry,
+    /// Event schemas, compiled (see [`schemas`]).
+    schemas: schemas::Schemas,
 }
 
 /// How far the NATS relay has got.
@@ -289,6 +299,7 @@ impl Hub {
                 access::AccessError::Hub(error) => error,
                 other => HubError::Internal(other.to_string()),
             })?;
+        let schemas = schemas::Schemas::open(config.schemas.clone(), &store).await?;
         let (publish_tx, publish_rx) = mpsc::channel(config.publish_queue.max(1));
         let (consumers, consumer_ops) = consumers::Consumers::new(config.consumers.clone());
         let inner = Arc::new(Inner {
@@ -318,6 +329,7 @@ impl Hub {
             rules,
             consumers,
             access,
+            schemas,
         });
         start_services(&inner, publish_rx, consumer_ops, external_commits);
         let hub = Hub { inner };
@@ -343,6 +355,24 @@ impl Hub {
                     }
                     if let Err(error) = inner.access.reload(&inner.store).await {
                         tracing::warn!(%error, "Cannot reload tenants and keys; keeping the last ones read.");
+                    }
+                }
+            },
+        );
+        let reloader = hub.clone();
+        hub.inner.services.spawn(
+            "schema reload",
+            services::Stage::Consumers,
+            services::Ending::Abort,
+            |_| async move {
+                let inner = &reloader.inner;
+                loop {
+                    tokio::select! {
+                        _ = inner.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(schemas::RELOAD_EVERY) => {}
+                    }
+                    if let Err(error) = inner.schemas.reload(&inner.store).await {
+                        tracing::warn!(%error, "Cannot reload event schemas; keeping the last ones read.");
                     }
                 }
             },
@@ -463,6 +493,7 @@ impl Hub {
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        self.validate_schemas(&events)?;
         if self.inner.access.has_tenants() {
             for event in events.iter_mut().filter(|e| e.tenant.is_none()) {
                 event.tenant = self.inner.access.owner_of(event.subject.as_str());
@@ -482,6 +513,41 @@ impl Hub {
         metrics::histogram!("herald_publish_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         result
+    }
+
+    /// Checks events against every event schema whose pattern matches their subjects
+    /// (see [`schemas`]): [`HubError::SchemaViolation`] names the first event and schema
+    /// that fail. [`Hub::publish_batch`] calls it; other ways of storing events must too.
+    pub fn validate_schemas(&self, events: &[NewEvent]) -> Result<(), HubError> {
+        self.inner.schemas.validate(events)
+    }
+
+    /// Every event schema, by name. Unchecked: clients go through [`Hub::as_caller`].
+    pub fn schemas(&self) -> Vec<schemas::SchemaInfo> {
+        self.inner.schemas.list()
+    }
+
+    pub fn schema(&self, name: &str) -> Option<schemas::SchemaInfo> {
+        self.inner.schemas.get(name)
+    }
+
+    /// Creates or replaces an event schema; it applies to publishes on this instance at
+    /// once, and on others sharing the store within [`schemas::RELOAD_EVERY`].
+    pub async fn put_schema(
+        &self,
+        name: &str,
+        subject_pattern: &str,
+        schema: serde_json::Value,
+    ) -> Result<(schemas::PutOutcome, schemas::SchemaInfo), schemas::SchemaError> {
+        self.inner
+            .schemas
+            .put(&self.inner.store, name, subject_pattern, schema)
+            .await
+    }
+
+    /// Deletes an event schema; false when there was none of that name.
+    pub async fn delete_schema(&self, name: &str) -> Result<bool, schemas::SchemaError> {
+        self.inner.schemas.delete(&self.inner.store, name).await
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Option<Event>, HubError> {

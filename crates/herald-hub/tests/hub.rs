@@ -227,6 +227,7 @@ async fn services_are_listed_in_stop_order_and_all_stop_at_shutdown() {
             "rules",
             "consumer upkeep",
             "access reload",
+            "schema reload",
             "cursor book",
             "subscriptions",
             "store"

@@ -6,6 +6,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use herald_hub::schemas::{SchemaError, SchemaViolation};
 use herald_hub::HubError;
 use serde::Serialize;
 
@@ -120,6 +121,15 @@ error_codes! {
     Conflict = "conflict" => CONFLICT, InvalidParams,
     TenantNotFound = "tenant_not_found" => NOT_FOUND, InvalidParams,
     KeyNotFound = "key_not_found" => NOT_FOUND, InvalidParams,
+    /// An event's payload fails an event schema whose pattern matches its subject
+    /// (`error.schema`, `error.index`, `error.violations`); nothing of the request was stored.
+    SchemaViolation = "schema_violation" => UNPROCESSABLE_ENTITY, SchemaViolation,
+    /// An event schema's name, pattern or JSON Schema document cannot be used (the
+    /// message says why; for a document, the validator's own message); nothing was stored.
+    InvalidSchema = "invalid_schema" => UNPROCESSABLE_ENTITY, InvalidParams,
+    SchemaNotFound = "schema_not_found" => NOT_FOUND, InvalidParams,
+    /// The hub already keeps the most event schemas it takes (`--max-schemas`).
+    TooManySchemas = "too_many_schemas" => CONFLICT, InvalidRequest,
     TooManyStreams = "too_many_streams" => SERVICE_UNAVAILABLE, Unavailable,
     /// The server is at its connection cap (`HERALD_MAX_CONNECTIONS`); only health checks
     /// are answered on the reserve above it.
@@ -144,11 +154,12 @@ pub enum RpcCode {
     EventNotFound,
     Unauthenticated,
     Forbidden,
+    SchemaViolation,
 }
 
 impl RpcCode {
     /// Every code, in the order `GET /rpc/methods` lists them.
-    pub const ALL: [RpcCode; 9] = [
+    pub const ALL: [RpcCode; 10] = [
         RpcCode::ParseError,
         RpcCode::InvalidRequest,
         RpcCode::MethodNotFound,
@@ -158,6 +169,7 @@ impl RpcCode {
         RpcCode::EventNotFound,
         RpcCode::Unauthenticated,
         RpcCode::Forbidden,
+        RpcCode::SchemaViolation,
     ];
 
     pub fn number(self) -> i64 {
@@ -171,6 +183,7 @@ impl RpcCode {
             RpcCode::EventNotFound => -32004,
             RpcCode::Unauthenticated => -32001,
             RpcCode::Forbidden => -32003,
+            RpcCode::SchemaViolation => -32022,
         }
     }
 
@@ -186,6 +199,7 @@ impl RpcCode {
             RpcCode::EventNotFound => "Event not found",
             RpcCode::Unauthenticated => "Unauthenticated",
             RpcCode::Forbidden => "Forbidden",
+            RpcCode::SchemaViolation => "Schema violation",
         }
     }
 
@@ -212,6 +226,11 @@ impl RpcCode {
                 "the hub requires an API key and none valid came with the request                  (`Authorization: Bearer <key>` on `POST /rpc`)"
             }
             RpcCode::Forbidden => "the API key lacks the right to this call's subject or operation",
+            RpcCode::SchemaViolation => {
+                "an event's payload fails an event schema whose pattern matches its subject; \
+                 `data.schema` names it, `data.index` the event, `data.violations` each failing \
+                 `path` and `message`. Nothing of the call was stored"
+            }
         }
     }
 }
@@ -226,9 +245,11 @@ pub struct ApiError {
     /// For `outcome_unknown`: the ids to publish again.
     pub event_ids: Vec<uuid::Uuid>,
     /// For `rate_limited`: the `Retry-After` and `RateLimit-*` headers' values.
-    pub rate_limit: Option<RateLimitHeaders>,
+    pub rate_limit: Option<Box<RateLimitHeaders>>,
     /// For `version_conflict`: the aggregate's version.
     pub current_version: Option<u64>,
+    /// For `schema_violation`: which event, which schema, and where.
+    pub schema_violation: Option<std::sync::Arc<SchemaViolation>>,
 }
 
 /// What a `429` tells a client about the limit it hit (the IETF RateLimit header fields,
@@ -258,7 +279,15 @@ impl ApiError {
             event_ids: Vec::new(),
             rate_limit: None,
             current_version: None,
+            schema_violation: None,
         }
+    }
+
+    /// `422 schema_violation` with its details.
+    pub fn schema_violation(violation: std::sync::Arc<SchemaViolation>) -> Self {
+        let mut error = ApiError::new(ErrorCode::SchemaViolation, violation.to_string());
+        error.schema_violation = Some(violation);
+        error
     }
 
     pub fn with_event_ids(mut self, ids: Vec<uuid::Uuid>) -> Self {
@@ -287,6 +316,39 @@ struct Detail<'a> {
     event_ids: &'a [uuid::Uuid],
     #[serde(skip_serializing_if = "Option::is_none")]
     current_version: Option<u64>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    schema_violation: Option<ViolationDetail<'a>>,
+}
+
+/// The details of `schema_violation`, in the REST body and in JSON-RPC `data` alike.
+#[derive(Serialize)]
+pub(crate) struct ViolationDetail<'a> {
+    schema: &'a str,
+    index: usize,
+    violations: Vec<ViolationItem<'a>>,
+}
+
+#[derive(Serialize)]
+struct ViolationItem<'a> {
+    path: &'a str,
+    message: &'a str,
+}
+
+impl<'a> ViolationDetail<'a> {
+    pub(crate) fn new(violation: &'a SchemaViolation) -> Self {
+        ViolationDetail {
+            schema: &violation.schema,
+            index: violation.index,
+            violations: violation
+                .violations
+                .iter()
+                .map(|v| ViolationItem {
+                    path: &v.path,
+                    message: &v.message,
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -317,6 +379,7 @@ impl IntoResponse for ApiError {
                     .collect(),
                 event_ids: &self.event_ids,
                 current_version: self.current_version,
+                schema_violation: self.schema_violation.as_deref().map(ViolationDetail::new),
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
@@ -330,7 +393,7 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let Some(limit) = self.rate_limit {
+        if let Some(limit) = self.rate_limit.as_deref() {
             let headers = response.headers_mut();
             for (name, value) in [
                 ("retry-after", limit.reset_secs),
@@ -439,6 +502,24 @@ impl From<herald_hub::aggregates::AggregateError> for ApiError {
     }
 }
 
+impl From<SchemaError> for ApiError {
+    fn from(error: SchemaError) -> Self {
+        match error {
+            SchemaError::Invalid { .. } => {
+                ApiError::new(ErrorCode::InvalidSchema, error.to_string())
+            }
+            SchemaError::NotFound(_) => ApiError::new(ErrorCode::SchemaNotFound, error.to_string()),
+            SchemaError::LimitReached(message) => ApiError::new(ErrorCode::TooManySchemas, message),
+            SchemaError::Forbidden(message) => ApiError::new(ErrorCode::Forbidden, message),
+            SchemaError::Hub(error) => error.into(),
+            other => {
+                tracing::error!(error = %other, "Internal error.");
+                ApiError::new(ErrorCode::Internal, "internal error")
+            }
+        }
+    }
+}
+
 impl From<HubError> for ApiError {
     fn from(error: HubError) -> Self {
         match error {
@@ -452,14 +533,15 @@ impl From<HubError> for ApiError {
             HubError::Forbidden(message) => ApiError::new(ErrorCode::Forbidden, message),
             HubError::RateLimited(limited) => {
                 let mut error = ApiError::new(ErrorCode::RateLimited, limited.to_string());
-                error.rate_limit = Some(RateLimitHeaders {
+                error.rate_limit = Some(Box::new(RateLimitHeaders {
                     limit: limited.per_second,
                     reset_secs: limited.retry_after.as_secs_f64().ceil().max(1.0) as u64,
-                });
+                }));
                 error
             }
             HubError::LimitReached(message) => ApiError::new(ErrorCode::RateLimited, message),
             HubError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
+            HubError::SchemaViolation(violation) => ApiError::schema_violation(violation),
             other => {
                 tracing::error!(error = %other, "Internal error.");
                 ApiError::new(ErrorCode::Internal, "internal error")

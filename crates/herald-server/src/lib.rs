@@ -312,6 +312,13 @@ pub fn routes(state: &AppState) -> Vec<(&'static str, MethodRouter<AppState>)> {
             "/api/consumers/{name}/dead-letters/{seq}",
             delete(http::consumers::discard_dead_letter),
         ),
+        ("/api/schemas", get(http::event_schemas::list_schemas)),
+        (
+            "/api/schemas/{name}",
+            get(http::event_schemas::get_schema)
+                .put(http::event_schemas::put_schema)
+                .delete(http::event_schemas::delete_schema),
+        ),
         (
             "/api/tenants",
             get(http::access::list_tenants).post(http::access::create_tenant),

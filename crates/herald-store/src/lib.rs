@@ -12,6 +12,7 @@
 //! - answer [`Store::query`] in seq order, from a consistent snapshot;
 //! - keep delivery cursors ([`Store::save_cursor`], never moving backwards) and routing
 //!   rules ([`StoredRule`], in the order they were first added) durably beside the log;
+//! - keep event schemas ([`StoredSchema`], by name) durably beside the log;
 //! - keep the NATS bridge's dead letters ([`DeadLetter`]: messages it could not ingest),
 //!   numbered in the order added, at most a given number of them (the oldest go first);
 //! - keep aggregates ([`aggregate`]): append to one only if its version meets the
@@ -209,6 +210,14 @@ pub struct StoredRule {
     pub body: String,
 }
 
+/// An event schema as the store keeps it: a name and an opaque JSON document (the hub
+/// owns its shape: the subject pattern and the JSON Schema).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSchema {
+    pub name: String,
+    pub body: String,
+}
+
 /// A NATS message the bridge could not turn into an event, as handed to the store. Texts
 /// hold no NUL character (the bridge replaces it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,6 +331,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes a rule; false when there was none with that id.
     fn delete_rule(&self, id: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Every stored event schema, by name (bytewise).
+    fn list_schemas(&self) -> impl Future<Output = Result<Vec<StoredSchema>>> + Send;
+
+    /// Inserts a schema, or replaces the body of the one with that name; true when it is
+    /// new.
+    fn put_schema(&self, schema: StoredSchema) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Deletes a schema; false when there was none with that name.
+    fn delete_schema(&self, name: &str) -> impl Future<Output = Result<bool>> + Send;
 
     /// Every record of `kind`, by id.
     fn list_access(
@@ -673,6 +692,27 @@ impl Store for AnyStore {
         match self {
             AnyStore::Embedded(s) => s.list_rules().await,
             AnyStore::Postgres(s) => s.list_rules().await,
+        }
+    }
+
+    async fn list_schemas(&self) -> Result<Vec<StoredSchema>> {
+        match self {
+            AnyStore::Embedded(s) => s.list_schemas().await,
+            AnyStore::Postgres(s) => s.list_schemas().await,
+        }
+    }
+
+    async fn put_schema(&self, schema: StoredSchema) -> Result<bool> {
+        match self {
+            AnyStore::Embedded(s) => s.put_schema(schema).await,
+            AnyStore::Postgres(s) => s.put_schema(schema).await,
+        }
+    }
+
+    async fn delete_schema(&self, name: &str) -> Result<bool> {
+        match self {
+            AnyStore::Embedded(s) => s.delete_schema(name).await,
+            AnyStore::Postgres(s) => s.delete_schema(name).await,
         }
     }
 

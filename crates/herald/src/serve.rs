@@ -121,6 +121,14 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_CONSUMERS", default_value_t = 1000)]
     max_consumers: usize,
 
+    /// Most event schemas the hub keeps (PUT /api/schemas/{name} past it is 409).
+    #[arg(long, env = "HERALD_MAX_SCHEMAS", default_value_t = 1000)]
+    max_schemas: usize,
+
+    /// Largest event schema document, in bytes of compact JSON (larger is 422).
+    #[arg(long, env = "HERALD_MAX_SCHEMA_BYTES", default_value_t = 65536)]
+    max_schema_bytes: usize,
+
     /// Most events committed in one transaction.
     #[arg(long, env = "HERALD_MAX_BATCH_EVENTS", default_value_t = 2048)]
     max_batch_events: usize,
@@ -576,6 +584,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--max-consumers must be at least 1");
     }
     hub_config.consumers.max_consumers = args.max_consumers;
+    if args.max_schemas == 0 || args.max_schema_bytes == 0 {
+        anyhow::bail!("--max-schemas and --max-schema-bytes must be at least 1");
+    }
+    hub_config.schemas = herald_hub::schemas::SchemaLimits {
+        max_schemas: args.max_schemas,
+        max_schema_bytes: args.max_schema_bytes,
+    };
     hub_config.access = herald_hub::access::AccessConfig {
         mode: match args.auth {
             AuthArg::Off => herald_hub::access::AuthMode::Off,

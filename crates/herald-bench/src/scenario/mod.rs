@@ -43,6 +43,8 @@ pub struct Options {
     pub herald_bin: PathBuf,
     pub data_parent: PathBuf,
     pub quick: bool,
+    /// (a) also measures a herald validating every event against an event schema.
+    pub schema: bool,
     /// Concurrent connections of (a) and of the store fill.
     pub connections: usize,
     /// Runs of (a) per server.

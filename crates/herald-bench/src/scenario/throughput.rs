@@ -4,11 +4,17 @@
 //! Both servers run for the whole scenario; runs alternate ceiling, herald, ceiling,
 //! herald... so slow drifts of a noisy machine hit both alike. Each run has an
 //! unmeasured warm-up; medians over the runs are reported.
+//!
+//! With `--schema` a third server joins the rotation: a herald with a 10-property event
+//! schema whose pattern matches every published event, so each one is validated; its
+//! throughput is compared with the plain herald's (the target: at most 10 % slower).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+use bytes::Bytes;
+use serde_json::json;
 
 use super::{closed_loop_publish, describe_errors, LoadResult, Options};
 use crate::process::{ServerKind, ServerProcess};
@@ -20,6 +26,70 @@ use crate::{progress, workload};
 const SETTLE_LIMIT: Duration = Duration::from_secs(10);
 /// The ratio herald / ceiling the project aims for.
 const TARGET_RATIO: f64 = 0.70;
+/// Throughput with an event schema on every event, as a share of throughput without.
+const SCHEMA_TARGET_RATIO: f64 = 0.90;
+
+/// A schema of 10 properties for the workload's payloads (6 of them in every payload,
+/// with types and bounds; 4 optional), matching every subject the workload publishes to.
+fn bench_schema() -> serde_json::Value {
+    json!({
+        "subject_pattern": "hub.bench.>",
+        "schema": {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "required": ["id", "customer", "amount_cents", "currency", "items", "note"],
+            "additionalProperties": false,
+            "properties": {
+                "id": {"type": "integer", "minimum": 0},
+                "customer": {"type": "string", "pattern": "^cust-[0-9]{6}$"},
+                "amount_cents": {"type": "integer", "minimum": 0, "maximum": 100000},
+                "currency": {"enum": ["EUR", "USD", "GBP"]},
+                "items": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["sku", "qty"],
+                        "properties": {
+                            "sku": {"type": "string", "maxLength": 32},
+                            "qty": {"type": "integer", "minimum": 1},
+                        },
+                    },
+                },
+                "note": {"type": "string", "maxLength": 1024},
+                "region": {"type": "string"},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "priority": {"type": "integer", "minimum": 0, "maximum": 9},
+                "created_by": {"type": "string", "format": "email"},
+            },
+        },
+    })
+}
+
+/// Installs [`bench_schema`] on `server` and checks that it refuses a bad event.
+async fn install_schema(server: &ServerProcess) -> Result<()> {
+    let mut admin = crate::client::Connection::open(server.addr).await?;
+    let answer = admin
+        .put_json(
+            "/api/schemas/bench",
+            Bytes::from(bench_schema().to_string()),
+        )
+        .await?;
+    if answer.status != 201 {
+        bail!("installing the schema: {} {:?}", answer.status, answer.body);
+    }
+    let bad = json!({"subject": "hub.bench.x.created", "payload": {"id": -1}});
+    let answer = admin
+        .post_json("/api/events", Bytes::from(bad.to_string()))
+        .await?;
+    if answer.status != 422 {
+        bail!(
+            "the schema does not apply: a bad event got {}",
+            answer.status
+        );
+    }
+    Ok(())
+}
 
 pub async fn run(options: &Options) -> Result<String> {
     progress!(
@@ -32,12 +102,22 @@ pub async fn run(options: &Options) -> Result<String> {
     let bodies = Arc::new(workload::body_pool(1024));
     let ceiling = ServerProcess::ceiling(&options.data_parent).await?;
     let herald = ServerProcess::herald(&options.herald_bin, &options.data_parent).await?;
+    let validating = if options.schema {
+        let server = ServerProcess::herald(&options.herald_bin, &options.data_parent).await?;
+        install_schema(&server).await?;
+        Some(server)
+    } else {
+        None
+    };
+    let mut servers = vec![&ceiling, &herald];
+    servers.extend(validating.as_ref());
 
     let mut ceiling_runs = Vec::new();
     let mut herald_runs = Vec::new();
+    let mut schema_runs = Vec::new();
     for round in 1..=options.rounds {
-        for server in [&ceiling, &herald] {
-            let waited = super::settle(&[&ceiling, &herald], SETTLE_LIMIT).await;
+        for (position, server) in servers.iter().copied().enumerate() {
+            let waited = super::settle(&servers, SETTLE_LIMIT).await;
             if waited > Duration::from_secs(1) {
                 progress!(
                     "(a) waited {:.1} s for writeback and idle servers",
@@ -55,7 +135,11 @@ pub async fn run(options: &Options) -> Result<String> {
             progress!(
                 "(a) run {round}/{} {}: {:.0} req/s, p50 {}, p99 {}, errors {}{}",
                 options.rounds,
-                server.kind.label(),
+                if position == 2 {
+                    "herald with schema"
+                } else {
+                    server.kind.label()
+                },
                 result.requests_per_second(),
                 ms_f(result.latencies.quantile(0.5) as f64),
                 ms_f(result.latencies.quantile(0.99) as f64),
@@ -66,9 +150,10 @@ pub async fn run(options: &Options) -> Result<String> {
                     .map(|e| format!(" (first: {e})"))
                     .unwrap_or_default()
             );
-            match server.kind {
-                ServerKind::Ceiling => ceiling_runs.push(result),
-                ServerKind::Herald => herald_runs.push(result),
+            match (server.kind, position) {
+                (ServerKind::Ceiling, _) => ceiling_runs.push(result),
+                (ServerKind::Herald, 1) => herald_runs.push(result),
+                (ServerKind::Herald, _) => schema_runs.push(result),
             }
         }
     }
@@ -77,6 +162,9 @@ pub async fn run(options: &Options) -> Result<String> {
     let herald_events: u64 = herald_runs.iter().map(|r| r.ok_including_warmup).sum();
     ceiling.stop().await?;
     herald.stop().await?;
+    if let Some(server) = validating {
+        server.stop().await?;
+    }
 
     let mut out =
         format!(
@@ -110,7 +198,14 @@ pub async fn run(options: &Options) -> Result<String> {
         (ServerKind::Ceiling, &ceiling_runs),
         (ServerKind::Herald, &herald_runs),
     ] {
-        table.row(summary_row(kind, runs));
+        table.row(summary_row(kind, kind.label(), runs));
+    }
+    if !schema_runs.is_empty() {
+        table.row(summary_row(
+            ServerKind::Herald,
+            "herald, 10-property schema",
+            &schema_runs,
+        ));
     }
     out.push_str(&table.render());
 
@@ -134,6 +229,32 @@ pub async fn run(options: &Options) -> Result<String> {
         format!("≥ {}", percent(TARGET_RATIO)),
         verdict(ratio >= TARGET_RATIO).into(),
     ]);
+    if !schema_runs.is_empty() {
+        let schema_rps = median_of(&schema_runs, LoadResult::requests_per_second);
+        let schema_ratio = if herald_rps > 0.0 {
+            schema_rps / herald_rps
+        } else {
+            0.0
+        };
+        let schema_errors: u64 = schema_runs.iter().map(LoadResult::errors).sum();
+        checks.row(vec![
+            "herald with a schema / herald throughput".into(),
+            format!(
+                "{} ({:.0} / {:.0} req/s)",
+                percent(schema_ratio),
+                schema_rps,
+                herald_rps
+            ),
+            format!("≥ {}", percent(SCHEMA_TARGET_RATIO)),
+            verdict(schema_ratio >= SCHEMA_TARGET_RATIO).into(),
+        ]);
+        checks.row(vec![
+            "herald with a schema: non-201 answers".into(),
+            thousands(schema_errors),
+            "0".into(),
+            verdict(schema_errors == 0).into(),
+        ]);
+    }
     checks.row(vec![
         "herald non-201 answers".into(),
         thousands(herald_errors),
@@ -162,7 +283,7 @@ fn median_of(runs: &[LoadResult], figure: impl Fn(&LoadResult) -> f64) -> f64 {
     median(&runs.iter().map(figure).collect::<Vec<_>>())
 }
 
-fn summary_row(kind: ServerKind, runs: &[LoadResult]) -> Vec<String> {
+fn summary_row(kind: ServerKind, label: &str, runs: &[LoadResult]) -> Vec<String> {
     let per_run: Vec<String> = runs
         .iter()
         .map(|r| format!("{:.0}", r.requests_per_second()))
@@ -181,7 +302,7 @@ fn summary_row(kind: ServerKind, runs: &[LoadResult]) -> Vec<String> {
         _ => 0.0,
     });
     vec![
-        kind.label().into(),
+        label.into(),
         format!(
             "**{:.0}**",
             median_of(runs, LoadResult::requests_per_second)

@@ -723,6 +723,60 @@ impl Scoped<'_> {
             .await
     }
 
+    // ---- event schemas (admin only) ----
+
+    fn require_schema_admin(&self) -> Result<(), crate::schemas::SchemaError> {
+        self.caller
+            .require_admin()
+            .map_err(|error| crate::schemas::SchemaError::Forbidden(error.to_string()))
+    }
+
+    pub fn schemas(&self) -> Result<Vec<crate::schemas::SchemaInfo>, crate::schemas::SchemaError> {
+        self.require_schema_admin()?;
+        Ok(self.hub.schemas())
+    }
+
+    pub fn schema(
+        &self,
+        name: &str,
+    ) -> Result<crate::schemas::SchemaInfo, crate::schemas::SchemaError> {
+        self.require_schema_admin()?;
+        self.hub
+            .schema(name)
+            .ok_or_else(|| crate::schemas::SchemaError::NotFound(name.to_owned()))
+    }
+
+    pub async fn put_schema(
+        &self,
+        name: &str,
+        subject_pattern: &str,
+        schema: serde_json::Value,
+    ) -> Result<(crate::schemas::PutOutcome, crate::schemas::SchemaInfo), crate::schemas::SchemaError>
+    {
+        self.require_schema_admin()?;
+        let (outcome, info) = self.hub.put_schema(name, subject_pattern, schema).await?;
+        let action = match outcome {
+            crate::schemas::PutOutcome::Created => "schema.created",
+            crate::schemas::PutOutcome::Replaced => "schema.replaced",
+        };
+        self.audit(
+            action,
+            serde_json::json!({"schema": name, "subject_pattern": info.subject_pattern.as_str()}),
+        )
+        .await;
+        Ok((outcome, info))
+    }
+
+    pub async fn delete_schema(&self, name: &str) -> Result<(), crate::schemas::SchemaError> {
+        self.require_schema_admin()?;
+        if !self.hub.delete_schema(name).await? {
+            return Err(crate::schemas::SchemaError::NotFound(name.to_owned()));
+        }
+        self.audit("schema.deleted", serde_json::json!({"schema": name}))
+            .await;
+        Ok(())
+    }
+
     // ---- tenants and keys (admin only) ----
 
     pub fn tenants(&self) -> Result<Vec<Tenant>, AccessError> {

@@ -11,7 +11,8 @@
 //! relay never sends back out.
 //!
 //! No message is dropped silently: one that cannot become an event (an invalid subject,
-//! a body over the limit, or one the store refuses) is written to the store's dead
+//! a body over the limit, a payload that fails an event schema, or one the store
+//! refuses) is written to the store's dead
 //! letters, with the reason, before it is acknowledged. Operators list and discard them
 //! over `GET /api/bridge/dead-letters`; their number is bounded
 //! ([`NatsConfig::dead_letters_max`](super::NatsConfig), the oldest go first).
@@ -203,6 +204,21 @@ async fn bridge(
             }
             messages.push((message, stream_seq));
         }
+        let events = events
+            .into_iter()
+            .filter_map(|(index, event)| {
+                // Checked one by one, so that one bad event is a dead letter of its own
+                // instead of failing the batch (the publish checks again: no way in skips it).
+                match hub.validate_schemas(std::slice::from_ref(&event)) {
+                    Ok(()) => Some((index, event)),
+                    Err(error) => {
+                        metrics::counter!("herald_bridge_schema_violations_total").increment(1);
+                        rejected.push((index, refused(&error)));
+                        None
+                    }
+                }
+            })
+            .collect();
         rejected.extend(ingest(hub, events).await?);
         let letters: Vec<NewDeadLetter> = rejected
             .into_iter()

@@ -8,6 +8,7 @@ pub mod aggregates;
 pub mod bridge;
 pub mod cloudevents;
 pub mod consumers;
+pub mod event_schemas;
 pub mod publish;
 pub mod rules;
 

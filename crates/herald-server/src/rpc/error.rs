@@ -10,7 +10,9 @@
 //! - a store that cannot serve right now, or a hub that is shutting down, is `-32000`
 //!   "Unavailable" with `data.retry: true` and `data.retry_after_secs` (the REST API's
 //!   503 + `Retry-After`), not `-32603`: clients retry `-32000` and report `-32603`;
-//! - an event id that is well formed but not stored is `-32004` "Event not found".
+//! - an event id that is well formed but not stored is `-32004` "Event not found";
+//! - a payload that fails an event schema is `-32022` "Schema violation", with the
+//!   schema, the event's index and the violations in `data`.
 
 use herald_hub::HubError;
 use serde_json::{Map, Value};
@@ -103,6 +105,13 @@ impl From<ApiError> for RpcError {
             RpcError::new(rpc, error.code, error.message).with_event_ids(&error.event_ids);
         if let Some(version) = error.current_version {
             rpc_error = rpc_error.with("current_version", version);
+        }
+        if let Some(violation) = &error.schema_violation {
+            if let Ok(Value::Object(details)) =
+                serde_json::to_value(crate::error::ViolationDetail::new(violation))
+            {
+                rpc_error.data.extend(details);
+            }
         }
         match rpc {
             RpcCode::Unavailable => {

@@ -16,6 +16,7 @@ use uuid::Uuid;
 pub mod access;
 pub mod aggregates;
 pub mod consumers;
+pub mod event_schemas;
 pub mod schema;
 
 use schema::{EventId, OriginText, Subject};

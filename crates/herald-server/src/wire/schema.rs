@@ -599,6 +599,30 @@ fn error_body(status: StatusCode) -> Value {
             "description": "For `invalid_batch`: what is wrong with each bad item.",
             "items": reference("ErrorItem"),
         });
+        detail["properties"]["schema"] = json!({
+            "type": "string",
+            "description": "For `schema_violation`: the event schema the payload fails.",
+        });
+        detail["properties"]["index"] = json!({
+            "type": "integer",
+            "minimum": 0,
+            "description": "For `schema_violation`: the event's position in the request (0 for one event).",
+        });
+        detail["properties"]["violations"] = json!({
+            "type": "array",
+            "description": format!(
+                "For `schema_violation`: where the payload fails (at most {}).",
+                herald_hub::schemas::MAX_VIOLATIONS
+            ),
+            "items": {
+                "type": "object",
+                "required": ["path", "message"],
+                "properties": {
+                    "path": {"type": "string", "description": "A JSON Pointer into the payload; empty for the payload itself."},
+                    "message": {"type": "string"},
+                },
+            },
+        });
     }
     json!({
         "type": "object",
@@ -617,12 +641,40 @@ raw_schema! {
 }
 
 raw_schema! {
+    /// An event schema's name.
+    SchemaName => json!({
+        "type": "string",
+        "pattern": "^[A-Za-z0-9_-]{1,128}$",
+        "examples": ["orders"],
+    })
+}
+
+raw_schema! {
     /// An aggregate's id: 1 to 256 bytes without whitespace, control or format characters
     /// (any such string is accepted; this pattern describes the usual ones).
     AggregateId => json!({
         "type": "string",
         "pattern": "^[A-Za-z0-9_:@-][A-Za-z0-9._:@-]{0,255}$",
         "examples": ["c-42"],
+    })
+}
+
+raw_schema! {
+    /// `PUT /api/schemas/{name}` body.
+    SchemaRequest => json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["subject_pattern", "schema"],
+        "properties": {
+            "subject_pattern": reference("SubjectPattern"),
+            "schema": {
+                "type": ["object", "boolean"],
+                "description": "A JSON Schema (2020-12 unless its `$schema` names 2019-09 or \
+                    draft 7; no `$ref` to other documents; `pattern`s without look-around or \
+                    back-references) that the payload of every event whose subject matches \
+                    `subject_pattern` must satisfy.",
+            },
+        },
     })
 }
 

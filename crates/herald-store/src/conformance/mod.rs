@@ -11,7 +11,9 @@ use std::future::Future;
 use herald_core::{NewEvent, Origin, Pattern, Payload, Seq, Subject, Timestamp};
 use uuid::Uuid;
 
-use crate::{AccessKind, AccessRecord, Appended, NewDeadLetter, Query, Store, StoredRule};
+use crate::{
+    AccessKind, AccessRecord, Appended, NewDeadLetter, Query, Store, StoredRule, StoredSchema,
+};
 
 /// `n` new events on `subject`, with payloads `{"n": 0..n}`.
 pub fn events(subject: &str, n: usize) -> Vec<NewEvent> {
@@ -51,6 +53,7 @@ where
     cursors_start_at_zero_and_never_go_back(&open().await).await;
     rules_keep_their_order_and_text(&open().await).await;
     tenants_and_keys_are_kept_by_kind_and_id(&open().await).await;
+    schemas_are_kept_by_name(&open().await).await;
     an_events_tenant_round_trips(&open().await).await;
     wildcard_characters_inside_tokens_are_literal(&open().await).await;
     dead_letters_keep_their_order_bytes_and_bound(&open().await).await;
@@ -378,6 +381,47 @@ async fn tenants_and_keys_are_kept_by_kind_and_id<S: Store>(store: &S) {
         store.list_access(AccessKind::Tenant).await.unwrap(),
         vec![record("beta", "{}")]
     );
+}
+
+/// Event schemas: put says whether the name is new, replaces the body in place, lists
+/// by name (bytewise), keeps the text exactly, and delete says whether it found one.
+async fn schemas_are_kept_by_name<S: Store>(store: &S) {
+    let schema = |name: &str, body: &str| StoredSchema {
+        name: name.into(),
+        body: body.into(),
+    };
+    assert!(store.list_schemas().await.unwrap().is_empty());
+    assert!(store
+        .put_schema(schema("orders", r#"{"v":1}"#))
+        .await
+        .unwrap());
+    assert!(!store
+        .put_schema(schema("orders", r#"{"v":2}"#))
+        .await
+        .unwrap());
+    assert!(store.put_schema(schema("Zeta", "{}")).await.unwrap());
+    assert!(store
+        .put_schema(schema("alpha", AWKWARD_RULE_BODY))
+        .await
+        .unwrap());
+    let listed = store.list_schemas().await.unwrap();
+    assert_eq!(
+        listed,
+        vec![
+            schema("Zeta", "{}"),
+            schema("alpha", AWKWARD_RULE_BODY),
+            schema("orders", r#"{"v":2}"#),
+        ]
+    );
+    assert!(store.delete_schema("orders").await.unwrap());
+    assert!(!store.delete_schema("orders").await.unwrap());
+    assert!(!store.delete_schema("missing").await.unwrap());
+    assert_eq!(
+        store.list_schemas().await.unwrap(),
+        vec![schema("Zeta", "{}"), schema("alpha", AWKWARD_RULE_BODY)]
+    );
+    // A name deleted can be put again, as new.
+    assert!(store.put_schema(schema("orders", "{}")).await.unwrap());
 }
 
 /// The tenant stamped on an event is read back by get, query and seq.

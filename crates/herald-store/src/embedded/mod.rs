@@ -41,7 +41,7 @@ use crate::consumer::{
 };
 use crate::{
     AccessKind, AccessRecord, Appended, DeadLetter, NewDeadLetter, Page, Query, Result, Store,
-    StoreError, StoreHealth, StoredRule,
+    StoreError, StoreHealth, StoredRule, StoredSchema,
 };
 
 /// Tuning for the embedded store.
@@ -865,6 +865,46 @@ impl Store for EmbeddedStore {
         self.with_writer(move |conn| {
             conn.prepare_cached("DELETE FROM rules WHERE id = ?1")?
                 .execute([id])
+                .map(|deleted| deleted > 0)
+        })
+        .await
+    }
+
+    async fn list_schemas(&self) -> Result<Vec<StoredSchema>> {
+        self.with_reader(|conn| {
+            conn.prepare_cached("SELECT name, body FROM schemas ORDER BY name")?
+                .query_map([], |row| {
+                    Ok(StoredSchema {
+                        name: row.get(0)?,
+                        body: row.get(1)?,
+                    })
+                })?
+                .collect()
+        })
+        .await
+    }
+
+    async fn put_schema(&self, schema: StoredSchema) -> Result<bool> {
+        // One writer connection: nothing changes the row between the two statements.
+        self.with_writer(move |conn| {
+            let existed = conn
+                .prepare_cached("SELECT 1 FROM schemas WHERE name = ?1")?
+                .exists([&schema.name])?;
+            conn.prepare_cached(
+                "INSERT INTO schemas (name, body) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET body = excluded.body",
+            )?
+            .execute(params![schema.name, schema.body])?;
+            Ok(!existed)
+        })
+        .await
+    }
+
+    async fn delete_schema(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.with_writer(move |conn| {
+            conn.prepare_cached("DELETE FROM schemas WHERE name = ?1")?
+                .execute([name])
                 .map(|deleted| deleted > 0)
         })
         .await

@@ -152,6 +152,12 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         created_at     INTEGER NOT NULL,
         PRIMARY KEY (tenant, aggregate_type, aggregate_id, version)
     ) WITHOUT ROWID;",
+    // 10: event schemas, by name (opaque JSON
+    // documents the hub owns: the subject pattern and the JSON Schema).
+    "CREATE TABLE schemas (
+        name TEXT PRIMARY KEY,
+        body TEXT NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes.

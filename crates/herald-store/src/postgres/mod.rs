@@ -161,7 +161,7 @@ use crate::consumer::{
 };
 use crate::{
     redact_url, AccessKind, AccessRecord, Appended, DeadLetter, NewDeadLetter, Page, Query, Result,
-    Store, StoreError, StoreHealth, StoredRule,
+    Store, StoreError, StoreHealth, StoredRule, StoredSchema,
 };
 
 /// Tuning and safety switches for the PostgreSQL store.
@@ -714,6 +714,58 @@ impl Store for PostgresStore {
                     .prepare_cached("DELETE FROM rules WHERE id = $1")
                     .await?;
                 Ok(client.execute(&stmt, &[&id]).await? > 0)
+            })
+        })
+        .await
+    }
+
+    async fn list_schemas(&self) -> Result<Vec<StoredSchema>> {
+        self.with_client(self.call_timeout(), |client| {
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached("SELECT name, body FROM schemas ORDER BY name")
+                    .await?;
+                let rows = client.query(&stmt, &[]).await?;
+                Ok(rows
+                    .iter()
+                    .map(|row| StoredSchema {
+                        name: row.get(0),
+                        body: row.get(1),
+                    })
+                    .collect())
+            })
+        })
+        .await
+    }
+
+    async fn put_schema(&self, schema: StoredSchema) -> Result<bool> {
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move {
+                // `xmax` is 0 on a row this statement inserted, not on one it updated.
+                let stmt = client
+                    .prepare_cached(
+                        "INSERT INTO schemas (name, body) VALUES ($1, $2)
+                         ON CONFLICT (name) DO UPDATE SET body = excluded.body
+                         RETURNING (xmax = 0)",
+                    )
+                    .await?;
+                let row = client
+                    .query_one(&stmt, &[&schema.name, &schema.body])
+                    .await?;
+                Ok(row.get::<_, bool>(0))
+            })
+        })
+        .await
+    }
+
+    async fn delete_schema(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached("DELETE FROM schemas WHERE name = $1")
+                    .await?;
+                Ok(client.execute(&stmt, &[&name]).await? > 0)
             })
         })
         .await

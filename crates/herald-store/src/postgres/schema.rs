@@ -160,6 +160,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (tenant, aggregate_type, aggregate_id, version)
     );
     "#,
+    // 8: event schemas, by name (opaque JSON
+    // documents the hub owns: the subject pattern and the JSON Schema).
+    r#"
+    CREATE TABLE schemas (
+        name TEXT COLLATE "C" PRIMARY KEY,
+        body TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -327,6 +327,31 @@ async fn bad_appends_are_refused_and_store_nothing() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+    // A subject's schema holds for aggregate events too.
+    let response = http
+        .put(herald.url("/api/schemas/orders"))
+        .json(&json!({
+            "subject_pattern": "hub.*.order.>",
+            "schema": {"type": "object", "required": ["amount"]},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let (status, body) = append(
+        &http,
+        &base,
+        "order/o-1",
+        &json!({"events": [{"type": "order.placed", "payload": {"amount": 3}},
+                           {"type": "order.placed", "payload": {}}]}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("schema_violation")),
+        "{body}"
+    );
+    assert_eq!(body["error"]["schema"], "orders");
     assert_eq!(
         herald.event_count().await,
         0,

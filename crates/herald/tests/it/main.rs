@@ -18,6 +18,7 @@ mod lifecycle;
 mod nats;
 mod postgres;
 mod rules;
+mod schemas;
 mod stream;
 mod tls;
 mod transfer;
