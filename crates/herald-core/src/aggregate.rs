@@ -19,6 +19,9 @@ pub const MAX_AGGREGATE_TYPE_BYTES: usize = 64;
 pub const MAX_AGGREGATE_ID_BYTES: usize = 256;
 /// Longest event type, in bytes.
 pub const MAX_EVENT_TYPE_BYTES: usize = 128;
+/// Most tokens of an event type (so that the default subject stays within a subject's
+/// token limit).
+pub const MAX_EVENT_TYPE_TOKENS: usize = 32;
 
 /// What makes an event one of an aggregate's events.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,7 +79,7 @@ pub enum AggregateNameError {
     Type(String),
     #[error("aggregate id must be 1 to {MAX_AGGREGATE_ID_BYTES} bytes without whitespace, control or invisible format characters")]
     Id,
-    #[error("event type must be 1 to {MAX_EVENT_TYPE_BYTES} bytes of dot-separated tokens without wildcards or whitespace (`context.created`): {0}")]
+    #[error("event type must be 1 to {MAX_EVENT_TYPE_BYTES} bytes of at most {MAX_EVENT_TYPE_TOKENS} dot-separated tokens without wildcards or whitespace (`context.created`): {0}")]
     EventType(String),
 }
 
@@ -111,6 +114,12 @@ pub fn check_event_type(event_type: &str) -> Result<(), AggregateNameError> {
         return Err(AggregateNameError::EventType(format!(
             "{} bytes long",
             event_type.len()
+        )));
+    }
+    let tokens = event_type.split('.').count();
+    if tokens > MAX_EVENT_TYPE_TOKENS {
+        return Err(AggregateNameError::EventType(format!(
+            "{tokens} tokens; the most is {MAX_EVENT_TYPE_TOKENS}"
         )));
     }
     Subject::new(event_type)

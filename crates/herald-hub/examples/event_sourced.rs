@@ -26,7 +26,10 @@ struct Context {
 impl Context {
     fn create(&mut self, name: &str, description: &str) -> anyhow::Result<()> {
         anyhow::ensure!(self.version == 0, "the context exists already");
-        self.record("context.created", json!({"name": name, "description": description}));
+        self.record(
+            "context.created",
+            json!({"name": name, "description": description}),
+        );
         Ok(())
     }
 

@@ -137,6 +137,8 @@ use crate::wire::schema::{
             crate::wire::aggregates::AggregateEvents,
             crate::wire::aggregates::Snapshot,
             crate::wire::schema::AggregateType,
+            crate::wire::schema::ExpectedVersion,
+            crate::wire::schema::EventType,
             crate::wire::schema::AggregateId,
             crate::wire::consumers::Consumer,
             crate::wire::consumers::ConsumerState,

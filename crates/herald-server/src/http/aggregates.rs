@@ -159,7 +159,7 @@ fn load_params(raw: &str) -> Result<(u64, usize), ApiError> {
                 from_version = value
                     .parse::<u64>()
                     .ok()
-                    .filter(|v| *v < i64::MAX as u64)
+                    .filter(|v| *v <= i64::MAX as u64)
                     .ok_or_else(|| {
                         invalid_query(format!(
                             "`from_version` must be a whole number ≥ 0, got {:?}",

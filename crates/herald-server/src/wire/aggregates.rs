@@ -39,9 +39,9 @@ fn whole_number(value: &Value) -> Option<u64> {
     })
 }
 
-/// `"any"`, `"no_stream"`, `"exists"` or a version (absent: `"any"`).
+/// `"any"`, `"no_stream"`, `"exists"` or a version (absent or null: `"any"`).
 pub fn expected_version(value: Option<&Value>) -> Result<ExpectedVersion, FieldError> {
-    let Some(value) = value else {
+    let Some(value) = value.filter(|v| !v.is_null()) else {
         return Ok(ExpectedVersion::Any);
     };
     match value {
@@ -65,7 +65,7 @@ fn object_field(
     field: &str,
 ) -> Result<Option<Payload>, FieldError> {
     match item.get(name) {
-        None => Ok(None),
+        None | Some(Value::Null) => Ok(None),
         Some(Value::Object(map)) => {
             let payload = Payload::from_value(map);
             herald_core::check_payload(payload.get())
@@ -183,7 +183,8 @@ pub fn snapshot_request(body: &Map<String, Value>) -> Result<(u64, Payload), Fie
 }
 
 /// The append request body, for the API description.
-#[derive(ToSchema)]
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 #[schema(example = json!({
     "expected_version": "no_stream",
@@ -192,18 +193,19 @@ pub fn snapshot_request(body: &Map<String, Value>) -> Result<(u64, Payload), Fie
 pub struct AppendBody {
     /// `"any"` (the default), `"no_stream"`, `"exists"`, or the version the aggregate
     /// must be at.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<crate::wire::schema::ExpectedVersion>)]
     expected_version: (),
     #[schema(min_items = 1, max_items = 1000)]
     events: Vec<AppendEvent>,
 }
 
 /// One event of an append.
-#[derive(ToSchema)]
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct AppendEvent {
     /// Dot-separated tokens, no wildcards (`context.created`).
-    #[schema(value_type = crate::wire::schema::Subject)]
+    #[schema(value_type = crate::wire::schema::EventType)]
     r#type: String,
     /// The event's data: a JSON object.
     #[schema(value_type = Object)]
@@ -222,7 +224,8 @@ pub struct AppendEvent {
 }
 
 /// The snapshot request body, for the API description.
-#[derive(ToSchema)]
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct SnapshotBody {
     /// The version the state is at (at most the aggregate's version).

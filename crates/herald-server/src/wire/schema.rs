@@ -632,6 +632,28 @@ fn error_body(status: StatusCode) -> Value {
 }
 
 raw_schema! {
+    /// The condition of an append to an aggregate.
+    ExpectedVersion => json!({
+        "oneOf": [
+            {"type": "string", "enum": ["any", "no_stream", "exists"]},
+            {"type": "integer", "minimum": 0, "maximum": i64::MAX},
+        ],
+        "examples": ["no_stream", 3],
+    })
+}
+
+raw_schema! {
+    /// What happened, as the domain names it: dot-separated tokens (any such text
+    /// without wildcards or whitespace is accepted; this pattern describes the usual ones).
+    EventType => json!({
+        "type": "string",
+        "maxLength": herald_core::aggregate::MAX_EVENT_TYPE_BYTES,
+        "pattern": "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+){0,31}$",
+        "examples": ["context.created"],
+    })
+}
+
+raw_schema! {
     /// An aggregate's type: a token of its events' default subject.
     AggregateType => json!({
         "type": "string",
