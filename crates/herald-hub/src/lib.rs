@@ -38,6 +38,7 @@ pub mod envelope;
 mod follower;
 pub mod log_throttle;
 pub mod nats;
+pub mod retention;
 pub mod rules;
 pub mod schemas;
 mod services;
@@ -101,6 +102,11 @@ pub struct HubConfig {
     pub access: access::AccessConfig,
     /// Bounds of event schemas.
     pub schemas: schemas::SchemaLimits,
+    /// Retention policies declared in configuration: they replace the stored ones at
+    /// start. `None`: keep what the store has (set over the API).
+    pub retention: Option<Vec<retention::PolicySpec>>,
+    /// How often retention runs (it also runs at once after a change).
+    pub retention_interval: std::time::Duration,
     /// Let webhooks reach loopback, private, link-local and metadata addresses, which
     /// [`rules::guard`] refuses by default (against server-side request forgery).
     pub webhook_allow_private: bool,
@@ -118,6 +124,8 @@ impl HubConfig {
             consumers: consumers::ConsumerLimits::default(),
             access: access::AccessConfig::default(),
             schemas: schemas::SchemaLimits::default(),
+            retention: None,
+            retention_interval: std::time::Duration::from_secs(10),
             webhook_allow_private: false,
         }
     }
@@ -245,6 +253,10 @@ struct Inner {
     access: access::Registry,
     /// Event schemas, compiled (see [`schemas`]).
     schemas: schemas::Schemas,
+    /// Retention policies in force (see [`retention`]), and the wake-up of their service
+    /// after a change.
+    retention: retention::Policies,
+    retention_wake: tokio::sync::Notify,
 }
 
 /// How far the NATS relay has got.
@@ -300,6 +312,8 @@ impl Hub {
                 other => HubError::Internal(other.to_string()),
             })?;
         let schemas = schemas::Schemas::open(config.schemas.clone(), &store).await?;
+        let retention = retention::Policies::default();
+        retention.reload(&store).await?;
         let (publish_tx, publish_rx) = mpsc::channel(config.publish_queue.max(1));
         let (consumers, consumer_ops) = consumers::Consumers::new(config.consumers.clone());
         let inner = Arc::new(Inner {
@@ -330,9 +344,28 @@ impl Hub {
             consumers,
             access,
             schemas,
+            retention,
+            retention_wake: tokio::sync::Notify::new(),
         });
         start_services(&inner, publish_rx, consumer_ops, external_commits);
         let hub = Hub { inner };
+        if let Some(declared) = hub.inner.config.retention.clone() {
+            hub.set_retention(declared)
+                .await
+                .map_err(|error| match error {
+                    retention::RetentionError::Hub(error) => error,
+                    other => {
+                        HubError::Internal(format!("the configured retention policies: {other}"))
+                    }
+                })?;
+        }
+        let (retainer, interval) = (hub.inner.clone(), hub.inner.config.retention_interval);
+        hub.inner.services.spawn(
+            "retention",
+            services::Stage::Consumers,
+            services::Ending::Abort,
+            move |_| retention::run(retainer, interval),
+        );
         rules::Rules::start(&hub);
         let upkeep = hub.clone();
         hub.inner.services.spawn(

@@ -224,6 +224,7 @@ async fn services_are_listed_in_stop_order_and_all_stop_at_shutdown() {
         [
             "committer",
             "consumer ops",
+            "retention",
             "rules",
             "consumer upkeep",
             "access reload",

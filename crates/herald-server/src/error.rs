@@ -130,6 +130,8 @@ error_codes! {
     SchemaNotFound = "schema_not_found" => NOT_FOUND, InvalidParams,
     /// The hub already keeps the most event schemas it takes (`--max-schemas`).
     TooManySchemas = "too_many_schemas" => CONFLICT, InvalidRequest,
+    /// A retention policy is malformed (the message names it and the field).
+    InvalidRetention = "invalid_retention" => UNPROCESSABLE_ENTITY, InvalidParams,
     TooManyStreams = "too_many_streams" => SERVICE_UNAVAILABLE, Unavailable,
     /// The server is at its connection cap (`HERALD_MAX_CONNECTIONS`); only health checks
     /// are answered on the reserve above it.

@@ -284,6 +284,10 @@ pub fn routes(state: &AppState) -> Vec<(&'static str, MethodRouter<AppState>)> {
             "/api/aggregates/{aggregate_type}/{aggregate_id}/snapshot",
             get(http::aggregates::load_snapshot).put(http::aggregates::save_snapshot),
         ),
+        (
+            "/api/retention",
+            get(http::retention::get_retention).put(http::retention::put_retention),
+        ),
         ("/api/consumers", get(http::consumers::list_consumers)),
         (
             "/api/consumers/{name}",

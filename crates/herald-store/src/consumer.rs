@@ -141,6 +141,8 @@ pub struct ConsumerState {
     /// Of those, delivered more than once.
     pub num_redelivered: u64,
     pub num_dead_letters: u64,
+    /// Matching events retention deleted before this consumer was handed them.
+    pub skipped_by_retention: u64,
 }
 
 /// One delivery of one message, as a client acks it.

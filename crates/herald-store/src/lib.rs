@@ -43,6 +43,7 @@ pub mod consumer;
 pub mod embedded;
 mod plan;
 pub mod postgres;
+pub mod retention;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -55,6 +56,7 @@ pub use consumer::{
 };
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use postgres::{PostgresOptions, PostgresStore};
+pub use retention::{RetentionPass, RetentionPolicy};
 
 /// Most events one query may return.
 pub const MAX_QUERY_LIMIT: usize = 1000;
@@ -284,6 +286,24 @@ pub trait Store: Send + Sync + 'static {
         &self,
         key: AggregateKey,
     ) -> impl Future<Output = Result<Option<Snapshot>>> + Send;
+
+    /// Deletes at most `budget` events that `policies` no longer keep (see
+    /// [`retention`]), oldest first, in one transaction: a query or stream sees all of a
+    /// pass or none of it. Consumers that had not been handed a deleted event count it
+    /// in [`ConsumerState::skipped_by_retention`]. Several processes sharing the store
+    /// may call it; one pass runs at a time.
+    fn enforce_retention(
+        &self,
+        policies: Vec<RetentionPolicy>,
+        now: Timestamp,
+        budget: usize,
+    ) -> impl Future<Output = Result<RetentionPass>> + Send;
+
+    /// A setting the hub keeps in the store (an opaque document), if saved.
+    fn load_setting(&self, name: &str) -> impl Future<Output = Result<Option<String>>> + Send;
+
+    /// Saves a setting durably, replacing the earlier one.
+    fn save_setting(&self, name: &str, body: String) -> impl Future<Output = Result<()>> + Send;
 
     fn query(&self, query: Query) -> impl Future<Output = Result<Page>> + Send;
 
@@ -615,6 +635,32 @@ impl Store for AnyStore {
         match self {
             AnyStore::Embedded(s) => s.load_snapshot(key).await,
             AnyStore::Postgres(s) => s.load_snapshot(key).await,
+        }
+    }
+
+    async fn enforce_retention(
+        &self,
+        policies: Vec<RetentionPolicy>,
+        now: Timestamp,
+        budget: usize,
+    ) -> Result<RetentionPass> {
+        match self {
+            AnyStore::Embedded(s) => s.enforce_retention(policies, now, budget).await,
+            AnyStore::Postgres(s) => s.enforce_retention(policies, now, budget).await,
+        }
+    }
+
+    async fn load_setting(&self, name: &str) -> Result<Option<String>> {
+        match self {
+            AnyStore::Embedded(s) => s.load_setting(name).await,
+            AnyStore::Postgres(s) => s.load_setting(name).await,
+        }
+    }
+
+    async fn save_setting(&self, name: &str, body: String) -> Result<()> {
+        match self {
+            AnyStore::Embedded(s) => s.save_setting(name, body).await,
+            AnyStore::Postgres(s) => s.save_setting(name, body).await,
         }
     }
 

@@ -1070,7 +1070,8 @@ async fn a_version_1_schema_migrates_at_open() {
         .batch_execute(
             "DROP TABLE cursors, rules, bridge_dead_letters,
                         consumers, consumer_pending, consumer_dead_letters, access,
-                        aggregates, snapshots, schemas;
+                        aggregates, snapshots, schemas, settings;
+             ALTER TABLE subjects DROP COLUMN bytes;
              ALTER TABLE events DROP COLUMN tenant, DROP COLUMN aggregate_type,
                  DROP COLUMN aggregate_id, DROP COLUMN aggregate_version,
                  DROP COLUMN event_type, DROP COLUMN metadata;

@@ -23,6 +23,7 @@ use crate::aggregates::{AggregateError, AggregateWritten, DomainEvent};
 use crate::consumers::{
     ConsumerConfig, ConsumerError, ConsumerInfo, Message, PutOutcome, Settle, Settled,
 };
+use crate::retention::{PolicySpec, RetentionError};
 use crate::rules::{Action, RuleError, RuleId, RuleInfo, RuleSpec};
 use crate::{Hub, HubError, Published, StartAt, Subscription};
 
@@ -45,6 +46,13 @@ impl Hub {
 
 fn forbidden(message: String) -> HubError {
     HubError::Forbidden(message)
+}
+
+fn admin_only(error: AccessError) -> HubError {
+    match error {
+        AccessError::Hub(error) => error,
+        other => HubError::Forbidden(other.to_string()),
+    }
 }
 
 impl Scoped<'_> {
@@ -185,6 +193,23 @@ impl Scoped<'_> {
             )));
         }
         Ok(Some(tenant))
+    }
+
+    // ---- retention ----
+
+    /// The retention policies (admin keys only).
+    pub fn retention(&self) -> Result<Vec<PolicySpec>, HubError> {
+        self.caller.require_admin().map_err(admin_only)?;
+        Ok(self.hub.retention())
+    }
+
+    /// Replaces the retention policies (admin keys only).
+    pub async fn set_retention(&self, specs: Vec<PolicySpec>) -> Result<(), RetentionError> {
+        self.caller.require_admin().map_err(admin_only)?;
+        let target = serde_json::to_value(&specs).unwrap_or_default();
+        self.hub.set_retention(specs).await?;
+        self.audit("retention.replaced", target).await;
+        Ok(())
     }
 
     // ---- aggregates ----

@@ -130,6 +130,8 @@ pub struct ConsumerStatus {
     pub num_ack_pending: u64,
     pub num_redelivered: u64,
     pub num_dead_letters: u64,
+    /// Matching events retention deleted before they were handed out.
+    pub skipped_by_retention: u64,
     pub stalled: Option<Stall>,
 }
 
@@ -482,6 +484,7 @@ impl Hub {
                 num_ack_pending: state.num_ack_pending,
                 num_redelivered: state.num_redelivered,
                 num_dead_letters: state.num_dead_letters,
+                skipped_by_retention: state.skipped_by_retention,
                 stalled,
             },
         })

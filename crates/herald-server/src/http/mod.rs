@@ -10,6 +10,7 @@ pub mod cloudevents;
 pub mod consumers;
 pub mod event_schemas;
 pub mod publish;
+pub mod retention;
 pub mod rules;
 
 pub use publish::{publish_batch, publish_event, publish_legacy};

@@ -56,6 +56,9 @@ pub struct ConsumerState {
     /// Of those, delivered more than once.
     pub num_redelivered: u64,
     pub num_dead_letters: u64,
+    /// Matching events retention deleted before they were handed out: skipped, never
+    /// silently.
+    pub skipped_by_retention: u64,
     /// Why nothing new is delivered although events wait: `max_ack_pending` (the pending
     /// set is full; ack or raise the limit). `null` otherwise.
     pub stalled: Option<&'static str>,
@@ -97,6 +100,7 @@ impl From<ConsumerInfo> for Consumer {
                 num_ack_pending: info.state.num_ack_pending,
                 num_redelivered: info.state.num_redelivered,
                 num_dead_letters: info.state.num_dead_letters,
+                skipped_by_retention: info.state.skipped_by_retention,
                 stalled: info.state.stalled.map(|s| s.as_str()),
             },
         }

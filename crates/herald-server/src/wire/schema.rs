@@ -632,6 +632,17 @@ fn error_body(status: StatusCode) -> Value {
 }
 
 raw_schema! {
+    /// A maximum age: whole seconds, or a number with a unit.
+    MaxAge => json!({
+        "oneOf": [
+            {"type": "integer", "minimum": 1, "maximum": 9_007_199_254_740_991_u64},
+            {"type": "string", "pattern": "^[1-9][0-9]{0,8}[smhdw]$"},
+        ],
+        "examples": ["30d", 3600],
+    })
+}
+
+raw_schema! {
     /// The condition of an append to an aggregate.
     ExpectedVersion => json!({
         "oneOf": [

@@ -25,7 +25,11 @@ fn at_ms(ms: i64) -> Timestamp {
     Timestamp::from_micros(T0 + ms * 1000)
 }
 
-fn policy(ack_wait_ms: u64, max_deliver: Option<u32>, backoff: &[u64]) -> DeliveryPolicy {
+pub(super) fn policy(
+    ack_wait_ms: u64,
+    max_deliver: Option<u32>,
+    backoff: &[u64],
+) -> DeliveryPolicy {
     DeliveryPolicy {
         ack_wait_ms,
         max_deliver,
@@ -34,7 +38,7 @@ fn policy(ack_wait_ms: u64, max_deliver: Option<u32>, backoff: &[u64]) -> Delive
     }
 }
 
-fn new_consumer(name: &str, filters: &[&str], policy: DeliveryPolicy) -> NewConsumer {
+pub(super) fn new_consumer(name: &str, filters: &[&str], policy: DeliveryPolicy) -> NewConsumer {
     NewConsumer {
         name: name.into(),
         epoch: 0x5eed,

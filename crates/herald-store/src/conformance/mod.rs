@@ -5,6 +5,7 @@
 
 mod aggregates;
 mod consumers;
+mod retention;
 
 use std::future::Future;
 
@@ -59,6 +60,7 @@ where
     dead_letters_keep_their_order_bytes_and_bound(&open().await).await;
     aggregates::run(&open().await).await;
     consumers::run(&open().await).await;
+    retention::run(&open().await).await;
 }
 
 /// `*`, `>` and `%` inside a token are ordinary characters (as in NATS), and so are SQL's

@@ -16,6 +16,7 @@
 mod aggregates;
 mod consumers;
 mod query;
+mod retention;
 mod schema;
 
 use std::collections::HashMap;
@@ -39,6 +40,7 @@ use crate::consumer::{
     ConsumerCall, ConsumerDeadLetter, ConsumerOp, ConsumerOutcome, ConsumerRecord, ConsumerState,
     CreateConsumer, DeliveryPolicy, NewConsumer,
 };
+use crate::retention::{RetentionPass, RetentionPolicy};
 use crate::{
     AccessKind, AccessRecord, Appended, DeadLetter, NewDeadLetter, Page, Query, Result, Store,
     StoreError, StoreHealth, StoredRule, StoredSchema,
@@ -226,6 +228,15 @@ impl EmbeddedStore {
             .optional()
             .map_err(open_error)?
             .unwrap_or((0, i64::MIN));
+        // Retention may have deleted the newest events: their seqs are never given again.
+        let deleted_through: i64 = conn
+            .query_row(
+                "SELECT IFNULL(MAX(seq), 0) FROM cursors WHERE name = ?1",
+                [crate::retention::DELETED_THROUGH],
+                |row| row.get(0),
+            )
+            .map_err(open_error)?;
+        let last_seq = last_seq.max(deleted_through.max(0) as Seq);
 
         let checkpointer = spawn_checkpointer(&path, options.checkpoint_interval)?;
         tracing::info!(path = %path.display(), head = last_seq, "Embedded store opened.");
@@ -382,7 +393,7 @@ impl EmbeddedStore {
                 let inserted =
                     insert_event(&mut insert, &event, next_seq, ts).map_err(map_error)?;
                 if inserted == 1 {
-                    subjects.add(event.subject.as_str(), next_seq);
+                    subjects.add(event.subject.as_str(), event.payload.get().len(), next_seq);
                     out.push(Appended::Stored(event.commit(next_seq, timestamp)));
                     next_seq += 1;
                 } else {
@@ -450,7 +461,7 @@ impl EmbeddedStore {
                         event.id
                     )));
                 }
-                subjects.add(event.subject.as_str(), event.seq);
+                subjects.add(event.subject.as_str(), event.payload.get().len(), event.seq);
             }
             subjects.write(&tx).map_err(map_error)?;
             aggregates::set_version(&tx, &append.key, current + count).map_err(map_error)?;
@@ -534,28 +545,31 @@ fn insert_committed(
     ])
 }
 
-/// Per subject, the events a transaction adds and its last seq, for the `subjects` table.
+/// Per subject, the events a transaction adds, their payload bytes and its last seq, for
+/// the `subjects` table.
 #[derive(Default)]
-struct SubjectCounts(HashMap<String, (i64, Seq)>);
+struct SubjectCounts(HashMap<String, (i64, i64, Seq)>);
 
 impl SubjectCounts {
-    fn add(&mut self, subject: &str, seq: Seq) {
+    fn add(&mut self, subject: &str, bytes: usize, seq: Seq) {
         let entry = match self.0.get_mut(subject) {
             Some(entry) => entry,
-            None => self.0.entry(subject.to_owned()).or_insert((0, 0)),
+            None => self.0.entry(subject.to_owned()).or_insert((0, 0, 0)),
         };
         entry.0 += 1;
-        entry.1 = seq;
+        entry.1 += bytes as i64;
+        entry.2 = seq;
     }
 
     fn write(self, tx: &Connection) -> rusqlite::Result<()> {
         let mut upsert = tx.prepare_cached(
-            "INSERT INTO subjects (subject, events, last_seq) VALUES (?1, ?2, ?3)
+            "INSERT INTO subjects (subject, events, bytes, last_seq) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (subject) DO UPDATE
-             SET events = events + excluded.events, last_seq = excluded.last_seq",
+             SET events = events + excluded.events, bytes = bytes + excluded.bytes,
+                 last_seq = excluded.last_seq",
         )?;
-        for (subject, (count, last_seq)) in self.0 {
-            upsert.execute(params![subject, count, last_seq as i64])?;
+        for (subject, (count, bytes, last_seq)) in self.0 {
+            upsert.execute(params![subject, count, bytes, last_seq as i64])?;
         }
         Ok(())
     }
@@ -695,6 +709,51 @@ impl Store for EmbeddedStore {
     async fn load_snapshot(&self, key: AggregateKey) -> Result<Option<Snapshot>> {
         self.with_reader(move |conn| aggregates::load_snapshot(conn, &key))
             .await
+    }
+
+    async fn enforce_retention(
+        &self,
+        policies: Vec<RetentionPolicy>,
+        now: Timestamp,
+        budget: usize,
+    ) -> Result<RetentionPass> {
+        if policies.iter().all(|p| !p.limits()) {
+            return Ok(RetentionPass::default());
+        }
+        let budget = budget.max(1);
+        let pass = self
+            .in_write_transaction(move |conn| retention::enforce(conn, &policies, now, budget))
+            .await?;
+        if pass.deleted_events > 0 {
+            // Give the freed pages back to the file system (databases created with
+            // incremental auto-vacuum; a no-op for older ones).
+            self.with_writer(|conn| conn.execute_batch("PRAGMA incremental_vacuum"))
+                .await?;
+        }
+        Ok(pass)
+    }
+
+    async fn load_setting(&self, name: &str) -> Result<Option<String>> {
+        let name = name.to_owned();
+        self.with_reader(move |conn| {
+            conn.prepare_cached("SELECT body FROM settings WHERE name = ?1")?
+                .query_row([name], |row| row.get(0))
+                .optional()
+        })
+        .await
+    }
+
+    async fn save_setting(&self, name: &str, body: String) -> Result<()> {
+        let name = name.to_owned();
+        self.with_writer(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO settings (name, body) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET body = excluded.body",
+            )?
+            .execute(params![name, body])
+            .map(drop)
+        })
+        .await
     }
 
     async fn query(&self, query: Query) -> Result<Page> {

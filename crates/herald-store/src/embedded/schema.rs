@@ -158,6 +158,17 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         body TEXT NOT NULL
     ) WITHOUT ROWID;",
+    // 11: retention: each subject's payload bytes (for `max_bytes`), what each consumer
+    // missed because retention deleted it first, and the hub's settings (the retention
+    // policies, as JSON the hub owns).
+    "ALTER TABLE subjects ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+    UPDATE subjects SET bytes = IFNULL(
+        (SELECT SUM(length(CAST(payload AS BLOB))) FROM events WHERE events.subject = subjects.subject), 0);
+    ALTER TABLE consumers ADD COLUMN skipped_by_retention INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE settings (
+        name TEXT PRIMARY KEY,
+        body TEXT NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes.
@@ -210,6 +221,12 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         return Err(StoreError::Open(format!(
             "the database has schema version {current}, newer than this Herald understands ({SCHEMA_VERSION}); upgrade Herald"
         )));
+    }
+    if current == 0 {
+        // A new database: pages freed by retention go back to the file system (this can
+        // only be set before the first table is created).
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")
+            .map_err(open_error)?;
     }
     for (version, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let mut apply = || -> rusqlite::Result<()> {

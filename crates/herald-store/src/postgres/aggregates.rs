@@ -22,8 +22,11 @@ const INSERT_EVENT: &str = r#"INSERT INTO events (seq, id, subject, correlation_
                     aggregate_type, aggregate_id, aggregate_version, event_type, metadata)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"#;
 
-const UPSERT_SUBJECT: &str = "INSERT INTO subjects (subject, events, last_seq) VALUES ($1, 1, $2)
-     ON CONFLICT (subject) DO UPDATE SET events = subjects.events + 1, last_seq = excluded.last_seq";
+const UPSERT_SUBJECT: &str =
+    "INSERT INTO subjects (subject, events, bytes, last_seq) VALUES ($1, 1, $3, $2)
+     ON CONFLICT (subject) DO UPDATE
+     SET events = subjects.events + 1, bytes = subjects.bytes + excluded.bytes,
+         last_seq = excluded.last_seq";
 
 const SET_VERSION: &str = "INSERT INTO aggregates (tenant, aggregate_type, aggregate_id, version)
      VALUES ($1, $2, $3, $4)
@@ -107,7 +110,8 @@ pub(super) async fn append(
                 .map(Payload::get),
         ];
         tx.execute(&insert, &params).await?;
-        tx.execute(&upsert, &[&event.subject.as_str(), &seq])
+        let bytes = event.payload.get().len() as i64;
+        tx.execute(&upsert, &[&event.subject.as_str(), &seq, &bytes])
             .await?;
     }
     let new_head = (head_seq + count) as i64;

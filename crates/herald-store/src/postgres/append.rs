@@ -54,10 +54,11 @@ const COPY_TYPES: [Type; 11] = [
 ];
 
 const UPSERT_SUBJECTS: &str = "
-INSERT INTO subjects (subject, events, last_seq)
-SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[])
+INSERT INTO subjects (subject, events, bytes, last_seq)
+SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[])
 ON CONFLICT (subject) DO UPDATE
-SET events = subjects.events + excluded.events, last_seq = excluded.last_seq";
+SET events = subjects.events + excluded.events, bytes = subjects.bytes + excluded.bytes,
+    last_seq = excluded.last_seq";
 
 const SET_HEAD: &str = "UPDATE log_head SET seq = $1, ts = $2";
 
@@ -190,19 +191,27 @@ async fn write(
     if new_count == 0 {
         tx.rollback().await?;
     } else {
-        let mut per_subject: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+        let mut per_subject: BTreeMap<&str, (i64, i64, i64)> = BTreeMap::new();
         for (event, fate) in batch.iter().zip(&fates) {
             if let Fate::New(seq) = fate {
-                let entry = per_subject.entry(event.subject.as_str()).or_insert((0, 0));
+                let entry = per_subject
+                    .entry(event.subject.as_str())
+                    .or_insert((0, 0, 0));
                 entry.0 += 1;
-                entry.1 = *seq as i64;
+                entry.1 += event.payload.get().len() as i64;
+                entry.2 = *seq as i64;
             }
         }
         let subject_names: Vec<&str> = per_subject.keys().copied().collect();
         let subject_counts: Vec<i64> = per_subject.values().map(|v| v.0).collect();
-        let subject_last: Vec<i64> = per_subject.values().map(|v| v.1).collect();
-        let subject_params: [&(dyn ToSql + Sync); 3] =
-            [&subject_names, &subject_counts, &subject_last];
+        let subject_bytes: Vec<i64> = per_subject.values().map(|v| v.1).collect();
+        let subject_last: Vec<i64> = per_subject.values().map(|v| v.2).collect();
+        let subject_params: [&(dyn ToSql + Sync); 4] = [
+            &subject_names,
+            &subject_counts,
+            &subject_bytes,
+            &subject_last,
+        ];
         let new_head = next as i64;
         let head_params: [&(dyn ToSql + Sync); 2] = [&new_head, &ts];
         let head_text = new_head.to_string();

@@ -242,16 +242,28 @@ pub(super) async fn state(client: &mut Object, name: &str) -> Res<Option<Consume
             "SELECT (SELECT min(seq) FROM consumer_pending WHERE consumer = $1),
                     (SELECT count(*) FROM consumer_pending WHERE consumer = $1 AND deliveries > 1),
                     (SELECT count(*) FROM consumer_dead_letters WHERE consumer = $1),
-                    (SELECT seq FROM log_head)",
+                    (SELECT seq FROM log_head),
+                    (SELECT skipped_by_retention FROM consumers WHERE name = $1),
+                    (SELECT COALESCE(MAX(seq), 0) FROM cursors WHERE name = $2)",
         )
         .await?;
-    let row = tx.query_one(&counts, &[&name]).await?;
+    let row = tx
+        .query_one(&counts, &[&name, &crate::retention::DELETED_THROUGH])
+        .await?;
     let lowest_pending: Option<i64> = row.get(0);
     let redelivered: i64 = row.get(1);
     let dead: i64 = row.get(2);
     let head = row.get::<_, i64>(3).max(0) as Seq;
-    let num_pending =
-        count_matching_after(&tx, &loaded.record.filters, loaded.delivered_seq, head).await?;
+    let skipped: Option<i64> = row.get(4);
+    let deleted_through = row.get::<_, i64>(5).max(0) as Seq;
+    let num_pending = count_matching_after(
+        &tx,
+        &loaded.record.filters,
+        loaded.delivered_seq,
+        head,
+        deleted_through,
+    )
+    .await?;
     tx.commit().await?;
     Ok(Some(ConsumerState {
         ack_floor: lowest_pending.map_or(loaded.delivered_seq, |s| {
@@ -262,6 +274,7 @@ pub(super) async fn state(client: &mut Object, name: &str) -> Res<Option<Consume
         num_ack_pending: loaded.ack_pending,
         num_redelivered: redelivered.max(0) as u64,
         num_dead_letters: dead.max(0) as u64,
+        skipped_by_retention: skipped.unwrap_or(0).max(0) as u64,
     }))
 }
 
@@ -269,9 +282,25 @@ pub(super) async fn state(client: &mut Object, name: &str) -> Res<Option<Consume
 /// the module docs of [`super`]), so a filter that matches everything needs no count;
 /// otherwise the events of each matching subject are counted through the subject index
 /// when there are not too many subjects, and grouped by subject in one scan when there are.
-async fn count_matching_after(tx: &Tx<'_>, filters: &[Pattern], after: Seq, head: Seq) -> Res<u64> {
+async fn count_matching_after(
+    tx: &Tx<'_>,
+    filters: &[Pattern],
+    after: Seq,
+    head: Seq,
+    deleted_through: Seq,
+) -> Res<u64> {
     if filters.iter().any(Pattern::matches_everything) {
-        return Ok(head.saturating_sub(after));
+        // Seqs are gap-free above what retention deleted.
+        if after >= deleted_through {
+            return Ok(head.saturating_sub(after));
+        }
+        let stmt = tx
+            .prepare_cached("SELECT count(*) FROM events WHERE seq > $1 AND seq <= $2")
+            .await?;
+        let row = tx
+            .query_one(&stmt, &[&seq_param(after)?, &seq_param(head)?])
+            .await?;
+        return Ok(row.get::<_, i64>(0).max(0) as u64);
     }
     let after = seq_param(after)?;
     let head = seq_param(head)?;

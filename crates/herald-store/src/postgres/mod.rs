@@ -137,6 +137,7 @@ mod append;
 mod consumers;
 mod listen;
 mod query;
+mod retention;
 pub mod schema;
 mod tls;
 
@@ -159,6 +160,7 @@ use crate::consumer::{
     ConsumerCall, ConsumerDeadLetter, ConsumerOutcome, ConsumerRecord, ConsumerState,
     CreateConsumer, DeliveryPolicy, NewConsumer,
 };
+use crate::retention::{RetentionPass, RetentionPolicy};
 use crate::{
     redact_url, AccessKind, AccessRecord, Appended, DeadLetter, NewDeadLetter, Page, Query, Result,
     Store, StoreError, StoreHealth, StoredRule, StoredSchema,
@@ -501,6 +503,52 @@ impl Store for PostgresStore {
     async fn load_snapshot(&self, key: AggregateKey) -> Result<Option<Snapshot>> {
         self.with_client(self.call_timeout(), move |client| {
             Box::pin(async move { aggregates::load_snapshot(client, &key).await })
+        })
+        .await
+    }
+
+    async fn enforce_retention(
+        &self,
+        policies: Vec<RetentionPolicy>,
+        now: Timestamp,
+        budget: usize,
+    ) -> Result<RetentionPass> {
+        if policies.iter().all(|p| !p.limits()) {
+            return Ok(RetentionPass::default());
+        }
+        let budget = budget.max(1);
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move { retention::enforce(client, &policies, now, budget).await })
+        })
+        .await
+    }
+
+    async fn load_setting(&self, name: &str) -> Result<Option<String>> {
+        let name = name.to_owned();
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move {
+                let row = client
+                    .query_opt("SELECT body FROM settings WHERE name = $1", &[&name])
+                    .await?;
+                Ok(row.map(|r| r.get(0)))
+            })
+        })
+        .await
+    }
+
+    async fn save_setting(&self, name: &str, body: String) -> Result<()> {
+        let name = name.to_owned();
+        self.with_client(self.call_timeout(), move |client| {
+            Box::pin(async move {
+                client
+                    .execute(
+                        "INSERT INTO settings (name, body) VALUES ($1, $2)
+                         ON CONFLICT (name) DO UPDATE SET body = excluded.body",
+                        &[&name, &body],
+                    )
+                    .await?;
+                Ok(())
+            })
         })
         .await
     }

@@ -168,6 +168,19 @@ const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL
     );
     "#,
+    // 9: retention: each subject's payload bytes (for `max_bytes`), what each consumer
+    // missed because retention deleted it first, and the hub's settings (the retention
+    // policies, as JSON the hub owns).
+    r#"
+    ALTER TABLE subjects ADD COLUMN bytes BIGINT NOT NULL DEFAULT 0;
+    UPDATE subjects SET bytes = COALESCE(
+        (SELECT SUM(octet_length(payload)) FROM events WHERE events.subject = subjects.subject), 0);
+    ALTER TABLE consumers ADD COLUMN skipped_by_retention BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE settings (
+        name TEXT COLLATE "C" PRIMARY KEY,
+        body TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

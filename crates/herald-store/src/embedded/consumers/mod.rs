@@ -221,7 +221,11 @@ pub(super) fn state(conn: &Connection, name: &str) -> Sql<Option<ConsumerState>>
     let dead: i64 = conn
         .prepare_cached("SELECT count(*) FROM consumer_dead_letters WHERE consumer = ?1")?
         .query_row([name], |row| row.get(0))?;
+    let skipped: i64 = conn
+        .prepare_cached("SELECT skipped_by_retention FROM consumers WHERE name = ?1")?
+        .query_row([name], |row| row.get(0))?;
     Ok(Some(ConsumerState {
+        skipped_by_retention: skipped.max(0) as u64,
         ack_floor: lowest_pending.map_or(loaded.delivered_seq, |s| s.saturating_sub(1)),
         delivered_seq: loaded.delivered_seq,
         num_pending: count_matching_after(conn, &loaded.record.filters, loaded.delivered_seq)?,
@@ -235,9 +239,18 @@ pub(super) fn state(conn: &Connection, name: &str) -> Sql<Option<ConsumerState>>
 /// the subject index when there are not too many subjects, by a scan otherwise.
 fn count_matching_after(conn: &Connection, filters: &[Pattern], after: Seq) -> Sql<u64> {
     let after = crate::seq_to_sql(after)?;
+    // Seqs are gap-free above what retention deleted: there the head says the count.
+    let deleted_through: i64 = conn
+        .prepare_cached("SELECT IFNULL(MAX(seq), 0) FROM cursors WHERE name = ?1")?
+        .query_row([crate::retention::DELETED_THROUGH], |row| row.get(0))?;
     if filters.iter().any(Pattern::matches_everything) {
+        let sql = if after >= deleted_through {
+            "SELECT IFNULL(MAX(seq), 0) - ?1 FROM events"
+        } else {
+            "SELECT count(*) FROM events WHERE seq > ?1"
+        };
         let count: i64 = conn
-            .prepare_cached("SELECT IFNULL(MAX(seq), 0) - ?1 FROM events")?
+            .prepare_cached(sql)?
             .query_row([after], |row| row.get(0))?;
         return Ok(count.max(0) as u64);
     }

@@ -1,0 +1,186 @@
+//! Retention on the embedded store: one pass is one write transaction (see
+//! [`crate::retention`] for what is deleted).
+
+use std::collections::HashMap;
+
+use herald_core::{Seq, Timestamp};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::retention::{self, Candidate, RetentionPass, RetentionPolicy, SubjectTotals};
+
+/// Subjects of a policy read one by one; past this, its events are found by a scan.
+const MAX_SUBJECTS_PER_POLICY: usize = 1_000;
+
+pub(super) fn enforce(
+    conn: &Connection,
+    policies: &[RetentionPolicy],
+    now: Timestamp,
+    budget: usize,
+) -> crate::Result<RetentionPass, super::consumers::Failure> {
+    let totals = conn
+        .prepare_cached("SELECT subject, events, bytes FROM subjects")?
+        .query_map([], |row| {
+            Ok(SubjectTotals {
+                subject: row.get(0)?,
+                events: row.get::<_, i64>(1)?.max(0) as u64,
+                bytes: row.get::<_, i64>(2)?.max(0) as u64,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let groups = retention::group(policies, totals);
+    let mut deleted: Vec<(Candidate, String)> = Vec::new();
+    let mut more = false;
+    for (policy, subjects, events, bytes) in groups {
+        let left = budget - deleted.len();
+        if left == 0 {
+            more = true;
+            break;
+        }
+        let cutoff_seq = match retention::age_cutoff(policy, now) {
+            None => None,
+            Some(ts) => Some(
+                conn.prepare_cached(
+                    "SELECT seq FROM events WHERE ts < ?1 ORDER BY ts DESC, seq DESC LIMIT 1",
+                )?
+                .query_row([ts], |row| row.get::<_, i64>(0))
+                .optional()?
+                .map_or(0, |s| s.max(0) as Seq),
+            ),
+        };
+        let candidates = oldest(conn, policy, &subjects, left)?;
+        let chosen = retention::choose(policy, &candidates, events, bytes, cutoff_seq, left);
+        deleted.extend(
+            chosen
+                .into_iter()
+                .map(|c| (c, subjects[c.subject as usize].clone())),
+        );
+    }
+    if deleted.len() == budget {
+        more = true;
+    }
+    if deleted.is_empty() {
+        return Ok(RetentionPass::default());
+    }
+
+    let mut per_subject: HashMap<&str, (i64, i64)> = HashMap::new();
+    {
+        let mut delete = conn.prepare_cached("DELETE FROM events WHERE seq = ?1")?;
+        for (candidate, subject) in &deleted {
+            delete.execute([candidate.seq as i64])?;
+            let entry = per_subject.entry(subject.as_str()).or_insert((0, 0));
+            entry.0 += 1;
+            entry.1 += candidate.bytes as i64;
+        }
+    }
+    {
+        let mut update = conn.prepare_cached(
+            "UPDATE subjects SET events = MAX(events - ?2, 0), bytes = MAX(bytes - ?3, 0)
+             WHERE subject = ?1",
+        )?;
+        for (subject, (count, bytes)) in &per_subject {
+            update.execute(params![subject, count, bytes])?;
+        }
+    }
+    let consumers = conn
+        .prepare_cached("SELECT name, filters, delivered_seq FROM consumers")?
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .into_iter()
+        .map(|(name, filters, delivered)| {
+            Ok((
+                name,
+                crate::consumer::decode_filters(&filters)?,
+                delivered.max(0) as Seq,
+            ))
+        })
+        .collect::<crate::Result<Vec<_>>>()?;
+    let gone: Vec<(Seq, &str)> = deleted
+        .iter()
+        .map(|(c, subject)| (c.seq, subject.as_str()))
+        .collect();
+    {
+        let mut add = conn.prepare_cached(
+            "UPDATE consumers SET skipped_by_retention = skipped_by_retention + ?2 WHERE name = ?1",
+        )?;
+        for (name, n) in retention::skipped(&consumers, &gone) {
+            add.execute(params![name, n as i64])?;
+        }
+    }
+    let highest = deleted.iter().map(|(c, _)| c.seq).max().unwrap_or(0);
+    conn.prepare_cached(
+        "INSERT INTO cursors (name, seq) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+    )?
+    .execute(params![retention::DELETED_THROUGH, highest as i64])?;
+    Ok(RetentionPass {
+        deleted_events: deleted.len() as u64,
+        deleted_bytes: deleted.iter().map(|(c, _)| c.bytes).sum(),
+        more,
+    })
+}
+
+/// The policy's oldest events (at most `limit`), in seq order.
+fn oldest(
+    conn: &Connection,
+    policy: &RetentionPolicy,
+    subjects: &[String],
+    limit: usize,
+) -> rusqlite::Result<Vec<Candidate>> {
+    let candidate = |row: &rusqlite::Row<'_>, subject: u32| -> rusqlite::Result<Candidate> {
+        Ok(Candidate {
+            seq: row.get::<_, i64>(0)?.max(0) as Seq,
+            bytes: row.get::<_, i64>(1)?.max(0) as u64,
+            aggregate: row.get(2)?,
+            subject,
+        })
+    };
+    if subjects.len() <= MAX_SUBJECTS_PER_POLICY {
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, length(CAST(payload AS BLOB)), aggregate_type IS NOT NULL FROM events
+             WHERE subject = ?1 AND (?2 OR aggregate_type IS NULL) ORDER BY seq LIMIT ?3",
+        )?;
+        let mut lists = Vec::with_capacity(subjects.len());
+        for (index, subject) in subjects.iter().enumerate() {
+            let list = stmt
+                .query_map(
+                    params![subject, policy.include_aggregates, limit as i64],
+                    |row| candidate(row, index as u32),
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            lists.push(list);
+        }
+        return Ok(retention::merge(lists, limit));
+    }
+    // Many subjects: read the log from its start, keeping this policy's events (a
+    // bounded read: a few times what may be deleted).
+    let index: HashMap<&str, u32> = subjects
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.as_str(), i as u32))
+        .collect();
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, length(CAST(payload AS BLOB)), aggregate_type IS NOT NULL, subject
+         FROM events ORDER BY seq LIMIT ?1",
+    )?;
+    let mut rows = stmt.query([(limit * 4) as i64])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let subject: String = row.get(3)?;
+        if let Some(&i) = index.get(subject.as_str()) {
+            let c = candidate(row, i)?;
+            if policy.include_aggregates || !c.aggregate {
+                out.push(c);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
