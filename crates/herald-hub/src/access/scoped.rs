@@ -197,9 +197,14 @@ impl Scoped<'_> {
 
     // ---- retention ----
 
-    /// The retention policies (admin keys only).
-    pub fn retention(&self) -> Result<Vec<PolicySpec>, HubError> {
+    /// The retention policies (admin keys only), as the store keeps them now.
+    pub async fn retention(&self) -> Result<Vec<PolicySpec>, HubError> {
         self.caller.require_admin().map_err(admin_only)?;
+        self.hub
+            .inner
+            .retention
+            .reload(&self.hub.inner.store)
+            .await?;
         Ok(self.hub.retention())
     }
 

@@ -94,7 +94,7 @@ pub async fn get_retention(
     Authenticated(caller): Authenticated,
 ) -> Result<Json<RetentionPolicies>, ApiError> {
     Ok(Json(RetentionPolicies {
-        policies: state.hub.as_caller(&caller).retention()?,
+        policies: state.hub.as_caller(&caller).retention().await?,
     }))
 }
 
@@ -138,6 +138,6 @@ pub async fn put_retention(
     let hub = state.hub.as_caller(&caller);
     hub.set_retention(specs).await.map_err(refused)?;
     Ok(Json(RetentionPolicies {
-        policies: hub.retention()?,
+        policies: hub.retention().await?,
     }))
 }

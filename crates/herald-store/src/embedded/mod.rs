@@ -727,8 +727,14 @@ impl Store for EmbeddedStore {
         if pass.deleted_events > 0 {
             // Give the freed pages back to the file system (databases created with
             // incremental auto-vacuum; a no-op for older ones).
-            self.with_writer(|conn| conn.execute_batch("PRAGMA incremental_vacuum"))
-                .await?;
+            // The pragma frees one page per step: run it to the end.
+            self.with_writer(|conn| {
+                let mut stmt = conn.prepare("PRAGMA incremental_vacuum")?;
+                let mut rows = stmt.query([])?;
+                while rows.next()?.is_some() {}
+                Ok(())
+            })
+            .await?;
         }
         Ok(pass)
     }

@@ -178,6 +178,11 @@ pub(crate) fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(open_error)?;
     stable_plans(conn).map_err(open_error)?;
+    // Pages freed by retention go back to the file system. This takes effect only on a
+    // new database (before WAL mode writes its first page); older ones keep their pages
+    // for reuse.
+    conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")
+        .map_err(open_error)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
         .map_err(open_error)?;
@@ -221,12 +226,6 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         return Err(StoreError::Open(format!(
             "the database has schema version {current}, newer than this Herald understands ({SCHEMA_VERSION}); upgrade Herald"
         )));
-    }
-    if current == 0 {
-        // A new database: pages freed by retention go back to the file system (this can
-        // only be set before the first table is created).
-        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")
-            .map_err(open_error)?;
     }
     for (version, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let mut apply = || -> rusqlite::Result<()> {

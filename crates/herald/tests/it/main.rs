@@ -17,6 +17,7 @@ mod hardening;
 mod lifecycle;
 mod nats;
 mod postgres;
+mod retention;
 mod rules;
 mod schemas;
 mod stream;
