@@ -2,6 +2,7 @@
 //! `consumer` talk to a running hub over HTTP.
 
 mod client;
+mod config;
 mod consumer;
 mod serve;
 mod transfer;
@@ -37,8 +38,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the hub.
-    Serve(Box<serve::ServeArgs>),
+    /// Run the hub. Settings: defaults < herald.toml (or --config FILE) < environment < flags.
+    Serve(Box<config::ServeArgs>),
+    /// Print the effective configuration of `herald serve` as TOML, with where each value
+    /// came from; secrets are redacted. Takes the same flags, environment and file.
+    Config(Box<config::ServeArgs>),
     /// Apply the store's schema migrations and exit.
     Migrate(serve::MigrateArgs),
     /// Publish one event to a running hub.
@@ -76,7 +80,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(*args).await,
+            // Parsed again with the configuration file's values under the environment's.
+            Command::Serve(_) => serve::run(config::load("serve")?.config).await,
+            Command::Config(_) => {
+                print!("{}", config::render(&config::load("config")?)?);
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Migrate(args) => serve::migrate(args).await,
             Command::Keys(args) => serve::keys(args).await,
             Command::Publish(args) => client::publish(args).await,
