@@ -1351,6 +1351,21 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_is_a_valid_file() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("```toml\n# herald.toml")
+            .expect("the README's example");
+        let example = &readme[start + "```toml\n".len()..];
+        let example = &example[..example.find("```").expect("the example's end")];
+        let loaded = load_with(Some(example), &[], &[]).unwrap();
+        assert_eq!(loaded.config.server.hub_id, "hub-a");
+        assert_eq!(loaded.config.schemas.len(), 1);
+        assert_eq!(loaded.config.rules.len(), 1);
+        assert_eq!(loaded.config.retention[0].max_bytes, Some(10_000_000_000));
+    }
+
+    #[test]
     fn every_file_key_is_its_flag_in_snake_case_within_one_section() {
         let command = ServeArgs::augment_args(Command::new("serve"));
         for arg in command.get_arguments() {
