@@ -768,46 +768,91 @@ pub struct Loaded {
 /// Reads the configuration of `herald <subcommand>` (`serve` or `config`) from this
 /// process's command line, environment and file.
 pub fn load(subcommand: &str) -> anyhow::Result<Loaded> {
-    let mut argv = std::env::args_os().skip(1);
-    // `herald` has no options before the subcommand: the first argument is its name.
-    let _name = argv.next();
-    load_from(subcommand, argv.collect(), Path::new("."))
+    load_from(subcommand, args_after(1), Path::new("."))
+}
+
+/// This process's arguments after the binary and `words` subcommand names (`herald` has
+/// no options before its subcommands).
+fn args_after(words: usize) -> Vec<OsString> {
+    std::env::args_os().skip(1 + words).collect()
 }
 
 /// [`load`] with the arguments after the subcommand, and the directory in which to look
 /// for `herald.toml`.
 pub fn load_from(subcommand: &str, args: Vec<OsString>, cwd: &Path) -> anyhow::Result<Loaded> {
     let name = format!("herald {subcommand}");
-    let command =
-        ServeArgs::augment_args(Command::new(name.clone()).bin_name(name)).no_binary_name(true);
+    let command = ServeArgs::augment_args(Command::new(name.clone()).bin_name(name));
+    let layered = layered(command, args, cwd)?;
+    let mut settings = ServeConfig::from_arg_matches(&layered.matches)
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    if let Some(declared) = layered.declared {
+        settings.schemas = declared.schemas;
+        settings.retention = declared.retention;
+        settings.rules = declared.rules;
+    }
+    Ok(Loaded {
+        config: settings,
+        file: layered.file,
+        origins: layered.origins,
+    })
+}
+
+/// The store settings of `herald migrate` or `herald keys create` (`command`, reached by
+/// `words` subcommand names): the file's `[store]` table under the environment and flags,
+/// so that they open the store `herald serve` would.
+pub fn load_store(command: Command, words: usize) -> anyhow::Result<StoreSettings> {
+    let layered = layered(command, args_after(words), Path::new("."))?;
+    StoreSettings::from_arg_matches(&layered.matches).map_err(|error| anyhow::anyhow!("{error}"))
+}
+
+/// A command's matches with the configuration file's values (and seed 004's variables)
+/// as the defaults of its arguments.
+struct Layered {
+    matches: ArgMatches,
+    /// The file's typed contents, for its declarations.
+    declared: Option<ServeConfig>,
+    file: Option<PathBuf>,
+    origins: BTreeMap<String, Origin>,
+}
+
+/// Parses `args` with `command` (which has a `config` argument) once to find the file,
+/// then again with the file's values, and seed 004's variables over them, as defaults.
+/// File keys that are not arguments of `command` (e.g. `[nats]` for `migrate`) are
+/// checked but not used.
+fn layered(command: Command, args: Vec<OsString>, cwd: &Path) -> anyhow::Result<Layered> {
+    let mut command = command.no_binary_name(true);
     let first = command
         .clone()
         .try_get_matches_from(&args)
         .map_err(|error| anyhow::anyhow!("{}", error.render()))?;
-    let named = first.get_one::<PathBuf>("config").cloned();
-    let file = match named {
+    let file = match first.get_one::<PathBuf>("config").cloned() {
         Some(path) => Some(path),
         None => Some(cwd.join(DEFAULT_FILE)).filter(|path| path.is_file()),
     };
 
-    let mut command = command;
-    let mut origins_set: BTreeMap<String, Origin> = BTreeMap::new();
+    let mut defaults_set: BTreeMap<String, Origin> = BTreeMap::new();
     let mut declared = None;
     if let Some(path) = &file {
         let (file_config, values) = read_file(path)?;
         for (key, value) in values {
-            let arg_hidden = command
+            let Some(arg) = command
                 .get_arguments()
                 .find(|arg| arg.get_id() == key.as_str())
-                .is_some_and(|arg| arg.is_hide_env_values_set());
+            else {
+                continue;
+            };
+            let hidden = arg.is_hide_env_values_set();
             command = command.mut_arg(&key, |arg| {
-                arg.default_value(value).hide_default_value(arg_hidden)
+                arg.default_value(value).hide_default_value(hidden)
             });
-            origins_set.insert(key, Origin::File);
+            defaults_set.insert(key, Origin::File);
         }
         declared = Some(file_config);
     }
     for (id, variable) in SEED_ENV {
+        if !command.get_arguments().any(|arg| arg.get_id() == *id) {
+            continue;
+        }
         let Some(value) = std::env::var(variable)
             .ok()
             .map(|v| v.trim().to_owned())
@@ -816,23 +861,17 @@ pub fn load_from(subcommand: &str, args: Vec<OsString>, cwd: &Path) -> anyhow::R
             continue;
         };
         command = command.mut_arg(*id, |arg| arg.default_value(value));
-        origins_set.insert((*id).to_owned(), Origin::Env((*variable).to_owned()));
+        defaults_set.insert((*id).to_owned(), Origin::Env((*variable).to_owned()));
     }
 
     let matches = command
         .clone()
         .try_get_matches_from(&args)
-        .map_err(|error| explain(&command, &error, &origins_set, file.as_deref()))?;
-    let mut args =
-        ServeArgs::from_arg_matches(&matches).map_err(|error| anyhow::anyhow!("{error}"))?;
-    if let Some(declared) = declared {
-        args.settings.schemas = declared.schemas;
-        args.settings.retention = declared.retention;
-        args.settings.rules = declared.rules;
-    }
-    let origins = origins(&command, &matches, &origins_set);
-    Ok(Loaded {
-        config: args.settings,
+        .map_err(|error| explain(&command, &error, &defaults_set, file.as_deref()))?;
+    let origins = origins(&command, &matches, &defaults_set);
+    Ok(Layered {
+        matches,
+        declared,
         file,
         origins,
     })

@@ -9,6 +9,7 @@ mod transfer;
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 
 /// glibc's allocator took about 13% of the server's CPU in the fetch + ack profile
@@ -86,8 +87,19 @@ fn main() -> ExitCode {
                 print!("{}", config::render(&config::load("config")?)?);
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Migrate(args) => serve::migrate(args).await,
-            Command::Keys(args) => serve::keys(args).await,
+            Command::Migrate(_) => {
+                let command = Cli::command().find_subcommand("migrate").cloned();
+                let command = command.context("the migrate command")?;
+                serve::migrate(config::load_store(command, 1)?).await
+            }
+            Command::Keys(args) => {
+                let command = Cli::command()
+                    .find_subcommand("keys")
+                    .and_then(|keys| keys.find_subcommand("create"))
+                    .cloned();
+                let command = command.context("the keys create command")?;
+                serve::keys(args, config::load_store(command, 2)?).await
+            }
             Command::Publish(args) => client::publish(args).await,
             Command::Query(args) => client::query(args).await,
             Command::Tail(args) => client::tail(args).await,

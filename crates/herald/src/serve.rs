@@ -128,9 +128,14 @@ impl StoreSettings {
     }
 }
 
-/// Arguments of `herald migrate`: the store to migrate.
+/// Arguments of `herald migrate`: the store to migrate, as `herald serve` would open it.
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
+    /// Configuration file whose `[store]` table to use (default: ./herald.toml when it
+    /// exists).
+    #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     store: StoreSettings,
 }
@@ -154,19 +159,20 @@ enum KeysCommand {
         /// What the key is for.
         #[arg(long)]
         description: Option<String>,
+        /// Configuration file whose `[store]` table to use (default: ./herald.toml when
+        /// it exists).
+        #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
+        config: Option<std::path::PathBuf>,
         #[command(flatten)]
         store: StoreSettings,
     },
 }
 
-/// `herald keys create --admin`.
-pub async fn keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
+/// `herald keys create --admin`, on `store` (the `--data` and `--pg-*` flags layered over
+/// the configuration file by `config::load_store`).
+pub async fn keys(args: KeysArgs, store: StoreSettings) -> anyhow::Result<ExitCode> {
     let _log = init_logging("text");
-    let KeysCommand::Create {
-        admin: _,
-        description,
-        store,
-    } = args.command;
+    let KeysCommand::Create { description, .. } = args.command;
     let store_config = StoreConfig::parse(&store.data).map_err(anyhow::Error::msg)?;
     let store = store_config
         .open_with(EmbeddedOptions::default(), store.options())
@@ -185,11 +191,13 @@ pub async fn keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
 
 /// `herald migrate`: applies the schema migrations this build knows, then exits. (`serve`
 /// applies them too at start; this lets an operator do it ahead of a rolling upgrade.)
-pub async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+/// `store`: the `--data` and `--pg-*` flags layered over the configuration file by
+/// `config::load_store`.
+pub async fn migrate(store: StoreSettings) -> anyhow::Result<ExitCode> {
     let _log = init_logging("text");
-    let store_config = StoreConfig::parse(&args.store.data).map_err(anyhow::Error::msg)?;
+    let store_config = StoreConfig::parse(&store.data).map_err(anyhow::Error::msg)?;
     let store = store_config
-        .open_with(EmbeddedOptions::default(), args.store.options())
+        .open_with(EmbeddedOptions::default(), store.options())
         .await
         .with_context(|| format!("opening the store at {}", store_config.redacted()))?;
     let head = store.head().await?;

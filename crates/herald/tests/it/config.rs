@@ -239,3 +239,41 @@ async fn a_bad_configuration_file_stops_the_start_naming_the_file_and_key() {
     let stderr = refused(&["--config", "/nonexistent/herald.toml"]).await;
     assert!(stderr.contains("/nonexistent/herald.toml"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_and_keys_open_the_store_of_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("from-the-file.db");
+    let (_config_dir, path) = config_file(&format!(
+        "[server]\nhub_id = \"not-used-here\"\n[store]\ndata = {:?}\n",
+        db.display().to_string()
+    ));
+    let out = run(herald_cmd(&["migrate", "--config", &path])).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("from-the-file.db"), "{stdout}");
+
+    let mut cmd = herald_cmd(&["keys", "create", "--admin"]);
+    cmd.env("HERALD_CONFIG", &path);
+    let out = run(cmd).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["admin"], true);
+    assert!(db.exists());
+
+    // A flag still wins over the file.
+    let other = dir.path().join("from-the-flag.db").display().to_string();
+    let out = run(herald_cmd(&[
+        "migrate", "--config", &path, "--data", &other,
+    ]))
+    .await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("from-the-flag.db"));
+}
