@@ -961,8 +961,12 @@ fn read_file(path: &Path) -> anyhow::Result<(ServeConfig, Vec<(String, String)>)
     let (config, raw): (ServeConfig, toml::Table) = if yaml {
         let config =
             serde_norway::from_str(&text).map_err(|error| anyhow::anyhow!("{shown}: {error}"))?;
-        let raw =
+        // TOML has no null: an empty YAML value (`listen:`) is a key left out.
+        let mut raw: serde_norway::Value =
             serde_norway::from_str(&text).map_err(|error| anyhow::anyhow!("{shown}: {error}"))?;
+        drop_nulls(&mut raw);
+        let raw =
+            serde_norway::from_value(raw).map_err(|error| anyhow::anyhow!("{shown}: {error}"))?;
         (config, raw)
     } else {
         let config = toml::from_str(&text).map_err(|error| anyhow::anyhow!("{shown}: {error}"))?;
@@ -999,6 +1003,20 @@ fn read_file(path: &Path) -> anyhow::Result<(ServeConfig, Vec<(String, String)>)
         }
     }
     Ok((config, values))
+}
+
+/// Removes the null values of YAML mappings, at every depth.
+fn drop_nulls(value: &mut serde_norway::Value) {
+    match value {
+        serde_norway::Value::Mapping(map) => {
+            map.retain(|_, value| !value.is_null());
+            for (_, value) in map.iter_mut() {
+                drop_nulls(value);
+            }
+        }
+        serde_norway::Value::Sequence(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
 }
 
 /// `herald config`: the effective configuration as TOML, each value with where it came
@@ -1263,12 +1281,16 @@ mod tests {
         let path = dir.path().join("herald.yaml");
         std::fs::write(
             &path,
-            "server:\n  hub_id: yaml-hub\nretention:\n  - subjects: hub.>\n    MAX_MSGS: 10\n",
+            "server:\n  hub_id: yaml-hub\n  listen:\nretention:\n  - subjects: hub.>\n    MAX_MSGS: 10\n",
         )
         .unwrap();
         let args = vec![OsString::from("--config"), path.clone().into_os_string()];
         let loaded = with_env(&[], || load_from("serve", args, dir.path())).unwrap();
         assert_eq!(loaded.config.server.hub_id, "yaml-hub");
+        assert_eq!(
+            loaded.config.server.listen, None,
+            "an empty value is left out"
+        );
         assert_eq!(loaded.config.retention[0].max_events, Some(10));
 
         std::fs::write(&path, "server:\n  hub_idd: yaml-hub\n").unwrap();
