@@ -2,12 +2,14 @@
 //! `consumer` talk to a running hub over HTTP.
 
 mod client;
+mod config;
 mod consumer;
 mod serve;
 mod transfer;
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 
 /// glibc's allocator took about 13% of the server's CPU in the fetch + ack profile
@@ -37,8 +39,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the hub.
-    Serve(Box<serve::ServeArgs>),
+    /// Run the hub. Settings: defaults < herald.toml (or --config FILE) < environment < flags.
+    Serve(Box<config::ServeArgs>),
+    /// Print the effective configuration of `herald serve` as TOML, with where each value
+    /// came from; secrets are redacted. Takes the same flags, environment and file.
+    Config(Box<config::ServeArgs>),
     /// Apply the store's schema migrations and exit.
     Migrate(serve::MigrateArgs),
     /// Publish one event to a running hub.
@@ -76,9 +81,25 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(*args).await,
-            Command::Migrate(args) => serve::migrate(args).await,
-            Command::Keys(args) => serve::keys(args).await,
+            // Parsed again with the configuration file's values under the environment's.
+            Command::Serve(_) => serve::run(config::load("serve")?.config).await,
+            Command::Config(_) => {
+                print!("{}", config::render(&config::load("config")?)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Migrate(_) => {
+                let command = Cli::command().find_subcommand("migrate").cloned();
+                let command = command.context("the migrate command")?;
+                serve::migrate(config::load_store(command, 1)?).await
+            }
+            Command::Keys(args) => {
+                let command = Cli::command()
+                    .find_subcommand("keys")
+                    .and_then(|keys| keys.find_subcommand("create"))
+                    .cloned();
+                let command = command.context("the keys create command")?;
+                serve::keys(args, config::load_store(command, 2)?).await
+            }
             Command::Publish(args) => client::publish(args).await,
             Command::Query(args) => client::query(args).await,
             Command::Tail(args) => client::tail(args).await,

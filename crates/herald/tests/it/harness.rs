@@ -35,6 +35,7 @@ pub type Ws = WebSocketStream<TcpStream>;
 /// Environment variables removed from every child: the server's own configuration
 /// (so only the flags we pass apply) and proxies (all traffic is loopback).
 const SCRUBBED_ENV: &[&str] = &[
+    "HERALD_CONFIG",
     "PORT",
     "HERALD_LISTEN",
     "DATABASE_URL",

@@ -10,6 +10,7 @@ mod aggregates;
 mod api;
 mod bad_input;
 mod cli;
+mod config;
 mod consumer_cli;
 mod consumers;
 mod crash;
