@@ -627,6 +627,8 @@ pub struct RetentionPolicy {
     pub max_age: Option<Duration>,
     pub max_events: Option<u64>,
     pub max_bytes: Option<u64>,
+    /// Delete aggregates' events too (by default they are kept).
+    pub include_aggregates: bool,
 }
 
 /// A `[[retention]]` entry as written.
@@ -641,6 +643,8 @@ struct RetentionDecl {
     max_events: Option<u64>,
     #[serde(default, alias = "MAX_BYTES")]
     max_bytes: Option<ByteValue>,
+    #[serde(default)]
+    include_aggregates: bool,
 }
 
 /// A duration: "30d", "12h 30m" (humantime), or a number of seconds.
@@ -696,6 +700,7 @@ impl TryFrom<RetentionDecl> for RetentionPolicy {
             ));
         }
         Ok(RetentionPolicy {
+            include_aggregates: decl.include_aggregates,
             subjects: decl.subjects,
             max_age,
             max_events: decl.max_events,

@@ -264,6 +264,25 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("opening the store at {}", store_config.redacted()))?;
     let mut hub_config = HubConfig::new(server.hub_id.clone());
+    // Policies declared in the configuration replace the stored ones at start; without
+    // any, the hub keeps what was set over the API.
+    if !retention.is_empty() {
+        tracing::info!(count = retention.len(), "Retention policies from the configuration.");
+        hub_config.retention = Some(
+            retention
+                .iter()
+                .map(|policy| herald_hub::retention::PolicySpec {
+                    subjects: policy.subjects.clone(),
+                    max_age: policy
+                        .max_age
+                        .map(|age| herald_hub::retention::AgeSpec::Seconds(age.as_secs().max(1))),
+                    max_events: policy.max_events,
+                    max_bytes: policy.max_bytes,
+                    include_aggregates: policy.include_aggregates,
+                })
+                .collect(),
+        );
+    }
     hub_config.subscriber_queue = streams.subscriber_queue.max(1);
     hub_config.max_batch_events = limits.max_batch_events.max(1);
     if limits.max_consumers == 0 {
@@ -325,11 +344,6 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<ExitCode> {
             );
         }
         tracing::info!(name = %schema.name, subject_pattern = %schema.subject_pattern, "Schema from the configuration file applied.");
-    }
-    // Retention policies are parsed and checked (config::RetentionPolicy); the hub
-    // applies them once it has retention.
-    if !retention.is_empty() {
-        tracing::info!(count = retention.len(), "Retention policies declared.");
     }
 
     let listener = tokio::net::TcpListener::bind(listen)

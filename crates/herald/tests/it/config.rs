@@ -68,6 +68,22 @@ async fn serve_runs_with_the_files_settings_and_declarations() {
         .unwrap();
     assert_eq!(root["hub_id"], "file-hub", "{root}");
 
+    // The declared retention policy is in force (seed 004's MAX_MSGS read as max_events).
+    let retention: Value = h
+        .http
+        .get(h.url("/api/retention"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        retention["policies"],
+        json!([{"subjects": "hub.*.metrics.>", "max_age": 2_592_000, "max_events": 100_000}]),
+        "{retention}"
+    );
+
     // The declared schema is in force.
     let resp = h
         .post_event(&json!({"subject": "hub.file-hub.orders.created", "payload": {"total": 1}}))
