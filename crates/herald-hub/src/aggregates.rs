@@ -119,10 +119,8 @@ impl Hub {
                 new.id = id;
             }
             if !ids.insert(new.id) {
-                return Err(AggregateError::Invalid(format!(
-                    "events[{index}]: id {} appears twice in the append",
-                    new.id
-                )));
+                // Two events cannot share an id: a clash, as with a stored event's.
+                return Err(AggregateError::IdTaken(new.id));
             }
             new.tenant = key.tenant.clone();
             new.aggregate = Some(Box::new(AggregateEvent {

@@ -14,6 +14,8 @@ use crate::{Hub, HubError, Inner};
 
 /// The store setting that holds the policies (JSON, [`PolicySpec`]s).
 const SETTING: &str = "retention";
+/// The largest `max_events` or `max_bytes` (2^53 - 1: exact in every JSON reader).
+pub const MAX_LIMIT: u64 = 9_007_199_254_740_991;
 /// Most policies.
 pub const MAX_POLICIES: usize = 100;
 /// Events deleted per transaction.
@@ -93,9 +95,22 @@ impl PolicySpec {
     pub fn to_policy(&self) -> Result<RetentionPolicy, String> {
         let subjects = Pattern::parse_filter(&self.subjects)
             .map_err(|e| format!("subjects {:?}: {e}", self.subjects))?;
+        if let Some(AgeSpec::Seconds(seconds)) = self.max_age {
+            if seconds > MAX_LIMIT {
+                return Err(format!("max_age must be at most {MAX_LIMIT} seconds"));
+            }
+        }
         let max_age = self.max_age.as_ref().map(AgeSpec::duration).transpose()?;
         if max_age.is_some_and(|age| age.is_zero()) {
             return Err("max_age must be more than 0".into());
+        }
+        for (name, value) in [
+            ("max_events", self.max_events),
+            ("max_bytes", self.max_bytes),
+        ] {
+            if value.is_some_and(|v| v > MAX_LIMIT) {
+                return Err(format!("{name} must be at most {MAX_LIMIT}"));
+            }
         }
         Ok(RetentionPolicy {
             subjects,

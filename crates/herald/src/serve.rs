@@ -267,7 +267,10 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<ExitCode> {
     // Policies declared in the configuration replace the stored ones at start; without
     // any, the hub keeps what was set over the API.
     if !retention.is_empty() {
-        tracing::info!(count = retention.len(), "Retention policies from the configuration.");
+        tracing::info!(
+            count = retention.len(),
+            "Retention policies from the configuration."
+        );
         hub_config.retention = Some(
             retention
                 .iter()

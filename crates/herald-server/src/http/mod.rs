@@ -180,7 +180,7 @@ pub fn parse_query(raw: &str) -> Result<Query, ApiError> {
         CloudEvent (events not published as CloudEvents get `id` = the event id, `source` = \
         `/herald/<hub_id>`, `type` = the subject, and the extensions `correlationid` and \
         `heraldseq`).",
-    params(("id" = uuid::Uuid, Path, description = "The event's id.")),
+    params(("id" = crate::wire::schema::EventId, Path, description = "The event's id.")),
     responses(
         (status = 200, description = "The event.",
             headers(("X-Herald-Seq" = u64, description = "The event's seq (CloudEvents answers only).")),

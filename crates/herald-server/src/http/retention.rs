@@ -133,6 +133,14 @@ pub async fn put_retention(
         ));
     }
     whole_numbers(&mut policies);
+    // `null` is an absent member, as everywhere in the API.
+    if let Value::Array(items) = &mut policies {
+        for item in items {
+            if let Value::Object(members) = item {
+                members.retain(|_, v| !v.is_null());
+            }
+        }
+    }
     let specs: Vec<PolicySpec> = serde_json::from_value(policies)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRetention, format!("`policies`: {e}")))?;
     let hub = state.hub.as_caller(&caller);

@@ -292,8 +292,8 @@ async fn bad_appends_are_refused_and_store_nothing() {
                 {"type": "a.b", "payload": {}, "id": "0190f2a0-0000-7000-8000-000000000009"},
                 {"type": "a.b", "payload": {}, "id": "0190f2a0-0000-7000-8000-000000000009"},
             ]}),
-            422,
-            "invalid_aggregate",
+            409,
+            "conflict",
         ),
         (
             "con.text/c-1",
