@@ -1321,12 +1321,14 @@ mod tests {
                     max_age: Some(Duration::from_secs(30 * 86_400)),
                     max_events: None,
                     max_bytes: Some(10_000_000_000),
+                    include_aggregates: false,
                 },
                 RetentionPolicy {
                     subjects: "hub.>".into(),
                     max_age: Some(Duration::from_secs(3600)),
                     max_events: Some(1000),
                     max_bytes: Some(4096),
+                    include_aggregates: false,
                 },
             ]
         );
