@@ -111,7 +111,7 @@ const CONSUMER_FIELDS: &[FieldSpec] = &[
         "state",
         "object",
         "{ack_floor, last_delivered_seq, num_pending, num_ack_pending, num_redelivered, \
-         num_dead_letters, stalled}",
+         num_dead_letters, skipped_by_retention, stalled}",
     ),
 ];
 

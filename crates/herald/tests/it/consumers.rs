@@ -131,6 +131,7 @@ async fn a_user_creates_fetches_acks_naks_and_redrives_with_curl_shapes() {
             "num_pending",
             "num_ack_pending",
             "num_redelivered",
+            "skipped_by_retention",
             "num_dead_letters",
             "stalled",
         ],
