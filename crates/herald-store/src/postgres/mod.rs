@@ -208,6 +208,8 @@ struct Inner {
     closed: AtomicBool,
     /// Appends still to look their ids up before writing (see [`append`]).
     careful: AtomicU32,
+    /// Events retention deleted since the events table was last vacuumed here.
+    deleted_since_vacuum: std::sync::atomic::AtomicU64,
 }
 
 /// Columns read back for an event, in the order [`row_to_event`] expects.
@@ -279,6 +281,7 @@ impl PostgresStore {
                 options,
                 closed: AtomicBool::new(false),
                 careful: AtomicU32::new(0),
+                deleted_since_vacuum: Default::default(),
             }),
         };
         let head = store.head().await?;
@@ -517,10 +520,27 @@ impl Store for PostgresStore {
             return Ok(RetentionPass::default());
         }
         let budget = budget.max(1);
-        self.with_client(self.call_timeout(), move |client| {
-            Box::pin(async move { retention::enforce(client, &policies, now, budget).await })
-        })
-        .await
+        let pass = self
+            .with_client(self.call_timeout(), move |client| {
+                Box::pin(async move { retention::enforce(client, &policies, now, budget).await })
+            })
+            .await?;
+        let deleted = &self.inner.deleted_since_vacuum;
+        let since = deleted.fetch_add(pass.deleted_events, Ordering::Relaxed) + pass.deleted_events;
+        if !pass.more && since >= retention::VACUUM_AFTER {
+            deleted.store(0, Ordering::Relaxed);
+            // Autovacuum may be off or behind: make the deleted rows' space reusable now,
+            // so that the tables stop growing. (Plain VACUUM: reads and writes go on.)
+            let vacuumed = self
+                .with_client(retention::VACUUM_TIMEOUT, |client| {
+                    Box::pin(async move { retention::vacuum(client).await })
+                })
+                .await;
+            if let Err(error) = vacuumed {
+                tracing::warn!(%error, "Cannot vacuum the events table after retention.");
+            }
+        }
+        Ok(pass)
     }
 
     async fn load_setting(&self, name: &str) -> Result<Option<String>> {

@@ -13,6 +13,23 @@ use crate::retention::{self, Candidate, RetentionPass, RetentionPolicy, SubjectT
 /// The advisory lock a retention pass holds (`herald` `ret` in ASCII).
 const RETENTION_LOCK_KEY: i64 = 0x6865_7261_6c64_7274;
 
+/// Deleted events after which a round of retention vacuums the tables it deleted from.
+pub(super) const VACUUM_AFTER: u64 = 10_000;
+/// How long that vacuum may run.
+pub(super) const VACUUM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Makes the space of deleted rows reusable (outside any transaction, as VACUUM must be).
+pub(super) async fn vacuum(client: &mut Object) -> Result<(), Failure> {
+    // One statement per call: several in one simple query form an implicit transaction.
+    client.batch_execute("SET statement_timeout = 0").await?;
+    let vacuumed = client
+        .batch_execute("VACUUM (ANALYZE) events, subjects")
+        .await;
+    client.batch_execute("RESET statement_timeout").await?;
+    vacuumed?;
+    Ok(())
+}
+
 /// Subjects of a policy read one by one; past this, its events are found by a scan.
 const MAX_SUBJECTS_PER_POLICY: usize = 1_000;
 
