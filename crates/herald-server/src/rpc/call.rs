@@ -10,6 +10,7 @@ use axum::http::HeaderMap;
 use herald_hub::HubError;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 
 use crate::error::ErrorCode;
 use crate::rpc::error::RpcError;
@@ -87,4 +88,20 @@ pub(crate) const fn field(
         ty,
         description,
     }
+}
+
+/// The given params among `names`, as the JSON object an HTTP body would be.
+pub(crate) fn body(
+    params: &mut Params<'_>,
+    names: &[&'static str],
+) -> Result<Map<String, Value>, RpcError> {
+    let mut object = Map::new();
+    for &name in names {
+        if let Some(raw) = params.take(name) {
+            let value: Value = serde_json::from_str(raw.get())
+                .map_err(|e| params.invalid(name, format!("cannot be read: {e}")))?;
+            object.insert(name.to_owned(), value);
+        }
+    }
+    Ok(object)
 }

@@ -17,10 +17,9 @@ use herald_hub::consumers::{
 };
 use herald_store::MAX_QUERY_LIMIT;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use crate::error::{ApiError, ErrorCode};
-use crate::rpc::call::{field, param, to_result, Call, RpcMethod, DEFAULT_LIMIT};
+use crate::rpc::call::{body, field, param, to_result, Call, RpcMethod, DEFAULT_LIMIT};
 use crate::rpc::error::RpcError;
 use crate::rpc::params::Params;
 use crate::rpc::wire::{self, FieldSpec, ParamSpec, ResultSpec};
@@ -144,19 +143,6 @@ fn refused(error: ConsumerError) -> RpcError {
         Some(param) => rpc.with("param", param).with("reason", reason),
         None => rpc,
     }
-}
-
-/// The given params among `names`, as the JSON object an HTTP body would be.
-fn body(params: &mut Params<'_>, names: &[&'static str]) -> Result<Map<String, Value>, RpcError> {
-    let mut object = Map::new();
-    for &name in names {
-        if let Some(raw) = params.take(name) {
-            let value: Value = serde_json::from_str(raw.get())
-                .map_err(|e| params.invalid(name, format!("cannot be read: {e}")))?;
-            object.insert(name.to_owned(), value);
-        }
-    }
-    Ok(object)
 }
 
 /// A field the HTTP API's field reading refused, as an error in that param.

@@ -5,10 +5,9 @@
 
 use herald_store::MAX_QUERY_LIMIT;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use crate::error::{ApiError, ErrorCode};
-use crate::rpc::call::{field, param, to_result, Call, RpcMethod, DEFAULT_LIMIT};
+use crate::rpc::call::{body, field, param, to_result, Call, RpcMethod, DEFAULT_LIMIT};
 use crate::rpc::error::RpcError;
 use crate::rpc::params::Params;
 use crate::rpc::wire::{FieldSpec, ParamSpec, ResultSpec};
@@ -54,19 +53,6 @@ fn aggregate(params: &mut Params<'_>) -> Result<(String, String), RpcError> {
     herald_core::aggregate::check_aggregate_id(&aggregate_id)
         .map_err(|e| params.invalid("aggregate_id", e.to_string()))?;
     Ok((aggregate_type, aggregate_id))
-}
-
-/// The given params among `names`, as the JSON object an HTTP body would be.
-fn body(params: &mut Params<'_>, names: &[&'static str]) -> Result<Map<String, Value>, RpcError> {
-    let mut object = Map::new();
-    for &name in names {
-        if let Some(raw) = params.take(name) {
-            let value: Value = serde_json::from_str(raw.get())
-                .map_err(|e| params.invalid(name, format!("cannot be read: {e}")))?;
-            object.insert(name.to_owned(), value);
-        }
-    }
-    Ok(object)
 }
 
 /// A field the HTTP API's reading refused, as an error in its param (`events[2].type`
