@@ -1,6 +1,7 @@
 //! The `herald` binary: `herald serve` runs the hub; `publish`, `query`, `tail` and
 //! `consumer` talk to a running hub over HTTP.
 
+mod backup;
 mod client;
 mod config;
 mod consumer;
@@ -58,6 +59,11 @@ enum Command {
     Export(transfer::ExportArgs),
     /// Publish the events of an NDJSON export into a hub (idempotent by event id).
     Import(transfer::ImportArgs),
+    /// Copy the embedded store to DIR while the hub keeps serving, verified, with a
+    /// manifest of what it holds.
+    Backup(backup::BackupArgs),
+    /// Put a backup made by `herald backup` in place (the hub must be stopped).
+    Restore(backup::RestoreArgs),
     /// Manage API keys in the store (`herald keys create --admin`).
     Keys(serve::KeysArgs),
     /// Print a shell completion script: `herald completions bash > /etc/bash_completion.d/herald`.
@@ -99,6 +105,16 @@ fn main() -> ExitCode {
                     .cloned();
                 let command = command.context("the keys create command")?;
                 serve::keys(args, config::load_store(command, 2)?).await
+            }
+            Command::Backup(args) => {
+                let command = Cli::command().find_subcommand("backup").cloned();
+                let command = command.context("the backup command")?;
+                backup::backup(args, config::load_store(command, 1)?).await
+            }
+            Command::Restore(args) => {
+                let command = Cli::command().find_subcommand("restore").cloned();
+                let command = command.context("the restore command")?;
+                backup::restore(args, config::load_store(command, 1)?).await
             }
             Command::Publish(args) => client::publish(args).await,
             Command::Query(args) => client::query(args).await,

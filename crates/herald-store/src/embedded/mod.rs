@@ -14,6 +14,7 @@
 //! - **Checkpoints** run on a background thread, so commits never pay for them.
 
 mod aggregates;
+pub mod backup;
 mod consumers;
 mod query;
 mod retention;
@@ -1116,7 +1117,7 @@ impl Store for EmbeddedStore {
     }
 }
 
-fn lock_path(path: &Path) -> PathBuf {
+pub(super) fn lock_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".lock");
     path.with_file_name(name)

@@ -8,6 +8,7 @@ mod access;
 mod access_fuzz;
 mod aggregates;
 mod api;
+mod backup;
 mod bad_input;
 mod cli;
 mod config;

@@ -1,0 +1,147 @@
+//! Online backups of the embedded store: a consistent copy taken through a read-only
+//! connection (one WAL snapshot) while the hub keeps writing, and its verification.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::schema;
+use crate::{Result, StoreError};
+
+/// What a verified store file holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreFileInfo {
+    pub schema_version: i64,
+    /// The seq of its newest event (0: none).
+    pub head_seq: u64,
+    pub events: u64,
+    pub bytes: u64,
+}
+
+fn read_only(path: &Path) -> Result<Connection> {
+    Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::Open(format!("cannot open {}: {e}", path.display())))
+}
+
+/// Copies the store at `source` to `target` (which must not exist) as of one moment,
+/// while other processes may be writing to it, then verifies the copy.
+pub fn backup(source: &Path, target: &Path) -> Result<StoreFileInfo> {
+    if !source.exists() {
+        return Err(StoreError::Open(format!(
+            "no store at {}",
+            source.display()
+        )));
+    }
+    if target.exists() {
+        return Err(StoreError::Open(format!(
+            "{} exists already",
+            target.display()
+        )));
+    }
+    let conn = read_only(source)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .map_err(super::map_error)?;
+    let target_text = target
+        .to_str()
+        .ok_or_else(|| StoreError::Open(format!("{} is not UTF-8", target.display())))?;
+    conn.execute("VACUUM INTO ?1", [target_text])
+        .map_err(|e| StoreError::Unavailable(format!("copying the store failed: {e}")))?;
+    verify(target)
+}
+
+/// Checks a store file page by page (`PRAGMA integrity_check`) and reads what it holds.
+pub fn verify(path: &Path) -> Result<StoreFileInfo> {
+    let conn = read_only(path)?;
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+    if check != "ok" {
+        return Err(StoreError::Corrupt(format!(
+            "{} fails its integrity check: {check}",
+            path.display()
+        )));
+    }
+    let schema_version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(super::map_error)?;
+    if schema_version == 0 || schema_version > schema::SCHEMA_VERSION {
+        return Err(StoreError::Open(format!(
+            "{} is not a Herald store this version can open (schema version {schema_version})",
+            path.display()
+        )));
+    }
+    let (head, events): (i64, i64) = conn
+        .query_row(
+            "SELECT IFNULL(MAX(seq), 0), count(*) FROM events",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .map_err(super::map_error)?;
+    let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    Ok(StoreFileInfo {
+        schema_version,
+        head_seq: head.max(0) as u64,
+        events: events.max(0) as u64,
+        bytes,
+    })
+}
+
+/// Puts the verified backup `backup` in place as the store at `target`, while no Herald
+/// uses it (its lock is taken for the duration). An existing store is replaced only with
+/// `replace`; its WAL files go with it.
+pub fn restore(backup: &Path, target: &Path, replace: bool) -> Result<StoreFileInfo> {
+    let info = verify(backup)?;
+    if target.exists() && !replace {
+        return Err(StoreError::Open(format!(
+            "{} exists; restore over it with --force (it is replaced)",
+            target.display()
+        )));
+    }
+    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Open(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let lock_path = super::lock_path(target);
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StoreError::Open(format!("cannot open {}: {e}", lock_path.display())))?;
+    lock.try_lock().map_err(|_| {
+        StoreError::Open(format!(
+            "{} is in use by a running Herald: stop it first",
+            target.display()
+        ))
+    })?;
+    let io = |what: &str, e: std::io::Error| StoreError::Open(format!("{what}: {e}"));
+    let staging = target.with_extension("restoring");
+    std::fs::copy(backup, &staging).map_err(|e| io("copying the backup", e))?;
+    std::fs::File::open(&staging)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io("syncing the copy", e))?;
+    for suffix in ["-wal", "-shm"] {
+        let mut name = target.as_os_str().to_owned();
+        name.push(suffix);
+        match std::fs::remove_file(std::path::PathBuf::from(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("removing the old WAL", e)),
+        }
+    }
+    std::fs::rename(&staging, target).map_err(|e| io("putting the copy in place", e))?;
+    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    let restored = verify(target)?;
+    drop(lock);
+    if restored.head_seq != info.head_seq || restored.events != info.events {
+        return Err(StoreError::Corrupt(
+            "the restored store differs from the backup".into(),
+        ));
+    }
+    Ok(restored)
+}
