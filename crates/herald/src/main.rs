@@ -57,6 +57,9 @@ enum Command {
     Consumer(consumer::ConsumerArgs),
     /// Write a hub's events as NDJSON, one event per line, in seq order.
     Export(transfer::ExportArgs),
+    /// Re-publish a filtered range of a hub's events, in seq order, to another hub
+    /// (idempotent by event id) or to a webhook (`--webhook`).
+    Replay(transfer::ReplayArgs),
     /// Publish the events of an NDJSON export into a hub (idempotent by event id).
     Import(transfer::ImportArgs),
     /// Copy the embedded store to DIR while the hub keeps serving, verified, with a
@@ -122,6 +125,7 @@ fn main() -> ExitCode {
             Command::Consumer(args) => consumer::run(args).await,
             Command::Export(args) => transfer::export(args).await,
             Command::Import(args) => transfer::import(args).await,
+            Command::Replay(args) => transfer::replay(args).await,
             Command::Completions { shell } => {
                 let mut command = Cli::command();
                 clap_complete::generate(shell, &mut command, "herald", &mut std::io::stdout());

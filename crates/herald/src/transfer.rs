@@ -12,7 +12,10 @@
 //!   correlation ids and the origin's service and user are kept; seqs, timestamps and
 //!   the hub id are the importing hub's.
 //!
-//! Both show a progress bar with rate and ETA on a terminal, and a plain line every few
+//! - **Replay** reads like export and re-publishes like import, page by page, straight
+//!   to another hub (`--to URL`), or POSTs each event to a webhook (`--webhook`).
+//!
+//! All three show a progress bar with rate and ETA on a terminal, and a plain line every few
 //! seconds otherwise.
 
 use std::io::{BufRead, BufWriter, IsTerminal, Write};
@@ -34,8 +37,9 @@ const IMPORT_BATCH: usize = 500;
 /// How often a plain progress line is printed when standard error is not a terminal.
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
 
+/// Which events to read from the hub.
 #[derive(Debug, Args)]
-pub struct ExportArgs {
+struct Filters {
     /// Subject pattern (`*` one token, `>` the rest); default: every event.
     #[arg(long)]
     subject: Option<String>,
@@ -45,12 +49,38 @@ pub struct ExportArgs {
     /// Only events at or before this RFC 3339 time.
     #[arg(long)]
     until: Option<String>,
-    /// Only events after this seq (resume an export with the last seq it wrote).
+    /// Only events after this seq (resume with the last seq done).
     #[arg(long, default_value_t = 0)]
     from_seq: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    filters: Filters,
     /// Write to this file (appending) instead of standard output.
     #[arg(long, short)]
     output: Option<PathBuf>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// `herald replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    filters: Filters,
+    /// Where to re-publish: another hub's base URL (events keep their ids, so a replay
+    /// run twice stores each once), or with `--webhook` a URL that gets each event as a
+    /// JSON POST, in seq order.
+    #[arg(long)]
+    to: String,
+    /// The target hub's API key.
+    #[arg(long, env = "HERALD_TO_API_KEY", hide_env_values = true)]
+    to_key: Option<crate::client::ApiKey>,
+    /// `--to` is a webhook, not a hub.
+    #[arg(long)]
+    webhook: bool,
     #[command(flatten)]
     connection: Connection,
 }
@@ -148,15 +178,15 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         )),
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     };
-    let mut progress = Progress::new("export", Some(head.saturating_sub(args.from_seq)));
-    let mut after = args.from_seq;
+    let mut progress = Progress::new("export", Some(head.saturating_sub(args.filters.from_seq)));
+    let mut after = args.filters.from_seq;
     let mut written = 0u64;
-    let mut last_written = args.from_seq;
+    let mut last_written = args.filters.from_seq;
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     let outcome = loop {
         let page = tokio::select! {
-            page = fetch_page(&client, &args, after) => page,
+            page = fetch_page(&client, &args.connection, &args.filters, after) => page,
             _ = &mut interrupted => break Err(anyhow::anyhow!("interrupted")),
         };
         let (events, next) = match page {
@@ -171,7 +201,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
             written += 1;
             last_written = event["seq"].as_u64().unwrap_or(last_written);
         }
-        progress.update(next.saturating_sub(args.from_seq), written);
+        progress.update(next.saturating_sub(args.filters.from_seq), written);
         if events.is_empty() && next <= after {
             break Ok(());
         }
@@ -203,7 +233,8 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
 /// One page of events after `after`, and the `after_seq` of the next page.
 async fn fetch_page(
     client: &reqwest::Client,
-    args: &ExportArgs,
+    connection: &Connection,
+    filters: &Filters,
     after: u64,
 ) -> anyhow::Result<(Vec<Value>, u64)> {
     let mut params: Vec<(&str, String)> = vec![
@@ -211,20 +242,20 @@ async fn fetch_page(
         ("limit", PAGE.to_string()),
     ];
     for (name, value) in [
-        ("subject", &args.subject),
-        ("since", &args.since),
-        ("until", &args.until),
+        ("subject", &filters.subject),
+        ("since", &filters.since),
+        ("until", &filters.until),
     ] {
         if let Some(value) = value {
             params.push((name, value.clone()));
         }
     }
     let response = client
-        .get(args.connection.endpoint("/api/events"))
+        .get(connection.endpoint("/api/events"))
         .query(&params)
         .send()
         .await
-        .with_context(|| format!("cannot reach the hub at {}", args.connection.url))?;
+        .with_context(|| format!("cannot reach the hub at {}", connection.url))?;
     let status = response.status();
     let next = response
         .headers()
@@ -399,6 +430,126 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The source hub's head seq (`GET /`).
+async fn head_of(client: &reqwest::Client, connection: &Connection) -> anyhow::Result<u64> {
+    let index: Value = client
+        .get(connection.endpoint("/"))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the hub at {}", connection.url))?
+        .json()
+        .await
+        .context("reading the hub's head from GET /")?;
+    Ok(index["head_seq"].as_u64().unwrap_or(0))
+}
+
+/// `herald replay`: reads a filtered range of one hub in seq order and re-publishes it,
+/// page by page, to another hub (keeping ids, so it is idempotent) or to a webhook.
+/// Stopped, it says the last seq done: `--from-seq` that seq resumes.
+pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let source = args.connection.client()?;
+    let target_connection = Connection {
+        url: args.to.clone(),
+        key: args.to_key.clone(),
+    };
+    let target = target_connection.client()?;
+    let head = head_of(&source, &args.connection).await?;
+    let from = args.filters.from_seq;
+    let mut progress = Progress::new("replay", Some(head.saturating_sub(from)));
+    let (mut after, mut done_through) = (from, from);
+    let (mut sent, mut duplicates) = (0u64, 0u64);
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let outcome: anyhow::Result<()> = async {
+        loop {
+            let (events, next) = tokio::select! {
+                page = fetch_page(&source, &args.connection, &args.filters, after) => page?,
+                _ = &mut interrupted => bail!("interrupted"),
+            };
+            if args.webhook {
+                for event in &events {
+                    tokio::select! {
+                        posted = post_webhook(&target, &args.to, event) => posted?,
+                        _ = &mut interrupted => bail!("interrupted"),
+                    }
+                    sent += 1;
+                    done_through = event["seq"].as_u64().unwrap_or(done_through);
+                }
+            } else {
+                // Plain events in batches; CloudEvents one by one (see `import`).
+                let mut pending = Vec::new();
+                for event in &events {
+                    let Value::Object(map) = event.clone() else {
+                        bail!("the hub answered an event that is not an object");
+                    };
+                    match republish(map)? {
+                        Republish::Plain(body) => pending.push(body),
+                        Republish::CloudEvent(body, correlation) => {
+                            let (s, d) = if pending.is_empty() {
+                                (0, 0)
+                            } else {
+                                send_batch(&target, &target_connection, &mut pending).await?
+                            };
+                            let duplicate =
+                                send_cloudevent(&target, &target_connection, &body, correlation)
+                                    .await?;
+                            sent += s + u64::from(!duplicate);
+                            duplicates += d + u64::from(duplicate);
+                        }
+                    }
+                }
+                if !pending.is_empty() {
+                    let (s, d) = tokio::select! {
+                        batch = send_batch(&target, &target_connection, &mut pending) => batch?,
+                        _ = &mut interrupted => bail!("interrupted"),
+                    };
+                    sent += s;
+                    duplicates += d;
+                }
+            }
+            // The whole page is sent: everything up to `next` is done.
+            done_through = done_through.max(next);
+            progress.update(next.saturating_sub(from), sent + duplicates);
+            if events.is_empty() && (next <= after || next >= head) {
+                return Ok(());
+            }
+            after = next;
+        }
+    }
+    .await;
+    progress.finish();
+    match outcome {
+        Ok(()) => {
+            eprintln!(
+                "herald replay: {sent} sent, {duplicates} already there, through seq {done_through} ({})",
+                progress.rate()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!(
+                "herald replay: stopped ({error:#}) after {sent} events; resume with --from-seq {done_through}"
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// POSTs one event (as `GET /api/events` shows it) to a webhook; a non-2xx is an error.
+async fn post_webhook(client: &reqwest::Client, url: &str, event: &Value) -> anyhow::Result<()> {
+    let response = client
+        .post(url)
+        .json(event)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    if !status.is_success() {
+        bail!("{url} answered {status}");
+    }
+    Ok(())
 }
 
 fn count_lines(path: &PathBuf) -> anyhow::Result<u64> {
