@@ -228,12 +228,6 @@ impl Scoped<'_> {
         }
     }
 
-    /// The subjects of an aggregate's events without a subject of their own.
-    fn aggregate_subjects(&self, aggregate_type: &str) -> Pattern {
-        Pattern::parse(&format!("hub.{}.{aggregate_type}.>", self.hub.hub_id()))
-            .unwrap_or_else(|_| Pattern::all())
-    }
-
     /// Appends to one of the caller's aggregates. Needs the publish right on every
     /// event's subject, and counts against the publish rates and the storage quota as a
     /// publish does. A caller without a tenant may not write into a tenant's subjects:
@@ -294,8 +288,23 @@ impl Scoped<'_> {
         Ok(page)
     }
 
-    /// Saves a snapshot of one of the caller's aggregates: needs a publish right on
-    /// some subject of `hub.<hub_id>.<type>.>`.
+    /// The aggregate's event at `version`, if it has one.
+    async fn event_at_version(
+        &self,
+        key: AggregateKey,
+        version: u64,
+    ) -> Result<Option<Event>, AggregateError> {
+        let page = self.hub.load_aggregate(key, version, 1).await?;
+        Ok(page
+            .events
+            .into_iter()
+            .next()
+            .filter(|e| e.aggregate.as_deref().is_some_and(|a| a.version == version)))
+    }
+
+    /// Saves a snapshot of one of the caller's aggregates. Rights follow the aggregate's
+    /// events: it needs the publish right on the subject of the event at `version` (the
+    /// state a snapshot holds comes from the events up to it).
     pub async fn save_snapshot(
         &self,
         aggregate_type: &str,
@@ -303,44 +312,35 @@ impl Scoped<'_> {
         version: u64,
         state: herald_core::Payload,
     ) -> Result<(), AggregateError> {
-        if self
-            .caller
-            .publish_rights()
-            .narrow(&self.aggregate_subjects(aggregate_type))
-            .is_empty()
-        {
-            return Err(forbidden(format!(
-                "this key may not publish {aggregate_type} events, so not save their snapshots"
-            ))
-            .into());
+        let key = self.aggregate_key(aggregate_type, aggregate_id);
+        if let Some(event) = self.event_at_version(key.clone(), version).await? {
+            if !self.caller.may_publish(event.subject.as_str()) {
+                return Err(forbidden(format!(
+                    "this key may not publish to {}, so not snapshot its aggregate",
+                    event.subject
+                ))
+                .into());
+            }
         }
-        self.hub
-            .save_snapshot(
-                self.aggregate_key(aggregate_type, aggregate_id),
-                version,
-                state,
-            )
-            .await
+        self.hub.save_snapshot(key, version, state).await
     }
 
-    /// The latest snapshot of one of the caller's aggregates: needs a subscribe right on
-    /// some subject of `hub.<hub_id>.<type>.>`.
+    /// The latest snapshot of one of the caller's aggregates: `None` also when the
+    /// caller may not see the aggregate's event at the snapshot's version.
     pub async fn load_snapshot(
         &self,
         aggregate_type: &str,
         aggregate_id: &str,
     ) -> Result<Option<herald_store::Snapshot>, AggregateError> {
-        if self
-            .caller
-            .subscribe_rights()
-            .narrow(&self.aggregate_subjects(aggregate_type))
-            .is_empty()
-        {
+        let key = self.aggregate_key(aggregate_type, aggregate_id);
+        let Some(snapshot) = self.hub.load_snapshot(key.clone()).await? else {
             return Ok(None);
+        };
+        match self.event_at_version(key, snapshot.version).await {
+            Ok(Some(event)) if !self.caller.may_see(&event) => Ok(None),
+            Ok(_) | Err(AggregateError::NotFound) => Ok(Some(snapshot)),
+            Err(error) => Err(error),
         }
-        self.hub
-            .load_snapshot(self.aggregate_key(aggregate_type, aggregate_id))
-            .await
     }
 
     /// An event by id; `None` also when the caller may not see it.

@@ -1086,3 +1086,90 @@ async fn payload_bytes_per_second_are_limited() {
         .await;
     assert_eq!(status, 201, "after the bucket refilled");
 }
+
+/// Aggregates live in their tenant's namespace: two tenants' `order` `o-1` are two
+/// aggregates with their own versions and snapshots, and nobody appends outside its
+/// subjects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_aggregates_are_their_own() {
+    let herald = start_required().await;
+    let admin = As {
+        herald: &herald,
+        key: Some(ADMIN.into()),
+    };
+    let (_, acme_key) = tenant_with_key(&admin, "acme").await;
+    let (_, globex_key) = tenant_with_key(&admin, "globex").await;
+    let acme = As {
+        herald: &herald,
+        key: Some(acme_key),
+    };
+    let globex = As {
+        herald: &herald,
+        key: Some(globex_key),
+    };
+    let placed = |tenant: &str, n: u32| {
+        json!({"expected_version": "no_stream", "events": [
+            {"type": "order.placed", "subject": format!("hub.{tenant}.orders.placed"), "payload": {"n": n}}
+        ]})
+    };
+    let path = "/api/aggregates/order/o-1/events";
+    let (status, body) = acme.post(path, placed("acme", 1)).await;
+    assert_eq!((status, body["version"].clone()), (201, json!(1)), "{body}");
+    let (status, body) = globex.post(path, placed("globex", 2)).await;
+    assert_eq!(
+        (status, body["version"].clone()),
+        (201, json!(1)),
+        "its own aggregate: {body}"
+    );
+
+    for (who, tenant, n) in [(&acme, "acme", 1), (&globex, "globex", 2)] {
+        let (status, body) = who.get(path).await;
+        assert_eq!(status, 200, "{body}");
+        let events = body["events"].as_array().unwrap();
+        assert_eq!(events.len(), 1, "{body}");
+        assert_eq!(events[0]["payload"]["n"], n);
+        assert_eq!(events[0]["tenant_id"], tenant);
+        let (_, found) = who
+            .get("/api/events?aggregate_type=order&aggregate_id=o-1")
+            .await;
+        assert_eq!(
+            found.as_array().unwrap().len(),
+            1,
+            "{tenant} sees its own: {found}"
+        );
+    }
+
+    // Outside its subjects: another tenant's, or the hub's default aggregate subject.
+    let (status, body) = acme
+        .post(
+            path,
+            json!({"events": [{"type": "order.placed", "subject": "hub.globex.orders.placed", "payload": {}}]}),
+        )
+        .await;
+    assert_eq!((status, error_code(&body)), (403, "forbidden"), "{body}");
+    let (status, body) = acme
+        .post(
+            path,
+            json!({"events": [{"type": "order.placed", "payload": {}}]}),
+        )
+        .await;
+    assert_eq!((status, error_code(&body)), (403, "forbidden"), "{body}");
+    // An admin key has no tenant: it may not write into a tenant's subjects.
+    let (status, body) = admin.post(path, placed("acme", 3)).await;
+    assert_eq!((status, error_code(&body)), (403, "forbidden"), "{body}");
+
+    // Snapshots too.
+    let (status, _) = acme
+        .put(
+            "/api/aggregates/order/o-1/snapshot",
+            json!({"version": 1, "state": {"n": 1}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = globex.get("/api/aggregates/order/o-1/snapshot").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (404, "snapshot_not_found"),
+        "{body}"
+    );
+}
