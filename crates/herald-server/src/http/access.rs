@@ -209,7 +209,8 @@ pub async fn delete_tenant(
     summary = "Create an API key",
     description = "Answers the key's secret (`key`, `hrld_…`) this once: only a hash is \
         kept. Rights left out are the tenant's whole subject spaces. A key of a tenant is \
-        narrowed to the tenant's spaces whatever its patterns say. Admin keys only.",
+        narrowed to the tenant's spaces whatever its patterns say. An admin key belongs to \
+        no tenant (`409` with both). Admin keys only.",
     request_body(content((KeyRequest = "application/json"))),
     responses(
         (status = 201, description = "Created; `key` is the secret.", body = CreatedKey),
@@ -228,6 +229,15 @@ pub async fn create_key(
     let body = body.map_err(body_rejection)?;
     let request: KeyRequest = parse_json_object(&body)?;
     check_limits(&request.limits)?;
+    if request.admin && request.tenant.is_some() {
+        // Admin rights span every tenant: a key of one tenant holding them would let that
+        // tenant's holder manage the others.
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "`admin`: an admin key manages every tenant, so it cannot belong to one; leave out \
+             `tenant`",
+        ));
+    }
     let expires_at = request
         .expires_at
         .as_deref()

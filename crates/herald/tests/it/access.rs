@@ -1173,3 +1173,182 @@ async fn tenants_aggregates_are_their_own() {
         "{body}"
     );
 }
+
+/// Every mistake in a tenant or key request is a 4xx naming the problem, and nothing of
+/// it is kept: the lists are unchanged afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tenant_and_key_requests_are_refused_field_by_field() {
+    let herald = start_required().await;
+    let admin = As {
+        herald: &herald,
+        key: Some(ADMIN.into()),
+    };
+    tenant_with_key(&admin, "acme").await;
+    let (_, tenants_before) = admin.get("/api/tenants").await;
+    let (_, keys_before) = admin.get("/api/keys").await;
+
+    let tenants: Vec<(Value, u16, &str, &str)> = vec![
+        (json!({}), 422, "invalid_body", "no id"),
+        (
+            json!({"id": "Bad Id", "subjects": ["hub.b.>"]}),
+            422,
+            "invalid_access",
+            "id",
+        ),
+        (
+            json!({"id": "b", "subjects": []}),
+            422,
+            "invalid_access",
+            "no subjects",
+        ),
+        (
+            json!({"id": "b", "subjects": ["hub.>.x"]}),
+            422,
+            "invalid_access",
+            "a bad pattern",
+        ),
+        (
+            json!({"id": "b", "subjects": "hub.b.>"}),
+            422,
+            "invalid_body",
+            "not a list",
+        ),
+        (
+            json!({"id": "b", "subjects": ["hub.acme.x"]}),
+            409,
+            "conflict",
+            "overlaps acme",
+        ),
+        (
+            json!({"id": "b", "subjects": ["hub.local-hub.audit.>"]}),
+            409,
+            "conflict",
+            "the audit log",
+        ),
+        (
+            json!({"id": "b", "subjects": ["hub.b.>"], "limits": {"publish_per_second": 0}}),
+            422,
+            "invalid_access",
+            "a zero rate",
+        ),
+        (
+            json!({"id": "b", "subjects": ["hub.b.>"], "limits": {"publish_per_second": -1}}),
+            422,
+            "invalid_body",
+            "a negative rate",
+        ),
+        (
+            json!({"id": "b", "subjects": ["hub.b.>"], "limits": {"no_such_limit": 1}}),
+            422,
+            "invalid_body",
+            "an unknown limit",
+        ),
+        (
+            json!({"id": "b", "subjects": ["hub.b.>"], "extra": true}),
+            422,
+            "invalid_body",
+            "an unknown field",
+        ),
+        (
+            json!({"id": "acme", "subjects": ["hub.acme2.>"]}),
+            409,
+            "conflict",
+            "an existing id",
+        ),
+    ];
+    for (body, status, code, what) in tenants {
+        let (got, answer) = admin.post("/api/tenants", body).await;
+        assert_eq!(
+            (got, error_code(&answer)),
+            (status, code),
+            "{what}: {answer}"
+        );
+        assert!(!answer["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty());
+    }
+
+    let keys: Vec<(Value, u16, &str, &str)> = vec![
+        (
+            json!({"tenant": "nobody"}),
+            404,
+            "tenant_not_found",
+            "an unknown tenant",
+        ),
+        (
+            json!({"tenant": "acme", "publish": {"allow": ["hub.>.x"]}}),
+            422,
+            "invalid_access",
+            "a bad pattern",
+        ),
+        (
+            json!({"tenant": "acme", "publish": {"allow": "hub.>"}}),
+            422,
+            "invalid_body",
+            "not a list",
+        ),
+        (
+            json!({"tenant": "acme", "admin": true}),
+            409,
+            "conflict",
+            "a tenant's admin key",
+        ),
+        (
+            json!({"tenant": "acme", "expires_at": "yesterday"}),
+            422,
+            "invalid_access",
+            "a bad time",
+        ),
+        (
+            json!({"tenant": "acme", "limits": {"max_streams": "many"}}),
+            422,
+            "invalid_body",
+            "a limit that is not a number",
+        ),
+        (
+            json!({"tenant": "acme", "description": "x".repeat(5000)}),
+            422,
+            "invalid_access",
+            "a long description",
+        ),
+        (
+            json!({"tenant": "acme", "extra": 1}),
+            422,
+            "invalid_body",
+            "an unknown field",
+        ),
+    ];
+    for (body, status, code, what) in keys {
+        let (got, answer) = admin.post("/api/keys", body).await;
+        assert_eq!(
+            (got, error_code(&answer)),
+            (status, code),
+            "{what}: {answer}"
+        );
+    }
+    let (status, answer) = admin.delete("/api/keys/no-such-key").await;
+    assert_eq!(
+        (status, error_code(&answer)),
+        (404, "key_not_found"),
+        "{answer}"
+    );
+    let (status, answer) = admin.delete("/api/tenants/no-such-tenant").await;
+    assert_eq!(
+        (status, error_code(&answer)),
+        (404, "tenant_not_found"),
+        "{answer}"
+    );
+
+    let (_, tenants_after) = admin.get("/api/tenants").await;
+    let (_, keys_after) = admin.get("/api/keys").await;
+    assert_eq!(
+        tenants_after, tenants_before,
+        "nothing of a refused tenant is kept"
+    );
+    assert_eq!(
+        keys_after["keys"].as_array().map(Vec::len),
+        keys_before["keys"].as_array().map(Vec::len),
+        "nor of a refused key"
+    );
+}
