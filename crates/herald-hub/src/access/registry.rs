@@ -36,6 +36,8 @@ pub(crate) struct Registry {
 #[derive(Default)]
 struct Usage {
     bytes: HashMap<String, u64>,
+    /// Bytes of publishes admitted against a quota and not yet stored or refused.
+    reserved: HashMap<String, u64>,
     read_at: Option<std::time::Instant>,
 }
 
@@ -173,11 +175,38 @@ impl Registry {
             .unwrap_or(0))
     }
 
-    /// Counts bytes this instance stored for `tenant`.
-    pub(crate) fn add_stored_bytes(&self, tenant: &str, bytes: u64) {
+    /// Holds `bytes` of `tenant`'s quota for a publish in flight, so that publishes at
+    /// once cannot pass the quota together; `Err(used)` (stored and held) when they do
+    /// not fit. Settle the reservation once the publish is answered.
+    pub(crate) fn reserve_stored_bytes(
+        &self,
+        tenant: &str,
+        bytes: u64,
+        quota: u64,
+    ) -> Result<Reservation<'_>, u64> {
         let mut usage = self.usage.lock().expect("usage lock");
-        if usage.read_at.is_some() {
-            *usage.bytes.entry(tenant.to_owned()).or_default() += bytes;
+        let stored = usage.bytes.get(tenant).copied().unwrap_or(0);
+        let held = usage.reserved.entry(tenant.to_owned()).or_default();
+        let used = stored.saturating_add(*held);
+        if used.saturating_add(bytes) > quota {
+            return Err(used);
+        }
+        *held += bytes;
+        Ok(Reservation {
+            registry: self,
+            tenant: tenant.to_owned(),
+            bytes,
+            settled: false,
+        })
+    }
+
+    fn settle(&self, tenant: &str, reserved: u64, stored: u64) {
+        let mut usage = self.usage.lock().expect("usage lock");
+        if let Some(held) = usage.reserved.get_mut(tenant) {
+            *held = held.saturating_sub(reserved);
+        }
+        if usage.read_at.is_some() && stored > 0 {
+            *usage.bytes.entry(tenant.to_owned()).or_default() += stored;
         }
     }
 
@@ -607,4 +636,29 @@ pub async fn create_admin_key(
             },
         )
         .await
+}
+
+/// Quota bytes held for a publish in flight; released when dropped unsettled (the
+/// publish failed: nothing was stored).
+pub(crate) struct Reservation<'a> {
+    registry: &'a Registry,
+    tenant: String,
+    bytes: u64,
+    settled: bool,
+}
+
+impl Reservation<'_> {
+    /// The publish is answered: `stored` bytes of it are new in the log.
+    pub(crate) fn settle(mut self, stored: u64) {
+        self.settled = true;
+        self.registry.settle(&self.tenant, self.bytes, stored);
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.registry.settle(&self.tenant, self.bytes, 0);
+        }
+    }
 }

@@ -139,20 +139,19 @@ impl Scoped<'_> {
 
     /// Publishes events that passed [`Scoped::admit`]. A tenant's storage quota
     /// (`max_stored_bytes`) is checked here, against the payload bytes its events hold.
-    /// (Publishes in flight at once may pass it together by their own size.)
     pub async fn publish_admitted(
         &self,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Published>, HubError> {
-        let quota = self.check_quota(&events).await?;
+        let reservation = self.reserve_quota(&events).await?;
         let published = self.hub.publish_batch(events).await?;
-        if let Some(tenant) = quota {
+        if let Some(reservation) = reservation {
             let added: u64 = published
                 .iter()
                 .filter(|p| !p.duplicate)
                 .map(|p| p.event.payload.get().len() as u64)
                 .sum();
-            self.hub.inner.access.add_stored_bytes(tenant, added);
+            reservation.settle(added);
         }
         // A duplicate id answers with the stored event: never one the caller may not see.
         if published
@@ -167,9 +166,14 @@ impl Scoped<'_> {
     }
 
     /// Checks a tenant's storage quota (`max_stored_bytes`) for `events`, against the
-    /// payload bytes its events hold. (Publishes in flight at once may pass it together
-    /// by their own size.) The tenant whose usage to add to once stored, if it has one.
-    async fn check_quota(&self, events: &[NewEvent]) -> Result<Option<&str>, HubError> {
+    /// payload bytes its events hold plus those of its publishes in flight on this
+    /// instance, and holds their bytes until the publish is answered (settle the
+    /// reservation with what was stored; dropped, it is released). Instances sharing a
+    /// store see each other's usage within the usage refresh.
+    async fn reserve_quota(
+        &self,
+        events: &[NewEvent],
+    ) -> Result<Option<super::registry::Reservation<'_>>, HubError> {
         let Some((tenant, quota)) = self
             .caller
             .tenant()
@@ -178,7 +182,8 @@ impl Scoped<'_> {
             return Ok(None);
         };
         let registry = &self.hub.inner.access;
-        let used = registry
+        // Reads the usage from the store first when this instance has not yet.
+        registry
             .stored_bytes(&self.hub.inner.store, tenant)
             .await
             .map_err(|error| match error {
@@ -186,13 +191,15 @@ impl Scoped<'_> {
                 other => HubError::Internal(other.to_string()),
             })?;
         let adding: u64 = events.iter().map(|e| e.payload.get().len() as u64).sum();
-        if used.saturating_add(adding) > quota {
-            return Err(HubError::LimitReached(format!(
-                "this tenant's events hold {used} bytes of payload; its quota is {quota} \
-                 (max_stored_bytes)"
-            )));
-        }
-        Ok(Some(tenant))
+        registry
+            .reserve_stored_bytes(tenant, adding, quota)
+            .map(Some)
+            .map_err(|used| {
+                HubError::LimitReached(format!(
+                    "this tenant's events hold {used} bytes of payload (stored and being \
+                     stored); its quota is {quota} (max_stored_bytes)"
+                ))
+            })
     }
 
     // ---- retention ----
@@ -254,16 +261,16 @@ impl Scoped<'_> {
             }
         }
         self.admit(&mut events)?;
-        let quota = self.check_quota(&events).await?;
+        let reservation = self.reserve_quota(&events).await?;
         let written = self.hub.append_to_aggregate(key, expected, events).await?;
-        if let Some(tenant) = quota {
+        if let Some(reservation) = reservation {
             let added: u64 = written
                 .events
                 .iter()
                 .filter(|a| !a.is_duplicate())
                 .map(|a| a.event().payload.get().len() as u64)
                 .sum();
-            self.hub.inner.access.add_stored_bytes(tenant, added);
+            reservation.settle(added);
         }
         Ok(written)
     }

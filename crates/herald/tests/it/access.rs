@@ -990,6 +990,49 @@ async fn a_tenant_is_held_to_its_storage_quota() {
         1,
         "nothing over the quota stored"
     );
+
+    // Publishes at once cannot pass a quota together: 20 publishes of 51 bytes race for
+    // a quota of 510 bytes, and 10 are stored.
+    let (status, _) = admin
+        .post(
+            "/api/tenants",
+            json!({"id": "burst", "subjects": ["hub.burst.>"], "limits": {"max_stored_bytes": 510}}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let secret = admin.post("/api/keys", json!({"tenant": "burst"})).await.1["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let racing = (0..20).map(|i| {
+        let (http, url, secret) = (
+            herald.http.clone(),
+            herald.url("/api/events"),
+            secret.clone(),
+        );
+        let payload = payload.clone();
+        tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(secret)
+                .json(&json!({"subject": format!("hub.burst.e{i}"), "payload": payload}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    });
+    let mut stored = 0;
+    for task in racing.collect::<Vec<_>>() {
+        match task.await.unwrap() {
+            201 => stored += 1,
+            429 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(stored, 10, "exactly the quota's worth is stored");
+    let (_, events) = admin.get("/api/events?subject=hub.burst.>").await;
+    assert_eq!(events.as_array().unwrap().len(), 10);
 }
 
 /// `max_connections` counts the connections a key is used on: another connection with
