@@ -162,21 +162,25 @@ pub(crate) fn decide(append: &AggregateAppend, current: u64, stored: &[Option<Ev
     Decision::Answer(AggregateAppended::IdTaken { id })
 }
 
+/// Gives an append's events their versions, from `current + 1`.
+pub(crate) fn number(events: &mut [NewEvent], current: u64) {
+    for (version, event) in (current + 1..).zip(events.iter_mut()) {
+        if let Some(aggregate) = event.aggregate.as_deref_mut() {
+            aggregate.version = version;
+        }
+    }
+}
+
 /// The events of an append as committed, with their versions from `current + 1`.
 pub(crate) fn commit_events(
-    events: Vec<NewEvent>,
+    mut events: Vec<NewEvent>,
     first_seq: u64,
     current: u64,
     timestamp: Timestamp,
 ) -> Vec<Appended> {
-    events
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut event)| {
-            if let Some(aggregate) = event.aggregate.as_deref_mut() {
-                aggregate.version = current + 1 + i as u64;
-            }
-            Appended::Stored(event.commit(first_seq + i as u64, timestamp))
-        })
+    number(&mut events, current);
+    (first_seq..)
+        .zip(events)
+        .map(|(seq, event)| Appended::Stored(event.commit(seq, timestamp)))
         .collect()
 }

@@ -18,6 +18,9 @@ use crate::rpc::params::Params;
 use crate::rpc::wire::{FieldSpec, ParamSpec, ResultSpec};
 use crate::AppState;
 
+/// The `origin.service` of events published through JSON-RPC.
+pub const ORIGIN_SERVICE: &str = "herald-rpc";
+
 /// `limit` when a call gives none.
 pub(crate) const DEFAULT_LIMIT: u64 = 100;
 

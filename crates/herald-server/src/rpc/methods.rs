@@ -26,8 +26,7 @@ use crate::rpc::store;
 use crate::rpc::wire::{self, FieldSpec, MethodSpec, ParamSpec, ResultSpec};
 use crate::CORRELATION_HEADER;
 
-/// The `origin.service` of events published through JSON-RPC.
-pub const ORIGIN_SERVICE: &str = "herald-rpc";
+pub use crate::rpc::call::ORIGIN_SERVICE;
 /// Most events in one `bus.publish_batch` (as `POST /api/events:batch`).
 pub const MAX_BATCH_EVENTS: usize = crate::wire::MAX_BATCH_EVENTS;
 

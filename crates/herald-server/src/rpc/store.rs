@@ -7,16 +7,15 @@ use herald_store::MAX_QUERY_LIMIT;
 use serde_json::value::RawValue;
 
 use crate::error::{ApiError, ErrorCode};
-use crate::rpc::call::{body, field, param, to_result, Call, RpcMethod, DEFAULT_LIMIT};
+use crate::rpc::call::{
+    body, field, param, to_result, Call, RpcMethod, DEFAULT_LIMIT, ORIGIN_SERVICE,
+};
 use crate::rpc::error::RpcError;
 use crate::rpc::params::Params;
 use crate::rpc::wire::{FieldSpec, ParamSpec, ResultSpec};
 use crate::wire::aggregates::{
     append_request, snapshot_request, AggregateEvents, AppendResponse, FieldError, Snapshot,
 };
-
-/// The `origin.service` of events appended through JSON-RPC.
-const ORIGIN_SERVICE: &str = "herald-rpc";
 
 const TYPE: ParamSpec = param(
     "aggregate_type",

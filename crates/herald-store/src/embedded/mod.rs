@@ -444,29 +444,26 @@ impl EmbeddedStore {
             Decision::Write => {}
         }
         let count = append.events.len() as u64;
-        let events = crate::aggregate::commit_events(
-            append.events,
-            first_seq,
-            current,
-            Timestamp::from_micros(ts),
-        );
+        let mut events = append.events;
+        crate::aggregate::number(&mut events, current);
         {
             let mut insert = tx.prepare_cached(INSERT_EVENT).map_err(map_error)?;
             let mut subjects = SubjectCounts::default();
-            for appended in &events {
-                let event = appended.event();
-                let inserted = insert_committed(&mut insert, event).map_err(map_error)?;
+            for (seq, event) in (first_seq..).zip(&events) {
+                let inserted = insert_event(&mut insert, event, seq, ts).map_err(map_error)?;
                 if inserted != 1 {
                     return Err(StoreError::Internal(format!(
                         "id {} conflicted after it was looked up",
                         event.id
                     )));
                 }
-                subjects.add(event.subject.as_str(), event.payload.get().len(), event.seq);
+                subjects.add(event.subject.as_str(), event.payload.get().len(), seq);
             }
             subjects.write(&tx).map_err(map_error)?;
             aggregates::set_version(&tx, &append.key, current + count).map_err(map_error)?;
         }
+        let events =
+            crate::aggregate::commit_events(events, first_seq, current, Timestamp::from_micros(ts));
         tx.commit().map_err(map_error)?;
         writer.next_seq = first_seq + count;
         writer.last_ts = ts;
@@ -478,7 +475,7 @@ impl EmbeddedStore {
     }
 }
 
-/// Writes an event (new, or committed by [`insert_committed`]); 0 when its id is stored.
+/// Writes an event with its seq and commit time; 0 when its id is stored.
 const INSERT_EVENT: &str = "INSERT INTO events (seq, id, subject, correlation_id, ts, hub_id, service, user, payload, cloudevent, tenant,
                                         aggregate_type, aggregate_id, aggregate_version, event_type, metadata)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
@@ -497,36 +494,6 @@ fn insert_event(
         event.subject.as_str(),
         event.correlation_id.as_bytes(),
         ts,
-        event.origin.hub_id,
-        event.origin.service,
-        event.origin.user,
-        event.payload.get(),
-        event
-            .cloudevent
-            .as_deref()
-            .map(crate::codec::encode_cloudevent),
-        event.tenant,
-        aggregate.map(|a| a.aggregate_type.as_str()),
-        aggregate.map(|a| a.aggregate_id.as_str()),
-        aggregate.map(|a| crate::u64_to_sql(a.version)),
-        aggregate.map(|a| a.event_type.as_str()),
-        aggregate
-            .and_then(|a| a.metadata.as_ref())
-            .map(Payload::get),
-    ])
-}
-
-fn insert_committed(
-    insert: &mut rusqlite::CachedStatement<'_>,
-    event: &Event,
-) -> rusqlite::Result<usize> {
-    let aggregate = event.aggregate.as_deref();
-    insert.execute(params![
-        event.seq as i64,
-        event.id.as_bytes(),
-        event.subject.as_str(),
-        event.correlation_id.as_bytes(),
-        event.timestamp.as_micros(),
         event.origin.hub_id,
         event.origin.service,
         event.origin.user,
