@@ -91,6 +91,9 @@ pub struct Subscription {
     position: Seq,
     mode: Mode,
     backlog: VecDeque<Arc<Event>>,
+    /// How far the last page read the store: the next page starts after it once the
+    /// backlog is delivered.
+    read_to: Seq,
     /// When set, events this caller may not see are passed over.
     visible_to: Option<crate::access::Caller>,
 }
@@ -149,6 +152,7 @@ impl Subscription {
             position,
             mode,
             backlog: VecDeque::new(),
+            read_to: 0,
             visible_to: None,
         }
     }
@@ -226,20 +230,26 @@ impl Subscription {
 
     async fn read_page(&mut self) -> Result<(), HubError> {
         let limit = self.hub.config.catch_up_page.max(1);
+        // Every event fanned out so far (and so every one this subscription's queue may
+        // have missed) is at or below this head, and in the store.
+        let fanned_out = self.hub.fanout.lock().expect("fanout lock").head;
         let page = self
             .hub
             .store
             .query(Query {
                 subject: Some(self.pattern.clone()),
-                after_seq: self.position,
+                after_seq: self.position.max(self.read_to),
                 since: self.since,
                 limit,
                 ..Query::default()
             })
             .await?;
-        let short = page.events.len() < limit;
+        // A short page can also be a query that stopped at its scan budget: only one
+        // that reached the fan-out head is the end of the catch-up.
+        let complete = page.events.len() < limit && page.scanned_to >= fanned_out;
+        self.read_to = page.scanned_to;
         self.backlog.extend(page.events.into_iter().map(Arc::new));
-        if short {
+        if complete {
             // Nothing more matches up to `scanned_to`; live events take over from there.
             self.mode = Mode::Live;
             if self.backlog.is_empty() {

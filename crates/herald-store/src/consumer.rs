@@ -242,6 +242,9 @@ pub struct Fetched {
     pub dead_lettered: u64,
     /// The pending set is full (`max_ack_pending`): new events wait.
     pub at_max_ack_pending: bool,
+    /// The read of new events stopped at the query scan budget before the log's head:
+    /// fetching again at once reads on (nothing new needs to be committed first).
+    pub read_stopped_early: bool,
     /// The earliest time a pending message becomes due again, if any is waiting.
     pub next_due: Option<Timestamp>,
 }

@@ -61,6 +61,13 @@ pub use retention::{RetentionPass, RetentionPolicy};
 /// Most events one query may return.
 pub const MAX_QUERY_LIMIT: usize = 1000;
 
+/// Most rows one query reads that its filters then refuse. A query that reaches it
+/// answers with the events found so far and a `scanned_to` below the head (the cursor
+/// to go on from), so that no pattern can make one request read the whole log and hold
+/// a reader while it does (a pattern that starts with a wildcard and matches nothing,
+/// on a store with more distinct subjects than the planner examines, would).
+pub const QUERY_SCAN_BUDGET: usize = 20_000;
+
 /// What went wrong in a store. Callers branch on [`StoreError::is_unavailable`] to
 /// answer 503 (try again) instead of 500.
 #[derive(Debug, thiserror::Error)]

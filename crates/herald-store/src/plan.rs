@@ -17,6 +17,29 @@ pub(crate) const MAX_SUBJECTS_EXAMINED: usize = 10_000;
 /// Most subjects merged; past this a scan by seq is cheaper anyway.
 pub(crate) const MAX_SUBJECTS_MERGED: usize = 1_000;
 
+/// How a read path ended: the range ran out, or it stopped (with `limit` events, or at
+/// the scan budget) after reading the row with this seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    Exhausted,
+    StoppedAfter(Seq),
+}
+
+/// Counts the rows a query reads against [`crate::QUERY_SCAN_BUDGET`].
+pub(crate) struct ScanBudget(usize);
+
+impl ScanBudget {
+    pub(crate) fn new() -> Self {
+        ScanBudget(crate::QUERY_SCAN_BUDGET)
+    }
+
+    /// Counts one row read; false once the budget is spent.
+    pub(crate) fn take(&mut self) -> bool {
+        self.0 = self.0.saturating_sub(1);
+        self.0 > 0
+    }
+}
+
 /// How a query reads the log.
 pub(crate) enum Path {
     /// Through the correlation-id index.

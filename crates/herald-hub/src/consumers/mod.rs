@@ -560,6 +560,10 @@ impl Hub {
             if !fetched.messages.is_empty() || Instant::now() >= deadline {
                 return Ok(deliveries(name, fetched));
             }
+            if fetched.read_stopped_early {
+                // The log holds more than one fetch reads: read on.
+                continue;
+            }
             if waker.is_none() {
                 // The consumer exists: from now on its acks and NAKs wake this poll.
                 waker = Some(self.consumers().waker(name));

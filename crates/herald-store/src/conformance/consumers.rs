@@ -19,6 +19,39 @@ pub(super) async fn run<S: Store>(store: &S) {
     fetches_settled_in_parts(store).await;
 }
 
+/// A consumer whose filter matches little of a long log (read by scan, under the query
+/// scan budget) is told when a fetch stopped before the head, and fetching on reaches
+/// the matching events at the end.
+pub(super) async fn a_sparse_filter_reads_on_past_the_scan_budget<S: Store>(store: &S) {
+    match store
+        .create_consumer(
+            new_consumer("sparse", &["*.nomatch.>"], policy(1000, None, &[])),
+            2,
+        )
+        .await
+        .unwrap()
+    {
+        CreateConsumer::Created(_) => {}
+        other => panic!("{other:?}"),
+    }
+    let mut fetches = 0;
+    let mut found = Vec::new();
+    loop {
+        let fetched = fetch(store, at_ms(0), "sparse", 10).await;
+        fetches += 1;
+        found.extend(seqs(&fetched));
+        if !fetched.read_stopped_early {
+            break;
+        }
+        assert!(fetches < 10, "no progress");
+    }
+    assert!(
+        fetches >= 2,
+        "the first fetch read the whole log: {fetches}"
+    );
+    assert_eq!(found.len(), 3, "the three events at the end: {found:?}");
+}
+
 const T0: i64 = 1_700_000_000_000_000;
 
 fn at_ms(ms: i64) -> Timestamp {

@@ -58,9 +58,58 @@ where
     an_events_tenant_round_trips(&open().await).await;
     wildcard_characters_inside_tokens_are_literal(&open().await).await;
     dead_letters_keep_their_order_bytes_and_bound(&open().await).await;
+    no_query_reads_more_than_its_scan_budget(&open().await).await;
     aggregates::run(&open().await).await;
     consumers::run(&open().await).await;
     retention::run(&open().await).await;
+}
+
+/// A pattern that starts with a wildcard and matches nothing, on a store with more
+/// distinct subjects than the planner examines, is read by scan: each query stops at
+/// [`crate::QUERY_SCAN_BUDGET`] rows with a `scanned_to` to go on from, and following it
+/// finds what matches at the end. A consumer with that filter reads on the same way.
+async fn no_query_reads_more_than_its_scan_budget<S: Store>(store: &S) {
+    let budget = crate::QUERY_SCAN_BUDGET as u64;
+    let total = budget + budget / 4;
+    let distinct = crate::plan::MAX_SUBJECTS_EXAMINED + 100;
+    let mut batch = Vec::new();
+    for i in 0..total as usize {
+        batch.push(event(&format!("hub.s{}.x", i % distinct), i, None));
+        if batch.len() == 1000 {
+            store.append(std::mem::take(&mut batch)).await.unwrap();
+        }
+    }
+    batch.extend((0..3).map(|i| event("hub.nomatch.end", i, None)));
+    store.append(batch).await.unwrap();
+    let head = total + 3;
+
+    let pattern = Pattern::parse_filter("*.nomatch.>").unwrap();
+    let query = |after_seq| Query {
+        subject: Some(pattern.clone()),
+        after_seq,
+        limit: 100,
+        ..Query::default()
+    };
+    let first = store.query(query(0)).await.unwrap();
+    assert!(first.events.is_empty());
+    assert!(
+        first.scanned_to > 0 && first.scanned_to <= budget,
+        "the first page stops at the budget: {}",
+        first.scanned_to
+    );
+    let mut after = first.scanned_to;
+    let mut found = Vec::new();
+    for _ in 0..10 {
+        let page = store.query(query(after)).await.unwrap();
+        assert!(page.scanned_to > after, "no progress after {after}");
+        found.extend(page.events.iter().map(|e| e.seq));
+        after = page.scanned_to;
+        if after == head {
+            break;
+        }
+    }
+    assert_eq!(found, vec![head - 2, head - 1, head]);
+    consumers::a_sparse_filter_reads_on_past_the_scan_budget(store).await;
 }
 
 /// `*`, `>` and `%` inside a token are ordinary characters (as in NATS), and so are SQL's

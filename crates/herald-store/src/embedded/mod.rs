@@ -76,6 +76,9 @@ struct Inner {
     writer: Mutex<Option<Writer>>,
     idle_readers: Mutex<Vec<Connection>>,
     reader_permits: Semaphore,
+    /// A read-only connection of its own for health checks, which must answer while
+    /// queries hold every pooled reader.
+    health_reader: Mutex<Option<Connection>>,
     head: AtomicU64,
     closed: AtomicBool,
     checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
@@ -251,6 +254,7 @@ impl EmbeddedStore {
                 })),
                 idle_readers: Mutex::new(Vec::new()),
                 reader_permits: Semaphore::new(options.read_connections.max(1)),
+                health_reader: Mutex::new(None),
                 head: AtomicU64::new(last_seq),
                 closed: AtomicBool::new(false),
                 checkpointer: Mutex::new(Some(checkpointer)),
@@ -742,10 +746,24 @@ impl Store for EmbeddedStore {
     }
 
     async fn health(&self) -> StoreHealth {
-        match self
-            .with_reader(|conn| conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0)))
-            .await
-        {
+        let inner = self.inner.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            if inner.closed.load(Ordering::Acquire) {
+                return Err(StoreError::Closed);
+            }
+            let mut reader = inner.health_reader.lock().expect("health reader");
+            if reader.is_none() {
+                *reader = Some(open_reader(&inner.path).map_err(map_error)?);
+            }
+            let conn = reader.as_ref().expect("opened above");
+            conn.query_row("SELECT 1 FROM events LIMIT 1", [], |_| Ok(()))
+                .optional()
+                .map_err(map_error)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))
+        .and_then(|checked| checked);
+        match checked {
             Ok(_) => StoreHealth {
                 healthy: true,
                 detail: "embedded store is readable".into(),
@@ -802,6 +820,7 @@ impl Store for EmbeddedStore {
                 let _ = handle.join();
             }
             inner.idle_readers.lock().expect("reader pool").clear();
+            inner.health_reader.lock().expect("health reader").take();
             if let Some(writer) = inner.writer.lock().expect("writer mutex").take() {
                 if let Err(error) = writer
                     .conn

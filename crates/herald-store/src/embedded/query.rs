@@ -18,7 +18,7 @@ use herald_core::{Event, Pattern, Seq};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{row_to_event, EVENT_COLUMNS};
-use crate::plan::{self, accepts, Path};
+use crate::plan::{self, accepts, Ended, Path, ScanBudget};
 use crate::{Page, Query, MAX_QUERY_LIMIT};
 
 /// Rows read per step of a scan by seq.
@@ -71,16 +71,16 @@ pub(super) fn read(tx: &Connection, query: &Query) -> rusqlite::Result<Page> {
     }
 
     let path = choose_path(tx, query, head, limit)?;
-    let (events, exhausted) = match path {
-        Path::Correlation => by_correlation(tx, query, lo, hi, limit)?,
-        Path::Aggregate => by_aggregate(tx, query, lo, hi, limit)?,
+    let mut budget = ScanBudget::new();
+    let (events, ended) = match path {
+        Path::Correlation => by_correlation(tx, query, lo, hi, limit, &mut budget)?,
+        Path::Aggregate => by_aggregate(tx, query, lo, hi, limit, &mut budget)?,
         Path::Subjects(subjects) => by_subjects(tx, query, &subjects, lo, hi, limit)?,
-        Path::Scan => by_scan(tx, query, lo, hi, limit)?,
+        Path::Scan => by_scan(tx, query, lo, hi, limit, &mut budget)?,
     };
-    let scanned_to = if exhausted {
-        complete.scanned_to
-    } else {
-        events.last().map_or(lo, |e| e.seq)
+    let scanned_to = match ended {
+        Ended::Exhausted => complete.scanned_to,
+        Ended::StoppedAfter(seq) => seq,
     };
     Ok(Page { events, scanned_to })
 }
@@ -129,18 +129,18 @@ fn candidate_subjects(
 struct Collected {
     /// The seq of the last row read, accepted or not.
     last_read: Option<Seq>,
-    /// The rows ran out before `limit` events were accepted.
-    exhausted: bool,
+    /// Why it stopped before the rows ran out (`limit` events, or the budget), if it did.
+    stopped: bool,
 }
 
 /// Adds the events matching `query` from the rows `sql` yields (in seq order) to `out`,
-/// stopping when `out` holds `limit`.
+/// stopping when `out` holds `limit` or the budget is spent.
 fn collect(
     conn: &Connection,
     sql: &str,
     params: impl rusqlite::Params,
-    query: &Query,
-    limit: usize,
+    (query, limit): (&Query, usize),
+    budget: &mut ScanBudget,
     out: &mut Vec<Event>,
 ) -> rusqlite::Result<Collected> {
     let mut stmt = conn.prepare_cached(sql)?;
@@ -154,15 +154,29 @@ fn collect(
             if out.len() == limit {
                 return Ok(Collected {
                     last_read,
-                    exhausted: false,
+                    stopped: true,
                 });
             }
+        }
+        if !budget.take() {
+            return Ok(Collected {
+                last_read,
+                stopped: true,
+            });
         }
     }
     Ok(Collected {
         last_read,
-        exhausted: true,
+        stopped: false,
     })
+}
+
+/// How a single pass of [`collect`] over a whole range ended.
+fn ended(collected: &Collected) -> Ended {
+    match (collected.stopped, collected.last_read) {
+        (true, Some(seq)) => Ended::StoppedAfter(seq),
+        _ => Ended::Exhausted,
+    }
 }
 
 fn by_correlation(
@@ -171,7 +185,8 @@ fn by_correlation(
     lo: Seq,
     hi: Seq,
     limit: usize,
-) -> rusqlite::Result<(Vec<Event>, bool)> {
+    budget: &mut ScanBudget,
+) -> rusqlite::Result<(Vec<Event>, Ended)> {
     let id = query.correlation_id.expect("correlation path needs an id");
     let mut out = Vec::new();
     let collected = collect(
@@ -181,11 +196,11 @@ fn by_correlation(
              WHERE correlation_id = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq"
         ),
         params![id.as_bytes(), lo as i64, hi as i64],
-        query,
-        limit,
+        (query, limit),
+        budget,
         &mut out,
     )?;
-    Ok((out, collected.exhausted))
+    Ok((out, ended(&collected)))
 }
 
 fn by_aggregate(
@@ -194,7 +209,8 @@ fn by_aggregate(
     lo: Seq,
     hi: Seq,
     limit: usize,
-) -> rusqlite::Result<(Vec<Event>, bool)> {
+    budget: &mut ScanBudget,
+) -> rusqlite::Result<(Vec<Event>, Ended)> {
     let mut out = Vec::new();
     let collected = collect(
         conn,
@@ -203,11 +219,11 @@ fn by_aggregate(
              WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND seq > ?3 AND seq <= ?4 ORDER BY seq"
         ),
         params![query.aggregate_type, query.aggregate_id, lo as i64, hi as i64],
-        query,
-        limit,
+        (query, limit),
+        budget,
         &mut out,
     )?;
-    Ok((out, collected.exhausted))
+    Ok((out, ended(&collected)))
 }
 
 fn by_subjects(
@@ -217,7 +233,7 @@ fn by_subjects(
     lo: Seq,
     hi: Seq,
     limit: usize,
-) -> rusqlite::Result<(Vec<Event>, bool)> {
+) -> rusqlite::Result<(Vec<Event>, Ended)> {
     // The first `limit` seqs of each subject (an index-only read), merged.
     let mut seqs: Vec<i64> = Vec::new();
     {
@@ -235,8 +251,11 @@ fn by_subjects(
         }
     }
     seqs.sort_unstable();
-    let exhausted = seqs.len() < limit;
     seqs.truncate(limit);
+    let ended = match seqs.last() {
+        Some(&last) if seqs.len() == limit => Ended::StoppedAfter(last as Seq),
+        _ => Ended::Exhausted,
+    };
 
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1"
@@ -248,7 +267,7 @@ fn by_subjects(
             out.push(event);
         }
     }
-    Ok((out, exhausted))
+    Ok((out, ended))
 }
 
 fn by_scan(
@@ -257,7 +276,8 @@ fn by_scan(
     lo: Seq,
     hi: Seq,
     limit: usize,
-) -> rusqlite::Result<(Vec<Event>, bool)> {
+    budget: &mut ScanBudget,
+) -> rusqlite::Result<(Vec<Event>, Ended)> {
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3"
     );
@@ -275,17 +295,17 @@ fn by_scan(
             conn,
             &sql,
             params![from as i64, hi as i64, chunk],
-            query,
-            limit,
+            (query, limit),
+            budget,
             &mut out,
         )?;
-        if out.len() == limit {
-            return Ok((out, false));
+        if collected.stopped {
+            return Ok((out, ended(&collected)));
         }
         match collected.last_read {
             Some(seq) => from = seq,
             None => break,
         }
     }
-    Ok((out, true))
+    Ok((out, Ended::Exhausted))
 }

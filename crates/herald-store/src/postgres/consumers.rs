@@ -940,6 +940,11 @@ async fn fetch(tx: &Tx<'_>, consumer: &mut Loaded, batch: usize, now: Timestamp)
             });
         }
         consumer.delivered_seq = consumer.delivered_seq.max(page.scanned_to);
+        if fetched.messages.len() < batch {
+            let head_stmt = tx.prepare_cached("SELECT seq FROM log_head").await?;
+            let head = tx.query_one(&head_stmt, &[]).await?.get::<_, i64>(0) as Seq;
+            fetched.read_stopped_early = consumer.delivered_seq < head;
+        }
     }
 
     let redeliver = tx

@@ -19,7 +19,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::IsolationLevel;
 
 use super::{row_to_event, Failure, EVENT_COLUMNS};
-use crate::plan::{self, accepts, Path};
+use crate::plan::{self, accepts, Ended, Path, ScanBudget};
 use crate::{Page, Query, MAX_QUERY_LIMIT};
 
 /// Rows read per step of a scan (by seq or by correlation id).
@@ -78,16 +78,15 @@ pub(super) async fn plan_and_read(tx: &Tx<'_>, query: &Query) -> Result<Page, Fa
         return Ok(complete);
     }
 
-    let (events, exhausted) = match choose_path(tx, query, head, limit).await? {
+    let (events, ended) = match choose_path(tx, query, head, limit).await? {
         Path::Correlation => by_correlation(tx, query, lo, hi, limit).await?,
         Path::Aggregate => by_aggregate(tx, query, lo, hi, limit).await?,
         Path::Subjects(subjects) => by_subjects(tx, query, &subjects, lo, hi, limit).await?,
         Path::Scan => by_scan(tx, query, lo, hi, limit).await?,
     };
-    let scanned_to = if exhausted {
-        complete.scanned_to
-    } else {
-        events.last().map_or(lo, |e| e.seq)
+    let scanned_to = match ended {
+        Ended::Exhausted => complete.scanned_to,
+        Ended::StoppedAfter(seq) => seq,
     };
     Ok(Page { events, scanned_to })
 }
@@ -134,8 +133,8 @@ async fn candidate_subjects(
 }
 
 /// Reads `sql` (which takes the bounds `$1 < seq <= $2` and `LIMIT $3` after `extra`)
-/// chunk by chunk in seq order, keeping the events `query` accepts, until `limit` are kept
-/// or the range runs out. Returns the events and whether the range ran out.
+/// chunk by chunk in seq order, keeping the events `query` accepts, until `limit` are kept,
+/// the scan budget is spent or the range runs out. Returns the events and how it ended.
 async fn chunked(
     tx: &Tx<'_>,
     sql: &str,
@@ -144,8 +143,9 @@ async fn chunked(
     (lo, hi): (Seq, Seq),
     limit: usize,
     exact: bool,
-) -> Result<(Vec<Event>, bool), Failure> {
+) -> Result<(Vec<Event>, Ended), Failure> {
     let stmt = tx.prepare_cached(sql).await?;
+    let mut budget = ScanBudget::new();
     let mut out = Vec::new();
     let mut from = lo;
     let hi_param = hi as i64;
@@ -168,11 +168,15 @@ async fn chunked(
         let read = rows.len() as i64;
         for row in &rows {
             let event = row_to_event(row)?;
+            let seq = event.seq;
             if accepts(query, &event) {
                 out.push(event);
                 if out.len() == limit {
-                    return Ok((out, false));
+                    return Ok((out, Ended::StoppedAfter(seq)));
                 }
+            }
+            if !budget.take() {
+                return Ok((out, Ended::StoppedAfter(seq)));
             }
         }
         if read < chunk {
@@ -180,7 +184,7 @@ async fn chunked(
         }
         from = last_read;
     }
-    Ok((out, true))
+    Ok((out, Ended::Exhausted))
 }
 
 async fn by_aggregate(
@@ -189,7 +193,7 @@ async fn by_aggregate(
     lo: Seq,
     hi: Seq,
     limit: usize,
-) -> Result<(Vec<Event>, bool), Failure> {
+) -> Result<(Vec<Event>, Ended), Failure> {
     let aggregate: Vec<&str> = [&query.aggregate_type, &query.aggregate_id]
         .into_iter()
         .map(|v| v.as_deref().expect("aggregate path needs a type and an id"))
@@ -210,7 +214,7 @@ async fn by_correlation(
     lo: Seq,
     hi: Seq,
     limit: usize,
-) -> Result<(Vec<Event>, bool), Failure> {
+) -> Result<(Vec<Event>, Ended), Failure> {
     let id = query.correlation_id.expect("correlation path needs an id");
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events
@@ -228,9 +232,9 @@ async fn by_subjects(
     lo: Seq,
     hi: Seq,
     limit: usize,
-) -> Result<(Vec<Event>, bool), Failure> {
+) -> Result<(Vec<Event>, Ended), Failure> {
     if subjects.is_empty() {
-        return Ok((Vec::new(), true));
+        return Ok((Vec::new(), Ended::Exhausted));
     }
     // The first `limit` seqs of each subject (index-only reads), merged, then the rows.
     let stmt = tx
@@ -256,7 +260,10 @@ async fn by_subjects(
             &[&subjects, &(lo as i64), &(hi as i64), &(limit as i64)],
         )
         .await?;
-    let exhausted = rows.len() < limit;
+    let ended = match rows.last() {
+        Some(last) if rows.len() == limit => Ended::StoppedAfter(last.get::<_, i64>(0) as Seq),
+        _ => Ended::Exhausted,
+    };
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
         let event = row_to_event(row)?;
@@ -264,7 +271,7 @@ async fn by_subjects(
             out.push(event);
         }
     }
-    Ok((out, exhausted))
+    Ok((out, ended))
 }
 
 async fn by_scan(
@@ -273,7 +280,7 @@ async fn by_scan(
     lo: Seq,
     hi: Seq,
     limit: usize,
-) -> Result<(Vec<Event>, bool), Failure> {
+) -> Result<(Vec<Event>, Ended), Failure> {
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3"
     );

@@ -522,3 +522,93 @@ async fn bad_limit_settings_stop_the_server_at_start() {
         assert!(!String::from_utf8_lossy(&output.stdout).contains("listening"));
     }
 }
+
+/// A pattern that starts with a wildcard and matches nothing, on a store with more
+/// distinct subjects than the query planner examines, is read by scan. Each query stops
+/// at the scan budget (`X-Next-After-Seq` goes on from there), so 32 of them at once
+/// cannot hold the readers for long, and `/health` has a reader of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_queries_that_match_nothing_are_bounded_and_do_not_starve_health() {
+    let h = TestHerald::start().await;
+    let http = http_client();
+    let total = 60_000usize;
+    for start in (0..total).step_by(1000) {
+        let events: Vec<Value> = (start..start + 1000)
+            .map(|i| json!({"subject": format!("hub.s{}.x", i % 12_000), "payload": {"i": i}}))
+            .collect();
+        let response = http
+            .post(h.url("/api/events:batch"))
+            .json(&json!({ "events": events }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    let head = total as u64;
+    let query = |after: u64| {
+        http.get(h.url("/api/events"))
+            .query(&[
+                ("subject", "*.nomatch.>"),
+                ("limit", "100"),
+                ("after_seq", &after.to_string()),
+            ])
+            .send()
+    };
+
+    // One page stops short of the head and says where to go on; following it ends there.
+    let first = query(0).await.unwrap();
+    let next: u64 = first.headers()["x-next-after-seq"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(first.json::<Value>().await.unwrap(), json!([]));
+    assert!(next > 0 && next < head, "the first page stops early: {next}");
+    let mut after = next;
+    for _ in 0..10 {
+        let page = query(after).await.unwrap();
+        after = page.headers()["x-next-after-seq"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        if after == head {
+            break;
+        }
+    }
+    assert_eq!(after, head);
+
+    // 32 at once, again and again, while /health is asked.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hostile: Vec<_> = (0..32)
+        .map(|_| {
+            let (http, url, stop) = (http.clone(), h.url("/api/events"), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = http
+                        .get(&url)
+                        .query(&[("subject", "*.nomatch.>"), ("limit", "100")])
+                        .send()
+                        .await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let started = Instant::now();
+        let health = http.get(h.url("/health")).send().await.unwrap();
+        assert_eq!(health.status(), 200);
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in hostile {
+        task.await.unwrap();
+    }
+    assert!(
+        slowest < Duration::from_millis(1000),
+        "/health took {slowest:?} under 32 wildcard queries"
+    );
+}

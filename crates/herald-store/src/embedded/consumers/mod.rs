@@ -811,6 +811,12 @@ fn fetch(conn: &Connection, consumer: &mut Loaded, batch: usize, now: Timestamp)
             });
         }
         consumer.delivered_seq = consumer.delivered_seq.max(page.scanned_to);
+        if fetched.messages.len() < batch {
+            let head: i64 = conn
+                .prepare_cached("SELECT IFNULL(MAX(seq), 0) FROM events")?
+                .query_row([], |row| row.get(0))?;
+            fetched.read_stopped_early = consumer.delivered_seq < head as Seq;
+        }
     }
     fetched.at_max_ack_pending = consumer.ack_pending >= u64::from(policy.max_ack_pending);
     fetched.next_due = next_due(conn, &name, now)?;
