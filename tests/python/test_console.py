@@ -175,7 +175,7 @@ def test_a_search_finds_an_event_and_its_page_shows_it_and_its_trace(herald, bro
     assert "current" in items[0].get_attribute("class")
 
 
-def test_a_dead_letter_is_redriven_from_the_consumers_page(herald, browser, no_page_errors):
+def test_a_dead_letter_is_redriven_and_another_discarded_from_the_consumers_page(herald, browser, no_page_errors):
     api = herald.url + "/api/consumers/console-dl"
     response = requests.put(api, json={"filter_subjects": ["hub.local-hub.dl.>"], "max_deliver": 1}, timeout=10)
     assert response.status_code == 201, response.text
@@ -202,6 +202,42 @@ def test_a_dead_letter_is_redriven_from_the_consumers_page(herald, browser, no_p
     again = requests.post(api + "/fetch", json={"batch": 1}, timeout=10).json()["messages"]
     assert [m["event"]["id"] for m in again] == [event["event_id"]]
     assert requests.get(api, timeout=10).json()["state"]["num_dead_letters"] == 0
+
+    # Given up on again (term), it is discarded from the page, after a confirmation.
+    term = requests.post(api + "/term", json={"ack_ids": [again[0]["ack_id"]], "reason": "poison"}, timeout=10)
+    assert term.status_code == 200, term.text
+    browser.refresh()
+    dead = wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, f'#dl-rows tr[data-seq="{event["seq"]}"]')))
+    assert "poison" in dead.text and "term" in dead.text
+    browser.find_element(By.ID, "dl-all").click()
+    browser.find_element(By.ID, "dl-discard").click()
+    wait(browser).until(EC.alert_is_present()).accept()
+    wait(browser).until(EC.text_to_be_present_in_element((By.ID, "dl-message"), "1 discarded"))
+    assert requests.get(api + "/dead-letters", timeout=10).json()["count"] == 0
+    assert requests.post(api + "/fetch", json={"batch": 1}, timeout=10).json()["messages"] == []
+
+
+def test_the_rules_page_shows_stats_and_a_rules_dead_letters(herald, browser, no_page_errors):
+    # Port 9 (discard) on loopback: nothing listens, so each delivery fails at once.
+    rule = requests.post(f"{herald.url}/api/rules", json={
+        "id": "ledger", "subject_pattern": "hub.local-hub.ledger.>",
+        "action": {"type": "webhook", "url": "http://127.0.0.1:9/hook", "max_attempts": 1}}, timeout=10)
+    assert rule.status_code == 201, rule.text
+    event = publish(herald, "hub.local-hub.ledger.posted", {"amount": 3})
+    deadline = time.monotonic() + 10
+    while requests.get(f"{herald.url}/api/rules/ledger/dead-letters", timeout=10).json()["count"] == 0:
+        assert time.monotonic() < deadline, "the rule never gave up"
+        time.sleep(0.1)
+
+    browser.get(f"{herald.url}/console#/rules")
+    row = wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, '#rule-rows tr[data-id="ledger"]')))
+    assert "127.0.0.1:9/hook" in row.text
+    row.click()
+    dead = wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, f'#dl-rows tr[data-seq="{event["seq"]}"]')))
+    assert "max_deliver" in dead.text
+    dead.find_element(By.CSS_SELECTOR, "input[type=checkbox]").click()
+    browser.find_element(By.ID, "dl-redrive").click()
+    wait(browser).until(EC.text_to_be_present_in_element((By.ID, "dl-message"), "1 redriven"))
 
 
 @pytest.fixture()
