@@ -2,7 +2,8 @@
 # Runs Herald's whole test suite: formatting, lints, unit, conformance, integration and
 # crash tests, and real non-Rust clients (Python) against the binary. Installs what the
 # tests need (nats-server, PostgreSQL binaries, Python) from Debian's packages when
-# missing; the tests start their own instances on ephemeral ports.
+# missing (and Chromium with its driver for the console's browser tests); the tests
+# start their own instances on ephemeral ports.
 #
 #   ./scripts/test.sh            everything
 #   ./scripts/test.sh --no-lint  skip cargo fmt / clippy
@@ -22,6 +23,9 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
+# The console's browser tests (tests/python/test_console.py): headless Chromium.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   missing+=(postgresql)
 fi

@@ -3,10 +3,13 @@
 //!
 //! Layout: [`error`] (the one table of error codes), [`wire`] (JSON shapes), [`http`]
 //! (REST handlers), [`ws`] (the live stream), [`rpc`] (JSON-RPC), [`openapi`] (the
-//! OpenAPI 3.1 document, generated from the handlers; every route is in [`routes`]).
+//! OpenAPI 3.1 document, generated from the handlers; every route is in [`routes`]), and
+//! `console` (the web console at `/console`, feature `console`, outside the API).
 //! Only this crate knows about HTTP and JSON.
 
 pub mod auth;
+#[cfg(feature = "console")]
+pub mod console;
 pub mod consumer_stream;
 pub mod error;
 pub mod http;
@@ -198,6 +201,9 @@ pub fn router(state: AppState) -> Router {
         };
         app = app.route(path, methods);
     }
+    // The console's page and files: no key needed (they hold no data), no API operation.
+    #[cfg(feature = "console")]
+    let app = app.merge(console::router());
     app.fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -219,7 +225,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Routes answered without an API key, also when one is required: the health checks
-/// of load balancers and orchestrators.
+/// of load balancers and orchestrators. (The console's page and files, under `/console`,
+/// are answered without one too; they are not API routes: see the `console` module.)
 pub const PUBLIC_PATHS: &[&str] = &["/health", "/health/nats"];
 
 /// Every route, path and handlers: the one list [`router`] registers, and the one the

@@ -12,6 +12,8 @@ mod backup;
 mod bad_input;
 mod cli;
 mod config;
+#[cfg(feature = "console")]
+mod console;
 mod consumer_cli;
 mod consumers;
 mod crash;
