@@ -294,3 +294,93 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A collection of a hub's HTTP API (`/api/consumers`, `/api/rules`, …), for the
+/// client commands that manage it.
+pub(crate) struct Resource {
+    pub(crate) client: reqwest::Client,
+    base: reqwest::Url,
+    collection: &'static [&'static str],
+}
+
+/// A 2xx answer's body, or the failure already told on stderr.
+pub(crate) type Answer = Result<String, ()>;
+
+impl Resource {
+    pub(crate) fn new(
+        connection: &Connection,
+        collection: &'static [&'static str],
+    ) -> anyhow::Result<Resource> {
+        let base = reqwest::Url::parse(&connection.url)
+            .with_context(|| format!("the --url {:?} is not a valid URL", connection.url))?;
+        if base.cannot_be_a_base() {
+            anyhow::bail!("the --url {:?} is not an http(s) URL", connection.url);
+        }
+        Ok(Resource {
+            client: connection.client()?,
+            base,
+            collection,
+        })
+    }
+
+    /// The collection's URL with `segments` appended, each percent-encoded.
+    pub(crate) fn url(&self, segments: &[&str]) -> reqwest::Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("checked in Resource::new")
+            .pop_if_empty()
+            .extend(self.collection)
+            .extend(segments);
+        url
+    }
+
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        segments: &[&str],
+        body: Option<&Value>,
+    ) -> anyhow::Result<Answer> {
+        let mut request = self.client.request(method, self.url(segments));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        self.send(request, self.base.as_str()).await
+    }
+
+    /// Sends `request`; a refusal is told on stderr with the hub's error code and message.
+    pub(crate) async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> anyhow::Result<Answer> {
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the hub at {url}"))?;
+        let status = response.status();
+        let text = response.text().await.context("reading the response")?;
+        if status.is_success() {
+            return Ok(Ok(text));
+        }
+        let error: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        match (
+            error["error"]["code"].as_str(),
+            error["error"]["message"].as_str(),
+        ) {
+            (Some(code), Some(message)) => eprintln!("herald: {code}: {message} ({status})"),
+            _ => eprintln!("herald: the hub answered {status}: {text}"),
+        }
+        Ok(Err(()))
+    }
+}
+
+/// Prints a 2xx answer; the exit code says whether there was one.
+pub(crate) fn print(answer: Answer) -> ExitCode {
+    match answer {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(()) => ExitCode::FAILURE,
+    }
+}

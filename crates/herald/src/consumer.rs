@@ -11,7 +11,10 @@ use clap::{Args, Subcommand};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use crate::client::Connection;
+use crate::client::{print, Connection, Resource};
+
+/// The collection these commands work on.
+const CONSUMERS: &[&str] = &["api", "consumers"];
 
 #[derive(Debug, Args)]
 pub struct ConsumerArgs {
@@ -179,19 +182,19 @@ pub async fn run(args: ConsumerArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         ConsumerCommand::Create(args) => create(args).await,
         ConsumerCommand::List(connection) => {
-            let answer = Hub::new(&connection)?
+            let answer = Resource::new(&connection, CONSUMERS)?
                 .call(reqwest::Method::GET, &[], None)
                 .await?;
             Ok(print(answer))
         }
         ConsumerCommand::Info(args) => {
-            let answer = Hub::new(&args.connection)?
+            let answer = Resource::new(&args.connection, CONSUMERS)?
                 .call(reqwest::Method::GET, &[&args.name], None)
                 .await?;
             Ok(print(answer))
         }
         ConsumerCommand::Delete(args) => {
-            let answer = Hub::new(&args.connection)?
+            let answer = Resource::new(&args.connection, CONSUMERS)?
                 .call(reqwest::Method::DELETE, &[&args.name], None)
                 .await?;
             Ok(print(answer.map(|_| json!({"deleted": true}).to_string())))
@@ -217,7 +220,7 @@ pub async fn run(args: ConsumerArgs) -> anyhow::Result<ExitCode> {
             settle(args.settle, "term", extra).await
         }
         ConsumerCommand::DeadLetters(args) => {
-            let hub = Hub::new(&args.connection)?;
+            let hub = Resource::new(&args.connection, CONSUMERS)?;
             let mut url = hub.url(&[&args.name, "dead-letters"]);
             if let Some(limit) = args.limit {
                 url.query_pairs_mut()
@@ -236,7 +239,7 @@ pub async fn run(args: ConsumerArgs) -> anyhow::Result<ExitCode> {
             } else {
                 json!({ "seqs": args.seqs })
             };
-            let answer = Hub::new(&args.connection)?
+            let answer = Resource::new(&args.connection, CONSUMERS)?
                 .call(
                     reqwest::Method::POST,
                     &[&args.name, "dead-letters", "redrive"],
@@ -247,7 +250,7 @@ pub async fn run(args: ConsumerArgs) -> anyhow::Result<ExitCode> {
         }
         ConsumerCommand::Discard(args) => {
             let seq = args.seq.to_string();
-            let answer = Hub::new(&args.connection)?
+            let answer = Resource::new(&args.connection, CONSUMERS)?
                 .call(
                     reqwest::Method::DELETE,
                     &[&args.name, "dead-letters", &seq],
@@ -279,7 +282,7 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
             body.insert(name.into(), value);
         }
     }
-    let answer = Hub::new(&args.connection)?
+    let answer = Resource::new(&args.connection, CONSUMERS)?
         .call(
             reqwest::Method::PUT,
             &[&args.name],
@@ -302,7 +305,7 @@ struct AckIdOnly {
 }
 
 async fn fetch(args: FetchArgs) -> anyhow::Result<ExitCode> {
-    let hub = Hub::new(&args.connection)?;
+    let hub = Resource::new(&args.connection, CONSUMERS)?;
     let request = hub
         .client
         .post(hub.url(&[&args.name, "fetch"]))
@@ -356,7 +359,7 @@ async fn settle(
     mut body: Map<String, Value>,
 ) -> anyhow::Result<ExitCode> {
     body.insert("ack_ids".into(), json!(args.ack_ids));
-    let answer = Hub::new(&args.connection)?
+    let answer = Resource::new(&args.connection, CONSUMERS)?
         .call(
             reqwest::Method::POST,
             &[&args.name, verb],
@@ -364,84 +367,4 @@ async fn settle(
         )
         .await?;
     Ok(print(answer))
-}
-
-/// A hub's `/api/consumers`.
-struct Hub {
-    client: reqwest::Client,
-    base: reqwest::Url,
-}
-
-/// A 2xx answer's body, or the failure already told on stderr.
-type Answer = Result<String, ()>;
-
-impl Hub {
-    fn new(connection: &Connection) -> anyhow::Result<Hub> {
-        let base = reqwest::Url::parse(&connection.url)
-            .with_context(|| format!("the --url {:?} is not a valid URL", connection.url))?;
-        if base.cannot_be_a_base() {
-            anyhow::bail!("the --url {:?} is not an http(s) URL", connection.url);
-        }
-        Ok(Hub {
-            client: connection.client()?,
-            base,
-        })
-    }
-
-    /// `/api/consumers/<segments…>`, each segment percent-encoded.
-    fn url(&self, segments: &[&str]) -> reqwest::Url {
-        let mut url = self.base.clone();
-        url.path_segments_mut()
-            .expect("checked in Hub::new")
-            .pop_if_empty()
-            .extend(["api", "consumers"])
-            .extend(segments);
-        url
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        segments: &[&str],
-        body: Option<&Value>,
-    ) -> anyhow::Result<Answer> {
-        let mut request = self.client.request(method, self.url(segments));
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        self.send(request, self.base.as_str()).await
-    }
-
-    /// Sends `request`; a refusal is told on stderr with the hub's error code and message.
-    async fn send(&self, request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<Answer> {
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the hub at {url}"))?;
-        let status = response.status();
-        let text = response.text().await.context("reading the response")?;
-        if status.is_success() {
-            return Ok(Ok(text));
-        }
-        let error: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        match (
-            error["error"]["code"].as_str(),
-            error["error"]["message"].as_str(),
-        ) {
-            (Some(code), Some(message)) => eprintln!("herald: {code}: {message} ({status})"),
-            _ => eprintln!("herald: the hub answered {status}: {text}"),
-        }
-        Ok(Err(()))
-    }
-}
-
-/// Prints a 2xx answer; the exit code says whether there was one.
-fn print(answer: Answer) -> ExitCode {
-    match answer {
-        Ok(text) => {
-            println!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(()) => ExitCode::FAILURE,
-    }
 }

@@ -1,6 +1,7 @@
 //! The `herald` binary: `herald serve` runs the hub; `publish`, `query`, `tail` and
 //! `consumer` talk to a running hub over HTTP.
 
+mod admin;
 mod backup;
 mod client;
 mod config;
@@ -67,8 +68,13 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Put a backup made by `herald backup` in place (the hub must be stopped).
     Restore(backup::RestoreArgs),
-    /// Manage API keys in the store (`herald keys create --admin`).
+    /// Manage API keys: `create --admin` in the store; `list`, `add`, `revoke` through a
+    /// running hub.
     Keys(serve::KeysArgs),
+    /// Manage a running hub's routing rules and their dead letters (JSON output).
+    Rules(admin::RulesArgs),
+    /// Manage a running hub's tenants (admin key; JSON output).
+    Tenants(admin::TenantsArgs),
     /// Print a shell completion script: `herald completions bash > /etc/bash_completion.d/herald`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -102,6 +108,10 @@ fn main() -> ExitCode {
                 serve::migrate(config::load_store(command, 1)?).await
             }
             Command::Keys(args) => {
+                let args = match args.into_http() {
+                    Ok(http) => return admin::keys(http).await,
+                    Err(args) => args,
+                };
                 let command = Cli::command()
                     .find_subcommand("keys")
                     .and_then(|keys| keys.find_subcommand("create"))
@@ -123,6 +133,8 @@ fn main() -> ExitCode {
             Command::Query(args) => client::query(args).await,
             Command::Tail(args) => client::tail(args).await,
             Command::Consumer(args) => consumer::run(args).await,
+            Command::Rules(args) => admin::rules(args).await,
+            Command::Tenants(args) => admin::tenants(args).await,
             Command::Export(args) => transfer::export(args).await,
             Command::Import(args) => transfer::import(args).await,
             Command::Replay(args) => transfer::replay(args).await,

@@ -166,13 +166,27 @@ enum KeysCommand {
         #[command(flatten)]
         store: StoreSettings,
     },
+    #[command(flatten)]
+    Http(crate::admin::KeysHttpCommand),
+}
+
+impl KeysArgs {
+    /// The command when it goes through a running hub; else the arguments back.
+    pub fn into_http(self) -> Result<crate::admin::KeysHttpCommand, KeysArgs> {
+        match self.command {
+            KeysCommand::Http(command) => Ok(command),
+            command => Err(KeysArgs { command }),
+        }
+    }
 }
 
 /// `herald keys create --admin`, on `store` (the `--data` and `--pg-*` flags layered over
 /// the configuration file by `config::load_store`).
 pub async fn keys(args: KeysArgs, store: StoreSettings) -> anyhow::Result<ExitCode> {
     let _log = init_logging("text");
-    let KeysCommand::Create { description, .. } = args.command;
+    let KeysCommand::Create { description, .. } = args.command else {
+        anyhow::bail!("this keys command goes through a running hub");
+    };
     let store_config = StoreConfig::parse(&store.data).map_err(anyhow::Error::msg)?;
     let store = store_config
         .open_with(EmbeddedOptions::default(), store.options())

@@ -236,3 +236,125 @@ async fn version_names_the_commit_and_completions_cover_the_commands() {
     assert!(!out.status.success(), "an unknown shell is refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("cmd.exe"));
 }
+
+/// `herald tenants …`, `herald keys list|add|revoke` and `herald rules …` against a hub
+/// that requires keys: each prints the API's answer; a refusal names the error code on
+/// stderr and exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_commands_manage_tenants_keys_and_rules() {
+    const ADMIN: &str = "admin-secret-for-cli-tests-0123456789";
+    let h = TestHerald::start_with_env(
+        None,
+        &[],
+        &[("HERALD_AUTH", "required"), ("HERALD_ADMIN_KEY", ADMIN)],
+    )
+    .await;
+    let url = h.url("");
+    let url = url.trim_end_matches('/');
+    let admin = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--url", url, "--key", ADMIN]);
+        all.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let json_of = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_json(&args).await
+    };
+
+    let tenant = json_of(admin(&[
+        "tenants",
+        "create",
+        r#"{"id": "acme", "subjects": ["hub.acme.>"]}"#,
+    ]))
+    .await;
+    assert_eq!(tenant["id"], "acme");
+    let tenants = json_of(admin(&["tenants", "list"])).await;
+    assert!(tenants.to_string().contains("\"acme\""), "{tenants}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("key.json");
+    std::fs::write(
+        &body,
+        r#"{"tenant": "acme", "publish": {"allow": ["hub.acme.>"]}, "subscribe": {"allow": ["hub.acme.>"]}}"#,
+    )
+    .unwrap();
+    let made = json_of(admin(&["keys", "add", &format!("@{}", body.display())])).await;
+    let (id, secret) = (
+        made["id"].as_str().unwrap().to_owned(),
+        made["key"].as_str().unwrap().to_owned(),
+    );
+    assert!(secret.starts_with("hrld_"), "{made}");
+    let keys = json_of(admin(&["keys", "list"])).await;
+    assert!(keys.to_string().contains(&id), "{keys}");
+    assert!(
+        !keys.to_string().contains(&secret),
+        "a listing never shows a secret"
+    );
+
+    // The tenant's key may not list tenants: 403 on stderr, non-zero exit.
+    let out = run(herald_cmd(&[
+        "tenants", "list", "--url", url, "--key", &secret,
+    ]))
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("forbidden"),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let rule = json_of(admin(&[
+        "rules",
+        "create",
+        r#"{"id": "to-nowhere", "subject_pattern": "hub.acme.>", "action": {"type": "webhook", "url": "http://127.0.0.1:9/hook", "max_attempts": 1}}"#,
+    ]))
+    .await;
+    assert_eq!(rule["id"], "to-nowhere");
+    assert_eq!(
+        json_of(admin(&["rules", "get", "to-nowhere"])).await["id"],
+        "to-nowhere"
+    );
+    assert!(json_of(admin(&["rules", "list"]))
+        .await
+        .to_string()
+        .contains("to-nowhere"));
+    json_of(admin(&["rules", "dead-letters", "to-nowhere"])).await;
+    json_of(admin(&["rules", "redrive", "to-nowhere"])).await;
+    let out = run(herald_cmd(
+        &admin(&["rules", "delete", "to-nowhere"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    ))
+    .await;
+    assert!(
+        out.status.success(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(herald_cmd(
+        &admin(&["rules", "get", "to-nowhere"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    ))
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
+
+    // Revoked: the key is refused at once.
+    let out = run(herald_cmd(
+        &admin(&["keys", "revoke", &id])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    ))
+    .await;
+    assert!(
+        out.status.success(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(herald_cmd(&["query", "--url", url, "--key", &secret])).await;
+    assert!(!out.status.success(), "a revoked key is refused");
+}

@@ -563,7 +563,10 @@ async fn wildcard_queries_that_match_nothing_are_bounded_and_do_not_starve_healt
         .parse()
         .unwrap();
     assert_eq!(first.json::<Value>().await.unwrap(), json!([]));
-    assert!(next > 0 && next < head, "the first page stops early: {next}");
+    assert!(
+        next > 0 && next < head,
+        "the first page stops early: {next}"
+    );
     let mut after = next;
     for _ in 0..10 {
         let page = query(after).await.unwrap();
