@@ -73,6 +73,9 @@ enum Command {
     /// Durable consumers: fetch + ack vs. JetStream pull consumers, redelivery delays,
     /// and RSS with a consumer far behind.
     Consumer(RunArgs),
+    /// (e) Fan-out: RSS per idle WebSocket stream, and delivery latency to every
+    /// subscriber at --fanout-deliveries per second in total.
+    Fanout(RunArgs),
     /// Publish throughput with API keys required (a tenant key with a few patterns)
     /// against authentication off, same run: the cost of access control.
     Auth(RunArgs),
@@ -109,6 +112,12 @@ struct RunArgs {
     /// Publish rate of (b), events per second.
     #[arg(long, default_value_t = 5_000)]
     rate: u64,
+    /// WebSocket subscribers of (e) [default: 10,000, quick 1,000].
+    #[arg(long)]
+    fanout_streams: Option<usize>,
+    /// Deliveries per second of (e), over all subscribers.
+    #[arg(long, default_value_t = 20_000)]
+    fanout_deliveries: u64,
     /// Measured seconds of (b) [default: 10, quick 2].
     #[arg(long)]
     latency_duration: Option<f64>,
@@ -165,6 +174,11 @@ impl RunArgs {
             warmup: seconds(None, 2.0, 1.0)?,
             duration: seconds(self.duration, 10.0, 3.0)?,
             rate: self.rate,
+            fanout_streams: self
+                .fanout_streams
+                .unwrap_or(if quick { 1_000 } else { 10_000 })
+                .clamp(1, 50_000),
+            fanout_deliveries: self.fanout_deliveries.clamp(1, 1_000_000),
             latency_warmup: seconds(None, 1.0, 0.5)?,
             latency_duration: seconds(self.latency_duration, 10.0, 2.0)?,
             publishers: 256,
@@ -223,6 +237,7 @@ fn main() -> Result<()> {
         Command::Postgres(args) => run(&args, &[Scenario::Postgres]),
         Command::Relay(args) => run(&args, &[Scenario::Relay]),
         Command::Consumer(args) => run(&args, &[Scenario::Consumer]),
+        Command::Fanout(args) => run(&args, &[Scenario::Fanout]),
         Command::Auth(args) => run(&args, &[Scenario::Auth]),
         Command::Isolation(args) => run(&args, &[Scenario::Isolation]),
     }
@@ -238,6 +253,7 @@ enum Scenario {
     Postgres,
     Relay,
     Consumer,
+    Fanout,
     Auth,
     Isolation,
 }
@@ -288,6 +304,7 @@ fn run(args: &RunArgs, scenarios: &[Scenario]) -> Result<()> {
                 Scenario::Postgres => scenario::postgres::run(&options).await?,
                 Scenario::Relay => scenario::relay::run(&options).await?,
                 Scenario::Consumer => scenario::consumer::run(&options).await?,
+                Scenario::Fanout => scenario::fanout::run(&options).await?,
                 Scenario::Auth => scenario::auth::run(&options).await?,
                 Scenario::Isolation => scenario::isolation::run(&options).await?,
             };

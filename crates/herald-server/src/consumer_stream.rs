@@ -124,6 +124,8 @@ pub async fn stream(
     let streams = state.streams.clone();
     Ok(upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
+        .read_buffer_size(crate::ws::READ_BUFFER)
+        .write_buffer_size(crate::ws::WRITE_BUFFER)
         .on_upgrade(move |socket| {
             streams.track_future(async move {
                 // Counted against the key's and tenant's streams while open.

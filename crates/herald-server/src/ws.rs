@@ -30,6 +30,13 @@ const MAX_FRAMES_PER_FLUSH: usize = 128;
 /// Largest message a client may send us (we expect none but control frames).
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
+/// A stream's socket buffers. The WebSocket library's defaults (128 KiB each) are sized
+/// for bulk transfers: its read buffer alone cost every open stream ~128 KiB of RSS,
+/// although clients here send a few small control messages. Writes are flushed per
+/// batch anyway; a write buffer past this size is written out at once.
+pub(crate) const READ_BUFFER: usize = 4 * 1024;
+pub(crate) const WRITE_BUFFER: usize = 16 * 1024;
+
 /// Close codes (RFC 6455).
 const GOING_AWAY: u16 = 1001;
 const POLICY_VIOLATION: u16 = 1008;
@@ -172,6 +179,8 @@ pub async fn stream(
     let streams = state.streams.clone();
     Ok(upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| {
             streams.track_future(async move {
                 // Counted against the key's and tenant's streams while open.

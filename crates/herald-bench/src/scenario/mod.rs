@@ -8,11 +8,13 @@
 //! - [`postgres`]: herald on a throwaway PostgreSQL vs. a raw binary `COPY` ceiling;
 //! - [`relay`]: herald's NATS JetStream relay vs. a raw JetStream publisher, and its lag
 //!   under a steady publish rate;
+//! - [`fanout`]: (e) many WebSocket subscribers: RSS per idle stream, delivery latency;
 //! - [`consumer`]: durable pull consumers (fetch + ack) vs. JetStream pull consumers,
 //!   redelivery delays on NAK, and RSS with a consumer far behind.
 
 pub mod auth;
 pub mod consumer;
+pub mod fanout;
 pub mod interop;
 pub mod isolation;
 pub mod latency;
@@ -55,6 +57,10 @@ pub struct Options {
     pub duration: Duration,
     /// Publish rate of (b), events per second.
     pub rate: u64,
+    /// Subscribers of (e).
+    pub fanout_streams: usize,
+    /// Deliveries per second of (e), over all subscribers.
+    pub fanout_deliveries: u64,
     pub latency_warmup: Duration,
     pub latency_duration: Duration,
     /// Publisher connections of (b).
