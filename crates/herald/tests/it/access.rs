@@ -1088,9 +1088,8 @@ async fn a_key_is_held_to_its_connection_count() {
 /// (by its `content-length`), leaving the connection ready for the next request.
 async fn keep_alive_get(socket: &mut tokio::net::TcpStream, path: &str, key: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: herald\r\nAuthorization: Bearer {key}\r\n\r\n"
-    );
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: herald\r\nAuthorization: Bearer {key}\r\n\r\n");
     socket.write_all(request.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
     let mut chunk = [0u8; 4096];
