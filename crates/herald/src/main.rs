@@ -5,6 +5,7 @@ mod backup;
 mod client;
 mod config;
 mod consumer;
+mod otel;
 mod serve;
 mod transfer;
 
