@@ -525,3 +525,64 @@ async fn without_an_exporter_trace_context_passes_through_unchanged() {
         .to_owned();
     assert_eq!(h.get_event(&id).await["traceparent"], TRACEPARENT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nats_bridge_takes_a_messages_trace_context() {
+    let nats = TestNats::start().await;
+    let nats_url = nats.url();
+    let h = TestHerald::start_with(&["--nats-url", &nats_url]).await;
+    let connected = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            let health: Value = h
+                .http
+                .get(h.url("/health/nats"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            health["connected"] == true
+        },
+    )
+    .await;
+    assert!(connected, "{}", h.stderr());
+    let js = async_nats::jetstream::new(nats.client().await);
+    for (subject, traceparent) in [
+        ("hub.global.traced.valid", TRACEPARENT),
+        ("hub.global.traced.invalid", "00-xyz"),
+    ] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("traceparent", traceparent);
+        headers.insert("tracestate", TRACESTATE);
+        js.publish_with_headers(subject, headers, r#"{"n":1}"#.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let stored = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            h.query(&[("subject", "hub.global.traced.>".into())])
+                .await
+                .len()
+                == 2
+        },
+    )
+    .await;
+    assert!(stored, "both messages are bridged\n{}", h.stderr());
+    let events = h.query(&[("subject", "hub.global.traced.>".into())]).await;
+    for event in events {
+        if event["subject"] == "hub.global.traced.valid" {
+            assert_eq!(event["traceparent"], TRACEPARENT, "{event}");
+            assert_eq!(event["tracestate"], TRACESTATE, "{event}");
+        } else {
+            assert!(event.get("traceparent").is_none(), "{event}");
+            assert!(event.get("tracestate").is_none(), "{event}");
+        }
+    }
+}
