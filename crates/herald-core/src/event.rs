@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::aggregate::AggregateEvent;
 use crate::cloudevent::CloudEventAttributes;
 use crate::subject::Subject;
+use crate::trace_context::TraceContext;
 
 /// Position of an event in the hub's log: assigned at commit, strictly increasing in
 /// commit order. The first event has seq 1; seq 0 means "before the first event".
@@ -205,6 +206,9 @@ pub struct NewEvent {
     pub tenant: Option<String>,
     /// Set when the event is one of an aggregate's (its version is given at commit).
     pub aggregate: Option<Box<AggregateEvent>>,
+    /// The W3C trace context the event continues, when it came with one (or the hub
+    /// traced its publish): handed on with the event wherever it goes.
+    pub trace: Option<Box<TraceContext>>,
 }
 
 impl NewEvent {
@@ -225,6 +229,7 @@ impl NewEvent {
             cloudevent: None,
             tenant: None,
             aggregate: None,
+            trace: None,
         }
     }
 
@@ -241,6 +246,7 @@ impl NewEvent {
             cloudevent: self.cloudevent,
             tenant: self.tenant,
             aggregate: self.aggregate,
+            trace: self.trace,
         }
     }
 }
@@ -262,6 +268,8 @@ pub struct Event {
     pub tenant: Option<String>,
     /// See [`NewEvent::aggregate`].
     pub aggregate: Option<Box<AggregateEvent>>,
+    /// See [`NewEvent::trace`].
+    pub trace: Option<Box<TraceContext>>,
 }
 
 #[cfg(test)]

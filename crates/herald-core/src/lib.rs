@@ -6,6 +6,7 @@
 //! - [`aggregate`]: an aggregate's events, versions and the expected-version condition.
 //! - [`event`]: [`NewEvent`] (what a publisher hands in) and [`Event`] (what the log holds).
 //! - [`cloudevent`]: CloudEvents v1.0 attributes and their mapping to Herald events.
+//! - [`trace_context`]: W3C `traceparent` / `tracestate`, parsed as the spec says.
 //! - [`permissions`]: allow/deny subject rights (NATS semantics: deny wins).
 //! - [`json`]: the checks every client payload passes (depth, numbers, Unicode, names).
 
@@ -16,6 +17,7 @@ pub mod json;
 pub mod permissions;
 pub mod subject;
 pub mod subject_tree;
+pub mod trace_context;
 
 pub use aggregate::{AggregateEvent, AggregateNameError, ExpectedVersion};
 pub use cloudevent::{CloudEventAttributes, CloudEventError, DataForm, ExtensionValue};
@@ -29,3 +31,4 @@ pub use subject::{
     qualify_subject, Pattern, Subject, SubjectError, Token, MAX_SUBJECT_BYTES, MAX_SUBJECT_TOKENS,
 };
 pub use subject_tree::SubjectTree;
+pub use trace_context::TraceContext;

@@ -83,6 +83,7 @@ async fn commit(inner: &Inner, batch: Vec<(Vec<NewEvent>, Reply)>, n_events: usi
         replies.push((request_events.len(), reply));
         events.extend(request_events);
     }
+    let span = crate::trace::commit_span(&events, replies.len());
     let started = std::time::Instant::now();
     inner.writes.begin();
     let result = inner.store.append(events).await;
@@ -91,7 +92,10 @@ async fn commit(inner: &Inner, batch: Vec<(Vec<NewEvent>, Reply)>, n_events: usi
     match result {
         Ok(appended) => {
             inner.writes.succeeded();
-            let published = publish_all(inner, appended);
+            let published = {
+                let _fan_out = crate::trace::fan_out_span(&span, n_events).entered();
+                publish_all(inner, appended)
+            };
             let mut rest = published.into_iter();
             for (n, reply) in replies {
                 let _ = reply.send(Ok(rest.by_ref().take(n).collect()));

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use herald_core::{
     CloudEventAttributes, DataForm, Event, ExtensionValue, NewEvent, Origin, Payload, Subject,
+    TraceContext,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -53,6 +54,13 @@ pub struct EventJson<'a> {
     /// For an aggregate's event: the writer's metadata.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<&'a RawValue>,
+    /// The W3C `traceparent` the event continues, for events published with one (or
+    /// traced by the hub).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// Its W3C `tracestate`, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<&'a str>,
 }
 
 /// Which aggregate an event belongs to, and its version there.
@@ -103,6 +111,8 @@ impl<'a> From<&'a Event> for EventJson<'a> {
                 .as_deref()
                 .and_then(|a| a.metadata.as_ref())
                 .map(|m| m.as_raw()),
+            traceparent: event.trace.as_deref().map(TraceContext::traceparent),
+            tracestate: event.trace.as_deref().and_then(|t| t.tracestate.as_deref()),
         }
     }
 }
@@ -154,6 +164,10 @@ struct Incoming<'a> {
     cloudevent: Option<&'a RawValue>,
     #[serde(default, borrow)]
     cloudevent_data_form: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    traceparent: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tracestate: Option<Cow<'a, str>>,
 }
 
 /// Reads back what [`to_json`] wrote (on another hub): the event to store there, with
@@ -189,6 +203,9 @@ pub fn from_json(body: &[u8], subject: &Subject) -> Option<NewEvent> {
         tenant: None,
         // An aggregate's versions are its home hub's; here the event is an ordinary one.
         aggregate: None,
+        trace: incoming.traceparent.and_then(|traceparent| {
+            TraceContext::parse(&traceparent, incoming.tracestate.as_deref()).map(Box::new)
+        }),
     })
 }
 
@@ -290,6 +307,34 @@ mod tests {
         assert_eq!(back.correlation_id, event.correlation_id);
         assert_eq!(back.payload, event.payload);
         assert_eq!(back.cloudevent, event.cloudevent);
+        assert_eq!(back.trace, event.trace);
+    }
+
+    #[test]
+    fn trace_context_members_only_when_present() {
+        let plain = committed(None);
+        let value: Value = serde_json::from_str(&to_json(&plain)).unwrap();
+        assert!(value.get("traceparent").is_none());
+        assert!(value.get("tracestate").is_none());
+        let mut event = committed(None);
+        event.trace = TraceContext::parse(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            Some("rojo=00f067aa0ba902b7"),
+        )
+        .map(Box::new);
+        let text = to_json(&event);
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            value["traceparent"],
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(value["tracestate"], "rojo=00f067aa0ba902b7");
+        assert_same(&from_json(text.as_bytes(), &event.subject).unwrap(), &event);
+        // A message with an invalid `traceparent` reads back without one.
+        let mut edited = value.clone();
+        edited["traceparent"] = "00-zz".into();
+        let back = from_json(edited.to_string().as_bytes(), &event.subject).unwrap();
+        assert_eq!(back.trace, None);
     }
 
     #[test]

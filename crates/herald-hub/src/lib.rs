@@ -44,6 +44,7 @@ pub mod schemas;
 mod services;
 mod subscription;
 mod tail;
+pub mod trace;
 pub mod write_health;
 
 #[cfg(test)]
@@ -536,6 +537,8 @@ impl Hub {
             return Err(HubError::ShuttingDown);
         }
         let started = std::time::Instant::now();
+        // A no-op unless tracing is on; it continues each event's trace context.
+        let span = trace::publish_span(&mut events);
         let (reply, answer) = oneshot::channel();
         self.inner
             .publish_tx
@@ -545,6 +548,9 @@ impl Hub {
         let result = answer.await.map_err(|_| HubError::ShuttingDown)?;
         metrics::histogram!("herald_publish_duration_seconds")
             .record(started.elapsed().as_secs_f64());
+        if !span.is_none() {
+            trace::record_published(&span, &result);
+        }
         result
     }
 

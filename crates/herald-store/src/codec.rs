@@ -3,8 +3,18 @@
 
 use std::collections::BTreeMap;
 
-use herald_core::{CloudEventAttributes, DataForm, ExtensionValue};
+use herald_core::{CloudEventAttributes, DataForm, ExtensionValue, TraceContext};
 use serde_json::{json, Map, Value};
+
+/// An event's stored trace context (the `traceparent` and `tracestate` columns). What
+/// the store holds was validated on the way in; a value that no longer reads as one is
+/// dropped, as the spec says of an invalid `traceparent`, rather than failing the row.
+pub fn decode_trace(
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+) -> Option<Box<TraceContext>> {
+    TraceContext::parse(&traceparent?, tracestate.as_deref()).map(Box::new)
+}
 
 /// Encodes the attributes as the JSON text a store keeps.
 pub fn encode_cloudevent(attributes: &CloudEventAttributes) -> String {

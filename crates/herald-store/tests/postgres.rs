@@ -1074,7 +1074,8 @@ async fn a_version_1_schema_migrates_at_open() {
              ALTER TABLE subjects DROP COLUMN bytes;
              ALTER TABLE events DROP COLUMN tenant, DROP COLUMN aggregate_type,
                  DROP COLUMN aggregate_id, DROP COLUMN aggregate_version,
-                 DROP COLUMN event_type, DROP COLUMN metadata;
+                 DROP COLUMN event_type, DROP COLUMN metadata,
+                 DROP COLUMN traceparent, DROP COLUMN tracestate;
              DELETE FROM herald_schema_migrations WHERE version > 1",
         )
         .await

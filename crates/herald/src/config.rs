@@ -76,6 +76,9 @@ pub struct ServeConfig {
     #[command(flatten)]
     #[serde(default)]
     pub log: LogSettings,
+    #[command(flatten)]
+    #[serde(default)]
+    pub tracing: TracingSettings,
 
     /// Event schemas to create or replace at start (file only).
     #[arg(skip)]
@@ -106,6 +109,7 @@ const SECTIONS: &[(&str, AddArgs)] = &[
     ("nats", <NatsSettings as Args>::augment_args),
     ("routing", <RoutingSettings as Args>::augment_args),
     ("log", <LogSettings as Args>::augment_args),
+    ("tracing", <TracingSettings as Args>::augment_args),
 ];
 
 /// Seed 004's environment names, read when the `HERALD_*` variable and flag are not
@@ -424,6 +428,37 @@ pub struct LogSettings {
     pub log_format: String,
 }
 
+/// OpenTelemetry tracing, by the standard `OTEL_*` variables (see the README's
+/// "Tracing"). The exporter also reads `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
+/// `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT` and `OTEL_BSP_*`.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Tracing")]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingSettings {
+    /// OTLP/HTTP collector base URL (spans go to <url>/v1/traces), e.g.
+    /// http://localhost:4318. Tracing is off when unset.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+    /// OTLP protocol: http/protobuf or http/json (grpc is not built in).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "http/protobuf",
+          value_parser = ["http/protobuf", "http/json", "grpc"])]
+    pub otel_exporter_otlp_protocol: String,
+    /// The `service.name` of Herald's spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "herald")]
+    pub otel_service_name: String,
+    /// Sampler: always_on, always_off, traceidratio, parentbased_always_on,
+    /// parentbased_always_off or parentbased_traceidratio.
+    #[arg(
+        long,
+        env = "OTEL_TRACES_SAMPLER",
+        default_value = "parentbased_always_on"
+    )]
+    pub otel_traces_sampler: String,
+    /// The sampler's argument (the ratio of the traceidratio samplers, 0 to 1).
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
+    pub otel_traces_sampler_arg: Option<String>,
+}
+
 /// Whether requests need an API key (`HERALD_AUTH`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -462,7 +497,8 @@ defaults_from_clap!(
     TlsSettings,
     NatsSettings,
     RoutingSettings,
-    LogSettings
+    LogSettings,
+    TracingSettings
 );
 
 /// An admin key from the command line, environment or file: never shown by `Debug` or

@@ -6,6 +6,7 @@ mod backup;
 mod client;
 mod config;
 mod consumer;
+mod otel;
 mod serve;
 mod transfer;
 

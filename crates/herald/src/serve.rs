@@ -183,7 +183,7 @@ impl KeysArgs {
 /// `herald keys create --admin`, on `store` (the `--data` and `--pg-*` flags layered over
 /// the configuration file by `config::load_store`).
 pub async fn keys(args: KeysArgs, store: StoreSettings) -> anyhow::Result<ExitCode> {
-    let _log = init_logging("text");
+    let (_log, _) = init_logging("text", None);
     let KeysCommand::Create { description, .. } = args.command else {
         anyhow::bail!("this keys command goes through a running hub");
     };
@@ -208,7 +208,7 @@ pub async fn keys(args: KeysArgs, store: StoreSettings) -> anyhow::Result<ExitCo
 /// `store`: the `--data` and `--pg-*` flags layered over the configuration file by
 /// `config::load_store`.
 pub async fn migrate(store: StoreSettings) -> anyhow::Result<ExitCode> {
-    let _log = init_logging("text");
+    let (_log, _) = init_logging("text", None);
     let store_config = StoreConfig::parse(&store.data).map_err(anyhow::Error::msg)?;
     let store = store_config
         .open_with(EmbeddedOptions::default(), store.options())
@@ -224,7 +224,21 @@ pub async fn migrate(store: StoreSettings) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn run(config: ServeConfig) -> anyhow::Result<ExitCode> {
-    let _log = init_logging(&config.log.log_format);
+    let (provider, otel_error) = match crate::otel::provider(&config.tracing) {
+        Ok(provider) => (provider, None),
+        Err(error) => (None, Some(error)),
+    };
+    let (_log, exporter) = init_logging(&config.log.log_format, provider);
+    if let Some(error) = otel_error {
+        return Err(error);
+    }
+    if exporter.is_some() {
+        tracing::info!(
+            service = %config.tracing.otel_service_name,
+            "Tracing: exporting spans over OTLP/HTTP ({}).",
+            config.tracing.otel_exporter_otlp_protocol
+        );
+    }
     let ServeConfig {
         server,
         store: store_settings,
@@ -235,6 +249,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<ExitCode> {
         nats,
         routing,
         log: _,
+        tracing: _,
         schemas,
         retention,
         rules: declared_rules,
@@ -420,6 +435,10 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<ExitCode> {
         Err(_) => tracing::warn!("Requests still running after the grace period; closing anyway."),
     }
     hub.shutdown().await;
+    if let Some(exporter) = exporter {
+        // Flushes the spans still queued; on a thread, as the exporter blocks.
+        let _ = tokio::task::spawn_blocking(move || exporter.shutdown()).await;
+    }
     tracing::info!("Herald stopped.");
     Ok(ExitCode::SUCCESS)
 }
@@ -473,8 +492,16 @@ const LOG_BUFFER_LINES: usize = 16_384;
 
 /// Logs go through a bounded, lossy channel to one writer thread: a full or unread stderr
 /// pipe can only lose log lines, never stall the workers that serve requests.
-fn init_logging(format: &str) -> tracing_appender::non_blocking::WorkerGuard {
-    use tracing_subscriber::EnvFilter;
+fn init_logging(
+    format: &str,
+    otel: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+) -> (
+    tracing_appender::non_blocking::WorkerGuard,
+    Option<crate::otel::Tracing>,
+) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(LOG_BUFFER_LINES)
         .lossy(true)
@@ -492,15 +519,27 @@ fn init_logging(format: &str) -> tracing_appender::non_blocking::WorkerGuard {
             }
         })
         .expect("spawning a thread");
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // The spans of `herald_hub::trace` are for the exporter, not the log.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive("herald::trace=off".parse().expect("a valid directive"));
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(writer);
-    if format == "json" {
-        builder.json().init();
+    let fmt = if format == "json" {
+        fmt.json().with_filter(filter).boxed()
     } else {
-        builder.init();
-    }
-    guard
+        fmt.with_filter(filter).boxed()
+    };
+    let (otel, tracing) = match otel {
+        Some(provider) => {
+            let (layer, tracing) = crate::otel::start(provider);
+            let only_spans = tracing_subscriber::filter::Targets::new()
+                .with_target("herald::trace", tracing::Level::TRACE);
+            (Some(layer.with_filter(only_spans)), Some(tracing))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(fmt).with(otel).init();
+    (guard, tracing)
 }

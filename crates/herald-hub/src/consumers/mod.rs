@@ -179,6 +179,19 @@ pub enum Settle {
     Release,
 }
 
+impl Settle {
+    /// The verb, as spans name it.
+    pub fn operation(&self) -> &'static str {
+        match self {
+            Settle::Ack => "ack",
+            Settle::Nak { .. } => "nak",
+            Settle::Progress => "progress",
+            Settle::Term { .. } => "term",
+            Settle::Release => "release",
+        }
+    }
+}
+
 /// The engine's shared part, held by the hub.
 pub(crate) struct Consumers {
     ops: mpsc::Sender<Request>,
@@ -737,7 +750,12 @@ impl Hub {
         stop: &CancellationToken,
     ) -> Result<Vec<Message>, ConsumerError> {
         user(name)?;
-        self.fetch_until_any(name, batch, wait, stop).await
+        let span = crate::trace::consumer_span("fetch", name, 0);
+        let fetched = self.fetch_until_any(name, batch, wait, stop).await;
+        if let Ok(messages) = &fetched {
+            crate::trace::link_messages(&span, messages.iter().map(|m| &m.event));
+        }
+        fetched
     }
 
     /// Acks, NAKs, extends, terms or releases deliveries by their ack ids. Answers once
@@ -749,6 +767,7 @@ impl Hub {
         how: Settle,
     ) -> Result<Settled, ConsumerError> {
         user(name)?;
+        let _span = crate::trace::consumer_span(how.operation(), name, ack_ids.len());
         self.settle_any(name, ack_ids, how).await
     }
 

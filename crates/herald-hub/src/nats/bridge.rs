@@ -23,12 +23,17 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use base64::Engine as _;
 use futures_util::StreamExt;
-use herald_core::{correlation_id_from_text, NewEvent, Origin, Pattern, Payload, Subject};
+use herald_core::{
+    correlation_id_from_text, NewEvent, Origin, Pattern, Payload, Subject, TraceContext,
+};
 use herald_store::{NewDeadLetter, Store, StoreError};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use super::{NatsLink, HEADER_CORRELATION, HEADER_HUB, PRESENCE_SUBJECT};
+use super::{
+    NatsLink, HEADER_CORRELATION, HEADER_HUB, HEADER_TRACEPARENT, HEADER_TRACESTATE,
+    PRESENCE_SUBJECT,
+};
 use crate::{Hub, HubError, Inner};
 
 /// Messages taken per ingest batch (one store transaction).
@@ -442,11 +447,19 @@ pub(crate) fn to_new_event(
                 .map_err(|e| format!("the body is JSON that Herald does not store: it {e}"))?;
         }
     }
+    // The message's W3C trace context (a relaying hub's continues the event's); an
+    // invalid one is ignored.
+    let trace = header(HEADER_TRACEPARENT).and_then(|traceparent| {
+        TraceContext::parse(&traceparent, header(HEADER_TRACESTATE).as_deref()).map(Box::new)
+    });
     if header(HEADER_HUB).is_some() {
-        if let Some(event) = crate::envelope::from_json(&message.payload, &subject) {
+        if let Some(mut event) = crate::envelope::from_json(&message.payload, &subject) {
             if event.origin.hub_id == own_hub {
                 // Our own event whose relay header was lost on the way: not new here.
                 return Ok(None);
+            }
+            if trace.is_some() {
+                event.trace = trace;
             }
             return Ok(Some(event));
         }
@@ -478,6 +491,7 @@ pub(crate) fn to_new_event(
         correlation_id,
     );
     event.id = id;
+    event.trace = trace;
     Ok(Some(event))
 }
 

@@ -37,6 +37,9 @@ pub const HEADER_CORRELATION: &str = "Correlation-ID";
 pub const HEADER_ORIGIN_HUB: &str = "Herald-Origin-Hub";
 pub const HEADER_ORIGIN_SERVICE: &str = "Herald-Origin-Service";
 pub const HEADER_ORIGIN_USER: &str = "Herald-Origin-User";
+/// The W3C trace context of a relayed event (lowercase, as the spec asks senders to).
+pub const HEADER_TRACEPARENT: &str = "traceparent";
+pub const HEADER_TRACESTATE: &str = "tracestate";
 /// The subject hubs announce themselves on (seed 002, federation).
 pub const PRESENCE_SUBJECT: &str = "hub.global.presence.announced";
 
@@ -429,7 +432,18 @@ pub fn event_headers(event: &Event, relaying_hub: &str) -> HeaderMap {
     if let Some(user) = &event.origin.user {
         headers.insert(HEADER_ORIGIN_USER, user.as_str());
     }
+    if let Some(trace) = event.trace.as_deref() {
+        insert_trace_headers(&mut headers, trace);
+    }
     headers
+}
+
+/// Sets the W3C `traceparent` (and `tracestate`, when there is one) headers.
+pub fn insert_trace_headers(headers: &mut HeaderMap, trace: &herald_core::TraceContext) {
+    headers.insert(HEADER_TRACEPARENT, trace.traceparent().as_str());
+    if let Some(state) = &trace.tracestate {
+        headers.insert(HEADER_TRACESTATE, state.as_str());
+    }
 }
 
 /// Status for `/health` and `/health/nats`.

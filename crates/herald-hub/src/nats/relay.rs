@@ -146,6 +146,8 @@ struct Outgoing {
     subject: String,
     headers: async_nats::HeaderMap,
     body: bytes::Bytes,
+    /// The event's `relay` span (a no-op unless tracing is on), ended at its PubAck.
+    span: tracing::Span,
 }
 
 /// A PubAck on its way back, with the seq and commit time of its event.
@@ -177,11 +179,19 @@ fn outgoing(hub_id: String, link: &NatsLink) -> impl FnMut(Event) -> Option<Outg
             metrics::counter!("herald_relay_skipped_total").increment(1);
             return None;
         }
+        let span = crate::trace::relay_span(&event);
+        let mut headers = super::event_headers(&event, &hub_id);
+        if !span.is_none() {
+            if let Some(trace) = crate::trace::outgoing(&span, &event) {
+                super::insert_trace_headers(&mut headers, &trace);
+            }
+        }
         Some(Outgoing {
             committed: event.timestamp,
-            headers: super::event_headers(&event, &hub_id),
+            headers,
             body: crate::envelope::to_json(&event).into(),
             subject: event.subject.into_string(),
+            span,
         })
     }
 }
@@ -262,7 +272,12 @@ async fn relay(
                         .await
                         .map_err(|source| RelayError::Publish { seq, source })?;
                     let committed = event.committed;
-                    acks.push_back(Box::pin(async move { (seq, committed, ack.await) }));
+                    let span = event.span;
+                    acks.push_back(Box::pin(async move {
+                        let ack = ack.await;
+                        drop(span);
+                        (seq, committed, ack)
+                    }));
                 }
             }
             () = tail::until(save_at) => {}

@@ -358,7 +358,7 @@ impl Lane {
 const _: () = assert!(WEBHOOK_IN_FLIGHT >= 1 && SHARED_REQUESTS >= WEBHOOK_IN_FLIGHT);
 
 /// How one attempt went.
-pub(super) enum Attempt {
+pub(crate) enum Attempt {
     Delivered,
     /// Failed; worth trying again (after at least this long, if the receiver said).
     Retry(String, Option<Duration>),
@@ -449,11 +449,27 @@ impl Delivery {
         let msg_id = message_id(rule, event.id);
         let body = Bytes::from(crate::envelope::to_json(event));
         let _slot = self.slot(lane).await?;
-        Ok(send(client, webhook, &msg_id, body).await)
+        let span = crate::trace::webhook_span(event, rule.as_str());
+        let trace = if span.is_none() {
+            event.trace.as_deref().cloned()
+        } else {
+            crate::trace::outgoing(&span, event)
+        };
+        let attempt = send(client, webhook, &msg_id, body, trace.as_ref()).await;
+        if !span.is_none() {
+            crate::trace::record_attempt(&span, &attempt);
+        }
+        Ok(attempt)
     }
 }
 
-async fn send(client: &reqwest::Client, webhook: &Webhook, msg_id: &str, body: Bytes) -> Attempt {
+async fn send(
+    client: &reqwest::Client,
+    webhook: &Webhook,
+    msg_id: &str,
+    body: Bytes,
+    trace: Option<&herald_core::TraceContext>,
+) -> Attempt {
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
@@ -463,6 +479,12 @@ async fn send(client: &reqwest::Client, webhook: &Webhook, msg_id: &str, body: B
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
         .header("webhook-id", msg_id)
         .header("webhook-timestamp", timestamp.to_string());
+    if let Some(trace) = trace {
+        request = request.header("traceparent", trace.traceparent());
+        if let Some(state) = &trace.tracestate {
+            request = request.header("tracestate", state.as_str());
+        }
+    }
     if let Some(secret) = &webhook.secret {
         request = request.header(
             "webhook-signature",

@@ -88,6 +88,8 @@ fn new_event(
     let subject = attributes
         .herald_subject()
         .map_err(|e| invalid(e.to_string()))?;
+    let mut attributes = attributes;
+    let trace = take_trace_extensions(&mut attributes.extensions);
     let correlation = attributes.correlation_id().or(fallback_correlation);
     let mut event = NewEvent::new(
         subject,
@@ -99,7 +101,27 @@ fn new_event(
     );
     event.id = attributes.herald_id();
     event.cloudevent = Some(Box::new(attributes));
+    event.trace = trace.map(Box::new);
     Ok(event)
+}
+
+/// Takes the distributed-tracing extension (`traceparent`, `tracestate`) out of a
+/// CloudEvent's extensions: the event keeps it as its trace context, and reads back with
+/// it continued. One that is not a valid `traceparent` is dropped, as the W3C spec says a
+/// receiver ignores it (and its `tracestate` with it).
+fn take_trace_extensions(
+    extensions: &mut BTreeMap<String, ExtensionValue>,
+) -> Option<herald_core::TraceContext> {
+    let traceparent = extensions.remove("traceparent");
+    let tracestate = extensions.remove("tracestate");
+    let Some(ExtensionValue::String(traceparent)) = traceparent else {
+        return None;
+    };
+    let tracestate = match &tracestate {
+        Some(ExtensionValue::String(text)) => Some(text.as_str()),
+        _ => None,
+    };
+    herald_core::TraceContext::parse(&traceparent, tracestate)
 }
 
 /// The members of a JSON object, in order, values as sent.
@@ -516,9 +538,22 @@ fn wrapped_member(payload: &RawValue, name: &str) -> Option<Box<RawValue>> {
 /// a CloudEvent's as the event JSON shows them ([`herald_hub::envelope`]), else made up
 /// from the Herald event.
 pub fn attributes(event: &Event) -> Map<String, Value> {
-    if let Some(attributes) = event.cloudevent.as_deref() {
-        return herald_hub::envelope::cloudevent_attributes(attributes);
+    let mut out = match event.cloudevent.as_deref() {
+        Some(attributes) => herald_hub::envelope::cloudevent_attributes(attributes),
+        None => made_up_attributes(event),
+    };
+    // The CloudEvents distributed-tracing extension.
+    if let Some(trace) = event.trace.as_deref() {
+        out.insert("traceparent".into(), trace.traceparent().into());
+        if let Some(state) = &trace.tracestate {
+            out.insert("tracestate".into(), state.clone().into());
+        }
     }
+    out
+}
+
+/// The attributes of an event that did not arrive as a CloudEvent.
+fn made_up_attributes(event: &Event) -> Map<String, Value> {
     let mut out = Map::new();
     out.insert("specversion".into(), "1.0".into());
     out.insert("id".into(), event.id.to_string().into());

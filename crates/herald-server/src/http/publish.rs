@@ -74,7 +74,8 @@ pub async fn publish_event(
         .map_err(|limited| ApiError::from(herald_hub::HubError::RateLimited(limited)))?;
     let body = body.map_err(body_rejection)?;
     let header_correlation = header_correlation_id(&headers)?;
-    let event = match cloudevents::mode(&headers) {
+    let trace = header_trace(&headers);
+    let mut event = match cloudevents::mode(&headers) {
         Mode::Herald => {
             ensure_not_empty(&body)?;
             let request: wire::PublishRequest = parse_json_object(&body)?;
@@ -88,9 +89,12 @@ pub async fn publish_event(
         Mode::Batch => {
             ensure_not_empty(&body)?;
             let events = cloudevents::parse_batch(&state, &body, header_correlation)?;
-            return publish_many(&state, &caller, events).await;
+            return publish_many(&state, &caller, with_trace(events, trace)).await;
         }
     };
+    if event.trace.is_none() {
+        event.trace = trace.map(Box::new);
+    }
     let published = state.publish(&caller, event).await?;
     let event = &published.event;
     let status = if published.duplicate {
@@ -157,9 +161,10 @@ pub async fn publish_batch(
     let body = body.map_err(body_rejection)?;
     ensure_not_empty(&body)?;
     let header_correlation = header_correlation_id(&headers)?;
+    let trace = header_trace(&headers);
     if cloudevents::mode(&headers) == Mode::Batch {
         let events = cloudevents::parse_batch(&state, &body, header_correlation)?;
-        return publish_many(&state, &caller, events).await;
+        return publish_many(&state, &caller, with_trace(events, trace)).await;
     }
     let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
     let items: Vec<Box<RawValue>> = if first == Some(b'[') {
@@ -186,7 +191,7 @@ pub async fn publish_batch(
         parse_json_object::<wire::PublishRequest>(item.get().as_bytes())
             .and_then(|request| new_event(&state, request, header_correlation))
     })?;
-    publish_many(&state, &caller, events).await
+    publish_many(&state, &caller, with_trace(events, trace)).await
 }
 
 /// Commits validated events in one transaction and answers with a result per event.
@@ -220,6 +225,42 @@ fn ensure_not_empty(body: &[u8]) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// The request's W3C trace context (`traceparent`, `tracestate` headers), when it has a
+/// valid one. An invalid `traceparent` is ignored, never refused: "If the `trace-id`
+/// value is invalid (for example if it contains non-allowed characters or all zeros),
+/// vendors MUST ignore the `traceparent`." Several `tracestate` fields are one list
+/// ("they MUST be combined into a single header"); several `traceparent`s are none.
+pub(crate) fn header_trace(headers: &HeaderMap) -> Option<herald_core::TraceContext> {
+    let mut parents = headers.get_all("traceparent").iter();
+    let traceparent = parents.next()?.to_str().ok()?;
+    if parents.next().is_some() {
+        return None;
+    }
+    let mut tracestate = String::new();
+    for value in headers.get_all("tracestate") {
+        let Ok(text) = value.to_str() else { continue };
+        if !tracestate.is_empty() {
+            tracestate.push(',');
+        }
+        tracestate.push_str(text);
+    }
+    herald_core::TraceContext::parse(traceparent, Some(&tracestate))
+}
+
+/// Gives events without a trace context of their own (a CloudEvent's extension) the
+/// request's.
+pub(crate) fn with_trace(
+    mut events: Vec<NewEvent>,
+    trace: Option<herald_core::TraceContext>,
+) -> Vec<NewEvent> {
+    if let Some(trace) = trace {
+        for event in events.iter_mut().filter(|e| e.trace.is_none()) {
+            event.trace = Some(Box::new(trace.clone()));
+        }
+    }
+    events
 }
 
 /// The `X-Correlation-ID` header as a UUID, when present.
@@ -384,8 +425,11 @@ pub async fn publish_legacy(
     })?;
     let request: cloudevents::LegacyPublish = parse_json_object(&body)?;
     let structured = cloudevents::legacy_to_structured(source, request)?;
-    let event =
+    let mut event =
         cloudevents::parse_structured(&state, structured, header_correlation_id(&headers)?)?;
+    if event.trace.is_none() {
+        event.trace = header_trace(&headers).map(Box::new);
+    }
     let published = state.publish(&caller, event).await?;
     let status = if published.duplicate {
         StatusCode::OK

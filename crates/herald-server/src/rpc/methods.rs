@@ -190,6 +190,8 @@ impl EventParams {
         if let Some(id) = self.id {
             event.id = id;
         }
+        // The HTTP request's `traceparent`, as for `POST /api/events`.
+        event.trace = crate::http::publish::header_trace(call.headers).map(Box::new);
         Ok(event)
     }
 }

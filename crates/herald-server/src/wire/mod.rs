@@ -139,6 +139,14 @@ pub struct EventSchema {
     /// For an aggregate's event: the writer's metadata.
     #[schema(value_type = Object, required = false)]
     metadata: (),
+    /// The W3C Trace Context `traceparent` the event continues, for events published
+    /// with a valid one (a `traceparent` header, or a CloudEvent's distributed-tracing
+    /// extension), or traced by the hub. Version `00`, lowercase hex.
+    #[schema(value_type = String, required = false, pattern = "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")]
+    traceparent: (),
+    /// The W3C Trace Context `tracestate` that came with the `traceparent`, when any.
+    #[schema(value_type = String, required = false, max_length = 512)]
+    tracestate: (),
 }
 
 /// Who published an event.
@@ -316,6 +324,11 @@ mod tests {
             event_type: "order.placed".into(),
             metadata: Some(Payload::from_json("{}".into()).unwrap()),
         }));
+        event.trace = herald_core::TraceContext::parse(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            Some("rojo=00f067aa0ba902b7"),
+        )
+        .map(Box::new);
         let event = event.commit(1, Timestamp::from_micros(0));
         let written = serde_json::to_value(Event::from(&event)).unwrap();
         let documented = serde_json::to_value(EventSchema::schema()).unwrap();

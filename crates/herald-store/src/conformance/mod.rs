@@ -51,6 +51,7 @@ where
     paging_sees_everything_once(&open().await).await;
     concurrent_appends_get_distinct_dense_seqs(&open().await).await;
     cloudevent_attributes_round_trip(&open().await).await;
+    trace_contexts_round_trip(&open().await).await;
     cursors_start_at_zero_and_never_go_back(&open().await).await;
     rules_keep_their_order_and_text(&open().await).await;
     tenants_and_keys_are_kept_by_kind_and_id(&open().await).await;
@@ -531,6 +532,63 @@ async fn cloudevent_attributes_round_trip<S: Store>(store: &S) {
     let queried = store.query(Query::default()).await.unwrap();
     assert_eq!(queried.events[0].cloudevent.as_deref(), Some(&attributes));
     assert!(queried.events[1].cloudevent.is_none());
+}
+
+/// An event's W3C trace context (`traceparent`, `tracestate`) reads back as stored, by
+/// every way of reading and of writing (a plain append, an aggregate's); events without
+/// one read back without one.
+async fn trace_contexts_round_trip<S: Store>(store: &S) {
+    use herald_core::{AggregateEvent, ExpectedVersion, TraceContext};
+    let with_state = TraceContext::parse(
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"),
+    )
+    .unwrap();
+    let without_state = TraceContext::parse(
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+        None,
+    )
+    .unwrap();
+    let mut batch = events("hub.traced", 3);
+    batch[0].trace = Some(Box::new(with_state.clone()));
+    batch[2].trace = Some(Box::new(without_state.clone()));
+    let stored = store.append(batch).await.unwrap();
+    let expected = [Some(&with_state), None, Some(&without_state)];
+    let got: Vec<_> = stored.iter().map(|a| a.event().trace.as_deref()).collect();
+    assert_eq!(got, expected);
+    for (appended, expected) in stored.iter().zip(expected) {
+        let read = store.get(appended.event().id).await.unwrap().unwrap();
+        assert_eq!(read.trace.as_deref(), expected);
+    }
+    let queried = store.query(Query::default()).await.unwrap();
+    let got: Vec<_> = queried.events.iter().map(|e| e.trace.as_deref()).collect();
+    assert_eq!(got, expected);
+
+    let mut aggregate_event = event("hub.traced.order", 9, None);
+    aggregate_event.aggregate = Some(Box::new(AggregateEvent {
+        aggregate_type: "order".into(),
+        aggregate_id: "o-traced".into(),
+        version: 0,
+        event_type: "order.created".into(),
+        metadata: None,
+    }));
+    aggregate_event.trace = Some(Box::new(with_state.clone()));
+    let id = aggregate_event.id;
+    let outcome = store
+        .append_aggregate(crate::AggregateAppend {
+            key: crate::AggregateKey {
+                tenant: None,
+                aggregate_type: "order".into(),
+                aggregate_id: "o-traced".into(),
+            },
+            expected: ExpectedVersion::NoStream,
+            events: vec![aggregate_event],
+        })
+        .await
+        .unwrap();
+    assert!(matches!(outcome, crate::AggregateAppended::Written { .. }));
+    let read = store.get(id).await.unwrap().unwrap();
+    assert_eq!(read.trace.as_deref(), Some(&with_state));
 }
 
 async fn empty_store<S: Store>(store: &S) {

@@ -28,7 +28,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use herald_core::{AggregateEvent, Event, NewEvent, Origin, Payload, Seq, Subject, Timestamp};
+use herald_core::{
+    AggregateEvent, Event, NewEvent, Origin, Payload, Seq, Subject, Timestamp, TraceContext,
+};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -174,11 +176,11 @@ struct Writer {
 
 /// Columns read back for an event, in the order [`row_to_event`] expects.
 /// How many columns [`EVENT_COLUMNS`] names: where a query's own columns start.
-pub(crate) const EVENT_COLUMN_COUNT: usize = 16;
+pub(crate) const EVENT_COLUMN_COUNT: usize = 18;
 
 pub(crate) const EVENT_COLUMNS: &str =
     "seq, id, subject, correlation_id, ts, hub_id, service, user, payload, cloudevent, tenant, \
-     aggregate_type, aggregate_id, aggregate_version, event_type, metadata";
+     aggregate_type, aggregate_id, aggregate_version, event_type, metadata, traceparent, tracestate";
 
 impl EmbeddedStore {
     /// Opens (creating if needed) the store at `path`, applies migrations and recovers
@@ -481,8 +483,8 @@ impl EmbeddedStore {
 
 /// Writes an event with its seq and commit time; 0 when its id is stored.
 const INSERT_EVENT: &str = "INSERT INTO events (seq, id, subject, correlation_id, ts, hub_id, service, user, payload, cloudevent, tenant,
-                                        aggregate_type, aggregate_id, aggregate_version, event_type, metadata)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                                        aggregate_type, aggregate_id, aggregate_version, event_type, metadata, traceparent, tracestate)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
      ON CONFLICT (id) DO NOTHING";
 
 fn insert_event(
@@ -514,6 +516,8 @@ fn insert_event(
         aggregate
             .and_then(|a| a.metadata.as_ref())
             .map(Payload::get),
+        event.trace.as_deref().map(TraceContext::traceparent),
+        event.trace.as_deref().and_then(|t| t.tracestate.as_deref()),
     ])
 }
 
@@ -1253,6 +1257,7 @@ pub(crate) fn row_to_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
                 },
             })),
         },
+        trace: crate::codec::decode_trace(row.get(16)?, row.get(17)?),
     })
 }
 

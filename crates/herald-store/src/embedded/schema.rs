@@ -169,6 +169,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         body TEXT NOT NULL
     ) WITHOUT ROWID;",
+    // 12: the W3C trace context an event was published with (`traceparent` as sent
+    // or continued, and its `tracestate`), NULL for events without one.
+    "ALTER TABLE events ADD COLUMN traceparent TEXT;
+    ALTER TABLE events ADD COLUMN tracestate TEXT;",
 ];
 
 /// The schema version this build writes.

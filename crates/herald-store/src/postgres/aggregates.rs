@@ -19,8 +19,8 @@ const VERSION: &str = "SELECT version FROM aggregates
      WHERE tenant = $1 AND aggregate_type = $2 AND aggregate_id = $3";
 
 const INSERT_EVENT: &str = r#"INSERT INTO events (seq, id, subject, correlation_id, ts, hub_id, service, "user", payload, cloudevent, tenant,
-                    aggregate_type, aggregate_id, aggregate_version, event_type, metadata)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"#;
+                    aggregate_type, aggregate_id, aggregate_version, event_type, metadata, traceparent, tracestate)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"#;
 
 const UPSERT_SUBJECT: &str =
     "INSERT INTO subjects (subject, events, bytes, last_seq) VALUES ($1, 1, $3, $2)
@@ -89,7 +89,12 @@ pub(super) async fn append(
             .as_deref()
             .map(crate::codec::encode_cloudevent);
         let seq = event.seq as i64;
-        let params: [&(dyn ToSql + Sync); 16] = [
+        let traceparent = event
+            .trace
+            .as_deref()
+            .map(herald_core::TraceContext::traceparent);
+        let tracestate = event.trace.as_deref().and_then(|t| t.tracestate.as_deref());
+        let params: [&(dyn ToSql + Sync); 18] = [
             &seq,
             &event.id,
             &event.subject.as_str(),
@@ -108,6 +113,8 @@ pub(super) async fn append(
             &aggregate
                 .and_then(|a| a.metadata.as_ref())
                 .map(Payload::get),
+            &traceparent,
+            &tracestate,
         ];
         tx.execute(&insert, &params).await?;
         let bytes = event.payload.get().len() as i64;

@@ -35,16 +35,18 @@ const LOCK_HEAD: &str = "SELECT seq, ts FROM log_head FOR UPDATE";
 /// The new events of a batch, streamed in PostgreSQL's binary COPY format: measured
 /// 5–15 % faster than one multi-row `INSERT … SELECT FROM UNNEST(…)` for batches of
 /// 100–1,000 (no `ON CONFLICT` is needed: duplicates were found under the lock).
-const COPY_EVENTS: &str = r#"COPY events (seq, id, subject, correlation_id, ts, hub_id, service, "user", payload, cloudevent, tenant)
+const COPY_EVENTS: &str = r#"COPY events (seq, id, subject, correlation_id, ts, hub_id, service, "user", payload, cloudevent, tenant, traceparent, tracestate)
 FROM STDIN (FORMAT binary)"#;
 
 /// The column types of [`COPY_EVENTS`], in order.
-const COPY_TYPES: [Type; 11] = [
+const COPY_TYPES: [Type; 13] = [
     Type::INT8,
     Type::UUID,
     Type::TEXT,
     Type::UUID,
     Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
@@ -233,6 +235,11 @@ async fn write(
                 .cloudevent
                 .as_deref()
                 .map(crate::codec::encode_cloudevent);
+            let traceparent = event
+                .trace
+                .as_deref()
+                .map(herald_core::TraceContext::traceparent);
+            let tracestate = event.trace.as_deref().and_then(|t| t.tracestate.as_deref());
             writer
                 .as_mut()
                 .write(&[
@@ -247,6 +254,8 @@ async fn write(
                     &event.payload.get(),
                     &cloudevent,
                     &event.tenant,
+                    &traceparent,
+                    &tracestate,
                 ])
                 .await?;
         }

@@ -214,9 +214,9 @@ struct Inner {
 
 /// Columns read back for an event, in the order [`row_to_event`] expects.
 /// How many columns [`EVENT_COLUMNS`] names: where a query's own columns start.
-pub(crate) const EVENT_COLUMN_COUNT: usize = 16;
+pub(crate) const EVENT_COLUMN_COUNT: usize = 18;
 
-pub(crate) const EVENT_COLUMNS: &str = r#"seq, id, subject, correlation_id, ts, hub_id, service, "user", payload, cloudevent, tenant, aggregate_type, aggregate_id, aggregate_version, event_type, metadata"#;
+pub(crate) const EVENT_COLUMNS: &str = r#"seq, id, subject, correlation_id, ts, hub_id, service, "user", payload, cloudevent, tenant, aggregate_type, aggregate_id, aggregate_version, event_type, metadata, traceparent, tracestate"#;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -1080,6 +1080,7 @@ pub(crate) fn decode_row(row: &tokio_postgres::Row) -> Result<Event, RowError> {
                 },
             })),
         },
+        trace: crate::codec::decode_trace(column(row, 16)?, column(row, 17)?),
     })
 }
 

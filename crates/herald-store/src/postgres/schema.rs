@@ -181,6 +181,12 @@ const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL
     );
     "#,
+    // 10: the W3C trace context an event was published with (`traceparent` as sent
+    // or continued, and its `tracestate`), NULL for events without one.
+    r#"
+    ALTER TABLE events ADD COLUMN traceparent TEXT;
+    ALTER TABLE events ADD COLUMN tracestate TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -46,6 +46,12 @@ const SCRUBBED_ENV: &[&str] = &[
     "MAX_MSGS",
     "MAX_BYTES",
     "MAX_AGE",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_SERVICE_NAME",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
     "http_proxy",
     "HTTP_PROXY",
     "https_proxy",
@@ -751,6 +757,31 @@ pub fn assert_event_shape(event: &Value) {
                 "metadata is an object: {event}"
             );
             keys.push("metadata");
+        }
+    }
+    // Present for an event published with a valid W3C trace context (or traced by the
+    // hub): its `traceparent` (version 00), and the `tracestate` that came with it.
+    if let Some(traceparent) = event.get("traceparent") {
+        let text = traceparent.as_str().unwrap_or_default();
+        let fields: Vec<&str> = text.split('-').collect();
+        assert!(
+            fields.len() == 4
+                && fields[0] == "00"
+                && [32, 16, 2]
+                    .iter()
+                    .zip(&fields[1..])
+                    .all(|(n, f)| f.len() == *n
+                        && f.bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))),
+            "traceparent is a version-00 W3C traceparent: {event}"
+        );
+        keys.push("traceparent");
+        if event.get("tracestate").is_some() {
+            assert!(
+                event["tracestate"].is_string(),
+                "tracestate is a string: {event}"
+            );
+            keys.push("tracestate");
         }
     }
     assert_keys(event, &keys, "event");

@@ -20,6 +20,7 @@ mod crash;
 mod hardening;
 mod lifecycle;
 mod nats;
+mod otel;
 mod postgres;
 mod retention;
 mod rules;

@@ -33,6 +33,11 @@ pub(crate) struct Received {
 }
 
 impl Received {
+    /// A request header (names are lowercase).
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).cloned()
+    }
+
     pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).expect("webhook body is JSON")
     }
