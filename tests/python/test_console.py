@@ -15,6 +15,7 @@ import uuid
 import pytest
 import requests
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -76,7 +77,10 @@ def no_page_errors(browser):
 
 
 def wait(driver, seconds: float = 10):
-    return WebDriverWait(driver, seconds, poll_frequency=0.02)
+    # The pages re-render as events arrive: an element found a moment ago may be gone,
+    # which only means "look again".
+    return WebDriverWait(driver, seconds, poll_frequency=0.02,
+                         ignored_exceptions=(StaleElementReferenceException,))
 
 
 def publish(hub: Herald, subject: str, payload: dict, key: str | None = None, **extra) -> dict:

@@ -151,6 +151,9 @@ pub struct Query {
     pub aggregate_type: Option<String>,
     /// Only events of aggregates with this id.
     pub aggregate_id: Option<String>,
+    /// Only events whose payload, as its stored JSON text, contains this text
+    /// (case-sensitive). Read by scan, under the scan budget.
+    pub payload_contains: Option<String>,
     /// At most this many events (1..=[`MAX_QUERY_LIMIT`]; larger values are clamped).
     pub limit: usize,
 }
@@ -165,6 +168,7 @@ impl Default for Query {
             correlation_id: None,
             aggregate_type: None,
             aggregate_id: None,
+            payload_contains: None,
             limit: 100,
         }
     }

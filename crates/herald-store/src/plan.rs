@@ -126,9 +126,13 @@ pub(crate) fn choose(candidates: Option<(Vec<String>, u64)>, head: Seq, limit: u
 /// decides.
 pub(crate) fn accepts(query: &Query, event: &Event) -> bool {
     query
-        .subject
-        .as_ref()
-        .is_none_or(|p| p.matches(event.subject.as_str()))
+        .payload_contains
+        .as_deref()
+        .is_none_or(|text| event.payload.get().contains(text))
+        && query
+            .subject
+            .as_ref()
+            .is_none_or(|p| p.matches(event.subject.as_str()))
         && query.since.is_none_or(|t| event.timestamp >= t)
         && query.until.is_none_or(|t| event.timestamp <= t)
         && query

@@ -73,6 +73,7 @@ pub async fn index(State(state): State<AppState>) -> Result<Json<wire::Index>, A
         ("after_seq" = Option<crate::wire::schema::SeqParam>, Query, description = "Only events with a larger seq."),
         ("aggregate_type" = Option<crate::wire::schema::AggregateType>, Query, description = "Only events of aggregates of this type."),
         ("aggregate_id" = Option<crate::wire::schema::AggregateId>, Query, description = "Only events of aggregates with this id."),
+        ("payload_contains" = Option<crate::wire::schema::PayloadText>, Query, description = "Only events whose payload, as its stored JSON text, contains this text (case-sensitive). Read by scan: combine it with other filters on a long log, and follow `X-Next-After-Seq`."),
         ("limit" = Option<crate::wire::schema::Limit>, Query, description = "Most events to answer."),
     ),
     responses(
@@ -113,6 +114,9 @@ pub async fn query_events(
     Ok(response)
 }
 
+/// Longest `payload_contains` text, in characters.
+const MAX_PAYLOAD_TEXT: usize = 256;
+
 /// Parses the query string of `GET /api/events`. Unknown or repeated parameters are
 /// errors: a misspelt filter must not silently return everything.
 pub fn parse_query(raw: &str) -> Result<Query, ApiError> {
@@ -142,6 +146,14 @@ pub fn parse_query(raw: &str) -> Result<Query, ApiError> {
                     .map_err(|e| invalid_query(format!("`aggregate_id`: {e}")))?;
                 query.aggregate_id = Some(value);
             }
+            "payload_contains" => {
+                if value.is_empty() || value.chars().count() > MAX_PAYLOAD_TEXT {
+                    return Err(invalid_query(format!(
+                        "`payload_contains` must be 1 to {MAX_PAYLOAD_TEXT} characters"
+                    )));
+                }
+                query.payload_contains = Some(value);
+            }
             "limit" => {
                 query.limit = match value.parse::<usize>() {
                     Ok(n) if (1..=MAX_QUERY_LIMIT).contains(&n) => n,
@@ -156,7 +168,7 @@ pub fn parse_query(raw: &str) -> Result<Query, ApiError> {
             "after_seq" => query.after_seq = parse_seq("after_seq", &value)?,
             other => {
                 return Err(invalid_query(format!(
-                    "unknown parameter `{}`; known: subject, since, until, correlation_id, limit, after_seq, aggregate_type, aggregate_id",
+                    "unknown parameter `{}`; known: subject, since, until, correlation_id, limit, after_seq, aggregate_type, aggregate_id, payload_contains",
                     truncate(other)
                 )))
             }

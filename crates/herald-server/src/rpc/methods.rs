@@ -567,6 +567,13 @@ impl RpcMethod for BusQuery {
             ErrorCode::InvalidQuery,
             "only events of aggregates with this id",
         ),
+        param(
+            "payload_contains",
+            "string",
+            false,
+            ErrorCode::InvalidQuery,
+            "only events whose payload's JSON text contains this text (1 to 256 characters)",
+        ),
     ];
     const RESULT: ResultSpec = ResultSpec {
         description: "{events, count, next_after_seq}: matching events in seq order (fields \
@@ -588,7 +595,15 @@ impl RpcMethod for BusQuery {
             after_seq: params.seq("after_seq")?.unwrap_or(0),
             aggregate_type: params.string("aggregate_type")?,
             aggregate_id: params.string("aggregate_id")?,
+            payload_contains: params.string("payload_contains")?,
         };
+        if query
+            .payload_contains
+            .as_ref()
+            .is_some_and(|text| text.is_empty() || text.chars().count() > 256)
+        {
+            return Err(params.invalid("payload_contains", "must be 1 to 256 characters"));
+        }
         if let (Some(since), Some(until)) = (query.since, query.until) {
             if since > until {
                 return Err(params.invalid("since", "is later than `until`"));

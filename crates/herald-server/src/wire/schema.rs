@@ -693,6 +693,16 @@ raw_schema! {
 }
 
 raw_schema! {
+    /// Text to look for in payloads: 1 to 256 characters.
+    PayloadText => json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 256,
+        "examples": ["o-1001"],
+    })
+}
+
+raw_schema! {
     /// `PUT /api/schemas/{name}` body.
     SchemaRequest => json!({
         "type": "object",

@@ -60,6 +60,7 @@ where
     wildcard_characters_inside_tokens_are_literal(&open().await).await;
     dead_letters_keep_their_order_bytes_and_bound(&open().await).await;
     no_query_reads_more_than_its_scan_budget(&open().await).await;
+    payload_text_filters_exactly(&open().await).await;
     aggregates::run(&open().await).await;
     consumers::run(&open().await).await;
     retention::run(&open().await).await;
@@ -111,6 +112,54 @@ async fn no_query_reads_more_than_its_scan_budget<S: Store>(store: &S) {
     }
     assert_eq!(found, vec![head - 2, head - 1, head]);
     consumers::a_sparse_filter_reads_on_past_the_scan_budget(store).await;
+}
+
+/// `payload_contains` keeps the events whose stored payload text contains the text,
+/// alone and with other filters, on every path.
+async fn payload_text_filters_exactly<S: Store>(store: &S) {
+    let correlation = Uuid::now_v7();
+    let batch: Vec<NewEvent> = (0..30)
+        .map(|i| event(&format!("hub.t.s{}", i % 3), i, Some(correlation)))
+        .collect();
+    store.append(batch).await.unwrap();
+    let seqs = |events: Vec<herald_core::Event>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let text = |t: &str| Some(t.to_owned());
+    for (query, expected) in [
+        (
+            Query {
+                payload_contains: text(r#""n":12}"#),
+                ..Query::default()
+            },
+            vec![13],
+        ),
+        (
+            Query {
+                payload_contains: text(r#""n":1"#),
+                subject: Some(Pattern::parse_filter("hub.t.s1").unwrap()),
+                ..Query::default()
+            },
+            vec![2, 11, 14, 17, 20],
+        ),
+        (
+            Query {
+                payload_contains: text(r#""n":2"#),
+                correlation_id: Some(correlation),
+                limit: 3,
+                ..Query::default()
+            },
+            vec![3, 21, 22],
+        ),
+        (
+            Query {
+                payload_contains: text("absent"),
+                ..Query::default()
+            },
+            vec![],
+        ),
+    ] {
+        let got = seqs(store.query(query.clone()).await.unwrap().events);
+        assert_eq!(got, expected, "{query:?}");
+    }
 }
 
 /// `*`, `>` and `%` inside a token are ordinary characters (as in NATS), and so are SQL's

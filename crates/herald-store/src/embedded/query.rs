@@ -283,7 +283,10 @@ fn by_scan(
     );
     let mut out = Vec::new();
     let mut from = lo;
-    let unfiltered = query.subject.is_none() && query.since.is_none() && query.until.is_none();
+    let unfiltered = query.subject.is_none()
+        && query.since.is_none()
+        && query.until.is_none()
+        && query.payload_contains.is_none();
     while from < hi {
         // With nothing to filter, read exactly what is wanted; otherwise step in chunks.
         let chunk = if unfiltered {

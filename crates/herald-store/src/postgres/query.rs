@@ -284,6 +284,9 @@ async fn by_scan(
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3"
     );
-    let exact = query.subject.is_none() && query.since.is_none() && query.until.is_none();
+    let exact = query.subject.is_none()
+        && query.since.is_none()
+        && query.until.is_none()
+        && query.payload_contains.is_none();
     chunked(tx, &sql, None, query, (lo, hi), limit, exact).await
 }

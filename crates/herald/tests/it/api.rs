@@ -972,3 +972,59 @@ async fn cloudevents_explicit_null_data_reads_back_as_null() {
     .await;
     assert_eq!(status, 422);
 }
+
+/// `payload_contains` keeps the events whose payload's JSON text contains the text,
+/// combined with the other filters; over JSON-RPC `bus.query` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_by_payload_text() {
+    let h = TestHerald::start().await;
+    for (subject, order) in [
+        ("hub.local-hub.orders.created", "o-1001"),
+        ("hub.local-hub.orders.created", "o-1002"),
+        ("hub.local-hub.orders.shipped", "o-1001"),
+    ] {
+        h.publish(subject, json!({"order_id": order})).await;
+    }
+    let subjects = |events: Vec<Value>| {
+        events
+            .iter()
+            .map(|e| e["subject"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let found = h
+        .query(&[("payload_contains", "\"o-1001\"".to_owned())])
+        .await;
+    assert_eq!(
+        subjects(found),
+        [
+            "hub.local-hub.orders.created",
+            "hub.local-hub.orders.shipped"
+        ]
+    );
+    let found = h
+        .query(&[
+            ("payload_contains", "o-1001".to_owned()),
+            ("subject", "hub.*.orders.shipped".to_owned()),
+        ])
+        .await;
+    assert_eq!(subjects(found), ["hub.local-hub.orders.shipped"]);
+    assert!(
+        h.query(&[("payload_contains", "O-1001".to_owned())])
+            .await
+            .is_empty(),
+        "case-sensitive"
+    );
+
+    let answer: Value = h
+        .http
+        .post(h.url("/rpc"))
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "bus.query",
+            "params": {"payload_contains": "o-1002"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["result"]["count"], 1, "{answer}");
+}

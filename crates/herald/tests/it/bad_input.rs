@@ -595,6 +595,12 @@ async fn bad_query_parameters_get_400_invalid_query() {
         ("subject=hub.%E2%80%8B.%3E", &["invalid_query"]),
         ("subject=%EF%BB%BFhub.*", &["invalid_query"]),
         ("subject=hub.%E2%81%A6x", &["invalid_query"]),
+        ("payload_contains=", &["invalid_query"]),
+        (
+            &*Box::leak(format!("payload_contains={}", "x".repeat(257)).into_boxed_str()),
+            &["invalid_query"],
+        ),
+        ("payload_contains=a&payload_contains=b", &["invalid_query"]),
     ];
     let mut failures = Vec::new();
     for (query, codes) in cases {
