@@ -146,6 +146,7 @@ use crate::wire::schema::{
             crate::wire::schema::ExpectedVersion,
             crate::wire::schema::EventType,
             crate::wire::schema::AggregateId,
+            crate::wire::schema::PayloadText,
             crate::wire::consumers::Consumer,
             crate::wire::consumers::ConsumerState,
             crate::wire::consumers::ConsumerList,
