@@ -962,3 +962,37 @@ pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     };
     Some((field("VmRSS:")?, field("RssAnon:").unwrap_or(0)))
 }
+
+/// Reads one HTTP/1.1 request from a kept-alive connection: its request line, its
+/// headers (names lowercased) and its body (by `content-length`). `None` once the
+/// client closed the connection.
+pub async fn read_http_request<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+) -> Option<(String, std::collections::HashMap<String, String>, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut line = String::new();
+    if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut headers = std::collections::HashMap::new();
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).await.unwrap_or(0) == 0 {
+            return None;
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
+        }
+    }
+    let length: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).await.ok()?;
+    Some((line, headers, body))
+}

@@ -13,7 +13,6 @@
 //! - "If the value of the `traceparent` field wasn't changed before propagation,
 //!   `tracestate` MUST NOT be modified as well."
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,10 +21,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
-use crate::harness::{poll_until, TestHerald};
+use crate::harness::{poll_until, read_http_request, TestHerald};
 use crate::nats::TestNats;
 use crate::rules::Receiver;
 
@@ -89,32 +88,9 @@ async fn serve(
 ) {
     let mut reader = BufReader::new(socket);
     loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+        let Some((line, _headers, body)) = read_http_request(&mut reader).await else {
             return;
-        }
-        let mut headers = HashMap::new();
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).await.unwrap_or(0) == 0 {
-                return;
-            }
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
-            }
-        }
-        let length: usize = headers
-            .get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).await.is_err() {
-            return;
-        }
+        };
         paths
             .lock()
             .unwrap()

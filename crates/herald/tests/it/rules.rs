@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 use crate::harness::*;
@@ -122,32 +122,9 @@ impl Receiver {
 async fn serve_connection(socket: tokio::net::TcpStream, shared: Arc<Shared>) {
     let mut reader = BufReader::new(socket);
     loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+        let Some((_line, headers, body)) = read_http_request(&mut reader).await else {
             return;
-        }
-        let mut headers = HashMap::new();
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).await.unwrap_or(0) == 0 {
-                return;
-            }
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
-            }
-        }
-        let length: usize = headers
-            .get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).await.is_err() {
-            return;
-        }
+        };
         let at = Instant::now();
         if shared.hang.load(Ordering::SeqCst) {
             shared.received.lock().unwrap().push(Received {
