@@ -59,6 +59,8 @@ pub struct EmbeddedOptions {
     /// a commit waits behind it on the same disk (500 ms: publish p99 12 ms at 5,000
     /// events/s; 100 ms: 3 ms, at the same throughput; BENCHMARKS.md).
     pub checkpoint_interval: Duration,
+    /// WAL size past which the checkpointer makes the writer start the WAL over.
+    pub wal_restart_bytes: u64,
 }
 
 impl Default for EmbeddedOptions {
@@ -66,6 +68,7 @@ impl Default for EmbeddedOptions {
         EmbeddedOptions {
             read_connections: 4,
             checkpoint_interval: Duration::from_millis(100),
+            wal_restart_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -247,7 +250,11 @@ impl EmbeddedStore {
             .map_err(open_error)?;
         let last_seq = last_seq.max(deleted_through.max(0) as Seq);
 
-        let checkpointer = spawn_checkpointer(&path, options.checkpoint_interval)?;
+        let checkpointer = spawn_checkpointer(
+            &path,
+            options.checkpoint_interval,
+            options.wal_restart_bytes,
+        )?;
         tracing::info!(path = %path.display(), head = last_seq, "Embedded store opened.");
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
@@ -1149,10 +1156,10 @@ const CHECKPOINT_MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// At most one log line per this while checkpoints fail.
 const CHECKPOINT_LOG_EVERY: Duration = Duration::from_secs(60);
 
-/// WAL size past which the checkpointer makes the writer start it over.
-const WAL_RESTART_BYTES: u64 = 64 * 1024 * 1024;
 /// Passive checkpoints tried, back to back, to catch up with the writer before a restart.
 const CATCH_UP_ROUNDS: usize = 8;
+/// What each WAL frame adds to a page: its header.
+const WAL_FRAME_HEADER_BYTES: u64 = 24;
 /// Frames a restart may be left to copy: it copies them holding the write lock.
 const CATCH_UP_WITHIN_FRAMES: i64 = 256;
 /// Tries for a lock a restart needs, [`schema::BUSY_RETRY_EVERY`] apart, before it gives
@@ -1164,7 +1171,7 @@ const RESTART_RETRIES: i32 = 10;
 ///
 /// A passive checkpoint never restarts the WAL while writes keep coming, so under
 /// sustained load the WAL (and its index in shared memory) would grow without bound.
-/// Past [`WAL_RESTART_BYTES`] the checkpointer first catches up with passive checkpoints
+/// Once the frames in use pass `wal_restart_bytes` the checkpointer first catches up with passive checkpoints
 /// (which never block a commit), then runs a RESTART checkpoint: it takes the write lock
 /// between two commits, copies the few frames left, waits (at most ~1 ms) for readers
 /// of the old frames, and the next commit writes the WAL from its start again (cut back
@@ -1174,6 +1181,7 @@ const RESTART_RETRIES: i32 = 10;
 fn spawn_checkpointer(
     path: &Path,
     interval: Duration,
+    wal_restart_bytes: u64,
 ) -> Result<(mpsc::Sender<()>, JoinHandle<()>)> {
     fn retry_briefly(attempt: i32) -> bool {
         if attempt >= RESTART_RETRIES {
@@ -1184,8 +1192,10 @@ fn spawn_checkpointer(
     }
     let mut conn = Connection::open(path).map_err(open_error)?;
     conn.busy_handler(Some(retry_briefly)).map_err(open_error)?;
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
+    let frame_bytes: u64 = conn
+        .query_row("PRAGMA page_size", [], |row| row.get::<_, i64>(0))
+        .map_err(open_error)? as u64
+        + WAL_FRAME_HEADER_BYTES;
     let (stop, stopped) = mpsc::channel::<()>();
     let handle = std::thread::Builder::new()
         .name("herald-checkpoint".into())
@@ -1196,14 +1206,14 @@ fn spawn_checkpointer(
             let mut failures = 0u64;
             let mut last_logged: Option<std::time::Instant> = None;
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
-                let behind = match passive_checkpoint(&conn) {
-                    Ok(behind) => {
+                let (frames, behind) = match passive_checkpoint(&conn) {
+                    Ok(progress) => {
                         if failures > 0 {
                             tracing::info!(failures, "WAL checkpoints succeed again.");
                         }
                         failures = 0;
                         wait = interval;
-                        behind
+                        progress
                     }
                     Err(error) => {
                         failures += 1;
@@ -1215,8 +1225,8 @@ fn spawn_checkpointer(
                         continue;
                     }
                 };
-                let wal_bytes = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-                if wal_bytes > WAL_RESTART_BYTES {
+                let wal_bytes = frames as u64 * frame_bytes;
+                if wal_bytes > wal_restart_bytes {
                     if let Err(error) = restart_wal(&conn, behind) {
                         tracing::debug!(%error, wal_bytes, "WAL restart deferred.");
                     }
@@ -1227,12 +1237,13 @@ fn spawn_checkpointer(
     Ok((stop, handle))
 }
 
-/// Copies what it can of the WAL into the database without waiting for anyone; how
-/// many frames it left behind (those written meanwhile, or still read by a reader).
-fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
+/// Copies what it can of the WAL into the database without waiting for anyone; the
+/// frames in use in the WAL, and how many of them it left behind (written meanwhile, or
+/// still read by a reader).
+fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
         let (log, copied): (i64, i64) = (row.get(1)?, row.get(2)?);
-        Ok((log - copied).max(0))
+        Ok((log.max(0), (log - copied).max(0)))
     })
 }
 
@@ -1242,7 +1253,7 @@ fn restart_wal(conn: &Connection, mut behind: i64) -> rusqlite::Result<()> {
         if behind <= CATCH_UP_WITHIN_FRAMES {
             break;
         }
-        behind = passive_checkpoint(conn)?;
+        behind = passive_checkpoint(conn)?.1;
     }
     // Its first column is 1 when it could not take a lock in time.
     let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| row.get(0))?;
@@ -1519,5 +1530,76 @@ mod tests {
             .append(crate::conformance::events("hub.t.a", 1))
             .await
             .is_err());
+    }
+
+    /// A reader that keeps one snapshot open pins the WAL: a restart cannot happen until
+    /// it ends. The restart must then give up at once rather than hold the write lock
+    /// while it waits (it held commits for up to 1 s), and must happen once the reader
+    /// is gone, so the WAL stays bounded under sustained writes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_pinning_the_wal_holds_no_commit_and_the_wal_still_restarts() {
+        const RESTART_AT: u64 = 1024 * 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.db");
+        let options = EmbeddedOptions {
+            checkpoint_interval: Duration::from_millis(10),
+            wal_restart_bytes: RESTART_AT,
+            ..EmbeddedOptions::default()
+        };
+        let store = EmbeddedStore::open(&path, options).await.unwrap();
+        let payload = format!(r#"{{"pad":"{}"}}"#, "x".repeat(4000));
+        let batch = || -> Vec<NewEvent> {
+            (0..16)
+                .map(|_| {
+                    let mut event = crate::conformance::event("hub.t.wal", 0, None);
+                    event.payload = Payload::from_json(payload.clone()).unwrap();
+                    event
+                })
+                .collect()
+        };
+        store.append(batch()).await.unwrap();
+
+        let (pinned, pinned_rx) = std::sync::mpsc::channel();
+        let reader_path = path.clone();
+        let reader = std::thread::spawn(move || {
+            let conn =
+                Connection::open_with_flags(reader_path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+            let tx = conn.unchecked_transaction().unwrap();
+            let _: i64 = tx
+                .query_row("SELECT COUNT(*) FROM events", [], |row| row.get(0))
+                .unwrap();
+            pinned.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+        });
+        pinned_rx.recv().unwrap();
+
+        let mut slowest = Duration::ZERO;
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_millis(3000) {
+            let at = std::time::Instant::now();
+            store.append(batch()).await.unwrap();
+            slowest = slowest.max(at.elapsed());
+        }
+        reader.join().unwrap();
+        // A commit may be slow on a busy machine, but not by the restart's old wait.
+        assert!(
+            slowest < Duration::from_millis(500),
+            "a commit waited {slowest:?} while a reader pinned the WAL"
+        );
+
+        // With the reader gone the WAL restarts: it holds at most a few restarts' worth
+        // of frames, not everything written since the start.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let probe = Connection::open(&path).unwrap();
+        let frames: i64 = probe
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
+            .unwrap();
+        let written = store.head().await.unwrap() * 4096;
+        assert!(written > 8 * RESTART_AT, "wrote only {written} bytes");
+        assert!(
+            (frames as u64) * 4096 < 4 * RESTART_AT,
+            "the WAL still holds {frames} frames after {written} bytes written"
+        );
+        store.close().await.unwrap();
     }
 }
