@@ -8,7 +8,9 @@
 //!   publish → receipt latency has a floor to compare with.
 //! - `GET /api/events` answers a fixed, pre-serialized page of 100 events of Herald's
 //!   shape: the floor of a query (HTTP plus moving ~40 KB over loopback).
-//! - `GET /api/events/stream` is the WebSocket the broadcast goes to.
+//! - `GET /api/events/stream` is the WebSocket the broadcast goes to; with `?replay=N`
+//!   it first sends N events of Herald's frame shape, serialized one by one from
+//!   memory: the floor of a catch-up.
 //! - `GET /health` answers 200.
 
 use std::net::SocketAddr;
@@ -17,12 +19,13 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use futures_util::SinkExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -101,12 +104,45 @@ async fn query(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-async fn stream(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> Response {
-    let receiver = shared.stream.subscribe();
-    upgrade.on_upgrade(move |socket| forward(socket, receiver))
+#[derive(Deserialize)]
+struct StreamParams {
+    replay: Option<u64>,
 }
 
-async fn forward(mut socket: WebSocket, mut events: broadcast::Receiver<Arc<str>>) {
+async fn stream(
+    State(shared): State<Arc<Shared>>,
+    Query(params): Query<StreamParams>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let receiver = shared.stream.subscribe();
+    let replay = params.replay.unwrap_or(0);
+    upgrade.on_upgrade(move |socket| forward(socket, replay, receiver))
+}
+
+async fn forward(mut socket: WebSocket, replay: u64, mut events: broadcast::Receiver<Arc<str>>) {
+    let payload: serde_json::Value = serde_json::json!({
+        "n": 0, "order": "order-00000000", "pad": "x".repeat(160),
+    });
+    for seq in 1..=replay {
+        let subject = workload::subject(seq);
+        let frame = StreamFrame {
+            subject: &subject,
+            data: StreamEvent {
+                seq,
+                subject: &subject,
+                payload: &payload,
+            },
+        };
+        let Ok(text) = serde_json::to_string(&frame) else {
+            return;
+        };
+        if socket.feed(Message::Text(text.into())).await.is_err() {
+            return;
+        }
+    }
+    if socket.flush().await.is_err() {
+        return;
+    }
     loop {
         match events.recv().await {
             Ok(text) => {

@@ -76,6 +76,9 @@ enum Command {
     /// (e) Fan-out: RSS per idle WebSocket stream, and delivery latency to every
     /// subscriber at --fanout-deliveries per second in total.
     Fanout(RunArgs),
+    /// (f) Catch-up: one client reads --events stored events from the start, over a
+    /// WebSocket with `from_seq=0` and by paging `GET /api/events`.
+    Catchup(RunArgs),
     /// Publish throughput with API keys required (a tenant key with a few patterns)
     /// against authentication off, same run: the cost of access control.
     Auth(RunArgs),
@@ -238,6 +241,7 @@ fn main() -> Result<()> {
         Command::Relay(args) => run(&args, &[Scenario::Relay]),
         Command::Consumer(args) => run(&args, &[Scenario::Consumer]),
         Command::Fanout(args) => run(&args, &[Scenario::Fanout]),
+        Command::Catchup(args) => run(&args, &[Scenario::Catchup]),
         Command::Auth(args) => run(&args, &[Scenario::Auth]),
         Command::Isolation(args) => run(&args, &[Scenario::Isolation]),
     }
@@ -254,6 +258,7 @@ enum Scenario {
     Relay,
     Consumer,
     Fanout,
+    Catchup,
     Auth,
     Isolation,
 }
@@ -305,6 +310,7 @@ fn run(args: &RunArgs, scenarios: &[Scenario]) -> Result<()> {
                 Scenario::Relay => scenario::relay::run(&options).await?,
                 Scenario::Consumer => scenario::consumer::run(&options).await?,
                 Scenario::Fanout => scenario::fanout::run(&options).await?,
+                Scenario::Catchup => scenario::catchup::run(&options).await?,
                 Scenario::Auth => scenario::auth::run(&options).await?,
                 Scenario::Isolation => scenario::isolation::run(&options).await?,
             };

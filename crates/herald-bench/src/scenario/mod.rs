@@ -9,10 +9,12 @@
 //! - [`relay`]: herald's NATS JetStream relay vs. a raw JetStream publisher, and its lag
 //!   under a steady publish rate;
 //! - [`fanout`]: (e) many WebSocket subscribers: RSS per idle stream, delivery latency;
+//! - [`catchup`]: (f) one client reading the whole store from the start;
 //! - [`consumer`]: durable pull consumers (fetch + ack) vs. JetStream pull consumers,
 //!   redelivery delays on NAK, and RSS with a consumer far behind.
 
 pub mod auth;
+pub mod catchup;
 pub mod consumer;
 pub mod fanout;
 pub mod interop;
