@@ -124,6 +124,10 @@ struct RunArgs {
     /// Measured seconds of (b) [default: 10, quick 2].
     #[arg(long)]
     latency_duration: Option<f64>,
+    /// Events per fill request of (c) and (d): 1 publishes one by one through
+    /// `POST /api/events`, more through `POST /api/events:batch` (up to 1,000).
+    #[arg(long, default_value_t = 1)]
+    fill_batch: u64,
     /// Events stored before the queries of (c) [default: 1,000,000, quick 100,000].
     #[arg(long)]
     events: Option<u64>,
@@ -189,6 +193,7 @@ impl RunArgs {
                 .events
                 .unwrap_or(if quick { 100_000 } else { 1_000_000 })
                 .clamp(1_000, 20_000_000),
+            fill_batch: self.fill_batch.clamp(1, 1_000),
             queries: self
                 .queries
                 .unwrap_or(if quick { 200 } else { 1_000 })

@@ -69,6 +69,9 @@ pub struct Options {
     pub publishers: usize,
     /// Events stored before (c).
     pub fill_events: u64,
+    /// Events per fill request: 1 through `POST /api/events`, more through the batch
+    /// endpoint.
+    pub fill_batch: u64,
     /// Requests per query pattern of (c).
     pub queries: usize,
     /// Events fetched and acked per round of `consumer`.

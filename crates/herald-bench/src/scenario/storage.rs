@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use bytes::Bytes;
 use serde::Deserialize;
 
 use super::{describe_errors, Options};
@@ -190,9 +191,24 @@ struct FillTally {
     first_error: Option<String>,
 }
 
+/// A JSON array of the fill's events `first..first + count`, from the pool's bodies.
+fn batch_body(pool: &[Bytes], first: u64, count: u64) -> Bytes {
+    let mut body = Vec::with_capacity(count as usize * 320);
+    body.push(b'[');
+    for n in first..first + count {
+        if n > first {
+            body.push(b',');
+        }
+        body.extend_from_slice(&pool[(n % workload::RARE_EVERY) as usize]);
+    }
+    body.push(b']');
+    Bytes::from(body)
+}
+
 async fn fill(herald: &ServerProcess, options: &Options) -> Result<FillResult> {
     let target = options.fill_events;
     let pool = Arc::new(workload::fill_pool());
+    let batch = options.fill_batch.max(1);
     let next = Arc::new(AtomicU64::new(0));
     let stored = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -227,14 +243,22 @@ async fn fill(herald: &ServerProcess, options: &Options) -> Result<FillResult> {
                         }
                     },
                 };
-                let n = next.fetch_add(1, Ordering::Relaxed);
+                let n = next.fetch_add(batch, Ordering::Relaxed);
                 if n >= target {
                     break;
                 }
-                let body = pool[(n % workload::RARE_EVERY) as usize].clone();
-                match conn.post_json("/api/events", body).await {
-                    Ok(response) if response.status == 201 => {
-                        stored.fetch_add(1, Ordering::Relaxed);
+                let count = batch.min(target - n);
+                let (path, body) = if batch == 1 {
+                    (
+                        "/api/events",
+                        pool[(n % workload::RARE_EVERY) as usize].clone(),
+                    )
+                } else {
+                    ("/api/events:batch", batch_body(&pool, n, count))
+                };
+                match conn.post_json(path, body).await {
+                    Ok(response) if response.status == 201 || response.status == 200 => {
+                        stored.fetch_add(count, Ordering::Relaxed);
                     }
                     Ok(response) => {
                         *tally.bad_statuses.entry(response.status).or_default() += 1;
@@ -468,9 +492,14 @@ fn render_queries(
         thousands(fill.stored)
     );
     out.push_str(&format!(
-        "Filled through `POST /api/events` with {} connections: {} events in {:.1} s \
+        "Filled through {} with {} connections: {} events in {:.1} s \
          (**{:.0} events/s**, herald CPU {:.2} cores{}{}), errors: {}. Herald kept working (≥ 5% of a core) for {:.1} s after the last answer; \
          the queries start once it is idle. Store on disk then: {} ({:.0} bytes/event: {}).\n\n",
+        if options.fill_batch > 1 {
+            format!("`POST /api/events:batch` ({} events per request)", options.fill_batch)
+        } else {
+            "`POST /api/events`".to_string()
+        },
         options.connections,
         thousands(fill.stored),
         fill.elapsed.as_secs_f64(),
