@@ -44,6 +44,7 @@ pub mod embedded;
 mod plan;
 pub mod postgres;
 pub mod retention;
+pub mod segment;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
