@@ -59,7 +59,8 @@ pub struct EmbeddedOptions {
     /// a commit waits behind it on the same disk (500 ms: publish p99 12 ms at 5,000
     /// events/s; 100 ms: 3 ms, at the same throughput; BENCHMARKS.md).
     pub checkpoint_interval: Duration,
-    /// WAL size past which the checkpointer makes the writer start the WAL over.
+    /// Bytes of frames in the WAL past which the checkpointer makes the writer start the
+    /// WAL over.
     pub wal_restart_bytes: u64,
 }
 
@@ -1171,13 +1172,14 @@ const RESTART_RETRIES: i32 = 10;
 ///
 /// A passive checkpoint never restarts the WAL while writes keep coming, so under
 /// sustained load the WAL (and its index in shared memory) would grow without bound.
-/// Once the frames in use pass `wal_restart_bytes` the checkpointer first catches up with passive checkpoints
-/// (which never block a commit), then runs a RESTART checkpoint: it takes the write lock
-/// between two commits, copies the few frames left, waits (at most ~1 ms) for readers
-/// of the old frames, and the next commit writes the WAL from its start again (cut back
-/// to `journal_size_limit`). If readers are still there it gives up until the next
-/// round rather than hold commits. Not TRUNCATE: truncating a 64 MiB file under the
-/// lock stalled commits for ~50 ms every second or two under sustained load.
+/// Once the frames in use pass `wal_restart_bytes`, the checkpointer first catches up
+/// with passive checkpoints (which never block a commit), then runs a RESTART
+/// checkpoint: it takes the write lock between two commits, copies the few frames left,
+/// waits (at most ~1 ms) for readers of the old frames, and the next commit writes the
+/// WAL from its start again (cut back to `journal_size_limit`). If readers are still
+/// there it gives up until the next round rather than hold commits. Not TRUNCATE:
+/// truncating a 64 MiB file under the lock stalled commits for ~50 ms every second or
+/// two under sustained load.
 fn spawn_checkpointer(
     path: &Path,
     interval: Duration,
