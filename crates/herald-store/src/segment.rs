@@ -290,11 +290,14 @@ impl SegmentLog {
         self.active.sync_data()?;
         let sealed = self.segments.last().expect("an active segment");
         write_index(&index_path(&sealed.path), &sealed.index)?;
+        // No record has the next seq yet, so a file of that name can only be an empty
+        // one left by a roll that failed after creating it.
         let path = segment_path(&self.dir, self.next_seq);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .open(&path)?;
         sync_dir(&self.dir)?;
         self.segments.push(Segment {
