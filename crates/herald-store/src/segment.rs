@@ -250,9 +250,27 @@ impl SegmentLog {
         for segment in &self.segments[first_segment..] {
             let at = segment.index.partition_point(|&(seq, _)| seq <= from_seq);
             let offset = at.checked_sub(1).map_or(0, |i| segment.index[i].1);
-            let mut reader = BufReader::with_capacity(64 * 1024, File::open(&segment.path)?);
+            let file = File::open(&segment.path)?;
+            let len = file.metadata()?.len();
+            let mut reader = BufReader::with_capacity(64 * 1024, file);
             reader.seek(SeekFrom::Start(offset))?;
-            while let Some((seq, body)) = read_record(&mut reader, &self.options)? {
+            let mut position = offset;
+            loop {
+                let Some((seq, body)) = read_record(&mut reader, &self.options)? else {
+                    // Recovery cut every torn tail: a bad record before a file's end is
+                    // damage to synced data, not the end of the log.
+                    if position < len {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "damaged record at byte {position} of {}",
+                                segment.path.display()
+                            ),
+                        ));
+                    }
+                    break;
+                };
+                position += HEADER + body.len() as u64;
                 if seq > self.durable_seq {
                     return Ok(out);
                 }
@@ -758,5 +776,21 @@ mod tests {
             );
             assert_reads_back(&log, 1, log.durable_seq());
         }
+    }
+
+    /// Damage inside synced data is an error on read, never a silent end of the log.
+    #[test]
+    fn damage_before_the_tail_is_an_error_not_an_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), small()).unwrap();
+        fill(&mut log, 30, 5);
+        let first = segment_path(dir.path(), 1);
+        let mut bytes = std::fs::read(&first).unwrap();
+        bytes[HEADER as usize + 2] ^= 0xff;
+        std::fs::write(&first, &bytes).unwrap();
+        let error = log.read(1, usize::MAX).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+        // Reads that start past the damage still work.
+        assert_reads_back(&log, 100, 150);
     }
 }
