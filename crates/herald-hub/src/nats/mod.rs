@@ -31,6 +31,9 @@ pub use presence::HubPresence;
 pub const HEADER_HUB: &str = "Herald-Hub";
 /// Header with the event's seq in the relaying hub's log.
 pub const HEADER_SEQ: &str = "Herald-Seq";
+/// JetStream's de-duplication header, set to the event id. Looked up by this same name
+/// in the headers built here (a name given as text is not the library's constant).
+pub(crate) const HEADER_MESSAGE_ID: &str = "Nats-Msg-Id";
 /// Header with the event's correlation id (seed 002: "adds correlation ID to headers").
 pub const HEADER_CORRELATION: &str = "Correlation-ID";
 /// Headers with the event's origin.
@@ -418,7 +421,7 @@ impl NatsLink {
 /// The headers of a relayed or republished event.
 pub fn event_headers(event: &Event, relaying_hub: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", event.id.to_string().as_str());
+    headers.insert(HEADER_MESSAGE_ID, event.id.to_string().as_str());
     headers.insert(HEADER_HUB, relaying_hub);
     headers.insert(HEADER_SEQ, event.seq.to_string().as_str());
     headers.insert(

@@ -7,15 +7,19 @@
 //! (NATS down, a timeout, a crash of this process) it starts again from the cursor:
 //! what is re-sent was published moments before the failure, within the stream's
 //! duplicate window, so JetStream drops it. However long NATS stays away, nothing that
-//! was acknowledged is sent again, because the cursor is in the store.
+//! was acknowledged is sent again, because the cursor is in the store; and what was
+//! stored without its PubAck coming back is found in the stream before resuming
+//! ([`stored_after`]), since after a long outage the duplicate window no longer covers it.
 //!
 //! Only events that originate on this hub are relayed: events the bridge ingested came
 //! from the stream already, and on a shared store other hubs relay their own.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream::publish::PublishAck;
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
@@ -104,13 +108,24 @@ pub(crate) async fn run(inner: Arc<Inner>, link: NatsLink, status: Status) {
     let name = cursor_name(&link.config.stream.name, &inner.config.hub_id);
     let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF_STEP);
     let mut acked: Option<Seq> = None;
+    let mut last_stream_seq: Option<u64> = None;
     loop {
         tokio::select! {
             () = link.wait_connected() => {}
             () = inner.shutdown.cancelled() => break,
         }
         let result = match link.ensure_stream().await {
-            Ok(()) => relay(&inner, &link, &name, &mut acked, &status).await,
+            Ok(()) => {
+                relay(
+                    &inner,
+                    &link,
+                    &name,
+                    &mut acked,
+                    &mut last_stream_seq,
+                    &status,
+                )
+                .await
+            }
             Err(error) => Err(error.into()),
         };
         let Err(error) = result else { break };
@@ -197,7 +212,9 @@ fn outgoing(hub_id: String, link: &NatsLink) -> impl FnMut(Event) -> Option<Outg
 }
 
 /// Relays until shutdown (`Ok`) or the first failure (`Err`). `acked` survives across
-/// calls, so a retry does not depend on the last save.
+/// calls, so a retry does not depend on the last save; so does `last_stream_seq`, the
+/// stream sequence of the last PubAck, from which a retry finds the messages JetStream
+/// stored but whose PubAck was lost ([`stored_after`]).
 ///
 /// A [`LogTail`] follows the log and prepares pages a little ahead in its own task;
 /// this one publishes them in seq order and collects PubAcks in order, so reading the
@@ -208,6 +225,7 @@ async fn relay(
     link: &NatsLink,
     name: &str,
     acked: &mut Option<Seq>,
+    last_stream_seq: &mut Option<u64>,
     status: &Status,
 ) -> Result<(), RelayError> {
     let config = TailConfig {
@@ -229,6 +247,10 @@ async fn relay(
         .await
         .map_err(RelayError::from)?;
     *acked = Some(tail.done());
+    let mut already_stored = match *last_stream_seq {
+        Some(after) => stored_after(link, after).await,
+        None => HashSet::new(),
+    };
     status.running();
     let mut acks: FuturesOrdered<AckFuture> = FuturesOrdered::new();
     let position = &inner.relay_status;
@@ -253,6 +275,7 @@ async fn relay(
                 if !ack.duplicate {
                     metrics::counter!("herald_relay_published_total").increment(1);
                 }
+                *last_stream_seq = Some(last_stream_seq.unwrap_or(0).max(ack.sequence));
                 let delay = Timestamp::now().as_micros() - committed.as_micros();
                 metrics::histogram!("herald_relay_delay_seconds")
                     .record(delay.max(0) as f64 / 1e6);
@@ -263,6 +286,15 @@ async fn relay(
                     .ok_or(RelayError::ReaderStopped)?
                     .map_err(RelayError::from)?;
                 for (seq, event) in page {
+                    if !already_stored.is_empty()
+                        && event
+                            .headers
+                            .get(super::HEADER_MESSAGE_ID)
+                            .is_some_and(|id| already_stored.remove(id.as_str()))
+                    {
+                        tail.finish(seq);
+                        continue;
+                    }
                     if !link.is_connected() {
                         return Err(RelayError::Disconnected);
                     }
@@ -288,6 +320,61 @@ async fn relay(
             .await
             .map_err(RelayError::store("saving the relay cursor"))?;
     }
+}
+
+/// Most stream messages read back after a failure, looking for lost PubAcks.
+const STORED_AFTER_MAX: u64 = 4 * WINDOW as u64;
+
+/// The `Nats-Msg-Id`s of the stream's messages after sequence `after`.
+///
+/// When NATS goes away with PubAcks in flight, JetStream may have stored messages whose
+/// PubAck never came back. The relay resumes after its last PubAck and would send them
+/// again; after an outage longer than the stream's duplicate window JetStream would
+/// store them twice. They are all after the last PubAck's stream sequence, so the relay
+/// reads those messages back first and skips the events found there. Past
+/// [`STORED_AFTER_MAX`] messages (other hubs publishing meanwhile) it stops looking and
+/// relies on the duplicate window, as it does after a restart of the process.
+async fn stored_after(link: &NatsLink, after: u64) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    let mut stream = match link.jetstream.get_stream(&link.config.stream.name).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::warn!(%error, "Cannot look for messages whose PubAck was lost; relying on the duplicate window.");
+            return ids;
+        }
+    };
+    let last = match stream.info().await {
+        Ok(info) => info.state.last_sequence,
+        Err(error) => {
+            tracing::warn!(%error, "Cannot look for messages whose PubAck was lost; relying on the duplicate window.");
+            return ids;
+        }
+    };
+    tracing::debug!(after, last, "Looking for messages whose PubAck was lost.");
+    if last.saturating_sub(after) > STORED_AFTER_MAX {
+        tracing::warn!(
+            after,
+            last,
+            "Too many stream messages since the last PubAck to check them all; relying on the duplicate window."
+        );
+    }
+    for sequence in after + 1..=last.min(after + STORED_AFTER_MAX) {
+        match stream.get_raw_message(sequence).await {
+            Ok(message) => {
+                if let Some(id) = message.headers.get(NATS_MESSAGE_ID) {
+                    ids.insert(id.as_str().to_owned());
+                }
+            }
+            Err(error) => tracing::debug!(%error, sequence, "Stream message not read back."),
+        }
+    }
+    if !ids.is_empty() {
+        tracing::info!(
+            messages = ids.len(),
+            "Found messages JetStream stored whose PubAck was lost; not sending them again."
+        );
+    }
+    ids
 }
 
 impl From<TailError> for RelayError {

@@ -383,6 +383,117 @@ async fn count_probes(h: &TestHerald) -> usize {
         .len()
 }
 
+/// A TCP proxy in front of NATS that can drop everything the server sends back
+/// (PubAcks included) while still passing on what the client sends.
+struct AckDroppingProxy {
+    port: u16,
+    drop_replies: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl AckDroppingProxy {
+    async fn start(upstream: u16) -> AckDroppingProxy {
+        use std::sync::atomic::Ordering::Relaxed;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let drop_replies = stop_flag();
+        let dropping = drop_replies.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue; // NATS is down: the client sees the connection close.
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                });
+                let dropping = dropping.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match server_read.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) if !dropping.load(Relaxed) => {
+                                if client_write.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                });
+            }
+        });
+        AckDroppingProxy {
+            port,
+            drop_replies,
+            accept,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for AckDroppingProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// The race behind the test below, made certain: JetStream stores messages whose
+/// PubAcks never reach the hub, then NATS stays away for longer than the duplicate
+/// window. The relay must find those messages in the stream instead of sending them
+/// again (JetStream would no longer drop the copies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_stored_whose_pubacks_were_lost_are_not_sent_again() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut nats = TestNats::start().await;
+    let proxy = AckDroppingProxy::start(nats.port).await;
+    let url = proxy.url();
+    let h = TestHerald::start_with(&[
+        "--nats-url",
+        &url,
+        "--hub-id",
+        "local-hub",
+        "--nats-duplicate-window-secs",
+        "1",
+    ])
+    .await;
+    for i in 0..20 {
+        h.publish("hub.local-hub.acked", json!({"i": i})).await;
+    }
+    wait_relayed(&h, Duration::from_secs(10)).await;
+
+    proxy.drop_replies.store(true, Relaxed);
+    for i in 0..30 {
+        h.publish("hub.local-hub.acks-lost", json!({"i": i})).await;
+    }
+    let client = nats.client().await;
+    let stored = poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let client = client.clone();
+        async move { relayed_seqs(&stream_messages(&client).await, "local-hub").len() == 50 }
+    })
+    .await;
+    assert!(stored, "JetStream did not store the 30 messages");
+    drop(client);
+
+    nats.stop().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await; // past the 1 s window
+    proxy.drop_replies.store(false, Relaxed);
+    nats.restart().await;
+    wait_relayed(&h, Duration::from_secs(30)).await;
+
+    let client = nats.client().await;
+    let seqs = relayed_seqs(&stream_messages(&client).await, "local-hub");
+    let stored: Vec<u64> = h.all_events().await.iter().map(seq_of).collect();
+    assert_eq!(seqs, stored, "every event once, in seq order");
+}
+
 #[tokio::test]
 async fn outage_longer_than_the_duplicate_window_loses_and_duplicates_nothing() {
     let mut nats = TestNats::start().await;
