@@ -615,48 +615,11 @@ mod tests {
         assert_eq!(log.append(&[b"ok"]).unwrap(), 1..2);
     }
 
-    /// A small tmpfs, to fill up (mounting needs root; the test says so and skips
-    /// otherwise).
-    struct SmallDisk {
-        dir: tempfile::TempDir,
-    }
-
-    impl SmallDisk {
-        fn mount(size: &str) -> Option<SmallDisk> {
-            let dir = tempfile::tempdir().ok()?;
-            let status = std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(dir.path())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .ok()?;
-            status.success().then_some(SmallDisk { dir })
-        }
-
-        fn resize(&self, size: &str) {
-            let status = std::process::Command::new("mount")
-                .args(["-o", &format!("remount,size={size}")])
-                .arg(self.dir.path())
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
-    }
-
-    impl Drop for SmallDisk {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .status();
-        }
-    }
-
     /// "A full disk (ENOSPC → … nothing acknowledged that is not stored, recovery when
     /// space returns)" (issue 11).
     #[test]
     fn a_full_disk_stores_nothing_of_the_failed_batch_and_recovers() {
-        let Some(disk) = SmallDisk::mount("256k") else {
+        let Some(disk) = crate::testing::SmallDisk::mount("256k") else {
             eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
             return;
         };

@@ -5,7 +5,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use herald_store::testing::TestPostgres;
+use herald_store::testing::{SmallDisk, TestPostgres};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -353,43 +353,6 @@ async fn a_hung_store_answers_outcome_unknown_and_unhealthy_never_rejected() {
         .collect();
     assert_eq!(stored.len(), 1, "stored exactly once");
     herald.assert_healthy().await;
-}
-
-/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop; `None` where this
-/// process may not mount (not root, or no CAP_SYS_ADMIN).
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> Option<SmallDisk> {
-        let dir = tempfile::tempdir().ok()?;
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .stderr(Stdio::null())
-            .status()
-            .ok()?;
-        status.success().then_some(SmallDisk { dir })
-    }
-
-    fn resize(&self, size: &str) {
-        let status = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(self.dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
 }
 
 /// A full disk: publishes are refused with 503 (nothing half-stored), `/health` says
