@@ -15,7 +15,8 @@
 //! - **Failures**: a failed write is cut back off the file and nothing of the batch
 //!   stays (a full disk can recover); a failed sync is final (fail-stop): the kernel may
 //!   have dropped the unsynced pages, so no later sync proves anything, and every later
-//!   append is refused. Reads never return a record past the last sync.
+//!   append is refused; the batch whose sync failed is cut off, so that it does not come
+//!   back at the next open either. Reads never return a record past the last sync.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
@@ -214,7 +215,7 @@ impl SegmentLog {
         }
         if self.active_len > 0 && self.active_len + frames.len() as u64 > self.options.segment_bytes
         {
-            self.roll().map_err(AppendError::Write)?;
+            self.roll()?;
         }
 
         let start = self.active_len;
@@ -226,7 +227,12 @@ impl SegmentLog {
             return Err(AppendError::Write(error));
         }
         if let Err(error) = self.active.sync_data() {
-            self.failed = Some(error.to_string());
+            // Never acknowledged, so it must not come back at the next open either:
+            // cut it off (which needs no sync to hold while the machine stays up).
+            self.failed = Some(match self.active.set_len(start) {
+                Ok(()) => error.to_string(),
+                Err(cut) => format!("{error}; cutting the batch back off failed: {cut}"),
+            });
             return Err(AppendError::Failed(error.to_string()));
         }
         self.index_batch(start, first, bodies);
@@ -304,10 +310,14 @@ impl SegmentLog {
     }
 
     /// Seals the active segment (synced, with its index beside it) and starts the next.
-    fn roll(&mut self) -> io::Result<()> {
-        self.active.sync_data()?;
+    /// A failed write leaves the log as it was (the next append tries again); a failed
+    /// sync is final, like a batch's.
+    fn roll(&mut self) -> Result<(), AppendError> {
+        self.synced(|log| log.active.sync_data())?;
         let sealed = self.segments.last().expect("an active segment");
-        write_index(&index_path(&sealed.path), &sealed.index)?;
+        let index =
+            write_index(&index_path(&sealed.path), &sealed.index).map_err(AppendError::Write)?;
+        self.synced(|_| index.sync_data())?;
         // No record has the next seq yet, so a file of that name can only be an empty
         // one left by a roll that failed after creating it.
         let path = segment_path(&self.dir, self.next_seq);
@@ -316,8 +326,9 @@ impl SegmentLog {
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&path)?;
-        sync_dir(&self.dir)?;
+            .open(&path)
+            .map_err(AppendError::Write)?;
+        self.synced(|log| sync_dir(&log.dir))?;
         self.segments.push(Segment {
             first_seq: self.next_seq,
             path,
@@ -327,6 +338,14 @@ impl SegmentLog {
         self.active_len = 0;
         self.indexed_at = 0;
         Ok(())
+    }
+
+    /// Runs a sync; if it fails, the log refuses every append from then on.
+    fn synced(&mut self, sync: impl FnOnce(&Self) -> io::Result<()>) -> Result<(), AppendError> {
+        sync(self).map_err(|error| {
+            self.failed = Some(error.to_string());
+            AppendError::Failed(error.to_string())
+        })
     }
 }
 
@@ -421,7 +440,8 @@ fn scan(path: &Path, first_seq: u64, options: &SegmentOptions) -> io::Result<Sca
     })
 }
 
-fn write_index(path: &Path, index: &[(u64, u64)]) -> io::Result<()> {
+/// Writes an index file; the caller syncs it.
+fn write_index(path: &Path, index: &[(u64, u64)]) -> io::Result<File> {
     let mut bytes = Vec::with_capacity(index.len() * INDEX_ENTRY + 4);
     for &(seq, offset) in index {
         bytes.extend_from_slice(&seq.to_le_bytes());
@@ -431,7 +451,7 @@ fn write_index(path: &Path, index: &[(u64, u64)]) -> io::Result<()> {
     bytes.extend_from_slice(&sum.to_le_bytes());
     let mut file = File::create(path)?;
     file.write_all(&bytes)?;
-    file.sync_data()
+    Ok(file)
 }
 
 /// A sealed segment's index; an error if it is missing or damaged (then it is rebuilt).
@@ -739,6 +759,72 @@ mod tests {
             );
             assert_reads_back(&log, 1, log.durable_seq());
         }
+    }
+
+    const FAIL_SYNC_CHILD_DIR: &str = "HERALD_SEGMENT_FAIL_SYNC_CHILD_DIR";
+
+    /// The child of [`a_failed_sync_is_final_and_its_batch_never_comes_back`], run with
+    /// syncs it can make fail (`crate::testing::FailingSync`).
+    #[test]
+    #[ignore = "the child process of a_failed_sync_is_final_and_its_batch_never_comes_back"]
+    fn fail_sync_child() {
+        let dir = std::env::var(FAIL_SYNC_CHILD_DIR).expect("run by its parent test");
+        let trigger = std::env::var(crate::testing::FailingSync::TRIGGER_VAR).unwrap();
+        let (mut log, _) = SegmentLog::open(&dir, small()).unwrap();
+        fill(&mut log, 3, 5);
+
+        std::fs::write(&trigger, b"").unwrap();
+        let failed = log.append(&[body(16)]);
+        assert!(matches!(failed, Err(AppendError::Failed(_))), "{failed:?}");
+        // The disk works again, but a sync that succeeds now proves nothing about the
+        // pages the failed one lost: the log stays stopped.
+        std::fs::remove_file(&trigger).unwrap();
+        let refused = log.append(&[body(16)]);
+        assert!(
+            matches!(refused, Err(AppendError::Failed(_))),
+            "{refused:?}"
+        );
+        assert_eq!(log.durable_seq(), 15);
+        assert_reads_back(&log, 1, 15);
+        drop(log);
+
+        // Reopened (Herald restarted): the batch whose sync failed is not there, and the
+        // log goes on from the last acknowledged seq.
+        let (mut log, _) = SegmentLog::open(&dir, small()).unwrap();
+        assert_eq!(log.next_seq(), 16, "the unacknowledged batch came back");
+        fill(&mut log, 2, 5);
+        assert_reads_back(&log, 1, 25);
+    }
+
+    /// An `fsync` error (the disk failing): the append is refused, every later one too
+    /// (fail-stop), reads stop at the last acknowledged seq, and after a reopen the
+    /// refused batch is not there. Runs in a child process, whose `fsync` and `fdatasync`
+    /// a preloaded library makes fail on demand.
+    #[test]
+    fn a_failed_sync_is_final_and_its_batch_never_comes_back() {
+        let Some(failing) = crate::testing::FailingSync::build() else {
+            eprintln!("SKIPPED: no C compiler to build the failing-sync library");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "segment::tests::fail_sync_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(FAIL_SYNC_CHILD_DIR, dir.path())
+            .envs(failing.env())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success() && String::from_utf8_lossy(&output.stdout).contains("1 passed"),
+            "the child failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     /// Damage inside synced data is an error on read, never a silent end of the log.

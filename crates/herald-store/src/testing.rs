@@ -666,6 +666,64 @@ impl Drop for SmallDisk {
     }
 }
 
+/// A disk that fails syncs on demand: a small library, loaded into a child process with
+/// `LD_PRELOAD` ([`FailingSync::env`]), makes `fsync` and `fdatasync` fail with `EIO`
+/// between [`FailingSync::fail`] and [`FailingSync::heal`], as a dying disk does. `None`
+/// where no C compiler (`cc`) can build it.
+pub struct FailingSync {
+    dir: tempfile::TempDir,
+}
+
+impl FailingSync {
+    /// The variable naming the file whose presence makes syncs fail.
+    pub const TRIGGER_VAR: &'static str = "HERALD_FAIL_SYNC_WHEN";
+
+    pub fn build() -> Option<FailingSync> {
+        let dir = tempfile::tempdir().ok()?;
+        let source = dir.path().join("fail_sync.c");
+        std::fs::write(&source, include_str!("../testdata/fail_sync.c")).ok()?;
+        let built = Command::new("cc")
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(dir.path().join("libfail_sync.so"))
+            .arg(&source)
+            .status()
+            .ok()?;
+        built.success().then_some(FailingSync { dir })
+    }
+
+    /// The environment of a process whose syncs this controls.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "LD_PRELOAD".into(),
+                self.dir
+                    .path()
+                    .join("libfail_sync.so")
+                    .display()
+                    .to_string(),
+            ),
+            (
+                Self::TRIGGER_VAR.into(),
+                self.trigger().display().to_string(),
+            ),
+        ]
+    }
+
+    /// Every sync fails from now on.
+    pub fn fail(&self) {
+        std::fs::write(self.trigger(), b"").expect("create the trigger file");
+    }
+
+    /// Syncs work again.
+    pub fn heal(&self) {
+        std::fs::remove_file(self.trigger()).expect("remove the trigger file");
+    }
+
+    fn trigger(&self) -> PathBuf {
+        self.dir.path().join("fail-syncs")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;
