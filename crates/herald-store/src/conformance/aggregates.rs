@@ -8,7 +8,7 @@ use crate::{
     AggregateAppend, AggregateAppended, AggregateKey, Appended, Query, SnapshotSaved, Store,
 };
 
-fn key(tenant: Option<&str>, aggregate_type: &str, id: &str) -> AggregateKey {
+pub(crate) fn key(tenant: Option<&str>, aggregate_type: &str, id: &str) -> AggregateKey {
     AggregateKey {
         tenant: tenant.map(str::to_owned),
         aggregate_type: aggregate_type.into(),
@@ -17,7 +17,7 @@ fn key(tenant: Option<&str>, aggregate_type: &str, id: &str) -> AggregateKey {
 }
 
 /// `n` events for `key`'s aggregate, of type `<type>.changed`.
-fn domain_events(key: &AggregateKey, n: usize) -> Vec<NewEvent> {
+pub(crate) fn domain_events(key: &AggregateKey, n: usize) -> Vec<NewEvent> {
     (0..n)
         .map(|i| {
             let mut e = event(&format!("hub.c.{}.changed", key.aggregate_type), i, None);
@@ -34,7 +34,11 @@ fn domain_events(key: &AggregateKey, n: usize) -> Vec<NewEvent> {
         .collect()
 }
 
-fn append(key: &AggregateKey, expected: ExpectedVersion, events: Vec<NewEvent>) -> AggregateAppend {
+pub(crate) fn append(
+    key: &AggregateKey,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> AggregateAppend {
     AggregateAppend {
         key: key.clone(),
         expected,

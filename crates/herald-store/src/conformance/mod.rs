@@ -3,7 +3,7 @@
 //! A backend's tests call [`run`] with a function that opens a fresh, empty store. A
 //! feature of the store contract is done when this suite passes on every backend.
 
-mod aggregates;
+pub(crate) mod aggregates;
 mod consumers;
 mod retention;
 

@@ -12,10 +12,13 @@
 //! - **Readers**: a small pool of read-only connections; WAL lets them read a consistent
 //!   snapshot while the writer commits. Calls run on tokio's blocking threads.
 //! - **Checkpoints** run on a background thread, so commits never pay for them.
+//! - **A failed sync is final** ([`fail_stop`]): writes are refused until a restart, and
+//!   the events of the commit that failed are deleted at the next open.
 
 mod aggregates;
 pub mod backup;
 mod consumers;
+mod fail_stop;
 mod query;
 mod retention;
 mod schema;
@@ -48,6 +51,7 @@ use crate::{
     AccessKind, AccessRecord, Appended, DeadLetter, NewDeadLetter, Page, Query, Result, Store,
     StoreError, StoreHealth, StoredRule, StoredSchema,
 };
+use fail_stop::{is_sync_failure, FailStop};
 
 /// Tuning for the embedded store.
 #[derive(Debug, Clone)]
@@ -95,14 +99,15 @@ struct Inner {
     lock: Mutex<Option<File>>,
     /// Syncs consumer transactions, which commit without SQLite's own sync.
     wal: WalSync,
+    fail_stop: Arc<FailStop>,
 }
 
 /// Syncs the WAL outside the writer lock, for transactions committed without SQLite's
 /// own sync: the writer goes on with the next transaction while this one's frames reach
 /// the disk, and one `fdatasync` covers every commit written before it.
 ///
-/// A failed sync is final (fail-stop): the kernel may have dropped the unsynced pages, so
-/// a later sync that succeeds proves nothing, and no later commit may be answered.
+/// A failed sync is final ([`FailStop`]): the kernel may have dropped the unsynced
+/// pages, so a later sync that succeeds proves nothing, and no later commit may be answered.
 struct WalSync {
     path: PathBuf,
     /// The WAL, opened at the first sync; its lock also serialises syncs.
@@ -111,11 +116,11 @@ struct WalSync {
     written: AtomicU64,
     /// Every commit up to this count is on disk.
     synced: AtomicU64,
-    failed: AtomicBool,
+    fail_stop: Arc<FailStop>,
 }
 
 impl WalSync {
-    fn new(db: &Path) -> Self {
+    fn new(db: &Path, fail_stop: Arc<FailStop>) -> Self {
         let mut path = db.as_os_str().to_owned();
         path.push("-wal");
         WalSync {
@@ -123,7 +128,7 @@ impl WalSync {
             file: Mutex::new(None),
             written: AtomicU64::new(0),
             synced: AtomicU64::new(0),
-            failed: AtomicBool::new(false),
+            fail_stop,
         }
     }
 
@@ -134,12 +139,7 @@ impl WalSync {
 
     /// Fails once a sync has failed.
     fn check(&self) -> Result<()> {
-        if self.failed.load(Ordering::Acquire) {
-            return Err(StoreError::Unavailable(
-                "an earlier sync of the WAL failed; restart Herald".into(),
-            ));
-        }
-        Ok(())
+        self.fail_stop.check()
     }
 
     /// Returns once commit number `commit` is on disk.
@@ -164,8 +164,7 @@ impl WalSync {
             }),
         };
         if let Err(error) = result {
-            self.failed.store(true, Ordering::Release);
-            tracing::error!(%error, "Syncing the WAL failed; refusing further consumer writes.");
+            self.fail_stop.trip("the WAL", &error);
             return Err(StoreError::Unavailable(format!(
                 "cannot sync the WAL: {error}"
             )));
@@ -188,6 +187,28 @@ pub(crate) const EVENT_COLUMN_COUNT: usize = 18;
 pub(crate) const EVENT_COLUMNS: &str =
     "seq, id, subject, correlation_id, ts, hub_id, service, user, payload, cloudevent, tenant, \
      aggregate_type, aggregate_id, aggregate_version, event_type, metadata, traceparent, tracestate";
+
+impl Inner {
+    /// Maps an error of the writer, stopping every write if it is a failed sync.
+    fn write_error(&self, error: rusqlite::Error) -> StoreError {
+        if is_sync_failure(&error) {
+            self.fail_stop.trip("a commit", &error);
+        }
+        map_error(error)
+    }
+
+    /// Commits a transaction that stores events from `first_seq` on. If its sync fails,
+    /// those events are marked to be deleted at the next open (see [`fail_stop`]).
+    fn commit_events(&self, tx: rusqlite::Transaction<'_>, first_seq: Seq) -> Result<()> {
+        tx.commit().map_err(|error| {
+            if is_sync_failure(&error) {
+                self.fail_stop
+                    .trip_unacknowledged("a commit of events", &error, first_seq);
+            }
+            map_error(error)
+        })
+    }
+}
 
 impl EmbeddedStore {
     /// Opens (creating if needed) the store at `path`, applies migrations and recovers
@@ -232,6 +253,8 @@ impl EmbeddedStore {
             .map_err(|e| StoreError::Open(format!("cannot open {}: {e}", path.display())))?;
         schema::configure_writer(&mut conn)?;
         schema::migrate(&mut conn)?;
+        fail_stop::discard_unacknowledged(&mut conn, &path)?;
+        let fail_stop = Arc::new(FailStop::new(&path));
         let (last_seq, last_ts): (Seq, i64) = conn
             .query_row(
                 "SELECT seq, ts FROM events ORDER BY seq DESC LIMIT 1",
@@ -255,6 +278,7 @@ impl EmbeddedStore {
             &path,
             options.checkpoint_interval,
             options.wal_restart_bytes,
+            fail_stop.clone(),
         )?;
         tracing::info!(path = %path.display(), head = last_seq, "Embedded store opened.");
         Ok(EmbeddedStore {
@@ -272,7 +296,8 @@ impl EmbeddedStore {
                 closed: AtomicBool::new(false),
                 checkpointer: Mutex::new(Some(checkpointer)),
                 lock: Mutex::new(Some(lock)),
-                wal: WalSync::new(&path),
+                wal: WalSync::new(&path, fail_stop.clone()),
+                fail_stop,
             }),
         })
     }
@@ -322,7 +347,8 @@ impl EmbeddedStore {
         tokio::task::spawn_blocking(move || {
             let guard = inner.writer.lock().expect("writer mutex");
             let writer = guard.as_ref().ok_or(StoreError::Closed)?;
-            f(&writer.conn).map_err(map_error)
+            inner.fail_stop.check()?;
+            f(&writer.conn).map_err(|e| inner.write_error(e))
         })
         .await
         .map_err(|e| StoreError::Internal(e.to_string()))?
@@ -338,7 +364,7 @@ impl EmbeddedStore {
         tokio::task::spawn_blocking(move || {
             let mut guard = inner.writer.lock().expect("writer mutex");
             let writer = guard.as_mut().ok_or(StoreError::Closed)?;
-            transact(&mut writer.conn, f)
+            transact(&mut writer.conn, &inner.fail_stop, f)
         })
         .await
         .map_err(|e| StoreError::Internal(e.to_string()))?
@@ -364,7 +390,7 @@ impl EmbeddedStore {
                     .conn
                     .execute_batch("PRAGMA synchronous = NORMAL")
                     .map_err(map_error)?;
-                let result = transact(&mut writer.conn, f);
+                let result = transact(&mut writer.conn, &inner.fail_stop, f);
                 let restored = writer.conn.execute_batch("PRAGMA synchronous = FULL");
                 let value = result?;
                 restored.map_err(map_error)?;
@@ -395,6 +421,7 @@ impl EmbeddedStore {
     fn append_blocking(inner: &Inner, batch: Vec<NewEvent>) -> Result<Vec<Appended>> {
         let mut guard = inner.writer.lock().expect("writer mutex");
         let writer = guard.as_mut().ok_or(StoreError::Closed)?;
+        inner.fail_stop.check()?;
         let ts = Timestamp::now().as_micros().max(writer.last_ts);
         let timestamp = Timestamp::from_micros(ts);
         let mut next_seq = writer.next_seq;
@@ -429,7 +456,7 @@ impl EmbeddedStore {
             }
             subjects.write(&tx).map_err(map_error)?;
         }
-        tx.commit().map_err(map_error)?;
+        inner.commit_events(tx, writer.next_seq)?;
 
         writer.next_seq = next_seq;
         writer.last_ts = ts;
@@ -443,6 +470,7 @@ impl EmbeddedStore {
     ) -> Result<AggregateAppended> {
         let mut guard = inner.writer.lock().expect("writer mutex");
         let writer = guard.as_mut().ok_or(StoreError::Closed)?;
+        inner.fail_stop.check()?;
         let ts = Timestamp::now().as_micros().max(writer.last_ts);
         let first_seq = writer.next_seq;
         let tx = writer
@@ -481,7 +509,7 @@ impl EmbeddedStore {
         }
         let events =
             crate::aggregate::commit_events(events, first_seq, current, Timestamp::from_micros(ts));
-        tx.commit().map_err(map_error)?;
+        inner.commit_events(tx, first_seq)?;
         writer.next_seq = first_seq + count;
         writer.last_ts = ts;
         inner.head.store(first_seq + count - 1, Ordering::Release);
@@ -766,6 +794,7 @@ impl Store for EmbeddedStore {
             if inner.closed.load(Ordering::Acquire) {
                 return Err(StoreError::Closed);
             }
+            inner.fail_stop.check()?;
             let mut reader = inner.health_reader.lock().expect("health reader");
             if reader.is_none() {
                 *reader = Some(open_reader(&inner.path).map_err(map_error)?);
@@ -837,7 +866,11 @@ impl Store for EmbeddedStore {
             inner.idle_readers.lock().expect("reader pool").clear();
             inner.health_reader.lock().expect("health reader").take();
             if let Some(writer) = inner.writer.lock().expect("writer mutex").take() {
-                if let Err(error) = writer
+                if inner.fail_stop.has_failed() {
+                    // No checkpoint after a failed sync, not even SQLite's own at close:
+                    // the WAL stays, to be replayed at the next start.
+                    skip_checkpoint_on_close(&writer.conn);
+                } else if let Err(error) = writer
                     .conn
                     .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
                 {
@@ -1128,8 +1161,10 @@ pub(super) fn lock_path(path: &Path) -> PathBuf {
 /// rolled back when it fails.
 fn transact<T>(
     conn: &mut Connection,
+    fail_stop: &FailStop,
     f: impl FnOnce(&Connection) -> Result<T, consumers::Failure>,
 ) -> Result<T> {
+    fail_stop.check()?;
     // Take the write lock first (waiting out a checkpoint), as appends do: a deferred
     // transaction that reads and then writes fails at once with "database is locked"
     // instead of waiting.
@@ -1137,7 +1172,12 @@ fn transact<T>(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(map_error)?;
     let value = f(&tx).map_err(consumers::Failure::into_store_error)?;
-    tx.commit().map_err(map_error)?;
+    tx.commit().map_err(|error| {
+        if is_sync_failure(&error) {
+            fail_stop.trip("a commit", &error);
+        }
+        map_error(error)
+    })?;
     Ok(value)
 }
 
@@ -1184,6 +1224,7 @@ fn spawn_checkpointer(
     path: &Path,
     interval: Duration,
     wal_restart_bytes: u64,
+    fail_stop: Arc<FailStop>,
 ) -> Result<(mpsc::Sender<()>, JoinHandle<()>)> {
     fn retry_briefly(attempt: i32) -> bool {
         if attempt >= RESTART_RETRIES {
@@ -1194,6 +1235,8 @@ fn spawn_checkpointer(
     }
     let mut conn = Connection::open(path).map_err(open_error)?;
     conn.busy_handler(Some(retry_briefly)).map_err(open_error)?;
+    // The writer checkpoints at close; this one must not (above all after a failed sync).
+    skip_checkpoint_on_close(&conn);
     let frame_bytes: u64 = conn
         .query_row("PRAGMA page_size", [], |row| row.get::<_, i64>(0))
         .map_err(open_error)? as u64
@@ -1208,6 +1251,10 @@ fn spawn_checkpointer(
             let mut failures = 0u64;
             let mut last_logged: Option<std::time::Instant> = None;
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
+                if fail_stop.has_failed() {
+                    // The WAL holds what the database file may have lost: keep it.
+                    continue;
+                }
                 let (frames, behind) = match passive_checkpoint(&conn) {
                     Ok(progress) => {
                         if failures > 0 {
@@ -1218,6 +1265,9 @@ fn spawn_checkpointer(
                         progress
                     }
                     Err(error) => {
+                        if is_sync_failure(&error) {
+                            fail_stop.trip("the database file after a checkpoint", &error);
+                        }
                         failures += 1;
                         wait = (wait * 2).min(CHECKPOINT_MAX_BACKOFF);
                         if last_logged.is_none_or(|at| at.elapsed() >= CHECKPOINT_LOG_EVERY) {
@@ -1230,6 +1280,9 @@ fn spawn_checkpointer(
                 let wal_bytes = frames as u64 * frame_bytes;
                 if wal_bytes > wal_restart_bytes {
                     if let Err(error) = restart_wal(&conn, behind) {
+                        if is_sync_failure(&error) {
+                            fail_stop.trip("the database file after a checkpoint", &error);
+                        }
                         tracing::debug!(%error, wal_bytes, "WAL restart deferred.");
                     }
                 }
@@ -1237,6 +1290,14 @@ fn spawn_checkpointer(
         })
         .map_err(|e| StoreError::Open(format!("cannot start checkpoint thread: {e}")))?;
     Ok((stop, handle))
+}
+
+/// Turns off the checkpoint SQLite runs when the last connection to a database closes.
+fn skip_checkpoint_on_close(conn: &Connection) {
+    use rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE;
+    if let Err(error) = conn.set_db_config(SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true) {
+        tracing::warn!(%error, "Cannot turn off the checkpoint at close.");
+    }
 }
 
 /// Copies what it can of the WAL into the database without waiting for anyone; the
