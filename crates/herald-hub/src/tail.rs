@@ -170,6 +170,9 @@ pub(crate) struct LogTail<T> {
     window: Window,
     saved: Seq,
     last_save: Instant,
+    /// A second cursor saved in the same transaction as the mark (see
+    /// [`LogTail::keep_beside`]).
+    beside: Option<(String, Seq)>,
     batches: mpsc::Receiver<Result<Batch<T>, TailError>>,
     _reader: AbortOnDropHandle<()>,
 }
@@ -231,6 +234,7 @@ impl<T: Send + 'static> LogTail<T> {
             window: Window::new(from, config.window),
             saved,
             last_save: Instant::now(),
+            beside: None,
             batches,
             _reader: AbortOnDropHandle::new(reader),
         })
@@ -286,6 +290,16 @@ impl<T: Send + 'static> LogTail<T> {
         Ok(())
     }
 
+    /// Notes a value to save with the mark, in the same transaction, under cursor
+    /// `name` (which never moves backwards either): a position elsewhere that must
+    /// agree with the mark after a crash. Only with [`Saving::Store`].
+    pub(crate) fn keep_beside(&mut self, name: &str, value: Seq) {
+        match &mut self.beside {
+            Some((_, kept)) => *kept = value,
+            None => self.beside = Some((name.to_owned(), value)),
+        }
+    }
+
     /// Saves the mark now when it moved (at the end of a run).
     pub(crate) async fn save(&mut self) -> Result<(), StoreError> {
         let done = self.done();
@@ -295,9 +309,13 @@ impl<T: Send + 'static> LogTail<T> {
         if done <= self.saved {
             return Ok(());
         }
-        match self.saving {
-            Saving::Store => self.inner.store.save_cursor(name, done).await?,
-            Saving::Book => self.inner.cursors.note(name, done),
+        match (&self.saving, &self.beside) {
+            (Saving::Store, Some((beside, value))) => {
+                let cursors = vec![(name.clone(), done), (beside.clone(), *value)];
+                self.inner.store.save_cursors(cursors).await?
+            }
+            (Saving::Store, None) => self.inner.store.save_cursor(name, done).await?,
+            (Saving::Book, _) => self.inner.cursors.note(name, done),
         }
         self.saved = done;
         self.last_save = Instant::now();

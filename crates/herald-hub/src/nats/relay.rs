@@ -10,6 +10,8 @@
 //! was acknowledged is sent again, because the cursor is in the store; and what was
 //! stored without its PubAck coming back is found in the stream before resuming
 //! ([`stored_after`]), since after a long outage the duplicate window no longer covers it.
+//! The stream sequence it looks after is saved with the cursor, in the same transaction,
+//! so this holds across a restart of the process too.
 //!
 //! Only events that originate on this hub are relayed: events the bridge ingested came
 //! from the stream already, and on a shared store other hubs relay their own.
@@ -24,7 +26,7 @@ use async_nats::jetstream::publish::PublishAck;
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
 use herald_core::{Event, Seq, Timestamp};
-use herald_store::StoreError;
+use herald_store::{Store, StoreError};
 
 use super::NatsLink;
 use crate::services::Status;
@@ -104,11 +106,25 @@ pub(crate) fn cursor_name(stream: &str, hub_id: &str) -> String {
     format!("nats-relay:{stream}:{hub_id}")
 }
 
+/// Name of the cursor kept beside the relay's: the stream sequence of the last PubAck
+/// of an event at or before the relay's cursor.
+fn stream_seq_name(cursor: &str) -> String {
+    format!("{cursor}:stream-seq")
+}
+
 pub(crate) async fn run(inner: Arc<Inner>, link: NatsLink, status: Status) {
     let name = cursor_name(&link.config.stream.name, &inner.config.hub_id);
     let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF_STEP);
     let mut acked: Option<Seq> = None;
-    let mut last_stream_seq: Option<u64> = None;
+    // After a restart, the messages after the saved stream sequence are looked up too.
+    let mut last_stream_seq = match inner.store.load_cursor(&stream_seq_name(&name)).await {
+        Ok(0) => None,
+        Ok(seq) => Some(seq),
+        Err(error) => {
+            tracing::warn!(%error, "Cannot load the relay's stream sequence; relying on the duplicate window after this restart.");
+            None
+        }
+    };
     loop {
         tokio::select! {
             () = link.wait_connected() => {}
@@ -246,6 +262,10 @@ async fn relay(
     let mut tail = LogTail::open(inner, config, source, start)
         .await
         .map_err(RelayError::from)?;
+    let stream_seq_name = stream_seq_name(name);
+    if let Some(seq) = *last_stream_seq {
+        tail.keep_beside(&stream_seq_name, seq);
+    }
     *acked = Some(tail.done());
     let mut already_stored = match *last_stream_seq {
         Some(after) => stored_after(link, after).await,
@@ -275,7 +295,12 @@ async fn relay(
                 if !ack.duplicate {
                     metrics::counter!("herald_relay_published_total").increment(1);
                 }
-                *last_stream_seq = Some(last_stream_seq.unwrap_or(0).max(ack.sequence));
+                let stream_seq = last_stream_seq.unwrap_or(0).max(ack.sequence);
+                *last_stream_seq = Some(stream_seq);
+                // PubAcks come in seq order, so this one's sequence is past every
+                // message of the events up to the mark, and before any message of the
+                // events after it: saved with the mark, it is where to look from.
+                tail.keep_beside(&stream_seq_name, stream_seq);
                 let delay = Timestamp::now().as_micros() - committed.as_micros();
                 metrics::histogram!("herald_relay_delay_seconds")
                     .record(delay.max(0) as f64 / 1e6);

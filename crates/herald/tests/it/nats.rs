@@ -494,6 +494,58 @@ async fn messages_stored_whose_pubacks_were_lost_are_not_sent_again() {
     assert_eq!(seqs, stored, "every event once, in seq order");
 }
 
+/// As above, but the hub is killed (kill -9) while the PubAcks are lost and starts again
+/// only after the duplicate window: the stream sequence to look after was saved with the
+/// relay's cursor, so the restarted relay finds the stored messages too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_during_the_outage_does_not_send_stored_messages_again() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut nats = TestNats::start().await;
+    let proxy = AckDroppingProxy::start(nats.port).await;
+    let url = proxy.url();
+    let mut h = TestHerald::start_with(&[
+        "--nats-url",
+        &url,
+        "--hub-id",
+        "local-hub",
+        "--nats-duplicate-window-secs",
+        "1",
+    ])
+    .await;
+    for i in 0..20 {
+        h.publish("hub.local-hub.acked", json!({"i": i})).await;
+    }
+    wait_relayed(&h, Duration::from_secs(10)).await;
+    // The cursor is saved within 200 ms of moving.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    proxy.drop_replies.store(true, Relaxed);
+    for i in 0..30 {
+        h.publish("hub.local-hub.acks-lost", json!({"i": i})).await;
+    }
+    let client = nats.client().await;
+    let stored = poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let client = client.clone();
+        async move { relayed_seqs(&stream_messages(&client).await, "local-hub").len() == 50 }
+    })
+    .await;
+    assert!(stored, "JetStream did not store the 30 messages");
+    drop(client);
+
+    h.kill9().await;
+    nats.stop().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await; // past the 1 s window
+    proxy.drop_replies.store(false, Relaxed);
+    nats.restart().await;
+    h.restart().await;
+    wait_relayed(&h, Duration::from_secs(30)).await;
+
+    let client = nats.client().await;
+    let seqs = relayed_seqs(&stream_messages(&client).await, "local-hub");
+    let stored: Vec<u64> = h.all_events().await.iter().map(seq_of).collect();
+    assert_eq!(seqs, stored, "every event once, in seq order");
+}
+
 #[tokio::test]
 async fn outage_longer_than_the_duplicate_window_loses_and_duplicates_nothing() {
     let mut nats = TestNats::start().await;
