@@ -114,6 +114,7 @@ impl Repository {
                     subject: None,
                     metadata: None,
                     correlation_id: None,
+                    trace: None,
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;

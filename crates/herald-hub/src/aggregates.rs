@@ -7,7 +7,7 @@
 //! consumed and relayed like any other.
 
 use herald_core::aggregate::{check_aggregate_id, check_aggregate_type, check_event_type};
-use herald_core::{AggregateEvent, ExpectedVersion, NewEvent, Payload, Subject};
+use herald_core::{AggregateEvent, ExpectedVersion, NewEvent, Payload, Subject, TraceContext};
 use herald_store::{
     AggregateAppend, AggregateAppended, AggregateKey, AggregatePage, Appended, Snapshot,
     SnapshotSaved, Store,
@@ -54,6 +54,8 @@ pub struct DomainEvent {
     pub subject: Option<Subject>,
     pub metadata: Option<Payload>,
     pub correlation_id: Option<Uuid>,
+    /// The W3C trace context of the request that appends it, stored with the event.
+    pub trace: Option<Box<TraceContext>>,
 }
 
 /// An aggregate's events and version after an append.
@@ -118,6 +120,7 @@ impl Hub {
             if let Some(id) = event.id {
                 new.id = id;
             }
+            new.trace = event.trace;
             if !ids.insert(new.id) {
                 // Two events cannot share an id: a clash, as with a stored event's.
                 return Err(AggregateError::IdTaken(new.id));

@@ -10,7 +10,7 @@ use axum::Json;
 use herald_store::MAX_QUERY_LIMIT;
 use serde_json::{Map, Value};
 
-use super::publish::header_correlation_id;
+use super::publish::{header_correlation_id, header_trace};
 use super::{body_rejection, form_pairs, invalid_query, parse_json_object, truncate};
 use crate::auth::Authenticated;
 use crate::error::{ApiError, ErrorCode};
@@ -80,7 +80,7 @@ pub async fn append(
             &aggregate_type,
             &aggregate_id,
             request.expected,
-            request.events,
+            request.with_trace(header_trace(&headers)),
             Some("herald-http".into()),
         )
         .await?;

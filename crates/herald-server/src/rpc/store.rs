@@ -145,7 +145,9 @@ impl RpcMethod for StoreAppend {
                 &params.aggregate_type,
                 &params.aggregate_id,
                 params.request.expected,
-                params.request.events,
+                params
+                    .request
+                    .with_trace(crate::http::publish::header_trace(call.headers)),
                 Some(ORIGIN_SERVICE.into()),
             )
             .await

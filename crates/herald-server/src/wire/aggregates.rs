@@ -29,6 +29,19 @@ pub struct AppendRequest {
     pub events: Vec<DomainEvent>,
 }
 
+impl AppendRequest {
+    /// The events, each with the request's trace context (as a batch publish gives it).
+    pub fn with_trace(self, trace: Option<herald_core::TraceContext>) -> Vec<DomainEvent> {
+        let mut events = self.events;
+        if let Some(trace) = trace {
+            for event in &mut events {
+                event.trace = Some(Box::new(trace.clone()));
+            }
+        }
+        events
+    }
+}
+
 /// A whole number ≥ 0 from JSON (`5` or `5.0`).
 fn whole_number(value: &Value) -> Option<u64> {
     value.as_u64().or_else(|| {
@@ -155,6 +168,7 @@ pub fn append_request(
             metadata: object_field(item, "metadata", &at("metadata"))?,
             correlation_id: uuid_field(item, "correlation_id", &at("correlation_id"))?
                 .or(correlation_id),
+            trace: None,
         });
     }
     Ok(AppendRequest { expected, events })

@@ -503,6 +503,44 @@ async fn without_an_exporter_trace_context_passes_through_unchanged() {
         .unwrap_or_else(|| panic!("{resp}"))
         .to_owned();
     assert_eq!(h.get_event(&id).await["traceparent"], TRACEPARENT);
+
+    // An aggregate append, over HTTP and JSON-RPC: the request's trace context goes with
+    // every event it appends, as with a batch.
+    let resp = h
+        .http
+        .post(h.url("/api/aggregates/order/o-1/events"))
+        .header("traceparent", TRACEPARENT)
+        .header("tracestate", TRACESTATE)
+        .json(&json!({"expected_version": "no_stream", "events": [
+            {"type": "created", "payload": {}},
+            {"type": "paid", "payload": {}},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let resp: Value = h
+        .http
+        .post(h.url("/rpc"))
+        .header("traceparent", TRACEPARENT)
+        .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "store.append",
+                      "params": {"aggregate_type": "order", "aggregate_id": "o-1",
+                                 "expected_version": 2,
+                                 "events": [{"type": "shipped", "payload": {}}]}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(resp.get("result").is_some(), "{resp}");
+    let events = h.query(&[("aggregate_type", "order".into())]).await;
+    assert_eq!(events.len(), 3, "{events:?}");
+    for event in &events {
+        assert_eq!(event["traceparent"], TRACEPARENT, "{event}");
+    }
+    assert_eq!(events[0]["tracestate"], TRACESTATE);
+    assert!(events[2].get("tracestate").is_none(), "{}", events[2]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
