@@ -62,7 +62,8 @@ pub use retention::{RetentionPass, RetentionPolicy};
 /// Most events one query may return.
 pub const MAX_QUERY_LIMIT: usize = 1000;
 
-/// Most rows one query reads that its filters then refuse. A query that reaches it
+/// Most rows one query reads that its filters then refuse, unless a store's options say
+/// otherwise (`query_scan_budget`). A query that reaches it
 /// answers with the events found so far and a `scanned_to` below the head (the cursor
 /// to go on from), so that no pattern can make one request read the whole log and hold
 /// a reader while it does (a pattern that starts with a wildcard and matches nothing,

@@ -25,12 +25,13 @@ pub(crate) enum Ended {
     StoppedAfter(Seq),
 }
 
-/// Counts the rows a query reads against [`crate::QUERY_SCAN_BUDGET`].
+/// Counts the rows a query reads against the store's scan budget
+/// ([`crate::QUERY_SCAN_BUDGET`] unless configured).
 pub(crate) struct ScanBudget(usize);
 
 impl ScanBudget {
-    pub(crate) fn new() -> Self {
-        ScanBudget(crate::QUERY_SCAN_BUDGET)
+    pub(crate) fn new(rows: usize) -> Self {
+        ScanBudget(rows.max(1))
     }
 
     /// Counts one row read; false once the budget is spent.

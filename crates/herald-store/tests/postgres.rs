@@ -529,6 +529,7 @@ async fn survives_the_server_going_away_and_coming_back() {
             statement_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
             allow_unsafe_durability: false,
+            ..PostgresOptions::default()
         },
     )
     .await
@@ -700,6 +701,7 @@ async fn calls_time_out_when_the_server_hangs() {
             statement_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             allow_unsafe_durability: false,
+            ..PostgresOptions::default()
         },
     )
     .await

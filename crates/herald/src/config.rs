@@ -176,6 +176,14 @@ pub struct StoreSettings {
     /// (acknowledged events can then be lost in a crash).
     #[arg(long, env = "HERALD_ALLOW_UNSAFE_DURABILITY")]
     pub allow_unsafe_durability: bool,
+
+    /// Most rows one query, stream catch-up page or consumer fetch reads that its filters
+    /// refuse; it then answers what it found with a position to go on from
+    /// (`X-Next-After-Seq`). At least 1,000, the largest page.
+    #[arg(long, env = "HERALD_QUERY_SCAN_BUDGET",
+          default_value_t = herald_store::QUERY_SCAN_BUDGET as u64,
+          value_parser = clap::value_parser!(u64).range(herald_store::MAX_QUERY_LIMIT as u64..))]
+    pub query_scan_budget: u64,
 }
 
 /// Bounds on what clients may ask of the hub.

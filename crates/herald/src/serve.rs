@@ -124,7 +124,19 @@ impl StoreSettings {
             statement_timeout: Duration::from_secs(self.pg_statement_timeout_secs.max(1)),
             connect_timeout: Duration::from_secs(self.pg_connect_timeout_secs.max(1)),
             allow_unsafe_durability: self.allow_unsafe_durability,
+            query_scan_budget: self.scan_budget(),
         }
+    }
+
+    pub fn embedded_options(&self) -> EmbeddedOptions {
+        EmbeddedOptions {
+            query_scan_budget: self.scan_budget(),
+            ..EmbeddedOptions::default()
+        }
+    }
+
+    fn scan_budget(&self) -> usize {
+        usize::try_from(self.query_scan_budget).unwrap_or(usize::MAX)
     }
 }
 
@@ -189,7 +201,7 @@ pub async fn keys(args: KeysArgs, store: StoreSettings) -> anyhow::Result<ExitCo
     };
     let store_config = StoreConfig::parse(&store.data).map_err(anyhow::Error::msg)?;
     let store = store_config
-        .open_with(EmbeddedOptions::default(), store.options())
+        .open_with(store.embedded_options(), store.options())
         .await
         .with_context(|| format!("opening the store at {}", store_config.redacted()))?;
     let made = herald_hub::access::create_admin_key(&store, description)
@@ -211,7 +223,7 @@ pub async fn migrate(store: StoreSettings) -> anyhow::Result<ExitCode> {
     let (_log, _) = init_logging("text", None);
     let store_config = StoreConfig::parse(&store.data).map_err(anyhow::Error::msg)?;
     let store = store_config
-        .open_with(EmbeddedOptions::default(), store.options())
+        .open_with(store.embedded_options(), store.options())
         .await
         .with_context(|| format!("opening the store at {}", store_config.redacted()))?;
     let head = store.head().await?;
@@ -289,7 +301,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], server.port)));
 
     let store = store_config
-        .open_with(EmbeddedOptions::default(), store_settings.options())
+        .open_with(store_settings.embedded_options(), store_settings.options())
         .await
         .with_context(|| format!("opening the store at {}", store_config.redacted()))?;
     let mut hub_config = HubConfig::new(server.hub_id.clone());

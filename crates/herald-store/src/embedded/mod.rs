@@ -66,6 +66,9 @@ pub struct EmbeddedOptions {
     /// Bytes of frames in the WAL past which the checkpointer makes the writer start the
     /// WAL over.
     pub wal_restart_bytes: u64,
+    /// Most rows one query (or consumer fetch) reads that its filters refuse (see
+    /// [`crate::QUERY_SCAN_BUDGET`]).
+    pub query_scan_budget: usize,
 }
 
 impl Default for EmbeddedOptions {
@@ -74,6 +77,7 @@ impl Default for EmbeddedOptions {
             read_connections: 4,
             checkpoint_interval: Duration::from_millis(100),
             wal_restart_bytes: 64 * 1024 * 1024,
+            query_scan_budget: crate::QUERY_SCAN_BUDGET,
         }
     }
 }
@@ -100,6 +104,8 @@ struct Inner {
     /// Syncs consumer transactions, which commit without SQLite's own sync.
     wal: WalSync,
     fail_stop: Arc<FailStop>,
+    /// See [`EmbeddedOptions::query_scan_budget`].
+    scan_budget: usize,
 }
 
 /// Syncs the WAL outside the writer lock, for transactions committed without SQLite's
@@ -298,6 +304,7 @@ impl EmbeddedStore {
                 lock: Mutex::new(Some(lock)),
                 wal: WalSync::new(&path, fail_stop.clone()),
                 fail_stop,
+                scan_budget: options.query_scan_budget,
             }),
         })
     }
@@ -648,10 +655,11 @@ impl Store for EmbeddedStore {
         let sync = calls
             .iter()
             .any(|call| !matches!(call.op, ConsumerOp::Fetch { .. }));
+        let budget = self.inner.scan_budget;
         self.in_group_synced_transaction(sync, move |conn| {
             calls
                 .iter()
-                .map(|call| consumers::apply(conn, now, call))
+                .map(|call| consumers::apply(conn, now, call, budget))
                 .collect()
         })
         .await
@@ -778,7 +786,9 @@ impl Store for EmbeddedStore {
     }
 
     async fn query(&self, query: Query) -> Result<Page> {
-        self.with_reader(move |conn| query::run(conn, &query)).await
+        let budget = self.inner.scan_budget;
+        self.with_reader(move |conn| query::run(conn, &query, budget))
+            .await
     }
 
     async fn head(&self) -> Result<Seq> {

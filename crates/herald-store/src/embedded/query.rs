@@ -24,14 +24,14 @@ use crate::{Page, Query, MAX_QUERY_LIMIT};
 /// Rows read per step of a scan by seq.
 const SCAN_CHUNK: i64 = 512;
 
-pub(super) fn run(conn: &Connection, query: &Query) -> rusqlite::Result<Page> {
+pub(super) fn run(conn: &Connection, query: &Query, budget: usize) -> rusqlite::Result<Page> {
     // One snapshot for every statement below.
     let tx = conn.unchecked_transaction()?;
-    read(&tx, query)
+    read(&tx, query, budget)
 }
 
-/// [`run`] inside a transaction the caller holds.
-pub(super) fn read(tx: &Connection, query: &Query) -> rusqlite::Result<Page> {
+/// [`run`] inside a transaction the caller holds; `budget` is the scan budget in rows.
+pub(super) fn read(tx: &Connection, query: &Query, budget: usize) -> rusqlite::Result<Page> {
     let limit = query.limit.clamp(1, MAX_QUERY_LIMIT);
     let head: Seq = tx
         .prepare_cached("SELECT IFNULL(MAX(seq), 0) FROM events")?
@@ -71,7 +71,7 @@ pub(super) fn read(tx: &Connection, query: &Query) -> rusqlite::Result<Page> {
     }
 
     let path = choose_path(tx, query, head, limit)?;
-    let mut budget = ScanBudget::new();
+    let mut budget = ScanBudget::new(budget);
     let (events, ended) = match path {
         Path::Correlation => by_correlation(tx, query, lo, hi, limit, &mut budget)?,
         Path::Aggregate => by_aggregate(tx, query, lo, hi, limit, &mut budget)?,

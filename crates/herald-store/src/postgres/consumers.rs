@@ -422,6 +422,7 @@ pub(super) async fn ops(
     client: &mut Object,
     now: Timestamp,
     calls: Vec<ConsumerCall>,
+    budget: usize,
 ) -> Res<Vec<ConsumerOutcome>> {
     let lock = client
         .prepare_cached(&format!(
@@ -456,7 +457,7 @@ pub(super) async fn ops(
             outcomes.push(ConsumerOutcome::NotFound);
             continue;
         };
-        outcomes.push(apply(&tx, consumer, now, &call.op).await?);
+        outcomes.push(apply(&tx, consumer, now, &call.op, budget).await?);
     }
 
     let mut changed_names = Vec::new();
@@ -482,11 +483,12 @@ async fn apply(
     consumer: &mut Loaded,
     now: Timestamp,
     op: &ConsumerOp,
+    budget: usize,
 ) -> Res<ConsumerOutcome> {
     let now_us = now.as_micros();
     Ok(match op {
         ConsumerOp::Fetch { batch } => {
-            ConsumerOutcome::Fetched(fetch(tx, consumer, *batch, now).await?)
+            ConsumerOutcome::Fetched(fetch(tx, consumer, *batch, now, budget).await?)
         }
         ConsumerOp::Ack(ids) => ack(tx, consumer, ids).await?,
         ConsumerOp::Nak {
@@ -809,7 +811,13 @@ impl PendingColumns {
     }
 }
 
-async fn fetch(tx: &Tx<'_>, consumer: &mut Loaded, batch: usize, now: Timestamp) -> Res<Fetched> {
+async fn fetch(
+    tx: &Tx<'_>,
+    consumer: &mut Loaded,
+    batch: usize,
+    now: Timestamp,
+    budget: usize,
+) -> Res<Fetched> {
     let name = consumer.record.name.clone();
     let policy = consumer.record.policy.clone();
     let epoch = consumer.record.epoch;
@@ -916,8 +924,14 @@ async fn fetch(tx: &Tx<'_>, consumer: &mut Loaded, batch: usize, now: Timestamp)
     let wanted = room.min(batch - fetched.messages.len());
     let mut fresh = PendingColumns::default();
     if wanted > 0 {
-        let page =
-            next_events(tx, &consumer.record.filters, consumer.delivered_seq, wanted).await?;
+        let page = next_events(
+            tx,
+            &consumer.record.filters,
+            consumer.delivered_seq,
+            wanted,
+            budget,
+        )
+        .await?;
         for event in page.events {
             let (held_until, due_at) = due_after_delivery(&policy, event.seq, 1, now);
             fresh.push(
@@ -1017,7 +1031,13 @@ async fn fetch(tx: &Tx<'_>, consumer: &mut Loaded, batch: usize, now: Timestamp)
 
 /// The next `limit` events after `after` matching any filter, read in the caller's
 /// transaction.
-async fn next_events(tx: &Tx<'_>, filters: &[Pattern], after: Seq, limit: usize) -> Res<Page> {
+async fn next_events(
+    tx: &Tx<'_>,
+    filters: &[Pattern],
+    after: Seq,
+    limit: usize,
+    budget: usize,
+) -> Res<Page> {
     let mut pages = Vec::with_capacity(filters.len());
     for filter in filters {
         let query = Query {
@@ -1026,7 +1046,7 @@ async fn next_events(tx: &Tx<'_>, filters: &[Pattern], after: Seq, limit: usize)
             limit,
             ..Query::default()
         };
-        pages.push(plan_and_read(tx, &query).await?);
+        pages.push(plan_and_read(tx, &query, budget).await?);
     }
     Ok(merge_pages(pages, limit))
 }

@@ -179,6 +179,9 @@ pub struct PostgresOptions {
     /// Open even when the server runs with `fsync=off` or `synchronous_commit=off`
     /// (acknowledged events can then be lost in a crash). Logged as a warning.
     pub allow_unsafe_durability: bool,
+    /// Most rows one query (or consumer fetch) reads that its filters refuse (see
+    /// [`crate::QUERY_SCAN_BUDGET`]).
+    pub query_scan_budget: usize,
 }
 
 impl Default for PostgresOptions {
@@ -188,6 +191,7 @@ impl Default for PostgresOptions {
             statement_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
             allow_unsafe_durability: false,
+            query_scan_budget: crate::QUERY_SCAN_BUDGET,
         }
     }
 }
@@ -430,8 +434,9 @@ impl Store for PostgresStore {
             }
             return Ok(Vec::new());
         }
+        let budget = self.inner.options.query_scan_budget;
         self.with_client(self.call_timeout(), move |client| {
-            Box::pin(consumers::ops(client, now, calls))
+            Box::pin(consumers::ops(client, now, calls, budget))
         })
         .await
     }
@@ -587,8 +592,9 @@ impl Store for PostgresStore {
     }
 
     async fn query(&self, query: Query) -> Result<Page> {
+        let budget = self.inner.options.query_scan_budget;
         self.with_client(self.call_timeout(), move |client| {
-            Box::pin(query::run(client, query))
+            Box::pin(query::run(client, query, budget))
         })
         .await
     }

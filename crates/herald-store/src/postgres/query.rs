@@ -27,14 +27,14 @@ const SCAN_CHUNK: i64 = 512;
 
 pub(super) type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
-pub(super) async fn run(client: &mut Object, query: Query) -> Result<Page, Failure> {
+pub(super) async fn run(client: &mut Object, query: Query, budget: usize) -> Result<Page, Failure> {
     let tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()
         .await?;
-    let page = plan_and_read(&tx, &query).await?;
+    let page = plan_and_read(&tx, &query, budget).await?;
     tx.commit().await?;
     Ok(page)
 }
@@ -45,7 +45,12 @@ pub(super) async fn run(client: &mut Object, query: Query) -> Result<Page, Failu
 /// is bounded by it; an append commits its events together with the head that covers
 /// them, so each later statement's snapshot holds every event up to that head, and
 /// events are never changed or removed.
-pub(super) async fn plan_and_read(tx: &Tx<'_>, query: &Query) -> Result<Page, Failure> {
+/// `budget` is the scan budget in rows.
+pub(super) async fn plan_and_read(
+    tx: &Tx<'_>,
+    query: &Query,
+    budget: usize,
+) -> Result<Page, Failure> {
     let limit = query.limit.clamp(1, MAX_QUERY_LIMIT);
     let head_stmt = tx.prepare_cached("SELECT seq FROM log_head").await?;
     let head = tx.query_one(&head_stmt, &[]).await?.get::<_, i64>(0) as Seq;
@@ -78,11 +83,12 @@ pub(super) async fn plan_and_read(tx: &Tx<'_>, query: &Query) -> Result<Page, Fa
         return Ok(complete);
     }
 
+    let budget = &mut ScanBudget::new(budget);
     let (events, ended) = match choose_path(tx, query, head, limit).await? {
-        Path::Correlation => by_correlation(tx, query, lo, hi, limit).await?,
-        Path::Aggregate => by_aggregate(tx, query, lo, hi, limit).await?,
+        Path::Correlation => by_correlation(tx, query, lo, hi, limit, budget).await?,
+        Path::Aggregate => by_aggregate(tx, query, lo, hi, limit, budget).await?,
         Path::Subjects(subjects) => by_subjects(tx, query, &subjects, lo, hi, limit).await?,
-        Path::Scan => by_scan(tx, query, lo, hi, limit).await?,
+        Path::Scan => by_scan(tx, query, lo, hi, limit, budget).await?,
     };
     let scanned_to = match ended {
         Ended::Exhausted => complete.scanned_to,
@@ -135,6 +141,7 @@ async fn candidate_subjects(
 /// Reads `sql` (which takes the bounds `$1 < seq <= $2` and `LIMIT $3` after `extra`)
 /// chunk by chunk in seq order, keeping the events `query` accepts, until `limit` are kept,
 /// the scan budget is spent or the range runs out. Returns the events and how it ended.
+#[allow(clippy::too_many_arguments)] // one read path's parts, all needed
 async fn chunked(
     tx: &Tx<'_>,
     sql: &str,
@@ -143,9 +150,9 @@ async fn chunked(
     (lo, hi): (Seq, Seq),
     limit: usize,
     exact: bool,
+    budget: &mut ScanBudget,
 ) -> Result<(Vec<Event>, Ended), Failure> {
     let stmt = tx.prepare_cached(sql).await?;
-    let mut budget = ScanBudget::new();
     let mut out = Vec::new();
     let mut from = lo;
     let hi_param = hi as i64;
@@ -193,6 +200,7 @@ async fn by_aggregate(
     lo: Seq,
     hi: Seq,
     limit: usize,
+    budget: &mut ScanBudget,
 ) -> Result<(Vec<Event>, Ended), Failure> {
     let aggregate: Vec<&str> = [&query.aggregate_type, &query.aggregate_id]
         .into_iter()
@@ -205,7 +213,17 @@ async fn by_aggregate(
          ORDER BY aggregate_type, aggregate_id, seq LIMIT $4"
     );
     let exact = query.subject.is_none() && query.correlation_id.is_none();
-    chunked(tx, &sql, Some(&aggregate), query, (lo, hi), limit, exact).await
+    chunked(
+        tx,
+        &sql,
+        Some(&aggregate),
+        query,
+        (lo, hi),
+        limit,
+        exact,
+        budget,
+    )
+    .await
 }
 
 async fn by_correlation(
@@ -214,6 +232,7 @@ async fn by_correlation(
     lo: Seq,
     hi: Seq,
     limit: usize,
+    budget: &mut ScanBudget,
 ) -> Result<(Vec<Event>, Ended), Failure> {
     let id = query.correlation_id.expect("correlation path needs an id");
     let sql = format!(
@@ -222,7 +241,7 @@ async fn by_correlation(
          ORDER BY correlation_id, seq LIMIT $4"
     );
     let exact = query.subject.is_none();
-    chunked(tx, &sql, Some(&id), query, (lo, hi), limit, exact).await
+    chunked(tx, &sql, Some(&id), query, (lo, hi), limit, exact, budget).await
 }
 
 async fn by_subjects(
@@ -280,6 +299,7 @@ async fn by_scan(
     lo: Seq,
     hi: Seq,
     limit: usize,
+    budget: &mut ScanBudget,
 ) -> Result<(Vec<Event>, Ended), Failure> {
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3"
@@ -288,5 +308,5 @@ async fn by_scan(
         && query.since.is_none()
         && query.until.is_none()
         && query.payload_contains.is_none();
-    chunked(tx, &sql, None, query, (lo, hi), limit, exact).await
+    chunked(tx, &sql, None, query, (lo, hi), limit, exact, budget).await
 }

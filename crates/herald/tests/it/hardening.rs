@@ -554,6 +554,7 @@ async fn bad_limit_settings_stop_the_server_at_start() {
         ("--reserve-connections", "lots"),
         ("--max-consumers", "0"),
         ("--max-consumers", "many"),
+        ("--query-scan-budget", "999"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(HERALD);
@@ -573,6 +574,55 @@ async fn bad_limit_settings_stop_the_server_at_start() {
             "{flag} {value}: {stderr}"
         );
         assert!(!String::from_utf8_lossy(&output.stdout).contains("listening"));
+    }
+}
+
+/// The scan budget is a setting: a payload search that matches nothing stops after that
+/// many rows and says where to go on from (`X-Next-After-Seq`); with the default it reads
+/// the whole (small) log in one request.
+#[tokio::test]
+async fn the_query_scan_budget_is_configurable() {
+    let events: Vec<Value> = (0..2_500)
+        .map(|i| json!({"subject": "hub.t.scan", "payload": {"i": i}}))
+        .collect();
+    let next_after = |h: &TestHerald| {
+        let request = h
+            .http
+            .get(h.url("/api/events"))
+            .query(&[("payload_contains", "nothing-has-this")]);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            let next: u64 = response.headers()["x-next-after-seq"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body.as_array().map(Vec::len), Some(0), "{body}");
+            next
+        }
+    };
+    for (args, expected) in [
+        (&[][..], 2_500),
+        (&["--query-scan-budget", "1000"][..], 1_000),
+    ] {
+        let h = TestHerald::start_with(args).await;
+        for chunk in events.chunks(1_000) {
+            let response = h
+                .http
+                .post(h.url("/api/events:batch"))
+                .json(&json!({ "events": chunk }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 201);
+        }
+        let next = next_after(&h).await;
+        assert!(
+            next <= expected && next + 2 >= expected,
+            "{args:?}: went on from {next}, expected about {expected}"
+        );
     }
 }
 

@@ -347,11 +347,13 @@ fn prefixed_event_columns() -> String {
         .join(", ")
 }
 
-/// Applies one call, inside the caller's transaction.
+/// Applies one call, inside the caller's transaction; `budget` is the store's scan budget
+/// for reading new events.
 pub(super) fn apply(
     conn: &Connection,
     now: Timestamp,
     call: &ConsumerCall,
+    budget: usize,
 ) -> Sql<ConsumerOutcome> {
     let Some(mut consumer) = load(conn, &call.consumer)? else {
         return Ok(ConsumerOutcome::NotFound);
@@ -360,7 +362,7 @@ pub(super) fn apply(
     let name = call.consumer.as_str();
     let outcome = match &call.op {
         ConsumerOp::Fetch { batch } => {
-            ConsumerOutcome::Fetched(fetch(conn, &mut consumer, *batch, now)?)
+            ConsumerOutcome::Fetched(fetch(conn, &mut consumer, *batch, now, budget)?)
         }
         ConsumerOp::Ack(ids) => {
             // Any delivery of the message may ack it: no need to read the row first.
@@ -689,7 +691,13 @@ fn delete_pending(conn: &Connection, name: &str, consumer: &mut Loaded, seq: Seq
     Ok(deleted == 1)
 }
 
-fn fetch(conn: &Connection, consumer: &mut Loaded, batch: usize, now: Timestamp) -> Sql<Fetched> {
+fn fetch(
+    conn: &Connection,
+    consumer: &mut Loaded,
+    batch: usize,
+    now: Timestamp,
+    budget: usize,
+) -> Sql<Fetched> {
     let name = consumer.record.name.clone();
     let policy = consumer.record.policy.clone();
     let epoch = consumer.record.epoch;
@@ -784,6 +792,7 @@ fn fetch(conn: &Connection, consumer: &mut Loaded, batch: usize, now: Timestamp)
             &consumer.record.filters,
             consumer.delivered_seq,
             wanted,
+            budget,
         )?;
         if !page.events.is_empty() {
             let seqs: Vec<Seq> = page.events.iter().map(|e| e.seq).collect();
@@ -852,6 +861,7 @@ fn next_events(
     filters: &[Pattern],
     after: Seq,
     limit: usize,
+    budget: usize,
 ) -> Sql<crate::Page> {
     let mut pages = Vec::with_capacity(filters.len());
     for filter in filters {
@@ -863,6 +873,7 @@ fn next_events(
                 limit,
                 ..Query::default()
             },
+            budget,
         )?);
     }
     Ok(merge_pages(pages, limit))
