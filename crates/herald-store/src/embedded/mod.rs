@@ -1457,6 +1457,27 @@ mod tests {
         );
     }
 
+    /// Opening an existing store writes nothing (no WAL frame): on a full disk, a write
+    /// at open would keep Herald from starting at all.
+    #[tokio::test]
+    async fn opening_an_existing_store_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        store
+            .append(vec![crate::conformance::event("hub.t.x", 0, None)])
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        let wal = dir.path().join("herald.db-wal");
+        let wal_len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+        assert_eq!(wal_len(), 0, "the close checkpointed and cut the WAL");
+
+        let store = open(&dir).await;
+        assert_eq!(store.head().await.unwrap(), 1);
+        assert_eq!(wal_len(), 0, "opening wrote to the WAL");
+        store.close().await.unwrap();
+    }
+
     #[tokio::test]
     async fn cursors_and_rules_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();

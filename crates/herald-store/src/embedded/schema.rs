@@ -204,9 +204,15 @@ pub(crate) fn configure_writer(conn: &mut Connection) -> Result<(), StoreError> 
     stable_plans(conn).map_err(open_error)?;
     // Pages freed by retention go back to the file system. This takes effect only on a
     // new database (before WAL mode writes its first page); older ones keep their pages
-    // for reuse.
-    conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")
+    // for reuse. Only then: on an existing database the pragma still writes page 1,
+    // which would keep Herald from starting on a full disk.
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))
         .map_err(open_error)?;
+    if tables == 0 {
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")
+            .map_err(open_error)?;
+    }
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
         .map_err(open_error)?;

@@ -513,6 +513,54 @@ async fn a_failed_sync_stops_every_write_and_nothing_refused_is_stored_later() {
     assert_eq!(body["seq"], 6, "{body}");
 }
 
+/// kill -9 on a full disk, then a restart while it is still full: Herald starts (opening
+/// the store writes nothing), answers reads with everything acknowledged, refuses
+/// publishes with 503, and takes them again once there is room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_killed_on_a_full_disk_starts_again_on_it() {
+    let Some(disk) = SmallDisk::mount("3m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let data = disk.dir.path().join("herald.db");
+    let mut herald =
+        TestHerald::start_with_env(Some(data.to_str().unwrap()), &[], &[("RUST_LOG", "warn")])
+            .await;
+    let payload = json!({"blob": "x".repeat(16 * 1024)});
+    let mut stored = 0usize;
+    loop {
+        let response = herald
+            .post_event(&json!({"subject": "hub.t.fill", "payload": payload}))
+            .await;
+        match response.status().as_u16() {
+            201 => stored += 1,
+            503 => break,
+            status => panic!("{status}"),
+        }
+        assert!(stored < 2_000, "the disk never filled up");
+    }
+
+    herald.kill9().await;
+    // Not a byte left: a ballast file takes whatever the store did not.
+    {
+        use std::io::Write;
+        let mut ballast = std::fs::File::create(disk.dir.path().join("ballast")).unwrap();
+        while ballast.write_all(&[0u8; 4096]).is_ok() {}
+        while ballast.write_all(&[0u8; 1]).is_ok() {}
+    }
+    herald.restart().await;
+    assert_eq!(herald.event_count().await, stored);
+    let response = herald
+        .post_event(&json!({"subject": "hub.t.refused", "payload": {}}))
+        .await;
+    assert_eq!(response.status(), 503);
+
+    disk.resize("64m");
+    let body = herald.publish("hub.t.after", json!({})).await;
+    assert_eq!(body["seq"], stored as u64 + 1, "{body}");
+    herald.assert_healthy().await;
+}
+
 /// The payload depth limit is configurable (downwards from 100).
 #[tokio::test]
 async fn the_json_depth_limit_is_configurable() {
