@@ -12,7 +12,9 @@
 //! - **by seq**: a scan of the log in seq order, filtering as it goes — chosen when the
 //!   pattern matches so much of the log that the scan finds `limit` events quickly.
 //!
-//! Time bounds become seq bounds first: the store's timestamps never go down in seq order.
+//! Time bounds become seq bounds first: the store's timestamps never go down in seq order,
+//! so a binary search over seq finds them ([`first_at_or_after`]) and no index on the
+//! timestamp is kept (one index fewer for every event appended).
 
 use herald_core::{Event, Pattern, Seq};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -23,6 +25,53 @@ use crate::{Page, Query, MAX_QUERY_LIMIT};
 
 /// Rows read per step of a scan by seq.
 const SCAN_CHUNK: i64 = 512;
+
+/// The seq of the first event committed at or after `ts` (µs since the epoch), if any.
+///
+/// A binary search over seq, which the store's timestamps follow (they never go down in
+/// seq order): each step reads the first event at or after a seq through the table's
+/// own B-tree, ~log2(head) steps in all. Gaps that retention left are no matter.
+pub(super) fn first_at_or_after(conn: &Connection, ts: i64) -> rusqlite::Result<Option<Seq>> {
+    let (first, last): (Option<i64>, Option<i64>) = conn
+        .prepare_cached("SELECT MIN(seq), MAX(seq) FROM events")?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let (Some(mut lo), Some(mut hi)) = (first, last) else {
+        return Ok(None);
+    };
+    let mut probe =
+        conn.prepare_cached("SELECT seq, ts FROM events WHERE seq >= ?1 ORDER BY seq LIMIT 1")?;
+    // `hi` is stored, so every probe at or below it finds an event.
+    let mut at = |seq: i64| -> rusqlite::Result<(i64, i64)> {
+        probe.query_row([seq], |row| Ok((row.get(0)?, row.get(1)?)))
+    };
+    if at(hi)?.1 < ts {
+        return Ok(None);
+    }
+    // The smallest `lo` whose first event at or after it is at or after `ts`.
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if at(mid)?.1 >= ts {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(Some(at(lo)?.0.max(0) as Seq))
+}
+
+/// The seq of the last event committed before `ts` (µs since the epoch), if any.
+pub(super) fn last_before(conn: &Connection, ts: i64) -> rusqlite::Result<Option<Seq>> {
+    let last: Option<i64> = match first_at_or_after(conn, ts)? {
+        Some(first) => conn
+            .prepare_cached("SELECT seq FROM events WHERE seq < ?1 ORDER BY seq DESC LIMIT 1")?
+            .query_row([first as i64], |row| row.get(0))
+            .optional()?,
+        None => conn
+            .prepare_cached("SELECT MAX(seq) FROM events")?
+            .query_row([], |row| row.get(0))?,
+    };
+    Ok(last.map(|seq| seq.max(0) as Seq))
+}
 
 pub(super) fn run(conn: &Connection, query: &Query, budget: usize) -> rusqlite::Result<Page> {
     // One snapshot for every statement below.
@@ -44,27 +93,14 @@ pub(super) fn read(tx: &Connection, query: &Query, budget: usize) -> rusqlite::R
     let mut lo = query.after_seq;
     let mut hi = head;
     if let Some(since) = query.since {
-        let first: Option<i64> = tx
-            .query_row(
-                "SELECT seq FROM events WHERE ts >= ?1 ORDER BY ts, seq LIMIT 1",
-                [since.as_micros()],
-                |row| row.get(0),
-            )
-            .optional()?;
-        match first {
-            Some(seq) => lo = lo.max(seq as Seq - 1),
+        match first_at_or_after(tx, since.as_micros())? {
+            Some(seq) => lo = lo.max(seq - 1),
             None => return Ok(complete),
         }
     }
     if let Some(until) = query.until {
-        let last: Option<i64> = tx
-            .query_row(
-                "SELECT seq FROM events WHERE ts <= ?1 ORDER BY ts DESC, seq DESC LIMIT 1",
-                [until.as_micros()],
-                |row| row.get(0),
-            )
-            .optional()?;
-        hi = hi.min(last.map_or(0, |s| s as Seq));
+        let last = last_before(tx, until.as_micros().saturating_add(1))?;
+        hi = hi.min(last.unwrap_or(0));
     }
     if lo >= hi {
         return Ok(complete);
@@ -311,4 +347,52 @@ fn by_scan(
         }
     }
     Ok((out, Ended::Exhausted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The binary searches agree with a plain scan: seqs with gaps (retention), runs of
+    /// equal timestamps (a batch shares its commit time), bounds before, between, on and
+    /// after the stored times, and an empty log.
+    #[test]
+    fn time_bounds_found_by_binary_search_match_a_scan() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE events (seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL)")
+            .unwrap();
+        assert_eq!(first_at_or_after(&conn, 0).unwrap(), None);
+        assert_eq!(last_before(&conn, 0).unwrap(), None);
+
+        let mut stored = Vec::new();
+        let mut ts = 1_000;
+        for seq in 3..400i64 {
+            if seq % 7 == 0 || (100..130).contains(&seq) {
+                continue; // deleted
+            }
+            if seq % 5 == 0 {
+                ts += 10;
+            }
+            stored.push((seq, ts));
+            conn.execute("INSERT INTO events VALUES (?1, ?2)", [seq, ts])
+                .unwrap();
+        }
+        for probe in 900..ts + 20 {
+            let first = stored
+                .iter()
+                .find(|(_, t)| *t >= probe)
+                .map(|(s, _)| *s as Seq);
+            let last = stored
+                .iter()
+                .rev()
+                .find(|(_, t)| *t < probe)
+                .map(|(s, _)| *s as Seq);
+            assert_eq!(
+                first_at_or_after(&conn, probe).unwrap(),
+                first,
+                "at or after {probe}"
+            );
+            assert_eq!(last_before(&conn, probe).unwrap(), last, "before {probe}");
+        }
+    }
 }

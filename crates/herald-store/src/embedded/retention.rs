@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use herald_core::{Seq, Timestamp};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use crate::retention::{self, Candidate, RetentionPass, RetentionPolicy, SubjectTotals};
 
@@ -38,14 +38,7 @@ pub(super) fn enforce(
         }
         let cutoff_seq = match retention::age_cutoff(policy, now) {
             None => None,
-            Some(ts) => Some(
-                conn.prepare_cached(
-                    "SELECT seq FROM events WHERE ts < ?1 ORDER BY ts DESC, seq DESC LIMIT 1",
-                )?
-                .query_row([ts], |row| row.get::<_, i64>(0))
-                .optional()?
-                .map_or(0, |s| s.max(0) as Seq),
-            ),
+            Some(ts) => Some(super::query::last_before(conn, ts)?.unwrap_or(0)),
         };
         let candidates = oldest(conn, policy, &subjects, left)?;
         let chosen = retention::choose(policy, &candidates, events, bytes, cutoff_seq, left);
