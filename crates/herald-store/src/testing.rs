@@ -709,6 +709,30 @@ impl FailingSync {
         ]
     }
 
+    /// Runs the ignored test `test` (its full path) of the current test binary in a child
+    /// process whose syncs this controls, with `env` besides; panics with the child's
+    /// output unless it ran and passed.
+    pub fn run_child_test(&self, test: &str, env: &[(&str, &std::ffi::OsStr)]) {
+        let output = Command::new(std::env::current_exe().expect("the test binary"))
+            .args([
+                "--exact",
+                test,
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .envs(self.env())
+            .envs(env.iter().copied())
+            .output()
+            .expect("run the child test");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("1 passed"),
+            "the child test {test} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// Every sync fails from now on.
     pub fn fail(&self) {
         std::fs::write(self.trigger(), b"").expect("create the trigger file");

@@ -374,23 +374,9 @@ mod tests {
             return;
         };
         let dir = tempfile::tempdir().unwrap();
-        let output = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "embedded::fail_stop::tests::fail_sync_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_DIR, dir.path())
-            .envs(failing.env())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success() && String::from_utf8_lossy(&output.stdout).contains("1 passed"),
-            "the child failed:\n{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+        failing.run_child_test(
+            "embedded::fail_stop::tests::fail_sync_child",
+            &[(CHILD_DIR, dir.path().as_os_str())],
         );
     }
 }
