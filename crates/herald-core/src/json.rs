@@ -349,8 +349,54 @@ fn unescape(inner: &str) -> Option<String> {
     Some(out)
 }
 
+/// Largest whole number a JSON float holds exactly (2^53): past it, `9007199254740993.0`
+/// already reads as its neighbour.
+const EXACT_FLOAT_INTEGER: f64 = 9_007_199_254_740_992.0;
+
+/// A JSON number that is a whole number, as an integer: `5` and `5.0` alike (JSON, and
+/// JSON Schema's `integer`, do not tell them apart). A float is taken up to 2^53 in size,
+/// the whole numbers it holds exactly.
+pub fn whole_number(number: &serde_json::Number) -> Option<i64> {
+    number.as_i64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() <= EXACT_FLOAT_INTEGER)
+            .map(|f| f as i64)
+    })
+}
+
+/// [`whole_number`] for counts, sizes and positions: 0 or more.
+pub fn non_negative_whole_number(number: &serde_json::Number) -> Option<u64> {
+    number.as_u64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= EXACT_FLOAT_INTEGER)
+            .map(|f| f as u64)
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn whole_numbers_are_read_as_integers_written_either_way() {
+        use super::{non_negative_whole_number as natural, whole_number as whole};
+        let n = |text: &str| -> serde_json::Number { serde_json::from_str(text).unwrap() };
+        assert_eq!(whole(&n("4")), Some(4));
+        assert_eq!(whole(&n("4.0")), Some(4));
+        assert_eq!(whole(&n("-2147483648.0")), Some(-2147483648));
+        assert_eq!(whole(&n("-9223372036854775808")), Some(i64::MIN));
+        assert_eq!(whole(&n("9007199254740992.0")), Some(9_007_199_254_740_992));
+        assert_eq!(whole(&n("9007199254740994.0")), None);
+        assert_eq!(whole(&n("4.5")), None);
+        assert_eq!(whole(&n("1e300")), None);
+        assert_eq!(natural(&n("18446744073709551615")), Some(u64::MAX));
+        assert_eq!(natural(&n("106.0")), Some(106));
+        assert_eq!(natural(&n("-0.0")), Some(0));
+        assert_eq!(natural(&n("-1")), None);
+        assert_eq!(natural(&n("-1.0")), None);
+        assert_eq!(natural(&n("0.5")), None);
+    }
+
     use super::*;
 
     fn nested(depth: usize) -> String {

@@ -13,6 +13,7 @@
 //! structured CloudEvent, and `GET /api/events` with
 //! `Accept: application/cloudevents-batch+json` a batch.
 
+use herald_core::json::whole_number;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
@@ -411,16 +412,6 @@ pub fn parse_structured_body(
     parse_structured(state, members.0, fallback_correlation)
 }
 
-/// A JSON number that is a whole number, as an integer: `4` and `4.0` alike (JSON, and
-/// JSON Schema's `integer`, do not tell them apart).
-fn whole_number(n: &serde_json::Number) -> Option<i64> {
-    n.as_i64().or_else(|| {
-        n.as_f64()
-            .filter(|f| f.fract() == 0.0 && (i64::MIN as f64..i64::MAX as f64).contains(f))
-            .map(|f| f as i64)
-    })
-}
-
 fn wrap(key: &str, value: Value) -> Payload {
     let mut map = Map::new();
     map.insert(key.to_owned(), value);
@@ -707,16 +698,6 @@ mod tests {
         for malformed in ["bad%2", "bad%zz", "%+1", "%-1", "100%"] {
             assert!(decode(malformed).is_err(), "{malformed}");
         }
-    }
-
-    #[test]
-    fn whole_numbers() {
-        let number = |text: &str| serde_json::from_str::<serde_json::Number>(text).unwrap();
-        assert_eq!(whole_number(&number("4")), Some(4));
-        assert_eq!(whole_number(&number("4.0")), Some(4));
-        assert_eq!(whole_number(&number("-2147483648.0")), Some(-2147483648));
-        assert_eq!(whole_number(&number("4.5")), None);
-        assert_eq!(whole_number(&number("1e300")), None);
     }
 
     #[test]

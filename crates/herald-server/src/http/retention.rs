@@ -64,14 +64,9 @@ fn refused(error: RetentionError) -> ApiError {
 /// JSON numbers written as `5.0` where a whole number is meant become `5`.
 fn whole_numbers(value: &mut Value) {
     match value {
-        Value::Number(n) => {
-            if let Some(f) = n
-                .as_f64()
-                .filter(|f| n.is_f64() && f.fract() == 0.0 && *f >= 0.0)
-            {
-                if f <= 9_007_199_254_740_991.0 {
-                    *value = Value::from(f as u64);
-                }
+        Value::Number(n) if n.is_f64() => {
+            if let Some(whole) = herald_core::json::non_negative_whole_number(n) {
+                *value = Value::from(whole);
             }
         }
         Value::Array(items) => items.iter_mut().for_each(whole_numbers),

@@ -645,17 +645,11 @@ pub fn parse_rule(request: RuleRequest) -> Result<RuleSpec, ApiError> {
 
 /// A non-negative whole JSON number (`17` or `17.0`).
 fn whole(field: &str, number: &serde_json::Number) -> Result<u64, ApiError> {
-    if let Some(value) = number.as_u64() {
-        return Ok(value);
-    }
-    match number.as_f64() {
-        Some(value) if value >= 0.0 && value.fract() == 0.0 && value < u64::MAX as f64 => {
-            Ok(value as u64)
-        }
-        _ => Err(invalid(format!(
+    herald_core::json::non_negative_whole_number(number).ok_or_else(|| {
+        invalid(format!(
             "`action.{field}` must be a non-negative whole number, not {number}"
-        ))),
-    }
+        ))
+    })
 }
 
 /// Reads a rules file: a JSON array of `POST /api/rules` bodies (or `{"rules": [...]}`),

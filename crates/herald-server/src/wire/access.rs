@@ -76,16 +76,8 @@ where
     let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
         return Ok(None);
     };
-    let value = match number.as_u64() {
-        Some(value) => value,
-        None => number
-            .as_f64()
-            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9.0e15)
-            .map(|f| f as u64)
-            .ok_or_else(|| {
-                D::Error::custom(format!("{number} is not a whole number of 0 or more"))
-            })?,
-    };
+    let value = herald_core::json::non_negative_whole_number(&number)
+        .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number of 0 or more")))?;
     T::try_from(value)
         .map(Some)
         .map_err(|_| D::Error::custom(format!("{value} is too large")))

@@ -42,16 +42,6 @@ impl AppendRequest {
     }
 }
 
-/// A whole number ≥ 0 from JSON (`5` or `5.0`).
-fn whole_number(value: &Value) -> Option<u64> {
-    value.as_u64().or_else(|| {
-        value
-            .as_f64()
-            .filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f <= 9_007_199_254_740_992.0)
-            .map(|f| f as u64)
-    })
-}
-
 /// `"any"`, `"no_stream"`, `"exists"` or a version (absent or null: `"any"`).
 pub fn expected_version(value: Option<&Value>) -> Result<ExpectedVersion, FieldError> {
     let Some(value) = value.filter(|v| !v.is_null()) else {
@@ -61,7 +51,9 @@ pub fn expected_version(value: Option<&Value>) -> Result<ExpectedVersion, FieldE
         Value::String(s) if s == "any" => Ok(ExpectedVersion::Any),
         Value::String(s) if s == "no_stream" => Ok(ExpectedVersion::NoStream),
         Value::String(s) if s == "exists" => Ok(ExpectedVersion::Exists),
-        other => whole_number(other)
+        other => other
+            .as_number()
+            .and_then(herald_core::json::non_negative_whole_number)
             .map(ExpectedVersion::Exactly)
             .ok_or_else(|| {
                 field_error(
@@ -186,7 +178,9 @@ pub fn snapshot_request(body: &Map<String, Value>) -> Result<(u64, Payload), Fie
         ));
     }
     let version = match body.get("version") {
-        Some(value) => whole_number(value)
+        Some(value) => value
+            .as_number()
+            .and_then(herald_core::json::non_negative_whole_number)
             .filter(|v| *v >= 1)
             .ok_or_else(|| field_error("version", "must be a version (a whole number ≥ 1)"))?,
         None => return Err(field_error("version", "is required")),

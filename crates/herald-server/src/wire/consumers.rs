@@ -276,14 +276,8 @@ impl Fields {
             )
         };
         let number = value.as_number().ok_or_else(out_of_range)?;
-        let n = match number.as_i64() {
-            Some(n) => n,
-            // 5000.0 is as good as 5000 (JSON Schema calls both integers).
-            None => match number.as_f64() {
-                Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => f as i64,
-                _ => return Err(out_of_range()),
-            },
-        };
+        // 5000.0 is as good as 5000 (JSON Schema calls both integers).
+        let n = herald_core::json::whole_number(number).ok_or_else(out_of_range)?;
         if !range.contains(&n) {
             return Err(out_of_range());
         }
@@ -360,7 +354,8 @@ impl Fields {
         items
             .iter()
             .map(|v| {
-                whole_number(v)
+                v.as_number()
+                    .and_then(herald_core::json::non_negative_whole_number)
                     .filter(|n| range.contains(n))
                     .ok_or_else(|| {
                         FieldError::new(
@@ -376,18 +371,6 @@ impl Fields {
             .collect::<Result<_, _>>()
             .map(Some)
     }
-}
-
-/// A non-negative whole number; `106.0` is as good as `106` (JSON Schema calls both
-/// integers).
-fn whole_number(value: &Value) -> Option<u64> {
-    let number = value.as_number()?;
-    number.as_u64().or_else(|| {
-        number
-            .as_f64()
-            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9.0e15)
-            .map(|f| f as u64)
-    })
 }
 
 /// A way a client settles deliveries, with the optional fields each takes: the HTTP
