@@ -366,6 +366,15 @@ impl NatsLink {
         }
     }
 
+    /// Marks the stream as not known to work (the relay's publish or PubAck failed), so
+    /// that health says so at once, not only after the next setup attempt times out too
+    /// (a server that hangs keeps its TCP connection open for minutes). The next
+    /// successful [`NatsLink::ensure_stream`] clears it.
+    pub fn mark_stream_failing(&self) {
+        self.stream_failing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Creates the stream, or brings an existing one's settings in line with ours.
     pub async fn ensure_stream(&self) -> Result<(), StreamSetupError> {
         let result = self.try_ensure_stream().await;

@@ -145,6 +145,12 @@ pub(crate) async fn run(inner: Arc<Inner>, link: NatsLink, status: Status) {
             Err(error) => Err(error.into()),
         };
         let Err(error) = result else { break };
+        if matches!(
+            error,
+            RelayError::NoAck { .. } | RelayError::Publish { .. } | RelayError::Disconnected
+        ) {
+            link.mark_stream_failing();
+        }
         metrics::counter!("herald_relay_errors_total").increment(1);
         status.retrying(&error);
         let acked = acked.unwrap_or(0);

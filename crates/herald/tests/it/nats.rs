@@ -89,6 +89,23 @@ impl TestNats {
         self.spawn().await;
     }
 
+    /// Freezes the server (SIGSTOP): it hangs with its connections open, as a stuck
+    /// server does; [`TestNats::resume`] thaws it.
+    pub fn pause(&self) {
+        send_signal(self.pid(), "STOP");
+    }
+
+    pub fn resume(&self) {
+        send_signal(self.pid(), "CONT");
+    }
+
+    fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .and_then(|c| c.id())
+            .expect("nats-server is running")
+    }
+
     pub async fn client(&self) -> async_nats::Client {
         async_nats::connect(self.url())
             .await
@@ -515,6 +532,55 @@ async fn pubacks_lost_then_a_long_outage(restart_hub: bool) {
     let seqs = relayed_seqs(&stream_messages(&client).await, "local-hub");
     let stored: Vec<u64> = h.all_events().await.iter().map(seq_of).collect();
     assert_eq!(seqs, stored, "every event once, in seq order");
+}
+
+/// A NATS server that hangs (SIGSTOP) keeps its TCP connection open, so the client only
+/// notices after minutes of missed pings. Publishing must not wait for it, and `/health`
+/// must say `degraded` as soon as the relay's PubAcks time out; once the server thaws,
+/// the relay catches up with every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_nats_server_degrades_health_and_publishing_goes_on() {
+    let nats = TestNats::start().await;
+    let h = start_hub(&nats, "local-hub", &[]).await;
+    for i in 0..3 {
+        h.publish("hub.local-hub.before", json!({"i": i})).await;
+    }
+    wait_relayed(&h, Duration::from_secs(10)).await;
+
+    nats.pause();
+    for i in 0..5 {
+        let started = Instant::now();
+        h.publish("hub.local-hub.during", json!({"i": i})).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a publish waited {:?} for NATS",
+            started.elapsed()
+        );
+    }
+    // The relay's PubAck timeout is 5 s; a new attempt at setting the stream up would
+    // take as long again before health noticed.
+    let degraded = poll_until(
+        Duration::from_secs(9),
+        Duration::from_millis(100),
+        || async {
+            let health: Value = get_json(&h, "/health").await;
+            health["status"] == "degraded" && health["nats"] == "unhealthy"
+        },
+    )
+    .await;
+    let health: Value = get_json(&h, "/health").await;
+    nats.resume();
+    assert!(degraded, "health while NATS hangs: {health}");
+
+    wait_relayed(&h, Duration::from_secs(30)).await;
+    let health: Value = get_json(&h, "/health").await;
+    assert_eq!(health["status"], "healthy", "{health}");
+    let client = nats.client().await;
+    let seqs = relayed_seqs(&stream_messages(&client).await, "local-hub");
+    let stored: Vec<u64> = h.all_events().await.iter().map(seq_of).collect();
+    let mut sorted = seqs.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, stored, "every event once");
 }
 
 #[tokio::test]
