@@ -60,14 +60,19 @@ impl FailStop {
         }
     }
 
-    /// Like [`FailStop::trip`], for a commit of events from `first_seq` on that was
-    /// written but not synced: marks them to be deleted at the next open.
-    pub(crate) fn trip_unacknowledged(
-        &self,
-        what: &str,
-        error: &dyn std::fmt::Display,
-        first_seq: Seq,
-    ) {
+    /// [`FailStop::trip`] if `error` is the disk failing a sync of `what`.
+    pub(crate) fn trip_on_sync_failure(&self, what: &str, error: &rusqlite::Error) {
+        if is_sync_failure(error) {
+            self.trip(what, error);
+        }
+    }
+
+    /// Like [`FailStop::trip_on_sync_failure`], for a commit of events from `first_seq` on
+    /// that was written but not synced: marks them to be deleted at the next open.
+    pub(crate) fn trip_unacknowledged(&self, what: &str, error: &rusqlite::Error, first_seq: Seq) {
+        if !is_sync_failure(error) {
+            return;
+        }
         self.trip(what, error);
         let earlier = read_marker(&self.marker).ok().flatten();
         let first_seq = earlier.map_or(first_seq, |earlier| earlier.min(first_seq));
@@ -79,7 +84,7 @@ impl FailStop {
 }
 
 /// Whether `error` is the disk failing a sync (of a file or of its directory).
-pub(crate) fn is_sync_failure(error: &rusqlite::Error) -> bool {
+fn is_sync_failure(error: &rusqlite::Error) -> bool {
     use rusqlite::ffi::{SQLITE_IOERR_DIR_FSYNC, SQLITE_IOERR_FSYNC};
     matches!(error, rusqlite::Error::SqliteFailure(e, _)
         if e.extended_code == SQLITE_IOERR_FSYNC || e.extended_code == SQLITE_IOERR_DIR_FSYNC)
@@ -161,18 +166,17 @@ fn delete_from(conn: &mut Connection, first: i64) -> rusqlite::Result<u64> {
         )?;
     }
     for (tenant, aggregate_type, aggregate_id, first_version) in aggregates {
-        let key = params![tenant, aggregate_type, aggregate_id, first_version - 1];
         if first_version > 1 {
             tx.execute(
                 "UPDATE aggregates SET version = ?4
                  WHERE tenant = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3",
-                key,
+                params![tenant, aggregate_type, aggregate_id, first_version - 1],
             )?;
         } else {
             tx.execute(
                 "DELETE FROM aggregates
-                 WHERE tenant = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3 AND ?4 = 0",
-                key,
+                 WHERE tenant = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3",
+                params![tenant, aggregate_type, aggregate_id],
             )?;
         }
     }

@@ -51,7 +51,7 @@ use crate::{
     AccessKind, AccessRecord, Appended, DeadLetter, NewDeadLetter, Page, Query, Result, Store,
     StoreError, StoreHealth, StoredRule, StoredSchema,
 };
-use fail_stop::{is_sync_failure, FailStop};
+use fail_stop::FailStop;
 
 /// Tuning for the embedded store.
 #[derive(Debug, Clone)]
@@ -197,9 +197,7 @@ pub(crate) const EVENT_COLUMNS: &str =
 impl Inner {
     /// Maps an error of the writer, stopping every write if it is a failed sync.
     fn write_error(&self, error: rusqlite::Error) -> StoreError {
-        if is_sync_failure(&error) {
-            self.fail_stop.trip("a commit", &error);
-        }
+        self.fail_stop.trip_on_sync_failure("a commit", &error);
         map_error(error)
     }
 
@@ -207,10 +205,8 @@ impl Inner {
     /// those events are marked to be deleted at the next open (see [`fail_stop`]).
     fn commit_events(&self, tx: rusqlite::Transaction<'_>, first_seq: Seq) -> Result<()> {
         tx.commit().map_err(|error| {
-            if is_sync_failure(&error) {
-                self.fail_stop
-                    .trip_unacknowledged("a commit of events", &error, first_seq);
-            }
+            self.fail_stop
+                .trip_unacknowledged("a commit of events", &error, first_seq);
             map_error(error)
         })
     }
@@ -1183,9 +1179,7 @@ fn transact<T>(
         .map_err(map_error)?;
     let value = f(&tx).map_err(consumers::Failure::into_store_error)?;
     tx.commit().map_err(|error| {
-        if is_sync_failure(&error) {
-            fail_stop.trip("a commit", &error);
-        }
+        fail_stop.trip_on_sync_failure("a commit", &error);
         map_error(error)
     })?;
     Ok(value)
@@ -1275,9 +1269,7 @@ fn spawn_checkpointer(
                         progress
                     }
                     Err(error) => {
-                        if is_sync_failure(&error) {
-                            fail_stop.trip("the database file after a checkpoint", &error);
-                        }
+                        fail_stop.trip_on_sync_failure("the database file after a checkpoint", &error);
                         failures += 1;
                         wait = (wait * 2).min(CHECKPOINT_MAX_BACKOFF);
                         if last_logged.is_none_or(|at| at.elapsed() >= CHECKPOINT_LOG_EVERY) {
@@ -1290,9 +1282,7 @@ fn spawn_checkpointer(
                 let wal_bytes = frames as u64 * frame_bytes;
                 if wal_bytes > wal_restart_bytes {
                     if let Err(error) = restart_wal(&conn, behind) {
-                        if is_sync_failure(&error) {
-                            fail_stop.trip("the database file after a checkpoint", &error);
-                        }
+                        fail_stop.trip_on_sync_failure("the database file after a checkpoint", &error);
                         tracing::debug!(%error, wal_bytes, "WAL restart deferred.");
                     }
                 }
