@@ -77,7 +77,7 @@ impl ExpectedVersion {
 pub enum AggregateNameError {
     #[error("aggregate type must be 1 to {MAX_AGGREGATE_TYPE_BYTES} ASCII letters, digits, `_` or `-` (it is a token of the events' subject), not {0:?}")]
     Type(String),
-    #[error("aggregate id must be 1 to {MAX_AGGREGATE_ID_BYTES} bytes without whitespace, control or invisible format characters")]
+    #[error("aggregate id must be 1 to {MAX_AGGREGATE_ID_BYTES} bytes without commas, whitespace, control or invisible format characters")]
     Id,
     #[error("event type must be 1 to {MAX_EVENT_TYPE_BYTES} bytes of at most {MAX_EVENT_TYPE_TOKENS} dot-separated tokens without wildcards or whitespace (`context.created`): {0}")]
     EventType(String),
@@ -99,8 +99,13 @@ pub fn check_aggregate_type(name: &str) -> Result<(), AggregateNameError> {
 pub fn check_aggregate_id(id: &str) -> Result<(), AggregateNameError> {
     let valid = !id.is_empty()
         && id.len() <= MAX_AGGREGATE_ID_BYTES
+        // No comma: in a path parameter `a,b` is how a list is written (OpenAPI's simple
+        // style), so an id with one could not be told from a list of ids.
         && !id.chars().any(|c| {
-            c.is_whitespace() || c.is_control() || c.general_category() == GeneralCategory::Format
+            c == ','
+                || c.is_whitespace()
+                || c.is_control()
+                || c.general_category() == GeneralCategory::Format
         });
     if valid {
         Ok(())

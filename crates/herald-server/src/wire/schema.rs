@@ -683,8 +683,8 @@ raw_schema! {
 }
 
 raw_schema! {
-    /// An aggregate's id: 1 to 256 bytes without whitespace, control or format characters
-    /// (any such string is accepted; this pattern describes the usual ones).
+    /// An aggregate's id: 1 to 256 bytes without commas, whitespace, control or format
+    /// characters (any such string is accepted; this pattern describes the usual ones).
     AggregateId => json!({
         "type": "string",
         "pattern": "^[A-Za-z0-9_:@-][A-Za-z0-9._:@-]{0,255}$",

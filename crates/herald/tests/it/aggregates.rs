@@ -307,6 +307,13 @@ async fn bad_appends_are_refused_and_store_nothing() {
             409,
             "version_conflict",
         ),
+        // A comma is how a path parameter writes a list.
+        (
+            "context/null,null",
+            json!({"events": updated(1)}),
+            422,
+            "invalid_aggregate",
+        ),
     ];
     for (path, body, status, code) in cases {
         let (got, answer) = append(&http, &base, path, &body).await;
