@@ -158,6 +158,7 @@ fn delete_from(conn: &mut Connection, first: i64) -> rusqlite::Result<u64> {
         })?
         .collect::<rusqlite::Result<_>>()?;
     let deleted = tx.execute("DELETE FROM events WHERE seq >= ?1", [first])?;
+    super::subject_index::forget_from(&tx, subjects.iter().map(|s| &s.0), first.max(0) as Seq)?;
     for (subject, events, bytes) in subjects {
         tx.execute(
             "UPDATE subjects SET events = MAX(events - ?2, 0), bytes = MAX(bytes - ?3, 0)

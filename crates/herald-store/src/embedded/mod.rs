@@ -22,6 +22,7 @@ mod fail_stop;
 mod query;
 mod retention;
 mod schema;
+mod subject_index;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -458,6 +459,7 @@ impl EmbeddedStore {
                 }
             }
             subjects.write(&tx).map_err(map_error)?;
+            subject_index::catch_up(&tx, next_seq - 1, false).map_err(map_error)?;
         }
         inner.commit_events(tx, writer.next_seq)?;
 
@@ -508,6 +510,7 @@ impl EmbeddedStore {
                 subjects.add(event.subject.as_str(), event.payload.get().len(), seq);
             }
             subjects.write(&tx).map_err(map_error)?;
+            subject_index::catch_up(&tx, first_seq + count - 1, false).map_err(map_error)?;
             aggregates::set_version(&tx, &append.key, current + count).map_err(map_error)?;
         }
         let events =
@@ -1528,6 +1531,16 @@ mod tests {
             assert_eq!(store.head().await.unwrap(), 1, "from version {old_version}");
             let page = store.query(Query::default()).await.unwrap();
             assert_eq!(page.events[0].payload.get(), r#"{"old":true}"#);
+            let by_subject = Query {
+                subject: Some(herald_core::Pattern::parse("hub.old").unwrap()),
+                ..Query::default()
+            };
+            let page = store.query(by_subject).await.unwrap();
+            assert_eq!(
+                page.events.len(),
+                1,
+                "by subject, from version {old_version}"
+            );
             assert_eq!(store.load_cursor("relay").await.unwrap(), 0);
             store.save_cursor("relay", 1).await.unwrap();
             store

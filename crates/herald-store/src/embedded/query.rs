@@ -280,26 +280,9 @@ fn by_subjects(
     hi: Seq,
     limit: usize,
 ) -> rusqlite::Result<(Vec<Event>, Ended)> {
-    // The first `limit` seqs of each subject (an index-only read), merged.
-    let mut seqs: Vec<i64> = Vec::new();
-    {
-        let mut stmt = conn.prepare_cached(
-            "SELECT seq FROM events WHERE subject = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4",
-        )?;
-        for subject in subjects {
-            let rows = stmt.query_map(
-                params![subject, lo as i64, hi as i64, limit as i64],
-                |row| row.get::<_, i64>(0),
-            )?;
-            for seq in rows {
-                seqs.push(seq?);
-            }
-        }
-    }
-    seqs.sort_unstable();
-    seqs.truncate(limit);
+    let seqs = super::subject_index::first_seqs(conn, subjects, lo, hi, limit)?;
     let ended = match seqs.last() {
-        Some(&last) if seqs.len() == limit => Ended::StoppedAfter(last as Seq),
+        Some(&last) if seqs.len() == limit => Ended::StoppedAfter(last),
         _ => Ended::Exhausted,
     };
 
@@ -308,7 +291,7 @@ fn by_subjects(
     ))?;
     let mut out = Vec::with_capacity(seqs.len());
     for seq in seqs {
-        let event = stmt.query_row([seq], row_to_event)?;
+        let event = stmt.query_row([seq as i64], row_to_event)?;
         if accepts(query, &event) {
             out.push(event);
         }

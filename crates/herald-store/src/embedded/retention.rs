@@ -17,6 +17,11 @@ pub(super) fn enforce(
     now: Timestamp,
     budget: usize,
 ) -> crate::Result<RetentionPass, super::consumers::Failure> {
+    // Every event in the index: the oldest of a subject may be in its tail.
+    let head: i64 = conn
+        .prepare_cached("SELECT IFNULL(MAX(seq), 0) FROM events")?
+        .query_row([], |row| row.get(0))?;
+    super::subject_index::catch_up(conn, head.max(0) as Seq, true)?;
     let totals = conn
         .prepare_cached("SELECT subject, events, bytes FROM subjects")?
         .query_map([], |row| {
@@ -60,6 +65,7 @@ pub(super) fn enforce(
         let mut delete = conn.prepare_cached("DELETE FROM events WHERE seq = ?1")?;
         for (candidate, subject) in &deleted {
             delete.execute([candidate.seq as i64])?;
+            super::subject_index::forget(conn, subject, candidate.seq)?;
             let entry = per_subject.entry(subject.as_str()).or_insert((0, 0));
             entry.0 += 1;
             entry.1 += candidate.bytes as i64;
@@ -135,8 +141,9 @@ fn oldest(
     };
     if subjects.len() <= MAX_SUBJECTS_PER_POLICY {
         let mut stmt = conn.prepare_cached(
-            "SELECT seq, length(CAST(payload AS BLOB)), aggregate_type IS NOT NULL FROM events
-             WHERE subject = ?1 AND (?2 OR aggregate_type IS NULL) ORDER BY seq LIMIT ?3",
+            "SELECT e.seq, length(CAST(e.payload AS BLOB)), e.aggregate_type IS NOT NULL
+             FROM subject_seqs s JOIN events e ON e.seq = s.seq
+             WHERE s.subject = ?1 AND (?2 OR e.aggregate_type IS NULL) ORDER BY s.seq LIMIT ?3",
         )?;
         let mut lists = Vec::with_capacity(subjects.len());
         for (index, subject) in subjects.iter().enumerate() {

@@ -177,6 +177,18 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // bounds are found by a binary search over seq (query.rs), and every append writes
     // one index fewer.
     "DROP INDEX events_by_ts;",
+    // 14: the subject index as a table written in bulk (subject_index.rs): an index on
+    // `events (subject)` wrote one leaf page per distinct subject of every commit. The
+    // cursor says how far the table covers; later events are read from the log.
+    "CREATE TABLE subject_seqs (
+        subject TEXT    NOT NULL,
+        seq     INTEGER NOT NULL,
+        PRIMARY KEY (subject, seq)
+    ) WITHOUT ROWID;
+    INSERT INTO subject_seqs (subject, seq) SELECT subject, seq FROM events ORDER BY subject, seq;
+    INSERT INTO cursors (name, seq)
+        SELECT 'herald:subject-index', IFNULL(MAX(seq), 0) FROM events;
+    DROP INDEX events_by_subject;",
 ];
 
 /// The schema version this build writes.

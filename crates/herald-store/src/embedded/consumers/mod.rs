@@ -269,15 +269,11 @@ fn count_matching_after(conn: &Connection, filters: &[Pattern], after: Seq) -> S
         }
     }
     if subjects.len() <= plan::MAX_SUBJECTS_MERGED {
-        let mut stmt =
-            conn.prepare_cached("SELECT count(*) FROM events WHERE subject = ?1 AND seq > ?2")?;
-        let mut total = 0u64;
-        for subject in subjects {
-            total += stmt
-                .query_row(params![subject, after], |row| row.get::<_, i64>(0))?
-                .max(0) as u64;
-        }
-        return Ok(total);
+        return Ok(super::subject_index::count_after(
+            conn,
+            &subjects,
+            after.max(0) as Seq,
+        )?);
     }
     let mut stmt = conn.prepare_cached("SELECT subject FROM events WHERE seq > ?1")?;
     let mut rows = stmt.query([after])?;
