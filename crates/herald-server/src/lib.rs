@@ -136,7 +136,7 @@ impl AppState {
     }
 
     /// Publishes one event as `caller`, noting it on the request's commit ticket first
-    /// (see `limit_duration`).
+    /// (see `within_request_timeout`).
     pub async fn publish(
         &self,
         caller: &herald_hub::access::Caller,
@@ -207,20 +207,7 @@ pub fn router(state: AppState) -> Router {
     app.fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            guard_request_size,
-        ))
-        .layer(axum::middleware::from_fn(echo_correlation_id))
-        .route_layer(axum::middleware::from_fn(metrics::track_http))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            limit_duration,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            refuse_on_reserve,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), edge))
         .with_state(state)
 }
 
@@ -362,11 +349,37 @@ pub fn routes(state: &AppState) -> Vec<(&'static str, MethodRouter<AppState>)> {
     ]
 }
 
-/// Echoes the request's `X-Correlation-ID` (or a fresh one) on every response that has
-/// not set its own.
-async fn echo_correlation_id(request: Request, next: Next) -> Response {
-    let incoming = request.headers().get(&CORRELATION_HEADER).cloned();
-    let mut response = next.run(request).await;
+/// What every request passes through, in the order written: the reserve connection's
+/// refusal, the size guard, the request timeout, the correlation id echoed, and the
+/// request counted and timed (routes only, by their matched path).
+///
+/// One layer, not five: each `from_fn` layer costs a request a boxed future and a clone
+/// of the service stack below it (the profile of a publish showed the stack's boxing,
+/// cloning and dropping at ~8 % of herald's CPU).
+async fn edge(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(refusal) = refusal_on_reserve(&state, &request) {
+        return refusal;
+    }
+    let correlation_id = request.headers().get(&CORRELATION_HEADER).cloned();
+    let timer = metrics::HttpTimer::start(&request);
+    let mut response = match refusal_by_size(&state, &request) {
+        Some(refusal) => refusal,
+        None => within_request_timeout(&state, next.run(request)).await,
+    };
+    echo_correlation_id(&mut response, correlation_id);
+    if let Some(timer) = timer {
+        timer.finish(&response);
+    }
+    response
+}
+
+/// Echoes the request's `X-Correlation-ID` (or a fresh one) on a response that has not
+/// set its own.
+fn echo_correlation_id(response: &mut Response, incoming: Option<HeaderValue>) {
     if !response.headers().contains_key(&CORRELATION_HEADER) {
         let value = incoming.unwrap_or_else(|| {
             HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
@@ -376,28 +389,25 @@ async fn echo_correlation_id(request: Request, next: Next) -> Response {
             .headers_mut()
             .insert(CORRELATION_HEADER.clone(), value);
     }
-    response
 }
 
-/// Refuses at once what cannot be served: a query string over `max_query_bytes`, and a
-/// body whose `Content-Length` is over the route's limit (before reading any of it).
-async fn guard_request_size(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// The refusal of what cannot be served, at once: a query string over `max_query_bytes`,
+/// and a body whose `Content-Length` is over the route's limit (before reading any of it).
+fn refusal_by_size(state: &AppState, request: &Request) -> Option<Response> {
     use axum::response::IntoResponse;
     let limits = &state.limits;
     let len = request.uri().query().map_or(0, str::len);
     if len > limits.max_query_bytes {
-        return ApiError::new(
-            ErrorCode::QueryTooLong,
-            format!(
-                "the query string is {len} bytes; the limit is {}",
-                limits.max_query_bytes
-            ),
-        )
-        .into_response();
+        return Some(
+            ApiError::new(
+                ErrorCode::QueryTooLong,
+                format!(
+                    "the query string is {len} bytes; the limit is {}",
+                    limits.max_query_bytes
+                ),
+            )
+            .into_response(),
+        );
     }
     let declared = request
         .headers()
@@ -412,16 +422,18 @@ async fn guard_request_size(
         if declared > limit as u64 {
             if request.uri().path() == "/rpc" {
                 // JSON-RPC answers in-band, as it does for a body found too large.
-                return rpc::body_too_large();
+                return Some(rpc::body_too_large());
             }
-            return ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("the body is {declared} bytes; the limit for this route is {limit}"),
-            )
-            .into_response();
+            return Some(
+                ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("the body is {declared} bytes; the limit for this route is {limit}"),
+                )
+                .into_response(),
+            );
         }
     }
-    next.run(request).await
+    None
 }
 
 /// Admits a publish only while fewer than `max_inflight_publishes` are being read or
@@ -451,19 +463,18 @@ impl PublishSlot {
     }
 }
 
-/// Answers `408 request_timeout` when a request (reading its body included) takes
+/// `answer`, or `408 request_timeout` when a request (reading its body included) takes
 /// longer than `request_timeout` — unless its events already went to the commit queue:
 /// then they may yet be stored, so the answer is `503 outcome_unknown` with their ids,
 /// never a rejection (see [`commit_ticket`]).
-async fn limit_duration(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    request: Request,
-    next: Next,
+async fn within_request_timeout(
+    state: &AppState,
+    answer: impl std::future::Future<Output = Response>,
 ) -> Response {
     use axum::response::IntoResponse;
     let limit = state.limits.request_timeout;
     let ticket = commit_ticket::Ticket::default();
-    let answer = commit_ticket::scope(ticket.clone(), next.run(request));
+    let answer = commit_ticket::scope(ticket.clone(), answer);
     match tokio::time::timeout(limit, answer).await {
         Ok(response) => response,
         Err(_) => match ticket.submitted() {
@@ -487,19 +498,15 @@ async fn limit_duration(
     }
 }
 
-/// On a connection of the reserve above the connection cap, answers health checks and
-/// refuses everything else at once.
-async fn refuse_on_reserve(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// On a connection of the reserve above the connection cap, the refusal of everything
+/// but health checks and metrics.
+fn refusal_on_reserve(state: &AppState, request: &Request) -> Option<Response> {
     use axum::response::IntoResponse;
     if request.extensions().get::<listener::Admission>() != Some(&listener::Admission::Reserve) {
-        return next.run(request).await;
+        return None;
     }
-    match request.uri().path() {
-        "/health" | "/health/nats" | "/metrics" => next.run(request).await,
+    Some(match request.uri().path() {
+        "/health" | "/health/nats" | "/metrics" => return None,
         "/api/events/stream" if state.stream_permits.available_permits() == 0 => ApiError::new(
             ErrorCode::TooManyStreams,
             format!(
@@ -516,7 +523,7 @@ async fn refuse_on_reserve(
             ),
         )
         .into_response(),
-    }
+    })
 }
 
 /// Which events of the current request went to the commit queue, so that a timeout can

@@ -41,7 +41,6 @@ use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use herald_store::Store;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -104,24 +103,55 @@ pub fn install() -> Option<PrometheusHandle> {
         .clone()
 }
 
-/// Counts and times every HTTP request by method, matched route and status.
-pub async fn track_http(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().as_str().to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = next.run(request).await;
-    let elapsed = started.elapsed();
-    // The access log, off unless `RUST_LOG` asks for debug.
-    tracing::debug!(%method, %route, status = response.status().as_u16(), ?elapsed, "Request answered.");
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("herald_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("herald_http_request_duration_seconds", "method" => method, "route" => route)
-        .record(elapsed.as_secs_f64());
-    response
+/// Counts and times an HTTP request by method, matched route and status (see
+/// [`crate::edge`]).
+pub(crate) struct HttpTimer {
+    started: Instant,
+    method: &'static str,
+    route: String,
+}
+
+impl HttpTimer {
+    /// `None` for a request no route matched: the fallback's answers are not counted
+    /// (their paths are the client's to choose).
+    pub(crate) fn start(request: &Request) -> Option<Self> {
+        let route = request.extensions().get::<MatchedPath>()?;
+        Some(HttpTimer {
+            started: Instant::now(),
+            method: method_label(request.method()),
+            route: route.as_str().to_owned(),
+        })
+    }
+
+    pub(crate) fn finish(self, response: &Response) {
+        let elapsed = self.started.elapsed();
+        let (method, route) = (self.method, self.route);
+        // The access log, off unless `RUST_LOG` asks for debug.
+        tracing::debug!(%method, %route, status = response.status().as_u16(), ?elapsed, "Request answered.");
+        let status = response.status().as_u16().to_string();
+        metrics::counter!("herald_http_requests_total", "method" => method, "route" => route.clone(), "status" => status)
+            .increment(1);
+        metrics::histogram!("herald_http_request_duration_seconds", "method" => method, "route" => route)
+            .record(elapsed.as_secs_f64());
+    }
+}
+
+/// A request method as a label: the standard ones by name, any other as `OTHER` (a
+/// client may send any token as a method; labels must stay few).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
 }
 
 /// `GET /metrics`, in the Prometheus text format.

@@ -774,3 +774,27 @@ async fn wildcard_queries_that_match_nothing_are_bounded_and_do_not_starve_healt
         "/health took {slowest:?} under 32 wildcard queries"
     );
 }
+
+/// A client may send any token as a method (RFC 9110 §9.1: "method = token"); each one
+/// used to become a label of `herald_http_requests_total`, so invented methods grew the
+/// metrics without bound. They are counted as `OTHER`, with the 405 they get.
+#[tokio::test]
+async fn invented_methods_do_not_grow_the_metrics() {
+    let herald = TestHerald::start().await;
+    let addr = herald.addr();
+    for i in 0..20 {
+        let request =
+            format!("INVENTED{i} /api/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(&addr, request.as_bytes(), Duration::from_secs(5)).await;
+        let (status, body) = status_and_json(&answer);
+        assert_eq!(status, 405, "{body}");
+    }
+    let metrics = herald.metrics().await;
+    assert!(!metrics.contains("INVENTED"), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"herald_http_requests_total{method="OTHER",route="/api/events",status="405"} 20"#
+        ),
+        "{metrics}"
+    );
+}
