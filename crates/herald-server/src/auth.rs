@@ -6,33 +6,28 @@
 //! A key comes as `Authorization: Bearer <key>`, as `X-API-Key: <key>`, or — for browser
 //! WebSockets, which cannot set headers — as `?access_token=<key>` on an upgrade request.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderValue};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use herald_hub::access::Caller;
 
 use crate::{ApiError, AppState};
 
 pub(crate) static API_KEY_HEADER: header::HeaderName = header::HeaderName::from_static("x-api-key");
 
-/// Authenticates the request, or answers `401 unauthenticated`.
-pub(crate) async fn authenticate(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    match caller_of(&state, &request) {
-        Ok(caller) => {
-            request.extensions_mut().insert(caller);
-            next.run(request).await
-        }
-        Err(error) => {
-            let mut response = error.into_response();
-            challenge(&mut response);
-            response
-        }
+/// Puts the caller the request's key stands for in its extensions, unless `access` is
+/// open; otherwise why not (the edge answers it, in the route's shape, with
+/// [`challenge`]).
+pub(crate) fn admit(
+    state: &AppState,
+    access: crate::Access,
+    request: &mut Request,
+) -> Result<(), ApiError> {
+    if access != crate::Access::Open {
+        let caller = caller_of(state, request)?;
+        request.extensions_mut().insert(caller);
     }
+    Ok(())
 }
 
 /// The caller the request's key stands for, its connection counted against the key's

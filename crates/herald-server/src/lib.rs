@@ -186,19 +186,6 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
     let mut app = Router::new();
     for (path, methods) in routes(&state) {
-        let methods = if PUBLIC_PATHS.contains(&path) {
-            methods
-        } else if path == "/rpc" {
-            methods.route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                rpc::authenticate,
-            ))
-        } else {
-            methods.route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                auth::authenticate,
-            ))
-        };
         app = app.route(path, methods);
     }
     // The console's page and files: no key needed (they hold no data), no API operation.
@@ -216,29 +203,55 @@ pub fn router(state: AppState) -> Router {
 /// are answered without one too; they are not API routes: see the `console` module.)
 pub const PUBLIC_PATHS: &[&str] = &["/health", "/health/nats"];
 
+/// Routes whose `POST` publishes: each such request holds one of `max_inflight_publishes`
+/// slots while its body is read and committed ([`PublishSlot`]).
+const PUBLISHING_PATHS: &[&str] = &[
+    "/api/events",
+    "/api/events:batch",
+    "/events/publish",
+    "/api/aggregates/{aggregate_type}/{aggregate_id}/events",
+    "/rpc",
+];
+
+/// How the edge lets a request reach its route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// No key needed: health checks, the console's files, and what no route matched.
+    Open,
+    /// A key, refused as a REST error.
+    Key,
+    /// A key, refused as a JSON-RPC error object.
+    RpcKey,
+}
+
+/// The access rule of a matched route (`None`: no route matched, the answer is a 404).
+/// Every API route needs a key but the listed public ones.
+fn access_of(route: Option<&str>) -> Access {
+    match route {
+        None => Access::Open,
+        Some(path) if PUBLIC_PATHS.contains(&path) => Access::Open,
+        Some(path) if path == "/console" || path.starts_with("/console/") => Access::Open,
+        Some("/rpc") => Access::RpcKey,
+        Some(_) => Access::Key,
+    }
+}
+
 /// Every route, path and handlers: the one list [`router`] registers, and the one the
 /// OpenAPI tests compare with the document ([`openapi`]).
 pub fn routes(state: &AppState) -> Vec<(&'static str, MethodRouter<AppState>)> {
-    let limit_publishes = || axum::middleware::from_fn_with_state(state.clone(), limit_publishes);
     vec![
         ("/", get(http::index)),
         (
             "/api/events",
-            post(http::publish_event)
-                .layer(limit_publishes())
-                .merge(get(http::query_events)),
+            post(http::publish_event).get(http::query_events),
         ),
         (
             "/api/events:batch",
             post(http::publish_batch)
-                .layer(DefaultBodyLimit::max(state.limits.max_batch_body_bytes))
-                .layer(limit_publishes()),
+                .layer(DefaultBodyLimit::max(state.limits.max_batch_body_bytes)),
         ),
         ("/api/events/stream", get(ws::stream)),
-        (
-            "/events/publish",
-            post(http::publish_legacy).layer(limit_publishes()),
-        ),
+        ("/events/publish", post(http::publish_legacy)),
         ("/api/events/{id}", get(http::get_event)),
         (
             "/api/rules",
@@ -270,9 +283,7 @@ pub fn routes(state: &AppState) -> Vec<(&'static str, MethodRouter<AppState>)> {
         ),
         (
             "/api/aggregates/{aggregate_type}/{aggregate_id}/events",
-            post(http::aggregates::append)
-                .layer(limit_publishes())
-                .merge(get(http::aggregates::load)),
+            post(http::aggregates::append).get(http::aggregates::load),
         ),
         (
             "/api/aggregates/{aggregate_type}/{aggregate_id}/snapshot",
@@ -339,9 +350,7 @@ pub fn routes(state: &AppState) -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/metrics", get(metrics::render)),
         (
             "/rpc",
-            post(rpc::handle)
-                .layer(DefaultBodyLimit::max(state.limits.max_batch_body_bytes))
-                .layer(limit_publishes()),
+            post(rpc::handle).layer(DefaultBodyLimit::max(state.limits.max_batch_body_bytes)),
         ),
         ("/rpc/methods", get(rpc::methods).post(rpc::methods)),
         ("/openapi.json", get(openapi::openapi_json)),
@@ -350,15 +359,17 @@ pub fn routes(state: &AppState) -> Vec<(&'static str, MethodRouter<AppState>)> {
 }
 
 /// What every request passes through, in the order written: the reserve connection's
-/// refusal, the size guard, the request timeout, the correlation id echoed, and the
-/// request counted and timed (routes only, by their matched path).
+/// refusal, the size guard, the request timeout, authentication ([`access_of`]), a
+/// publish slot for a publishing `POST`, the correlation id echoed, and the request
+/// counted and timed (routes only, by their matched path).
 ///
-/// One layer, not five: each `from_fn` layer costs a request a boxed future and a clone
+/// One layer, not seven: each `from_fn` layer costs a request a boxed future and a clone
 /// of the service stack below it (the profile of a publish showed the stack's boxing,
-/// cloning and dropping at ~8 % of herald's CPU).
+/// cloning and dropping at ~8 % of herald's CPU), and one table of routes decides
+/// who may reach what.
 async fn edge(
     axum::extract::State(state): axum::extract::State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     if let Some(refusal) = refusal_on_reserve(&state, &request) {
@@ -366,10 +377,36 @@ async fn edge(
     }
     let correlation_id = request.headers().get(&CORRELATION_HEADER).cloned();
     let timer = metrics::HttpTimer::start(&request);
-    let mut response = match refusal_by_size(&state, &request) {
-        Some(refusal) => refusal,
-        None => within_request_timeout(&state, next.run(request)).await,
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str());
+    let access = access_of(route);
+    let publishes = request.method() == axum::http::Method::POST
+        && route.is_some_and(|r| PUBLISHING_PATHS.contains(&r));
+    let shared = &state;
+    let answer = async move {
+        if let Some(refusal) = refusal_by_size(shared, &request) {
+            return refusal;
+        }
+        if let Err(error) = auth::admit(shared, access, &mut request) {
+            let mut refusal = match access {
+                Access::RpcKey => rpc::refusal(error),
+                _ => axum::response::IntoResponse::into_response(error),
+            };
+            auth::challenge(&mut refusal);
+            return refusal;
+        }
+        if publishes {
+            // Waits its turn inside the request timeout.
+            let permit = shared.publish_permits.clone().acquire_owned().await.ok();
+            request
+                .extensions_mut()
+                .insert(PublishSlot(Arc::new(std::sync::Mutex::new(permit))));
+        }
+        next.run(request).await
     };
+    let mut response = within_request_timeout(&state, answer).await;
     echo_correlation_id(&mut response, correlation_id);
     if let Some(timer) = timer {
         timer.finish(&response);
@@ -436,22 +473,7 @@ fn refusal_by_size(state: &AppState, request: &Request) -> Option<Response> {
     None
 }
 
-/// Admits a publish only while fewer than `max_inflight_publishes` are being read or
-/// committed, before its body is read.
-async fn limit_publishes(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let mut request = request;
-    let permit = state.publish_permits.clone().acquire_owned().await.ok();
-    request
-        .extensions_mut()
-        .insert(PublishSlot(Arc::new(std::sync::Mutex::new(permit))));
-    next.run(request).await
-}
-
-/// The publish permit a request holds (see `limit_publishes`). A handler that finds,
+/// The publish permit a request holds (see [`edge`]). A handler that finds,
 /// once the body is read, that it publishes nothing (a JSON-RPC `consumer.fetch` that
 /// may wait a minute) gives it back, so waiting calls never hold up publishers.
 #[derive(Clone)]

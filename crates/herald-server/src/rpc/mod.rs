@@ -236,26 +236,13 @@ fn answer_one(response: &wire::Response<'_>) -> Response {
     Json(response).into_response()
 }
 
-/// [`crate::auth::authenticate`] for `/rpc`: a refusal is a JSON-RPC error object (with
-/// the HTTP status of the condition), so that JSON-RPC clients read it as one.
-pub(crate) async fn authenticate(
-    State(state): State<AppState>,
-    mut request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    match crate::auth::caller_of(&state, &request) {
-        Ok(caller) => {
-            request.extensions_mut().insert(caller);
-            next.run(request).await
-        }
-        Err(error) => {
-            let status = error.code.status();
-            let mut response = answer_one(&failure(RawValue::NULL, RpcError::from(error)));
-            *response.status_mut() = status;
-            crate::auth::challenge(&mut response);
-            response
-        }
-    }
+/// A refusal at the edge ([`crate::auth::admit`]) for `/rpc`: a JSON-RPC error object
+/// with the HTTP status of the condition, so that JSON-RPC clients read it as one.
+pub(crate) fn refusal(error: crate::ApiError) -> Response {
+    let status = error.code.status();
+    let mut response = answer_one(&failure(RawValue::NULL, RpcError::from(error)));
+    *response.status_mut() = status;
+    response
 }
 
 /// The answer to a request whose declared body is over the limit, sent before reading it.

@@ -197,6 +197,65 @@ async fn without_a_valid_key_only_health_answers() {
     );
 }
 
+/// Every operation of the OpenAPI document (the list of every route and method) refuses
+/// a request without a key, but the public health checks: one table at the edge decides
+/// who reaches what, and a route it missed would show here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_operation_needs_a_key_but_health() {
+    let herald = start_required().await;
+    let admin = As {
+        herald: &herald,
+        key: Some(ADMIN.to_owned()),
+    };
+    let nobody = As {
+        herald: &herald,
+        key: None,
+    };
+    let (status, document) = admin.get("/openapi.json").await;
+    assert_eq!(status, 200);
+    let mut checked = 0;
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        // Path parameters filled with a value of the right shape.
+        let concrete: String = path
+            .split('/')
+            .map(|part| match part {
+                "{seq}" | "{id}" if path.contains("dead-letters/{") => "1",
+                "{id}" if path.starts_with("/api/events/") => {
+                    "01a24d79-0b54-7283-8846-557f82390ccf"
+                }
+                p if p.starts_with('{') => "name",
+                p => p,
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in operations.as_object().unwrap().keys() {
+            let Ok(method) = method.to_uppercase().parse::<reqwest::Method>() else {
+                continue;
+            };
+            if !matches!(
+                method,
+                reqwest::Method::GET
+                    | reqwest::Method::POST
+                    | reqwest::Method::PUT
+                    | reqwest::Method::DELETE
+                    | reqwest::Method::PATCH
+            ) {
+                continue;
+            }
+            let body = (method != reqwest::Method::GET && method != reqwest::Method::DELETE)
+                .then(|| json!({}));
+            let (status, answer) = nobody.send(method.clone(), &concrete, body).await;
+            if path.starts_with("/health") {
+                assert_ne!(status, 401, "{method} {concrete}: {answer}");
+            } else {
+                assert_eq!(status, 401, "{method} {concrete}: {answer}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 40, "only {checked} operations in the document");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tenants_share_a_hub_and_nothing_leaks() {
     two_tenants_share(None).await;
