@@ -19,7 +19,7 @@
 //! | `herald_subscriber_catchups_total` | counter | times a slow subscriber was dropped to catch-up from the store |
 //! | `herald_ws_streams` | gauge | open WebSocket streams |
 //! | `herald_ws_messages_sent_total` | counter | event frames written to WebSocket streams |
-//! | `herald_http_requests_total{method,route,status}` | counter | HTTP requests |
+//! | `herald_http_requests_total{method,route,status}` | counter | HTTP requests by matched route (methods outside the standard ones as `OTHER`) |
 //! | `herald_http_request_duration_seconds{method,route}` | histogram | HTTP request latency |
 //! | `herald_rpc_calls_total{method,code}` | counter | JSON-RPC calls by method and error code (`0` = success) |
 //! | `herald_nats_connected` | gauge | 1 while connected to NATS (absent without NATS) |
