@@ -110,6 +110,8 @@ pub struct Shared {
     publish_permits: Arc<Semaphore>,
     /// Renders `/metrics`; `None` when another metrics recorder owns the process.
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The HTTP metrics' handles, looked up once per route, method and status.
+    http_series: metrics::HttpSeries,
 }
 
 impl std::ops::Deref for AppState {
@@ -132,6 +134,7 @@ impl AppState {
             stream_permits,
             publish_permits,
             metrics: metrics::install(),
+            http_series: metrics::HttpSeries::default(),
         }))
     }
 
@@ -377,10 +380,11 @@ async fn edge(
     }
     let correlation_id = request.headers().get(&CORRELATION_HEADER).cloned();
     let timer = metrics::HttpTimer::start(&request);
-    let route = request
+    let matched = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str());
+        .cloned();
+    let route = matched.as_ref().map(|p| p.as_str());
     let access = access_of(route);
     let publishes = request.method() == axum::http::Method::POST
         && route.is_some_and(|r| PUBLISHING_PATHS.contains(&r));
@@ -408,8 +412,8 @@ async fn edge(
     };
     let mut response = within_request_timeout(&state, answer).await;
     echo_correlation_id(&mut response, correlation_id);
-    if let Some(timer) = timer {
-        timer.finish(&response);
+    if let (Some(timer), Some(route)) = (timer, &matched) {
+        timer.finish(&state.http_series, route.as_str(), &response);
     }
     response
 }

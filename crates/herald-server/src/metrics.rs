@@ -35,6 +35,7 @@
 //! | `herald_bridge_dead_letters_total` / `_dead_letters_dropped_total` | counter | NATS messages kept as dead letters instead of events; dead letters dropped past the limit |
 //! | `herald_bridge_dead_letters` | gauge | dead letters kept in the store |
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -108,31 +109,72 @@ pub fn install() -> Option<PrometheusHandle> {
 pub(crate) struct HttpTimer {
     started: Instant,
     method: &'static str,
-    route: String,
 }
 
 impl HttpTimer {
     /// `None` for a request no route matched: the fallback's answers are not counted
     /// (their paths are the client's to choose).
     pub(crate) fn start(request: &Request) -> Option<Self> {
-        let route = request.extensions().get::<MatchedPath>()?;
+        request.extensions().get::<MatchedPath>()?;
         Some(HttpTimer {
             started: Instant::now(),
             method: method_label(request.method()),
-            route: route.as_str().to_owned(),
         })
     }
 
-    pub(crate) fn finish(self, response: &Response) {
+    /// Records the request; `route` is its matched path.
+    pub(crate) fn finish(self, series: &HttpSeries, route: &str, response: &Response) {
         let elapsed = self.started.elapsed();
-        let (method, route) = (self.method, self.route);
+        let (method, status) = (self.method, response.status().as_u16());
         // The access log, off unless `RUST_LOG` asks for debug.
-        tracing::debug!(%method, %route, status = response.status().as_u16(), ?elapsed, "Request answered.");
-        let status = response.status().as_u16().to_string();
-        metrics::counter!("herald_http_requests_total", "method" => method, "route" => route.clone(), "status" => status)
+        tracing::debug!(%method, %route, status, ?elapsed, "Request answered.");
+        series.record(method, route, status, elapsed.as_secs_f64());
+    }
+}
+
+/// The HTTP metrics' handles, by route, method and status: the recorder's own lookup
+/// (hashing the key, allocating its labels) ran twice per request. Routes, methods
+/// ([`method_label`]) and statuses are few, so this stays small.
+#[derive(Default)]
+pub(crate) struct HttpSeries(std::sync::RwLock<HashMap<String, RouteSeries>>);
+
+#[derive(Default)]
+struct RouteSeries {
+    requests: HashMap<(&'static str, u16), metrics::Counter>,
+    durations: HashMap<&'static str, metrics::Histogram>,
+}
+
+impl HttpSeries {
+    fn record(&self, method: &'static str, route: &str, status: u16, seconds: f64) {
+        {
+            let known = self.0.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(series) = known.get(route) {
+                if let (Some(requests), Some(durations)) = (
+                    series.requests.get(&(method, status)),
+                    series.durations.get(method),
+                ) {
+                    requests.increment(1);
+                    durations.record(seconds);
+                    return;
+                }
+            }
+        }
+        let mut known = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let series = known.entry(route.to_owned()).or_default();
+        series
+            .requests
+            .entry((method, status))
+            .or_insert_with(|| {
+                metrics::counter!("herald_http_requests_total", "method" => method, "route" => route.to_owned(), "status" => status.to_string())
+            })
             .increment(1);
-        metrics::histogram!("herald_http_request_duration_seconds", "method" => method, "route" => route)
-            .record(elapsed.as_secs_f64());
+        series
+            .durations
+            .entry(method)
+            .or_insert_with(|| {
+                metrics::histogram!("herald_http_request_duration_seconds", "method" => method, "route" => route.to_owned())
+            })
+            .record(seconds);
     }
 }
 
