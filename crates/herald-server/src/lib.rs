@@ -379,11 +379,13 @@ async fn edge(
         return refusal;
     }
     let correlation_id = request.headers().get(&CORRELATION_HEADER).cloned();
-    let timer = metrics::HttpTimer::start(&request);
     let matched = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .cloned();
+    let timer = matched
+        .is_some()
+        .then(|| metrics::HttpTimer::start(request.method()));
     let route = matched.as_ref().map(|p| p.as_str());
     let access = access_of(route);
     let publishes = request.method() == axum::http::Method::POST

@@ -40,7 +40,7 @@ use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use herald_store::Store;
@@ -112,14 +112,13 @@ pub(crate) struct HttpTimer {
 }
 
 impl HttpTimer {
-    /// `None` for a request no route matched: the fallback's answers are not counted
-    /// (their paths are the client's to choose).
-    pub(crate) fn start(request: &Request) -> Option<Self> {
-        request.extensions().get::<MatchedPath>()?;
-        Some(HttpTimer {
+    /// Starts timing a request that matched a route (the fallback's answers are not
+    /// counted: their paths are the client's to choose).
+    pub(crate) fn start(method: &axum::http::Method) -> Self {
+        HttpTimer {
             started: Instant::now(),
-            method: method_label(request.method()),
-        })
+            method: method_label(method),
+        }
     }
 
     /// Records the request; `route` is its matched path.
