@@ -1,16 +1,23 @@
-//! The committer: one task that turns concurrent publishes into group commits.
+//! The committer: one thread that turns concurrent publishes into group commits.
 //!
 //! It takes the first waiting request, then every other request already queued (up to
 //! `max_batch_events`), appends them all in one store transaction, fans the stored
 //! events out, and answers each request. While a batch is being synced the next one
 //! gathers, so batches grow with load and a sync is shared by everyone waiting.
+//!
+//! It runs on a thread of its own and writes there
+//! ([`herald_store::AnyStore::append_here`]): every commit is on the serial path of
+//! every publish, and a task would pay two hand-overs per commit (to a blocking thread
+//! for the write, and back to a worker after it).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::NewEvent;
-use herald_store::{AggregateAppend, AggregateAppended, Appended, Store};
+use herald_store::{AggregateAppend, AggregateAppended, Appended};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::log_throttle::LogThrottle;
@@ -30,26 +37,66 @@ pub(crate) enum Request {
     },
 }
 
-pub(crate) async fn run(inner: Arc<Inner>, mut requests: mpsc::Receiver<Request>) {
+pub(crate) async fn run(inner: Arc<Inner>, requests: mpsc::Receiver<Request>) {
+    let runtime = Handle::current();
+    // Dropped with this task when the runtime drops it (the hub was never shut down):
+    // the committer stops waiting for requests then, or the runtime's drop, which waits
+    // for its blocking threads, would wait for ever.
+    let (_alive, task_dropped) = oneshot::channel::<()>();
+    // A blocking thread held for the hub's life: the committer's own.
+    let committer =
+        tokio::task::spawn_blocking(move || commit_all(&inner, requests, task_dropped, &runtime));
+    if let Err(error) = committer.await {
+        if error.is_panic() {
+            std::panic::resume_unwind(error.into_panic());
+        }
+    }
+    tracing::debug!("Committer stopped.");
+}
+
+/// The next request, waiting for one (through `runtime`) only when none is queued.
+fn next_request(
+    inner: &Inner,
+    requests: &mut mpsc::Receiver<Request>,
+    task_dropped: &mut oneshot::Receiver<()>,
+    runtime: &Handle,
+) -> Option<Request> {
+    match requests.try_recv() {
+        Ok(request) => return Some(request),
+        Err(TryRecvError::Disconnected) => return None,
+        Err(TryRecvError::Empty) => {}
+    }
+    runtime.block_on(async {
+        tokio::select! {
+            biased;
+            request = requests.recv() => request,
+            () = inner.shutdown.cancelled() => {
+                // Refuse new requests, then finish the ones already queued.
+                requests.close();
+                requests.recv().await
+            }
+            _ = task_dropped => None,
+        }
+    })
+}
+
+fn commit_all(
+    inner: &Inner,
+    mut requests: mpsc::Receiver<Request>,
+    mut task_dropped: oneshot::Receiver<()>,
+    runtime: &Handle,
+) {
     let max_batch = inner.config.max_batch_events.max(1);
     let mut held: Option<Request> = None;
     loop {
         let first = match held.take() {
             Some(request) => Some(request),
-            None => tokio::select! {
-                biased;
-                request = requests.recv() => request,
-                () = inner.shutdown.cancelled() => {
-                    // Refuse new requests, then finish the ones already queued.
-                    requests.close();
-                    requests.recv().await
-                }
-            },
+            None => next_request(inner, &mut requests, &mut task_dropped, runtime),
         };
         let Some(first) = first else { break };
         let (events, reply) = match first {
             Request::Aggregate { append, reply } => {
-                commit_aggregate(&inner, append, reply).await;
+                commit_aggregate(inner, append, reply, runtime);
                 continue;
             }
             Request::Publish { events, reply } => (events, reply),
@@ -69,14 +116,13 @@ pub(crate) async fn run(inner: Arc<Inner>, mut requests: mpsc::Receiver<Request>
                 Err(_) => break,
             }
         }
-        commit(&inner, batch, n_events).await;
+        commit(inner, batch, n_events, runtime);
     }
-    tracing::debug!("Committer stopped.");
 }
 
 type Reply = oneshot::Sender<Result<Vec<Published>, HubError>>;
 
-async fn commit(inner: &Inner, batch: Vec<(Vec<NewEvent>, Reply)>, n_events: usize) {
+fn commit(inner: &Inner, batch: Vec<(Vec<NewEvent>, Reply)>, n_events: usize, runtime: &Handle) {
     let mut events = Vec::with_capacity(n_events);
     let mut replies = Vec::with_capacity(batch.len());
     for (request_events, reply) in batch {
@@ -86,7 +132,7 @@ async fn commit(inner: &Inner, batch: Vec<(Vec<NewEvent>, Reply)>, n_events: usi
     let span = crate::trace::commit_span(&events, replies.len());
     let started = std::time::Instant::now();
     inner.writes.begin();
-    let result = inner.store.append(events).await;
+    let result = inner.store.append_here(events, runtime);
     metrics::histogram!("herald_commit_duration_seconds").record(started.elapsed().as_secs_f64());
     metrics::histogram!("herald_commit_batch_events").record(n_events as f64);
     match result {
@@ -110,15 +156,16 @@ async fn commit(inner: &Inner, batch: Vec<(Vec<NewEvent>, Reply)>, n_events: usi
     }
 }
 
-async fn commit_aggregate(
+fn commit_aggregate(
     inner: &Inner,
     append: AggregateAppend,
     reply: oneshot::Sender<Result<AggregateAppended, HubError>>,
+    runtime: &Handle,
 ) {
     let n_events = append.events.len();
     let started = std::time::Instant::now();
     inner.writes.begin();
-    let result = inner.store.append_aggregate(append).await;
+    let result = inner.store.append_aggregate_here(append, runtime);
     metrics::histogram!("herald_commit_duration_seconds").record(started.elapsed().as_secs_f64());
     let answer = match result {
         Ok(AggregateAppended::Written { version, events }) => {

@@ -252,3 +252,35 @@ async fn services_are_listed_in_stop_order_and_all_stop_at_shutdown() {
         Err(HubError::ShuttingDown)
     ));
 }
+
+/// The committer writes on a thread of its own, which the runtime waits for when it is
+/// dropped. A hub that is dropped with its runtime, never shut down (an embedder's
+/// early return, a test's end), must let that drop finish.
+#[test]
+fn a_runtime_dropped_with_an_open_hub_does_not_wait_for_the_committer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dropped, done) = std::sync::mpsc::channel();
+    let path = dir.path().to_owned();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let hub = runtime.block_on(async {
+            let store = EmbeddedStore::open(path.join("herald.db"), EmbeddedOptions::default())
+                .await
+                .unwrap();
+            let hub = Hub::open(HubConfig::new("test"), AnyStore::Embedded(store))
+                .await
+                .unwrap();
+            assert_eq!(hub.publish(event("hub.d.x", 0)).await.unwrap().event.seq, 1);
+            hub
+        });
+        drop(hub);
+        drop(runtime);
+        dropped.send(()).unwrap();
+    });
+    done.recv_timeout(Duration::from_secs(20))
+        .expect("dropping the runtime hung on the committer");
+}

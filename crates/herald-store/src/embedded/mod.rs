@@ -422,7 +422,12 @@ impl EmbeddedStore {
         .map_err(consumers::Failure::into_store_error)
     }
 
-    fn append_blocking(inner: &Inner, batch: Vec<NewEvent>) -> Result<Vec<Appended>> {
+    /// [`Store::append`], on the calling thread (it blocks: not on a runtime worker).
+    pub fn append_here(&self, batch: Vec<NewEvent>) -> Result<Vec<Appended>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = &self.inner;
         let mut guard = inner.writer.lock().expect("writer mutex");
         let writer = guard.as_mut().ok_or(StoreError::Closed)?;
         inner.fail_stop.check()?;
@@ -469,10 +474,15 @@ impl EmbeddedStore {
         Ok(out)
     }
 
-    fn append_aggregate_blocking(
-        inner: &Inner,
-        append: AggregateAppend,
-    ) -> Result<AggregateAppended> {
+    /// [`Store::append_aggregate`], on the calling thread (it blocks: not on a runtime
+    /// worker).
+    pub fn append_aggregate_here(&self, append: AggregateAppend) -> Result<AggregateAppended> {
+        if append.events.is_empty() {
+            return Err(StoreError::Internal(
+                "an aggregate append needs events".into(),
+            ));
+        }
+        let inner = &self.inner;
         let mut guard = inner.writer.lock().expect("writer mutex");
         let writer = guard.as_mut().ok_or(StoreError::Closed)?;
         inner.fail_stop.check()?;
@@ -676,11 +686,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<Appended>> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || Self::append_blocking(&inner, batch))
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.append_here(batch))
             .await
             .map_err(|e| StoreError::Internal(e.to_string()))?
     }
@@ -690,13 +697,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn append_aggregate(&self, append: AggregateAppend) -> Result<AggregateAppended> {
-        if append.events.is_empty() {
-            return Err(StoreError::Internal(
-                "an aggregate append needs events".into(),
-            ));
-        }
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || Self::append_aggregate_blocking(&inner, append))
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.append_aggregate_here(append))
             .await
             .map_err(|e| StoreError::Internal(e.to_string()))?
     }
