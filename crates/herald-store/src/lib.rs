@@ -34,7 +34,6 @@ use std::future::Future;
 use std::path::PathBuf;
 
 use herald_core::{Event, NewEvent, Pattern, Payload, Seq, Timestamp};
-use tokio::runtime::Handle;
 use uuid::Uuid;
 
 pub mod aggregate;
@@ -600,26 +599,13 @@ pub enum AnyStore {
 }
 
 impl AnyStore {
-    /// [`Store::append`] on the calling thread, for a writer that has a thread of its own
-    /// (which must not be one of the runtime's workers): the embedded store writes right
-    /// here, without handing the batch to a blocking thread and waking the caller after;
-    /// PostgreSQL's call is awaited through `runtime`.
-    pub fn append_here(&self, batch: Vec<NewEvent>, runtime: &Handle) -> Result<Vec<Appended>> {
+    /// The embedded store, if this is it: its appends are work on the calling thread
+    /// ([`EmbeddedStore::append_here`]), which a writer with a thread of its own can do
+    /// there.
+    pub fn embedded(&self) -> Option<&EmbeddedStore> {
         match self {
-            AnyStore::Embedded(s) => s.append_here(batch),
-            AnyStore::Postgres(s) => runtime.block_on(s.append(batch)),
-        }
-    }
-
-    /// [`Store::append_aggregate`] on the calling thread, as [`AnyStore::append_here`].
-    pub fn append_aggregate_here(
-        &self,
-        append: AggregateAppend,
-        runtime: &Handle,
-    ) -> Result<AggregateAppended> {
-        match self {
-            AnyStore::Embedded(s) => s.append_aggregate_here(append),
-            AnyStore::Postgres(s) => runtime.block_on(s.append_aggregate(append)),
+            AnyStore::Embedded(store) => Some(store),
+            AnyStore::Postgres(_) => None,
         }
     }
 }
