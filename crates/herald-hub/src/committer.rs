@@ -1,4 +1,4 @@
-//! The committer: one thread that turns concurrent publishes into group commits.
+//! The committer: turns concurrent publishes into group commits, one batch at a time.
 //!
 //! It takes the first waiting request, then every other request already queued (up to
 //! `max_batch_events`), appends them all in one store transaction, fans the stored
