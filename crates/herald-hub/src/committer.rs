@@ -55,22 +55,19 @@ pub(crate) async fn run(inner: Arc<Inner>, requests: mpsc::Receiver<Request>) {
     // the committer stops waiting for requests then, or the runtime's drop, which waits
     // for its blocking threads, would wait for ever for the committer's.
     let (_alive, task_dropped) = oneshot::channel::<()>();
-    if inner.store.embedded().is_none() {
+    let Some(store) = inner.store.embedded().cloned() else {
         commit_all(&inner, requests, task_dropped, Writes::Awaited).await;
         tracing::debug!("Committer stopped.");
         return;
-    }
+    };
     let runtime = Handle::current();
     // A blocking thread held for the hub's life: the committer's own.
     let committer = tokio::task::spawn_blocking(move || {
-        let Some(store) = inner.store.embedded() else {
-            unreachable!("checked above");
-        };
         runtime.block_on(commit_all(
             &inner,
             requests,
             task_dropped,
-            Writes::Here(store),
+            Writes::Here(&store),
         ));
     });
     if let Err(error) = committer.await {
