@@ -207,7 +207,8 @@ pub fn router(state: AppState) -> Router {
 pub const PUBLIC_PATHS: &[&str] = &["/health", "/health/nats"];
 
 /// Routes whose `POST` publishes: each such request holds one of `max_inflight_publishes`
-/// slots while its body is read and committed ([`PublishSlot`]).
+/// slots while its body is read and committed ([`PublishSlot`]). A test makes every new
+/// `POST` route be put here or on its list of routes that do not publish.
 const PUBLISHING_PATHS: &[&str] = &[
     "/api/events",
     "/api/events:batch",

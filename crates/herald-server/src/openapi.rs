@@ -518,6 +518,42 @@ mod tests {
         )
     }
 
+    /// Every `POST` route is either one that publishes, and so takes a publish slot at
+    /// the edge (`PUBLISHING_PATHS`), or one listed here as not publishing: a new `POST`
+    /// route fails this test until it is put on one side or the other.
+    #[test]
+    fn every_post_route_is_known_to_publish_or_not() {
+        // Acks, fetches and redrives act on stored events; keys, tenants and rules are
+        // settings; `/rpc/methods` lists methods.
+        const NOT_PUBLISHING: &[&str] = &[
+            "/api/consumers/{name}/ack",
+            "/api/consumers/{name}/dead-letters/redrive",
+            "/api/consumers/{name}/fetch",
+            "/api/consumers/{name}/nak",
+            "/api/consumers/{name}/progress",
+            "/api/consumers/{name}/term",
+            "/api/keys",
+            "/api/rules",
+            "/api/rules/{id}/dead-letters/redrive",
+            "/api/tenants",
+            "/rpc/methods",
+        ];
+        let doc = doc();
+        let posts: BTreeSet<&str> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, item)| item.get("post").is_some())
+            .map(|(path, _)| path.as_str())
+            .collect();
+        let known: BTreeSet<&str> = crate::PUBLISHING_PATHS
+            .iter()
+            .chain(NOT_PUBLISHING)
+            .copied()
+            .collect();
+        assert_eq!(posts, known, "POST routes vs publishing and not publishing");
+    }
+
     /// Every route of the router is in the document with exactly the methods the router
     /// takes (read from its `Allow` header), and the document has nothing else.
     #[tokio::test]
