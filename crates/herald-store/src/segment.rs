@@ -12,6 +12,8 @@
 //! - **Recovery**: the active segment is scanned at open and cut at the first record
 //!   that is short, has a bad CRC or an unexpected seq (a torn write from a crash:
 //!   nothing after it was ever acknowledged, since its batch's sync did not return).
+//! - **Readers** ([`LogReader`]) read while the writer appends: each segment is opened
+//!   once and read with positional reads, and a reader never looks past the last sync.
 //! - **Failures**: a failed write is cut back off the file and nothing of the batch
 //!   stays (a full disk can recover); a failed sync is final (fail-stop): the kernel may
 //!   have dropped the unsynced pages, so no later sync proves anything, and every later
@@ -19,14 +21,19 @@
 //!   back at the next open either. Reads never return a record past the last sync.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 /// Bytes before each record's body.
 const HEADER: u64 = 16;
 /// Bytes of one sparse index entry (seq, offset).
 const INDEX_ENTRY: usize = 16;
+/// How much a reader reads from a segment at a time.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Tuning for a [`SegmentLog`].
 #[derive(Debug, Clone)]
@@ -81,24 +88,43 @@ pub struct Recovered {
 struct Segment {
     first_seq: u64,
     path: PathBuf,
+    /// Opened once and read with positional reads, so every reader shares it (and the
+    /// writer appends to the active segment's through it).
+    file: File,
     /// (seq, byte offset) of a record, every `index_every_bytes` or so; the first
-    /// record's entry always.
-    index: Vec<(u64, u64)>,
+    /// record's entry always. Grows while the segment is active.
+    index: RwLock<Vec<(u64, u64)>>,
+    /// Bytes of whole, synced records: readers never look past it, so they never meet a
+    /// batch that is being written.
+    synced_len: AtomicU64,
 }
 
-/// The log. One writer: `append` takes `&mut self`.
+/// What the writer and every [`LogReader`] share.
+struct Shared {
+    options: SegmentOptions,
+    /// In seq order; the last one is the active segment.
+    segments: RwLock<Vec<Arc<Segment>>>,
+    /// The last seq whose batch was synced: reads stop there.
+    durable_seq: AtomicU64,
+}
+
+/// The log's writer. One writer: `append` takes `&mut self`; any number of
+/// [`LogReader`]s read at the same time.
 pub struct SegmentLog {
     dir: PathBuf,
-    options: SegmentOptions,
-    segments: Vec<Segment>,
-    active: File,
+    shared: Arc<Shared>,
+    active: Arc<Segment>,
     active_len: u64,
     /// Bytes written to the active segment when its last index entry was made.
     indexed_at: u64,
     next_seq: u64,
-    /// The last seq whose batch was synced: reads stop there.
-    durable_seq: u64,
     failed: Option<String>,
+}
+
+/// Reads the log while its writer appends: cheap to clone, `Send` and `Sync`.
+#[derive(Clone)]
+pub struct LogReader {
+    shared: Arc<Shared>,
 }
 
 impl SegmentLog {
@@ -123,38 +149,38 @@ impl SegmentLog {
             File::create(segment_path(&dir, 1))?;
             sync_dir(&dir)?;
         }
-        let mut segments = Vec::with_capacity(firsts.len());
         let last = firsts.len() - 1;
-        for (i, &first_seq) in firsts.iter().enumerate() {
+        let mut segments = Vec::with_capacity(firsts.len());
+        for &first_seq in &firsts[..last] {
             let path = segment_path(&dir, first_seq);
-            let index = if i < last {
-                match read_index(&index_path(&path)) {
-                    Ok(index) if !index.is_empty() => index,
-                    _ => scan(&path, first_seq, &options)?.index,
-                }
-            } else {
-                Vec::new()
+            let file = File::open(&path)?;
+            let index = match read_index(&index_path(&path)) {
+                Ok(index) if !index.is_empty() => index,
+                _ => scan(&path, first_seq, &options)?.index,
             };
-            segments.push(Segment {
+            let len = file.metadata()?.len();
+            segments.push(Arc::new(Segment {
                 first_seq,
                 path,
-                index,
-            });
+                file,
+                index: RwLock::new(index),
+                synced_len: AtomicU64::new(len),
+            }));
         }
 
         // The active segment: keep its whole records, cut what follows them.
-        let active_path = segments[last].path.clone();
-        let first_seq = segments[last].first_seq;
+        let first_seq = firsts[last];
+        let active_path = segment_path(&dir, first_seq);
         let scanned = scan(&active_path, first_seq, &options)?;
-        let active = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(&active_path)?;
-        let on_disk = active.metadata()?.len();
+        let on_disk = file.metadata()?.len();
         let mut recovered = Recovered::default();
         if on_disk > scanned.valid_len {
-            active.set_len(scanned.valid_len)?;
-            active.sync_data()?;
+            file.set_len(scanned.valid_len)?;
+            file.sync_data()?;
             recovered.truncated_bytes = on_disk - scanned.valid_len;
             tracing::warn!(
                 segment = %active_path.display(),
@@ -162,23 +188,40 @@ impl SegmentLog {
                 "Cut a torn write off the log's tail."
             );
         }
-        segments[last].index = scanned.index;
+        let indexed_at = scanned.index.last().map_or(0, |&(_, offset)| offset);
+        let active = Arc::new(Segment {
+            first_seq,
+            path: active_path,
+            file,
+            index: RwLock::new(scanned.index),
+            synced_len: AtomicU64::new(scanned.valid_len),
+        });
+        segments.push(active.clone());
         let next_seq = scanned.next_seq;
-        let indexed_at = segments[last].index.last().map_or(0, |&(_, offset)| offset);
+        let shared = Arc::new(Shared {
+            options,
+            segments: RwLock::new(segments),
+            durable_seq: AtomicU64::new(next_seq - 1),
+        });
         Ok((
             SegmentLog {
                 dir,
-                options,
-                segments,
+                shared,
                 active,
                 active_len: scanned.valid_len,
                 indexed_at,
                 next_seq,
-                durable_seq: next_seq - 1,
                 failed: None,
             },
             recovered,
         ))
+    }
+
+    /// A reader of this log, for other threads.
+    pub fn reader(&self) -> LogReader {
+        LogReader {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The seq the next record gets.
@@ -188,7 +231,7 @@ impl SegmentLog {
 
     /// The last seq on disk (0 when empty).
     pub fn durable_seq(&self) -> u64 {
-        self.durable_seq
+        self.shared.durable_seq.load(Ordering::Acquire)
     }
 
     /// Appends `bodies` as one batch: one write, one sync. Their seqs, once on disk.
@@ -200,6 +243,7 @@ impl SegmentLog {
         if bodies.is_empty() {
             return Ok(first..first);
         }
+        let max_record = self.shared.options.max_record_bytes as usize;
         let mut frames = Vec::with_capacity(
             bodies
                 .iter()
@@ -208,28 +252,30 @@ impl SegmentLog {
         );
         for (i, body) in bodies.iter().enumerate() {
             let body = body.as_ref();
-            if body.len() > self.options.max_record_bytes as usize {
+            if body.len() > max_record {
                 return Err(AppendError::TooLarge(body.len()));
             }
             encode(&mut frames, first + i as u64, body);
         }
-        if self.active_len > 0 && self.active_len + frames.len() as u64 > self.options.segment_bytes
+        if self.active_len > 0
+            && self.active_len + frames.len() as u64 > self.shared.options.segment_bytes
         {
             self.roll()?;
         }
 
         let start = self.active_len;
-        if let Err(error) = self.write_at_end(&frames) {
+        let file = &self.active.file;
+        if let Err(error) = file.write_all_at(&frames, start) {
             // Cut the partial write back off, so nothing of the batch stays.
-            if let Err(cut) = self.active.set_len(start) {
+            if let Err(cut) = file.set_len(start) {
                 self.failed = Some(format!("{error}; cutting it back failed: {cut}"));
             }
             return Err(AppendError::Write(error));
         }
-        if let Err(error) = self.active.sync_data() {
+        if let Err(error) = file.sync_data() {
             // Never acknowledged, so it must not come back at the next open either:
             // cut it off (which needs no sync to hold while the machine stays up).
-            self.failed = Some(match self.active.set_len(start) {
+            self.failed = Some(match file.set_len(start) {
                 Ok(()) => error.to_string(),
                 Err(cut) => format!("{error}; cutting the batch back off failed: {cut}"),
             });
@@ -238,70 +284,28 @@ impl SegmentLog {
         self.index_batch(start, first, bodies);
         self.active_len += frames.len() as u64;
         self.next_seq = first + bodies.len() as u64;
-        self.durable_seq = self.next_seq - 1;
+        // The bytes first, then the seq: a reader that sees the seq sees its bytes.
+        self.active
+            .synced_len
+            .store(self.active_len, Ordering::Release);
+        self.shared
+            .durable_seq
+            .store(self.next_seq - 1, Ordering::Release);
         Ok(first..self.next_seq)
     }
 
     /// Up to `max` records from `from_seq` on (never past the last sync), in seq order.
     pub fn read(&self, from_seq: u64, max: usize) -> io::Result<Vec<Record>> {
-        let mut out = Vec::new();
-        let from_seq = from_seq.max(1);
-        if max == 0 || from_seq > self.durable_seq {
-            return Ok(out);
-        }
-        let first_segment = self
-            .segments
-            .partition_point(|s| s.first_seq <= from_seq)
-            .saturating_sub(1);
-        for segment in &self.segments[first_segment..] {
-            let at = segment.index.partition_point(|&(seq, _)| seq <= from_seq);
-            let offset = at.checked_sub(1).map_or(0, |i| segment.index[i].1);
-            let file = File::open(&segment.path)?;
-            let len = file.metadata()?.len();
-            let mut reader = BufReader::with_capacity(64 * 1024, file);
-            reader.seek(SeekFrom::Start(offset))?;
-            let mut position = offset;
-            loop {
-                let Some((seq, body)) = read_record(&mut reader, &self.options)? else {
-                    // Recovery cut every torn tail: a bad record before a file's end is
-                    // damage to synced data, not the end of the log.
-                    if position < len {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!(
-                                "damaged record at byte {position} of {}",
-                                segment.path.display()
-                            ),
-                        ));
-                    }
-                    break;
-                };
-                position += HEADER + body.len() as u64;
-                if seq > self.durable_seq {
-                    return Ok(out);
-                }
-                if seq >= from_seq {
-                    out.push(Record { seq, body });
-                    if out.len() == max {
-                        return Ok(out);
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    fn write_at_end(&mut self, frames: &[u8]) -> io::Result<()> {
-        self.active.seek(SeekFrom::Start(self.active_len))?;
-        self.active.write_all(frames)
+        self.reader().read(from_seq, max)
     }
 
     /// Adds sparse index entries for a batch written at `start`.
     fn index_batch<B: AsRef<[u8]>>(&mut self, start: u64, first: u64, bodies: &[B]) {
-        let index = &mut self.segments.last_mut().expect("an active segment").index;
+        let every = self.shared.options.index_every_bytes;
+        let mut index = self.active.index.write().expect("index lock");
         let mut offset = start;
         for (i, body) in bodies.iter().enumerate() {
-            if index.is_empty() || offset >= self.indexed_at + self.options.index_every_bytes {
+            if index.is_empty() || offset >= self.indexed_at + every {
                 index.push((first + i as u64, offset));
                 self.indexed_at = offset;
             }
@@ -313,10 +317,11 @@ impl SegmentLog {
     /// A failed write leaves the log as it was (the next append tries again); a failed
     /// sync is final, like a batch's.
     fn roll(&mut self) -> Result<(), AppendError> {
-        self.synced(|log| log.active.sync_data())?;
-        let sealed = self.segments.last().expect("an active segment");
-        let index =
-            write_index(&index_path(&sealed.path), &sealed.index).map_err(AppendError::Write)?;
+        self.synced(|log| log.active.file.sync_data())?;
+        let index = {
+            let entries = self.active.index.read().expect("index lock");
+            write_index(&index_path(&self.active.path), &entries).map_err(AppendError::Write)?
+        };
         self.synced(|_| index.sync_data())?;
         // No record has the next seq yet, so a file of that name can only be an empty
         // one left by a roll that failed after creating it.
@@ -329,12 +334,19 @@ impl SegmentLog {
             .open(&path)
             .map_err(AppendError::Write)?;
         self.synced(|log| sync_dir(&log.dir))?;
-        self.segments.push(Segment {
+        let active = Arc::new(Segment {
             first_seq: self.next_seq,
             path,
-            index: Vec::new(),
+            file,
+            index: RwLock::new(Vec::new()),
+            synced_len: AtomicU64::new(0),
         });
-        self.active = file;
+        self.shared
+            .segments
+            .write()
+            .expect("segments lock")
+            .push(active.clone());
+        self.active = active;
         self.active_len = 0;
         self.indexed_at = 0;
         Ok(())
@@ -346,6 +358,118 @@ impl SegmentLog {
             self.failed = Some(error.to_string());
             AppendError::Failed(error.to_string())
         })
+    }
+}
+
+impl LogReader {
+    /// The last seq a read can return (0 when empty).
+    pub fn durable_seq(&self) -> u64 {
+        self.shared.durable_seq.load(Ordering::Acquire)
+    }
+
+    /// Up to `max` records from `from_seq` on (never past the last sync), in seq order.
+    pub fn read(&self, from_seq: u64, max: usize) -> io::Result<Vec<Record>> {
+        let mut out = Vec::new();
+        let from_seq = from_seq.max(1);
+        let durable_seq = self.durable_seq();
+        if max == 0 || from_seq > durable_seq {
+            return Ok(out);
+        }
+        let segments: Vec<Arc<Segment>> = {
+            let all = self.shared.segments.read().expect("segments lock");
+            let first = all
+                .partition_point(|s| s.first_seq <= from_seq)
+                .saturating_sub(1);
+            all[first..].to_vec()
+        };
+        let options = &self.shared.options;
+        for segment in &segments {
+            if segment.first_seq > durable_seq {
+                break;
+            }
+            let offset = {
+                let index = segment.index.read().expect("index lock");
+                let at = index.partition_point(|&(seq, _)| seq <= from_seq);
+                at.checked_sub(1).map_or(0, |i| index[i].1)
+            };
+            let end = segment.synced_len.load(Ordering::Acquire);
+            let mut reader = Positional::new(&segment.file, offset, end);
+            let mut position = offset;
+            loop {
+                let Some((seq, body)) = read_record(&mut reader, options)? else {
+                    // Recovery cut every torn tail, and nothing past the last sync is
+                    // read: a bad record before the end is damage to synced data, not
+                    // the end of the log.
+                    if position < end {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "damaged record at byte {position} of {}",
+                                segment.path.display()
+                            ),
+                        ));
+                    }
+                    break;
+                };
+                position += HEADER + body.len() as u64;
+                if seq > durable_seq {
+                    return Ok(out);
+                }
+                if seq >= from_seq {
+                    out.push(Record { seq, body });
+                    if out.len() == max {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Buffered positional reads of a shared file, up to `end`: no seek, so any number of
+/// readers use one open file.
+struct Positional<'a> {
+    file: &'a File,
+    position: u64,
+    end: u64,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl<'a> Positional<'a> {
+    fn new(file: &'a File, position: u64, end: u64) -> Self {
+        Positional {
+            file,
+            position,
+            end,
+            buf: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl Read for Positional<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.buf.len() {
+            let left = self.end.saturating_sub(self.position);
+            if left == 0 {
+                return Ok(0);
+            }
+            let want = (READ_CHUNK as u64).min(left) as usize;
+            self.buf.resize(want, 0);
+            let n = self.file.read_at(&mut self.buf, self.position)?;
+            self.buf.truncate(n);
+            self.at = 0;
+            self.position += n as u64;
+            if n == 0 {
+                return Ok(0);
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
 }
 
@@ -547,6 +671,52 @@ mod tests {
         assert_reads_back(&log, 1, 280);
         fill(&mut log, 1, 5);
         assert_reads_back(&log, 250, 285);
+    }
+
+    /// Readers on other threads while the writer appends and rolls: every read is a
+    /// gap-free run of whole records from its start, never past the last sync, and
+    /// never an error from meeting a batch that is being written.
+    #[test]
+    fn readers_on_other_threads_see_whole_synced_records_while_the_writer_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), small()).unwrap();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2u64)
+            .map(|r| {
+                let reader = log.reader();
+                let done = done.clone();
+                std::thread::spawn(move || {
+                    let (mut reads, mut last_seen) = (0u64, 0u64);
+                    while !done.load(Ordering::Acquire) {
+                        let durable_before = reader.durable_seq();
+                        let from = 1 + (reads * 13 + r) % durable_before.max(1);
+                        let records = reader.read(from, usize::MAX).unwrap();
+                        let through = records.last().map_or(from - 1, |r| r.seq);
+                        assert!(through >= durable_before, "a read stopped short");
+                        assert!(through >= last_seen, "the log went back");
+                        for (record, seq) in records.iter().zip(from..) {
+                            assert_eq!(record.seq, seq);
+                            assert_eq!(record.body, body(seq), "record {seq}");
+                        }
+                        last_seen = through;
+                        reads += 1;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        for _ in 0..300 {
+            fill(&mut log, 1, 3);
+        }
+        done.store(true, Ordering::Release);
+        for reader in readers {
+            assert!(reader.join().unwrap() > 0);
+        }
+        assert!(
+            active_segment(dir.path()) > segment_path(dir.path(), 100),
+            "it rolled many times"
+        );
+        assert_reads_back(&log, 1, 900);
     }
 
     #[test]
