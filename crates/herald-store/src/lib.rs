@@ -43,6 +43,7 @@ pub mod consumer;
 pub mod embedded;
 mod plan;
 pub mod postgres;
+pub mod record;
 pub mod retention;
 pub mod segment;
 #[cfg(any(test, feature = "testing"))]
