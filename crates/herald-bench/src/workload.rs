@@ -41,6 +41,20 @@ pub fn subject(n: u64) -> String {
     )
 }
 
+/// A `POST /api/events:batch` body, `{"events":[...]}`, of publish bodies.
+pub fn batch_body<B: AsRef<[u8]>>(bodies: impl IntoIterator<Item = B>) -> Bytes {
+    let mut out = Vec::with_capacity(64 * 1024);
+    out.extend_from_slice(br#"{"events":["#);
+    for (i, body) in bodies.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(body.as_ref());
+    }
+    out.extend_from_slice(b"]}");
+    Bytes::from(out)
+}
+
 /// Pads a payload so the whole request body is about 300 bytes.
 const PAD: &str = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor \
     incididunt ut labore et dolore magna aliqua ut enim ad minim veniam quis nostrud exercitation \

@@ -159,15 +159,13 @@ async fn fill(herald: &ServerProcess, events: u64) -> Result<Duration> {
 }
 
 fn batch_body(first: u64, n: u64) -> Bytes {
-    let events: Vec<serde_json::Value> = (first..first + n)
-        .map(|i| {
-            serde_json::json!({
-                "subject": format!("{SUBJECT_PREFIX}.s{}", i % 64),
-                "payload": {"n": i, "order": format!("order-{i:08}"), "pad": "x".repeat(160)},
-            })
-        })
-        .collect();
-    Bytes::from(serde_json::to_vec(&events).expect("JSON serializes"))
+    crate::workload::batch_body((first..first + n).map(|i| {
+        serde_json::to_vec(&serde_json::json!({
+            "subject": format!("{SUBJECT_PREFIX}.s{}", i % 64),
+            "payload": {"n": i, "order": format!("order-{i:08}"), "pad": "x".repeat(160)},
+        }))
+        .expect("JSON serializes")
+    }))
 }
 
 /// Reads `events` frames from a WebSocket, checking each seq follows the one before.

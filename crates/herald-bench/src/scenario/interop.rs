@@ -196,17 +196,10 @@ fn rpc_pool(count: usize) -> Result<Vec<Bytes>> {
 pub(super) fn batch_pool(size: usize, distinct: usize) -> Vec<Bytes> {
     (0..distinct)
         .map(|b| {
-            let mut out = Vec::with_capacity(size * 320 + 16);
-            out.extend_from_slice(br#"{"events":["#);
-            for i in 0..size {
+            workload::batch_body((0..size).map(|i| {
                 let n = (b * size + i) as u64;
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(&workload::publish_body(&workload::subject(n), n));
-            }
-            out.extend_from_slice(b"]}");
-            Bytes::from(out)
+                workload::publish_body(&workload::subject(n), n)
+            }))
         })
         .collect()
 }

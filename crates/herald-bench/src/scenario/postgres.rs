@@ -341,16 +341,9 @@ struct PublishParts<'a> {
 fn fill_batches(distinct: usize) -> Vec<Bytes> {
     (0..distinct)
         .map(|b| {
-            let mut out = Vec::with_capacity(BATCH_SIZE * 320 + 16);
-            out.extend_from_slice(br#"{"events":["#);
-            for i in 0..BATCH_SIZE {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(&workload::fill_body((b * BATCH_SIZE + i) as u64));
-            }
-            out.extend_from_slice(b"]}");
-            Bytes::from(out)
+            workload::batch_body(
+                (0..BATCH_SIZE).map(|i| workload::fill_body((b * BATCH_SIZE + i) as u64)),
+            )
         })
         .collect()
 }

@@ -191,18 +191,9 @@ struct FillTally {
     first_error: Option<String>,
 }
 
-/// A JSON array of the fill's events `first..first + count`, from the pool's bodies.
+/// A batch of the fill's events `first..first + count`, from the pool's bodies.
 fn batch_body(pool: &[Bytes], first: u64, count: u64) -> Bytes {
-    let mut body = Vec::with_capacity(count as usize * 320);
-    body.push(b'[');
-    for n in first..first + count {
-        if n > first {
-            body.push(b',');
-        }
-        body.extend_from_slice(&pool[(n % workload::RARE_EVERY) as usize]);
-    }
-    body.push(b']');
-    Bytes::from(body)
+    workload::batch_body((first..first + count).map(|n| &pool[(n % workload::RARE_EVERY) as usize]))
 }
 
 async fn fill(herald: &ServerProcess, options: &Options) -> Result<FillResult> {
