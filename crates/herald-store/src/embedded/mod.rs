@@ -1691,9 +1691,18 @@ mod tests {
         // of frames, not everything written since the start.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let probe = Connection::open(&path).unwrap();
-        let frames: i64 = probe
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
-            .unwrap();
+        // -1 while the store's own checkpointer holds the checkpoint lock: ask again.
+        let mut frames: i64 = -1;
+        for _ in 0..200 {
+            frames = probe
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
+                .unwrap();
+            if frames >= 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(frames >= 0, "the probe never got to checkpoint");
         let written = store.head().await.unwrap() * 4096;
         assert!(written > 8 * RESTART_AT, "wrote only {written} bytes");
         assert!(
