@@ -137,10 +137,10 @@ pub fn decode(seq: Seq, body: &[u8]) -> Result<Event, RecordError> {
         let aggregate_id = input.string().map_err(error)?;
         let version = input.varint().map_err(error)?;
         let event_type = input.string().map_err(error)?;
-        let metadata = match has(METADATA).then(|| input.string()).transpose() {
-            Ok(text) => text.map(parse_payload).transpose().map_err(error)?,
-            Err(reason) => return Err(error(reason)),
-        };
+        let metadata = has(METADATA)
+            .then(|| input.string().and_then(parse_payload))
+            .transpose()
+            .map_err(error)?;
         Some(Box::new(AggregateEvent {
             aggregate_type,
             aggregate_id,

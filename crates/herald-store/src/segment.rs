@@ -99,6 +99,24 @@ struct Segment {
     synced_len: AtomicU64,
 }
 
+impl Segment {
+    fn new(
+        first_seq: u64,
+        path: PathBuf,
+        file: File,
+        index: Vec<(u64, u64)>,
+        synced_len: u64,
+    ) -> Arc<Self> {
+        Arc::new(Segment {
+            first_seq,
+            path,
+            file,
+            index: RwLock::new(index),
+            synced_len: AtomicU64::new(synced_len),
+        })
+    }
+}
+
 /// What the writer and every [`LogReader`] share.
 struct Shared {
     options: SegmentOptions,
@@ -159,13 +177,7 @@ impl SegmentLog {
                 _ => scan(&path, first_seq, &options)?.index,
             };
             let len = file.metadata()?.len();
-            segments.push(Arc::new(Segment {
-                first_seq,
-                path,
-                file,
-                index: RwLock::new(index),
-                synced_len: AtomicU64::new(len),
-            }));
+            segments.push(Segment::new(first_seq, path, file, index, len));
         }
 
         // The active segment: keep its whole records, cut what follows them.
@@ -189,13 +201,13 @@ impl SegmentLog {
             );
         }
         let indexed_at = scanned.index.last().map_or(0, |&(_, offset)| offset);
-        let active = Arc::new(Segment {
+        let active = Segment::new(
             first_seq,
-            path: active_path,
+            active_path,
             file,
-            index: RwLock::new(scanned.index),
-            synced_len: AtomicU64::new(scanned.valid_len),
-        });
+            scanned.index,
+            scanned.valid_len,
+        );
         segments.push(active.clone());
         let next_seq = scanned.next_seq;
         let shared = Arc::new(Shared {
@@ -334,13 +346,7 @@ impl SegmentLog {
             .open(&path)
             .map_err(AppendError::Write)?;
         self.synced(|log| sync_dir(&log.dir))?;
-        let active = Arc::new(Segment {
-            first_seq: self.next_seq,
-            path,
-            file,
-            index: RwLock::new(Vec::new()),
-            synced_len: AtomicU64::new(0),
-        });
+        let active = Segment::new(self.next_seq, path, file, Vec::new(), 0);
         self.shared
             .segments
             .write()
