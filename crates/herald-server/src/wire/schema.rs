@@ -25,19 +25,27 @@ use crate::wire::{MAX_BATCH_EVENTS, MAX_BATCH_REQUESTS, MAX_ORIGIN_FIELD};
 
 /// Characters that may not appear in a token besides the separator: what
 /// `char::is_whitespace` or `char::is_control` accept, and the format characters
-/// (category Cf) of the Basic Multilingual Plane (herald_core's rules). ECMA-262 regular
-/// expressions without the `u` flag cannot name the few Cf characters beyond it (U+110BD,
-/// U+E0001, …), so the schema's regular expression lets those through; the server refuses
-/// them all (the descriptions say so).
+/// (category Cf, herald_core's rules). Those of the Basic Multilingual Plane are written
+/// as `\uXXXX` ranges; the few beyond it (U+110BD, U+1D173, U+E0001, …) are written as
+/// the characters themselves, one by one, because no escape for them is read the same by
+/// ECMA-262 (`\u{…}` needs the `u` flag), Python and Rust. Engines that match code points
+/// (ECMA-262 with `u`, as JSON Schema validators use it, Python, Rust) then refuse exactly
+/// what the server refuses; one matching UTF-16 units still compiles the class.
 fn excluded() -> &'static str {
     static EXCLUDED: OnceLock<String> = OnceLock::new();
     EXCLUDED.get_or_init(|| {
+        let format = |code: &u32| {
+            char::from_u32(*code).is_some_and(herald_core::subject::is_format_character)
+        };
         let mut class = String::from(
             r"\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000",
         );
-        class.push_str(&ranges((0x80..=0xFFFF).filter(|code| {
-            char::from_u32(*code).is_some_and(herald_core::subject::is_format_character)
-        })));
+        class.push_str(&ranges((0x80..=0xFFFF).filter(format)));
+        class.extend(
+            (0x1_0000..=0x10_FFFF)
+                .filter(format)
+                .filter_map(char::from_u32),
+        );
         class
     })
 }
@@ -979,6 +987,11 @@ mod tests {
             "a\u{ad}",
             "\u{2066}.x",
             "a\u{1f600}",
+            "a\u{1d177}",
+            "\u{110bd}.b",
+            "a.\u{e0001}",
+            "a\u{e007f}b",
+            "\u{10000}",
             "hub.x.foo*",
             "hub.*.foo*",
             "x>y.>",
