@@ -3,9 +3,11 @@
 //!
 //! - **Segments**: files named by the seq of their first record
 //!   (`00000000000000000001.seg`), each up to [`SegmentOptions::segment_bytes`]. A
-//!   sealed segment is synced, and gets a sparse index beside it (`.idx`: one seq and
-//!   byte offset per [`SegmentOptions::index_every_bytes`]) so that opening a large log
-//!   reads only the active segment.
+//!   sealed segment is synced, and gets a dense index beside it (`.idx`: each record's
+//!   byte offset, a `u32` per record, like Iggy's per-message index), so that opening a
+//!   large log reads only the active segment and a record is found by its seq with two
+//!   positional reads. The active segment's offsets are in memory; a sealed one's stay
+//!   on disk, so memory stays flat in the size of the log.
 //! - **Records**: `len: u32 | crc: u32 | seq: u64 | body`, little-endian; the CRC-32
 //!   covers the seq and the body. A batch is one `write` and one `fdatasync`: seqs are
 //!   answered only after it.
@@ -30,18 +32,17 @@ use std::sync::{Arc, RwLock};
 
 /// Bytes before each record's body.
 const HEADER: u64 = 16;
-/// Bytes of one sparse index entry (seq, offset).
-const INDEX_ENTRY: usize = 16;
+/// Bytes of one index entry: a record's offset in its segment.
+const INDEX_ENTRY: u64 = 4;
 /// How much a reader reads from a segment at a time.
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Tuning for a [`SegmentLog`].
 #[derive(Debug, Clone)]
 pub struct SegmentOptions {
-    /// A segment is sealed once a batch would take it past this size.
+    /// A segment is sealed once a batch would take it past this size (at most
+    /// `u32::MAX`: offsets in a segment are `u32`s).
     pub segment_bytes: u64,
-    /// One sparse index entry per this many bytes of records.
-    pub index_every_bytes: u64,
     /// The largest record body accepted (and believed when recovering).
     pub max_record_bytes: u32,
 }
@@ -50,7 +51,6 @@ impl Default for SegmentOptions {
     fn default() -> Self {
         SegmentOptions {
             segment_bytes: 64 * 1024 * 1024,
-            index_every_bytes: 64 * 1024,
             max_record_bytes: 16 * 1024 * 1024,
         }
     }
@@ -91,9 +91,8 @@ struct Segment {
     /// Opened once and read with positional reads, so every reader shares it (and the
     /// writer appends to the active segment's through it).
     file: File,
-    /// (seq, byte offset) of a record, every `index_every_bytes` or so; the first
-    /// record's entry always. Grows while the segment is active.
-    index: RwLock<Vec<(u64, u64)>>,
+    /// Where each of its records starts. Grows while the segment is active.
+    offsets: RwLock<Offsets>,
     /// Bytes of whole, synced records: readers never look past it, so they never meet a
     /// batch that is being written.
     synced_len: AtomicU64,
@@ -104,16 +103,87 @@ impl Segment {
         first_seq: u64,
         path: PathBuf,
         file: File,
-        index: Vec<(u64, u64)>,
+        offsets: Offsets,
         synced_len: u64,
     ) -> Arc<Self> {
         Arc::new(Segment {
             first_seq,
             path,
             file,
-            index: RwLock::new(index),
+            offsets: RwLock::new(offsets),
             synced_len: AtomicU64::new(synced_len),
         })
+    }
+
+    /// The bytes of record `seq` (its frame, header included), if this segment holds it
+    /// and it is synced.
+    fn span(&self, seq: u64) -> io::Result<Option<Range<u64>>> {
+        // The synced length first: an index entry is added before the length that covers
+        // it is published, so every record below this length has its entry and the next
+        // one's (or ends at this length).
+        let synced = self.synced_len.load(Ordering::Acquire);
+        let Some(i) = seq.checked_sub(self.first_seq) else {
+            return Ok(None);
+        };
+        let offsets = self.offsets.read().expect("offsets lock");
+        let Some((start, next)) = offsets.get(i)? else {
+            return Ok(None);
+        };
+        let end = next.unwrap_or(synced);
+        if end > synced {
+            return Ok(None);
+        }
+        if end < start + HEADER {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("damaged index for seq {seq} in {}", self.path.display()),
+            ));
+        }
+        Ok(Some(start..end))
+    }
+}
+
+/// A segment's record offsets: `offsets[i]` is where record `first_seq + i` starts.
+enum Offsets {
+    /// The active segment's (and a sealed one's whose index could not be written).
+    Memory(Vec<u32>),
+    /// A sealed segment's `.idx` file, opened once and read with positional reads.
+    File { file: File, records: u64 },
+}
+
+impl Offsets {
+    fn len(&self) -> u64 {
+        match self {
+            Offsets::Memory(offsets) => offsets.len() as u64,
+            Offsets::File { records, .. } => *records,
+        }
+    }
+
+    /// Where record `i` starts, and where the next one does (if there is one).
+    fn get(&self, i: u64) -> io::Result<Option<(u64, Option<u64>)>> {
+        if i >= self.len() {
+            return Ok(None);
+        }
+        Ok(Some(match self {
+            Offsets::Memory(offsets) => {
+                let i = i as usize;
+                (
+                    u64::from(offsets[i]),
+                    offsets.get(i + 1).map(|&o| u64::from(o)),
+                )
+            }
+            Offsets::File { file, records } => {
+                let mut entries = [0u8; 2 * INDEX_ENTRY as usize];
+                let n = if i + 1 < *records { 2 } else { 1 };
+                file.read_exact_at(&mut entries[..n * INDEX_ENTRY as usize], i * INDEX_ENTRY)?;
+                let entry = |k: usize| {
+                    u64::from(u32::from_le_bytes(
+                        entries[4 * k..4 * k + 4].try_into().expect("4 bytes"),
+                    ))
+                };
+                (entry(0), (n == 2).then(|| entry(1)))
+            }
+        }))
     }
 }
 
@@ -133,8 +203,6 @@ pub struct SegmentLog {
     shared: Arc<Shared>,
     active: Arc<Segment>,
     active_len: u64,
-    /// Bytes written to the active segment when its last index entry was made.
-    indexed_at: u64,
     next_seq: u64,
     failed: Option<String>,
 }
@@ -149,6 +217,10 @@ impl SegmentLog {
     /// Opens the log in `dir` (creating it), cutting a torn tail off the active segment.
     pub fn open(dir: impl AsRef<Path>, options: SegmentOptions) -> io::Result<(Self, Recovered)> {
         let dir = dir.as_ref().to_path_buf();
+        let options = SegmentOptions {
+            segment_bytes: options.segment_bytes.min(u64::from(u32::MAX)),
+            ..options
+        };
         std::fs::create_dir_all(&dir)?;
         let mut firsts = Vec::new();
         for entry in std::fs::read_dir(&dir)? {
@@ -172,12 +244,12 @@ impl SegmentLog {
         for &first_seq in &firsts[..last] {
             let path = segment_path(&dir, first_seq);
             let file = File::open(&path)?;
-            let index = match read_index(&index_path(&path)) {
-                Ok(index) if !index.is_empty() => index,
-                _ => scan(&path, first_seq, &options)?.index,
-            };
             let len = file.metadata()?.len();
-            segments.push(Segment::new(first_seq, path, file, index, len));
+            let offsets = match open_index(&path, &file, len, first_seq, &options) {
+                Some(offsets) => offsets,
+                None => sealed_offsets(&path, scan(&path, first_seq, &options)?.offsets),
+            };
+            segments.push(Segment::new(first_seq, path, file, offsets, len));
         }
 
         // The active segment: keep its whole records, cut what follows them.
@@ -200,12 +272,11 @@ impl SegmentLog {
                 "Cut a torn write off the log's tail."
             );
         }
-        let indexed_at = scanned.index.last().map_or(0, |&(_, offset)| offset);
         let active = Segment::new(
             first_seq,
             active_path,
             file,
-            scanned.index,
+            Offsets::Memory(scanned.offsets),
             scanned.valid_len,
         );
         segments.push(active.clone());
@@ -221,7 +292,6 @@ impl SegmentLog {
                 shared,
                 active,
                 active_len: scanned.valid_len,
-                indexed_at,
                 next_seq,
                 failed: None,
             },
@@ -269,6 +339,10 @@ impl SegmentLog {
             }
             encode(&mut frames, first + i as u64, body);
         }
+        // Offsets in a segment are `u32`s: a batch that opens a segment must fit them.
+        if frames.len() as u64 > u64::from(u32::MAX) {
+            return Err(AppendError::TooLarge(frames.len()));
+        }
         if self.active_len > 0
             && self.active_len + frames.len() as u64 > self.shared.options.segment_bytes
         {
@@ -293,7 +367,7 @@ impl SegmentLog {
             });
             return Err(AppendError::Failed(error.to_string()));
         }
-        self.index_batch(start, first, bodies);
+        self.index_batch(start, bodies);
         self.active_len += frames.len() as u64;
         self.next_seq = first + bodies.len() as u64;
         // The bytes first, then the seq: a reader that sees the seq sees its bytes.
@@ -311,16 +385,23 @@ impl SegmentLog {
         self.reader().read(from_seq, max)
     }
 
-    /// Adds sparse index entries for a batch written at `start`.
-    fn index_batch<B: AsRef<[u8]>>(&mut self, start: u64, first: u64, bodies: &[B]) {
-        let every = self.shared.options.index_every_bytes;
-        let mut index = self.active.index.write().expect("index lock");
+    /// The record with this seq, if it is synced: one read of its index entries and one
+    /// of its bytes.
+    pub fn read_one(&self, seq: u64) -> io::Result<Option<Record>> {
+        self.reader().read_one(seq)
+    }
+
+    /// Adds the index entries of a batch written at `start`.
+    fn index_batch<B: AsRef<[u8]>>(&mut self, start: u64, bodies: &[B]) {
+        let mut offsets = self.active.offsets.write().expect("offsets lock");
+        let Offsets::Memory(offsets) = &mut *offsets else {
+            unreachable!("the active segment's offsets are in memory");
+        };
         let mut offset = start;
-        for (i, body) in bodies.iter().enumerate() {
-            if index.is_empty() || offset >= self.indexed_at + every {
-                index.push((first + i as u64, offset));
-                self.indexed_at = offset;
-            }
+        for body in bodies {
+            // Fits: the batch ends within `segment_bytes` (at most `u32::MAX`), or it
+            // opened the segment and is itself at most `u32::MAX` bytes.
+            offsets.push(offset as u32);
             offset += HEADER + body.as_ref().len() as u64;
         }
     }
@@ -331,10 +412,19 @@ impl SegmentLog {
     fn roll(&mut self) -> Result<(), AppendError> {
         self.synced(|log| log.active.file.sync_data())?;
         let index = {
-            let entries = self.active.index.read().expect("index lock");
-            write_index(&index_path(&self.active.path), &entries).map_err(AppendError::Write)?
+            let offsets = self.active.offsets.read().expect("offsets lock");
+            let Offsets::Memory(offsets) = &*offsets else {
+                unreachable!("the active segment's offsets are in memory");
+            };
+            write_index(&index_path(&self.active.path), offsets).map_err(AppendError::Write)?
         };
         self.synced(|_| index.sync_data())?;
+        // Sealed: its offsets are read from the file from now on, not kept in memory.
+        let records = self.active.offsets.read().expect("offsets lock").len();
+        *self.active.offsets.write().expect("offsets lock") = Offsets::File {
+            file: index,
+            records,
+        };
         // No record has the next seq yet, so a file of that name can only be an empty
         // one left by a roll that failed after creating it.
         let path = segment_path(&self.dir, self.next_seq);
@@ -346,7 +436,7 @@ impl SegmentLog {
             .open(&path)
             .map_err(AppendError::Write)?;
         self.synced(|log| sync_dir(&log.dir))?;
-        let active = Segment::new(self.next_seq, path, file, Vec::new(), 0);
+        let active = Segment::new(self.next_seq, path, file, Offsets::Memory(Vec::new()), 0);
         self.shared
             .segments
             .write()
@@ -354,7 +444,6 @@ impl SegmentLog {
             .push(active.clone());
         self.active = active;
         self.active_len = 0;
-        self.indexed_at = 0;
         Ok(())
     }
 
@@ -393,10 +482,13 @@ impl LogReader {
             if segment.first_seq > durable_seq {
                 break;
             }
-            let offset = {
-                let index = segment.index.read().expect("index lock");
-                let at = index.partition_point(|&(seq, _)| seq <= from_seq);
-                at.checked_sub(1).map_or(0, |i| index[i].1)
+            let offset = if from_seq <= segment.first_seq {
+                0
+            } else {
+                match segment.span(from_seq)? {
+                    Some(span) => span.start,
+                    None => continue,
+                }
             };
             let end = segment.synced_len.load(Ordering::Acquire);
             let mut reader = Positional::new(&segment.file, offset, end);
@@ -430,6 +522,42 @@ impl LogReader {
             }
         }
         Ok(out)
+    }
+
+    /// The record with this seq, if it is synced: one read of its index entries and one
+    /// of its bytes. Damage (a bad CRC, another seq) is an error naming the seq.
+    pub fn read_one(&self, seq: u64) -> io::Result<Option<Record>> {
+        if seq == 0 || seq > self.durable_seq() {
+            return Ok(None);
+        }
+        let segment = {
+            let all = self.shared.segments.read().expect("segments lock");
+            let at = all.partition_point(|s| s.first_seq <= seq);
+            match at.checked_sub(1) {
+                Some(i) => all[i].clone(),
+                None => return Ok(None),
+            }
+        };
+        let Some(span) = segment.span(seq)? else {
+            return Ok(None);
+        };
+        let mut frame = vec![0u8; (span.end - span.start) as usize];
+        segment.file.read_exact_at(&mut frame, span.start)?;
+        match read_record(&mut frame.as_slice(), &self.shared.options)? {
+            Some((found, body))
+                if found == seq && HEADER + body.len() as u64 == span.end - span.start =>
+            {
+                Ok(Some(Record { seq, body }))
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "damaged record for seq {seq} at byte {} of {}",
+                    span.start,
+                    segment.path.display()
+                ),
+            )),
+        }
     }
 }
 
@@ -544,66 +672,90 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
 struct Scanned {
     valid_len: u64,
     next_seq: u64,
-    index: Vec<(u64, u64)>,
+    offsets: Vec<u32>,
 }
 
 /// Reads a segment from its start: where its whole records with the expected seqs end,
-/// and its sparse index.
+/// and where each starts.
 fn scan(path: &Path, first_seq: u64, options: &SegmentOptions) -> io::Result<Scanned> {
     let mut reader = BufReader::with_capacity(256 * 1024, File::open(path)?);
-    let (mut offset, mut next_seq, mut index, mut indexed_at) = (0u64, first_seq, Vec::new(), 0u64);
+    let (mut offset, mut next_seq, mut offsets) = (0u64, first_seq, Vec::new());
     while let Some((seq, body)) = read_record(&mut reader, options)? {
+        let Ok(start) = u32::try_from(offset) else {
+            break;
+        };
         if seq != next_seq {
             break;
         }
-        if index.is_empty() || offset >= indexed_at + options.index_every_bytes {
-            index.push((seq, offset));
-            indexed_at = offset;
-        }
+        offsets.push(start);
         offset += HEADER + body.len() as u64;
         next_seq += 1;
     }
     Ok(Scanned {
         valid_len: offset,
         next_seq,
-        index,
+        offsets,
     })
 }
 
 /// Writes an index file; the caller syncs it.
-fn write_index(path: &Path, index: &[(u64, u64)]) -> io::Result<File> {
-    let mut bytes = Vec::with_capacity(index.len() * INDEX_ENTRY + 4);
-    for &(seq, offset) in index {
-        bytes.extend_from_slice(&seq.to_le_bytes());
-        bytes.extend_from_slice(&offset.to_le_bytes());
-    }
-    let sum = crc32fast::hash(&bytes);
-    bytes.extend_from_slice(&sum.to_le_bytes());
-    let mut file = File::create(path)?;
+fn write_index(path: &Path, offsets: &[u32]) -> io::Result<File> {
+    let bytes: Vec<u8> = offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
     file.write_all(&bytes)?;
     Ok(file)
 }
 
-/// A sealed segment's index; an error if it is missing or damaged (then it is rebuilt).
-fn read_index(path: &Path) -> io::Result<Vec<(u64, u64)>> {
-    let bytes = std::fs::read(path)?;
-    let damaged = || io::Error::new(io::ErrorKind::InvalidData, "damaged index");
-    if bytes.len() < 4 || (bytes.len() - 4) % INDEX_ENTRY != 0 {
-        return Err(damaged());
+/// A sealed segment's index, if it describes the segment: whole entries, the first at
+/// 0, and the last at a record with the last seq that ends the file. Checked with two
+/// reads, not by reading it all, so opening a large log stays quick; an entry damaged
+/// in between makes that one read an error (the record's seq and CRC are checked).
+fn open_index(
+    segment: &Path,
+    segment_file: &File,
+    segment_len: u64,
+    first_seq: u64,
+    options: &SegmentOptions,
+) -> Option<Offsets> {
+    let file = OpenOptions::new()
+        .read(true)
+        .open(index_path(segment))
+        .ok()?;
+    let len = file.metadata().ok()?.len();
+    if len == 0 || len % INDEX_ENTRY != 0 {
+        return None;
     }
-    let (entries, sum) = bytes.split_at(bytes.len() - 4);
-    if crc32fast::hash(entries) != u32::from_le_bytes(sum.try_into().expect("4 bytes")) {
-        return Err(damaged());
+    let records = len / INDEX_ENTRY;
+    let offsets = Offsets::File { file, records };
+    let (first, _) = offsets.get(0).ok()??;
+    let (last, _) = offsets.get(records - 1).ok()??;
+    let mut reader = Positional::new(segment_file, last, segment_len);
+    let (seq, body) = read_record(&mut reader, options).ok()??;
+    let whole = first == 0
+        && seq == first_seq + records - 1
+        && last + HEADER + body.len() as u64 == segment_len;
+    whole.then_some(offsets)
+}
+
+/// A sealed segment's offsets from a scan, written as its index (kept in memory if the
+/// index cannot be written: the log still opens on a full disk).
+fn sealed_offsets(segment: &Path, offsets: Vec<u32>) -> Offsets {
+    let records = offsets.len() as u64;
+    match write_index(&index_path(segment), &offsets).and_then(|file| {
+        file.sync_data()?;
+        Ok(file)
+    }) {
+        Ok(file) => Offsets::File { file, records },
+        Err(error) => {
+            tracing::warn!(segment = %segment.display(), %error, "Cannot rewrite a segment's index; keeping it in memory.");
+            Offsets::Memory(offsets)
+        }
     }
-    Ok(entries
-        .chunks_exact(INDEX_ENTRY)
-        .map(|e| {
-            (
-                u64::from_le_bytes(e[0..8].try_into().expect("8 bytes")),
-                u64::from_le_bytes(e[8..16].try_into().expect("8 bytes")),
-            )
-        })
-        .collect())
 }
 
 #[cfg(test)]
@@ -613,7 +765,6 @@ mod tests {
     fn small() -> SegmentOptions {
         SegmentOptions {
             segment_bytes: 4096,
-            index_every_bytes: 512,
             max_record_bytes: 1024 * 1024,
         }
     }
@@ -642,6 +793,19 @@ mod tests {
         for record in records {
             assert_eq!(record.body, body(record.seq), "record {}", record.seq);
         }
+        for seq in from..=through {
+            let record = log
+                .read_one(seq)
+                .unwrap()
+                .expect("every synced seq is found");
+            assert_eq!(
+                (record.seq, record.body),
+                (seq, body(seq)),
+                "read_one({seq})"
+            );
+        }
+        assert_eq!(log.read_one(0).unwrap(), None);
+        assert_eq!(log.read_one(log.durable_seq() + 1).unwrap(), None);
     }
 
     fn active_segment(dir: &Path) -> PathBuf {
@@ -704,6 +868,12 @@ mod tests {
                             assert_eq!(record.seq, seq);
                             assert_eq!(record.body, body(seq), "record {seq}");
                         }
+                        let one = reader.read_one(durable_before).unwrap();
+                        if durable_before > 0 {
+                            let one = one.expect("a synced seq is found");
+                            assert_eq!(one.body, body(durable_before), "read_one");
+                        }
+                        assert_eq!(reader.read_one(reader.durable_seq() + 1).unwrap(), None);
                         last_seen = through;
                         reads += 1;
                     }
@@ -729,7 +899,7 @@ mod tests {
     fn a_missing_or_damaged_index_is_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = SegmentLog::open(dir.path(), small()).unwrap();
-        fill(&mut log, 30, 5);
+        fill(&mut log, 80, 5);
         drop(log);
         let mut indexes: Vec<PathBuf> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -738,11 +908,47 @@ mod tests {
             .collect();
         indexes.sort();
         assert!(indexes.len() >= 2);
+        assert!(indexes.len() >= 4);
         std::fs::remove_file(&indexes[0]).unwrap();
         std::fs::write(&indexes[1], b"garbage").unwrap();
+        // Whole entries, but one short: its last entry is not the segment's last record.
+        let short = std::fs::read(&indexes[2]).unwrap();
+        std::fs::write(&indexes[2], &short[..short.len() - INDEX_ENTRY as usize]).unwrap();
+        // Whole entries, the first not at 0.
+        let mut shifted = std::fs::read(&indexes[3]).unwrap();
+        shifted[0] = 16;
+        std::fs::write(&indexes[3], &shifted).unwrap();
         let (log, _) = SegmentLog::open(dir.path(), small()).unwrap();
-        assert_reads_back(&log, 1, 150);
-        assert_reads_back(&log, 33, 150);
+        assert_reads_back(&log, 1, 400);
+        assert_reads_back(&log, 33, 400);
+        drop(log);
+        // Rebuilt on disk too: the same bytes as a sealed segment's own.
+        assert_eq!(std::fs::read(&indexes[2]).unwrap(), short);
+        assert_eq!(std::fs::read(&indexes[0]).unwrap().len() % 4, 0);
+    }
+
+    /// An index entry damaged between its first and last (open checks only those) sends
+    /// a read to the wrong bytes: that read is an error naming the seq, never another
+    /// record's body.
+    #[test]
+    fn a_damaged_index_entry_is_an_error_naming_the_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), small()).unwrap();
+        fill(&mut log, 30, 5);
+        drop(log);
+        let index = index_path(&segment_path(dir.path(), 1));
+        let mut bytes = std::fs::read(&index).unwrap();
+        assert!(bytes.len() >= 5 * INDEX_ENTRY as usize);
+        // Entry 2 (seq 3) now points at seq 4's record.
+        let fourth: [u8; 4] = bytes[12..16].try_into().unwrap();
+        bytes[8..12].copy_from_slice(&fourth);
+        std::fs::write(&index, &bytes).unwrap();
+        let (log, _) = SegmentLog::open(dir.path(), small()).unwrap();
+        let error = log.read_one(3).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+        assert!(error.to_string().contains("seq 3"), "{error}");
+        assert_eq!(log.read_one(4).unwrap().unwrap().body, body(4));
+        assert_reads_back(&log, 5, 150);
     }
 
     /// A crash mid-write leaves part of a batch after the last whole record: "truncate to
