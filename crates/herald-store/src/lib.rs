@@ -45,6 +45,7 @@ mod plan;
 pub mod postgres;
 pub mod record;
 pub mod retention;
+pub mod run;
 pub mod segment;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
