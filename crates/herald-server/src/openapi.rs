@@ -212,7 +212,7 @@ use crate::wire::schema::{
         (name = "access", description = "Tenants and API keys (admin keys only): who may publish and read which subjects."),
         (name = "operations", description = "Health, metrics and this document."),
     ),
-    modifiers(&Everywhere),
+    modifiers(&Everywhere, &Links),
 )]
 pub struct ApiDoc;
 
@@ -381,6 +381,83 @@ impl Modify for Everywhere {
     }
 }
 
+/// OpenAPI links from what creates a resource to where it is read: they tell clients
+/// (and stateful test tools) which answer field names the new resource. Without them a
+/// tool guesses, and took a CloudEvent's own `id` (any string) from a publish's body for
+/// the event id of `GET /api/events/{id}` (a UUID).
+struct Links;
+
+/// A link from the answers of one operation to another operation.
+struct Link {
+    path: &'static str,
+    method: &'static str,
+    statuses: &'static [&'static str],
+    name: &'static str,
+    operation: &'static str,
+    parameter: &'static str,
+    /// A runtime expression giving the parameter.
+    value: &'static str,
+}
+
+const LINKS: &[Link] = &[
+    Link {
+        path: "/api/events",
+        method: "post",
+        statuses: &["200", "201"],
+        name: "GetEvent",
+        operation: "get_event",
+        parameter: "id",
+        value: "$response.body#/event_id",
+    },
+    Link {
+        path: "/api/rules",
+        method: "post",
+        statuses: &["201"],
+        name: "GetRule",
+        operation: "get_rule",
+        parameter: "id",
+        value: "$response.body#/id",
+    },
+    Link {
+        path: "/api/consumers/{name}",
+        method: "put",
+        statuses: &["200", "201"],
+        name: "GetConsumer",
+        operation: "get_consumer",
+        parameter: "name",
+        value: "$request.path.name",
+    },
+];
+
+impl Modify for Links {
+    fn modify(&self, openapi: &mut Document) {
+        for link in LINKS {
+            let (path, method) = (link.path, link.method);
+            let operation = openapi
+                .paths
+                .paths
+                .get_mut(path)
+                .and_then(|item| operations(item).find(|(m, _)| *m == method))
+                .map(|(_, operation)| operation)
+                .unwrap_or_else(|| panic!("a link from {method} {path}, which is not documented"));
+            for status in link.statuses {
+                let Some(RefOr::T(response)) = operation.responses.responses.get_mut(*status)
+                else {
+                    panic!("a link from {method} {path} {status}, which is not an inline response");
+                };
+                // As JSON: utoipa's `Link` writes `operation_id`, not `operationId`.
+                let extensions = response.extensions.get_or_insert_with(Default::default);
+                let mut links = extensions.remove("links").unwrap_or_else(|| json!({}));
+                links[link.name] = json!({
+                    "operationId": link.operation,
+                    "parameters": {link.parameter: link.value},
+                });
+                extensions.extend([("links".to_owned(), links)]);
+            }
+        }
+    }
+}
+
 /// A parameter is text on the wire and is absent rather than null: `Option<T>` params
 /// are `T`, not `T | null`.
 fn not_null(schema: RefOr<Schema>) -> RefOr<Schema> {
@@ -482,6 +559,55 @@ mod tests {
     }
 
     /// Every `$ref` points at a component that exists.
+    /// Every link names an operation that exists and parameters that operation takes,
+    /// and the publish answers link to the event they stored.
+    #[test]
+    fn links_reach_operations_and_their_parameters() {
+        let doc = doc();
+        let mut operations = std::collections::HashMap::new();
+        for item in doc["paths"].as_object().unwrap().values() {
+            for operation in item.as_object().unwrap().values() {
+                if let Some(id) = operation["operationId"].as_str() {
+                    operations.insert(id.to_owned(), operation.clone());
+                }
+            }
+        }
+        let mut links = 0;
+        for item in doc["paths"].as_object().unwrap().values() {
+            for operation in item.as_object().unwrap().values() {
+                let Some(responses) = operation["responses"].as_object() else {
+                    continue;
+                };
+                for response in responses.values() {
+                    let Some(found) = response["links"].as_object() else {
+                        continue;
+                    };
+                    for (name, link) in found {
+                        links += 1;
+                        let target = &operations[link["operationId"].as_str().unwrap()];
+                        for parameter in link["parameters"].as_object().unwrap().keys() {
+                            assert!(
+                                target["parameters"]
+                                    .as_array()
+                                    .unwrap()
+                                    .iter()
+                                    .any(|p| p["name"] == parameter.as_str()),
+                                "link {name}: no parameter {parameter}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert!(links >= 3, "{links} links");
+        for status in ["200", "201"] {
+            assert_eq!(
+                doc["paths"]["/api/events"]["post"]["responses"][status]["links"]["GetEvent"],
+                json!({"operationId": "get_event", "parameters": {"id": "$response.body#/event_id"}})
+            );
+        }
+    }
+
     #[test]
     fn references_resolve() {
         fn walk(value: &Value, doc: &Value, seen: &mut usize) {
