@@ -6,13 +6,14 @@
 //! builds the three runs a sealed segment would get: (subject, seq) over 32 subjects,
 //! (correlation id, seq) and (id, seq) with time-ordered UUIDs, sorting each first, and
 //! reports this thread's CPU per event (`/proc/thread-self/schedstat`); then 100,000
-//! random lookups of an id and of a subject page (100 seqs from a random seq).
+//! random lookups of an id and of a subject page (100 seqs from a random seq); then the
+//! CPU per entry of merging five such id runs into one (the id index's levels).
 //!
 //! `cargo run --release -p herald-store --example run_cost -- [EVENTS]`
 
 use std::time::Instant;
 
-use herald_store::run::{write_run, Run};
+use herald_store::run::{merge_runs, write_run, Run};
 use uuid::Uuid;
 
 fn cpu_ns() -> u64 {
@@ -73,6 +74,26 @@ fn main() {
 
     let ids_run = Run::open(&dir.path().join("ids.run")).expect("open");
     let subjects_run = Run::open(&dir.path().join("subjects.run")).expect("open");
+    let mut id_runs = vec![ids_run];
+    for part in 1..5u64 {
+        let mut more: Vec<([u8; 16], u64)> = (0..events)
+            .map(|i| (*Uuid::now_v7().as_bytes(), part * events + i + 1))
+            .collect();
+        more.sort_unstable();
+        let path = dir.path().join(format!("ids-{part}.run"));
+        write_run(&path, more).expect("ids");
+        id_runs.push(Run::open(&path).expect("open"));
+    }
+    let cpu = cpu_ns();
+    let inputs: Vec<&Run> = id_runs.iter().collect();
+    let merged = merge_runs(&inputs, &dir.path().join("ids-merged.run")).expect("merge");
+    let spent = cpu_ns() - cpu;
+    println!(
+        "merged 5 id runs into one of {merged} entries: {:.2} µs of CPU per entry",
+        spent as f64 / 1e3 / merged as f64
+    );
+    let ids_run = id_runs.swap_remove(0);
+
     measure("an id", |n| {
         let i = (n % events) as usize;
         let found = ids_run.values(ids[i].as_bytes(), 0, 1).unwrap();

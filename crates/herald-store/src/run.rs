@@ -52,12 +52,65 @@ pub fn write_run<K: AsRef<[u8]>>(
     path: &Path,
     entries: impl IntoIterator<Item = (K, u64)>,
 ) -> io::Result<u64> {
+    write_entries(path, entries.into_iter().map(Ok))
+}
+
+/// Merges runs into one at `path`, like [`write_run`]: every entry in order, one that
+/// several runs hold written once. A damaged input is an error, and leaves no run.
+pub fn merge_runs(runs: &[&Run], path: &Path) -> io::Result<u64> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+
+    let mut sources: Vec<_> = runs.iter().map(|run| run.entries()).collect();
+    let mut heads = BinaryHeap::new();
+    for (i, source) in sources.iter_mut().enumerate() {
+        if let Some(entry) = source.next() {
+            let (key, value) = entry?;
+            heads.push(Reverse((key, value, i)));
+        }
+    }
+    let mut last: Option<(Vec<u8>, u64)> = None;
+    let merged = std::iter::from_fn(move || loop {
+        let Reverse((key, value, i)) = heads.pop()?;
+        match sources[i].next() {
+            Some(Ok((next_key, next_value))) => heads.push(Reverse((next_key, next_value, i))),
+            Some(Err(error)) => return Some(Err(error)),
+            None => {}
+        }
+        if last.as_ref().is_some_and(|(k, v)| (k, *v) == (&key, value)) {
+            continue;
+        }
+        last = Some((key.clone(), value));
+        return Some(Ok((key, value)));
+    });
+    write_entries(path, merged)
+}
+
+/// Writes entries that may fail to be read: the first error removes what was written.
+fn write_entries<K: AsRef<[u8]>>(
+    path: &Path,
+    entries: impl Iterator<Item = io::Result<(K, u64)>>,
+) -> io::Result<u64> {
     let temporary = path.with_extension("tmp");
+    let written = write_temporary(&temporary, entries).and_then(|count| {
+        std::fs::rename(&temporary, path)?;
+        Ok(count)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
+}
+
+fn write_temporary<K: AsRef<[u8]>>(
+    temporary: &Path,
+    entries: impl Iterator<Item = io::Result<(K, u64)>>,
+) -> io::Result<u64> {
     let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&temporary)?;
+        .open(temporary)?;
     let mut out = BufWriter::with_capacity(256 * 1024, file);
     let mut fences: Vec<Fence> = Vec::new();
     let mut block: Vec<u8> = Vec::with_capacity(BLOCK_BYTES + MAX_KEY_BYTES + 16);
@@ -85,7 +138,8 @@ pub fn write_run<K: AsRef<[u8]>>(
         block.clear();
         Ok(())
     };
-    for (key, value) in entries {
+    for entry in entries {
+        let (key, value) = entry?;
         let key = key.as_ref();
         if key.len() > MAX_KEY_BYTES {
             return Err(invalid_input(format!(
@@ -137,7 +191,6 @@ pub fn write_run<K: AsRef<[u8]>>(
     }
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_data()?;
-    std::fs::rename(&temporary, path)?;
     Ok(count)
 }
 
@@ -390,7 +443,60 @@ mod tests {
             let error = write_run(&path, entries).unwrap_err();
             assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
             assert!(!path.exists(), "nothing is left under the run's name");
+            assert!(!path.with_extension("tmp").exists(), "nor beside it");
         }
+    }
+
+    /// Runs merge into one holding every entry once, in order, across block edges and
+    /// with entries that several runs hold.
+    #[test]
+    fn runs_merge_into_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = sample();
+        // Three overlapping thirds (every entry in at least one, many in two), and an
+        // empty run.
+        let parts: Vec<Vec<(Vec<u8>, u64)>> = vec![
+            all.iter().step_by(2).cloned().collect(),
+            all.iter().skip(1).step_by(2).cloned().collect(),
+            all.iter().step_by(3).cloned().collect(),
+            Vec::new(),
+        ];
+        let mut runs = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            let path = dir.path().join(format!("{i}.run"));
+            write_run(&path, part.iter().map(|(k, v)| (k, *v))).unwrap();
+            runs.push(Run::open(&path).unwrap());
+        }
+        let merged = dir.path().join("merged.run");
+        let refs: Vec<&Run> = runs.iter().collect();
+        assert_eq!(merge_runs(&refs, &merged).unwrap(), all.len() as u64);
+        let run = Run::open(&merged).unwrap();
+        let back: Vec<(Vec<u8>, u64)> = run.entries().collect::<io::Result<_>>().unwrap();
+        assert_eq!(back, all);
+        assert_eq!(
+            run.values(b"hub.bench.s0150", 0, usize::MAX).unwrap(),
+            expected(&all, b"hub.bench.s0150", 0, usize::MAX)
+        );
+        assert_eq!(merge_runs(&[], &merged).unwrap(), 0);
+    }
+
+    /// A damaged input stops the merge with its error and leaves no run behind.
+    #[test]
+    fn a_damaged_input_fails_the_merge_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = sample();
+        let good = dir.path().join("good.run");
+        write_run(&good, all.iter().map(|(k, v)| (k, *v))).unwrap();
+        let bad = dir.path().join("bad.run");
+        write_run(&bad, all.iter().map(|(k, v)| (k, *v + 1_000_000))).unwrap();
+        let mut bytes = std::fs::read(&bad).unwrap();
+        bytes[BLOCK_BYTES * 2] ^= 0xff; // inside the third block
+        std::fs::write(&bad, &bytes).unwrap();
+        let (good, bad) = (Run::open(&good).unwrap(), Run::open(&bad).unwrap());
+        let merged = dir.path().join("merged.run");
+        let error = merge_runs(&[&good, &bad], &merged).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+        assert!(!merged.exists() && !merged.with_extension("tmp").exists());
     }
 
     /// Every flipped byte of a run is either an error (on open or on the read that meets
