@@ -7,12 +7,15 @@
 //! (correlation id, seq) and (id, seq) with time-ordered UUIDs, sorting each first, and
 //! reports this thread's CPU per event (`/proc/thread-self/schedstat`); then 100,000
 //! random lookups of an id and of a subject page (100 seqs from a random seq); then the
-//! CPU per entry of merging five such id runs into one (the id index's levels).
+//! CPU per entry of merging five such id runs into one (the id index's levels); then
+//! `herald_store::postings` as the log would use it: `EVENTS` events' three keys added,
+//! flushed every 16,384 events and merged in tiers, CPU per event and the runs left.
 //!
 //! `cargo run --release -p herald-store --example run_cost -- [EVENTS]`
 
 use std::time::Instant;
 
+use herald_store::postings::Postings;
 use herald_store::run::{merge_runs, write_run, Run};
 use uuid::Uuid;
 
@@ -93,6 +96,37 @@ fn main() {
         spent as f64 / 1e3 / merged as f64
     );
     let ids_run = id_runs.swap_remove(0);
+
+    let postings = Postings::open(dir.path().join("postings")).expect("postings");
+    let cpu = cpu_ns();
+    for seq in 1..=events {
+        let i = (seq - 1) as usize;
+        let subject = [b"S:".as_slice(), subjects[(seq % 32) as usize].as_bytes()].concat();
+        let correlation = [b"C:".as_slice(), correlations[i].as_bytes()].concat();
+        let id = [b"I:".as_slice(), ids[i].as_bytes()].concat();
+        postings.add([
+            (subject.as_slice(), seq),
+            (correlation.as_slice(), seq),
+            (id.as_slice(), seq),
+        ]);
+        if seq % 16_384 == 0 {
+            postings.flush().expect("flush");
+            postings.compact().expect("compact");
+        }
+    }
+    postings.flush().expect("flush");
+    postings.compact().expect("compact");
+    let spent = cpu_ns() - cpu;
+    println!(
+        "postings: {events} events' three keys added, flushed and merged: {:.2} µs of CPU per event; {} runs",
+        spent as f64 / 1e3 / events as f64,
+        postings.runs(),
+    );
+    measure("an id in the postings", |n| {
+        let i = (n % events) as usize;
+        let id = [b"I:".as_slice(), ids[i].as_bytes()].concat();
+        assert_eq!(postings.seqs(&id, 0, 1).unwrap(), vec![i as u64 + 1]);
+    });
 
     measure("an id", |n| {
         let i = (n % events) as usize;

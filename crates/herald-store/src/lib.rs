@@ -43,6 +43,7 @@ pub mod consumer;
 pub mod embedded;
 mod plan;
 pub mod postgres;
+pub mod postings;
 pub mod record;
 pub mod retention;
 pub mod run;
