@@ -1,4 +1,4 @@
-//! What storing an event costs in CPU, three ways, on this machine: the bound under
+//! What storing an event costs in CPU, four ways, on this machine: the bound under
 //! (a) of issue 11 for each design of the embedded store.
 //!
 //! 1. **rows**: today's shape: a row with the payload, its unique id index and its
@@ -9,6 +9,9 @@
 //! 3. **bulk indexes**: what the log would need beside it: (id, seq), (subject, seq) and
 //!    (correlation, seq) in `WITHOUT ROWID` tables, written 1,000 events per transaction
 //!    in key order and not synced (a restart rebuilds them from the log).
+//! 4. **log + postings**: `herald_store::event_log`, the log with its own postings
+//!    (subject, correlation, id), flushed and merged on their own thread; the CPU of
+//!    every thread.
 //!
 //! CPU is this thread's time on a CPU (`/proc/thread-self/schedstat`): user and kernel
 //! time, not time spent waiting for the disk.
@@ -19,6 +22,7 @@
 use std::time::Instant;
 
 use herald_core::{Event, Origin, Payload, Subject, Timestamp};
+use herald_store::event_log::{EventLog, EventLogOptions};
 use herald_store::segment::{SegmentLog, SegmentOptions};
 use rusqlite::{params, Connection};
 use uuid::Uuid;
@@ -32,6 +36,17 @@ fn thread_cpu_ns() -> u64 {
         .next()
         .and_then(|n| n.parse().ok())
         .expect("a number")
+}
+
+/// CPU time of every thread of this process (`/proc/self/task/*/schedstat`).
+fn process_cpu_ns() -> u64 {
+    std::fs::read_dir("/proc/self/task")
+        .expect("tasks")
+        .filter_map(|task| {
+            let text = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+            text.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
 }
 
 fn event(n: u64) -> Event {
@@ -151,6 +166,24 @@ fn main() {
     println!(
         "log ({batch} per write + fdatasync):      {rate:>9.0} events/s, {cpu:5.1} µs CPU/event"
     );
+
+    // The log with its own postings (`herald_store::event_log`): the writer's CPU and
+    // the postings thread's, which flushes and merges behind it.
+    let (mut event_log, _) =
+        EventLog::open(&dir.path().join("event-log"), EventLogOptions::default())
+            .expect("event log");
+    let cpu = process_cpu_ns();
+    let started = Instant::now();
+    for part in events.chunks(batch) {
+        event_log.append(part).expect("append");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = (process_cpu_ns() - cpu) as f64 / 1_000.0 / events.len() as f64;
+    println!(
+        "log + postings ({batch} per write + fdatasync): {:>9.0} events/s, {cpu:5.1} µs CPU/event (all threads)",
+        events.len() as f64 / elapsed
+    );
+    drop(event_log);
 
     let index = sqlite(&dir.path().join("index.db"), "NORMAL");
     index

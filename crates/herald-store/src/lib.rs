@@ -41,6 +41,7 @@ pub mod codec;
 pub mod conformance;
 pub mod consumer;
 pub mod embedded;
+pub mod event_log;
 mod plan;
 pub mod postgres;
 pub mod postings;

@@ -1,0 +1,464 @@
+//! The events' own log (issue 11): the segment log ([`crate::segment`]) holding events
+//! as records ([`crate::record`]), with postings ([`crate::postings`]) by subject,
+//! correlation id, id and aggregate beside it. Not yet behind a store.
+//!
+//! - **Append**: numbered events become one batch of records (one `write`, one
+//!   `fdatasync`); their keys go to the postings' memtable, and only then are they
+//!   visible ([`EventReader::head`]), so a read by key never misses an event below the
+//!   head it saw.
+//! - **Postings are flushed and merged on a thread of their own**, never on the append's
+//!   path: every [`EventLogOptions::flush_every`] entries, and at close.
+//! - **Open** replays the records past the postings' `indexed_through` into the
+//!   memtable: what a crash lost of them comes back from the log.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use herald_core::{Event, Seq};
+use uuid::Uuid;
+
+use crate::postings::Postings;
+use crate::segment::{AppendError, LogReader, Recovered, SegmentLog, SegmentOptions};
+
+/// Tuning for an [`EventLog`].
+#[derive(Debug, Clone)]
+pub struct EventLogOptions {
+    pub segments: SegmentOptions,
+    /// Postings entries kept in memory before they are written as a run (three or four
+    /// per event).
+    pub flush_every: usize,
+}
+
+impl Default for EventLogOptions {
+    fn default() -> Self {
+        EventLogOptions {
+            segments: SegmentOptions::default(),
+            flush_every: 64 * 1024,
+        }
+    }
+}
+
+/// What the postings find events by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key<'a> {
+    Subject(&'a str),
+    Correlation(Uuid),
+    Id(Uuid),
+    /// Type and id.
+    Aggregate(&'a str, &'a str),
+}
+
+impl Key<'_> {
+    /// The bytes in the postings: a kind byte, then the key (an aggregate's type and id
+    /// apart by a NUL, which neither may hold).
+    fn bytes(&self, out: &mut Vec<u8>) {
+        out.clear();
+        match self {
+            Key::Subject(subject) => {
+                out.push(b'S');
+                out.extend_from_slice(subject.as_bytes());
+            }
+            Key::Correlation(id) => {
+                out.push(b'C');
+                out.extend_from_slice(id.as_bytes());
+            }
+            Key::Id(id) => {
+                out.push(b'I');
+                out.extend_from_slice(id.as_bytes());
+            }
+            Key::Aggregate(kind, id) => {
+                out.push(b'A');
+                out.extend_from_slice(kind.as_bytes());
+                out.push(0);
+                out.extend_from_slice(id.as_bytes());
+            }
+        }
+    }
+}
+
+/// Every key an event is found by.
+fn keys(event: &Event) -> impl Iterator<Item = Key<'_>> {
+    [
+        Some(Key::Subject(event.subject.as_str())),
+        Some(Key::Correlation(event.correlation_id)),
+        Some(Key::Id(event.id)),
+        event
+            .aggregate
+            .as_deref()
+            .map(|a| Key::Aggregate(&a.aggregate_type, &a.aggregate_id)),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+struct Shared {
+    reader: LogReader,
+    postings: Postings,
+    /// The last seq whose keys are in the postings: reads stop here.
+    visible: AtomicU64,
+    stopping: AtomicBool,
+}
+
+/// The writer: one per log directory.
+pub struct EventLog {
+    log: SegmentLog,
+    shared: Arc<Shared>,
+    flush_every: usize,
+    wake: mpsc::SyncSender<()>,
+    flusher: Option<JoinHandle<()>>,
+    key: Vec<u8>,
+    bodies: Vec<Vec<u8>>,
+}
+
+/// Reads the log and its postings while the writer appends: cheap to clone.
+#[derive(Clone)]
+pub struct EventReader {
+    shared: Arc<Shared>,
+}
+
+impl EventLog {
+    /// Opens the log in `dir` (its segments in `segments/`, postings in `postings/`),
+    /// cutting a torn tail and adding to the postings what a crash lost of them.
+    pub fn open(dir: &Path, options: EventLogOptions) -> std::io::Result<(EventLog, Recovered)> {
+        let (log, recovered) = SegmentLog::open(dir.join("segments"), options.segments)?;
+        let postings = Postings::open(dir.join("postings"))?;
+        let reader = log.reader();
+        let mut key = Vec::new();
+        let mut from = postings.indexed_through() + 1;
+        loop {
+            let records = reader.read(from, 4096)?;
+            let Some(last) = records.last().map(|r| r.seq) else {
+                break;
+            };
+            for record in &records {
+                let event = crate::record::decode(record.seq, &record.body)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                add_keys(&postings, &event, &mut key);
+            }
+            from = last + 1;
+        }
+        let shared = Arc::new(Shared {
+            visible: AtomicU64::new(log.durable_seq()),
+            reader,
+            postings,
+            stopping: AtomicBool::new(false),
+        });
+        let (wake, woken) = mpsc::sync_channel(1);
+        let flusher = {
+            let shared = shared.clone();
+            let flush_every = options.flush_every;
+            std::thread::Builder::new()
+                .name("herald-postings".into())
+                .spawn(move || flush_loop(&shared, &woken, flush_every))?
+        };
+        Ok((
+            EventLog {
+                log,
+                shared,
+                flush_every: options.flush_every,
+                wake,
+                flusher: Some(flusher),
+                key,
+                bodies: Vec::new(),
+            },
+            recovered,
+        ))
+    }
+
+    /// The seq the next event must have.
+    pub fn next_seq(&self) -> Seq {
+        self.log.next_seq()
+    }
+
+    /// Appends numbered events (from [`Self::next_seq`] on, in order) as one batch:
+    /// stored and synced when this returns `Ok`, and visible to readers.
+    pub fn append(&mut self, events: &[Event]) -> Result<(), AppendError> {
+        let next = self.log.next_seq();
+        if let Some((i, event)) = events
+            .iter()
+            .enumerate()
+            .find(|(i, e)| e.seq != next + *i as u64)
+        {
+            return Err(AppendError::Write(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("event {i} has seq {}, not {}", event.seq, next + i as u64),
+            )));
+        }
+        self.bodies.resize_with(events.len(), Vec::new);
+        for (event, body) in events.iter().zip(&mut self.bodies) {
+            body.clear();
+            crate::record::encode(event, body);
+        }
+        self.log.append(&self.bodies[..events.len()])?;
+        for event in events {
+            add_keys(&self.shared.postings, event, &mut self.key);
+        }
+        if let Some(last) = events.last() {
+            self.shared.visible.store(last.seq, Ordering::Release);
+        }
+        if self.shared.postings.pending() >= self.flush_every {
+            let _ = self.wake.try_send(());
+        }
+        Ok(())
+    }
+
+    /// A reader, for other threads.
+    pub fn reader(&self) -> EventReader {
+        EventReader {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for EventLog {
+    /// Flushes the postings, so the next open has nothing to replay.
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        let _ = self.wake.try_send(());
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
+        }
+    }
+}
+
+fn add_keys(postings: &Postings, event: &Event, buf: &mut Vec<u8>) {
+    for key in keys(event) {
+        key.bytes(buf);
+        postings.add([(buf.as_slice(), event.seq)]);
+    }
+}
+
+/// Flushes and merges the postings when the writer asks, at least every second that
+/// has entries pending a long time, and once more when the log closes.
+fn flush_loop(shared: &Shared, woken: &mpsc::Receiver<()>, flush_every: usize) {
+    loop {
+        let asked = woken.recv_timeout(Duration::from_secs(1));
+        let stopping = shared.stopping.load(Ordering::Acquire)
+            || matches!(asked, Err(mpsc::RecvTimeoutError::Disconnected));
+        if stopping || shared.postings.pending() >= flush_every {
+            // Postings are derived: a failure here costs a longer replay at the next
+            // open, not an event.
+            if let Err(error) = shared
+                .postings
+                .flush()
+                .and_then(|()| shared.postings.compact())
+            {
+                tracing::warn!(%error, "Cannot write the log's postings; will retry.");
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+impl EventReader {
+    /// The last seq a read returns (0 when empty).
+    pub fn head(&self) -> Seq {
+        self.shared.visible.load(Ordering::Acquire)
+    }
+
+    /// The event with this seq.
+    pub fn event(&self, seq: Seq) -> std::io::Result<Option<Event>> {
+        if seq > self.head() {
+            return Ok(None);
+        }
+        let Some(record) = self.shared.reader.read_one(seq)? else {
+            return Ok(None);
+        };
+        crate::record::decode(record.seq, &record.body)
+            .map(Some)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    /// Up to `max` events from `from_seq` on, in order.
+    pub fn events(&self, from_seq: Seq, max: usize) -> std::io::Result<Vec<Event>> {
+        let head = self.head();
+        let mut out = Vec::new();
+        for record in self.shared.reader.read(from_seq, max)? {
+            if record.seq > head {
+                break;
+            }
+            out.push(
+                crate::record::decode(record.seq, &record.body)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Up to `max` seqs of events with this key, from `from` on, in order.
+    pub fn seqs(&self, key: Key<'_>, from: Seq, max: usize) -> std::io::Result<Vec<Seq>> {
+        let head = self.head();
+        let mut bytes = Vec::new();
+        key.bytes(&mut bytes);
+        let mut seqs = self.shared.postings.seqs(&bytes, from, max)?;
+        seqs.retain(|&seq| seq <= head);
+        Ok(seqs)
+    }
+
+    /// The event with this id.
+    pub fn by_id(&self, id: Uuid) -> std::io::Result<Option<Event>> {
+        match self.seqs(Key::Id(id), 0, 1)?.first() {
+            Some(&seq) => self.event(seq),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::{AggregateEvent, Origin, Payload, Subject, Timestamp};
+
+    fn event(seq: Seq) -> Event {
+        let correlation = Uuid::from_u128(u128::from(seq / 3) + 1);
+        Event {
+            seq,
+            id: Uuid::from_u128(0xABCD_0000 + u128::from(seq)),
+            subject: Subject::new(format!("hub.t{}.created", seq % 5)).unwrap(),
+            origin: Origin {
+                hub_id: "hub-1".into(),
+                service: None,
+                user: None,
+            },
+            correlation_id: correlation,
+            payload: Payload::from_json(format!("{{\"n\":{seq}}}")).unwrap(),
+            timestamp: Timestamp::from_micros(1_000_000 + seq as i64),
+            cloudevent: None,
+            tenant: None,
+            aggregate: seq.is_multiple_of(4).then(|| {
+                Box::new(AggregateEvent {
+                    aggregate_type: "order".into(),
+                    aggregate_id: format!("o-{}", seq % 8),
+                    version: seq / 8 + 1,
+                    event_type: "order.placed".into(),
+                    metadata: None,
+                })
+            }),
+            trace: None,
+        }
+    }
+
+    fn small() -> EventLogOptions {
+        EventLogOptions {
+            segments: SegmentOptions {
+                segment_bytes: 4096,
+                ..SegmentOptions::default()
+            },
+            flush_every: 40,
+        }
+    }
+
+    fn append(log: &mut EventLog, count: u64) {
+        let first = log.next_seq();
+        let events: Vec<Event> = (first..first + count).map(event).collect();
+        log.append(&events).unwrap();
+    }
+
+    /// Every way of finding an event agrees with the events appended.
+    fn check(reader: &EventReader, through: Seq) {
+        assert_eq!(reader.head(), through);
+        let all: Vec<Event> = (1..=through).map(event).collect();
+        assert_eq!(reader.events(1, usize::MAX).unwrap(), all);
+        for seq in (1..=through).step_by(7) {
+            assert_eq!(reader.event(seq).unwrap(), Some(event(seq)));
+            assert_eq!(reader.by_id(event(seq).id).unwrap(), Some(event(seq)));
+        }
+        assert_eq!(reader.event(through + 1).unwrap(), None);
+        for t in 0..5 {
+            let subject = format!("hub.t{t}.created");
+            let want: Vec<Seq> = (1..=through).filter(|s| s % 5 == t).collect();
+            assert_eq!(
+                reader.seqs(Key::Subject(&subject), 0, usize::MAX).unwrap(),
+                want
+            );
+            let from = through / 2;
+            let page: Vec<Seq> = want
+                .iter()
+                .copied()
+                .filter(|&s| s >= from)
+                .take(10)
+                .collect();
+            assert_eq!(reader.seqs(Key::Subject(&subject), from, 10).unwrap(), page);
+        }
+        let correlation = Uuid::from_u128(2);
+        let want: Vec<Seq> = (1..=through).filter(|s| s / 3 == 1).collect();
+        assert_eq!(
+            reader.seqs(Key::Correlation(correlation), 0, 99).unwrap(),
+            want
+        );
+        let want: Vec<Seq> = (1..=through).filter(|s| s % 8 == 4).collect();
+        assert_eq!(
+            reader.seqs(Key::Aggregate("order", "o-4"), 0, 99).unwrap(),
+            want
+        );
+        assert!(reader
+            .seqs(Key::Aggregate("order", "o-3"), 0, 99)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn events_are_found_by_seq_id_subject_correlation_and_aggregate_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = EventLog::open(dir.path(), small()).unwrap();
+        for _ in 0..30 {
+            append(&mut log, 7);
+        }
+        check(&log.reader(), 210);
+        drop(log);
+        let (mut log, recovered) = EventLog::open(dir.path(), small()).unwrap();
+        assert_eq!(recovered, Recovered::default());
+        check(&log.reader(), 210);
+        append(&mut log, 5);
+        check(&log.reader(), 215);
+    }
+
+    /// A crash loses the postings not yet flushed: the copy of a live log's files (as
+    /// a kill -9 leaves them) opens with every event found by every key.
+    #[test]
+    fn postings_a_crash_lost_come_back_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = EventLogOptions {
+            flush_every: 100,
+            ..small()
+        };
+        let (mut log, _) = EventLog::open(dir.path(), options.clone()).unwrap();
+        for _ in 0..40 {
+            append(&mut log, 3);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        // Copied while running: some postings flushed, the rest only in memory.
+        let copy = tempfile::tempdir().unwrap();
+        for sub in ["segments", "postings"] {
+            std::fs::create_dir_all(copy.path().join(sub)).unwrap();
+            for entry in std::fs::read_dir(dir.path().join(sub)).unwrap() {
+                let entry = entry.unwrap();
+                std::fs::copy(entry.path(), copy.path().join(sub).join(entry.file_name())).unwrap();
+            }
+        }
+        let (copied, _) = EventLog::open(copy.path(), options).unwrap();
+        assert!(
+            copied.shared.postings.indexed_through() < 120,
+            "something to replay"
+        );
+        check(&copied.reader(), 120);
+        drop(log);
+    }
+
+    #[test]
+    fn events_out_of_sequence_are_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = EventLog::open(dir.path(), small()).unwrap();
+        let refused = log.append(&[event(1), event(3)]);
+        assert!(matches!(refused, Err(AppendError::Write(_))), "{refused:?}");
+        assert_eq!(log.next_seq(), 1);
+        assert_eq!(log.reader().head(), 0);
+        append(&mut log, 2);
+        check(&log.reader(), 2);
+    }
+}
