@@ -17,7 +17,7 @@
 //! Lookups take a snapshot of the runs (`Arc`s), so a merge may replace them meanwhile:
 //! an unlinked file stays readable through its open handle.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -44,8 +44,32 @@ struct State {
     next_file: u64,
 }
 
-/// Entries not yet in a run: each key's seqs, in order.
-type Memtable = BTreeMap<Vec<u8>, Vec<u64>>;
+/// Entries not yet in a run: each key's seqs, in order. A hash map, sorted only when
+/// flushed: most keys (ids, correlation ids) have one seq, and a tree of them cost more
+/// than everything else the log does per event.
+type Memtable = HashMap<Box<[u8]>, Seqs>;
+
+/// A key's seqs: most keys have one, which then needs no allocation of its own.
+enum Seqs {
+    One(u64),
+    Many(Vec<u64>),
+}
+
+impl Seqs {
+    fn as_slice(&self) -> &[u64] {
+        match self {
+            Seqs::One(seq) => std::slice::from_ref(seq),
+            Seqs::Many(seqs) => seqs,
+        }
+    }
+
+    fn push(&mut self, seq: u64) {
+        match self {
+            Seqs::One(first) => *self = Seqs::Many(vec![*first, seq]),
+            Seqs::Many(seqs) => seqs.push(seq),
+        }
+    }
+}
 
 #[derive(Default)]
 struct Memtables {
@@ -132,7 +156,7 @@ impl Postings {
             match memtable.get_mut(key) {
                 Some(seqs) => seqs.push(seq),
                 None => {
-                    memtable.insert(key.to_vec(), vec![seq]);
+                    memtable.insert(key.into(), Seqs::One(seq));
                 }
             }
             added += 1;
@@ -157,6 +181,7 @@ impl Postings {
                 .chain([&memtables.active])
             {
                 if let Some(seqs) = memtable.get(key) {
+                    let seqs = seqs.as_slice();
                     let start = seqs.partition_point(|&s| s < from);
                     all.extend(seqs[start..].iter().take(max));
                 }
@@ -184,19 +209,25 @@ impl Postings {
             (frozen, memtables.active_through)
         };
         let through = through.max(self.indexed_through());
-        let entries = frozen
-            .iter()
-            .flat_map(|(key, seqs)| seqs.iter().map(move |&seq| (key.as_slice(), seq)));
+        let mut keys: Vec<&Box<[u8]>> = frozen.keys().collect();
+        keys.sort_unstable();
+        let entries = keys.into_iter().flat_map(|key| {
+            frozen[key]
+                .as_slice()
+                .iter()
+                .map(move |&seq| (&key[..], seq))
+        });
         let written = self.write_flushed(entries, through);
         if written.is_err() {
             // Back into the active memtable, so that nothing is lost for lookups.
             let mut memtables = self.memtables.write().expect("memtables");
             if let Some(frozen) = memtables.frozen.take() {
                 for (key, seqs) in frozen.iter() {
-                    let active = memtables.active.entry(key.clone()).or_default();
-                    let mut merged = seqs.clone();
-                    merged.append(active);
-                    *active = merged;
+                    let mut merged = seqs.as_slice().to_vec();
+                    if let Some(later) = memtables.active.remove(key) {
+                        merged.extend_from_slice(later.as_slice());
+                    }
+                    memtables.active.insert(key.clone(), Seqs::Many(merged));
                 }
             }
         }
