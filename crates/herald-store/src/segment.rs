@@ -511,6 +511,11 @@ impl LogReader {
         self.shared.durable_seq.load(Ordering::Acquire)
     }
 
+    /// The seq of the log's first record (its oldest segment's first seq).
+    pub fn first_seq(&self) -> u64 {
+        self.shared.segments.read().expect("segments lock")[0].first_seq
+    }
+
     /// Up to `max` records from `from_seq` on (never past the last sync), in seq order.
     pub fn read(&self, from_seq: u64, max: usize) -> io::Result<Vec<Record>> {
         let mut out = Vec::new();
