@@ -8,12 +8,17 @@
 //!   head it saw.
 //! - **Postings are flushed and merged on a thread of their own**, never on the append's
 //!   path: every [`EventLogOptions::flush_every`] entries, and at close.
-//! - **Open** replays the records past the postings' `indexed_through` into the
-//!   memtable: what a crash lost of them comes back from the log.
+//! - **Subjects**: each distinct subject's events, payload bytes and last seq, in memory
+//!   (what a query's plan and retention read), saved beside the postings at each flush.
+//! - **Open** replays the records past the postings' `indexed_through` (and past the
+//!   saved subjects') into memory: what a crash lost of them comes back from the log.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -94,9 +99,44 @@ fn keys(event: &Event) -> impl Iterator<Item = Key<'_>> {
     .flatten()
 }
 
+/// What the log holds of one subject.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubjectStats {
+    pub events: u64,
+    /// Payload bytes.
+    pub bytes: u64,
+    pub last_seq: Seq,
+}
+
+/// The subjects, and the last seq they count.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Subjects {
+    stats: BTreeMap<String, SubjectStats>,
+    through: Seq,
+}
+
+impl Subjects {
+    fn add(&mut self, event: &Event) {
+        if event.seq <= self.through {
+            return;
+        }
+        let subject = event.subject.as_str();
+        let stats = match self.stats.get_mut(subject) {
+            Some(stats) => stats,
+            None => self.stats.entry(subject.to_owned()).or_default(),
+        };
+        stats.events += 1;
+        stats.bytes += event.payload.get().len() as u64;
+        stats.last_seq = event.seq;
+        self.through = event.seq;
+    }
+}
+
 struct Shared {
     reader: LogReader,
     postings: Postings,
+    subjects: RwLock<Subjects>,
+    dir: PathBuf,
     /// The last seq whose keys are in the postings: reads stop here.
     visible: AtomicU64,
     stopping: AtomicBool,
@@ -125,9 +165,14 @@ impl EventLog {
     pub fn open(dir: &Path, options: EventLogOptions) -> std::io::Result<(EventLog, Recovered)> {
         let (log, recovered) = SegmentLog::open(dir.join("segments"), options.segments)?;
         let postings = Postings::open(dir.join("postings"))?;
+        let mut subjects = read_subjects(dir).unwrap_or_else(|error| {
+            tracing::warn!(%error, "Cannot read the log's saved subjects; counting them again.");
+            Subjects::default()
+        });
         let reader = log.reader();
         let mut key = Vec::new();
-        let mut from = postings.indexed_through() + 1;
+        let indexed = postings.indexed_through();
+        let mut from = indexed.min(subjects.through) + 1;
         loop {
             let records = reader.read(from, 4096)?;
             let Some(last) = records.last().map(|r| r.seq) else {
@@ -136,11 +181,16 @@ impl EventLog {
             for record in &records {
                 let event = crate::record::decode(record.seq, &record.body)
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-                add_keys(&postings, &event, &mut key);
+                if event.seq > indexed {
+                    add_keys(&postings, &event, &mut key);
+                }
+                subjects.add(&event);
             }
             from = last + 1;
         }
         let shared = Arc::new(Shared {
+            subjects: RwLock::new(subjects),
+            dir: dir.to_path_buf(),
             visible: AtomicU64::new(log.durable_seq()),
             reader,
             postings,
@@ -196,6 +246,12 @@ impl EventLog {
         for event in events {
             add_keys(&self.shared.postings, event, &mut self.key);
         }
+        {
+            let mut subjects = self.shared.subjects.write().expect("subjects");
+            for event in events {
+                subjects.add(event);
+            }
+        }
         if let Some(last) = events.last() {
             self.shared.visible.store(last.seq, Ordering::Release);
         }
@@ -241,10 +297,12 @@ fn flush_loop(shared: &Shared, woken: &mpsc::Receiver<()>, flush_every: usize) {
         if stopping || shared.postings.pending() >= flush_every {
             // Postings are derived: a failure here costs a longer replay at the next
             // open, not an event.
+            let subjects = shared.subjects.read().expect("subjects").clone();
             if let Err(error) = shared
                 .postings
                 .flush()
                 .and_then(|()| shared.postings.compact())
+                .and_then(|()| write_subjects(&shared.dir, &subjects))
             {
                 tracing::warn!(%error, "Cannot write the log's postings; will retry.");
             }
@@ -255,7 +313,101 @@ fn flush_loop(shared: &Shared, woken: &mpsc::Receiver<()>, flush_every: usize) {
     }
 }
 
+const SUBJECTS_FILE: &str = "subjects";
+const SUBJECTS_MAGIC: &[u8; 8] = b"HRLDSUB1";
+
+/// Saves the subjects: `magic | through: u64 | count: u64`, then per subject `len: u32 |
+/// subject | events | bytes | last_seq` (u64s), then a CRC-32 of it all; written aside,
+/// synced and renamed.
+fn write_subjects(dir: &Path, subjects: &Subjects) -> std::io::Result<()> {
+    let mut bytes = SUBJECTS_MAGIC.to_vec();
+    bytes.extend_from_slice(&subjects.through.to_le_bytes());
+    bytes.extend_from_slice(&(subjects.stats.len() as u64).to_le_bytes());
+    for (subject, stats) in &subjects.stats {
+        bytes.extend_from_slice(&(subject.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(subject.as_bytes());
+        for n in [stats.events, stats.bytes, stats.last_seq] {
+            bytes.extend_from_slice(&n.to_le_bytes());
+        }
+    }
+    let sum = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&sum.to_le_bytes());
+    let aside = dir.join("subjects.new");
+    let mut file = std::fs::File::create(&aside)?;
+    file.write_all(&bytes)?;
+    file.sync_data()?;
+    std::fs::rename(&aside, dir.join(SUBJECTS_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The saved subjects: none when there is no file; an error when it is damaged.
+fn read_subjects(dir: &Path) -> std::io::Result<Subjects> {
+    let bytes = match std::fs::read(dir.join(SUBJECTS_FILE)) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Subjects::default())
+        }
+        Err(error) => return Err(error),
+    };
+    let damaged = || std::io::Error::new(std::io::ErrorKind::InvalidData, "damaged subjects file");
+    if bytes.len() < 28 || !bytes.starts_with(SUBJECTS_MAGIC) {
+        return Err(damaged());
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 4);
+    if crc32fast::hash(body) != u32::from_le_bytes(sum.try_into().expect("4")) {
+        return Err(damaged());
+    }
+    let mut at = &body[8..];
+    let mut take = |n: usize| -> std::io::Result<&[u8]> {
+        if at.len() < n {
+            return Err(damaged());
+        }
+        let (head, rest) = at.split_at(n);
+        at = rest;
+        Ok(head)
+    };
+    let through = u64::from_le_bytes(take(8)?.try_into().expect("8"));
+    let count = u64::from_le_bytes(take(8)?.try_into().expect("8"));
+    let mut subjects = Subjects {
+        stats: BTreeMap::new(),
+        through,
+    };
+    for _ in 0..count {
+        let len = u32::from_le_bytes(take(4)?.try_into().expect("4")) as usize;
+        let subject = std::str::from_utf8(take(len)?)
+            .map_err(|_| damaged())?
+            .to_owned();
+        let mut n = [0u64; 3];
+        for slot in &mut n {
+            *slot = u64::from_le_bytes(take(8)?.try_into().expect("8"));
+        }
+        subjects.stats.insert(
+            subject,
+            SubjectStats {
+                events: n[0],
+                bytes: n[1],
+                last_seq: n[2],
+            },
+        );
+    }
+    if !at.is_empty() {
+        return Err(damaged());
+    }
+    Ok(subjects)
+}
+
 impl EventReader {
+    /// The subjects between two bounds (a query's candidates: the range its pattern's
+    /// literal prefix allows), with what the log holds of each.
+    pub fn subjects(&self, from: Bound<&str>, to: Bound<&str>) -> Vec<(String, SubjectStats)> {
+        let subjects = self.shared.subjects.read().expect("subjects");
+        subjects
+            .stats
+            .range::<str, _>((from, to))
+            .map(|(subject, stats)| (subject.clone(), *stats))
+            .collect()
+    }
+
     /// The last seq a read returns (0 when empty).
     pub fn head(&self) -> Seq {
         self.shared.visible.load(Ordering::Acquire)
@@ -513,6 +665,74 @@ mod tests {
                 .first_at_or_after(Timestamp::from_micros(probe))
                 .unwrap();
             assert_eq!(found, want, "at or after {probe}");
+        }
+    }
+
+    /// What `check`'s events add up to per subject, through `through`.
+    fn expected_subjects(through: Seq) -> Vec<(String, SubjectStats)> {
+        let mut stats: BTreeMap<String, SubjectStats> = BTreeMap::new();
+        for event in (1..=through).map(event) {
+            let entry = stats.entry(event.subject.as_str().to_owned()).or_default();
+            entry.events += 1;
+            entry.bytes += event.payload.get().len() as u64;
+            entry.last_seq = event.seq;
+        }
+        stats.into_iter().collect()
+    }
+
+    /// The subjects' counts agree with the events across reopening, a crash (a copy of
+    /// a live log's files) and a lost or damaged saved file.
+    #[test]
+    fn subjects_count_what_the_log_holds_across_reopening_and_crashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = EventLog::open(dir.path(), small()).unwrap();
+        for _ in 0..30 {
+            append(&mut log, 7);
+        }
+        let all = |log: &EventLog| log.reader().subjects(Bound::Unbounded, Bound::Unbounded);
+        assert_eq!(all(&log), expected_subjects(210));
+        assert_eq!(
+            log.reader()
+                .subjects(Bound::Included("hub.t1"), Bound::Excluded("hub.t3")),
+            expected_subjects(210)[1..3].to_vec()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        append(&mut log, 4);
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(dir.path(), copy.path());
+        drop(log);
+        let (copied, _) = EventLog::open(copy.path(), small()).unwrap();
+        assert_eq!(all(&copied), expected_subjects(214));
+        drop(copied);
+        let (log, _) = EventLog::open(dir.path(), small()).unwrap();
+        assert_eq!(all(&log), expected_subjects(214));
+        drop(log);
+        for damage in [None, Some(b"garbage".as_slice())] {
+            match damage {
+                None => std::fs::remove_file(dir.path().join(SUBJECTS_FILE)).unwrap(),
+                Some(bytes) => std::fs::write(dir.path().join(SUBJECTS_FILE), bytes).unwrap(),
+            }
+            let (log, _) = EventLog::open(dir.path(), small()).unwrap();
+            assert_eq!(all(&log), expected_subjects(214), "after {damage:?}");
+        }
+        // The postings lost, the subjects saved: the replay rebuilds the postings from
+        // the start and counts no event twice.
+        std::fs::remove_dir_all(dir.path().join("postings")).unwrap();
+        let (log, _) = EventLog::open(dir.path(), small()).unwrap();
+        assert_eq!(all(&log), expected_subjects(214));
+        check(&log.reader(), 214);
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                std::fs::create_dir_all(&target).unwrap();
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
         }
     }
 
