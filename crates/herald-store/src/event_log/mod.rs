@@ -13,6 +13,8 @@
 //! - **Open** replays the records past the postings' `indexed_through` (and past the
 //!   saved subjects') into memory: what a crash lost of them comes back from the log.
 
+pub mod query;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::ops::Bound;
