@@ -164,8 +164,24 @@ fn by_scan(
 ) -> Result<(Vec<Event>, Ended)> {
     let mut out = Vec::new();
     let mut from = lo + 1;
+    // Every event read is decoded: read what is still wanted first (a dense pattern
+    // finds it there), then in chunks; with nothing to filter, only what is wanted.
+    let unfiltered = query
+        .subject
+        .as_ref()
+        .is_none_or(|p| p.matches_everything())
+        && query.since.is_none()
+        && query.until.is_none()
+        && query.payload_contains.is_none();
+    let mut first = true;
     while from <= hi {
-        let chunk = SCAN_CHUNK.min((hi - from + 1) as usize);
+        let wanted = if unfiltered || first {
+            limit - out.len()
+        } else {
+            SCAN_CHUNK
+        };
+        first = false;
+        let chunk = wanted.min((hi - from + 1) as usize);
         let events = reader.events(from, chunk)?;
         let Some(last) = events.last().map(|e| e.seq) else {
             break;
