@@ -123,6 +123,29 @@ pub(crate) fn choose(candidates: Option<(Vec<String>, u64)>, head: Seq, limit: u
     }
 }
 
+/// Offers the next event a read path found (in seq order) to its page: kept when the
+/// query accepts it. `Some` when the read must stop after it: the page is full, or the
+/// scan budget is spent.
+pub(crate) fn offer(
+    query: &Query,
+    limit: usize,
+    budget: &mut ScanBudget,
+    page: &mut Vec<Event>,
+    event: Event,
+) -> Option<Ended> {
+    let seq = event.seq;
+    if accepts(query, &event) {
+        page.push(event);
+        if page.len() == limit {
+            return Some(Ended::StoppedAfter(seq));
+        }
+    }
+    if !budget.take() {
+        return Some(Ended::StoppedAfter(seq));
+    }
+    None
+}
+
 /// Whether an event passes every filter of the query. The SQL paths narrow the read; this
 /// decides.
 pub(crate) fn accepts(query: &Query, event: &Event) -> bool {

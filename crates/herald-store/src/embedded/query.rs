@@ -195,16 +195,7 @@ fn collect(
     while let Some(row) = rows.next()? {
         let event = row_to_event(row)?;
         last_read = Some(event.seq);
-        if accepts(query, &event) {
-            out.push(event);
-            if out.len() == limit {
-                return Ok(Collected {
-                    last_read,
-                    stopped: true,
-                });
-            }
-        }
-        if !budget.take() {
+        if plan::offer(query, limit, budget, out, event).is_some() {
             return Ok(Collected {
                 last_read,
                 stopped: true,

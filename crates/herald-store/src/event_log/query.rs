@@ -108,15 +108,8 @@ fn by_key(
             if seq > hi {
                 return Ok((out, Ended::Exhausted));
             }
-            let event = stored(reader, seq)?;
-            if accepts(query, &event) {
-                out.push(event);
-                if out.len() == limit {
-                    return Ok((out, Ended::StoppedAfter(seq)));
-                }
-            }
-            if !budget.take() {
-                return Ok((out, Ended::StoppedAfter(seq)));
+            if let Some(ended) = plan::offer(query, limit, budget, &mut out, stored(reader, seq)?) {
+                return Ok((out, ended));
             }
         }
         from = last + 1;
@@ -190,15 +183,8 @@ fn by_scan(
             if event.seq > hi {
                 return Ok((out, Ended::Exhausted));
             }
-            let seq = event.seq;
-            if accepts(query, &event) {
-                out.push(event);
-                if out.len() == limit {
-                    return Ok((out, Ended::StoppedAfter(seq)));
-                }
-            }
-            if !budget.take() {
-                return Ok((out, Ended::StoppedAfter(seq)));
+            if let Some(ended) = plan::offer(query, limit, budget, &mut out, event) {
+                return Ok((out, ended));
             }
         }
         from = last + 1;

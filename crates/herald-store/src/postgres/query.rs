@@ -174,16 +174,8 @@ async fn chunked(
         let last_read = last.get::<_, i64>(0) as Seq;
         let read = rows.len() as i64;
         for row in &rows {
-            let event = row_to_event(row)?;
-            let seq = event.seq;
-            if accepts(query, &event) {
-                out.push(event);
-                if out.len() == limit {
-                    return Ok((out, Ended::StoppedAfter(seq)));
-                }
-            }
-            if !budget.take() {
-                return Ok((out, Ended::StoppedAfter(seq)));
+            if let Some(ended) = plan::offer(query, limit, budget, &mut out, row_to_event(row)?) {
+                return Ok((out, ended));
             }
         }
         if read < chunk {
