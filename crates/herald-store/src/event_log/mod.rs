@@ -12,6 +12,9 @@
 //!   (what a query's plan and retention read), saved beside the postings at each flush.
 //! - **Open** replays the records past the postings' `indexed_through` (and past the
 //!   saved subjects') into memory: what a crash lost of them comes back from the log.
+//! - **Deletes** (retention) go to a journal of seqs (`deleted`, CRC per entry, synced
+//!   before the call returns) and a set in memory; every read skips them. Their records
+//!   stay in the segments for now: rewriting mostly deleted segments is to come.
 
 pub mod query;
 
@@ -110,11 +113,12 @@ pub struct SubjectStats {
     pub last_seq: Seq,
 }
 
-/// The subjects, and the last seq they count.
+/// The subjects, the last seq they count, and how many journal deletes they count.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Subjects {
     stats: BTreeMap<String, SubjectStats>,
     through: Seq,
+    deletes: u64,
 }
 
 impl Subjects {
@@ -132,12 +136,67 @@ impl Subjects {
         stats.last_seq = event.seq;
         self.through = event.seq;
     }
+
+    /// Takes a deleted event off its subject's counts.
+    fn remove(&mut self, event: &Event) {
+        let subject = event.subject.as_str();
+        if let Some(stats) = self.stats.get_mut(subject) {
+            stats.events = stats.events.saturating_sub(1);
+            stats.bytes = stats.bytes.saturating_sub(event.payload.get().len() as u64);
+            if stats.events == 0 {
+                self.stats.remove(subject);
+            }
+        }
+        self.deletes += 1;
+    }
+}
+
+/// Bytes of one entry of the deletes journal: `seq: u64 | crc32(seq): u32 | 0: u32`.
+const DELETE_ENTRY: usize = 16;
+const DELETES_FILE: &str = "deleted";
+
+fn delete_entry(seq: Seq) -> [u8; DELETE_ENTRY] {
+    let mut entry = [0u8; DELETE_ENTRY];
+    entry[..8].copy_from_slice(&seq.to_le_bytes());
+    entry[8..12].copy_from_slice(&crc32fast::hash(&seq.to_le_bytes()).to_le_bytes());
+    entry
+}
+
+/// The deletes journal's seqs, in the order written; a torn tail (a crash mid-write:
+/// a short or damaged last entry) is cut off.
+fn read_deletes(dir: &Path) -> std::io::Result<Vec<Seq>> {
+    let path = dir.join(DELETES_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    let mut seqs = Vec::with_capacity(bytes.len() / DELETE_ENTRY);
+    for entry in bytes.chunks(DELETE_ENTRY) {
+        let Ok(seq_bytes) = <[u8; 8]>::try_from(&entry[..entry.len().min(8)]) else {
+            break;
+        };
+        let seq = u64::from_le_bytes(seq_bytes);
+        if entry.len() < DELETE_ENTRY || entry != delete_entry(seq) {
+            break;
+        }
+        seqs.push(seq);
+    }
+    let whole = (seqs.len() * DELETE_ENTRY) as u64;
+    if whole < bytes.len() as u64 {
+        let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+        file.set_len(whole)?;
+        file.sync_data()?;
+    }
+    Ok(seqs)
 }
 
 struct Shared {
     reader: LogReader,
     postings: Postings,
     subjects: RwLock<Subjects>,
+    /// Deleted seqs: every read skips them.
+    deleted: RwLock<std::collections::BTreeSet<Seq>>,
     dir: PathBuf,
     /// The last seq whose keys are in the postings: reads stop here.
     visible: AtomicU64,
@@ -190,8 +249,19 @@ impl EventLog {
             }
             from = last + 1;
         }
+        // Deletes the saved subjects do not count yet: their events are in the log.
+        let deletes = read_deletes(dir)?;
+        for &seq in deletes.iter().skip(subjects.deletes as usize) {
+            if let Some(record) = reader.read_one(seq)? {
+                let event = crate::record::decode(record.seq, &record.body)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                subjects.remove(&event);
+            }
+        }
+        subjects.deletes = deletes.len() as u64;
         let shared = Arc::new(Shared {
             subjects: RwLock::new(subjects),
+            deleted: RwLock::new(deletes.into_iter().collect()),
             dir: dir.to_path_buf(),
             visible: AtomicU64::new(log.durable_seq()),
             reader,
@@ -263,6 +333,42 @@ impl EventLog {
         Ok(())
     }
 
+    /// Deletes events (retention): synced in the journal when this returns, and skipped
+    /// by every read from then on. Seqs not stored, or deleted already, are passed over.
+    /// The events deleted.
+    pub fn delete(&mut self, seqs: &[Seq]) -> std::io::Result<Vec<Event>> {
+        let reader = self.reader();
+        let mut events = Vec::new();
+        {
+            let deleted = self.shared.deleted.read().expect("deleted");
+            for &seq in seqs {
+                if deleted.contains(&seq) || events.iter().any(|e: &Event| e.seq == seq) {
+                    continue;
+                }
+                if let Some(event) = reader.event(seq)? {
+                    events.push(event);
+                }
+            }
+        }
+        if events.is_empty() {
+            return Ok(events);
+        }
+        let mut journal = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.shared.dir.join(DELETES_FILE))?;
+        let entries: Vec<u8> = events.iter().flat_map(|e| delete_entry(e.seq)).collect();
+        journal.write_all(&entries)?;
+        journal.sync_data()?;
+        let mut subjects = self.shared.subjects.write().expect("subjects");
+        let mut deleted = self.shared.deleted.write().expect("deleted");
+        for event in &events {
+            deleted.insert(event.seq);
+            subjects.remove(event);
+        }
+        Ok(events)
+    }
+
     /// A reader, for other threads.
     pub fn reader(&self) -> EventReader {
         EventReader {
@@ -318,12 +424,13 @@ fn flush_loop(shared: &Shared, woken: &mpsc::Receiver<()>, flush_every: usize) {
 const SUBJECTS_FILE: &str = "subjects";
 const SUBJECTS_MAGIC: &[u8; 8] = b"HRLDSUB1";
 
-/// Saves the subjects: `magic | through: u64 | count: u64`, then per subject `len: u32 |
+/// Saves the subjects: `magic | through: u64 | deletes: u64 | count: u64`, then per subject `len: u32 |
 /// subject | events | bytes | last_seq` (u64s), then a CRC-32 of it all; written aside,
 /// synced and renamed.
 fn write_subjects(dir: &Path, subjects: &Subjects) -> std::io::Result<()> {
     let mut bytes = SUBJECTS_MAGIC.to_vec();
     bytes.extend_from_slice(&subjects.through.to_le_bytes());
+    bytes.extend_from_slice(&subjects.deletes.to_le_bytes());
     bytes.extend_from_slice(&(subjects.stats.len() as u64).to_le_bytes());
     for (subject, stats) in &subjects.stats {
         bytes.extend_from_slice(&(subject.len() as u32).to_le_bytes());
@@ -352,7 +459,7 @@ fn read_subjects(dir: &Path) -> std::io::Result<Subjects> {
         Err(error) => return Err(error),
     };
     let damaged = || std::io::Error::new(std::io::ErrorKind::InvalidData, "damaged subjects file");
-    if bytes.len() < 28 || !bytes.starts_with(SUBJECTS_MAGIC) {
+    if bytes.len() < 36 || !bytes.starts_with(SUBJECTS_MAGIC) {
         return Err(damaged());
     }
     let (body, sum) = bytes.split_at(bytes.len() - 4);
@@ -369,10 +476,12 @@ fn read_subjects(dir: &Path) -> std::io::Result<Subjects> {
         Ok(head)
     };
     let through = u64::from_le_bytes(take(8)?.try_into().expect("8"));
+    let deletes = u64::from_le_bytes(take(8)?.try_into().expect("8"));
     let count = u64::from_le_bytes(take(8)?.try_into().expect("8"));
     let mut subjects = Subjects {
         stats: BTreeMap::new(),
         through,
+        deletes,
     };
     for _ in 0..count {
         let len = u32::from_le_bytes(take(4)?.try_into().expect("4")) as usize;
@@ -417,6 +526,18 @@ impl EventReader {
 
     /// The event with this seq.
     pub fn event(&self, seq: Seq) -> std::io::Result<Option<Event>> {
+        if self.is_deleted(seq) {
+            return Ok(None);
+        }
+        self.stored_event(seq)
+    }
+
+    fn is_deleted(&self, seq: Seq) -> bool {
+        self.shared.deleted.read().expect("deleted").contains(&seq)
+    }
+
+    /// The record of `seq` as an event, deleted or not.
+    fn stored_event(&self, seq: Seq) -> std::io::Result<Option<Event>> {
         if seq > self.head() {
             return Ok(None);
         }
@@ -428,20 +549,33 @@ impl EventReader {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 
-    /// Up to `max` events from `from_seq` on, in order.
+    /// Up to `max` events from `from_seq` on, in order (deleted ones left out).
     pub fn events(&self, from_seq: Seq, max: usize) -> std::io::Result<Vec<Event>> {
+        Ok(self.read(from_seq, max)?.0)
+    }
+
+    /// Up to `max` records from `from_seq` on, in order, as events, deleted ones left
+    /// out; and the last seq read, deleted or not: where the next read starts after.
+    pub fn read(&self, from_seq: Seq, max: usize) -> std::io::Result<(Vec<Event>, Option<Seq>)> {
         let head = self.head();
-        let mut out = Vec::new();
-        for record in self.shared.reader.read(from_seq, max)? {
+        let records = self.shared.reader.read(from_seq, max)?;
+        let mut out = Vec::with_capacity(records.len());
+        let mut last_read = None;
+        let deleted = self.shared.deleted.read().expect("deleted");
+        for record in records {
             if record.seq > head {
                 break;
+            }
+            last_read = Some(record.seq);
+            if deleted.contains(&record.seq) {
+                continue;
             }
             out.push(
                 crate::record::decode(record.seq, &record.body)
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
             );
         }
-        Ok(out)
+        Ok((out, last_read))
     }
 
     /// Up to `max` seqs of events with this key, from `from` on, in order.
@@ -449,9 +583,32 @@ impl EventReader {
         let head = self.head();
         let mut bytes = Vec::new();
         key.bytes(&mut bytes);
-        let mut seqs = self.shared.postings.seqs(&bytes, from, max)?;
-        seqs.retain(|&seq| seq <= head);
-        Ok(seqs)
+        let mut out = Vec::new();
+        let mut from = from;
+        // Deleted seqs are left out: ask again past them until `max` or the end.
+        loop {
+            let seqs = self.shared.postings.seqs(&bytes, from, max)?;
+            let Some(&last) = seqs.last() else {
+                return Ok(out);
+            };
+            let exhausted = seqs.len() < max;
+            let deleted = self.shared.deleted.read().expect("deleted");
+            for seq in seqs {
+                if seq > head {
+                    return Ok(out);
+                }
+                if !deleted.contains(&seq) {
+                    out.push(seq);
+                    if out.len() == max {
+                        return Ok(out);
+                    }
+                }
+            }
+            if exhausted {
+                return Ok(out);
+            }
+            from = last + 1;
+        }
     }
 
     /// The seq of the first event committed at or after `ts`, if any: a binary search
@@ -460,8 +617,9 @@ impl EventReader {
     pub fn first_at_or_after(&self, ts: Timestamp) -> std::io::Result<Option<Seq>> {
         let head = self.head();
         let first = self.shared.reader.first_seq().max(1);
+        // Deleted records count: their times are in order with the others'.
         let at = |seq: Seq| -> std::io::Result<Timestamp> {
-            self.event(seq)?.map(|e| e.timestamp).ok_or_else(|| {
+            self.stored_event(seq)?.map(|e| e.timestamp).ok_or_else(|| {
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!("seq {seq} is below the head but not in the log"),
@@ -496,6 +654,7 @@ impl EventReader {
 mod tests {
     use super::*;
     use herald_core::{AggregateEvent, Origin, Payload, Subject};
+    use std::collections::BTreeSet;
 
     fn event(seq: Seq) -> Event {
         let correlation = Uuid::from_u128(u128::from(seq / 3) + 1);
@@ -736,6 +895,107 @@ mod tests {
                 std::fs::copy(entry.path(), target).unwrap();
             }
         }
+    }
+
+    /// What every read must give once `deleted` are deleted.
+    fn check_with_deletes(log: &EventLog, through: Seq, deleted: &BTreeSet<Seq>) {
+        let reader = log.reader();
+        let kept: Vec<Event> = (1..=through)
+            .filter(|s| !deleted.contains(s))
+            .map(event)
+            .collect();
+        assert_eq!(reader.events(1, usize::MAX).unwrap(), kept);
+        for seq in 1..=through {
+            let want = (!deleted.contains(&seq)).then(|| event(seq));
+            assert_eq!(reader.event(seq).unwrap(), want, "seq {seq}");
+            assert_eq!(reader.by_id(event(seq).id).unwrap(), want, "id of {seq}");
+        }
+        for t in 0..5u64 {
+            let subject = format!("hub.t{t}.created");
+            let want: Vec<Seq> = kept.iter().map(|e| e.seq).filter(|s| s % 5 == t).collect();
+            assert_eq!(
+                reader.seqs(Key::Subject(&subject), 0, usize::MAX).unwrap(),
+                want
+            );
+            // Pages past runs of deleted seqs are full, not cut short.
+            assert_eq!(
+                reader.seqs(Key::Subject(&subject), 0, 5).unwrap(),
+                want[..5.min(want.len())].to_vec()
+            );
+            let stats = reader.subjects(Bound::Included(&subject), Bound::Included(&subject));
+            let bytes: u64 = kept
+                .iter()
+                .filter(|e| e.seq % 5 == t)
+                .map(|e| e.payload.get().len() as u64)
+                .sum();
+            assert_eq!(
+                stats.first().map(|(_, s)| (s.events, s.bytes)),
+                Some((want.len() as u64, bytes)),
+                "{subject}"
+            );
+        }
+        for (after_seq, limit) in [(0, 10), (100, 50), (150, 1000)] {
+            let query = crate::Query {
+                after_seq,
+                limit,
+                ..crate::Query::default()
+            };
+            let page = query::run(&reader, &query, 1_000_000).unwrap();
+            let want: Vec<Seq> = kept
+                .iter()
+                .map(|e| e.seq)
+                .filter(|&s| s > after_seq)
+                .take(limit)
+                .collect();
+            assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), want);
+        }
+    }
+
+    /// Retention's deletes: every read skips them (pages stay full past runs of them),
+    /// the subjects' counts drop, and all of it holds across reopening, a crash (a copy
+    /// of a live log) and a torn journal entry.
+    #[test]
+    fn deleted_events_are_skipped_by_every_read_and_counted_off_their_subjects() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = EventLog::open(dir.path(), small()).unwrap();
+        for _ in 0..30 {
+            append(&mut log, 7);
+        }
+        let mut deleted: BTreeSet<Seq> = (1..150).step_by(3).collect();
+        deleted.extend(160..=200);
+        let first: Vec<Seq> = deleted.iter().copied().take(20).collect();
+        let rest: Vec<Seq> = deleted.iter().copied().skip(20).collect();
+        assert_eq!(log.delete(&first).unwrap().len(), 20);
+        // Again, and with seqs not stored: passed over.
+        assert!(log.delete(&[first[0], 5_000]).unwrap().is_empty());
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(log.delete(&rest).unwrap().len(), rest.len());
+        check_with_deletes(&log, 210, &deleted);
+
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(dir.path(), copy.path());
+        let (copied, _) = EventLog::open(copy.path(), small()).unwrap();
+        check_with_deletes(&copied, 210, &deleted);
+        drop(copied);
+        drop(log);
+        let (log, _) = EventLog::open(dir.path(), small()).unwrap();
+        check_with_deletes(&log, 210, &deleted);
+        drop(log);
+
+        // A torn last entry (a crash mid-write): cut off, the whole ones kept.
+        let journal = dir.path().join(DELETES_FILE);
+        let mut bytes = std::fs::read(&journal).unwrap();
+        bytes.extend_from_slice(&delete_entry(205)[..9]);
+        std::fs::write(&journal, &bytes).unwrap();
+        let (mut log, _) = EventLog::open(dir.path(), small()).unwrap();
+        check_with_deletes(&log, 210, &deleted);
+        assert_eq!(
+            std::fs::metadata(&journal).unwrap().len() as usize,
+            deleted.len() * DELETE_ENTRY
+        );
+        log.delete(&[205]).unwrap();
+        deleted.insert(205);
+        check_with_deletes(&log, 210, &deleted);
     }
 
     #[test]

@@ -175,8 +175,8 @@ fn by_scan(
         };
         first = false;
         let chunk = wanted.min((hi - from + 1) as usize);
-        let events = reader.events(from, chunk)?;
-        let Some(last) = events.last().map(|e| e.seq) else {
+        let (events, last_read) = reader.read(from, chunk)?;
+        let Some(last) = last_read else {
             break;
         };
         for event in events {
