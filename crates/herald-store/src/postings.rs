@@ -135,6 +135,13 @@ impl Postings {
         self.state.read().expect("postings state").indexed_through
     }
 
+    /// Holds off flushes and merges while the guard lives (tests copy a live log's
+    /// files as a crash would leave them: at one instant).
+    #[cfg(test)]
+    pub(crate) fn pause(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writing.lock().expect("postings writer")
+    }
+
     /// Entries added since the last flush.
     pub fn pending(&self) -> usize {
         self.pending.load(std::sync::atomic::Ordering::Relaxed)

@@ -338,6 +338,40 @@ impl SegmentLog {
         ))
     }
 
+    /// The seqs of each sealed segment, oldest first (`first..next segment's first`).
+    pub fn sealed(&self) -> Vec<Range<u64>> {
+        let segments = self.shared.segments.read().expect("segments lock");
+        segments
+            .windows(2)
+            .map(|pair| pair[0].first_seq..pair[1].first_seq)
+            .collect()
+    }
+
+    /// Removes the oldest sealed segments whose records all have seqs at or below
+    /// `through` (retention deleted them all): readers stop seeing them at once, then
+    /// their files are deleted. The active segment stays. The log's first seq after.
+    pub fn remove_through(&mut self, through: u64) -> io::Result<u64> {
+        let removed: Vec<Arc<Segment>> = {
+            let mut segments = self.shared.segments.write().expect("segments lock");
+            let keep_from = segments
+                .windows(2)
+                .take_while(|pair| pair[1].first_seq <= through.saturating_add(1))
+                .count();
+            segments.drain(..keep_from).collect()
+        };
+        for segment in &removed {
+            std::fs::remove_file(&segment.path)?;
+            match std::fs::remove_file(index_path(&segment.path)) {
+                Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+                _ => {}
+            }
+        }
+        if !removed.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(self.reader().first_seq())
+    }
+
     /// A reader of this log, for other threads.
     pub fn reader(&self) -> LogReader {
         LogReader {
@@ -917,6 +951,36 @@ mod tests {
             .collect();
         segments.sort();
         segments.pop().unwrap()
+    }
+
+    /// Removing the oldest segments: their records are gone for readers at once and
+    /// after a reopen; the rest read back; the active segment always stays.
+    #[test]
+    fn the_oldest_segments_are_removed_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), small()).unwrap();
+        fill(&mut log, 40, 7);
+        let sealed = log.sealed();
+        assert!(sealed.len() >= 4, "{sealed:?}");
+        // Through the middle of the third segment: the first two go.
+        let through = sealed[2].start + 1;
+        assert_eq!(log.remove_through(through).unwrap(), sealed[2].start);
+        assert!(!segment_path(dir.path(), 1).exists());
+        assert!(!index_path(&segment_path(dir.path(), 1)).exists());
+        assert_eq!(log.read_one(sealed[1].start).unwrap(), None);
+        assert_eq!(log.read(1, 1).unwrap()[0].seq, sealed[2].start);
+        assert_reads_back(&log, sealed[2].start, 280);
+        drop(log);
+        let (mut log, _) = SegmentLog::open(dir.path(), small()).unwrap();
+        assert_eq!(log.reader().first_seq(), sealed[2].start);
+        assert_reads_back(&log, sealed[2].start, 280);
+        // Everything: all but the active segment.
+        log.remove_through(u64::MAX - 1).unwrap();
+        assert!(log.sealed().is_empty());
+        let active_first = log.reader().first_seq();
+        assert_reads_back(&log, active_first, 280);
+        fill(&mut log, 1, 3);
+        assert_reads_back(&log, active_first, 283);
     }
 
     #[test]

@@ -13,8 +13,10 @@
 //! - **Open** replays the records past the postings' `indexed_through` (and past the
 //!   saved subjects') into memory: what a crash lost of them comes back from the log.
 //! - **Deletes** (retention) go to a journal of seqs (`deleted`, CRC per entry, synced
-//!   before the call returns) and a set in memory; every read skips them. Their records
-//!   stay in the segments for now: rewriting mostly deleted segments is to come.
+//!   before the call returns) and a set in memory; every read skips them. A sealed
+//!   segment whose records are all deleted is removed (its files, and its seqs from the
+//!   set); rewriting segments only partly deleted is to come, and so is compacting the
+//!   journal (it keeps 16 bytes per deleted event).
 
 pub mod query;
 
@@ -197,6 +199,8 @@ struct Shared {
     subjects: RwLock<Subjects>,
     /// Deleted seqs: every read skips them.
     deleted: RwLock<std::collections::BTreeSet<Seq>>,
+    /// Serialises saving the subjects (the flusher's and a removal's).
+    saving: std::sync::Mutex<()>,
     dir: PathBuf,
     /// The last seq whose keys are in the postings: reads stop here.
     visible: AtomicU64,
@@ -261,7 +265,13 @@ impl EventLog {
         subjects.deletes = deletes.len() as u64;
         let shared = Arc::new(Shared {
             subjects: RwLock::new(subjects),
-            deleted: RwLock::new(deletes.into_iter().collect()),
+            saving: std::sync::Mutex::new(()),
+            deleted: RwLock::new(
+                deletes
+                    .into_iter()
+                    .filter(|&seq| seq >= reader.first_seq())
+                    .collect(),
+            ),
             dir: dir.to_path_buf(),
             visible: AtomicU64::new(log.durable_seq()),
             reader,
@@ -360,13 +370,41 @@ impl EventLog {
         let entries: Vec<u8> = events.iter().flat_map(|e| delete_entry(e.seq)).collect();
         journal.write_all(&entries)?;
         journal.sync_data()?;
-        let mut subjects = self.shared.subjects.write().expect("subjects");
-        let mut deleted = self.shared.deleted.write().expect("deleted");
-        for event in &events {
-            deleted.insert(event.seq);
-            subjects.remove(event);
+        {
+            let mut subjects = self.shared.subjects.write().expect("subjects");
+            let mut deleted = self.shared.deleted.write().expect("deleted");
+            for event in &events {
+                deleted.insert(event.seq);
+                subjects.remove(event);
+            }
         }
+        self.remove_deleted_segments()?;
         Ok(events)
+    }
+
+    /// Removes the oldest sealed segments whose every record is deleted, and their seqs
+    /// from the set in memory (reads below the log's first seq find nothing anyway).
+    fn remove_deleted_segments(&mut self) -> std::io::Result<()> {
+        let through = {
+            let deleted = self.shared.deleted.read().expect("deleted");
+            self.log
+                .sealed()
+                .into_iter()
+                .take_while(|seqs| {
+                    deleted.range(seqs.clone()).count() as u64 == seqs.end - seqs.start
+                })
+                .last()
+                .map(|seqs| seqs.end - 1)
+        };
+        if let Some(through) = through {
+            // The saved subjects must count these deletes first: once the records are
+            // gone, a replay of the journal could not take them off again.
+            self.shared.save_subjects()?;
+            let first = self.log.remove_through(through)?;
+            let mut deleted = self.shared.deleted.write().expect("deleted");
+            *deleted = deleted.split_off(&first);
+        }
+        Ok(())
     }
 
     /// A reader, for other threads.
@@ -405,12 +443,11 @@ fn flush_loop(shared: &Shared, woken: &mpsc::Receiver<()>, flush_every: usize) {
         if stopping || shared.postings.pending() >= flush_every {
             // Postings are derived: a failure here costs a longer replay at the next
             // open, not an event.
-            let subjects = shared.subjects.read().expect("subjects").clone();
             if let Err(error) = shared
                 .postings
                 .flush()
                 .and_then(|()| shared.postings.compact())
-                .and_then(|()| write_subjects(&shared.dir, &subjects))
+                .and_then(|()| shared.save_subjects())
             {
                 tracing::warn!(%error, "Cannot write the log's postings; will retry.");
             }
@@ -418,6 +455,14 @@ fn flush_loop(shared: &Shared, woken: &mpsc::Receiver<()>, flush_every: usize) {
         if stopping {
             return;
         }
+    }
+}
+
+impl Shared {
+    fn save_subjects(&self) -> std::io::Result<()> {
+        let _saving = self.saving.lock().expect("saving subjects");
+        let subjects = self.subjects.read().expect("subjects").clone();
+        write_subjects(&self.dir, &subjects)
     }
 }
 
@@ -592,12 +637,14 @@ impl EventReader {
                 return Ok(out);
             };
             let exhausted = seqs.len() < max;
+            // Below the first seq: in a segment removed whole.
+            let first = self.shared.reader.first_seq();
             let deleted = self.shared.deleted.read().expect("deleted");
             for seq in seqs {
                 if seq > head {
                     return Ok(out);
                 }
-                if !deleted.contains(&seq) {
+                if seq >= first && !deleted.contains(&seq) {
                     out.push(seq);
                     if out.len() == max {
                         return Ok(out);
@@ -778,13 +825,7 @@ mod tests {
         append(&mut log, 3);
         // Copied while running: some postings flushed, the rest only in memory.
         let copy = tempfile::tempdir().unwrap();
-        for sub in ["segments", "postings"] {
-            std::fs::create_dir_all(copy.path().join(sub)).unwrap();
-            for entry in std::fs::read_dir(dir.path().join(sub)).unwrap() {
-                let entry = entry.unwrap();
-                std::fs::copy(entry.path(), copy.path().join(sub).join(entry.file_name())).unwrap();
-            }
-        }
+        copy_live(&log, dir.path(), copy.path());
         let (copied, _) = EventLog::open(copy.path(), options).unwrap();
         let flushed = copied.shared.postings.indexed_through();
         assert!(flushed > 0 && flushed <= 120, "flushed through {flushed}");
@@ -860,7 +901,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         append(&mut log, 4);
         let copy = tempfile::tempdir().unwrap();
-        copy_dir(dir.path(), copy.path());
+        copy_live(&log, dir.path(), copy.path());
         drop(log);
         let (copied, _) = EventLog::open(copy.path(), small()).unwrap();
         assert_eq!(all(&copied), expected_subjects(214));
@@ -884,6 +925,14 @@ mod tests {
         check(&log.reader(), 214);
     }
 
+    /// Copies a live log's files as a crash leaves them, at one instant: flushes,
+    /// merges and saves held off meanwhile.
+    fn copy_live(log: &EventLog, from: &Path, to: &Path) {
+        let _flushes = log.shared.postings.pause();
+        let _saves = log.shared.saving.lock().unwrap();
+        copy_dir(from, to);
+    }
+
     fn copy_dir(from: &Path, to: &Path) {
         for entry in std::fs::read_dir(from).unwrap() {
             let entry = entry.unwrap();
@@ -892,7 +941,11 @@ mod tests {
                 std::fs::create_dir_all(&target).unwrap();
                 copy_dir(&entry.path(), &target);
             } else {
-                std::fs::copy(entry.path(), target).unwrap();
+                // A spare segment being prepared may be renamed away meanwhile.
+                match std::fs::copy(entry.path(), target) {
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    copied => drop(copied.unwrap()),
+                }
             }
         }
     }
@@ -973,7 +1026,7 @@ mod tests {
         check_with_deletes(&log, 210, &deleted);
 
         let copy = tempfile::tempdir().unwrap();
-        copy_dir(dir.path(), copy.path());
+        copy_live(&log, dir.path(), copy.path());
         let (copied, _) = EventLog::open(copy.path(), small()).unwrap();
         check_with_deletes(&copied, 210, &deleted);
         drop(copied);
@@ -995,6 +1048,64 @@ mod tests {
         );
         log.delete(&[205]).unwrap();
         deleted.insert(205);
+        check_with_deletes(&log, 210, &deleted);
+    }
+
+    /// Sealed segments whose events are all deleted are removed; reads, counts and
+    /// pages stay right, before and after reopening and after a crash.
+    #[test]
+    fn segments_whose_events_are_all_deleted_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = EventLog::open(dir.path(), small()).unwrap();
+        for _ in 0..30 {
+            append(&mut log, 7);
+        }
+        let sealed = log.log.sealed();
+        assert!(sealed.len() >= 3, "{sealed:?}");
+        // All of the first two segments but one seq, and some later ones.
+        let mut deleted: BTreeSet<Seq> = (1..sealed[1].end).collect();
+        deleted.remove(&(sealed[1].start + 1));
+        deleted.extend((sealed[2].start..210).step_by(4));
+        log.delete(&deleted.iter().copied().collect::<Vec<_>>())
+            .unwrap();
+        assert!(!dir
+            .path()
+            .join("segments")
+            .join(format!("{:020}.seg", 1))
+            .exists());
+        assert!(dir
+            .path()
+            .join("segments")
+            .join(format!("{:020}.seg", sealed[1].start))
+            .exists());
+        check_with_deletes(&log, 210, &deleted);
+        // The last one of the second segment: it goes too.
+        log.delete(&[sealed[1].start + 1]).unwrap();
+        deleted.insert(sealed[1].start + 1);
+        assert!(!dir
+            .path()
+            .join("segments")
+            .join(format!("{:020}.seg", sealed[1].start))
+            .exists());
+        assert_eq!(
+            log.reader()
+                .shared
+                .deleted
+                .read()
+                .unwrap()
+                .range(..sealed[2].start)
+                .count(),
+            0
+        );
+        check_with_deletes(&log, 210, &deleted);
+
+        let copy = tempfile::tempdir().unwrap();
+        copy_live(&log, dir.path(), copy.path());
+        let (copied, _) = EventLog::open(copy.path(), small()).unwrap();
+        check_with_deletes(&copied, 210, &deleted);
+        drop(copied);
+        drop(log);
+        let (log, _) = EventLog::open(dir.path(), small()).unwrap();
         check_with_deletes(&log, 210, &deleted);
     }
 
