@@ -1004,6 +1004,24 @@ mod tests {
         }
     }
 
+    /// Checks a copy of the live log (what a crash leaves), then the log reopened.
+    fn crash_and_reopen(
+        log: EventLog,
+        dir: &Path,
+        through: Seq,
+        deleted: &BTreeSet<Seq>,
+    ) -> EventLog {
+        let copy = tempfile::tempdir().unwrap();
+        copy_live(&log, dir, copy.path());
+        let (copied, _) = EventLog::open(copy.path(), small()).unwrap();
+        check_with_deletes(&copied, through, deleted);
+        drop(copied);
+        drop(log);
+        let (log, _) = EventLog::open(dir, small()).unwrap();
+        check_with_deletes(&log, through, deleted);
+        log
+    }
+
     /// Retention's deletes: every read skips them (pages stay full past runs of them),
     /// the subjects' counts drop, and all of it holds across reopening, a crash (a copy
     /// of a live log) and a torn journal entry.
@@ -1025,15 +1043,7 @@ mod tests {
         assert_eq!(log.delete(&rest).unwrap().len(), rest.len());
         check_with_deletes(&log, 210, &deleted);
 
-        let copy = tempfile::tempdir().unwrap();
-        copy_live(&log, dir.path(), copy.path());
-        let (copied, _) = EventLog::open(copy.path(), small()).unwrap();
-        check_with_deletes(&copied, 210, &deleted);
-        drop(copied);
-        drop(log);
-        let (log, _) = EventLog::open(dir.path(), small()).unwrap();
-        check_with_deletes(&log, 210, &deleted);
-        drop(log);
+        drop(crash_and_reopen(log, dir.path(), 210, &deleted));
 
         // A torn last entry (a crash mid-write): cut off, the whole ones kept.
         let journal = dir.path().join(DELETES_FILE);
@@ -1099,14 +1109,7 @@ mod tests {
         );
         check_with_deletes(&log, 210, &deleted);
 
-        let copy = tempfile::tempdir().unwrap();
-        copy_live(&log, dir.path(), copy.path());
-        let (copied, _) = EventLog::open(copy.path(), small()).unwrap();
-        check_with_deletes(&copied, 210, &deleted);
-        drop(copied);
-        drop(log);
-        let (log, _) = EventLog::open(dir.path(), small()).unwrap();
-        check_with_deletes(&log, 210, &deleted);
+        crash_and_reopen(log, dir.path(), 210, &deleted);
     }
 
     #[test]
