@@ -196,7 +196,10 @@ impl Postings {
             state.runs.iter().map(|live| live.run.clone()).collect()
         };
         for run in &runs {
-            all.extend(run.values(key, from, max)?);
+            // Most keys (ids, correlation ids) are in one run of many.
+            if run.may_contain(key)? {
+                all.extend(run.values(key, from, max)?);
+            }
         }
         all.sort_unstable();
         all.dedup();

@@ -11,7 +11,12 @@
 //! - **fences**, one per block: `offset: u64 | len: u32 | key_len: u16 | first key |
 //!   first value: u64`, then their CRC-32. Opening reads them into memory, so a lookup
 //!   is a binary search in memory and one read per block it visits;
-//! - **footer**: `fences offset: u64 | fences len: u64 | entries: u64 | magic: u64`.
+//! - **a filter** of the distinct keys (a blocked Bloom filter, ~10 bits per key, 7 bits
+//!   in one 64-byte block per key, each block with its CRC-32): a lookup of a key the run
+//!   does not hold reads 68 bytes instead of a block of entries (an id is in one run of
+//!   many). A damaged filter block answers "maybe", never a wrong "no";
+//! - **footer**: `fences offset | fences len | filter offset | filter blocks | entries |
+//!   magic`, `u64`s.
 //!
 //! A damaged block or fence is an error naming the file, never a wrong answer.
 
@@ -25,8 +30,14 @@ pub const BLOCK_BYTES: usize = 16 * 1024;
 /// The longest key a run holds (subjects are at most 256 bytes; an aggregate key a
 /// little more).
 pub const MAX_KEY_BYTES: usize = 4096;
-const FOOTER: u64 = 32;
-const MAGIC: u64 = u64::from_le_bytes(*b"HRLDRUN1");
+const FOOTER: u64 = 48;
+const MAGIC: u64 = u64::from_le_bytes(*b"HRLDRUN2");
+/// Bits of one filter block, and its bytes on disk with its CRC.
+const FILTER_BITS: u32 = 512;
+const FILTER_BLOCK: u64 = 64 + 4;
+/// Bits set per key, and bits per key overall (~1 % false "maybe").
+const FILTER_PROBES: u32 = 7;
+const FILTER_BITS_PER_KEY: u64 = 10;
 
 /// Where a block starts, and its first entry.
 #[derive(Debug, Clone)]
@@ -44,6 +55,28 @@ pub struct Run {
     file: File,
     fences: Vec<Fence>,
     entries: u64,
+    filter_at: u64,
+    filter_blocks: u64,
+}
+
+/// A key's hash for the filter: FNV-1a, then the SplitMix64 finaliser to spread it.
+fn key_hash(key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// The filter block of a hash, and its bits in that block.
+fn filter_bits(hash: u64, blocks: u64) -> (u64, impl Iterator<Item = u32>) {
+    let block = (hash >> 32) % blocks;
+    let (a, b) = (hash as u32, ((hash >> 32) as u32) | 1);
+    let bits = (0..FILTER_PROBES).map(move |i| a.wrapping_add(i.wrapping_mul(b)) % FILTER_BITS);
+    (block, bits)
 }
 
 /// Writes `entries` (strictly increasing by key, then value) as a run at `path`: to a
@@ -117,6 +150,7 @@ fn write_temporary<K: AsRef<[u8]>>(
     let mut first: Option<(Vec<u8>, u64)> = None;
     let mut last: Option<(Vec<u8>, u64)> = None;
     let (mut offset, mut count) = (0u64, 0u64);
+    let mut hashes: Vec<u64> = Vec::new();
     let mut close = |block: &mut Vec<u8>,
                      first: &mut Option<(Vec<u8>, u64)>,
                      out: &mut BufWriter<File>,
@@ -157,6 +191,12 @@ fn write_temporary<K: AsRef<[u8]>>(
         if first.is_none() {
             first = Some((key.to_vec(), value));
         }
+        if last
+            .as_ref()
+            .is_none_or(|(last_key, _)| last_key.as_slice() != key)
+        {
+            hashes.push(key_hash(key));
+        }
         block.extend_from_slice(&(key.len() as u16).to_le_bytes());
         block.extend_from_slice(key);
         block.extend_from_slice(&value.to_le_bytes());
@@ -186,7 +226,21 @@ fn write_temporary<K: AsRef<[u8]>>(
     let sum = crc32fast::hash(&index);
     index.extend_from_slice(&sum.to_le_bytes());
     out.write_all(&index)?;
-    for word in [offset, index.len() as u64, count, MAGIC] {
+
+    let blocks = (hashes.len() as u64 * FILTER_BITS_PER_KEY).div_ceil(u64::from(FILTER_BITS));
+    let mut filter = vec![[0u8; 64]; blocks as usize];
+    for &hash in &hashes {
+        let (block, bits) = filter_bits(hash, blocks);
+        for bit in bits {
+            filter[block as usize][(bit / 8) as usize] |= 1 << (bit % 8);
+        }
+    }
+    for block in &filter {
+        out.write_all(block)?;
+        out.write_all(&crc32fast::hash(block).to_le_bytes())?;
+    }
+    let filter_at = offset + index.len() as u64;
+    for word in [offset, index.len() as u64, filter_at, blocks, count, MAGIC] {
         out.write_all(&word.to_le_bytes())?;
     }
     let file = out.into_inner().map_err(|e| e.into_error())?;
@@ -211,8 +265,15 @@ impl Run {
         let mut footer = [0u8; FOOTER as usize];
         file.read_exact_at(&mut footer, len - FOOTER)?;
         let word = |i: usize| u64::from_le_bytes(footer[8 * i..8 * i + 8].try_into().expect("8"));
-        let (index_at, index_len, entries, magic) = (word(0), word(1), word(2), word(3));
-        if magic != MAGIC || index_len < 4 || index_at.checked_add(index_len) != Some(len - FOOTER)
+        let (index_at, index_len, filter_at, filter_blocks, entries, magic) =
+            (word(0), word(1), word(2), word(3), word(4), word(5));
+        let filter_end = filter_blocks
+            .checked_mul(FILTER_BLOCK)
+            .and_then(|bytes| bytes.checked_add(filter_at));
+        if magic != MAGIC
+            || index_len < 4
+            || index_at.checked_add(index_len) != Some(filter_at)
+            || filter_end != Some(len - FOOTER)
         {
             return Err(damaged("bad footer"));
         }
@@ -251,7 +312,26 @@ impl Run {
             file,
             fences,
             entries,
+            filter_at,
+            filter_blocks,
         })
+    }
+
+    /// Whether the run may hold `key`: `false` only when it certainly does not. One read
+    /// of 68 bytes.
+    pub fn may_contain(&self, key: &[u8]) -> io::Result<bool> {
+        if self.filter_blocks == 0 {
+            return Ok(false);
+        }
+        let (block, mut bits) = filter_bits(key_hash(key), self.filter_blocks);
+        let mut bytes = [0u8; FILTER_BLOCK as usize];
+        self.file
+            .read_exact_at(&mut bytes, self.filter_at + block * FILTER_BLOCK)?;
+        let (filter, sum) = bytes.split_at(64);
+        if crc32fast::hash(filter) != u32::from_le_bytes(sum.try_into().expect("4")) {
+            return Ok(true);
+        }
+        Ok(bits.all(|bit| filter[(bit / 8) as usize] & (1 << (bit % 8)) != 0))
     }
 
     /// How many entries the run holds.
@@ -419,6 +499,46 @@ mod tests {
         assert_eq!(all, entries);
     }
 
+    /// The filter never says "no" to a key the run holds, says it to almost every key it
+    /// does not, and a damaged filter block says "maybe".
+    #[test]
+    fn the_filter_never_misses_a_key_and_passes_over_most_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ids.run");
+        let entries: Vec<(Vec<u8>, u64)> = {
+            let mut e: Vec<(Vec<u8>, u64)> = (0..20_000u64)
+                .map(|i| {
+                    (
+                        format!("I:{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).into_bytes(),
+                        i,
+                    )
+                })
+                .collect();
+            e.sort();
+            e
+        };
+        write_run(&path, entries.iter().map(|(k, v)| (k, *v))).unwrap();
+        let run = Run::open(&path).unwrap();
+        assert!(entries.iter().all(|(k, _)| run.may_contain(k).unwrap()));
+        let maybes = (0..20_000u64)
+            .filter(|i| run.may_contain(format!("X:{i}").as_bytes()).unwrap())
+            .count();
+        assert!(
+            maybes < 20_000 / 33,
+            "{maybes} of 20,000 absent keys said maybe"
+        );
+        // Damage every filter block: every answer is "maybe".
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = run.filter_at as usize;
+        for block in 0..run.filter_blocks as usize {
+            bytes[at + block * FILTER_BLOCK as usize] ^= 0xff;
+        }
+        let damaged = dir.path().join("damaged.run");
+        std::fs::write(&damaged, &bytes).unwrap();
+        let run = Run::open(&damaged).unwrap();
+        assert!((0..100u64).all(|i| run.may_contain(format!("X:{i}").as_bytes()).unwrap()));
+    }
+
     #[test]
     fn an_empty_run_opens_and_finds_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -426,6 +546,7 @@ mod tests {
         write_run::<&[u8]>(&path, []).unwrap();
         let run = Run::open(&path).unwrap();
         assert!(run.is_empty());
+        assert!(!run.may_contain(b"x").unwrap());
         assert!(run.values(b"x", 0, 10).unwrap().is_empty());
         assert_eq!(run.entries().count(), 0);
     }
