@@ -123,6 +123,15 @@ pub(crate) fn choose(candidates: Option<(Vec<String>, u64)>, head: Seq, limit: u
     }
 }
 
+/// How a merge of subjects' first seqs (sorted, at most `limit`) ended: a full page
+/// stops after its last seq; a short one read everything up to its bound.
+pub(crate) fn merge_ended(seqs: &[Seq], limit: usize) -> Ended {
+    match seqs.last() {
+        Some(&last) if seqs.len() == limit => Ended::StoppedAfter(last),
+        _ => Ended::Exhausted,
+    }
+}
+
 /// Offers the next event a read path found (in seq order) to its page: kept when the
 /// query accepts it. `Some` when the read must stop after it: the page is full, or the
 /// scan budget is spent.

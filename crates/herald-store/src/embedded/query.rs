@@ -272,10 +272,7 @@ fn by_subjects(
     limit: usize,
 ) -> rusqlite::Result<(Vec<Event>, Ended)> {
     let seqs = super::subject_index::first_seqs(conn, subjects, lo, hi, limit)?;
-    let ended = match seqs.last() {
-        Some(&last) if seqs.len() == limit => Ended::StoppedAfter(last),
-        _ => Ended::Exhausted,
-    };
+    let ended = plan::merge_ended(&seqs, limit);
 
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1"

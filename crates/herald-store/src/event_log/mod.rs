@@ -347,17 +347,18 @@ impl EventLog {
     /// by every read from then on. Seqs not stored, or deleted already, are passed over.
     /// The events deleted.
     pub fn delete(&mut self, seqs: &[Seq]) -> std::io::Result<Vec<Event>> {
-        let reader = self.reader();
-        let mut events = Vec::new();
+        let mut wanted = seqs.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
         {
             let deleted = self.shared.deleted.read().expect("deleted");
-            for &seq in seqs {
-                if deleted.contains(&seq) || events.iter().any(|e: &Event| e.seq == seq) {
-                    continue;
-                }
-                if let Some(event) = reader.event(seq)? {
-                    events.push(event);
-                }
+            wanted.retain(|seq| !deleted.contains(seq));
+        }
+        let reader = self.reader();
+        let mut events = Vec::with_capacity(wanted.len());
+        for seq in wanted {
+            if let Some(event) = reader.event(seq)? {
+                events.push(event);
             }
         }
         if events.is_empty() {

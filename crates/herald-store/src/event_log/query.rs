@@ -134,10 +134,7 @@ fn by_subjects(
     }
     seqs.sort_unstable();
     seqs.truncate(limit);
-    let ended = match seqs.last() {
-        Some(&last) if seqs.len() == limit => Ended::StoppedAfter(last),
-        _ => Ended::Exhausted,
-    };
+    let ended = plan::merge_ended(&seqs, limit);
     let mut out = Vec::with_capacity(seqs.len());
     for seq in seqs {
         let event = stored(reader, seq)?;
