@@ -18,7 +18,9 @@
 mod aggregates;
 pub mod backup;
 mod consumers;
+mod events;
 mod fail_stop;
+mod log_writes;
 mod query;
 mod retention;
 mod schema;
@@ -52,6 +54,7 @@ use crate::{
     AccessKind, AccessRecord, Appended, DeadLetter, NewDeadLetter, Page, Query, Result, Store,
     StoreError, StoreHealth, StoredRule, StoredSchema,
 };
+use events::Events;
 use fail_stop::FailStop;
 
 /// Tuning for the embedded store.
@@ -71,6 +74,9 @@ pub struct EmbeddedOptions {
     /// Most rows one query (or consumer fetch) reads that its filters refuse (see
     /// [`crate::QUERY_SCAN_BUDGET`]).
     pub query_scan_budget: usize,
+    /// Keep the events in the event log ([`crate::event_log`], in `<db>-events/`)
+    /// instead of the database's `events` table; everything else stays in SQLite.
+    pub event_log: bool,
 }
 
 impl Default for EmbeddedOptions {
@@ -80,6 +86,7 @@ impl Default for EmbeddedOptions {
             checkpoint_interval: Duration::from_millis(25),
             wal_restart_bytes: 64 * 1024 * 1024,
             query_scan_budget: crate::QUERY_SCAN_BUDGET,
+            event_log: false,
         }
     }
 }
@@ -108,6 +115,8 @@ struct Inner {
     fail_stop: Arc<FailStop>,
     /// See [`EmbeddedOptions::query_scan_budget`].
     scan_budget: usize,
+    /// The events' log, when they are kept there ([`EmbeddedOptions::event_log`]).
+    log: Option<log_writes::LogSide>,
 }
 
 /// Syncs the WAL outside the writer lock, for transactions committed without SQLite's
@@ -189,9 +198,6 @@ struct Writer {
 }
 
 /// Columns read back for an event, in the order [`row_to_event`] expects.
-/// How many columns [`EVENT_COLUMNS`] names: where a query's own columns start.
-pub(crate) const EVENT_COLUMN_COUNT: usize = 18;
-
 pub(crate) const EVENT_COLUMNS: &str =
     "seq, id, subject, correlation_id, ts, hub_id, service, user, payload, cloudevent, tenant, \
      aggregate_type, aggregate_id, aggregate_version, event_type, metadata, traceparent, tracestate";
@@ -276,7 +282,22 @@ impl EmbeddedStore {
                 |row| row.get(0),
             )
             .map_err(open_error)?;
-        let last_seq = last_seq.max(deleted_through.max(0) as Seq);
+        let mut last_seq = last_seq.max(deleted_through.max(0) as Seq);
+        let mut last_ts = last_ts;
+        let log = if options.event_log {
+            if last_seq > 0 {
+                return Err(StoreError::Open(format!(
+                    "{} keeps its events in its own table; it cannot open with the event log",
+                    path.display()
+                )));
+            }
+            let (side, head, head_ts) = log_writes::LogSide::open(&log_dir(&path))?;
+            last_seq = head;
+            last_ts = head_ts;
+            Some(side)
+        } else {
+            None
+        };
 
         let checkpointer = spawn_checkpointer(
             &path,
@@ -303,12 +324,39 @@ impl EmbeddedStore {
                 wal: WalSync::new(&path, fail_stop.clone()),
                 fail_stop,
                 scan_budget: options.query_scan_budget,
+                log,
             }),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// A reader of the event log, when the events are kept there.
+    fn log_reader(&self) -> Option<crate::event_log::EventReader> {
+        self.inner.log.as_ref().map(|log| log.reader.clone())
+    }
+
+    /// Runs a read of the event log on a blocking thread, holding a reader permit like
+    /// a read of SQLite does (so queries never take every blocking thread).
+    async fn on_log<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let _permit = self
+            .inner
+            .reader_permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))?
+            .map_err(crate::event_log::store_error)
     }
 
     /// Runs `f` on a pooled read-only connection, on a blocking thread.
@@ -429,6 +477,9 @@ impl EmbeddedStore {
             return Ok(Vec::new());
         }
         let inner = &self.inner;
+        if let Some(log) = &inner.log {
+            return log.append(batch, &inner.fail_stop, &inner.head);
+        }
         let mut guard = inner.writer.lock().expect("writer mutex");
         let writer = guard.as_mut().ok_or(StoreError::Closed)?;
         inner.fail_stop.check()?;
@@ -484,6 +535,9 @@ impl EmbeddedStore {
             ));
         }
         let inner = &self.inner;
+        if let Some(log) = &inner.log {
+            return log.append_aggregate(append, inner);
+        }
         let mut guard = inner.writer.lock().expect("writer mutex");
         let writer = guard.as_mut().ok_or(StoreError::Closed)?;
         inner.fail_stop.check()?;
@@ -649,8 +703,11 @@ impl Store for EmbeddedStore {
 
     async fn consumer_state(&self, name: &str) -> Result<Option<ConsumerState>> {
         let name = name.to_owned();
-        self.in_read_snapshot(move |conn| consumers::state(conn, &name))
-            .await
+        let log = self.log_reader();
+        self.in_read_snapshot(move |conn| {
+            consumers::state(conn, Events::new(conn, log.as_ref()), &name)
+        })
+        .await
     }
 
     async fn consumer_ops(
@@ -666,10 +723,12 @@ impl Store for EmbeddedStore {
             .iter()
             .any(|call| !matches!(call.op, ConsumerOp::Fetch { .. }));
         let budget = self.inner.scan_budget;
+        let log = self.log_reader();
         self.in_group_synced_transaction(sync, move |conn| {
+            let events = Events::new(conn, log.as_ref());
             calls
                 .iter()
-                .map(|call| consumers::apply(conn, now, call, budget))
+                .map(|call| consumers::apply(conn, events, now, call, budget))
                 .collect()
         })
         .await
@@ -682,8 +741,12 @@ impl Store for EmbeddedStore {
         limit: usize,
     ) -> Result<Option<Vec<ConsumerDeadLetter>>> {
         let name = name.to_owned();
-        self.in_read_snapshot(move |conn| consumers::dead_letters(conn, &name, after_seq, limit))
-            .await
+        let log = self.log_reader();
+        self.in_read_snapshot(move |conn| {
+            let events = Events::new(conn, log.as_ref());
+            consumers::dead_letters(conn, events, &name, after_seq, limit)
+        })
+        .await
     }
 
     async fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<Appended>> {
@@ -694,6 +757,9 @@ impl Store for EmbeddedStore {
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<Event>> {
+        if let Some(reader) = self.log_reader() {
+            return self.on_log(move || reader.by_id(id)).await;
+        }
         self.with_reader(move |conn| get_by_id(conn, id)).await
     }
 
@@ -711,6 +777,18 @@ impl Store for EmbeddedStore {
         limit: usize,
     ) -> Result<Option<AggregatePage>> {
         let limit = limit.clamp(1, crate::MAX_QUERY_LIMIT);
+        if let Some(reader) = self.log_reader() {
+            let version = {
+                let key = key.clone();
+                self.with_reader(move |conn| aggregates::version(conn, &key))
+                    .await?
+            };
+            return self
+                .on_log(move || {
+                    log_writes::load_aggregate(&reader, &key, version, from_version, limit)
+                })
+                .await;
+        }
         self.with_reader(move |conn| {
             let tx = conn.unchecked_transaction()?;
             aggregates::load(&tx, &key, from_version, limit)
@@ -746,6 +824,35 @@ impl Store for EmbeddedStore {
             return Ok(RetentionPass::default());
         }
         let budget = budget.max(1);
+        if let Some(reader) = self.log_reader() {
+            let (chosen, more) = self
+                .on_log(move || retention::choose_in_log(&reader, &policies, now, budget))
+                .await?;
+            if chosen.is_empty() {
+                return Ok(RetentionPass::default());
+            }
+            let store = self.clone();
+            let seqs: Vec<Seq> = chosen.iter().map(|(c, _)| c.seq).collect();
+            let deleted = tokio::task::spawn_blocking(move || {
+                store.inner.log.as_ref().expect("log mode").delete(&seqs)
+            })
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))??;
+            let gone: Vec<(Seq, String)> = deleted
+                .iter()
+                .map(|e| (e.seq, e.subject.as_str().to_owned()))
+                .collect();
+            self.in_write_transaction(move |conn| {
+                let gone: Vec<(Seq, &str)> = gone.iter().map(|(s, n)| (*s, n.as_str())).collect();
+                retention::note_deleted(conn, &gone)
+            })
+            .await?;
+            return Ok(RetentionPass {
+                deleted_events: deleted.len() as u64,
+                deleted_bytes: deleted.iter().map(|e| e.payload.get().len() as u64).sum(),
+                more,
+            });
+        }
         let pass = self
             .in_write_transaction(move |conn| retention::enforce(conn, &policies, now, budget))
             .await?;
@@ -789,6 +896,11 @@ impl Store for EmbeddedStore {
 
     async fn query(&self, query: Query) -> Result<Page> {
         let budget = self.inner.scan_budget;
+        if let Some(reader) = self.log_reader() {
+            return self
+                .on_log(move || crate::event_log::query::run(&reader, &query, budget))
+                .await;
+        }
         self.with_reader(move |conn| query::run(conn, &query, budget))
             .await
     }
@@ -837,6 +949,9 @@ impl Store for EmbeddedStore {
     }
 
     async fn tenant_payload_bytes(&self) -> Result<Vec<(String, u64)>> {
+        if let Some(reader) = self.log_reader() {
+            return Ok(reader.tenant_bytes());
+        }
         self.with_reader(|conn| {
             conn.prepare_cached(
                 "SELECT tenant, SUM(length(CAST(payload AS BLOB))) FROM events
@@ -861,6 +976,13 @@ impl Store for EmbeddedStore {
                 Err(e) => return Err(StoreError::Unavailable(e.to_string())),
             }
         }
+        if self.inner.log.is_some() {
+            let dir = log_dir(&self.inner.path);
+            total += tokio::task::spawn_blocking(move || log_writes::dir_bytes(&dir))
+                .await
+                .map_err(|e| StoreError::Internal(e.to_string()))?
+                .map_err(crate::event_log::store_error)?;
+        }
         Ok(total)
     }
 
@@ -877,6 +999,10 @@ impl Store for EmbeddedStore {
             }
             inner.idle_readers.lock().expect("reader pool").clear();
             inner.health_reader.lock().expect("health reader").take();
+            if let Some(log) = &inner.log {
+                // Flushes the postings, so the next open replays nothing.
+                log.close();
+            }
             if let Some(writer) = inner.writer.lock().expect("writer mutex").take() {
                 if inner.fail_stop.has_failed() {
                     // No checkpoint after a failed sync, not even SQLite's own at close:
@@ -1163,6 +1289,13 @@ impl Store for EmbeddedStore {
     }
 }
 
+/// Where the event log of the database at `path` lives: `<db>-events/`.
+pub(super) fn log_dir(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-events");
+    PathBuf::from(name)
+}
+
 pub(super) fn lock_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".lock");
@@ -1444,9 +1577,28 @@ mod tests {
         .await;
     }
 
+    /// The same suite with the events in the event log.
+    #[tokio::test]
+    async fn conformance_with_the_event_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = 0;
+        crate::conformance::run(|| {
+            n += 1;
+            let path = dir.path().join(format!("c{n}.db"));
+            async move {
+                let options = EmbeddedOptions {
+                    event_log: true,
+                    ..EmbeddedOptions::default()
+                };
+                EmbeddedStore::open(path, options).await.unwrap()
+            }
+        })
+        .await;
+    }
+
     #[test]
     fn the_event_column_count_matches_the_list() {
-        assert_eq!(EVENT_COLUMNS.split(", ").count(), EVENT_COLUMN_COUNT);
+        assert_eq!(EVENT_COLUMNS.split(", ").count(), 18);
         assert_eq!(
             crate::postgres::EVENT_COLUMNS.split(", ").count(),
             crate::postgres::EVENT_COLUMN_COUNT

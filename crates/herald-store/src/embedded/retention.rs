@@ -2,10 +2,12 @@
 //! [`crate::retention`] for what is deleted).
 
 use std::collections::HashMap;
+use std::ops::Bound;
 
 use herald_core::{Seq, Timestamp};
 use rusqlite::{params, Connection};
 
+use crate::event_log::{EventReader, Key};
 use crate::retention::{self, Candidate, RetentionPass, RetentionPolicy, SubjectTotals};
 
 /// Subjects of a policy read one by one; past this, its events are found by a scan.
@@ -80,6 +82,136 @@ pub(super) fn enforce(
             update.execute(params![subject, count, bytes])?;
         }
     }
+    let gone: Vec<(Seq, &str)> = deleted
+        .iter()
+        .map(|(c, subject)| (c.seq, subject.as_str()))
+        .collect();
+    note_deleted(conn, &gone)?;
+    Ok(RetentionPass {
+        deleted_events: deleted.len() as u64,
+        deleted_bytes: deleted.iter().map(|(c, _)| c.bytes).sum(),
+        more,
+    })
+}
+
+/// What one pass deletes from the event log (the same choice as [`enforce`] makes on
+/// the table): the events with their subjects, and whether more are due.
+pub(super) fn choose_in_log(
+    reader: &EventReader,
+    policies: &[RetentionPolicy],
+    now: Timestamp,
+    budget: usize,
+) -> std::io::Result<(Vec<(Candidate, String)>, bool)> {
+    let totals = reader
+        .subjects(Bound::Unbounded, Bound::Unbounded)
+        .into_iter()
+        .map(|(subject, stats)| SubjectTotals {
+            subject,
+            events: stats.events,
+            bytes: stats.bytes,
+        })
+        .collect();
+    let groups = retention::group(policies, totals);
+    let mut deleted: Vec<(Candidate, String)> = Vec::new();
+    let mut more = false;
+    for (policy, subjects, events, bytes) in groups {
+        let left = budget - deleted.len();
+        if left == 0 {
+            more = true;
+            break;
+        }
+        let cutoff_seq = match retention::age_cutoff(policy, now) {
+            None => None,
+            Some(ts) => Some(
+                match reader.first_at_or_after(Timestamp::from_micros(ts))? {
+                    Some(first) => first - 1,
+                    None => reader.head(),
+                },
+            ),
+        };
+        let candidates = oldest_in_log(reader, policy, &subjects, left)?;
+        let chosen = retention::choose(policy, &candidates, events, bytes, cutoff_seq, left);
+        deleted.extend(
+            chosen
+                .into_iter()
+                .map(|c| (c, subjects[c.subject as usize].clone())),
+        );
+    }
+    if deleted.len() == budget {
+        more = true;
+    }
+    Ok((deleted, more))
+}
+
+/// [`oldest`], in the event log.
+fn oldest_in_log(
+    reader: &EventReader,
+    policy: &RetentionPolicy,
+    subjects: &[String],
+    limit: usize,
+) -> std::io::Result<Vec<Candidate>> {
+    let candidate = |event: &herald_core::Event, subject: u32| Candidate {
+        seq: event.seq,
+        bytes: event.payload.get().len() as u64,
+        aggregate: event.aggregate.is_some(),
+        subject,
+    };
+    if subjects.len() <= MAX_SUBJECTS_PER_POLICY {
+        let mut lists = Vec::with_capacity(subjects.len());
+        for (index, subject) in subjects.iter().enumerate() {
+            let mut list = Vec::new();
+            let mut from = 0;
+            // Read on past aggregate events the policy keeps, up to `limit` candidates.
+            'subject: loop {
+                let seqs = reader.seqs(Key::Subject(subject), from, limit)?;
+                let Some(&last) = seqs.last() else { break };
+                for seq in &seqs {
+                    let Some(event) = reader.event(*seq)? else {
+                        continue;
+                    };
+                    if policy.include_aggregates || event.aggregate.is_none() {
+                        list.push(candidate(&event, index as u32));
+                        if list.len() == limit {
+                            break 'subject;
+                        }
+                    }
+                }
+                if seqs.len() < limit {
+                    break;
+                }
+                from = last + 1;
+            }
+            lists.push(list);
+        }
+        return Ok(retention::merge(lists, limit));
+    }
+    // Many subjects: read the log from its start, keeping this policy's events (a
+    // bounded read: a few times what may be deleted).
+    let index: HashMap<&str, u32> = subjects
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.as_str(), i as u32))
+        .collect();
+    let mut out = Vec::new();
+    for event in reader.events(0, limit * 4)? {
+        if let Some(&i) = index.get(event.subject.as_str()) {
+            if policy.include_aggregates || event.aggregate.is_none() {
+                out.push(candidate(&event, i));
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Counts the deleted events (seq, subject) each consumer had not been handed yet, and
+/// records the highest seq deleted (a seq never given again).
+pub(super) fn note_deleted(
+    conn: &Connection,
+    gone: &[(Seq, &str)],
+) -> crate::Result<(), super::consumers::Failure> {
     let consumers = conn
         .prepare_cached("SELECT name, filters, delivered_seq FROM consumers")?
         .query_map([], |row| {
@@ -99,29 +231,21 @@ pub(super) fn enforce(
             ))
         })
         .collect::<crate::Result<Vec<_>>>()?;
-    let gone: Vec<(Seq, &str)> = deleted
-        .iter()
-        .map(|(c, subject)| (c.seq, subject.as_str()))
-        .collect();
     {
         let mut add = conn.prepare_cached(
             "UPDATE consumers SET skipped_by_retention = skipped_by_retention + ?2 WHERE name = ?1",
         )?;
-        for (name, n) in retention::skipped(&consumers, &gone) {
+        for (name, n) in retention::skipped(&consumers, gone) {
             add.execute(params![name, n as i64])?;
         }
     }
-    let highest = deleted.iter().map(|(c, _)| c.seq).max().unwrap_or(0);
+    let highest = gone.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
     conn.prepare_cached(
         "INSERT INTO cursors (name, seq) VALUES (?1, ?2)
          ON CONFLICT (name) DO UPDATE SET seq = MAX(seq, excluded.seq)",
     )?
     .execute(params![retention::DELETED_THROUGH, highest as i64])?;
-    Ok(RetentionPass {
-        deleted_events: deleted.len() as u64,
-        deleted_bytes: deleted.iter().map(|(c, _)| c.bytes).sum(),
-        more,
-    })
+    Ok(())
 }
 
 /// The policy's oldest events (at most `limit`), in seq order.

@@ -35,6 +35,16 @@ use uuid::Uuid;
 use crate::postings::Postings;
 use crate::segment::{AppendError, LogReader, Recovered, SegmentLog, SegmentOptions};
 
+/// A failure of the log as the store reports it: damage is corruption, anything else
+/// (a full disk, an I/O error) leaves the store unable to serve for now.
+pub(crate) fn store_error(error: std::io::Error) -> crate::StoreError {
+    if error.kind() == std::io::ErrorKind::InvalidData {
+        crate::StoreError::Corrupt(error.to_string())
+    } else {
+        crate::StoreError::Unavailable(error.to_string())
+    }
+}
+
 /// Tuning for an [`EventLog`].
 #[derive(Debug, Clone)]
 pub struct EventLogOptions {
@@ -59,8 +69,11 @@ pub enum Key<'a> {
     Subject(&'a str),
     Correlation(Uuid),
     Id(Uuid),
-    /// Type and id.
+    /// Type and id, in every tenant (what a query by aggregate reads).
     Aggregate(&'a str, &'a str),
+    /// Tenant (empty: none), type and id: one aggregate's own events, whose versions
+    /// grow with their seqs.
+    TenantAggregate(&'a str, &'a str, &'a str),
 }
 
 impl Key<'_> {
@@ -87,20 +100,34 @@ impl Key<'_> {
                 out.push(0);
                 out.extend_from_slice(id.as_bytes());
             }
+            Key::TenantAggregate(tenant, kind, id) => {
+                out.push(b'T');
+                for (i, part) in [tenant, kind, id].into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(0);
+                    }
+                    out.extend_from_slice(part.as_bytes());
+                }
+            }
         }
     }
 }
 
 /// Every key an event is found by.
 fn keys(event: &Event) -> impl Iterator<Item = Key<'_>> {
+    let aggregate = event.aggregate.as_deref();
     [
         Some(Key::Subject(event.subject.as_str())),
         Some(Key::Correlation(event.correlation_id)),
         Some(Key::Id(event.id)),
-        event
-            .aggregate
-            .as_deref()
-            .map(|a| Key::Aggregate(&a.aggregate_type, &a.aggregate_id)),
+        aggregate.map(|a| Key::Aggregate(&a.aggregate_type, &a.aggregate_id)),
+        aggregate.map(|a| {
+            Key::TenantAggregate(
+                event.tenant.as_deref().unwrap_or(""),
+                &a.aggregate_type,
+                &a.aggregate_id,
+            )
+        }),
     ]
     .into_iter()
     .flatten()
@@ -115,10 +142,12 @@ pub struct SubjectStats {
     pub last_seq: Seq,
 }
 
-/// The subjects, the last seq they count, and how many journal deletes they count.
+/// The subjects, the tenants' payload bytes, the last seq they count, and how many
+/// journal deletes they count.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Subjects {
     stats: BTreeMap<String, SubjectStats>,
+    tenant_bytes: BTreeMap<String, u64>,
     through: Seq,
     deletes: u64,
 }
@@ -136,6 +165,13 @@ impl Subjects {
         stats.events += 1;
         stats.bytes += event.payload.get().len() as u64;
         stats.last_seq = event.seq;
+        if let Some(tenant) = &event.tenant {
+            let bytes = match self.tenant_bytes.get_mut(tenant.as_str()) {
+                Some(bytes) => bytes,
+                None => self.tenant_bytes.entry(tenant.clone()).or_default(),
+            };
+            *bytes += event.payload.get().len() as u64;
+        }
         self.through = event.seq;
     }
 
@@ -148,6 +184,13 @@ impl Subjects {
             if stats.events == 0 {
                 self.stats.remove(subject);
             }
+        }
+        if let Some(bytes) = event
+            .tenant
+            .as_deref()
+            .and_then(|t| self.tenant_bytes.get_mut(t))
+        {
+            *bytes = bytes.saturating_sub(event.payload.get().len() as u64);
         }
         self.deletes += 1;
     }
@@ -468,11 +511,12 @@ impl Shared {
 }
 
 const SUBJECTS_FILE: &str = "subjects";
-const SUBJECTS_MAGIC: &[u8; 8] = b"HRLDSUB1";
+const SUBJECTS_MAGIC: &[u8; 8] = b"HRLDSUB2";
 
-/// Saves the subjects: `magic | through: u64 | deletes: u64 | count: u64`, then per subject `len: u32 |
-/// subject | events | bytes | last_seq` (u64s), then a CRC-32 of it all; written aside,
-/// synced and renamed.
+/// Saves the subjects: `magic | through: u64 | deletes: u64 | count: u64`, then per
+/// subject `len: u32 | subject | events | bytes | last_seq` (u64s), then `count: u64`
+/// and per tenant `len: u32 | tenant | bytes: u64`, then a CRC-32 of it all; written
+/// aside, synced and renamed.
 fn write_subjects(dir: &Path, subjects: &Subjects) -> std::io::Result<()> {
     let mut bytes = SUBJECTS_MAGIC.to_vec();
     bytes.extend_from_slice(&subjects.through.to_le_bytes());
@@ -484,6 +528,12 @@ fn write_subjects(dir: &Path, subjects: &Subjects) -> std::io::Result<()> {
         for n in [stats.events, stats.bytes, stats.last_seq] {
             bytes.extend_from_slice(&n.to_le_bytes());
         }
+    }
+    bytes.extend_from_slice(&(subjects.tenant_bytes.len() as u64).to_le_bytes());
+    for (tenant, n) in &subjects.tenant_bytes {
+        bytes.extend_from_slice(&(tenant.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(tenant.as_bytes());
+        bytes.extend_from_slice(&n.to_le_bytes());
     }
     let sum = crc32fast::hash(&bytes);
     bytes.extend_from_slice(&sum.to_le_bytes());
@@ -526,6 +576,7 @@ fn read_subjects(dir: &Path) -> std::io::Result<Subjects> {
     let count = u64::from_le_bytes(take(8)?.try_into().expect("8"));
     let mut subjects = Subjects {
         stats: BTreeMap::new(),
+        tenant_bytes: BTreeMap::new(),
         through,
         deletes,
     };
@@ -547,6 +598,15 @@ fn read_subjects(dir: &Path) -> std::io::Result<Subjects> {
             },
         );
     }
+    let count = u64::from_le_bytes(take(8)?.try_into().expect("8"));
+    for _ in 0..count {
+        let len = u32::from_le_bytes(take(4)?.try_into().expect("4")) as usize;
+        let tenant = std::str::from_utf8(take(len)?)
+            .map_err(|_| damaged())?
+            .to_owned();
+        let n = u64::from_le_bytes(take(8)?.try_into().expect("8"));
+        subjects.tenant_bytes.insert(tenant, n);
+    }
     if !at.is_empty() {
         return Err(damaged());
     }
@@ -563,6 +623,28 @@ impl EventReader {
             .range::<str, _>((from, to))
             .map(|(subject, stats)| (subject.clone(), *stats))
             .collect()
+    }
+
+    /// Each tenant's payload bytes stored.
+    pub fn tenant_bytes(&self) -> Vec<(String, u64)> {
+        let subjects = self.shared.subjects.read().expect("subjects");
+        subjects
+            .tenant_bytes
+            .iter()
+            .filter(|(_, &bytes)| bytes > 0)
+            .map(|(tenant, &bytes)| (tenant.clone(), bytes))
+            .collect()
+    }
+
+    /// How many events are stored with seqs in `seqs` (deleted ones not counted).
+    pub fn count_between(&self, seqs: std::ops::RangeInclusive<Seq>) -> u64 {
+        let first = self.shared.reader.first_seq().max(1).max(*seqs.start());
+        let last = self.head().min(*seqs.end());
+        if first > last {
+            return 0;
+        }
+        let deleted = self.shared.deleted.read().expect("deleted");
+        last - first + 1 - deleted.range(first..=last).count() as u64
     }
 
     /// The last seq a read returns (0 when empty).

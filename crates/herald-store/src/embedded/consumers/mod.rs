@@ -7,11 +7,11 @@
 
 mod batch;
 
-use herald_core::{Event, Pattern, Seq, Timestamp};
+use herald_core::{Pattern, Seq, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use self::batch::Batch;
-use super::{query, row_to_event, EVENT_COLUMNS, EVENT_COLUMN_COUNT};
+use super::events::Events;
 use crate::consumer::{
     decode_filters, decode_policy, due_after_delivery, due_once_held, encode_filters,
     encode_policy, exhausted, merge_pages, ms_to_micros, AckId, ConsumerCall, ConsumerDeadLetter,
@@ -38,6 +38,12 @@ pub(super) enum Failure {
 impl From<rusqlite::Error> for Failure {
     fn from(error: rusqlite::Error) -> Self {
         Failure::Sql(error)
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(error: std::io::Error) -> Self {
+        Failure::Store(crate::event_log::store_error(error))
     }
 }
 
@@ -201,7 +207,11 @@ pub(super) fn delete(conn: &Connection, name: &str) -> Sql<bool> {
     Ok(deleted == 1)
 }
 
-pub(super) fn state(conn: &Connection, name: &str) -> Sql<Option<ConsumerState>> {
+pub(super) fn state(
+    conn: &Connection,
+    events: Events<'_>,
+    name: &str,
+) -> Sql<Option<ConsumerState>> {
     let Some(loaded) = load(conn, name)? else {
         return Ok(None);
     };
@@ -228,7 +238,7 @@ pub(super) fn state(conn: &Connection, name: &str) -> Sql<Option<ConsumerState>>
         skipped_by_retention: skipped.max(0) as u64,
         ack_floor: lowest_pending.map_or(loaded.delivered_seq, |s| s.saturating_sub(1)),
         delivered_seq: loaded.delivered_seq,
-        num_pending: count_matching_after(conn, &loaded.record.filters, loaded.delivered_seq)?,
+        num_pending: events.count_matching_after(&loaded.record.filters, loaded.delivered_seq)?,
         num_ack_pending: loaded.ack_pending,
         num_redelivered: redelivered.max(0) as u64,
         num_dead_letters: dead.max(0) as u64,
@@ -237,7 +247,7 @@ pub(super) fn state(conn: &Connection, name: &str) -> Sql<Option<ConsumerState>>
 
 /// Events after `after` that match any of `filters`, counted per matching subject through
 /// the subject index when there are not too many subjects, by a scan otherwise.
-fn count_matching_after(conn: &Connection, filters: &[Pattern], after: Seq) -> Sql<u64> {
+pub(super) fn count_matching_after(conn: &Connection, filters: &[Pattern], after: Seq) -> Sql<u64> {
     let after = crate::seq_to_sql(after)?;
     // Seqs are gap-free above what retention deleted: there the head says the count.
     let deleted_through: i64 = conn
@@ -289,6 +299,7 @@ fn count_matching_after(conn: &Connection, filters: &[Pattern], after: Seq) -> S
 
 pub(super) fn dead_letters(
     conn: &Connection,
+    events: Events<'_>,
     name: &str,
     after_seq: Seq,
     limit: usize,
@@ -296,57 +307,57 @@ pub(super) fn dead_letters(
     if load(conn, name)?.is_none() {
         return Ok(None);
     }
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {}, d.deliveries, d.reason, d.last_error, d.first_delivered_at, d.dead_at
-         FROM consumer_dead_letters d JOIN events e ON e.seq = d.seq
-         WHERE d.consumer = ?1 AND d.seq > ?2 ORDER BY d.seq LIMIT ?3",
-        prefixed_event_columns()
-    ))?;
-    let rows = stmt
-        .query_map(
-            params![
-                name,
-                crate::seq_to_sql(after_seq)?,
-                limit.min(crate::MAX_QUERY_LIMIT) as i64
-            ],
-            |row| {
+    let limit = limit.clamp(1, crate::MAX_QUERY_LIMIT);
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, deliveries, reason, last_error, first_delivered_at, dead_at
+         FROM consumer_dead_letters WHERE consumer = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let mut out = Vec::with_capacity(limit);
+    let mut after = crate::seq_to_sql(after_seq)?;
+    // A letter whose event retention deleted is passed over: read on until the page is
+    // full or the letters end.
+    loop {
+        let rows = stmt
+            .query_map(params![name, after, limit as i64], |row| {
                 Ok((
-                    row_to_event(row)?,
-                    row.get::<_, i64>(EVENT_COLUMN_COUNT)?,
-                    row.get::<_, String>(EVENT_COLUMN_COUNT + 1)?,
-                    row.get::<_, Option<String>>(EVENT_COLUMN_COUNT + 2)?,
-                    row.get::<_, i64>(EVENT_COLUMN_COUNT + 3)?,
-                    row.get::<_, i64>(EVENT_COLUMN_COUNT + 4)?,
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                    row.get::<_, i64>(4)?,
+                    row.get::<_, i64>(5)?,
                 ))
-            },
-        )?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut out = Vec::with_capacity(rows.len());
-    for (event, deliveries, reason, last_error, first, dead) in rows {
-        out.push(ConsumerDeadLetter {
-            event,
-            deliveries: deliveries.max(0) as u32,
-            reason: DeadReason::parse(&reason)?,
-            last_error,
-            first_delivered_at: Timestamp::from_micros(first),
-            dead_at: Timestamp::from_micros(dead),
-        });
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let exhausted = rows.len() < limit;
+        for (seq, deliveries, reason, last_error, first, dead) in rows {
+            after = seq;
+            let Some(event) = events.event(seq.max(0) as Seq)? else {
+                continue;
+            };
+            out.push(ConsumerDeadLetter {
+                event,
+                deliveries: deliveries.max(0) as u32,
+                reason: DeadReason::parse(&reason)?,
+                last_error,
+                first_delivered_at: Timestamp::from_micros(first),
+                dead_at: Timestamp::from_micros(dead),
+            });
+            if out.len() == limit {
+                return Ok(Some(out));
+            }
+        }
+        if exhausted {
+            return Ok(Some(out));
+        }
     }
-    Ok(Some(out))
-}
-
-fn prefixed_event_columns() -> String {
-    EVENT_COLUMNS
-        .split(", ")
-        .map(|c| format!("e.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Applies one call, inside the caller's transaction; `budget` is the store's scan budget
 /// for reading new events.
 pub(super) fn apply(
     conn: &Connection,
+    events: Events<'_>,
     now: Timestamp,
     call: &ConsumerCall,
     budget: usize,
@@ -358,7 +369,7 @@ pub(super) fn apply(
     let name = call.consumer.as_str();
     let outcome = match &call.op {
         ConsumerOp::Fetch { batch } => {
-            ConsumerOutcome::Fetched(fetch(conn, &mut consumer, *batch, now, budget)?)
+            ConsumerOutcome::Fetched(fetch(conn, events, &mut consumer, *batch, now, budget)?)
         }
         ConsumerOp::Ack(ids) => {
             // Any delivery of the message may ack it: no need to read the row first.
@@ -689,6 +700,7 @@ fn delete_pending(conn: &Connection, name: &str, consumer: &mut Loaded, seq: Seq
 
 fn fetch(
     conn: &Connection,
+    events: Events<'_>,
     consumer: &mut Loaded,
     batch: usize,
     now: Timestamp,
@@ -749,7 +761,7 @@ fn fetch(
 
     for (seq, deliveries) in redeliveries {
         let delivery = deliveries + 1;
-        let Some(event) = event_at(conn, seq)? else {
+        let Some(event) = events.event(seq)? else {
             // The event is gone from the log: nothing left to deliver.
             delete_pending(conn, &name, consumer, seq)?;
             continue;
@@ -784,7 +796,7 @@ fn fetch(
     let wanted = room.min(batch - fetched.messages.len());
     if wanted > 0 {
         let page = next_events(
-            conn,
+            events,
             &consumer.record.filters,
             consumer.delivered_seq,
             wanted,
@@ -817,10 +829,7 @@ fn fetch(
         }
         consumer.delivered_seq = consumer.delivered_seq.max(page.scanned_to);
         if fetched.messages.len() < batch {
-            let head: i64 = conn
-                .prepare_cached("SELECT IFNULL(MAX(seq), 0) FROM events")?
-                .query_row([], |row| row.get(0))?;
-            fetched.read_stopped_early = consumer.delivered_seq < head as Seq;
+            fetched.read_stopped_early = consumer.delivered_seq < events.head()?;
         }
     }
     fetched.at_max_ack_pending = consumer.ack_pending >= u64::from(policy.max_ack_pending);
@@ -842,18 +851,9 @@ fn next_due(conn: &Connection, name: &str, now: Timestamp) -> Sql<Option<Timesta
         .map(Timestamp::from_micros))
 }
 
-fn event_at(conn: &Connection, seq: Seq) -> Sql<Option<Event>> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1"
-        ))?
-        .query_row([seq as i64], row_to_event)
-        .optional()?)
-}
-
 /// The next `limit` events after `after` matching any filter.
 fn next_events(
-    conn: &Connection,
+    events: Events<'_>,
     filters: &[Pattern],
     after: Seq,
     limit: usize,
@@ -861,8 +861,7 @@ fn next_events(
 ) -> Sql<crate::Page> {
     let mut pages = Vec::with_capacity(filters.len());
     for filter in filters {
-        pages.push(query::read(
-            conn,
+        pages.push(events.query(
             &Query {
                 subject: Some(filter.clone()),
                 after_seq: after,
