@@ -215,6 +215,9 @@ pub struct SegmentLog {
     failed: Option<String>,
     /// Asks the preparer thread for a spare segment (dropped: it stops).
     prepare: Option<std::sync::mpsc::SyncSender<()>>,
+    /// Whether the active segment's spare was asked for: once it is half full, so a
+    /// log that stays small never writes one (64 MiB of zeros at every start).
+    spare_asked: bool,
 }
 
 /// Reads the log while its writer appends: cheap to clone, `Send` and `Sync`.
@@ -319,7 +322,6 @@ impl SegmentLog {
                         }
                     }
                 })?;
-            let _ = prepare.try_send(());
             Some(prepare)
         } else {
             None
@@ -333,9 +335,27 @@ impl SegmentLog {
                 next_seq,
                 failed: None,
                 prepare,
+                spare_asked: false,
             },
             recovered,
         ))
+    }
+
+    /// Makes `dir` a log whose first seq is `first_seq` (an empty one starts at 1):
+    /// for a log that takes over seqs given elsewhere. `dir` must hold no segment.
+    pub fn start_at(dir: impl AsRef<Path>, first_seq: u64) -> io::Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir)?;
+        for entry in std::fs::read_dir(dir)? {
+            if entry?.file_name().to_string_lossy().ends_with(".seg") {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} holds a log already", dir.display()),
+                ));
+            }
+        }
+        File::create(segment_path(dir, first_seq.max(1)))?.sync_all()?;
+        sync_dir(dir)
     }
 
     /// The seqs of each sealed segment, oldest first (`first..next segment's first`).
@@ -450,6 +470,11 @@ impl SegmentLog {
         self.shared
             .durable_seq
             .store(self.next_seq - 1, Ordering::Release);
+        if !self.spare_asked && self.active_len >= self.shared.options.segment_bytes / 2 {
+            if let Some(prepare) = &self.prepare {
+                self.spare_asked = prepare.try_send(()).is_ok();
+            }
+        }
         Ok(first..self.next_seq)
     }
 
@@ -516,9 +541,7 @@ impl SegmentLog {
             .open(&path)
             .map_err(AppendError::Write)?;
         self.synced(|log| sync_dir(&log.dir))?;
-        if let Some(prepare) = &self.prepare {
-            let _ = prepare.try_send(());
-        }
+        self.spare_asked = false;
         let active = Segment::new(self.next_seq, path, file, Offsets::Memory(Vec::new()), 0);
         self.shared
             .segments
@@ -1132,15 +1155,22 @@ mod tests {
         }
     }
 
-    /// A roll takes the zero-filled spare: the new segment is written into blocks that
-    /// exist; the sealed one is cut to its records; a reopen cuts the zeros quietly and
-    /// a torn write among them loudly.
+    /// The spare is made once the active segment is half full (a small log never
+    /// writes one). A roll takes it: the new segment is written into blocks that exist;
+    /// the sealed one is cut to its records; a reopen cuts the zeros quietly and a torn
+    /// write among them loudly.
     #[test]
     fn rolls_take_a_zero_filled_spare_and_recovery_tells_zeros_from_torn_writes() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = SegmentLog::open(dir.path(), small()).unwrap();
-        wait_for_spare(dir.path());
         let mut through = 0;
+        while log.active_len < 4096 / 2 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert!(!spare_path(dir.path()).exists(), "a spare under half full");
+            fill(&mut log, 1, 5);
+            through += 5;
+        }
+        wait_for_spare(dir.path());
         while active_segment(dir.path()) == segment_path(dir.path(), 1) {
             fill(&mut log, 1, 5);
             through += 5;

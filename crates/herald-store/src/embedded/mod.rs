@@ -21,6 +21,7 @@ mod consumers;
 mod events;
 mod fail_stop;
 mod log_writes;
+mod migrate_log;
 mod query;
 mod retention;
 mod schema;
@@ -285,12 +286,7 @@ impl EmbeddedStore {
         let mut last_seq = last_seq.max(deleted_through.max(0) as Seq);
         let mut last_ts = last_ts;
         let log = if options.event_log {
-            if last_seq > 0 {
-                return Err(StoreError::Open(format!(
-                    "{} keeps its events in its own table; it cannot open with the event log",
-                    path.display()
-                )));
-            }
+            migrate_log::migrate(&mut conn, &log_dir(&path), last_seq)?;
             let (side, head, head_ts) = log_writes::LogSide::open(&log_dir(&path))?;
             last_seq = head;
             last_ts = head_ts;
@@ -1587,7 +1583,7 @@ mod tests {
             let path = dir.path().join(format!("c{n}.db"));
             async move {
                 let options = EmbeddedOptions {
-                    event_log: true,
+                    event_log: false,
                     ..EmbeddedOptions::default()
                 };
                 EmbeddedStore::open(path, options).await.unwrap()
@@ -1729,7 +1725,16 @@ mod tests {
     #[tokio::test]
     async fn events_stored_with_format_characters_still_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        open(&dir).await.close().await.unwrap();
+        let table = EmbeddedOptions {
+            event_log: false,
+            ..EmbeddedOptions::default()
+        };
+        EmbeddedStore::open(dir.path().join("herald.db"), table)
+            .await
+            .unwrap()
+            .close()
+            .await
+            .unwrap();
         {
             let conn = Connection::open(dir.path().join("herald.db")).unwrap();
             conn.execute(

@@ -343,6 +343,11 @@ impl EventLog {
         ))
     }
 
+    /// Makes `dir` an empty log whose first event will have `first_seq`.
+    pub fn start_at(dir: &Path, first_seq: Seq) -> std::io::Result<()> {
+        SegmentLog::start_at(dir.join("segments"), first_seq)
+    }
+
     /// The seq the next event must have.
     pub fn next_seq(&self) -> Seq {
         self.log.next_seq()
