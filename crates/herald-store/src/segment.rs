@@ -45,8 +45,8 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Tuning for a [`SegmentLog`].
 #[derive(Debug, Clone)]
 pub struct SegmentOptions {
-    /// A segment is sealed once a batch would take it past this size (at most
-    /// `u32::MAX`: offsets in a segment are `u32`s).
+    /// A segment is sealed once a batch would take it past this size (at most 2 GiB - 1:
+    /// offsets in a segment are 31 bits).
     pub segment_bytes: u64,
     /// The largest record body accepted (and believed when recovering).
     pub max_record_bytes: u32,
@@ -134,11 +134,13 @@ impl Segment {
             return Ok(None);
         };
         let offsets = self.offsets.read().expect("offsets lock");
-        let Some((start, next)) = offsets.get(i)? else {
+        let Some((entry, next)) = offsets.get(i)? else {
             return Ok(None);
         };
+        let start = entry.start;
         let end = next.unwrap_or(synced);
-        if end > synced {
+        if end > synced || entry.removed {
+            // Not synced yet, or removed by a compaction.
             return Ok(None);
         }
         if end < start + HEADER {
@@ -151,7 +153,20 @@ impl Segment {
     }
 }
 
-/// A segment's record offsets: `offsets[i]` is where record `first_seq + i` starts.
+impl Segment {
+    /// Where record `seq` starts (or would: a removed record's next one), if this
+    /// segment has a place for it.
+    fn start_of(&self, seq: u64) -> io::Result<Option<u64>> {
+        let Some(i) = seq.checked_sub(self.first_seq) else {
+            return Ok(None);
+        };
+        let offsets = self.offsets.read().expect("offsets lock");
+        Ok(offsets.get(i)?.map(|(entry, _)| entry.start))
+    }
+}
+
+/// A segment's record offsets: `offsets[i]` is where record `first_seq + i` starts; a
+/// record a compaction removed starts where the next one does (an empty span).
 enum Offsets {
     /// The active segment's (and a sealed one's whose index could not be written).
     Memory(Vec<u32>),
@@ -167,41 +182,64 @@ impl Offsets {
         }
     }
 
-    /// Where record `i` starts, and where the next one does (if there is one).
-    fn get(&self, i: u64) -> io::Result<Option<(u64, Option<u64>)>> {
+    /// Record `i`'s entry, and the next one's start (if there is a next one).
+    fn get(&self, i: u64) -> io::Result<Option<(Entry, Option<u64>)>> {
         if i >= self.len() {
             return Ok(None);
         }
-        Ok(Some(match self {
+        let (entry, next) = match self {
             Offsets::Memory(offsets) => {
                 let i = i as usize;
-                (
-                    u64::from(offsets[i]),
-                    offsets.get(i + 1).map(|&o| u64::from(o)),
-                )
+                (offsets[i], offsets.get(i + 1).copied())
             }
             Offsets::File { file, records } => {
                 let mut entries = [0u8; 2 * INDEX_ENTRY as usize];
                 let n = if i + 1 < *records { 2 } else { 1 };
                 file.read_exact_at(&mut entries[..n * INDEX_ENTRY as usize], i * INDEX_ENTRY)?;
                 let entry = |k: usize| {
-                    u64::from(u32::from_le_bytes(
-                        entries[4 * k..4 * k + 4].try_into().expect("4 bytes"),
-                    ))
+                    u32::from_le_bytes(entries[4 * k..4 * k + 4].try_into().expect("4 bytes"))
                 };
                 (entry(0), (n == 2).then(|| entry(1)))
             }
-        }))
+        };
+        Ok(Some((
+            Entry::from(entry),
+            next.map(|n| Entry::from(n).start),
+        )))
+    }
+}
+
+/// The top bit of an index entry marks a record a compaction removed (offsets stay
+/// below it: segments are at most [`MAX_SEGMENT_BYTES`]).
+const REMOVED: u32 = 1 << 31;
+const MAX_SEGMENT_BYTES: u64 = REMOVED as u64 - 1;
+
+/// One index entry: where a record starts (a removed one: where the next one does).
+#[derive(Clone, Copy)]
+struct Entry {
+    start: u64,
+    removed: bool,
+}
+
+impl From<u32> for Entry {
+    fn from(raw: u32) -> Self {
+        Entry {
+            start: u64::from(raw & !REMOVED),
+            removed: raw & REMOVED != 0,
+        }
     }
 }
 
 /// What the writer and every [`LogReader`] share.
 struct Shared {
     options: SegmentOptions,
+    dir: PathBuf,
     /// In seq order; the last one is the active segment.
     segments: RwLock<Vec<Arc<Segment>>>,
     /// The last seq whose batch was synced: reads stop there.
     durable_seq: AtomicU64,
+    /// Held while sealed segments are rewritten or removed, one change at a time.
+    reshaping: std::sync::Mutex<()>,
 }
 
 /// The log's writer. One writer: `append` takes `&mut self`; any number of
@@ -231,7 +269,7 @@ impl SegmentLog {
     pub fn open(dir: impl AsRef<Path>, options: SegmentOptions) -> io::Result<(Self, Recovered)> {
         let dir = dir.as_ref().to_path_buf();
         let options = SegmentOptions {
-            segment_bytes: options.segment_bytes.min(u64::from(u32::MAX)),
+            segment_bytes: options.segment_bytes.min(MAX_SEGMENT_BYTES),
             ..options
         };
         std::fs::create_dir_all(&dir)?;
@@ -239,6 +277,11 @@ impl SegmentLog {
         for entry in std::fs::read_dir(&dir)? {
             let name = entry?.file_name();
             let Some(name) = name.to_str() else { continue };
+            if name.ends_with(".seg.new") || name.ends_with(".idx.new") {
+                // A compaction's copy that a crash left unfinished.
+                std::fs::remove_file(dir.join(name))?;
+                continue;
+            }
             if let Some(first) = name
                 .strip_suffix(".seg")
                 .and_then(|n| n.parse::<u64>().ok())
@@ -263,7 +306,7 @@ impl SegmentLog {
                 None => {
                     // Also a segment whose cut to its records was lost: reads stop at
                     // its last whole record.
-                    let scanned = scan(&path, first_seq, &options)?;
+                    let scanned = scan(&path, first_seq, &options, Gaps::Compacted)?;
                     len = scanned.valid_len;
                     sealed_offsets(&path, scanned.offsets)
                 }
@@ -274,7 +317,7 @@ impl SegmentLog {
         // The active segment: keep its whole records, cut what follows them.
         let first_seq = firsts[last];
         let active_path = segment_path(&dir, first_seq);
-        let scanned = scan(&active_path, first_seq, &options)?;
+        let scanned = scan(&active_path, first_seq, &options, Gaps::Refused)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -306,8 +349,10 @@ impl SegmentLog {
         let next_seq = scanned.next_seq;
         let shared = Arc::new(Shared {
             options,
+            dir: dir.clone(),
             segments: RwLock::new(segments),
             durable_seq: AtomicU64::new(next_seq - 1),
+            reshaping: std::sync::Mutex::new(()),
         });
         let _ = std::fs::remove_file(spare_path(&dir).with_extension("tmp"));
         let prepare = if shared.options.preallocate {
@@ -360,17 +405,14 @@ impl SegmentLog {
 
     /// The seqs of each sealed segment, oldest first (`first..next segment's first`).
     pub fn sealed(&self) -> Vec<Range<u64>> {
-        let segments = self.shared.segments.read().expect("segments lock");
-        segments
-            .windows(2)
-            .map(|pair| pair[0].first_seq..pair[1].first_seq)
-            .collect()
+        self.reader().sealed()
     }
 
     /// Removes the oldest sealed segments whose records all have seqs at or below
     /// `through` (retention deleted them all): readers stop seeing them at once, then
     /// their files are deleted. The active segment stays. The log's first seq after.
     pub fn remove_through(&mut self, through: u64) -> io::Result<u64> {
+        let _reshaping = self.shared.reshaping.lock().expect("reshaping lock");
         let removed: Vec<Arc<Segment>> = {
             let mut segments = self.shared.segments.write().expect("segments lock");
             let keep_from = segments
@@ -390,6 +432,29 @@ impl SegmentLog {
             sync_dir(&self.dir)?;
         }
         Ok(self.reader().first_seq())
+    }
+
+    /// Seals the active segment now (when it holds records), so it can be compacted.
+    pub fn seal_active(&mut self) -> Result<(), AppendError> {
+        if self.active_len == 0 {
+            return Ok(());
+        }
+        if let Some(reason) = &self.failed {
+            return Err(AppendError::Failed(reason.clone()));
+        }
+        self.roll()
+    }
+
+    /// The active segment's seqs (`first..next`).
+    pub fn active_seqs(&self) -> Range<u64> {
+        self.active.first_seq..self.next_seq
+    }
+
+    /// A handle that compacts sealed segments from another thread.
+    pub fn compactor(&self) -> Compactor {
+        Compactor {
+            shared: self.shared.clone(),
+        }
     }
 
     /// A reader of this log, for other threads.
@@ -432,8 +497,8 @@ impl SegmentLog {
             }
             encode(&mut frames, first + i as u64, body);
         }
-        // Offsets in a segment are `u32`s: a batch that opens a segment must fit them.
-        if frames.len() as u64 > u64::from(u32::MAX) {
+        // Offsets in a segment are 31 bits: a batch that opens a segment must fit them.
+        if frames.len() as u64 > MAX_SEGMENT_BYTES {
             return Err(AppendError::TooLarge(frames.len()));
         }
         if self.active_len > 0
@@ -497,8 +562,8 @@ impl SegmentLog {
         };
         let mut offset = start;
         for body in bodies {
-            // Fits: the batch ends within `segment_bytes` (at most `u32::MAX`), or it
-            // opened the segment and is itself at most `u32::MAX` bytes.
+            // Fits in 31 bits: the batch ends within `segment_bytes`, or it opened the
+            // segment and is itself at most `MAX_SEGMENT_BYTES`.
             offsets.push(offset as u32);
             offset += HEADER + body.as_ref().len() as u64;
         }
@@ -563,6 +628,15 @@ impl SegmentLog {
 }
 
 impl LogReader {
+    /// The seqs of each sealed segment, oldest first (`first..next segment's first`).
+    pub fn sealed(&self) -> Vec<Range<u64>> {
+        let segments = self.shared.segments.read().expect("segments lock");
+        segments
+            .windows(2)
+            .map(|pair| pair[0].first_seq..pair[1].first_seq)
+            .collect()
+    }
+
     /// The last seq a read can return (0 when empty).
     pub fn durable_seq(&self) -> u64 {
         self.shared.durable_seq.load(Ordering::Acquire)
@@ -593,15 +667,15 @@ impl LogReader {
             if segment.first_seq > durable_seq {
                 break;
             }
+            let end = segment.synced_len.load(Ordering::Acquire);
             let offset = if from_seq <= segment.first_seq {
                 0
             } else {
-                match segment.span(from_seq)? {
-                    Some(span) => span.start,
-                    None => continue,
+                match segment.start_of(from_seq)? {
+                    Some(start) if start <= end => start,
+                    _ => continue,
                 }
             };
-            let end = segment.synced_len.load(Ordering::Acquire);
             let mut reader = Positional::new(&segment.file, offset, end);
             let mut position = offset;
             loop {
@@ -715,6 +789,101 @@ impl Read for Positional<'_> {
         out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
         self.at += n;
         Ok(n)
+    }
+}
+
+/// Rewrites sealed segments without the records they no longer need, giving the space
+/// back (retention's deletes). Runs beside the writer and the readers: a sealed segment
+/// never changes otherwise, and readers holding the old one read on from its open file.
+#[derive(Clone)]
+pub struct Compactor {
+    shared: Arc<Shared>,
+}
+
+impl Compactor {
+    /// Rewrites the sealed segment starting at `first_seq` with only the records `keep`
+    /// accepts: written aside with its index, synced, renamed over the old one. The
+    /// others' seqs read as absent from then on. How many records it holds now; `None`
+    /// when no sealed segment starts there.
+    pub fn compact(&self, first_seq: u64, keep: impl Fn(u64) -> bool) -> io::Result<Option<u64>> {
+        let _reshaping = self.shared.reshaping.lock().expect("reshaping lock");
+        let segment = {
+            let segments = self.shared.segments.read().expect("segments lock");
+            let sealed = &segments[..segments.len() - 1];
+            match sealed.iter().find(|s| s.first_seq == first_seq) {
+                Some(segment) => segment.clone(),
+                None => return Ok(None),
+            }
+        };
+        let options = &self.shared.options;
+        let records = segment.offsets.read().expect("offsets lock").len();
+        let end = segment.synced_len.load(Ordering::Acquire);
+        let aside = segment.path.with_extension("seg.new");
+        let index_aside = segment.path.with_extension("idx.new");
+        let mut out = std::io::BufWriter::with_capacity(256 * 1024, File::create(&aside)?);
+        let mut offsets = Vec::with_capacity(records as usize);
+        let (mut written, mut kept, mut next) = (0u64, 0u64, first_seq);
+        let mut reader = Positional::new(&segment.file, 0, end);
+        let mut frame = Vec::new();
+        let mut position = 0u64;
+        while let Some((seq, body)) = read_record(&mut reader, options)? {
+            position += HEADER + body.len() as u64;
+            // Records removed before: their place is where the next one starts.
+            while next < seq {
+                offsets.push(written as u32 | REMOVED);
+                next += 1;
+            }
+            next = seq + 1;
+            if keep(seq) {
+                offsets.push(written as u32);
+                frame.clear();
+                encode(&mut frame, seq, &body);
+                out.write_all(&frame)?;
+                written += frame.len() as u64;
+                kept += 1;
+            } else {
+                offsets.push(written as u32 | REMOVED);
+            }
+        }
+        if position < end {
+            let _ = std::fs::remove_file(&aside);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "damaged record at byte {position} of {}",
+                    segment.path.display()
+                ),
+            ));
+        }
+        while next < first_seq + records {
+            offsets.push(written as u32 | REMOVED);
+            next += 1;
+        }
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        write_index(&index_aside, &offsets)?.sync_all()?;
+        // The segment first: a crash before the index's rename leaves an index that does
+        // not fit it, which the next open rebuilds by a scan.
+        std::fs::rename(&aside, &segment.path)?;
+        std::fs::rename(&index_aside, index_path(&segment.path))?;
+        sync_dir(&self.shared.dir)?;
+        let file = File::open(&segment.path)?;
+        let index = File::open(index_path(&segment.path))?;
+        let compacted = Segment::new(
+            first_seq,
+            segment.path.clone(),
+            file,
+            Offsets::File {
+                file: index,
+                records,
+            },
+            written,
+        );
+        let mut segments = self.shared.segments.write().expect("segments lock");
+        if let Some(slot) = segments.iter_mut().find(|s| s.first_seq == first_seq) {
+            *slot = compacted;
+        }
+        Ok(Some(kept))
     }
 }
 
@@ -832,17 +1001,30 @@ struct Scanned {
     offsets: Vec<u32>,
 }
 
+/// Whether a scan takes a record past the next seq: a sealed segment that was compacted
+/// lacks the records it removed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Gaps {
+    Compacted,
+    Refused,
+}
+
 /// Reads a segment from its start: where its whole records with the expected seqs end,
-/// and where each starts.
-fn scan(path: &Path, first_seq: u64, options: &SegmentOptions) -> io::Result<Scanned> {
+/// and where each starts (a removed record starts where the next one does).
+fn scan(path: &Path, first_seq: u64, options: &SegmentOptions, gaps: Gaps) -> io::Result<Scanned> {
     let mut reader = BufReader::with_capacity(256 * 1024, File::open(path)?);
     let (mut offset, mut next_seq, mut offsets) = (0u64, first_seq, Vec::new());
     while let Some((seq, body)) = read_record(&mut reader, options)? {
-        let Ok(start) = u32::try_from(offset) else {
+        if offset > MAX_SEGMENT_BYTES {
             break;
-        };
-        if seq != next_seq {
+        }
+        let start = offset as u32;
+        if seq < next_seq || (seq > next_seq && gaps == Gaps::Refused) {
             break;
+        }
+        while next_seq < seq {
+            offsets.push(start | REMOVED);
+            next_seq += 1;
         }
         offsets.push(start);
         offset += HEADER + body.len() as u64;
@@ -889,8 +1071,8 @@ fn open_index(
     }
     let records = len / INDEX_ENTRY;
     let offsets = Offsets::File { file, records };
-    let (first, _) = offsets.get(0).ok()??;
-    let (last, _) = offsets.get(records - 1).ok()??;
+    let first = offsets.get(0).ok()??.0.start;
+    let last = offsets.get(records - 1).ok()??.0.start;
     let mut reader = Positional::new(segment_file, last, segment_len);
     let (seq, body) = read_record(&mut reader, options).ok()??;
     let whole = first == 0
@@ -974,6 +1156,80 @@ mod tests {
             .collect();
         segments.sort();
         segments.pop().unwrap()
+    }
+
+    /// Compacting a sealed segment keeps what it is told to, in place: the others read
+    /// as absent (one by one and in a read across it), its file shrinks, and the same
+    /// holds after a reopen, after one with its index lost (rebuilt by a scan over the
+    /// gaps), and after a crash that left a copy aside.
+    #[test]
+    fn a_compacted_segment_keeps_only_what_it_is_told_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SegmentOptions {
+            preallocate: false,
+            ..small()
+        };
+        let (mut log, _) = SegmentLog::open(dir.path(), options.clone()).unwrap();
+        fill(&mut log, 60, 3);
+        let sealed = log.sealed();
+        assert!(sealed.len() >= 3, "{sealed:?}");
+        let target = sealed[1].clone();
+        let path = segment_path(dir.path(), target.start);
+        let before = std::fs::metadata(&path).unwrap().len();
+        // Keep every third record, and never the segment's first or last.
+        let keep = |seq: u64| seq.is_multiple_of(3) && seq != target.start && seq != target.end - 1;
+        let kept = log
+            .compactor()
+            .compact(target.start, keep)
+            .unwrap()
+            .unwrap();
+        assert_eq!(kept, target.clone().filter(|&s| keep(s)).count() as u64);
+        assert!(std::fs::metadata(&path).unwrap().len() < before / 2);
+        assert_eq!(log.compactor().compact(log.next_seq(), keep).unwrap(), None);
+
+        let through = log.next_seq() - 1;
+        let expected: Vec<u64> = (1..=through)
+            .filter(|s| !target.contains(s) || keep(*s))
+            .collect();
+        let check = |log: &SegmentLog| {
+            let seqs: Vec<u64> = log
+                .read(1, usize::MAX)
+                .unwrap()
+                .iter()
+                .map(|r| r.seq)
+                .collect();
+            assert_eq!(seqs, expected);
+            for seq in 1..=through {
+                let found = log.read_one(seq).unwrap();
+                assert_eq!(found.is_some(), expected.contains(&seq), "seq {seq}");
+                if let Some(record) = found {
+                    assert_eq!(record.body, body(seq));
+                }
+                // A read from any seq starts at the first kept one at or after it.
+                let first = log.read(seq, 1).unwrap();
+                assert_eq!(
+                    first.first().map(|r| r.seq),
+                    expected.iter().copied().find(|&s| s >= seq),
+                    "read from {seq}"
+                );
+            }
+        };
+        check(&log);
+        drop(log);
+        let (log, _) = SegmentLog::open(dir.path(), options.clone()).unwrap();
+        check(&log);
+        drop(log);
+        std::fs::remove_file(index_path(&path)).unwrap();
+        std::fs::write(path.with_extension("seg.new"), b"a copy cut short").unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), options).unwrap();
+        assert!(!path.with_extension("seg.new").exists());
+        check(&log);
+        // And the log goes on.
+        fill(&mut log, 1, 1);
+        assert_eq!(
+            log.read_one(through + 1).unwrap().unwrap().body,
+            body(through + 1)
+        );
     }
 
     /// Removing the oldest segments: their records are gone for readers at once and

@@ -1285,6 +1285,12 @@ impl Store for EmbeddedStore {
     }
 }
 
+/// Bytes of the files under `dir` (for tests of the log's space).
+#[cfg(test)]
+pub(crate) fn dir_bytes_for_tests(dir: &Path) -> u64 {
+    log_writes::dir_bytes(dir).unwrap()
+}
+
 /// Where the event log of the database at `path` lives: `<db>-events/`.
 pub(super) fn log_dir(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();

@@ -20,7 +20,7 @@
 
 pub mod query;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -33,7 +33,7 @@ use herald_core::{Event, Seq, Timestamp};
 use uuid::Uuid;
 
 use crate::postings::Postings;
-use crate::segment::{AppendError, LogReader, Recovered, SegmentLog, SegmentOptions};
+use crate::segment::{AppendError, Compactor, LogReader, Recovered, SegmentLog, SegmentOptions};
 
 /// A failure of the log as the store reports it: damage is corruption, anything else
 /// (a full disk, an I/O error) leaves the store unable to serve for now.
@@ -238,6 +238,12 @@ fn read_deletes(dir: &Path) -> std::io::Result<Vec<Seq>> {
 
 struct Shared {
     reader: LogReader,
+    compactor: Compactor,
+    /// Per sealed segment (by first seq): how many of its records a compaction removed
+    /// (since this open; unknown ones count as none, so at worst one is redone).
+    removed: std::sync::Mutex<HashMap<Seq, u64>>,
+    /// Set by a delete: the flusher looks for segments worth compacting.
+    compact_due: AtomicBool,
     postings: Postings,
     subjects: RwLock<Subjects>,
     /// Deleted seqs: every read skips them.
@@ -317,6 +323,9 @@ impl EventLog {
             ),
             dir: dir.to_path_buf(),
             visible: AtomicU64::new(log.durable_seq()),
+            compactor: log.compactor(),
+            removed: std::sync::Mutex::new(HashMap::new()),
+            compact_due: AtomicBool::new(false),
             reader,
             postings,
             stopping: AtomicBool::new(false),
@@ -428,6 +437,24 @@ impl EventLog {
             }
         }
         self.remove_deleted_segments()?;
+        // The active segment is sealed once most of it is deleted, so a compaction can
+        // give its space back too.
+        let active = self.log.active_seqs();
+        let records = active.end - active.start;
+        let deleted = self
+            .shared
+            .deleted
+            .read()
+            .expect("deleted")
+            .range(active)
+            .count() as u64;
+        if deleted >= SEAL_WHEN_DELETED && deleted * 2 >= records {
+            self.log
+                .seal_active()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
+        self.shared.compact_due.store(true, Ordering::Release);
+        let _ = self.wake.try_send(());
         Ok(events)
     }
 
@@ -475,6 +502,10 @@ impl Drop for EventLog {
     }
 }
 
+/// Deleted records in the active segment past which it is sealed (with half of it
+/// deleted), to be compacted.
+const SEAL_WHEN_DELETED: u64 = 1024;
+
 fn add_keys(postings: &Postings, event: &Event, buf: &mut Vec<u8>) {
     for key in keys(event) {
         key.bytes(buf);
@@ -501,6 +532,11 @@ fn flush_loop(shared: &Shared, woken: &mpsc::Receiver<()>, flush_every: usize) {
                 tracing::warn!(%error, "Cannot write the log's postings; will retry.");
             }
         }
+        if shared.compact_due.swap(false, Ordering::AcqRel) {
+            if let Err(error) = shared.compact() {
+                tracing::warn!(%error, "Cannot compact the log's segments; will retry at the next delete.");
+            }
+        }
         if stopping {
             return;
         }
@@ -508,6 +544,54 @@ fn flush_loop(shared: &Shared, woken: &mpsc::Receiver<()>, flush_every: usize) {
 }
 
 impl Shared {
+    /// Rewrites each sealed segment whose records still in its file are half deleted or
+    /// more, without them. (A segment deleted whole is removed by the writer.)
+    fn compact(&self) -> std::io::Result<()> {
+        let sealed = self.reader.sealed();
+        let Some(end) = sealed.last().map(|seqs| seqs.end) else {
+            return Ok(());
+        };
+        let deleted: std::collections::BTreeSet<Seq> = self
+            .deleted
+            .read()
+            .expect("deleted")
+            .range(..end)
+            .copied()
+            .collect();
+        let mut saved = false;
+        for seqs in sealed {
+            let records = seqs.end - seqs.start;
+            let first = seqs.start;
+            let gone = deleted.range(seqs).count() as u64;
+            let removed = *self
+                .removed
+                .lock()
+                .expect("removed")
+                .get(&first)
+                .unwrap_or(&0);
+            let newly = gone.saturating_sub(removed);
+            if newly == 0 || gone == records || newly * 2 < records - removed {
+                continue;
+            }
+            if !saved {
+                // The saved subjects must count these deletes first: once the records
+                // are gone, a replay of the journal could not take them off again.
+                self.save_subjects()?;
+                saved = true;
+            }
+            if let Some(kept) = self
+                .compactor
+                .compact(first, |seq| !deleted.contains(&seq))?
+            {
+                self.removed
+                    .lock()
+                    .expect("removed")
+                    .insert(first, records - kept);
+            }
+        }
+        Ok(())
+    }
+
     fn save_subjects(&self) -> std::io::Result<()> {
         let _saving = self.saving.lock().expect("saving subjects");
         let subjects = self.subjects.read().expect("subjects").clone();
@@ -1046,6 +1130,11 @@ mod tests {
             .map(event)
             .collect();
         assert_eq!(reader.events(1, usize::MAX).unwrap(), kept);
+        assert_eq!(reader.count_between(1..=through), kept.len() as u64);
+        assert_eq!(
+            reader.count_between(through / 2..=Seq::MAX),
+            kept.iter().filter(|e| e.seq >= through / 2).count() as u64
+        );
         for seq in 1..=through {
             let want = (!deleted.contains(&seq)).then(|| event(seq));
             assert_eq!(reader.event(seq).unwrap(), want, "seq {seq}");
@@ -1198,6 +1287,51 @@ mod tests {
         check_with_deletes(&log, 210, &deleted);
 
         crash_and_reopen(log, dir.path(), 210, &deleted);
+    }
+
+    /// Segments mostly deleted are rewritten without the deleted events, the active one
+    /// first sealed for it: the space comes back, and every read, count and page stays
+    /// right, before and after reopening and after a crash.
+    #[test]
+    fn mostly_deleted_segments_give_their_space_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = EventLogOptions {
+            segments: SegmentOptions {
+                segment_bytes: 1024 * 1024,
+                preallocate: false,
+                ..SegmentOptions::default()
+            },
+            flush_every: 1000,
+        };
+        let (mut log, _) = EventLog::open(dir.path(), options).unwrap();
+        for _ in 0..30 {
+            append(&mut log, 100);
+        }
+        let segments = dir.path().join("segments");
+        let before = crate::embedded::dir_bytes_for_tests(&segments);
+        assert!(log.log.sealed().is_empty(), "one active segment");
+        let deleted: BTreeSet<Seq> = (1..=2900).filter(|s| s % 10 != 0).collect();
+        log.delete(&deleted.iter().copied().collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!(log.log.sealed().len(), 1, "the active one was sealed");
+        let started = std::time::Instant::now();
+        while crate::embedded::dir_bytes_for_tests(&segments) * 4 > before {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{} of {before} bytes left",
+                crate::embedded::dir_bytes_for_tests(&segments)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        check_with_deletes(&log, 3000, &deleted);
+        // More of it deleted: compacted again.
+        let mut deleted = deleted;
+        let more: Vec<Seq> = (1..=2900).filter(|s| s % 20 == 0).collect();
+        log.delete(&more).unwrap();
+        deleted.extend(more);
+        std::thread::sleep(Duration::from_millis(1500));
+        check_with_deletes(&log, 3000, &deleted);
+        crash_and_reopen(log, dir.path(), 3000, &deleted);
     }
 
     #[test]
