@@ -1,5 +1,12 @@
 //! Online backups of the embedded store: a consistent copy taken through a read-only
 //! connection (one WAL snapshot) while the hub keeps writing, and its verification.
+//!
+//! With the event log (`<db>-events/`), its segments and deletes journal are copied
+//! after the database's snapshot, so the copy holds every event the snapshot's
+//! consumers and aggregates name. A segment is copied from one open file (a compaction
+//! renaming a new one in does not tear it); the active one's tail may end mid-record,
+//! which the copy's first open cuts like a crash's. The postings and saved subjects are
+//! not copied: the verification's open rebuilds them from the segments.
 
 use std::path::Path;
 
@@ -49,7 +56,47 @@ pub fn backup(source: &Path, target: &Path) -> Result<StoreFileInfo> {
         .ok_or_else(|| StoreError::Open(format!("{} is not UTF-8", target.display())))?;
     conn.execute("VACUUM INTO ?1", [target_text])
         .map_err(|e| StoreError::Unavailable(format!("copying the store failed: {e}")))?;
+    let log = super::log_dir(source);
+    if log.exists() {
+        copy_log(&log, &super::log_dir(target))
+            .map_err(|e| StoreError::Unavailable(format!("copying the event log failed: {e}")))?;
+    }
     verify(target)
+}
+
+/// Copies a live event log's segments (with their indexes) and deletes journal.
+fn copy_log(from: &Path, to: &Path) -> std::io::Result<()> {
+    let segments = to.join("segments");
+    std::fs::create_dir_all(&segments)?;
+    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(from.join("segments"))?
+        .map(|entry| entry.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()?;
+    names.sort();
+    for name in names {
+        let text = name.to_string_lossy();
+        if !(text.ends_with(".seg") || text.ends_with(".idx")) {
+            continue;
+        }
+        // Removed meanwhile (retention took the whole segment): nothing to keep.
+        match copy_file(&from.join("segments").join(&name), &segments.join(&name)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    match copy_file(&from.join("deleted"), &to.join("deleted")) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        other => other?,
+    }
+    std::fs::File::open(&segments)?.sync_all()?;
+    std::fs::File::open(to)?.sync_all()
+}
+
+/// Copies one file from the handle opened first, and syncs the copy.
+fn copy_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    let mut source = std::fs::File::open(from)?;
+    let mut target = std::fs::File::create(to)?;
+    std::io::copy(&mut source, &mut target)?;
+    target.sync_all()
 }
 
 /// Checks a store file page by page (`PRAGMA integrity_check`) and reads what it holds.
@@ -80,7 +127,25 @@ pub fn verify(path: &Path) -> Result<StoreFileInfo> {
             |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .map_err(super::map_error)?;
-    let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let mut bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let log = super::log_dir(path);
+    if log.exists() {
+        // Opening reads every segment (rebuilding what a copy leaves out): a damaged
+        // record fails it.
+        let (opened, _) = crate::event_log::EventLog::open(&log, Default::default())
+            .map_err(|e| StoreError::Corrupt(format!("{}: {e}", log.display())))?;
+        let reader = opened.reader();
+        let log_head = reader.head();
+        let count = reader.count_between(1..=log_head);
+        drop(opened);
+        bytes += super::log_writes::dir_bytes(&log).unwrap_or(0);
+        return Ok(StoreFileInfo {
+            schema_version,
+            head_seq: (head.max(0) as u64).max(log_head),
+            events: events.max(0) as u64 + count,
+            bytes,
+        });
+    }
     Ok(StoreFileInfo {
         schema_version,
         head_seq: head.max(0) as u64,
@@ -131,6 +196,23 @@ pub fn restore(backup: &Path, target: &Path, replace: bool) -> Result<StoreFileI
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io("removing the old WAL", e)),
         }
+    }
+    // The event log goes with it (or an old one goes away), staged the same way.
+    let target_log = super::log_dir(target);
+    let backup_log = super::log_dir(backup);
+    let staging_log = super::log_dir(&staging);
+    if staging_log.exists() {
+        std::fs::remove_dir_all(&staging_log).map_err(|e| io("clearing a staged log", e))?;
+    }
+    if backup_log.exists() {
+        copy_log(&backup_log, &staging_log).map_err(|e| io("copying the event log", e))?;
+    }
+    if target_log.exists() {
+        std::fs::remove_dir_all(&target_log).map_err(|e| io("removing the old event log", e))?;
+    }
+    if staging_log.exists() {
+        std::fs::rename(&staging_log, &target_log)
+            .map_err(|e| io("putting the event log in place", e))?;
     }
     std::fs::rename(&staging, target).map_err(|e| io("putting the copy in place", e))?;
     if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -221,9 +221,7 @@ mod tests {
     async fn the_events_a_marker_names_are_deleted_at_the_next_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("herald.db");
-        let store = EmbeddedStore::open(&path, EmbeddedOptions::default())
-            .await
-            .unwrap();
+        let store = EmbeddedStore::open(&path, table()).await.unwrap();
         let a = key(None, "order", "a");
         let b = key(Some("acme"), "order", "b");
         store
@@ -256,9 +254,7 @@ mod tests {
         store.close().await.unwrap();
         std::fs::write(marker_path(&path), "6").unwrap();
 
-        let store = EmbeddedStore::open(&path, EmbeddedOptions::default())
-            .await
-            .unwrap();
+        let store = EmbeddedStore::open(&path, table()).await.unwrap();
         assert!(!marker_path(&path).exists(), "the marker is removed");
         assert_eq!(store.head().await.unwrap(), 5);
         assert_eq!(all_seqs(&store).await, vec![1, 2, 3, 4, 5]);
@@ -303,7 +299,17 @@ mod tests {
         assert!(error.contains("does not hold a seq"), "{error}");
     }
 
+    /// The marker is the events table's: the event log cuts a failed batch off itself.
+    fn table() -> EmbeddedOptions {
+        EmbeddedOptions {
+            event_log: false,
+            ..EmbeddedOptions::default()
+        }
+    }
+
     const CHILD_DIR: &str = "HERALD_EMBEDDED_FAIL_SYNC_CHILD_DIR";
+    /// Set: the child keeps its events in the event log.
+    const CHILD_LOG: &str = "HERALD_EMBEDDED_FAIL_SYNC_CHILD_LOG";
 
     /// The child of [`a_failed_sync_stops_every_write_and_its_commit_never_comes_back`],
     /// run with syncs it can make fail (`crate::testing::FailingSync`).
@@ -315,8 +321,10 @@ mod tests {
         let path = dir.join("herald.db");
         // No checkpoint meanwhile: the failing sync is the commit's own, of frames that
         // follow others in the WAL.
+        let event_log = std::env::var_os(CHILD_LOG).is_some();
         let options = EmbeddedOptions {
             checkpoint_interval: Duration::from_secs(3600),
+            event_log,
             ..EmbeddedOptions::default()
         };
         let store = EmbeddedStore::open(&path, options.clone()).await.unwrap();
@@ -344,12 +352,18 @@ mod tests {
         assert!(error.is_unavailable(), "{error}");
         assert!(!store.health().await.healthy);
         assert_eq!(all_seqs(&store).await, vec![1, 2, 3, 4, 5]);
-        assert_eq!(std::fs::read_to_string(marker_path(&path)).unwrap(), "6");
+        assert_eq!(store.get(refused_id).await.unwrap(), None);
+        if event_log {
+            // The log cut the batch off itself: no marker.
+            assert!(!marker_path(&path).exists());
+        } else {
+            assert_eq!(std::fs::read_to_string(marker_path(&path)).unwrap(), "6");
+        }
         store.close().await.unwrap();
 
         // SQLite alone would take the failed commit as committed: its frames are whole
         // in the WAL.
-        {
+        if !event_log {
             let peek = Connection::open(&path).unwrap();
             let stored: i64 = peek
                 .query_row("SELECT COUNT(*) FROM events", [], |row| row.get(0))
@@ -382,6 +396,25 @@ mod tests {
         failing.run_child_test(
             "embedded::fail_stop::tests::fail_sync_child",
             &[(CHILD_DIR, dir.path().as_os_str())],
+        );
+    }
+
+    /// The same with the events in the event log: its `fdatasync` fails, the append is
+    /// refused and cut off, every later write is refused, and after a restart the
+    /// refused event is not there.
+    #[test]
+    fn a_failed_sync_of_the_event_log_stops_every_write_and_its_batch_never_comes_back() {
+        let Some(failing) = crate::testing::FailingSync::build() else {
+            eprintln!("SKIPPED: no C compiler to build the failing-sync library");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        failing.run_child_test(
+            "embedded::fail_stop::tests::fail_sync_child",
+            &[
+                (CHILD_DIR, dir.path().as_os_str()),
+                (CHILD_LOG, std::ffi::OsStr::new("1")),
+            ],
         );
     }
 }

@@ -87,7 +87,7 @@ impl Default for EmbeddedOptions {
             checkpoint_interval: Duration::from_millis(25),
             wal_restart_bytes: 64 * 1024 * 1024,
             query_scan_budget: crate::QUERY_SCAN_BUDGET,
-            event_log: false,
+            event_log: true,
         }
     }
 }

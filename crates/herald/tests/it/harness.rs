@@ -140,6 +140,23 @@ impl TestHerald {
         self.dir.path().join("herald.db")
     }
 
+    /// Bytes the store takes on disk: the database, its WAL and the event log.
+    pub fn store_bytes(&self) -> u64 {
+        fn bytes(path: &std::path::Path) -> u64 {
+            match std::fs::metadata(path) {
+                Ok(meta) if meta.is_dir() => std::fs::read_dir(path)
+                    .map(|entries| entries.flatten().map(|e| bytes(&e.path())).sum())
+                    .unwrap_or(0),
+                Ok(meta) => meta.len(),
+                Err(_) => 0,
+            }
+        }
+        ["herald.db", "herald.db-wal", "herald.db-events"]
+            .iter()
+            .map(|name| bytes(&self.dir.path().join(name)))
+            .sum()
+    }
+
     fn stderr_path(&self) -> PathBuf {
         self.dir.path().join(format!("stderr-{}.log", self.starts))
     }
