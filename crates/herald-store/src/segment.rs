@@ -209,6 +209,10 @@ impl Offsets {
     }
 }
 
+/// Zeros kept written ahead of the active segment's records (see
+/// [`SegmentLog::zero_ahead`]).
+const ZERO_AHEAD: u64 = 1 << 20;
+
 /// The top bit of an index entry marks a record a compaction removed (offsets stay
 /// below it: segments are at most [`MAX_SEGMENT_BYTES`]).
 const REMOVED: u32 = 1 << 31;
@@ -249,6 +253,8 @@ pub struct SegmentLog {
     shared: Arc<Shared>,
     active: Arc<Segment>,
     active_len: u64,
+    /// The active segment's file length: past `active_len`, zeros written ahead.
+    allocated: u64,
     next_seq: u64,
     failed: Option<String>,
     /// Asks the preparer thread for a spare segment (dropped: it stops).
@@ -377,6 +383,7 @@ impl SegmentLog {
                 shared,
                 active,
                 active_len: scanned.valid_len,
+                allocated: scanned.valid_len,
                 next_seq,
                 failed: None,
                 prepare,
@@ -432,6 +439,29 @@ impl SegmentLog {
             sync_dir(&self.dir)?;
         }
         Ok(self.reader().first_seq())
+    }
+
+    /// Writes zeros past `end` (up to [`ZERO_AHEAD`], within the segment's size), synced
+    /// with the batch before them: the next batches then write into blocks the file has,
+    /// so their `fdatasync` changes no size (a sync that grows a file also writes its
+    /// metadata: 0.8 ms against 0.2 ms here). A failure costs only that: the file is cut
+    /// back to the records.
+    fn zero_ahead(&mut self, end: u64) {
+        let target = (end + ZERO_AHEAD).min(self.shared.options.segment_bytes.max(end));
+        if target <= self.allocated {
+            return;
+        }
+        let zeros = vec![0u8; (target - self.allocated) as usize];
+        let file = &self.active.file;
+        match file.write_all_at(&zeros, self.allocated) {
+            Ok(()) => self.allocated = target,
+            Err(error) => {
+                tracing::debug!(%error, "Cannot write zeros ahead of the log's records.");
+                if file.set_len(end).is_ok() {
+                    self.allocated = end;
+                }
+            }
+        }
     }
 
     /// Seals the active segment now (when it holds records), so it can be compacted.
@@ -514,8 +544,15 @@ impl SegmentLog {
             if let Err(cut) = file.set_len(start) {
                 self.failed = Some(format!("{error}; cutting it back failed: {cut}"));
             }
+            self.allocated = start;
             return Err(AppendError::Write(error));
         }
+        let end = start + frames.len() as u64;
+        self.allocated = self.allocated.max(end);
+        if self.shared.options.preallocate && end + ZERO_AHEAD / 2 > self.allocated {
+            self.zero_ahead(end);
+        }
+        let file = &self.active.file;
         if let Err(error) = file.sync_data() {
             // Never acknowledged, so it must not come back at the next open either:
             // cut it off (which needs no sync to hold while the machine stays up).
@@ -613,6 +650,11 @@ impl SegmentLog {
             .write()
             .expect("segments lock")
             .push(active.clone());
+        self.allocated = if spare {
+            active.file.metadata().map(|m| m.len()).unwrap_or(0)
+        } else {
+            0
+        };
         self.active = active;
         self.active_len = 0;
         Ok(())
@@ -789,6 +831,15 @@ impl Read for Positional<'_> {
         out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
         self.at += n;
         Ok(n)
+    }
+}
+
+impl Drop for SegmentLog {
+    /// Cuts the zeros written ahead: a log closed cleanly ends at its last record.
+    fn drop(&mut self) {
+        if self.failed.is_none() && self.allocated > self.active_len {
+            let _ = self.active.file.set_len(self.active_len);
+        }
     }
 }
 
@@ -1537,6 +1588,52 @@ mod tests {
         assert_eq!(recovered.truncated_bytes, HEADER + body(6).len() as u64);
         assert_eq!(log.next_seq(), 6);
         assert_reads_back(&log, 1, 5);
+    }
+
+    /// The active segment keeps zeros written ahead of its records (so syncs change no
+    /// size): a crash leaves them, and the next open cuts them without calling it a
+    /// torn write; a clean close cuts them itself; without preallocation there are none.
+    #[test]
+    fn zeros_ahead_of_the_records_are_cut_quietly() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SegmentOptions {
+            segment_bytes: 8 << 20,
+            ..small()
+        };
+        let (mut log, _) = SegmentLog::open(dir.path(), options.clone()).unwrap();
+        fill(&mut log, 10, 3);
+        let active = active_segment(dir.path());
+        let records = log.active_len;
+        assert!(std::fs::metadata(&active).unwrap().len() >= records + ZERO_AHEAD / 2);
+        // A crash: the files as they are.
+        let copy = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+        }
+        let (copied, recovered) = SegmentLog::open(copy.path(), options.clone()).unwrap();
+        assert_eq!(recovered.truncated_bytes, 0, "zeros are not a torn write");
+        assert_reads_back(&copied, 1, 30);
+        drop(copied);
+        drop(log);
+        assert_eq!(std::fs::metadata(&active).unwrap().len(), records);
+
+        let plain = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(
+            plain.path(),
+            SegmentOptions {
+                preallocate: false,
+                ..options
+            },
+        )
+        .unwrap();
+        fill(&mut log, 10, 3);
+        assert_eq!(
+            std::fs::metadata(active_segment(plain.path()))
+                .unwrap()
+                .len(),
+            log.active_len
+        );
     }
 
     #[test]
