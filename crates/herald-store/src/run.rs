@@ -26,7 +26,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Bytes of entries after which a block is closed.
-pub const BLOCK_BYTES: usize = 16 * 1024;
+pub const BLOCK_BYTES: usize = 32 * 1024;
 /// The longest key a run holds (subjects are at most 256 bytes; an aggregate key a
 /// little more).
 pub const MAX_KEY_BYTES: usize = 4096;

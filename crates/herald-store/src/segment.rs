@@ -451,9 +451,17 @@ impl SegmentLog {
         if target <= self.allocated {
             return;
         }
-        let zeros = vec![0u8; (target - self.allocated) as usize];
+        // From one static page of zeros: no buffer of a MiB left with the allocator.
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
         let file = &self.active.file;
-        match file.write_all_at(&zeros, self.allocated) {
+        let mut written = Ok(());
+        let mut at = self.allocated;
+        while at < target && written.is_ok() {
+            let n = (target - at).min(ZEROS.len() as u64) as usize;
+            written = file.write_all_at(&ZEROS[..n], at);
+            at += n as u64;
+        }
+        match written {
             Ok(()) => self.allocated = target,
             Err(error) => {
                 tracing::debug!(%error, "Cannot write zeros ahead of the log's records.");
