@@ -209,9 +209,37 @@ pub struct NewEvent {
     /// The W3C trace context the event continues, when it came with one (or the hub
     /// traced its publish): handed on with the event wherever it goes.
     pub trace: Option<Box<TraceContext>>,
+    /// The id [`NewEvent::new`] made (see [`NewEvent::has_fresh_id`]).
+    generated_id: FreshId,
+}
+
+/// The id [`NewEvent::new`] made, kept only by the value it made: a clone is a copy
+/// that may be appended again, so it loses the mark. Not part of an event's equality.
+#[derive(Debug)]
+struct FreshId(Option<Uuid>);
+
+impl Clone for FreshId {
+    fn clone(&self) -> Self {
+        FreshId(None)
+    }
+}
+
+impl PartialEq for FreshId {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl NewEvent {
+    /// Whether `id` is still the UUIDv7 [`NewEvent::new`] made in this process: no
+    /// stored event can have it (74 random bits, and a time), so a store need not look
+    /// it up before storing. Any other id (a client's, a CloudEvent's, a derived one)
+    /// may be stored already. Assigning `id` makes this false, and so does cloning (a
+    /// copy may be appended twice).
+    pub fn has_fresh_id(&self) -> bool {
+        self.generated_id.0 == Some(self.id)
+    }
+
     /// A new event with a fresh time-ordered id (UUIDv7) and, when none is given, a fresh
     /// correlation id. Time-ordered ids keep the id index append-mostly.
     pub fn new(
@@ -220,8 +248,9 @@ impl NewEvent {
         origin: Origin,
         correlation_id: Option<Uuid>,
     ) -> Self {
+        let id = Uuid::now_v7();
         NewEvent {
-            id: Uuid::now_v7(),
+            id,
             subject,
             origin,
             correlation_id: correlation_id.unwrap_or_else(Uuid::now_v7),
@@ -230,6 +259,7 @@ impl NewEvent {
             tenant: None,
             aggregate: None,
             trace: None,
+            generated_id: FreshId(Some(id)),
         }
     }
 
@@ -275,6 +305,30 @@ pub struct Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only the value `new` made has a fresh id: not once its id is replaced, and not a
+    /// clone (which may be appended a second time). Equality ignores the mark.
+    #[test]
+    fn only_the_made_value_has_a_fresh_id() {
+        let origin = Origin {
+            hub_id: "h".into(),
+            service: None,
+            user: None,
+        };
+        let made = NewEvent::new(
+            Subject::new("hub.a.b").unwrap(),
+            Payload::from_json("{}".into()).unwrap(),
+            origin,
+            None,
+        );
+        assert!(made.has_fresh_id());
+        let copy = made.clone();
+        assert!(!copy.has_fresh_id());
+        assert_eq!(copy, made);
+        let mut given = made;
+        given.id = Uuid::now_v7();
+        assert!(!given.has_fresh_id());
+    }
 
     #[test]
     fn payload_must_be_an_object() {

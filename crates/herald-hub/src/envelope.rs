@@ -188,25 +188,26 @@ pub fn from_json(body: &[u8], subject: &Subject) -> Option<NewEvent> {
         )?)),
         _ => None,
     };
-    Some(NewEvent {
-        id: incoming.id,
-        subject: subject.clone(),
-        origin: Origin {
-            hub_id: incoming.origin.hub_id.into_owned(),
-            service: incoming.origin.service.map(Cow::into_owned),
-            user: incoming.origin.user.map(Cow::into_owned),
-        },
-        correlation_id: incoming.correlation_id,
+    let origin = Origin {
+        hub_id: incoming.origin.hub_id.into_owned(),
+        service: incoming.origin.service.map(Cow::into_owned),
+        user: incoming.origin.user.map(Cow::into_owned),
+    };
+    let mut event = NewEvent::new(
+        subject.clone(),
         payload,
-        cloudevent,
-        // A message's claim to a tenant is not trusted: the importing hub stamps it.
-        tenant: None,
-        // An aggregate's versions are its home hub's; here the event is an ordinary one.
-        aggregate: None,
-        trace: incoming.traceparent.and_then(|traceparent| {
-            TraceContext::parse(&traceparent, incoming.tracestate.as_deref()).map(Box::new)
-        }),
-    })
+        origin,
+        Some(incoming.correlation_id),
+    );
+    // The message's own id: it may be stored here already.
+    event.id = incoming.id;
+    event.cloudevent = cloudevent;
+    // A message's claim to a tenant is not trusted: the importing hub stamps it; an
+    // aggregate's versions are its home hub's, so here the event is an ordinary one.
+    event.trace = incoming.traceparent.and_then(|traceparent| {
+        TraceContext::parse(&traceparent, incoming.tracestate.as_deref()).map(Box::new)
+    });
+    Some(event)
 }
 
 /// The attributes of a `cloudevent` member: the one shape, or the store's encoding that

@@ -85,7 +85,12 @@ impl LogSide {
                 order.push(Err(events[i].clone()));
                 continue;
             }
-            if let Some(stored) = self.reader.by_id(event.id).map_err(store_error)? {
+            let known = if event.has_fresh_id() {
+                None
+            } else {
+                self.reader.by_id(event.id).map_err(store_error)?
+            };
+            if let Some(stored) = known {
                 order.push(Err(stored));
                 continue;
             }
