@@ -517,6 +517,9 @@ fn add_keys(postings: &Postings, event: &Event, buf: &mut Vec<u8>) {
 /// has entries pending a long time, and once more when the log closes.
 fn flush_loop(shared: &Shared, woken: &mpsc::Receiver<()>, flush_every: usize) {
     let mut pending_before = 0;
+    // After a failure (a full disk, say), the next try waits, doubling to a minute, and
+    // the failure is logged once per wait: the writer's wake-ups cannot make a flood.
+    let mut retry_at: Option<(std::time::Instant, Duration)> = None;
     loop {
         let asked = woken.recv_timeout(Duration::from_secs(1));
         let stopping = shared.stopping.load(Ordering::Acquire)
@@ -526,16 +529,24 @@ fn flush_loop(shared: &Shared, woken: &mpsc::Receiver<()>, flush_every: usize) {
         // (up to ~6 MB at `flush_every`) and a crash has nothing to replay.
         let idle = pending > 0 && pending == pending_before;
         pending_before = pending;
-        if stopping || pending >= flush_every || idle {
+        let waiting = retry_at.is_some_and(|(at, _)| std::time::Instant::now() < at);
+        if stopping || (!waiting && (pending >= flush_every || idle)) {
             // Postings are derived: a failure here costs a longer replay at the next
             // open, not an event.
-            if let Err(error) = shared
+            match shared
                 .postings
                 .flush()
                 .and_then(|()| shared.postings.compact())
                 .and_then(|()| shared.save_subjects())
             {
-                tracing::warn!(%error, "Cannot write the log's postings; will retry.");
+                Ok(()) => retry_at = None,
+                Err(error) => {
+                    let wait = retry_at.map_or(Duration::from_secs(1), |(_, wait)| {
+                        (wait * 2).min(Duration::from_secs(60))
+                    });
+                    tracing::warn!(%error, retry_in_secs = wait.as_secs(), "Cannot write the log's postings; will retry.");
+                    retry_at = Some((std::time::Instant::now() + wait, wait));
+                }
             }
         }
         if shared.compact_due.swap(false, Ordering::AcqRel) {
@@ -759,6 +770,11 @@ impl EventReader {
         self.shared.deleted.read().expect("deleted").contains(&seq)
     }
 
+    /// Whether `seq` was deleted (and perhaps its segment removed since).
+    pub(crate) fn was_deleted(&self, seq: Seq) -> bool {
+        self.is_deleted(seq) || seq < self.shared.reader.first_seq()
+    }
+
     /// The record of `seq` as an event, deleted or not.
     fn stored_event(&self, seq: Seq) -> std::io::Result<Option<Event>> {
         if seq > self.head() {
@@ -838,32 +854,38 @@ impl EventReader {
 
     /// The seq of the first event committed at or after `ts`, if any: a binary search
     /// over seq, which the store's timestamps follow (they never go down in seq order),
-    /// ~log2(head) reads by seq, so no index on time is kept.
+    /// ~log2(head) reads by seq, so no index on time is kept. (A seq whose record a
+    /// compaction removed may be answered: no record lies between it and the first one.)
     pub fn first_at_or_after(&self, ts: Timestamp) -> std::io::Result<Option<Seq>> {
         let head = self.head();
         let first = self.shared.reader.first_seq().max(1);
-        // Deleted records count: their times are in order with the others'.
-        let at = |seq: Seq| -> std::io::Result<Timestamp> {
-            self.stored_event(seq)?.map(|e| e.timestamp).ok_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("seq {seq} is below the head but not in the log"),
-                )
-            })
+        // The time of the first record at or after a seq (deleted records count: their
+        // times are in order with the others'); past the last one, "later than any".
+        let at_or_later = |seq: Seq| -> std::io::Result<bool> {
+            let Some(record) = self.shared.reader.read(seq, 1)?.pop() else {
+                return Ok(true);
+            };
+            if record.seq > head {
+                return Ok(true);
+            }
+            let event = crate::record::decode(record.seq, &record.body)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            Ok(event.timestamp >= ts)
         };
-        if head < first || at(head)? < ts {
+        if head < first {
             return Ok(None);
         }
-        let (mut lo, mut hi) = (first, head);
+        // The smallest seq in first..=head + 1 whose first record is at or after `ts`.
+        let (mut lo, mut hi) = (first, head + 1);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if at(mid)? >= ts {
+            if at_or_later(mid)? {
                 hi = mid;
             } else {
                 lo = mid + 1;
             }
         }
-        Ok(Some(lo))
+        Ok((lo <= head).then_some(lo))
     }
 
     /// The event with this id.
@@ -1137,6 +1159,13 @@ mod tests {
             .collect();
         assert_eq!(reader.events(1, usize::MAX).unwrap(), kept);
         assert_eq!(reader.count_between(1..=through), kept.len() as u64);
+        // Time bounds find the first kept event at or after a time, over deleted and
+        // compacted records alike.
+        for event in kept.iter().step_by(37) {
+            let bound = reader.first_at_or_after(event.timestamp).unwrap().unwrap();
+            let first_kept = kept.iter().find(|e| e.seq >= bound).map(|e| e.seq);
+            assert_eq!(first_kept, Some(event.seq), "time of {}", event.seq);
+        }
         assert_eq!(
             reader.count_between(through / 2..=Seq::MAX),
             kept.iter().filter(|e| e.seq >= through / 2).count() as u64
@@ -1358,6 +1387,44 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
         }
         check(&log.reader(), 50);
+    }
+
+    /// Queries while retention deletes and compacts: an event deleted between reading
+    /// its posting and reading it is passed over, never an error.
+    #[test]
+    fn queries_read_on_while_events_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = EventLog::open(dir.path(), small()).unwrap();
+        for _ in 0..40 {
+            append(&mut log, 50);
+        }
+        let reader = log.reader();
+        let stop = Arc::new(AtomicBool::new(false));
+        let querying = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut pages = 0;
+                while !stop.load(Ordering::Acquire) {
+                    for pattern in ["hub.t1.created", "hub.*.created", ">"] {
+                        let query = crate::Query {
+                            subject: Some(herald_core::Pattern::parse_filter(pattern).unwrap()),
+                            since: Some(Timestamp::from_micros(1_000_500)),
+                            limit: 100,
+                            ..crate::Query::default()
+                        };
+                        query::run(&reader, &query, 1_000_000).unwrap();
+                        pages += 1;
+                    }
+                }
+                pages
+            })
+        };
+        for chunk in (1..=1900).collect::<Vec<Seq>>().chunks(50) {
+            log.delete(chunk).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        stop.store(true, Ordering::Release);
+        assert!(querying.join().unwrap() > 0);
     }
 
     #[test]

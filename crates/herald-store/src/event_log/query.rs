@@ -108,7 +108,10 @@ fn by_key(
             if seq > hi {
                 return Ok((out, Ended::Exhausted));
             }
-            if let Some(ended) = plan::offer(query, limit, budget, &mut out, stored(reader, seq)?) {
+            let Some(event) = stored(reader, seq)? else {
+                continue;
+            };
+            if let Some(ended) = plan::offer(query, limit, budget, &mut out, event) {
                 return Ok((out, ended));
             }
         }
@@ -137,7 +140,9 @@ fn by_subjects(
     let ended = plan::merge_ended(&seqs, limit);
     let mut out = Vec::with_capacity(seqs.len());
     for seq in seqs {
-        let event = stored(reader, seq)?;
+        let Some(event) = stored(reader, seq)? else {
+            continue;
+        };
         if accepts(query, &event) {
             out.push(event);
         }
@@ -189,14 +194,17 @@ fn by_scan(
     Ok((out, Ended::Exhausted))
 }
 
-/// An event a posting names: below the head, so it is in the log.
-fn stored(reader: &EventReader, seq: Seq) -> Result<Event> {
-    reader.event(seq)?.ok_or_else(|| {
-        std::io::Error::new(
+/// An event a posting names: below the head, so it is in the log, unless retention
+/// deleted it since the postings were read (`None`).
+fn stored(reader: &EventReader, seq: Seq) -> Result<Option<Event>> {
+    match reader.event(seq)? {
+        Some(event) => Ok(Some(event)),
+        None if reader.was_deleted(seq) => Ok(None),
+        None => Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("the postings name seq {seq}, which is not in the log"),
-        )
-    })
+        )),
+    }
 }
 
 #[cfg(test)]
