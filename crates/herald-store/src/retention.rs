@@ -128,6 +128,44 @@ pub(crate) fn choose(
     chosen
 }
 
+/// What a pass deletes, for a backend that reads synchronously: each policy's group
+/// (see [`group`]) gets what is left of `budget`; `last_before(ts)` is the last seq
+/// committed before a time (0: none), `oldest(policy, subjects, limit)` the policy's
+/// oldest events. The events with their subjects, and whether more are due.
+pub(crate) fn select<E>(
+    policies: &[RetentionPolicy],
+    totals: Vec<SubjectTotals>,
+    now: Timestamp,
+    budget: usize,
+    mut last_before: impl FnMut(i64) -> Result<Seq, E>,
+    mut oldest: impl FnMut(&RetentionPolicy, &[String], usize) -> Result<Vec<Candidate>, E>,
+) -> Result<(Vec<(Candidate, String)>, bool), E> {
+    let mut deleted: Vec<(Candidate, String)> = Vec::new();
+    let mut more = false;
+    for (policy, subjects, events, bytes) in group(policies, totals) {
+        let left = budget - deleted.len();
+        if left == 0 {
+            more = true;
+            break;
+        }
+        let cutoff_seq = match age_cutoff(policy, now) {
+            None => None,
+            Some(ts) => Some(last_before(ts)?),
+        };
+        let candidates = oldest(policy, &subjects, left)?;
+        let chosen = choose(policy, &candidates, events, bytes, cutoff_seq, left);
+        deleted.extend(
+            chosen
+                .into_iter()
+                .map(|c| (c, subjects[c.subject as usize].clone())),
+        );
+    }
+    if deleted.len() == budget {
+        more = true;
+    }
+    Ok((deleted, more))
+}
+
 /// How many of the `deleted` events (seq, subject) each consumer (name, filters,
 /// delivered seq) had not been handed yet: what it skipped. Consumers that skipped
 /// nothing are left out.

@@ -34,30 +34,14 @@ pub(super) fn enforce(
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let groups = retention::group(policies, totals);
-    let mut deleted: Vec<(Candidate, String)> = Vec::new();
-    let mut more = false;
-    for (policy, subjects, events, bytes) in groups {
-        let left = budget - deleted.len();
-        if left == 0 {
-            more = true;
-            break;
-        }
-        let cutoff_seq = match retention::age_cutoff(policy, now) {
-            None => None,
-            Some(ts) => Some(super::query::last_before(conn, ts)?.unwrap_or(0)),
-        };
-        let candidates = oldest(conn, policy, &subjects, left)?;
-        let chosen = retention::choose(policy, &candidates, events, bytes, cutoff_seq, left);
-        deleted.extend(
-            chosen
-                .into_iter()
-                .map(|c| (c, subjects[c.subject as usize].clone())),
-        );
-    }
-    if deleted.len() == budget {
-        more = true;
-    }
+    let (deleted, more) = retention::select(
+        policies,
+        totals,
+        now,
+        budget,
+        |ts| Ok::<_, rusqlite::Error>(super::query::last_before(conn, ts)?.unwrap_or(0)),
+        |policy, subjects, limit| oldest(conn, policy, subjects, limit),
+    )?;
     if deleted.is_empty() {
         return Ok(RetentionPass::default());
     }
@@ -111,36 +95,21 @@ pub(super) fn choose_in_log(
             bytes: stats.bytes,
         })
         .collect();
-    let groups = retention::group(policies, totals);
-    let mut deleted: Vec<(Candidate, String)> = Vec::new();
-    let mut more = false;
-    for (policy, subjects, events, bytes) in groups {
-        let left = budget - deleted.len();
-        if left == 0 {
-            more = true;
-            break;
-        }
-        let cutoff_seq = match retention::age_cutoff(policy, now) {
-            None => None,
-            Some(ts) => Some(
+    retention::select(
+        policies,
+        totals,
+        now,
+        budget,
+        |ts| {
+            Ok(
                 match reader.first_at_or_after(Timestamp::from_micros(ts))? {
                     Some(first) => first - 1,
                     None => reader.head(),
                 },
-            ),
-        };
-        let candidates = oldest_in_log(reader, policy, &subjects, left)?;
-        let chosen = retention::choose(policy, &candidates, events, bytes, cutoff_seq, left);
-        deleted.extend(
-            chosen
-                .into_iter()
-                .map(|c| (c, subjects[c.subject as usize].clone())),
-        );
-    }
-    if deleted.len() == budget {
-        more = true;
-    }
-    Ok((deleted, more))
+            )
+        },
+        |policy, subjects, limit| oldest_in_log(reader, policy, subjects, limit),
+    )
 }
 
 /// [`oldest`], in the event log.
