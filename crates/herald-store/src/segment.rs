@@ -864,8 +864,11 @@ impl Compactor {
     /// accepts: written aside with its index, synced, renamed over the old one. The
     /// others' seqs read as absent from then on. How many records it holds now; `None`
     /// when no sealed segment starts there.
+    ///
+    /// The copy is written without the reshaping lock, which the writer takes to remove
+    /// segments (under the append lock): only the renames and the swap hold it, so a
+    /// compaction never holds up an append for longer than they take.
     pub fn compact(&self, first_seq: u64, keep: impl Fn(u64) -> bool) -> io::Result<Option<u64>> {
-        let _reshaping = self.shared.reshaping.lock().expect("reshaping lock");
         let segment = {
             let segments = self.shared.segments.read().expect("segments lock");
             let sealed = &segments[..segments.len() - 1];
@@ -921,6 +924,20 @@ impl Compactor {
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         write_index(&index_aside, &offsets)?.sync_all()?;
+        let _reshaping = self.shared.reshaping.lock().expect("reshaping lock");
+        let still_there = self
+            .shared
+            .segments
+            .read()
+            .expect("segments lock")
+            .iter()
+            .any(|s| Arc::ptr_eq(s, &segment));
+        if !still_there {
+            // Removed whole meanwhile: the copy is not needed.
+            let _ = std::fs::remove_file(&aside);
+            let _ = std::fs::remove_file(&index_aside);
+            return Ok(None);
+        }
         // The segment first: a crash before the index's rename leaves an index that does
         // not fit it, which the next open rebuilds by a scan.
         std::fs::rename(&aside, &segment.path)?;

@@ -307,7 +307,10 @@ pub(super) fn dead_letters(
     if load(conn, name)?.is_none() {
         return Ok(None);
     }
-    let limit = limit.clamp(1, crate::MAX_QUERY_LIMIT);
+    let limit = limit.min(crate::MAX_QUERY_LIMIT);
+    if limit == 0 {
+        return Ok(Some(Vec::new()));
+    }
     let mut stmt = conn.prepare_cached(
         "SELECT seq, deliveries, reason, last_error, first_delivered_at, dead_at
          FROM consumer_dead_letters WHERE consumer = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
