@@ -46,8 +46,64 @@ struct State {
 
 /// Entries not yet in a run: each key's seqs, in order. A hash map, sorted only when
 /// flushed: most keys (ids, correlation ids) have one seq, and a tree of them cost more
-/// than everything else the log does per event.
-type Memtable = HashMap<Box<[u8]>, Seqs>;
+/// than everything else the log does per event. Hashed with foldhash (seeded per
+/// process), not SipHash: adding keys is on the commit's path, and SipHash was a fifth
+/// of it.
+type Memtable = HashMap<MemKey, Seqs, foldhash::fast::RandomState>;
+
+/// Keys this long or shorter are kept in place (an id or a correlation id takes 17
+/// bytes): no allocation per key.
+const INLINE_KEY: usize = 22;
+
+/// A memtable key: short ones in place, the rest boxed. Hashes, compares and orders as
+/// its bytes, so the map is searched by `&[u8]`.
+#[derive(Clone)]
+enum MemKey {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Boxed(Box<[u8]>),
+}
+
+impl MemKey {
+    fn new(key: &[u8]) -> MemKey {
+        if key.len() <= INLINE_KEY {
+            let mut bytes = [0u8; INLINE_KEY];
+            bytes[..key.len()].copy_from_slice(key);
+            MemKey::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            MemKey::Boxed(key.into())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            MemKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            MemKey::Boxed(bytes) => bytes,
+        }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for MemKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl std::hash::Hash for MemKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state);
+    }
+}
+
+impl PartialEq for MemKey {
+    fn eq(&self, other: &MemKey) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for MemKey {}
 
 /// A key's seqs: most keys have one, which then needs no allocation of its own.
 enum Seqs {
@@ -75,6 +131,9 @@ impl Seqs {
 struct Memtables {
     /// Where entries are added.
     active: Memtable,
+    /// Distinct keys of the last memtable flushed: room made at once for as many when
+    /// a fresh memtable gets its first entry, so it never grows by rehashing.
+    expected_keys: usize,
     /// The highest seq added to `active`.
     active_through: u64,
     /// A memtable being written as a run: lookups still read it.
@@ -160,10 +219,13 @@ impl Postings {
         for (key, seq) in entries {
             memtables.active_through = memtables.active_through.max(seq);
             let memtable = &mut memtables.active;
+            if memtable.capacity() == 0 {
+                memtable.reserve(memtables.expected_keys + memtables.expected_keys / 8);
+            }
             match memtable.get_mut(key) {
                 Some(seqs) => seqs.push(seq),
                 None => {
-                    memtable.insert(key.into(), Seqs::One(seq));
+                    memtable.insert(MemKey::new(key), Seqs::One(seq));
                 }
             }
             added += 1;
@@ -215,18 +277,19 @@ impl Postings {
             let mut memtables = self.memtables.write().expect("memtables");
             let frozen = Arc::new(std::mem::take(&mut memtables.active));
             memtables.frozen = Some(frozen.clone());
+            memtables.expected_keys = frozen.len();
             self.pending.store(0, std::sync::atomic::Ordering::Relaxed);
             (frozen, memtables.active_through)
         };
         let through = through.max(self.indexed_through());
-        let mut keys: Vec<&Box<[u8]>> = frozen.keys().collect();
-        keys.sort_unstable();
-        let entries = keys.into_iter().flat_map(|key| {
-            frozen[key]
-                .as_slice()
-                .iter()
-                .map(move |&seq| (&key[..], seq))
-        });
+        let mut keys: Vec<(&[u8], &Seqs)> = frozen
+            .iter()
+            .map(|(key, seqs)| (key.as_slice(), seqs))
+            .collect();
+        keys.sort_unstable_by_key(|(key, _)| *key);
+        let entries = keys
+            .into_iter()
+            .flat_map(|(key, seqs)| seqs.as_slice().iter().map(move |&seq| (key, seq)));
         let written = self.write_flushed(entries, through);
         if written.is_err() {
             // Back into the active memtable, so that nothing is lost for lookups.

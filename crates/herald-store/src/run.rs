@@ -85,47 +85,80 @@ pub fn write_run<K: AsRef<[u8]>>(
     path: &Path,
     entries: impl IntoIterator<Item = (K, u64)>,
 ) -> io::Result<u64> {
-    write_entries(path, entries.into_iter().map(Ok))
+    write_with(path, |writer| {
+        for (key, value) in entries {
+            writer.push(key.as_ref(), value)?;
+        }
+        Ok(())
+    })
 }
 
 /// Merges runs into one at `path`, like [`write_run`]: every entry in order, one that
 /// several runs hold written once. A damaged input is an error, and leaves no run.
+///
+/// Entries are taken from the run with the smallest head for as long as they stay below
+/// every other run's head: runs of time-ordered keys (ids) and of later seqs of the same
+/// subject rarely interleave, so most entries cost one comparison and no copy but the
+/// one into the new block.
 pub fn merge_runs(runs: &[&Run], path: &Path) -> io::Result<u64> {
-    use std::cmp::Reverse;
-    use std::collections::BinaryHeap;
-
-    let mut sources: Vec<_> = runs.iter().map(|run| run.entries()).collect();
-    let mut heads = BinaryHeap::new();
-    for (i, source) in sources.iter_mut().enumerate() {
-        if let Some(entry) = source.next() {
-            let (key, value) = entry?;
-            heads.push(Reverse((key, value, i)));
+    let mut cursors = runs
+        .iter()
+        .map(|run| Cursor::new(run))
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut bound_key: Vec<u8> = Vec::new();
+    write_with(path, |writer| loop {
+        // The run with the smallest head, and the smallest head of the others.
+        let mut smallest: Option<usize> = None;
+        let mut second: Option<usize> = None;
+        for (i, cursor) in cursors.iter().enumerate() {
+            let Some(head) = cursor.head() else { continue };
+            match smallest {
+                Some(s) if head >= cursors[s].head().expect("a head") => {
+                    if second.is_none_or(|t| head < cursors[t].head().expect("a head")) {
+                        second = Some(i);
+                    }
+                }
+                _ => {
+                    second = smallest;
+                    smallest = Some(i);
+                }
+            }
         }
-    }
-    let mut last: Option<(Vec<u8>, u64)> = None;
-    let merged = std::iter::from_fn(move || loop {
-        let Reverse((key, value, i)) = heads.pop()?;
-        match sources[i].next() {
-            Some(Ok((next_key, next_value))) => heads.push(Reverse((next_key, next_value, i))),
-            Some(Err(error)) => return Some(Err(error)),
-            None => {}
+        let Some(from) = smallest else {
+            return Ok(());
+        };
+        let bound = second.map(|t| {
+            let (key, value) = cursors[t].head().expect("a head");
+            bound_key.clear();
+            bound_key.extend_from_slice(key);
+            value
+        });
+        let cursor = &mut cursors[from];
+        // The smallest head is taken even when another run holds the same entry (that
+        // one is then passed over as the writer's last).
+        let mut first = true;
+        while let Some((key, value)) = cursor.head() {
+            if !first
+                && bound.is_some_and(|value_bound| (key, value) >= (&bound_key[..], value_bound))
+            {
+                break;
+            }
+            first = false;
+            if !writer.is_last(key, value) {
+                writer.push(key, value)?;
+            }
+            cursor.advance()?;
         }
-        if last.as_ref().is_some_and(|(k, v)| (k, *v) == (&key, value)) {
-            continue;
-        }
-        last = Some((key.clone(), value));
-        return Some(Ok((key, value)));
-    });
-    write_entries(path, merged)
+    })
 }
 
-/// Writes entries that may fail to be read: the first error removes what was written.
-fn write_entries<K: AsRef<[u8]>>(
-    path: &Path,
-    entries: impl Iterator<Item = io::Result<(K, u64)>>,
-) -> io::Result<u64> {
+/// Writes a run through a [`RunWriter`] on a temporary file, renamed to `path` once
+/// whole and synced; any error removes what was written.
+fn write_with(path: &Path, fill: impl FnOnce(&mut RunWriter) -> io::Result<()>) -> io::Result<u64> {
     let temporary = path.with_extension("tmp");
-    let written = write_temporary(&temporary, entries).and_then(|count| {
+    let written = RunWriter::create(&temporary).and_then(|mut writer| {
+        fill(&mut writer)?;
+        let count = writer.finish()?;
         std::fs::rename(&temporary, path)?;
         Ok(count)
     });
@@ -135,117 +168,208 @@ fn write_entries<K: AsRef<[u8]>>(
     written
 }
 
-fn write_temporary<K: AsRef<[u8]>>(
-    temporary: &Path,
-    entries: impl Iterator<Item = io::Result<(K, u64)>>,
-) -> io::Result<u64> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(temporary)?;
-    let mut out = BufWriter::with_capacity(256 * 1024, file);
-    let mut fences: Vec<Fence> = Vec::new();
-    let mut block: Vec<u8> = Vec::with_capacity(BLOCK_BYTES + MAX_KEY_BYTES + 16);
-    let mut first: Option<(Vec<u8>, u64)> = None;
-    let mut last: Option<(Vec<u8>, u64)> = None;
-    let (mut offset, mut count) = (0u64, 0u64);
-    let mut hashes: Vec<u64> = Vec::new();
-    let mut close = |block: &mut Vec<u8>,
-                     first: &mut Option<(Vec<u8>, u64)>,
-                     out: &mut BufWriter<File>,
-                     offset: &mut u64|
-     -> io::Result<()> {
-        let Some((key, value)) = first.take() else {
-            return Ok(());
-        };
-        let sum = crc32fast::hash(block);
-        block.extend_from_slice(&sum.to_le_bytes());
-        out.write_all(block)?;
-        fences.push(Fence {
-            offset: *offset,
-            len: block.len() as u32,
-            key,
-            value,
-        });
-        *offset += block.len() as u64;
-        block.clear();
-        Ok(())
-    };
-    for entry in entries {
-        let (key, value) = entry?;
-        let key = key.as_ref();
+/// Lays out a run's entries, given in order, as blocks, then fences, filter and footer.
+struct RunWriter {
+    out: BufWriter<File>,
+    fences: Vec<Fence>,
+    /// The open block's entries.
+    block: Vec<u8>,
+    /// The open block's first entry (its fence), once it has one.
+    block_first: Option<(Vec<u8>, u64)>,
+    /// The last entry written, once one is.
+    last_key: Vec<u8>,
+    last_value: Option<u64>,
+    offset: u64,
+    count: u64,
+    /// Filter hashes of the distinct keys.
+    hashes: Vec<u64>,
+}
+
+impl RunWriter {
+    fn create(temporary: &Path) -> io::Result<RunWriter> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(temporary)?;
+        Ok(RunWriter {
+            out: BufWriter::with_capacity(256 * 1024, file),
+            fences: Vec::new(),
+            block: Vec::with_capacity(BLOCK_BYTES + MAX_KEY_BYTES + 16),
+            block_first: None,
+            last_key: Vec::new(),
+            last_value: None,
+            offset: 0,
+            count: 0,
+            hashes: Vec::new(),
+        })
+    }
+
+    /// Whether `(key, value)` is the entry written last.
+    fn is_last(&self, key: &[u8], value: u64) -> bool {
+        self.last_value == Some(value) && self.last_key == key
+    }
+
+    /// Appends an entry; an error unless it comes after the last one.
+    fn push(&mut self, key: &[u8], value: u64) -> io::Result<()> {
         if key.len() > MAX_KEY_BYTES {
             return Err(invalid_input(format!(
                 "a run key of {} bytes is longer than {MAX_KEY_BYTES}",
                 key.len()
             )));
         }
-        if let Some((last_key, last_value)) = &last {
-            if (last_key.as_slice(), *last_value) >= (key, value) {
-                return Err(invalid_input(
-                    "run entries must be strictly increasing".into(),
-                ));
+        let new_key = match self.last_value {
+            None => true,
+            Some(last_value) => match self.last_key.as_slice().cmp(key) {
+                std::cmp::Ordering::Less => true,
+                std::cmp::Ordering::Equal if last_value < value => false,
+                _ => {
+                    return Err(invalid_input(
+                        "run entries must be strictly increasing".into(),
+                    ))
+                }
+            },
+        };
+        if new_key {
+            self.hashes.push(key_hash(key));
+            self.last_key.clear();
+            self.last_key.extend_from_slice(key);
+        }
+        self.last_value = Some(value);
+        if self.block_first.is_none() {
+            self.block_first = Some((key.to_vec(), value));
+        }
+        self.block
+            .extend_from_slice(&(key.len() as u16).to_le_bytes());
+        self.block.extend_from_slice(key);
+        self.block.extend_from_slice(&value.to_le_bytes());
+        self.count += 1;
+        if self.block.len() >= BLOCK_BYTES {
+            self.close_block()?;
+        }
+        Ok(())
+    }
+
+    fn close_block(&mut self) -> io::Result<()> {
+        let Some((key, value)) = self.block_first.take() else {
+            return Ok(());
+        };
+        let sum = crc32fast::hash(&self.block);
+        self.block.extend_from_slice(&sum.to_le_bytes());
+        self.out.write_all(&self.block)?;
+        self.fences.push(Fence {
+            offset: self.offset,
+            len: self.block.len() as u32,
+            key,
+            value,
+        });
+        self.offset += self.block.len() as u64;
+        self.block.clear();
+        Ok(())
+    }
+
+    /// Writes the last block, the fences, the filter and the footer, and syncs.
+    fn finish(mut self) -> io::Result<u64> {
+        self.close_block()?;
+        let mut index = Vec::new();
+        for fence in &self.fences {
+            index.extend_from_slice(&fence.offset.to_le_bytes());
+            index.extend_from_slice(&fence.len.to_le_bytes());
+            index.extend_from_slice(&(fence.key.len() as u16).to_le_bytes());
+            index.extend_from_slice(&fence.key);
+            index.extend_from_slice(&fence.value.to_le_bytes());
+        }
+        let sum = crc32fast::hash(&index);
+        index.extend_from_slice(&sum.to_le_bytes());
+        self.out.write_all(&index)?;
+
+        let blocks =
+            (self.hashes.len() as u64 * FILTER_BITS_PER_KEY).div_ceil(u64::from(FILTER_BITS));
+        let mut filter = vec![[0u8; 64]; blocks as usize];
+        for &hash in &self.hashes {
+            let (block, bits) = filter_bits(hash, blocks);
+            for bit in bits {
+                filter[block as usize][(bit / 8) as usize] |= 1 << (bit % 8);
             }
         }
-        if first.is_none() {
-            first = Some((key.to_vec(), value));
+        for block in &filter {
+            self.out.write_all(block)?;
+            self.out.write_all(&crc32fast::hash(block).to_le_bytes())?;
         }
-        if last
+        let filter_at = self.offset + index.len() as u64;
+        for word in [
+            self.offset,
+            index.len() as u64,
+            filter_at,
+            blocks,
+            self.count,
+            MAGIC,
+        ] {
+            self.out.write_all(&word.to_le_bytes())?;
+        }
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_data()?;
+        Ok(self.count)
+    }
+}
+
+/// Reads a run's entries in order, one block in memory at a time, lending each entry
+/// rather than copying it.
+pub struct Cursor<'a> {
+    run: &'a Run,
+    /// The fence of the next block to read.
+    next_block: usize,
+    /// The block in memory, its CRC checked and cut off.
+    block: Vec<u8>,
+    /// Where the head entry starts in `block`, and where the one after it does.
+    at: usize,
+    next_at: usize,
+    head: Option<(std::ops::Range<usize>, u64)>,
+}
+
+impl<'a> Cursor<'a> {
+    /// A cursor on the run's first entry.
+    pub fn new(run: &'a Run) -> io::Result<Cursor<'a>> {
+        let mut cursor = Cursor {
+            run,
+            next_block: 0,
+            block: Vec::new(),
+            at: 0,
+            next_at: 0,
+            head: None,
+        };
+        cursor.advance()?;
+        Ok(cursor)
+    }
+
+    /// The entry the cursor is on; `None` past the last.
+    pub fn head(&self) -> Option<(&[u8], u64)> {
+        self.head
             .as_ref()
-            .is_none_or(|(last_key, _)| last_key.as_slice() != key)
-        {
-            hashes.push(key_hash(key));
-        }
-        block.extend_from_slice(&(key.len() as u16).to_le_bytes());
-        block.extend_from_slice(key);
-        block.extend_from_slice(&value.to_le_bytes());
-        count += 1;
-        match &mut last {
-            Some((last_key, last_value)) => {
-                last_key.clear();
-                last_key.extend_from_slice(key);
-                *last_value = value;
-            }
-            None => last = Some((key.to_vec(), value)),
-        }
-        if block.len() >= BLOCK_BYTES {
-            close(&mut block, &mut first, &mut out, &mut offset)?;
-        }
+            .map(|(key, value)| (&self.block[key.clone()], *value))
     }
-    close(&mut block, &mut first, &mut out, &mut offset)?;
 
-    let mut index = Vec::new();
-    for fence in &fences {
-        index.extend_from_slice(&fence.offset.to_le_bytes());
-        index.extend_from_slice(&fence.len.to_le_bytes());
-        index.extend_from_slice(&(fence.key.len() as u16).to_le_bytes());
-        index.extend_from_slice(&fence.key);
-        index.extend_from_slice(&fence.value.to_le_bytes());
-    }
-    let sum = crc32fast::hash(&index);
-    index.extend_from_slice(&sum.to_le_bytes());
-    out.write_all(&index)?;
-
-    let blocks = (hashes.len() as u64 * FILTER_BITS_PER_KEY).div_ceil(u64::from(FILTER_BITS));
-    let mut filter = vec![[0u8; 64]; blocks as usize];
-    for &hash in &hashes {
-        let (block, bits) = filter_bits(hash, blocks);
-        for bit in bits {
-            filter[block as usize][(bit / 8) as usize] |= 1 << (bit % 8);
+    /// Moves to the next entry, reading the next block when this one is done.
+    pub fn advance(&mut self) -> io::Result<()> {
+        self.at = self.next_at;
+        while self.at == self.block.len() {
+            let Some(fence) = self.run.fences.get(self.next_block) else {
+                self.head = None;
+                return Ok(());
+            };
+            self.run.read_block(fence, &mut self.block)?;
+            self.next_block += 1;
+            self.at = 0;
         }
+        let fence = &self.run.fences[self.next_block - 1];
+        let rest = &self.block[self.at..];
+        let (key, value, after) =
+            entry(rest).ok_or_else(|| self.run.damaged(fence, "a damaged entry"))?;
+        let key_at = self.at + 2;
+        self.head = Some((key_at..key_at + key.len(), value));
+        self.next_at = self.block.len() - after.len();
+        Ok(())
     }
-    for block in &filter {
-        out.write_all(block)?;
-        out.write_all(&crc32fast::hash(block).to_le_bytes())?;
-    }
-    let filter_at = offset + index.len() as u64;
-    for word in [offset, index.len() as u64, filter_at, blocks, count, MAGIC] {
-        out.write_all(&word.to_le_bytes())?;
-    }
-    let file = out.into_inner().map_err(|e| e.into_error())?;
-    file.sync_data()?;
-    Ok(count)
 }
 
 impl Run {
@@ -381,45 +505,45 @@ impl Run {
         Ok(out)
     }
 
-    /// Every entry in order, for merging runs.
+    /// Every entry in order, each copied out (a [`Cursor`] lends them instead).
     pub fn entries(&self) -> impl Iterator<Item = io::Result<(Vec<u8>, u64)>> + '_ {
-        self.fences.iter().flat_map(move |fence| {
-            let entries: Vec<io::Result<(Vec<u8>, u64)>> = match self.block(fence) {
-                Err(error) => vec![Err(error)],
-                Ok(block) => {
-                    let mut out = Vec::new();
-                    let mut at = block.as_slice();
-                    while !at.is_empty() {
-                        match entry(at) {
-                            Some((key, value, rest)) => {
-                                out.push(Ok((key.to_vec(), value)));
-                                at = rest;
-                            }
-                            None => {
-                                out.push(Err(self.damaged(fence, "a damaged entry")));
-                                break;
-                            }
-                        }
-                    }
-                    out
+        let mut cursor = Some(Cursor::new(self));
+        std::iter::from_fn(move || match cursor.take()? {
+            Err(error) => Some(Err(error)),
+            Ok(mut on) => {
+                let (key, value) = on.head()?;
+                let entry = (key.to_vec(), value);
+                match on.advance() {
+                    Ok(()) => cursor = Some(Ok(on)),
+                    Err(error) => cursor = Some(Err(error)),
                 }
-            };
-            entries
+                Some(Ok(entry))
+            }
         })
     }
 
     /// A block's entries, its CRC checked.
     fn block(&self, fence: &Fence) -> io::Result<Vec<u8>> {
-        let mut bytes = vec![0u8; fence.len as usize];
-        self.file.read_exact_at(&mut bytes, fence.offset)?;
+        let mut bytes = Vec::new();
+        self.read_block(fence, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// Reads a block's entries into `bytes` (replacing what it held), its CRC checked.
+    fn read_block(&self, fence: &Fence, bytes: &mut Vec<u8>) -> io::Result<()> {
+        bytes.clear();
+        bytes.resize(fence.len as usize, 0);
+        self.file.read_exact_at(bytes, fence.offset)?;
         if bytes.len() < 4 {
             return Err(self.damaged(fence, "a short block"));
         }
-        let sum = bytes.split_off(bytes.len() - 4);
-        if crc32fast::hash(&bytes) != u32::from_le_bytes(sum.try_into().expect("4")) {
+        let body = bytes.len() - 4;
+        let sum = u32::from_le_bytes(bytes[body..].try_into().expect("4"));
+        bytes.truncate(body);
+        if crc32fast::hash(bytes) != sum {
             return Err(self.damaged(fence, "a damaged block"));
         }
-        Ok(bytes)
+        Ok(())
     }
 
     fn damaged(&self, fence: &Fence, what: &str) -> io::Error {
@@ -599,6 +723,64 @@ mod tests {
             expected(&all, b"hub.bench.s0150", 0, usize::MAX)
         );
         assert_eq!(merge_runs(&[], &merged).unwrap(), 0);
+    }
+
+    /// Runs that interleave entry by entry, lie wholly apart, repeat each other or share
+    /// a key across their seqs merge into the sorted union, each entry once.
+    #[test]
+    fn runs_of_every_shape_merge_into_their_sorted_union() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut random = move |below: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % below
+        };
+        for round in 0..40 {
+            let runs_count = 1 + random(6) as usize;
+            let mut parts: Vec<Vec<(Vec<u8>, u64)>> = Vec::new();
+            for part in 0..runs_count {
+                let mut entries: Vec<(Vec<u8>, u64)> = (0..random(3_000))
+                    .map(|_| {
+                        // Few keys (shared, like subjects) or many (like ids), some runs
+                        // in a key range of their own.
+                        let keys = if round % 2 == 0 { 7 } else { 100_000 };
+                        let base = if round % 3 == 0 {
+                            part as u64 * 1_000_000
+                        } else {
+                            0
+                        };
+                        let key = format!("k{:07}", base + random(keys)).into_bytes();
+                        (key, random(50_000))
+                    })
+                    .collect();
+                entries.sort();
+                entries.dedup();
+                parts.push(entries);
+            }
+            if round % 5 == 0 {
+                parts.push(parts[0].clone());
+            }
+            let mut runs = Vec::new();
+            for (i, part) in parts.iter().enumerate() {
+                let path = dir.path().join(format!("{round}-{i}.run"));
+                write_run(&path, part.iter().map(|(k, v)| (k, *v))).unwrap();
+                runs.push(Run::open(&path).unwrap());
+            }
+            let mut union: Vec<(Vec<u8>, u64)> = parts.concat();
+            union.sort();
+            union.dedup();
+            let merged = dir.path().join(format!("{round}-merged.run"));
+            let refs: Vec<&Run> = runs.iter().collect();
+            assert_eq!(merge_runs(&refs, &merged).unwrap(), union.len() as u64);
+            let back: Vec<(Vec<u8>, u64)> = Run::open(&merged)
+                .unwrap()
+                .entries()
+                .collect::<io::Result<_>>()
+                .unwrap();
+            assert!(back == union, "round {round}: {runs_count} runs");
+        }
     }
 
     /// A damaged input stops the merge with its error and leaves no run behind.
