@@ -199,7 +199,8 @@ impl ServerProcess {
         ProcSample::of(&self.pid.to_string())
     }
 
-    /// The server's files (store, WAL...; not its log) and their sizes, by name.
+    /// The server's files (store, WAL...; not its log) and their sizes, by name; a
+    /// directory (the event log's) as `name/` with the sum of the files under it.
     pub fn data_files(&self) -> Vec<(String, u64)> {
         let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
             return Vec::new();
@@ -209,9 +210,12 @@ impl ServerProcess {
             .filter(|e| e.path() != self.log_path)
             .filter_map(|e| {
                 let metadata = e.metadata().ok()?;
-                metadata
-                    .is_file()
-                    .then(|| (e.file_name().to_string_lossy().into_owned(), metadata.len()))
+                let name = e.file_name().to_string_lossy().into_owned();
+                if metadata.is_dir() {
+                    Some((format!("{name}/"), tree_bytes(&e.path())))
+                } else {
+                    metadata.is_file().then_some((name, metadata.len()))
+                }
             })
             .collect();
         files.sort();
@@ -391,6 +395,21 @@ fn clock_ticks_per_second() -> f64 {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(100.0)
     })
+}
+
+/// Bytes of the files under `dir`, at any depth.
+fn tree_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => tree_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 #[cfg(test)]

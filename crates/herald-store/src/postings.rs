@@ -150,6 +150,22 @@ pub struct Postings {
     state: RwLock<State>,
     /// Serialises flushes and merges (each rewrites the manifest).
     writing: Mutex<()>,
+    /// Held while the memtable holds entries whose seqs may yet be withdrawn
+    /// ([`Postings::hold`]): a flush does not freeze the memtable meanwhile.
+    held: Mutex<()>,
+}
+
+impl Seqs {
+    /// Drops the seqs from `from` on; whether any is left.
+    fn cut_from(&mut self, from: u64) -> bool {
+        match self {
+            Seqs::One(seq) => *seq < from,
+            Seqs::Many(seqs) => {
+                seqs.truncate(seqs.partition_point(|&s| s < from));
+                !seqs.is_empty()
+            }
+        }
+    }
 }
 
 impl Postings {
@@ -185,6 +201,7 @@ impl Postings {
                 next_file,
             }),
             writing: Mutex::new(()),
+            held: Mutex::new(()),
         })
     }
 
@@ -234,6 +251,23 @@ impl Postings {
             .fetch_add(added, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Keeps the memtable from being flushed while the guard lives: entries added
+    /// meanwhile stay where [`Postings::withdraw_from`] can take them back (a writer
+    /// adds an append's keys while its sync runs, and withdraws them if it fails).
+    pub fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.held.lock().expect("postings hold")
+    }
+
+    /// Takes back every entry of `from` or a later seq added while `_held`.
+    pub fn withdraw_from(&self, from: u64, _held: &std::sync::MutexGuard<'_, ()>) {
+        let mut memtables = self.memtables.write().expect("memtables");
+        memtables.active.retain(|_, seqs| seqs.cut_from(from));
+        let left: usize = memtables.active.values().map(|s| s.as_slice().len()).sum();
+        memtables.active_through = memtables.active_through.min(from.saturating_sub(1));
+        self.pending
+            .store(left, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Up to `max` seqs of `key`, from `from` on, in order: from every run and the
     /// memtable.
     pub fn seqs(&self, key: &[u8], from: u64, max: usize) -> io::Result<Vec<u64>> {
@@ -274,6 +308,7 @@ impl Postings {
     pub fn flush(&self) -> io::Result<()> {
         let _writing = self.writing.lock().expect("postings writer");
         let (frozen, through) = {
+            let _held = self.held.lock().expect("postings hold");
             let mut memtables = self.memtables.write().expect("memtables");
             let frozen = Arc::new(std::mem::take(&mut memtables.active));
             memtables.frozen = Some(frozen.clone());
