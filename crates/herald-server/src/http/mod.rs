@@ -527,8 +527,8 @@ pub(crate) fn parse_all<T>(
 /// `invalid_json` (even when a type mismatch comes first in the text); valid JSON that is
 /// not an object, or not the right shape, is 422 `invalid_body`. (serde would otherwise
 /// read a struct from an array of its fields.)
-pub(crate) fn parse_json_object<T: serde::de::DeserializeOwned>(
-    body: &[u8],
+pub(crate) fn parse_json_object<'a, T: serde::Deserialize<'a>>(
+    body: &'a [u8],
 ) -> Result<T, ApiError> {
     let first = body.iter().copied().find(|b| !b.is_ascii_whitespace());
     let not_object = || {

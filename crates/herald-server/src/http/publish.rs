@@ -116,8 +116,11 @@ pub async fn publish_event(
 /// `{"events": [...]}`, the documented batch body (a bare array is accepted too).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BatchBody {
-    events: Vec<Box<RawValue>>,
+struct BatchBody<'a> {
+    /// Borrowed from the body: each is parsed on its own, so that a bad one is
+    /// reported with its index.
+    #[serde(borrow)]
+    events: Vec<&'a RawValue>,
 }
 
 /// `POST /api/events:batch`: every event is checked first; if any is invalid the whole
@@ -167,7 +170,7 @@ pub async fn publish_batch(
         return publish_many(&state, &caller, with_trace(events, trace)).await;
     }
     let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
-    let items: Vec<Box<RawValue>> = if first == Some(b'[') {
+    let items: Vec<&RawValue> = if first == Some(b'[') {
         serde_json::from_slice(&body).map_err(json_error)?
     } else {
         parse_json_object::<BatchBody>(&body)?.events
