@@ -24,6 +24,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// hub's few MiB of heap took 16 MiB of 2 MiB pages: 35 MiB RSS instead of 21 MiB
 /// (issue 11's target: ≤ 30 MB). Off for this process, before the arena grows.
 /// The flag belongs to the process, not the thread. Failing to set it costs only memory.
+/// The arena's first pages are taken before `main`, so mimalloc is also built never to
+/// ask for them (its `no_thp` feature): they held 4 MiB of huge pages for a few KiB.
 fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     let _ = rustix::thread::disable_transparent_huge_pages(true);
