@@ -90,7 +90,7 @@ pub fn write_run<K: AsRef<[u8]>>(
     path: &Path,
     entries: impl IntoIterator<Item = (K, u64)>,
 ) -> io::Result<u64> {
-    write_with(path, |writer| {
+    write_with(path, None, |writer| {
         for (key, value) in entries {
             writer.push(key.as_ref(), value)?;
         }
@@ -111,7 +111,8 @@ pub fn merge_runs(runs: &[&Run], path: &Path) -> io::Result<u64> {
         .map(|run| Cursor::new(run))
         .collect::<io::Result<Vec<_>>>()?;
     let mut bound_key: Vec<u8> = Vec::new();
-    write_with(path, |writer| loop {
+    let keys_at_most = runs.iter().map(|run| run.len()).sum();
+    write_with(path, Some(keys_at_most), |writer| loop {
         // The run with the smallest head, and the smallest head of the others.
         let mut smallest: Option<usize> = None;
         let mut second: Option<usize> = None;
@@ -159,9 +160,13 @@ pub fn merge_runs(runs: &[&Run], path: &Path) -> io::Result<u64> {
 
 /// Writes a run through a [`RunWriter`] on a temporary file, renamed to `path` once
 /// whole and synced; any error removes what was written.
-fn write_with(path: &Path, fill: impl FnOnce(&mut RunWriter) -> io::Result<()>) -> io::Result<u64> {
+fn write_with(
+    path: &Path,
+    keys_at_most: Option<u64>,
+    fill: impl FnOnce(&mut RunWriter) -> io::Result<()>,
+) -> io::Result<u64> {
     let temporary = path.with_extension("tmp");
-    let written = RunWriter::create(&temporary).and_then(|mut writer| {
+    let written = RunWriter::create(&temporary, keys_at_most).and_then(|mut writer| {
         fill(&mut writer)?;
         let count = writer.finish()?;
         std::fs::rename(&temporary, path)?;
@@ -188,12 +193,56 @@ struct RunWriter {
     /// Bytes of blocks synced so far.
     synced: u64,
     count: u64,
-    /// Filter hashes of the distinct keys.
-    hashes: Vec<u64>,
+    filter: KeyFilter,
+}
+
+/// The filter of the distinct keys, while a run is written.
+enum KeyFilter {
+    /// Their hashes, laid out at the end, once their number is known (8 bytes a key).
+    Hashes(Vec<u64>),
+    /// Sized for at most so many keys (a merge knows it: its inputs' entries), and
+    /// filled as they come: ~1.25 bytes per entry of the inputs. A merge of tens of
+    /// millions of entries otherwise held 8 bytes per key in memory until its end.
+    Sized(Vec<[u8; 64]>),
+}
+
+impl KeyFilter {
+    fn add(&mut self, hash: u64) {
+        match self {
+            KeyFilter::Hashes(hashes) => hashes.push(hash),
+            KeyFilter::Sized(filter) => set_bits(filter, hash),
+        }
+    }
+
+    fn into_blocks(self) -> Vec<[u8; 64]> {
+        match self {
+            KeyFilter::Sized(filter) => filter,
+            KeyFilter::Hashes(hashes) => {
+                let mut filter = vec![[0u8; 64]; filter_blocks(hashes.len() as u64)];
+                for hash in hashes {
+                    set_bits(&mut filter, hash);
+                }
+                filter
+            }
+        }
+    }
+}
+
+/// Filter blocks for `keys` keys.
+fn filter_blocks(keys: u64) -> usize {
+    (keys * FILTER_BITS_PER_KEY).div_ceil(u64::from(FILTER_BITS)) as usize
+}
+
+fn set_bits(filter: &mut [[u8; 64]], hash: u64) {
+    let (block, bits) = filter_bits(hash, filter.len() as u64);
+    for bit in bits {
+        filter[block as usize][(bit / 8) as usize] |= 1 << (bit % 8);
+    }
 }
 
 impl RunWriter {
-    fn create(temporary: &Path) -> io::Result<RunWriter> {
+    /// A writer to `temporary`; `keys_at_most`, when known, sizes the filter up front.
+    fn create(temporary: &Path, keys_at_most: Option<u64>) -> io::Result<RunWriter> {
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -209,7 +258,10 @@ impl RunWriter {
             offset: 0,
             synced: 0,
             count: 0,
-            hashes: Vec::new(),
+            filter: match keys_at_most {
+                Some(keys) => KeyFilter::Sized(vec![[0u8; 64]; filter_blocks(keys)]),
+                None => KeyFilter::Hashes(Vec::new()),
+            },
         })
     }
 
@@ -239,7 +291,7 @@ impl RunWriter {
             },
         };
         if new_key {
-            self.hashes.push(key_hash(key));
+            self.filter.add(key_hash(key));
             self.last_key.clear();
             self.last_key.extend_from_slice(key);
         }
@@ -296,15 +348,9 @@ impl RunWriter {
         index.extend_from_slice(&sum.to_le_bytes());
         self.out.write_all(&index)?;
 
-        let blocks =
-            (self.hashes.len() as u64 * FILTER_BITS_PER_KEY).div_ceil(u64::from(FILTER_BITS));
-        let mut filter = vec![[0u8; 64]; blocks as usize];
-        for &hash in &self.hashes {
-            let (block, bits) = filter_bits(hash, blocks);
-            for bit in bits {
-                filter[block as usize][(bit / 8) as usize] |= 1 << (bit % 8);
-            }
-        }
+        let filter =
+            std::mem::replace(&mut self.filter, KeyFilter::Hashes(Vec::new())).into_blocks();
+        let blocks = filter.len() as u64;
         for block in &filter {
             self.out.write_all(block)?;
             self.out.write_all(&crc32fast::hash(block).to_le_bytes())?;
@@ -787,12 +833,13 @@ mod tests {
             let merged = dir.path().join(format!("{round}-merged.run"));
             let refs: Vec<&Run> = runs.iter().collect();
             assert_eq!(merge_runs(&refs, &merged).unwrap(), union.len() as u64);
-            let back: Vec<(Vec<u8>, u64)> = Run::open(&merged)
-                .unwrap()
-                .entries()
-                .collect::<io::Result<_>>()
-                .unwrap();
+            let merged = Run::open(&merged).unwrap();
+            let back: Vec<(Vec<u8>, u64)> = merged.entries().collect::<io::Result<_>>().unwrap();
             assert!(back == union, "round {round}: {runs_count} runs");
+            // The filter, sized from the inputs, never says "no" to a key the run holds.
+            assert!(union
+                .iter()
+                .all(|(key, _)| merged.may_contain(key).unwrap()));
         }
     }
 
