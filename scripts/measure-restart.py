@@ -161,10 +161,13 @@ def main():
                 f"RSS after start + 20,000 writes {hub.rss_mib():.1f} MiB"
             )
         hub.stop()
+        # The database and the event log's directory beside it.
         size = sum(
-            os.path.getsize(os.path.join(root, f))
-            for f in os.listdir(root)
-            if f.startswith("herald.db")
+            os.path.getsize(os.path.join(dirpath, f))
+            for dirpath, _, files in os.walk(root)
+            for f in files
+            if os.path.relpath(dirpath, root).startswith("herald.db")
+            or f.startswith("herald.db")
         )
         full = idle_rss(args.herald_bin, data, log)
         print(
