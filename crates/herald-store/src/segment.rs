@@ -1851,14 +1851,10 @@ mod tests {
     /// a preloaded library makes fail on demand.
     #[test]
     fn a_failed_sync_is_final_and_its_batch_never_comes_back() {
-        let Some(failing) = crate::testing::FailingSync::build() else {
-            eprintln!("SKIPPED: no C compiler to build the failing-sync library");
-            return;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        failing.run_child_test(
+        crate::testing::FailingSync::run_in_child(
             "segment::tests::fail_sync_child",
-            &[(FAIL_SYNC_CHILD_DIR, dir.path().as_os_str())],
+            FAIL_SYNC_CHILD_DIR,
+            &[],
         );
     }
 

@@ -709,6 +709,20 @@ impl FailingSync {
         ]
     }
 
+    /// [`FailingSync::run_child_test`] with a fresh directory in the variable `dir_var`
+    /// (and `env` besides); skipped, saying so, where no C compiler can build the
+    /// library.
+    pub fn run_in_child(test: &str, dir_var: &str, env: &[(&str, &std::ffi::OsStr)]) {
+        let Some(failing) = FailingSync::build() else {
+            eprintln!("SKIPPED: no C compiler to build the failing-sync library");
+            return;
+        };
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut all = vec![(dir_var, dir.path().as_os_str())];
+        all.extend_from_slice(env);
+        failing.run_child_test(test, &all);
+    }
+
     /// Runs the ignored test `test` (its full path) of the current test binary in a child
     /// process whose syncs this controls, with `env` besides; panics with the child's
     /// output unless it ran and passed.

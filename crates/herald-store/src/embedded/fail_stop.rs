@@ -388,14 +388,10 @@ mod tests {
     /// Runs in a child process, whose syncs a preloaded library makes fail on demand.
     #[test]
     fn a_failed_sync_stops_every_write_and_its_commit_never_comes_back() {
-        let Some(failing) = crate::testing::FailingSync::build() else {
-            eprintln!("SKIPPED: no C compiler to build the failing-sync library");
-            return;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        failing.run_child_test(
+        crate::testing::FailingSync::run_in_child(
             "embedded::fail_stop::tests::fail_sync_child",
-            &[(CHILD_DIR, dir.path().as_os_str())],
+            CHILD_DIR,
+            &[],
         );
     }
 
@@ -404,17 +400,10 @@ mod tests {
     /// refused event is not there.
     #[test]
     fn a_failed_sync_of_the_event_log_stops_every_write_and_its_batch_never_comes_back() {
-        let Some(failing) = crate::testing::FailingSync::build() else {
-            eprintln!("SKIPPED: no C compiler to build the failing-sync library");
-            return;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        failing.run_child_test(
+        crate::testing::FailingSync::run_in_child(
             "embedded::fail_stop::tests::fail_sync_child",
-            &[
-                (CHILD_DIR, dir.path().as_os_str()),
-                (CHILD_LOG, std::ffi::OsStr::new("1")),
-            ],
+            CHILD_DIR,
+            &[(CHILD_LOG, std::ffi::OsStr::new("1"))],
         );
     }
 }
