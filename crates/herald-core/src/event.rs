@@ -248,13 +248,12 @@ impl NewEvent {
         origin: Origin,
         correlation_id: Option<Uuid>,
     ) -> Self {
-        let millis = unix_millis();
-        let id = uuid_v7_at(millis);
+        let id = Uuid::now_v7();
         NewEvent {
             id,
             subject,
             origin,
-            correlation_id: correlation_id.unwrap_or_else(|| uuid_v7_at(millis)),
+            correlation_id: correlation_id.unwrap_or_else(Uuid::now_v7),
             payload,
             cloudevent: None,
             tenant: None,
@@ -280,27 +279,6 @@ impl NewEvent {
             trace: self.trace,
         }
     }
-}
-
-/// Milliseconds since the Unix epoch, now (0 before it).
-fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            since.as_secs() * 1000 + u64::from(since.subsec_millis())
-        })
-}
-
-/// A UUIDv7 of `millis` and 74 random bits, RFC 9562's base layout: "UUIDv7 values are
-/// created by allocating a Unix timestamp in milliseconds in the most significant 48
-/// bits and filling the remaining 74 bits, excluding the required version and variant
-/// bits, with random bits for each new UUIDv7 generated" (§5.7; the counters of §6.2
-/// are optional). `Uuid::now_v7` keeps such a counter under a process-wide lock and
-/// reads the clock for each id: with two ids per event, 6 % of the CPU of batch ingest.
-fn uuid_v7_at(millis: u64) -> Uuid {
-    let random = Uuid::new_v4();
-    let bytes: &[u8; 10] = random.as_bytes()[6..].try_into().expect("10 bytes");
-    uuid::Builder::from_unix_timestamp_millis(millis, bytes).into_uuid()
 }
 
 /// An event in the log.
@@ -386,39 +364,6 @@ mod tests {
         assert!(Timestamp::parse("yesterday").is_err());
         assert!(Timestamp::parse("").is_err());
         assert!(Timestamp::parse("2025-13-03T12:00:00Z").is_err());
-    }
-
-    /// The hub's ids are UUIDv7s of this millisecond, each with its own random bits.
-    #[test]
-    fn fresh_ids_are_version_7_of_now_and_distinct() {
-        let before = unix_millis();
-        let origin = Origin {
-            hub_id: "hub".into(),
-            service: None,
-            user: None,
-        };
-        let made: Vec<NewEvent> = (0..1000)
-            .map(|_| {
-                NewEvent::new(
-                    Subject::new("hub.a.b").unwrap(),
-                    Payload::from_json("{}".into()).unwrap(),
-                    origin.clone(),
-                    None,
-                )
-            })
-            .collect();
-        let after = unix_millis();
-        let mut ids = std::collections::HashSet::new();
-        for event in &made {
-            for id in [event.id, event.correlation_id] {
-                assert_eq!(id.get_version_num(), 7, "{id}");
-                assert_eq!(id.get_variant(), uuid::Variant::RFC4122, "{id}");
-                let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
-                let millis = secs * 1000 + u64::from(nanos / 1_000_000);
-                assert!((before..=after).contains(&millis), "{id}: {millis}");
-                assert!(ids.insert(id), "{id} twice");
-            }
-        }
     }
 
     #[test]
