@@ -400,16 +400,25 @@ impl EventLog {
             let postings = &self.shared.postings;
             let held = postings.hold();
             let log = &mut self.log;
+            let add_all = || {
+                let mut key = Vec::new();
+                for event in events {
+                    add_keys(postings, event, &mut key);
+                }
+            };
             let appended = std::thread::scope(|scope| {
-                let adding = scope.spawn(|| {
-                    let mut key = Vec::new();
-                    for event in events {
-                        add_keys(postings, event, &mut key);
-                    }
-                });
+                // No thread to be had (a process at its limit): the keys are added here.
+                let adding = std::thread::Builder::new()
+                    .name("herald-log-keys".into())
+                    .spawn_scoped(scope, add_all);
                 let appended = log.append(bodies);
-                if adding.join().is_err() {
-                    tracing::error!("Adding a batch's keys to the postings panicked.");
+                match adding {
+                    Ok(adding) => {
+                        if adding.join().is_err() {
+                            tracing::error!("Adding a batch's keys to the postings panicked.");
+                        }
+                    }
+                    Err(_) => add_all(),
                 }
                 appended
             });
