@@ -55,8 +55,8 @@ type Memtable = HashMap<MemKey, Seqs, foldhash::fast::RandomState>;
 /// bytes): no allocation per key.
 const INLINE_KEY: usize = 22;
 
-/// A memtable key: short ones in place, the rest boxed. Hashes, compares and orders as
-/// its bytes, so the map is searched by `&[u8]`.
+/// A memtable key: short ones in place, the rest boxed. Hashes and compares as its
+/// bytes, so the map is searched by `&[u8]`.
 #[derive(Clone)]
 enum MemKey {
     Inline { len: u8, bytes: [u8; INLINE_KEY] },
@@ -125,6 +125,17 @@ impl Seqs {
             Seqs::Many(seqs) => seqs.push(seq),
         }
     }
+
+    /// Drops the seqs from `from` on; whether any is left.
+    fn cut_from(&mut self, from: u64) -> bool {
+        match self {
+            Seqs::One(seq) => *seq < from,
+            Seqs::Many(seqs) => {
+                seqs.truncate(seqs.partition_point(|&s| s < from));
+                !seqs.is_empty()
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -143,7 +154,8 @@ struct Memtables {
 /// The postings of one log directory.
 pub struct Postings {
     dir: PathBuf,
-    /// Lock order: `state`, then `memtables`.
+    /// Lock order: `held`, then `state`, then `memtables` (a flush takes `held` only
+    /// to freeze the memtable).
     memtables: RwLock<Memtables>,
     /// Entries in the active memtable.
     pending: std::sync::atomic::AtomicUsize,
@@ -153,19 +165,6 @@ pub struct Postings {
     /// Held while the memtable holds entries whose seqs may yet be withdrawn
     /// ([`Postings::hold`]): a flush does not freeze the memtable meanwhile.
     held: Mutex<()>,
-}
-
-impl Seqs {
-    /// Drops the seqs from `from` on; whether any is left.
-    fn cut_from(&mut self, from: u64) -> bool {
-        match self {
-            Seqs::One(seq) => *seq < from,
-            Seqs::Many(seqs) => {
-                seqs.truncate(seqs.partition_point(|&s| s < from));
-                !seqs.is_empty()
-            }
-        }
-    }
 }
 
 impl Postings {
